@@ -1,0 +1,34 @@
+//! The hotspare checkpoint format.
+//!
+//! A checkpoint is a self-checking, streamable container of VM state: a
+//! fixed header (magic, version, kind, sequence numbers, configuration
+//! [`Fingerprint`], CRC) followed by CRC-protected sections and a closing
+//! End section. The byte layout is specified in `docs/checkpoint-format.md`.
+//!
+//! Modules, one concern each:
+//! - [`format`]: the container ([`CheckpointWriter`], [`CheckpointReader`],
+//!   [`verify`]);
+//! - [`pages`]: page records inside Memory sections ([`MemoryEncoder`],
+//!   [`decode_records`]);
+//! - [`dirty`]: dirty bitmaps and the [`DirtyLedger`] that never loses a bit;
+//! - [`fingerprint`]: [`MachineConfig`] and its [`Fingerprint`];
+//! - [`error`]: [`CheckpointError`].
+//!
+//! Nothing here needs KVM; the KVM vCPU/VM state structs live in their own
+//! module.
+
+pub mod dirty;
+pub mod error;
+pub mod fingerprint;
+pub mod format;
+pub mod kvm_state;
+pub mod pages;
+
+pub use dirty::{DirtyBitmap, DirtyLedger, Harvest};
+pub use error::{CheckpointError, Result};
+pub use fingerprint::{Fingerprint, MachineConfig, MemRegion};
+pub use format::{
+    verify, CheckpointKind, CheckpointReader, CheckpointWriter, Header, Limits, SectionId,
+    FORMAT_VERSION,
+};
+pub use pages::{decode_records, Compression, Encoding, MemoryEncoder, MemoryStats, PAGE_SIZE};

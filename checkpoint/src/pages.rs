@@ -1,0 +1,559 @@
+//! Page records: the payload of `Memory` sections.
+//!
+//! A Memory section payload is a sequence of records, each
+//! `{gpa: u64, npages: u32, encoding: u8, data_len: u32, data}` (little
+//! endian, 17-byte record header). Records are applied in order.
+//!
+//! [`MemoryEncoder`] turns a run of guest pages into records (zero pages as
+//! data-less `Zero` records, the rest `Raw` or `Zstd`); [`decode_records`]
+//! validates records and hands the decoded bytes to a sink.
+
+use zstd::bulk::{Compressor, Decompressor};
+
+use crate::error::{CheckpointError, Result};
+
+/// Guest page size in bytes.
+pub const PAGE_SIZE: usize = 4096;
+/// Size of a record header in bytes.
+pub const RECORD_HEADER_LEN: usize = 17;
+/// Largest `npages` a decoder accepts in one record (64 MiB of guest memory).
+pub const MAX_RECORD_PAGES: u32 = 16 * 1024;
+/// Largest number of pages the encoder puts in one `Raw`/`Zstd` record
+/// (1 MiB): bounds the decoder's buffer and gives zstd a useful window.
+pub const DATA_RECORD_PAGES: usize = 256;
+/// Suggested longest run to pass to one [`MemoryEncoder::encode_run`] call
+/// (8 MiB).
+pub const RECOMMENDED_RUN_PAGES: usize = 2048;
+/// Suggested payload size at which to cut a Memory section (32 MiB).
+///
+/// Flushing once the buffer reaches this, with runs of at most
+/// [`RECOMMENDED_RUN_PAGES`], keeps every section under the default 64 MiB
+/// section limit: encoding never grows data by more than a record header
+/// per record.
+pub const SECTION_TARGET_BYTES: usize = 32 << 20;
+
+/// Zero runs are handed to the sink in pieces of at most this many pages.
+const ZERO_CHUNK_PAGES: usize = 256;
+
+/// How a record's data is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Encoding {
+    /// `npages * 4096` bytes verbatim.
+    Raw = 0,
+    /// All pages zero; no data.
+    Zero = 1,
+    /// One zstd frame decompressing to exactly `npages * 4096` bytes.
+    Zstd = 2,
+}
+
+impl TryFrom<u8> for Encoding {
+    type Error = CheckpointError;
+
+    fn try_from(v: u8) -> Result<Self> {
+        match v {
+            0 => Ok(Encoding::Raw),
+            1 => Ok(Encoding::Zero),
+            2 => Ok(Encoding::Zstd),
+            other => Err(CheckpointError::UnknownEncoding(other)),
+        }
+    }
+}
+
+/// Compression setting of a [`MemoryEncoder`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    /// Non-zero pages are stored `Raw`.
+    None,
+    /// Non-zero pages are zstd-compressed when that makes them smaller.
+    Zstd {
+        /// zstd level (1 is fast and usually enough for memory).
+        level: i32,
+    },
+}
+
+/// Counters accumulated by a [`MemoryEncoder`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// Guest bytes given to the encoder.
+    pub raw_bytes: u64,
+    /// Bytes of records produced, record headers included.
+    pub encoded_bytes: u64,
+    /// Pages stored as `Zero`.
+    pub zero_pages: u64,
+    /// Pages stored as `Raw`.
+    pub raw_pages: u64,
+    /// Pages stored as `Zstd`.
+    pub compressed_pages: u64,
+    /// Records produced.
+    pub records: u64,
+}
+
+impl MemoryStats {
+    /// `encoded_bytes / raw_bytes` (0 when nothing was encoded).
+    pub fn ratio(&self) -> f64 {
+        if self.raw_bytes == 0 {
+            0.0
+        } else {
+            self.encoded_bytes as f64 / self.raw_bytes as f64
+        }
+    }
+
+    /// Adds `other`'s counters to these (e.g. to sum per-thread encoders).
+    pub fn merge(&mut self, other: &MemoryStats) {
+        self.raw_bytes += other.raw_bytes;
+        self.encoded_bytes += other.encoded_bytes;
+        self.zero_pages += other.zero_pages;
+        self.raw_pages += other.raw_pages;
+        self.compressed_pages += other.compressed_pages;
+        self.records += other.records;
+    }
+}
+
+/// Whether `bytes` are all zero; compares 8 bytes at a time.
+pub fn is_zero(bytes: &[u8]) -> bool {
+    let mut words = bytes.chunks_exact(64);
+    let blocks_zero = words.by_ref().all(|block| {
+        block.chunks_exact(8).fold(0u64, |acc, w| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(w);
+            acc | u64::from_ne_bytes(a)
+        }) == 0
+    });
+    blocks_zero && words.remainder().iter().all(|&b| b == 0)
+}
+
+/// Encodes runs of guest pages into Memory-section records.
+pub struct MemoryEncoder {
+    compress: Compression,
+    compressor: Option<Compressor<'static>>,
+    scratch: Vec<u8>,
+    stats: MemoryStats,
+}
+
+impl MemoryEncoder {
+    /// An encoder with the given compression setting.
+    pub fn new(compress: Compression) -> Result<Self> {
+        let compressor = match compress {
+            Compression::None => None,
+            Compression::Zstd { level } => {
+                Some(Compressor::new(level).map_err(CheckpointError::Zstd)?)
+            }
+        };
+        Ok(MemoryEncoder {
+            compress,
+            compressor,
+            scratch: Vec::new(),
+            stats: MemoryStats::default(),
+        })
+    }
+
+    /// The compression setting.
+    pub fn compression(&self) -> Compression {
+        self.compress
+    }
+
+    /// Counters since creation or the last [`take_stats`](Self::take_stats).
+    pub fn stats(&self) -> &MemoryStats {
+        &self.stats
+    }
+
+    /// Returns the counters and resets them.
+    pub fn take_stats(&mut self) -> MemoryStats {
+        std::mem::take(&mut self.stats)
+    }
+
+    /// Appends records for the guest pages `pages` starting at `gpa` to
+    /// `out`.
+    ///
+    /// Zero pages become `Zero` records (consecutive ones coalesced, up to
+    /// [`MAX_RECORD_PAGES`] per record); other pages are grouped into
+    /// records of at most [`DATA_RECORD_PAGES`] pages, stored `Zstd` when
+    /// compression is on and shrinks them, else `Raw`.
+    ///
+    /// `gpa` must be page aligned and `pages.len()` a multiple of
+    /// [`PAGE_SIZE`]. See [`SECTION_TARGET_BYTES`] for sizing sections.
+    pub fn encode_run(&mut self, gpa: u64, pages: &[u8], out: &mut Vec<u8>) -> Result<()> {
+        if gpa % PAGE_SIZE as u64 != 0 {
+            return Err(CheckpointError::InvalidArgument(format!(
+                "encode_run: gpa {gpa:#x} is not page aligned"
+            )));
+        }
+        if pages.len() % PAGE_SIZE != 0 {
+            return Err(CheckpointError::InvalidArgument(format!(
+                "encode_run: {} bytes is not a whole number of pages",
+                pages.len()
+            )));
+        }
+        if gpa.checked_add(pages.len() as u64).is_none() {
+            return Err(CheckpointError::InvalidArgument(format!(
+                "encode_run: run of {} bytes at {gpa:#x} overflows the address space",
+                pages.len()
+            )));
+        }
+        let npages = pages.len() / PAGE_SIZE;
+        if npages == 0 {
+            return Ok(());
+        }
+        let page = |i: usize| &pages[i * PAGE_SIZE..(i + 1) * PAGE_SIZE];
+
+        let mut start = 0;
+        let mut start_zero = is_zero(page(0));
+        loop {
+            let cap = if start_zero {
+                MAX_RECORD_PAGES as usize
+            } else {
+                DATA_RECORD_PAGES
+            };
+            let mut end = start + 1;
+            let mut next_zero = None;
+            while end < npages && end - start < cap {
+                let z = is_zero(page(end));
+                if z != start_zero {
+                    next_zero = Some(z);
+                    break;
+                }
+                end += 1;
+            }
+            let run_gpa = gpa + (start * PAGE_SIZE) as u64;
+            let data = &pages[start * PAGE_SIZE..end * PAGE_SIZE];
+            if start_zero {
+                self.emit_zero(run_gpa, end - start, out);
+            } else {
+                self.emit_data(run_gpa, data, out)?;
+            }
+            self.stats.raw_bytes += data.len() as u64;
+            if end >= npages {
+                return Ok(());
+            }
+            start = end;
+            start_zero = next_zero.unwrap_or_else(|| is_zero(page(start)));
+        }
+    }
+
+    fn emit_zero(&mut self, gpa: u64, npages: usize, out: &mut Vec<u8>) {
+        push_record_header(out, gpa, npages as u32, Encoding::Zero, 0);
+        self.stats.zero_pages += npages as u64;
+        self.stats.records += 1;
+        self.stats.encoded_bytes += RECORD_HEADER_LEN as u64;
+    }
+
+    fn emit_data(&mut self, gpa: u64, data: &[u8], out: &mut Vec<u8>) -> Result<()> {
+        let npages = data.len() / PAGE_SIZE;
+        let mut encoding = Encoding::Raw;
+        if let Some(c) = self.compressor.as_mut() {
+            self.scratch.clear();
+            self.scratch
+                .reserve(zstd::zstd_safe::compress_bound(data.len()));
+            c.compress_to_buffer(data, &mut self.scratch)
+                .map_err(CheckpointError::Zstd)?;
+            if self.scratch.len() < data.len() {
+                encoding = Encoding::Zstd;
+            }
+        }
+        let body: &[u8] = match encoding {
+            Encoding::Zstd => &self.scratch,
+            _ => data,
+        };
+        push_record_header(out, gpa, npages as u32, encoding, body.len() as u32);
+        out.extend_from_slice(body);
+        match encoding {
+            Encoding::Zstd => self.stats.compressed_pages += npages as u64,
+            _ => self.stats.raw_pages += npages as u64,
+        }
+        self.stats.records += 1;
+        self.stats.encoded_bytes += (RECORD_HEADER_LEN + body.len()) as u64;
+        Ok(())
+    }
+}
+
+fn push_record_header(out: &mut Vec<u8>, gpa: u64, npages: u32, enc: Encoding, data_len: u32) {
+    out.extend_from_slice(&gpa.to_le_bytes());
+    out.extend_from_slice(&npages.to_le_bytes());
+    out.push(enc as u8);
+    out.extend_from_slice(&data_len.to_le_bytes());
+}
+
+fn bad(offset: usize, reason: String) -> CheckpointError {
+    CheckpointError::BadRecord { offset, reason }
+}
+
+/// Validates every record of a Memory section payload and calls
+/// `sink(gpa, bytes)` with the decoded guest bytes, in record order.
+///
+/// `bytes.len()` is a non-zero multiple of [`PAGE_SIZE`]. A record may be
+/// delivered in several calls covering consecutive addresses (zero runs are
+/// handed over as a reused zero-filled buffer in pieces). Checks per record:
+/// complete header, `gpa` page aligned, `0 < npages <= MAX_RECORD_PAGES`, no
+/// address overflow, known encoding, `data_len` within the payload, and per
+/// encoding: `Zero` has no data, `Raw` has exactly `npages * 4096` bytes,
+/// `Zstd` decompresses (into a buffer bounded to that size) to exactly
+/// `npages * 4096` bytes. A record is fully validated before it is handed
+/// to the sink; earlier records may have been delivered when a later one is
+/// refused, so validate the whole checkpoint first (`format::verify`).
+/// Errors from `sink` are returned unchanged.
+pub fn decode_records(
+    payload: &[u8],
+    mut sink: impl FnMut(u64, &[u8]) -> Result<()>,
+) -> Result<()> {
+    let mut off = 0;
+    let mut buf: Vec<u8> = Vec::new();
+    let mut zeros: Vec<u8> = Vec::new();
+    let mut decompressor: Option<Decompressor<'static>> = None;
+
+    while off < payload.len() {
+        let rest = &payload[off..];
+        if rest.len() < RECORD_HEADER_LEN {
+            return Err(bad(
+                off,
+                format!(
+                    "record header needs {RECORD_HEADER_LEN} bytes, only {} left",
+                    rest.len()
+                ),
+            ));
+        }
+        let gpa = u64::from_le_bytes(rest[0..8].try_into().unwrap_or_default());
+        let npages = u32::from_le_bytes(rest[8..12].try_into().unwrap_or_default());
+        let enc_byte = rest[12];
+        let data_len = u32::from_le_bytes(rest[13..17].try_into().unwrap_or_default()) as usize;
+
+        if gpa % PAGE_SIZE as u64 != 0 {
+            return Err(bad(off, format!("gpa {gpa:#x} is not page aligned")));
+        }
+        if npages == 0 {
+            return Err(bad(off, "npages is 0".into()));
+        }
+        if npages > MAX_RECORD_PAGES {
+            return Err(bad(
+                off,
+                format!("npages {npages} exceeds the limit of {MAX_RECORD_PAGES}"),
+            ));
+        }
+        let nbytes = npages as usize * PAGE_SIZE;
+        if gpa.checked_add(nbytes as u64).is_none() {
+            return Err(bad(
+                off,
+                format!("{npages} pages at {gpa:#x} overflow the address space"),
+            ));
+        }
+        let enc = Encoding::try_from(enc_byte).map_err(|e| bad(off, e.to_string()))?;
+        let avail = rest.len() - RECORD_HEADER_LEN;
+        if data_len > avail {
+            return Err(bad(
+                off,
+                format!("data_len {data_len} exceeds the {avail} bytes left in the section"),
+            ));
+        }
+        let data = &rest[RECORD_HEADER_LEN..RECORD_HEADER_LEN + data_len];
+
+        match enc {
+            Encoding::Zero => {
+                if data_len != 0 {
+                    return Err(bad(
+                        off,
+                        format!("Zero record has data_len {data_len}, must be 0"),
+                    ));
+                }
+                let chunk = (npages as usize).min(ZERO_CHUNK_PAGES) * PAGE_SIZE;
+                if zeros.len() < chunk {
+                    zeros.resize(chunk, 0);
+                }
+                let mut done = 0;
+                while done < nbytes {
+                    let n = (nbytes - done).min(zeros.len());
+                    sink(gpa + done as u64, &zeros[..n])?;
+                    done += n;
+                }
+            }
+            Encoding::Raw => {
+                if data_len != nbytes {
+                    return Err(bad(
+                        off,
+                        format!("Raw record has data_len {data_len}, expected {nbytes}"),
+                    ));
+                }
+                sink(gpa, data)?;
+            }
+            Encoding::Zstd => {
+                if decompressor.is_none() {
+                    decompressor = Some(Decompressor::new().map_err(CheckpointError::Zstd)?);
+                }
+                let Some(d) = decompressor.as_mut() else {
+                    unreachable!("decompressor was just created");
+                };
+                buf.clear();
+                buf.reserve_exact(nbytes);
+                d.decompress_to_buffer(data, &mut buf).map_err(|e| {
+                    bad(
+                        off,
+                        format!("zstd data does not decompress into {nbytes} bytes: {e}"),
+                    )
+                })?;
+                if buf.len() != nbytes {
+                    return Err(bad(
+                        off,
+                        format!(
+                            "zstd data decompresses to {} bytes, expected {nbytes}",
+                            buf.len()
+                        ),
+                    ));
+                }
+                sink(gpa, &buf)?;
+            }
+        }
+        off += RECORD_HEADER_LEN + data_len;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collect(payload: &[u8]) -> Result<Vec<(u64, Vec<u8>)>> {
+        let mut v = Vec::new();
+        decode_records(payload, |gpa, b| {
+            v.push((gpa, b.to_vec()));
+            Ok(())
+        })?;
+        Ok(v)
+    }
+
+    #[test]
+    fn zero_detection() {
+        let mut p = vec![0u8; PAGE_SIZE];
+        assert!(is_zero(&p));
+        for i in [0, 7, 8, 63, 64, 4095] {
+            p[i] = 1;
+            assert!(!is_zero(&p), "byte {i}");
+            p[i] = 0;
+        }
+        assert!(is_zero(&[]));
+        assert!(!is_zero(&[0, 0, 0, 1]));
+    }
+
+    #[test]
+    fn zero_pages_coalesce_into_one_record() {
+        let mut enc = MemoryEncoder::new(Compression::None).unwrap();
+        let mut out = Vec::new();
+        enc.encode_run(0x10_0000, &vec![0u8; 5 * PAGE_SIZE], &mut out)
+            .unwrap();
+        assert_eq!(out.len(), RECORD_HEADER_LEN);
+        assert_eq!(&out[0..8], &0x10_0000u64.to_le_bytes());
+        assert_eq!(&out[8..12], &5u32.to_le_bytes());
+        assert_eq!(out[12], Encoding::Zero as u8);
+        assert_eq!(&out[13..17], &[0, 0, 0, 0]);
+        assert_eq!(enc.stats().zero_pages, 5);
+        assert_eq!(enc.stats().records, 1);
+    }
+
+    #[test]
+    fn mixed_run_layout() {
+        // data, zero, zero, data
+        let mut pages = vec![0u8; 4 * PAGE_SIZE];
+        pages[10] = 1;
+        pages[3 * PAGE_SIZE + 5] = 2;
+        let mut enc = MemoryEncoder::new(Compression::None).unwrap();
+        let mut out = Vec::new();
+        enc.encode_run(0, &pages, &mut out).unwrap();
+        let recs = collect(&out).unwrap();
+        assert_eq!(recs.len(), 3);
+        assert_eq!(recs[0], (0, pages[..PAGE_SIZE].to_vec()));
+        assert_eq!(recs[1], (PAGE_SIZE as u64, vec![0; 2 * PAGE_SIZE]));
+        assert_eq!(
+            recs[2],
+            (3 * PAGE_SIZE as u64, pages[3 * PAGE_SIZE..].to_vec())
+        );
+        let s = enc.stats();
+        assert_eq!((s.raw_pages, s.zero_pages, s.compressed_pages), (2, 2, 0));
+        assert_eq!(s.raw_bytes, pages.len() as u64);
+        assert_eq!(s.encoded_bytes, out.len() as u64);
+    }
+
+    #[test]
+    fn compression_only_when_it_shrinks() {
+        let mut enc = MemoryEncoder::new(Compression::Zstd { level: 1 }).unwrap();
+        let mut out = Vec::new();
+        let compressible = vec![0x5au8; 2 * PAGE_SIZE];
+        enc.encode_run(0, &compressible, &mut out).unwrap();
+        assert_eq!(out[12], Encoding::Zstd as u8);
+        assert!(out.len() < PAGE_SIZE);
+
+        // Pseudo-random bytes do not compress: stored Raw.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let noisy: Vec<u8> = (0..PAGE_SIZE)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let mut out2 = Vec::new();
+        enc.encode_run(0x2000, &noisy, &mut out2).unwrap();
+        assert_eq!(out2[12], Encoding::Raw as u8);
+        assert_eq!(out2.len(), RECORD_HEADER_LEN + PAGE_SIZE);
+        assert_eq!(collect(&out2).unwrap(), vec![(0x2000, noisy)]);
+        let s = enc.take_stats();
+        assert_eq!((s.compressed_pages, s.raw_pages), (2, 1));
+        assert_eq!(enc.stats(), &MemoryStats::default());
+    }
+
+    #[test]
+    fn data_records_are_bounded() {
+        let pages = vec![1u8; (DATA_RECORD_PAGES + 3) * PAGE_SIZE];
+        let mut enc = MemoryEncoder::new(Compression::None).unwrap();
+        let mut out = Vec::new();
+        enc.encode_run(0, &pages, &mut out).unwrap();
+        let recs = collect(&out).unwrap();
+        assert_eq!(recs.len(), 2);
+        assert_eq!(recs[0].1.len(), DATA_RECORD_PAGES * PAGE_SIZE);
+        assert_eq!(recs[1].0, (DATA_RECORD_PAGES * PAGE_SIZE) as u64);
+    }
+
+    #[test]
+    fn encode_run_rejects_bad_arguments() {
+        let mut enc = MemoryEncoder::new(Compression::None).unwrap();
+        let mut out = Vec::new();
+        let e = enc.encode_run(1, &[0; PAGE_SIZE], &mut out).unwrap_err();
+        assert!(e.to_string().contains("not page aligned"), "{e}");
+        let e = enc.encode_run(0, &[0; 100], &mut out).unwrap_err();
+        assert!(e.to_string().contains("whole number of pages"), "{e}");
+        let e = enc
+            .encode_run(u64::MAX - 4095, &[0; PAGE_SIZE], &mut out)
+            .unwrap_err();
+        assert!(e.to_string().contains("overflows"), "{e}");
+        assert!(out.is_empty());
+        enc.encode_run(0, &[], &mut out).unwrap();
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn large_zero_record_is_delivered_in_bounded_pieces() {
+        let mut out = Vec::new();
+        push_record_header(&mut out, 0x1000, MAX_RECORD_PAGES, Encoding::Zero, 0);
+        let mut total = 0usize;
+        let mut next = 0x1000u64;
+        decode_records(&out, |gpa, b| {
+            assert_eq!(gpa, next);
+            assert!(b.len() <= ZERO_CHUNK_PAGES * PAGE_SIZE);
+            assert!(is_zero(b));
+            next += b.len() as u64;
+            total += b.len();
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(total, MAX_RECORD_PAGES as usize * PAGE_SIZE);
+    }
+
+    #[test]
+    fn sink_errors_propagate() {
+        let mut out = Vec::new();
+        push_record_header(&mut out, 0, 1, Encoding::Zero, 0);
+        let e = decode_records(&out, |_, _| {
+            Err(CheckpointError::InvalidArgument("x".into()))
+        })
+        .unwrap_err();
+        assert!(matches!(e, CheckpointError::InvalidArgument(_)));
+    }
+}

@@ -1,0 +1,172 @@
+//! Capturing one epoch of a paused VM: vCPU, VM and device state plus the
+//! contents of the pages dirtied since the previous capture.
+//!
+//! Dirty pages come from KVM's dirty log (guest writes) merged with
+//! vm-memory's bitmap (writes the VMM made itself), and with any bits an
+//! earlier capture put back because it never became durable. `KVM_GET_DIRTY_LOG`
+//! clears KVM's log as it reads it, so the harvested bits live in a
+//! [`Harvest`] until the epoch is durable (`commit`) or is put back.
+
+use std::time::{Duration, Instant};
+
+use checkpoint::dirty::{DirtyBitmap, DirtyLedger, Harvest};
+use checkpoint::kvm_state::{VcpuState, VmState};
+use serde::{Deserialize, Serialize};
+
+use crate::devices::serial::UartState;
+use crate::error::{EngineError, Result};
+use crate::memory::PAGE_SIZE;
+use crate::vm::PauseGuard;
+
+/// Device state carried in the `Devices` section.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceState {
+    /// COM1 registers.
+    pub uart: UartState,
+}
+
+/// Copied page contents: runs of consecutive pages and their bytes.
+#[derive(Clone, Debug, Default)]
+pub struct PageBatch {
+    /// (guest physical address, number of pages), in address order.
+    pub runs: Vec<(u64, u32)>,
+    /// The pages' bytes, concatenated in run order.
+    pub data: Vec<u8>,
+}
+
+impl PageBatch {
+    /// Number of pages in the batch.
+    pub fn pages(&self) -> u64 {
+        self.runs.iter().map(|r| u64::from(r.1)).sum()
+    }
+
+    /// Iterates (gpa, bytes) over the runs.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &[u8])> {
+        let mut off = 0usize;
+        self.runs.iter().map(move |&(gpa, n)| {
+            let len = n as usize * PAGE_SIZE as usize;
+            let s = &self.data[off..off + len];
+            off += len;
+            (gpa, s)
+        })
+    }
+}
+
+/// Per-phase pause timings of one capture.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PauseTimes {
+    /// Time to stop all vCPUs.
+    pub stop: Duration,
+    /// Capturing vCPU, VM and device state.
+    pub state: Duration,
+    /// Harvesting the dirty logs.
+    pub harvest: Duration,
+    /// Copying dirty pages.
+    pub copy: Duration,
+}
+
+/// Everything captured at one epoch boundary.
+#[derive(Clone, Debug)]
+pub struct Epoch {
+    /// True for a full capture (every page), false for an incremental one.
+    pub full: bool,
+    /// vCPU states.
+    pub vcpus: Vec<VcpuState>,
+    /// In-kernel irqchip, PIT, clock.
+    pub vm: VmState,
+    /// Emulated devices.
+    pub devices: DeviceState,
+    /// Console bytes emitted up to this point.
+    pub console_pos: u64,
+    /// Page contents.
+    pub pages: PageBatch,
+    /// Pause timings.
+    pub times: PauseTimes,
+}
+
+/// Reads and clears KVM's dirty log and the VMM-write bitmap of every slot.
+/// On a failure it still returns every bit it took, with the error, so the
+/// caller can put them back: `KVM_GET_DIRTY_LOG` cleared them in KVM.
+fn fresh_dirty(guard: &PauseGuard<'_>) -> Result<(Vec<DirtyBitmap>, Option<EngineError>)> {
+    let vm = guard.vm();
+    let vmm = vm.ram.take_vmm_dirty();
+    let mut out = Vec::with_capacity(vm.ram.regions.len());
+    let mut err = None;
+    for (slot, r) in vm.ram.regions.iter().enumerate() {
+        let npages = (r.size / PAGE_SIZE) as usize;
+        let mut bm = DirtyBitmap::from_words(vmm[slot].clone(), npages)?;
+        if vm.log_dirty && err.is_none() {
+            match vm.fd.get_dirty_log(slot as u32, r.size as usize) {
+                Ok(words) => bm.or_assign(&DirtyBitmap::from_words(words, npages)?)?,
+                Err(e) => err = Some(EngineError::kvm("KVM_GET_DIRTY_LOG")(e)),
+            }
+        }
+        out.push(bm);
+    }
+    Ok((out, err))
+}
+
+/// Captures an epoch from a paused VM. On success the returned [`Harvest`]
+/// must be committed (once the epoch is durable) or put back.
+pub fn capture(guard: &PauseGuard<'_>, ledger: &mut DirtyLedger, full: bool) -> Result<(Epoch, Harvest)> {
+    let stop = guard.paused_at().elapsed();
+    let t = Instant::now();
+    let vcpus = guard.capture_vcpus()?;
+    let vmstate = guard.capture_vm()?;
+    let devices = DeviceState {
+        uart: guard.capture_uart(),
+    };
+    let console_pos = guard.vm().console_position();
+    let state_t = t.elapsed();
+
+    let t = Instant::now();
+    let ram = &guard.vm().ram;
+    let (mut fresh, err) = fresh_dirty(guard)?;
+    if let Some(e) = err {
+        let h = ledger.harvest(fresh)?;
+        ledger.put_back(h)?;
+        return Err(e);
+    }
+    if full {
+        for (bm, r) in fresh.iter_mut().zip(&ram.regions) {
+            for p in 0..(r.size / PAGE_SIZE) as usize {
+                bm.set(p);
+            }
+        }
+    }
+    let harvest = ledger.harvest(fresh)?;
+    let harvest_t = t.elapsed();
+
+    let t = Instant::now();
+    let mut pages = PageBatch::default();
+    let total: usize = harvest.regions().iter().map(|b| b.count()).sum();
+    pages.data.reserve(total * PAGE_SIZE as usize);
+    for (bm, r) in harvest.regions().iter().zip(&ram.regions) {
+        for range in bm.ranges() {
+            let off = range.start as u64 * PAGE_SIZE;
+            let len = range.len() * PAGE_SIZE as usize;
+            let at = pages.data.len();
+            pages.data.resize(at + len, 0);
+            r.read(off, &mut pages.data[at..]);
+            pages.runs.push((r.gpa + off, range.len() as u32));
+        }
+    }
+    let copy_t = t.elapsed();
+    Ok((
+        Epoch {
+            full,
+            vcpus,
+            vm: vmstate,
+            devices,
+            console_pos,
+            pages,
+            times: PauseTimes {
+                stop,
+                state: state_t,
+                harvest: harvest_t,
+                copy: copy_t,
+            },
+        },
+        harvest,
+    ))
+}

@@ -1,0 +1,99 @@
+//! Periodic local checkpoints: pause, capture, resume, write durably.
+
+use std::time::{Duration, Instant};
+
+use checkpoint::dirty::DirtyLedger;
+
+use crate::capture;
+use crate::error::Result;
+use crate::memory::PAGE_SIZE;
+use crate::runner::Periodic;
+use crate::store::DirStore;
+use crate::vm::Vm;
+
+/// Figures of the checkpoints taken so far.
+#[derive(Clone, Debug, Default)]
+pub struct CheckpointStats {
+    /// Checkpoints published.
+    pub published: u64,
+    /// Checkpoints that failed (their dirty bits were put back).
+    pub failed: u64,
+    /// Pause of each checkpoint.
+    pub pauses: Vec<Duration>,
+    /// Dirty pages of each checkpoint.
+    pub pages: Vec<u64>,
+}
+
+/// Takes a checkpoint into a [`DirStore`] every interval.
+pub struct LocalCheckpointer {
+    store: DirStore,
+    ledger: DirtyLedger,
+    interval: Duration,
+    next: Instant,
+    /// Figures so far.
+    pub stats: CheckpointStats,
+}
+
+impl LocalCheckpointer {
+    /// A checkpointer for `vm` into `store`. If the store has no base yet the
+    /// first checkpoint is full.
+    pub fn new(vm: &Vm, store: DirStore, interval: Duration) -> LocalCheckpointer {
+        let npages: Vec<usize> = vm.ram.regions.iter().map(|r| (r.size / PAGE_SIZE) as usize).collect();
+        LocalCheckpointer {
+            store,
+            ledger: DirtyLedger::new(&npages),
+            interval,
+            next: Instant::now(),
+            stats: CheckpointStats::default(),
+        }
+    }
+
+    /// Takes one checkpoint now.
+    pub fn checkpoint(&mut self, vm: &Vm) -> Result<u64> {
+        let full = self.store.last_seq().is_none();
+        let guard = vm.pause()?;
+        let (epoch, harvest) = capture::capture(&guard, &mut self.ledger, full)?;
+        let pause = guard.paused_at().elapsed();
+        drop(guard);
+        match self.store.write_epoch(&epoch) {
+            Ok(seq) => {
+                self.ledger.commit(harvest);
+                self.stats.published += 1;
+                self.stats.pauses.push(pause);
+                self.stats.pages.push(epoch.pages.pages());
+                tracing::debug!(
+                    seq,
+                    full,
+                    pages = epoch.pages.pages(),
+                    pause_us = pause.as_micros() as u64,
+                    "checkpoint published"
+                );
+                Ok(seq)
+            }
+            Err(e) => {
+                self.stats.failed += 1;
+                self.ledger.put_back(harvest)?;
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Periodic for LocalCheckpointer {
+    fn next_due(&self) -> Duration {
+        self.next.saturating_duration_since(Instant::now())
+    }
+
+    fn tick(&mut self, vm: &Vm) -> Result<()> {
+        self.next = Instant::now() + self.interval;
+        if let Err(e) = self.checkpoint(vm) {
+            if vm.shared.stop_reason().is_some() {
+                return Ok(());
+            }
+            // The VM keeps running; the bits are back in the ledger and the
+            // next checkpoint includes them.
+            tracing::error!("checkpoint failed, retrying at the next interval: {e}");
+        }
+        Ok(())
+    }
+}

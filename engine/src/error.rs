@@ -1,0 +1,88 @@
+//! Typed errors of the engine library.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong running, checkpointing or restoring a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// `/dev/kvm` does not exist.
+    #[error("/dev/kvm not found: this host has no KVM (load kvm_intel/kvm_amd, or run on a KVM-capable host)")]
+    NoKvm,
+    /// `/dev/kvm` exists but cannot be opened.
+    #[error("cannot open /dev/kvm: permission denied (run as root or add the user to the 'kvm' group)")]
+    KvmPermission,
+    /// A KVM ioctl failed.
+    #[error("KVM {op} failed: {source}")]
+    Kvm {
+        /// What was being done.
+        op: &'static str,
+        /// The errno.
+        source: kvm_ioctls::Error,
+    },
+    /// The KVM API version or a required capability is missing.
+    #[error("KVM lacks a required capability: {0}")]
+    MissingCap(&'static str),
+    /// Guest memory could not be created or accessed.
+    #[error("guest memory: {0}")]
+    Memory(String),
+    /// A configuration value is not acceptable.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The kernel image could not be read or is not a supported format.
+    #[error("kernel image {path}: {msg}")]
+    Image {
+        /// The image path.
+        path: PathBuf,
+        /// What is wrong with it.
+        msg: String,
+    },
+    /// A vCPU thread failed or the pause protocol timed out.
+    #[error("vCPU: {0}")]
+    Vcpu(String),
+    /// KVM state capture or restore failed.
+    #[error(transparent)]
+    State(#[from] checkpoint::kvm_state::StateError),
+    /// A checkpoint could not be written, read or verified.
+    #[error(transparent)]
+    Checkpoint(#[from] checkpoint::CheckpointError),
+    /// A checkpoint directory problem (no checkpoint, broken chain...).
+    #[error("checkpoint directory {dir}: {msg}")]
+    Store {
+        /// The directory.
+        dir: PathBuf,
+        /// What is wrong.
+        msg: String,
+    },
+    /// A device could not be created or restored.
+    #[error("device {device}: {msg}")]
+    Device {
+        /// Which device.
+        device: &'static str,
+        /// What is wrong.
+        msg: String,
+    },
+    /// Plain I/O error with context.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+impl EngineError {
+    /// Wraps a KVM error with the name of the operation.
+    pub fn kvm(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> EngineError {
+        move |source| EngineError::Kvm { op, source }
+    }
+
+    /// Wraps an I/O error with context.
+    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> EngineError {
+        let context = context.into();
+        move |source| EngineError::Io { context, source }
+    }
+}
+
+/// Result alias of the engine.
+pub type Result<T> = std::result::Result<T, EngineError>;

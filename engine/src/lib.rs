@@ -1,0 +1,16 @@
+//! hotspare engine: the VMM that runs guests on KVM, local checkpointing and
+//! restore, and (later) the replication loop and failover.
+
+pub mod boot;
+pub mod capture;
+pub mod checkpointer;
+pub mod devices;
+pub mod error;
+pub mod memory;
+pub mod restore;
+pub mod runner;
+pub mod store;
+pub mod vcpu;
+pub mod vm;
+
+pub use error::{EngineError, Result};

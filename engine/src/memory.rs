@@ -1,0 +1,210 @@
+//! Guest memory: a memfd split into KVM memory slots, mapped through vm-memory.
+//!
+//! Layout: RAM starts at 0. Guests larger than 3 GiB get a hole from 3 GiB to
+//! 4 GiB (where the LAPIC/IOAPIC and other MMIO live on PCs) and the rest of
+//! their RAM above 4 GiB. One memfd backs all regions so a later process (or a
+//! write-protecting tracker) can share the same pages.
+
+use std::fs::File;
+use std::os::fd::{FromRawFd, OwnedFd};
+
+use checkpoint::fingerprint::MemRegion;
+use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES};
+use kvm_ioctls::VmFd;
+use vm_memory::bitmap::AtomicBitmap;
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestRegionMmap};
+
+use crate::error::{EngineError, Result};
+
+/// Guest memory with a VMM-write bitmap (vm-memory marks pages the VMM writes).
+pub type GuestMemory = vm_memory::GuestMemoryMmap<AtomicBitmap>;
+
+/// Page size used for dirty tracking and checkpoints.
+pub const PAGE_SIZE: u64 = 4096;
+/// Start of the 32-bit MMIO hole.
+pub const MMIO_HOLE_START: u64 = 3 << 30;
+/// End of the 32-bit MMIO hole.
+pub const MMIO_HOLE_END: u64 = 4 << 30;
+
+/// The regions of guest RAM for a given size in bytes.
+pub fn layout(mem_bytes: u64) -> Vec<MemRegion> {
+    if mem_bytes <= MMIO_HOLE_START {
+        vec![MemRegion {
+            guest_addr: 0,
+            size: mem_bytes,
+        }]
+    } else {
+        vec![
+            MemRegion {
+                guest_addr: 0,
+                size: MMIO_HOLE_START,
+            },
+            MemRegion {
+                guest_addr: MMIO_HOLE_END,
+                size: mem_bytes - MMIO_HOLE_START,
+            },
+        ]
+    }
+}
+
+/// A host view of one RAM region, for bulk page copies.
+#[derive(Clone, Copy, Debug)]
+pub struct HostRegion {
+    /// Guest physical start.
+    pub gpa: u64,
+    /// Length in bytes.
+    pub size: u64,
+    host: *mut u8,
+}
+
+// SAFETY: `host` points into a mapping owned by the `GuestMemory` that the
+// owner of a `HostRegion` keeps alive; the pointer itself is freely sendable.
+unsafe impl Send for HostRegion {}
+// SAFETY: as above; concurrent access goes through volatile-style raw copies.
+unsafe impl Sync for HostRegion {}
+
+impl HostRegion {
+    /// Copies `len` bytes starting at region offset `off` into `dst`.
+    pub fn read(&self, off: u64, dst: &mut [u8]) {
+        assert!(off + dst.len() as u64 <= self.size, "read beyond region");
+        // SAFETY: bounds checked above; the mapping outlives `self` (see the
+        // Send impl); the guest may write concurrently only while running,
+        // and callers copy pages only while vCPUs are paused or accept a torn
+        // copy that will be re-sent because its dirty bit is set again.
+        unsafe { std::ptr::copy_nonoverlapping(self.host.add(off as usize), dst.as_mut_ptr(), dst.len()) }
+    }
+
+    /// Copies `src` into the region at offset `off`.
+    pub fn write(&self, off: u64, src: &[u8]) {
+        assert!(off + src.len() as u64 <= self.size, "write beyond region");
+        // SAFETY: bounds checked above; the mapping outlives `self`.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.host.add(off as usize), src.len()) }
+    }
+
+    /// A read-only view of the whole region (for bulk copies while paused).
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: the mapping is `size` bytes long and lives as long as the
+        // owning GuestMemory; see `read` on concurrent guest writes.
+        unsafe { std::slice::from_raw_parts(self.host, self.size as usize) }
+    }
+}
+
+/// Guest RAM: the memfd, its vm-memory mapping and a host view of each region.
+pub struct Ram {
+    /// vm-memory view (used by loaders and devices; it records VMM writes).
+    pub mem: GuestMemory,
+    /// The regions, in guest address order.
+    pub regions: Vec<HostRegion>,
+    /// Total RAM in bytes.
+    pub bytes: u64,
+    _memfd: File,
+}
+
+impl Ram {
+    /// Creates `bytes` of zeroed guest RAM backed by a memfd.
+    pub fn new(bytes: u64) -> Result<Ram> {
+        if bytes == 0 || bytes % (2 << 20) != 0 {
+            return Err(EngineError::Config(format!(
+                "memory size must be a non-zero multiple of 2 MiB, got {bytes} bytes"
+            )));
+        }
+        let name = c"hotspare-guest-ram";
+        // SAFETY: memfd_create with a valid NUL-terminated name; the returned
+        // fd is checked and owned below.
+        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(EngineError::Memory(format!(
+                "memfd_create: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        // SAFETY: fd is a fresh, valid descriptor we exclusively own.
+        let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        file.set_len(bytes)
+            .map_err(|e| EngineError::Memory(format!("sizing memfd to {bytes} bytes: {e}")))?;
+        let mut regions = Vec::new();
+        let mut file_off = 0u64;
+        for r in layout(bytes) {
+            let fo = FileOffset::new(
+                file.try_clone()
+                    .map_err(|e| EngineError::Memory(format!("dup memfd: {e}")))?,
+                file_off,
+            );
+            let mmap = MmapRegionBuilder::new_with_bitmap(
+                r.size as usize,
+                <AtomicBitmap as vm_memory::bitmap::NewBitmap>::with_len(r.size as usize),
+            )
+            .with_file_offset(fo)
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_SHARED | libc::MAP_NORESERVE)
+            .build()
+            .map_err(|e| EngineError::Memory(format!("mmap {} bytes: {e}", r.size)))?;
+            let region = GuestRegionMmap::new(mmap, GuestAddress(r.guest_addr))
+                .ok_or_else(|| EngineError::Memory("region overflows address space".into()))?;
+            regions.push(region);
+            file_off += r.size;
+        }
+        let mem = GuestMemory::from_regions(regions)
+            .map_err(|e| EngineError::Memory(format!("building guest memory: {e}")))?;
+        let regions = mem
+            .iter()
+            .map(|r| HostRegion {
+                gpa: r.start_addr().0,
+                size: r.len(),
+                host: r.as_ptr(),
+            })
+            .collect();
+        Ok(Ram {
+            mem,
+            regions,
+            bytes,
+            _memfd: file,
+        })
+    }
+
+    /// The layout as checkpoint metadata.
+    pub fn layout(&self) -> Vec<MemRegion> {
+        self.regions
+            .iter()
+            .map(|r| MemRegion {
+                guest_addr: r.gpa,
+                size: r.size,
+            })
+            .collect()
+    }
+
+    /// Registers every region as a KVM memory slot (slot i = region i).
+    pub fn register(&self, vm: &VmFd, log_dirty: bool) -> Result<()> {
+        for (slot, r) in self.regions.iter().enumerate() {
+            let region = kvm_userspace_memory_region {
+                slot: slot as u32,
+                flags: if log_dirty { KVM_MEM_LOG_DIRTY_PAGES } else { 0 },
+                guest_phys_addr: r.gpa,
+                memory_size: r.size,
+                userspace_addr: r.host as u64,
+            };
+            // SAFETY: the mapping is valid for `size` bytes and lives as long
+            // as `self`, which the VM owner keeps alive as long as the VM.
+            unsafe { vm.set_user_memory_region(region) }
+                .map_err(EngineError::kvm("KVM_SET_USER_MEMORY_REGION"))?;
+        }
+        Ok(())
+    }
+
+    /// Finds the region holding `gpa` and the offset in it.
+    pub fn locate(&self, gpa: u64) -> Option<(&HostRegion, u64)> {
+        self.regions
+            .iter()
+            .find(|r| gpa >= r.gpa && gpa < r.gpa + r.size)
+            .map(|r| (r, gpa - r.gpa))
+    }
+
+    /// Takes and clears the bitmap of pages written by the VMM through vm-memory.
+    pub fn take_vmm_dirty(&self) -> Vec<Vec<u64>> {
+        self.mem
+            .iter()
+            .map(|r| r.get_mmap().bitmap().get_and_reset())
+            .collect()
+    }
+}

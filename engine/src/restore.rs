@@ -1,0 +1,58 @@
+//! Rebuilding a VM from the newest complete checkpoint chain in a directory.
+
+use std::path::Path;
+
+use crate::error::{EngineError, Result};
+use crate::memory::Ram;
+use crate::store::{self, DirStore};
+use crate::vm::{Vm, VmConfig};
+
+/// A VM restored from a checkpoint directory, not started yet.
+pub struct Restored {
+    /// The VM.
+    pub vm: Vm,
+    /// The sequence number it was restored from.
+    pub seq: u64,
+    /// The console position the guest resumes at.
+    pub console_pos: u64,
+}
+
+/// Restores the newest checkpoint in `dir` into a new VM.
+pub fn restore(dir: &Path, console: Box<dyn std::io::Write + Send>, log_dirty: bool) -> Result<Restored> {
+    let chain = store::find_chain(dir)?;
+    let bytes: u64 = chain.machine.mem_regions.iter().map(|r| r.size).sum();
+    let ram = Ram::new(bytes)?;
+    if ram.layout() != chain.machine.mem_regions {
+        return Err(EngineError::Store {
+            dir: dir.to_path_buf(),
+            msg: "the checkpoint's memory layout is not one this engine builds".into(),
+        });
+    }
+    let state = chain.apply(&ram)?;
+    let cfg = VmConfig {
+        mem_bytes: bytes,
+        vcpus: chain.machine.vcpus,
+        log_dirty,
+    };
+    let mut vm = Vm::create(&cfg, console, state.console_pos, Some(&state.devices.uart), Some(ram))?;
+    if vm.machine.cpuid != chain.machine.cpuid {
+        tracing::warn!("this host's CPUID differs from the checkpoint's; the guest keeps the checkpoint's CPUID");
+    }
+    vm.machine = chain.machine.clone();
+    vm.restore_state(&state.vcpus, &state.vm)?;
+    Ok(Restored {
+        vm,
+        seq: chain.seq,
+        console_pos: state.console_pos,
+    })
+}
+
+/// Opens `dir` to continue its chain after a restore: the store's memory
+/// image starts as a copy of the restored guest memory.
+pub fn continue_store(dir: &Path, r: &Restored) -> Result<DirStore> {
+    let image = Ram::new(r.vm.ram.bytes)?;
+    for (src, dst) in r.vm.ram.regions.iter().zip(&image.regions) {
+        dst.write(0, src.as_slice());
+    }
+    DirStore::open(dir, &r.vm.machine, Some((r.seq, image)))
+}

@@ -1,0 +1,422 @@
+//! Local checkpoints in a directory: the file-backed twin of a shadow.
+//!
+//! Files are named `<seq:020>.full.ckpt` and `<seq:020>.incr.ckpt`. Each is
+//! written to a hidden `.tmp` file, fsynced, renamed into place and the
+//! directory fsynced: a crash at any moment leaves either the old set or the
+//! new set of published files, never a torn one (stray `.tmp` files are
+//! ignored and removed at the next start).
+//!
+//! The store keeps an image of guest memory as of the last published
+//! checkpoint (like a shadow's staged memory). Compaction writes that image
+//! as a new full checkpoint and deletes the older chain, so the directory does
+//! not grow without bound and no VM pause is needed for it.
+//!
+//! Restore picks the newest full checkpoint and the chain of incrementals on
+//! top of it, verifies every file completely (magic, version, fingerprint,
+//! checksums, chain links) before touching any memory, then applies them.
+
+use std::fs::{self, File};
+use std::io::{BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use checkpoint::fingerprint::{Fingerprint, MachineConfig};
+use checkpoint::format::{self, CheckpointKind, CheckpointReader, CheckpointWriter, Header, Limits, SectionId};
+use checkpoint::kvm_state::{VcpuState, VmState};
+use checkpoint::pages::{self, Compression, MemoryEncoder, MemoryStats};
+
+use crate::capture::{DeviceState, Epoch};
+use crate::error::{EngineError, Result};
+use crate::memory::{Ram, PAGE_SIZE};
+
+/// Raw page bytes per Memory section.
+const SECTION_RAW_BYTES: usize = 8 << 20;
+
+fn store_err(dir: &Path, msg: impl Into<String>) -> EngineError {
+    EngineError::Store {
+        dir: dir.to_path_buf(),
+        msg: msg.into(),
+    }
+}
+
+fn file_name(seq: u64, full: bool) -> String {
+    format!("{seq:020}.{}.ckpt", if full { "full" } else { "incr" })
+}
+
+/// A published checkpoint file found in a directory.
+#[derive(Clone, Debug)]
+struct Entry {
+    seq: u64,
+    full: bool,
+    path: PathBuf,
+}
+
+fn list(dir: &Path) -> Result<Vec<Entry>> {
+    let mut out = Vec::new();
+    let rd = fs::read_dir(dir).map_err(|e| store_err(dir, format!("cannot read: {e}")))?;
+    for ent in rd {
+        let ent = ent.map_err(|e| store_err(dir, format!("cannot read: {e}")))?;
+        let name = ent.file_name().to_string_lossy().into_owned();
+        let Some(stem) = name.strip_suffix(".ckpt") else {
+            continue;
+        };
+        let Some((seq, kind)) = stem.split_once('.') else {
+            continue;
+        };
+        let Ok(seq) = seq.parse::<u64>() else {
+            continue;
+        };
+        let full = match kind {
+            "full" => true,
+            "incr" => false,
+            _ => continue,
+        };
+        out.push(Entry {
+            seq,
+            full,
+            path: ent.path(),
+        });
+    }
+    out.sort_by_key(|e| (e.seq, !e.full));
+    Ok(out)
+}
+
+fn fsync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| store_err(dir, format!("fsync: {e}")))
+}
+
+/// Encodes an epoch's state sections and pages into a checkpoint writer.
+fn write_state<W: Write>(w: &mut CheckpointWriter<W>, machine: &MachineConfig, ep: &EpochState) -> Result<()> {
+    w.write_section(SectionId::Config, &machine.encode())?;
+    w.write_section(SectionId::Vcpus, &enc(&ep.vcpus))?;
+    w.write_section(SectionId::Vm, &enc(&ep.vm))?;
+    w.write_section(SectionId::Devices, &enc(&ep.devices))?;
+    w.write_section(SectionId::Console, &ep.console_pos.to_le_bytes())?;
+    Ok(())
+}
+
+fn enc<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    // Encoding plain data into a growable Vec has no failure mode.
+    postcard::to_stdvec(v).expect("postcard encoding into a Vec cannot fail")
+}
+
+/// The non-memory part of a checkpoint.
+#[derive(Clone, Debug)]
+pub struct EpochState {
+    /// vCPU states.
+    pub vcpus: Vec<VcpuState>,
+    /// VM state.
+    pub vm: VmState,
+    /// Devices.
+    pub devices: DeviceState,
+    /// Console position.
+    pub console_pos: u64,
+}
+
+impl From<&Epoch> for EpochState {
+    fn from(e: &Epoch) -> Self {
+        EpochState {
+            vcpus: e.vcpus.clone(),
+            vm: e.vm.clone(),
+            devices: e.devices.clone(),
+            console_pos: e.console_pos,
+        }
+    }
+}
+
+/// Writes page runs as Memory sections of bounded size.
+fn write_pages<'a, W: Write>(
+    w: &mut CheckpointWriter<W>,
+    enc: &mut MemoryEncoder,
+    runs: impl Iterator<Item = (u64, &'a [u8])>,
+) -> Result<()> {
+    let mut payload = Vec::new();
+    let mut raw_in_section = 0usize;
+    for (gpa, data) in runs {
+        for (i, chunk) in data.chunks(pages::RECOMMENDED_RUN_PAGES * PAGE_SIZE as usize).enumerate() {
+            let at = gpa + (i * pages::RECOMMENDED_RUN_PAGES) as u64 * PAGE_SIZE;
+            enc.encode_run(at, chunk, &mut payload)?;
+            raw_in_section += chunk.len();
+            if raw_in_section >= SECTION_RAW_BYTES {
+                w.write_section(SectionId::Memory, &payload)?;
+                payload.clear();
+                raw_in_section = 0;
+            }
+        }
+    }
+    if !payload.is_empty() {
+        w.write_section(SectionId::Memory, &payload)?;
+    }
+    Ok(())
+}
+
+/// Writer side: publishes checkpoints into a directory.
+pub struct DirStore {
+    dir: PathBuf,
+    machine: MachineConfig,
+    fingerprint: Fingerprint,
+    image: Ram,
+    last_seq: Option<u64>,
+    incr_since_full: u32,
+    /// Compact after this many incrementals.
+    pub compact_every: u32,
+    compression: Compression,
+    /// Memory encoding counters of the last write.
+    pub last_stats: MemoryStats,
+}
+
+impl DirStore {
+    /// Opens (creating if needed) a checkpoint directory for a VM with this
+    /// configuration. `continue_from` continues an existing chain at
+    /// `(seq, image)` after a restore; otherwise the first epoch must be full.
+    pub fn open(dir: &Path, machine: &MachineConfig, continue_from: Option<(u64, Ram)>) -> Result<DirStore> {
+        fs::create_dir_all(dir).map_err(|e| store_err(dir, format!("cannot create: {e}")))?;
+        let rd = fs::read_dir(dir).map_err(|e| store_err(dir, format!("cannot read: {e}")))?;
+        for ent in rd.flatten() {
+            if ent.file_name().to_string_lossy().ends_with(".tmp") {
+                let _ = fs::remove_file(ent.path());
+            }
+        }
+        let (last_seq, image) = match continue_from {
+            Some((seq, image)) => (Some(seq), image),
+            None => {
+                if !list(dir)?.is_empty() {
+                    return Err(store_err(
+                        dir,
+                        "already holds checkpoints of another run: use `hotspare restore` to continue it, or an empty directory",
+                    ));
+                }
+                let bytes = machine.mem_regions.iter().map(|r| r.size).sum();
+                (None, Ram::new(bytes)?)
+            }
+        };
+        Ok(DirStore {
+            dir: dir.to_path_buf(),
+            fingerprint: machine.fingerprint(),
+            machine: machine.clone(),
+            image,
+            last_seq,
+            incr_since_full: 0,
+            compact_every: 32,
+            compression: Compression::Zstd { level: 1 },
+            last_stats: MemoryStats::default(),
+        })
+    }
+
+    /// The sequence number of the newest published checkpoint.
+    pub fn last_seq(&self) -> Option<u64> {
+        self.last_seq
+    }
+
+    fn publish(&self, name: &str, body: impl FnOnce(&mut BufWriter<File>) -> Result<()>) -> Result<PathBuf> {
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        let fin = self.dir.join(name);
+        let f = File::create(&tmp).map_err(|e| store_err(&self.dir, format!("create {}: {e}", tmp.display())))?;
+        let mut w = BufWriter::with_capacity(1 << 20, f);
+        let res = body(&mut w).and_then(|_| {
+            let f = w
+                .into_inner()
+                .map_err(|e| store_err(&self.dir, format!("write {}: {}", tmp.display(), e.error())))?;
+            f.sync_all()
+                .map_err(|e| store_err(&self.dir, format!("fsync {}: {e}", tmp.display())))
+        });
+        if let Err(e) = res {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        fs::rename(&tmp, &fin).map_err(|e| store_err(&self.dir, format!("rename {}: {e}", tmp.display())))?;
+        fsync_dir(&self.dir)?;
+        Ok(fin)
+    }
+
+    /// Writes an epoch durably. A full epoch starts a new chain; an
+    /// incremental one goes on top of the last published checkpoint.
+    pub fn write_epoch(&mut self, ep: &Epoch) -> Result<u64> {
+        let seq = self.last_seq.map_or(1, |s| s + 1);
+        let header = match (ep.full, self.last_seq) {
+            (true, _) => Header::full(seq, self.fingerprint),
+            (false, Some(base)) => Header::incremental(seq, base, self.fingerprint),
+            (false, None) => return Err(store_err(&self.dir, "the first checkpoint of a chain must be full")),
+        };
+        let state = EpochState::from(ep);
+        let mut enc = MemoryEncoder::new(self.compression)?;
+        let machine = &self.machine;
+        self.publish(&file_name(seq, ep.full), |w| {
+            let mut cw = CheckpointWriter::new(w, &header)?;
+            write_state(&mut cw, machine, &state)?;
+            write_pages(&mut cw, &mut enc, ep.pages.iter())?;
+            cw.finish()?;
+            Ok(())
+        })?;
+        self.last_stats = enc.take_stats();
+        for (gpa, data) in ep.pages.iter() {
+            let (r, off) = self
+                .image
+                .locate(gpa)
+                .ok_or_else(|| store_err(&self.dir, format!("page {gpa:#x} outside guest memory")))?;
+            r.write(off, data);
+        }
+        self.last_seq = Some(seq);
+        if ep.full {
+            self.remove_older_than(seq)?;
+            self.incr_since_full = 0;
+        } else {
+            self.incr_since_full += 1;
+            if self.incr_since_full >= self.compact_every {
+                self.compact(&state)?;
+            }
+        }
+        Ok(seq)
+    }
+
+    /// Writes the memory image as a full checkpoint at the last seq and drops the older chain.
+    fn compact(&mut self, state: &EpochState) -> Result<()> {
+        let Some(seq) = self.last_seq else {
+            return Ok(());
+        };
+        let header = Header::full(seq, self.fingerprint);
+        let mut enc = MemoryEncoder::new(self.compression)?;
+        let machine = &self.machine;
+        let image = &self.image;
+        self.publish(&file_name(seq, true), |w| {
+            let mut cw = CheckpointWriter::new(w, &header)?;
+            write_state(&mut cw, machine, state)?;
+            write_pages(&mut cw, &mut enc, image.regions.iter().map(|r| (r.gpa, r.as_slice())))?;
+            cw.finish()?;
+            Ok(())
+        })?;
+        self.remove_older_than(seq)?;
+        self.incr_since_full = 0;
+        Ok(())
+    }
+
+    /// Deletes every published file that the full checkpoint `seq` supersedes.
+    fn remove_older_than(&self, seq: u64) -> Result<()> {
+        for e in list(&self.dir)? {
+            if e.seq < seq || (e.seq == seq && !e.full) {
+                fs::remove_file(&e.path).map_err(|err| store_err(&self.dir, format!("remove {}: {err}", e.path.display())))?;
+            }
+        }
+        fsync_dir(&self.dir)
+    }
+}
+
+/// A verified chain of checkpoint files, ready to apply.
+pub struct Chain {
+    /// The directory.
+    pub dir: PathBuf,
+    /// The VM configuration.
+    pub machine: MachineConfig,
+    /// The newest sequence number.
+    pub seq: u64,
+    files: Vec<PathBuf>,
+}
+
+/// Finds and fully verifies the newest complete chain in `dir`.
+pub fn find_chain(dir: &Path) -> Result<Chain> {
+    if !dir.is_dir() {
+        return Err(store_err(dir, "does not exist or is not a directory"));
+    }
+    let entries = list(dir)?;
+    let full = entries
+        .iter()
+        .rev()
+        .find(|e| e.full)
+        .ok_or_else(|| store_err(dir, "holds no complete full checkpoint"))?;
+    let limits = Limits::default();
+    let open = |p: &Path| File::open(p).map(BufReader::new).map_err(|e| store_err(dir, format!("open {}: {e}", p.display())));
+    let verify = |p: &Path, fp: Option<&Fingerprint>| -> Result<Header> {
+        format::verify(open(p)?, &limits, fp).map_err(|e| store_err(dir, format!("{} is unusable: {e}", p.display())))
+    };
+    let head = verify(&full.path, None)?;
+    if head.kind != CheckpointKind::Full || head.seq != full.seq {
+        return Err(store_err(dir, format!("{} does not hold the full checkpoint its name says", full.path.display())));
+    }
+    // The Config section must hash to the header's fingerprint.
+    let mut rd = CheckpointReader::new(open(&full.path)?, &limits, None)?;
+    let machine = match rd.next_section()? {
+        Some((SectionId::Config, p)) => MachineConfig::decode(&p)?,
+        _ => return Err(store_err(dir, format!("{} has no Config section first", full.path.display()))),
+    };
+    if machine.fingerprint() != head.fingerprint {
+        return Err(store_err(dir, format!("{}: Config section does not match the header fingerprint", full.path.display())));
+    }
+    let mut files = vec![full.path.clone()];
+    let mut seq = full.seq;
+    for e in entries.iter().filter(|e| !e.full && e.seq > full.seq) {
+        let h = verify(&e.path, Some(&head.fingerprint))?;
+        if h.kind != CheckpointKind::Incremental || h.seq != e.seq {
+            return Err(store_err(dir, format!("{} does not hold the incremental checkpoint its name says", e.path.display())));
+        }
+        if h.base_seq != seq {
+            return Err(store_err(
+                dir,
+                format!("{} applies on top of checkpoint {}, but the chain is at {seq}", e.path.display(), h.base_seq),
+            ));
+        }
+        files.push(e.path.clone());
+        seq = e.seq;
+    }
+    Ok(Chain {
+        dir: dir.to_path_buf(),
+        machine,
+        seq,
+        files,
+    })
+}
+
+impl Chain {
+    /// Applies every file's memory to `ram` (oldest first) and returns the
+    /// newest file's state.
+    pub fn apply(&self, ram: &Ram) -> Result<EpochState> {
+        let limits = Limits::default();
+        let fp = self.machine.fingerprint();
+        let mut last = None;
+        for path in &self.files {
+            let f = File::open(path).map_err(|e| store_err(&self.dir, format!("open {}: {e}", path.display())))?;
+            let mut rd = CheckpointReader::new(BufReader::new(f), &limits, Some(&fp))?;
+            let (mut vcpus, mut vm, mut devices, mut console) = (None, None, None, None);
+            while let Some((id, payload)) = rd.next_section()? {
+                let dec_err = |what: &str, e: postcard::Error| {
+                    store_err(&self.dir, format!("{}: {what} section does not decode: {e}", path.display()))
+                };
+                match id {
+                    SectionId::Config => {}
+                    SectionId::Vcpus => vcpus = Some(postcard::from_bytes(&payload).map_err(|e| dec_err("Vcpus", e))?),
+                    SectionId::Vm => vm = Some(postcard::from_bytes(&payload).map_err(|e| dec_err("Vm", e))?),
+                    SectionId::Devices => devices = Some(postcard::from_bytes(&payload).map_err(|e| dec_err("Devices", e))?),
+                    SectionId::Console => {
+                        let b: [u8; 8] = payload
+                            .as_slice()
+                            .try_into()
+                            .map_err(|_| store_err(&self.dir, format!("{}: Console section is not 8 bytes", path.display())))?;
+                        console = Some(u64::from_le_bytes(b));
+                    }
+                    SectionId::Memory => pages::decode_records(&payload, |gpa, data| {
+                        let (r, off) = ram.locate(gpa).ok_or(checkpoint::CheckpointError::Decode(format!(
+                            "page {gpa:#x} outside guest memory"
+                        )))?;
+                        if off + data.len() as u64 > r.size {
+                            return Err(checkpoint::CheckpointError::Decode(format!(
+                                "run at {gpa:#x} of {} bytes crosses the end of its memory region",
+                                data.len()
+                            )));
+                        }
+                        r.write(off, data);
+                        Ok(())
+                    })?,
+                    SectionId::End => {}
+                }
+            }
+            let missing = |s: &str| store_err(&self.dir, format!("{} has no {s} section", path.display()));
+            last = Some(EpochState {
+                vcpus: vcpus.ok_or_else(|| missing("Vcpus"))?,
+                vm: vm.ok_or_else(|| missing("Vm"))?,
+                devices: devices.ok_or_else(|| missing("Devices"))?,
+                console_pos: console.ok_or_else(|| missing("Console"))?,
+            });
+        }
+        last.ok_or_else(|| store_err(&self.dir, "empty chain"))
+    }
+}

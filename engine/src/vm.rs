@@ -1,0 +1,400 @@
+//! A KVM virtual machine: in-kernel irqchip and PIT, memfd RAM, COM1, N vCPU
+//! threads, and the pause guard through which all state is captured.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use checkpoint::fingerprint::MachineConfig;
+use checkpoint::kvm_state::{self, VcpuState, VmState};
+use crossbeam::channel::{self, Sender};
+use kvm_bindings::{kvm_cpuid_entry2, kvm_pit_config, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::Killable;
+
+use crate::boot::{self, BootSpec};
+use crate::devices::console::ConsoleSink;
+use crate::devices::serial::{self, UartState};
+use crate::devices::PioBus;
+use crate::error::{EngineError, Result};
+use crate::memory::Ram;
+use crate::vcpu::{self, Shared, StopReason, VcpuCmd, VcpuThread};
+
+/// Where KVM puts the TSS it needs for real-mode emulation (below 4 GiB, in the MMIO hole).
+const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+/// How long a pause may take before it is reported as failed.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Interval between kicks of a vCPU that has not parked yet.
+const KICK_INTERVAL: Duration = Duration::from_micros(500);
+
+/// How to build a VM.
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    /// RAM in bytes.
+    pub mem_bytes: u64,
+    /// Number of vCPUs.
+    pub vcpus: u32,
+    /// Enable KVM dirty logging on every slot.
+    pub log_dirty: bool,
+}
+
+struct VcpuSlot {
+    fd: Option<VcpuFd>,
+    tx: Sender<VcpuCmd>,
+    rx: Option<channel::Receiver<VcpuCmd>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+/// A VM, built but possibly not started yet.
+pub struct Vm {
+    /// The KVM system fd.
+    pub kvm: Kvm,
+    /// The VM fd.
+    pub fd: Arc<VmFd>,
+    /// Guest RAM.
+    pub ram: Arc<Ram>,
+    /// Port-I/O devices.
+    pub bus: Arc<Mutex<PioBus>>,
+    /// Shared vCPU control.
+    pub shared: Arc<Shared>,
+    /// MSRs captured per vCPU.
+    pub msr_list: Arc<Vec<u32>>,
+    /// The configuration the fingerprint is computed from.
+    pub machine: MachineConfig,
+    /// Whether dirty logging is on.
+    pub log_dirty: bool,
+    console_pos: Arc<AtomicU64>,
+    vcpus: Vec<VcpuSlot>,
+    senders: Vec<Sender<VcpuCmd>>,
+}
+
+/// Opens `/dev/kvm` with errors that say what to do.
+pub fn open_kvm() -> Result<Kvm> {
+    match Kvm::new() {
+        Ok(k) => Ok(k),
+        Err(e) if e.errno() == libc::ENOENT => Err(EngineError::NoKvm),
+        Err(e) if e.errno() == libc::EACCES || e.errno() == libc::EPERM => {
+            Err(EngineError::KvmPermission)
+        }
+        Err(e) => Err(EngineError::kvm("open /dev/kvm")(e)),
+    }
+}
+
+/// The host's supported CPUID table, canonical bytes included.
+fn base_cpuid(kvm: &Kvm) -> Result<Vec<kvm_cpuid_entry2>> {
+    let cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(EngineError::kvm("KVM_GET_SUPPORTED_CPUID"))?;
+    Ok(cpuid.as_slice().to_vec())
+}
+
+/// CPUID for vCPU `id`: the APIC ids in leaves 1, 0xB and 0x1F.
+fn vcpu_cpuid(base: &[kvm_cpuid_entry2], id: u32, count: u32) -> Result<CpuId> {
+    let mut entries = base.to_vec();
+    for e in entries.iter_mut() {
+        match e.function {
+            1 => {
+                e.ebx = (e.ebx & 0x0000_ffff) | (id << 24) | (count.min(255) << 16);
+                if count > 1 {
+                    e.edx |= 1 << 28; // HTT: more than one logical processor
+                }
+            }
+            0xb | 0x1f => e.edx = id,
+            _ => {}
+        }
+    }
+    CpuId::from_entries(&entries).map_err(|e| EngineError::Config(format!("CPUID table: {e:?}")))
+}
+
+fn cpuid_bytes(entries: &[kvm_cpuid_entry2]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(entries.len() * 40);
+    for e in entries {
+        for v in [e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    out
+}
+
+impl Vm {
+    /// Creates the VM, its devices and vCPUs (not started). `uart` restores a
+    /// saved UART; `console_pos` is the byte position the console starts at.
+    pub fn create(
+        cfg: &VmConfig,
+        console: Box<dyn std::io::Write + Send>,
+        console_pos: u64,
+        uart: Option<&UartState>,
+        ram: Option<Ram>,
+    ) -> Result<Vm> {
+        if cfg.vcpus == 0 || cfg.vcpus > 64 {
+            return Err(EngineError::Config(format!(
+                "--vcpus must be between 1 and 64, got {}",
+                cfg.vcpus
+            )));
+        }
+        let kvm = open_kvm()?;
+        for (cap, name) in [
+            (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
+            (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+            (Cap::SetTssAddr, "KVM_CAP_SET_TSS_ADDR"),
+            (Cap::Pit2, "KVM_CAP_PIT2"),
+            (Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"),
+            (Cap::Irqfd, "KVM_CAP_IRQFD"),
+        ] {
+            if !kvm.check_extension(cap) {
+                return Err(EngineError::MissingCap(name));
+            }
+        }
+        vcpu::install_kick_handler().map_err(EngineError::io("installing the vCPU kick signal handler"))?;
+        let fd = kvm.create_vm().map_err(EngineError::kvm("KVM_CREATE_VM"))?;
+        fd.set_tss_address(KVM_TSS_ADDRESS)
+            .map_err(EngineError::kvm("KVM_SET_TSS_ADDR"))?;
+        fd.create_irq_chip().map_err(EngineError::kvm("KVM_CREATE_IRQCHIP"))?;
+        fd.create_pit2(kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        })
+        .map_err(EngineError::kvm("KVM_CREATE_PIT2"))?;
+        let ram = match ram {
+            Some(r) if r.bytes == cfg.mem_bytes => r,
+            Some(r) => {
+                return Err(EngineError::Config(format!(
+                    "prepared RAM is {} bytes, configuration says {}",
+                    r.bytes, cfg.mem_bytes
+                )))
+            }
+            None => Ram::new(cfg.mem_bytes)?,
+        };
+        let ram = Arc::new(ram);
+        ram.register(&fd, cfg.log_dirty)?;
+
+        let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(EngineError::io("eventfd for COM1"))?;
+        fd.register_irqfd(&irq, serial::COM1_GSI)
+            .map_err(EngineError::kvm("KVM_IRQFD (COM1)"))?;
+        let sink = ConsoleSink::new(console, console_pos);
+        let console_pos = sink.position_handle();
+        let uart = serial::new_uart(irq, sink, uart)?;
+        let bus = Arc::new(Mutex::new(PioBus { uart }));
+
+        let base = base_cpuid(&kvm)?;
+        let mut vcpus = Vec::new();
+        let mut senders = Vec::new();
+        for id in 0..cfg.vcpus {
+            let vfd = fd
+                .create_vcpu(u64::from(id))
+                .map_err(EngineError::kvm("KVM_CREATE_VCPU"))?;
+            vfd.set_cpuid2(&vcpu_cpuid(&base, id, cfg.vcpus)?)
+                .map_err(EngineError::kvm("KVM_SET_CPUID2"))?;
+            let (tx, rx) = channel::unbounded();
+            senders.push(tx.clone());
+            vcpus.push(VcpuSlot {
+                fd: Some(vfd),
+                tx,
+                rx: Some(rx),
+                handle: None,
+            });
+        }
+        let msr_list = kvm_state::probe_msrs(&kvm, vcpus[0].fd.as_ref().expect("vcpu fd"))?;
+        let machine = MachineConfig {
+            mem_regions: ram.layout(),
+            vcpus: cfg.vcpus,
+            cpuid: cpuid_bytes(&base),
+        };
+        Ok(Vm {
+            kvm,
+            fd: Arc::new(fd),
+            ram,
+            bus,
+            shared: Shared::new(cfg.vcpus as usize),
+            msr_list: Arc::new(msr_list),
+            machine,
+            log_dirty: cfg.log_dirty,
+            console_pos,
+            vcpus,
+            senders,
+        })
+    }
+
+    /// Loads a kernel and sets the boot vCPU's registers (fresh boot).
+    pub fn boot(&mut self, spec: &BootSpec) -> Result<boot::ImageKind> {
+        let boot = boot::load(&self.ram, spec)?;
+        let vfd = self.vcpus[0].fd.as_ref().expect("vCPU not started yet");
+        let mut sregs = vfd.get_sregs().map_err(EngineError::kvm("KVM_GET_SREGS"))?;
+        boot.apply_sregs(&self.ram, &mut sregs)?;
+        vfd.set_sregs(&sregs).map_err(EngineError::kvm("KVM_SET_SREGS"))?;
+        vfd.set_regs(&boot.regs).map_err(EngineError::kvm("KVM_SET_REGS"))?;
+        Ok(boot.kind)
+    }
+
+    /// Loads saved vCPU and VM state (restore order: every vCPU, then the VM).
+    pub fn restore_state(&mut self, vcpus: &[VcpuState], vm: &VmState) -> Result<()> {
+        if vcpus.len() != self.vcpus.len() {
+            return Err(EngineError::Config(format!(
+                "checkpoint has {} vCPUs, VM has {}",
+                vcpus.len(),
+                self.vcpus.len()
+            )));
+        }
+        for (slot, state) in self.vcpus.iter().zip(vcpus) {
+            let vfd = slot.fd.as_ref().expect("vCPU not started yet");
+            kvm_state::restore_vcpu(vfd, state)?;
+        }
+        kvm_state::restore_vm(&self.fd, vm)?;
+        Ok(())
+    }
+
+    /// Starts one thread per vCPU.
+    pub fn start(&mut self) -> Result<()> {
+        for (id, slot) in self.vcpus.iter_mut().enumerate() {
+            let t = VcpuThread {
+                id: id as u32,
+                fd: slot.fd.take().expect("vCPU started twice"),
+                msr_list: self.msr_list.clone(),
+                shared: self.shared.clone(),
+                bus: self.bus.clone(),
+                ram: self.ram.clone(),
+                cmds: slot.rx.take().expect("vCPU started twice"),
+            };
+            let h = std::thread::Builder::new()
+                .name(format!("vcpu{id}"))
+                .spawn(move || t.run())
+                .map_err(EngineError::io("spawning a vCPU thread"))?;
+            slot.handle = Some(h);
+        }
+        Ok(())
+    }
+
+    /// Bytes the guest has written to its console so far.
+    pub fn console_position(&self) -> u64 {
+        self.console_pos.load(Ordering::Acquire)
+    }
+
+    fn kick(&self, id: usize) {
+        if let Some(h) = &self.vcpus[id].handle {
+            let _ = h.kill(vcpu::kick_signal());
+        }
+    }
+
+    /// Stops every vCPU at a capturable point; they stay stopped while the
+    /// guard lives and resume when it drops (also on every error path).
+    pub fn pause(&self) -> Result<PauseGuard<'_>> {
+        let start = Instant::now();
+        self.shared.pause_requested.store(true, Ordering::SeqCst);
+        let mut running: Vec<usize> = (0..self.vcpus.len()).collect();
+        loop {
+            for &id in &running {
+                self.kick(id);
+            }
+            running = self.shared.wait_parked(KICK_INTERVAL);
+            if running.is_empty() {
+                break;
+            }
+            if self.shared.stopping.load(Ordering::SeqCst) || start.elapsed() > PAUSE_TIMEOUT {
+                self.shared.resume_all(&self.senders);
+                return Err(EngineError::Vcpu(if self.shared.stopping.load(Ordering::SeqCst) {
+                    "VM stopped while pausing".into()
+                } else {
+                    format!("vCPUs {running:?} did not stop within {PAUSE_TIMEOUT:?}")
+                }));
+            }
+        }
+        Ok(PauseGuard {
+            vm: self,
+            paused_at: start,
+        })
+    }
+
+    /// Waits up to `timeout` for the VM to stop; returns the reason if it did.
+    pub fn wait_stop(&self, timeout: Duration) -> Option<StopReason> {
+        self.shared.wait_stop(timeout)
+    }
+
+    /// Stops the VM (if still running) and joins the vCPU threads.
+    pub fn shutdown(&mut self, reason: StopReason) -> StopReason {
+        self.shared.request_stop(reason);
+        let n = self.vcpus.iter().filter(|s| s.handle.is_some()).count();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.shared.wait_exited(n, Duration::from_millis(1)) && Instant::now() < deadline {
+            self.shared.resume_all(&self.senders);
+            for id in 0..self.vcpus.len() {
+                self.kick(id);
+            }
+        }
+        for slot in self.vcpus.iter_mut() {
+            if let Some(h) = slot.handle.take() {
+                let _ = h.join();
+            }
+        }
+        self.shared
+            .stop_reason()
+            .unwrap_or(StopReason::Requested)
+    }
+}
+
+/// Proof that every vCPU is parked. Capturing state requires one.
+pub struct PauseGuard<'a> {
+    vm: &'a Vm,
+    paused_at: Instant,
+}
+
+impl PauseGuard<'_> {
+    /// The paused VM.
+    pub fn vm(&self) -> &Vm {
+        self.vm
+    }
+
+    /// When the pause began (for pause-time figures).
+    pub fn paused_at(&self) -> Instant {
+        self.paused_at
+    }
+
+    /// Captures every vCPU's state (on its own thread, in parallel).
+    pub fn capture_vcpus(&self) -> Result<Vec<VcpuState>> {
+        let replies: Vec<_> = self
+            .vm
+            .vcpus
+            .iter()
+            .map(|s| {
+                let (tx, rx) = channel::bounded(1);
+                let _ = s.tx.send(VcpuCmd::Capture(tx));
+                rx
+            })
+            .collect();
+        replies
+            .into_iter()
+            .enumerate()
+            .map(|(id, rx)| {
+                rx.recv()
+                    .map_err(|_| EngineError::Vcpu(format!("vCPU {id} thread gone during capture")))?
+                    .map_err(EngineError::from)
+            })
+            .collect()
+    }
+
+    /// Captures the in-kernel irqchip, PIT and clock.
+    pub fn capture_vm(&self) -> Result<VmState> {
+        Ok(kvm_state::save_vm(&self.vm.fd)?)
+    }
+
+    /// Captures the UART registers.
+    pub fn capture_uart(&self) -> UartState {
+        UartState::from(self.vm.bus.lock().unwrap_or_else(|e| e.into_inner()).uart.state())
+    }
+
+    /// True when every vCPU is halted with interrupts off or was never started.
+    pub fn all_stopped_for_good(&self) -> bool {
+        self.vm.vcpus.iter().all(|s| {
+            let (tx, rx) = channel::bounded(1);
+            let _ = s.tx.send(VcpuCmd::Probe(tx));
+            rx.recv().unwrap_or(false)
+        })
+    }
+}
+
+impl Drop for PauseGuard<'_> {
+    fn drop(&mut self) {
+        self.vm.shared.resume_all(&self.vm.senders);
+    }
+}
