@@ -14,8 +14,9 @@ use std::fmt;
 use std::io::{self, Read, Write};
 
 use crate::error::{CheckpointError, Result};
-use crate::fingerprint::{Fingerprint, MachineConfig};
-use crate::pages;
+use crate::fingerprint::Fingerprint;
+
+pub use crate::verify::verify;
 
 /// The first eight bytes of every checkpoint.
 pub const MAGIC: [u8; 8] = *b"HSPRCKPT";
@@ -180,7 +181,7 @@ fn check_magic_and_version(b: &[u8]) -> Result<()> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u32)]
 pub enum SectionId {
-    /// Postcard [`MachineConfig`].
+    /// Postcard [`MachineConfig`](crate::fingerprint::MachineConfig).
     Config = 1,
     /// Postcard vCPU states (see `kvm_state`).
     Vcpus = 2,
@@ -289,7 +290,7 @@ fn le_u64(b: &[u8]) -> u64 {
 }
 
 /// Reads until `buf` is full or EOF; returns the number of bytes read.
-fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+pub(crate) fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match r.read(&mut buf[n..]) {
@@ -599,55 +600,6 @@ impl<R: Read> CheckpointReader<R> {
     }
 }
 
-/// Reads a whole checkpoint and checks everything that can be checked
-/// without a VM, so a file can be validated before anything is applied:
-///
-/// - the container (header, fingerprint if `expected` is given, every
-///   section's limits and CRC, duplicates, the End section);
-/// - that nothing follows the End section;
-/// - `Config`: decodes as [`MachineConfig`] whose fingerprint equals the
-///   header's;
-/// - `Memory`: every page record is valid (see [`pages::decode_records`]);
-/// - `Console`: exactly 8 bytes.
-///
-/// `Vcpus`, `Vm` and `Devices` payloads are only checked by CRC here.
-pub fn verify<R: Read>(r: R, limits: &Limits, expected: Option<&Fingerprint>) -> Result<Header> {
-    let mut reader = CheckpointReader::new(r, limits, expected)?;
-    let header = *reader.header();
-    while let Some((id, payload)) = reader.next_section()? {
-        match id {
-            SectionId::Config => {
-                let cfg = MachineConfig::decode(&payload)?;
-                let fp = cfg.fingerprint();
-                if fp != header.fingerprint {
-                    return Err(CheckpointError::BadPayload {
-                        id,
-                        reason: format!(
-                            "configuration hashes to {} but the header says {}",
-                            fp.short(),
-                            header.fingerprint.short()
-                        ),
-                    });
-                }
-            }
-            SectionId::Memory => pages::decode_records(&payload, |_, _| Ok(()))?,
-            SectionId::Console if payload.len() != 8 => {
-                return Err(CheckpointError::BadPayload {
-                    id,
-                    reason: format!("expected 8 bytes, got {}", payload.len()),
-                });
-            }
-            _ => {}
-        }
-    }
-    let mut inner = reader.into_inner();
-    let mut probe = [0u8; 1];
-    if read_full(&mut inner, &mut probe)? != 0 {
-        return Err(CheckpointError::TrailingData);
-    }
-    Ok(header)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -801,13 +753,24 @@ mod tests {
     }
 
     #[test]
-    fn verify_rejects_trailing_data() {
-        let mut bytes = sample();
-        assert_eq!(verify(&bytes[..], &Limits::default(), None).unwrap().seq, 5);
-        bytes.push(0);
-        assert!(matches!(
-            verify(&bytes[..], &Limits::default(), None),
-            Err(CheckpointError::TrailingData)
-        ));
+    fn invalid_fields_behind_a_valid_crc_are_refused() {
+        let reseal = |mut b: [u8; HEADER_LEN]| {
+            let crc = crc32fast::hash(&b[..HEADER_CRC_OFFSET]);
+            b[HEADER_CRC_OFFSET..].copy_from_slice(&crc.to_le_bytes());
+            Header::decode(&b).unwrap_err().to_string()
+        };
+        let good = Header::full(4, fp()).encode();
+        let mut b = good;
+        b[12] = 9;
+        assert_eq!(
+            reseal(b),
+            "invalid checkpoint header: unknown checkpoint kind 9"
+        );
+        let mut b = good;
+        b[14] = 1;
+        assert!(reseal(b).contains("reserved bytes are not zero"));
+        let mut b = good;
+        b[24] = 3; // base_seq 3 != seq 4
+        assert!(reseal(b).contains("base_seq 3 (must equal seq)"));
     }
 }

@@ -14,10 +14,9 @@
 //! a stale copy on some backends (`kvm_pvm`) and are not used.
 
 use kvm_bindings::{
-    kvm_clock_data, kvm_cpuid_entry2, kvm_debugregs, kvm_irqchip, kvm_lapic_state,
-    kvm_mp_state, kvm_msr_entry, kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events,
-    kvm_xcrs, kvm_xsave, CpuId, Msrs, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
-    KVM_IRQCHIP_PIC_SLAVE,
+    kvm_clock_data, kvm_cpuid_entry2, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state,
+    kvm_msr_entry, kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
+    CpuId, Msrs, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
 };
 use kvm_ioctls::{VcpuFd, VmFd};
 use serde::{Deserialize, Serialize};
@@ -152,7 +151,11 @@ pub fn save_vcpu(vcpu: &VcpuFd, id: u32, msr_list: &[u32]) -> Result<VcpuState, 
         .to_vec();
     let regs = vcpu.get_regs().map_err(kvm("KVM_GET_REGS"))?;
     let sregs = vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
-    let xsave = vcpu.get_xsave().map_err(kvm("KVM_GET_XSAVE"))?.region.to_vec();
+    let xsave = vcpu
+        .get_xsave()
+        .map_err(kvm("KVM_GET_XSAVE"))?
+        .region
+        .to_vec();
     let xcrs = vcpu.get_xcrs().map_err(kvm("KVM_GET_XCRS"))?;
     let entries: Vec<kvm_msr_entry> = msr_list
         .iter()

@@ -6,13 +6,15 @@
 //! End section. The byte layout is specified in `docs/checkpoint-format.md`.
 //!
 //! Modules, one concern each:
-//! - [`format`]: the container ([`CheckpointWriter`], [`CheckpointReader`],
-//!   [`verify`]);
-//! - [`pages`]: page records inside Memory sections ([`MemoryEncoder`],
-//!   [`decode_records`]);
-//! - [`dirty`]: dirty bitmaps and the [`DirtyLedger`] that never loses a bit;
-//! - [`fingerprint`]: [`MachineConfig`] and its [`Fingerprint`];
-//! - [`error`]: [`CheckpointError`].
+//! - [`format`](mod@format) is the container ([`CheckpointWriter`],
+//!   [`CheckpointReader`]);
+//! - [`verify`](mod@verify) checks a whole checkpoint before it is applied;
+//! - [`pages`] holds the page records inside Memory sections
+//!   ([`MemoryEncoder`], [`decode_records`]);
+//! - [`dirty`] has dirty bitmaps and the [`DirtyLedger`] that never loses a
+//!   bit;
+//! - [`fingerprint`] defines [`MachineConfig`] and its [`Fingerprint`];
+//! - [`error`] defines [`CheckpointError`].
 //!
 //! Nothing here needs KVM; the KVM vCPU/VM state structs live in their own
 //! module.
@@ -23,6 +25,7 @@ pub mod fingerprint;
 pub mod format;
 pub mod kvm_state;
 pub mod pages;
+pub mod verify;
 
 pub use dirty::{DirtyBitmap, DirtyLedger, Harvest};
 pub use error::{CheckpointError, Result};

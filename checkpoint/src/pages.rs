@@ -110,6 +110,11 @@ impl MemoryStats {
     }
 }
 
+/// Whether `x` is a multiple of [`PAGE_SIZE`].
+fn page_aligned(x: u64) -> bool {
+    x & (PAGE_SIZE as u64 - 1) == 0
+}
+
 /// Whether `bytes` are all zero; compares 8 bytes at a time.
 pub fn is_zero(bytes: &[u8]) -> bool {
     let mut words = bytes.chunks_exact(64);
@@ -174,12 +179,12 @@ impl MemoryEncoder {
     /// `gpa` must be page aligned and `pages.len()` a multiple of
     /// [`PAGE_SIZE`]. See [`SECTION_TARGET_BYTES`] for sizing sections.
     pub fn encode_run(&mut self, gpa: u64, pages: &[u8], out: &mut Vec<u8>) -> Result<()> {
-        if gpa % PAGE_SIZE as u64 != 0 {
+        if !page_aligned(gpa) {
             return Err(CheckpointError::InvalidArgument(format!(
                 "encode_run: gpa {gpa:#x} is not page aligned"
             )));
         }
-        if pages.len() % PAGE_SIZE != 0 {
+        if !page_aligned(pages.len() as u64) {
             return Err(CheckpointError::InvalidArgument(format!(
                 "encode_run: {} bytes is not a whole number of pages",
                 pages.len()
@@ -317,7 +322,7 @@ pub fn decode_records(
         let enc_byte = rest[12];
         let data_len = u32::from_le_bytes(rest[13..17].try_into().unwrap_or_default()) as usize;
 
-        if gpa % PAGE_SIZE as u64 != 0 {
+        if !page_aligned(gpa) {
             return Err(bad(off, format!("gpa {gpa:#x} is not page aligned")));
         }
         if npages == 0 {

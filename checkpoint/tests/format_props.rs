@@ -342,6 +342,28 @@ fn reader_exposes_header() {
     assert!(!r.is_done());
 }
 
+/// The example in docs/checkpoint-format.md.
+#[test]
+fn golden_empty_full_checkpoint() {
+    let w = checkpoint::CheckpointWriter::new(
+        Vec::new(),
+        &Header::full(1, Fingerprint::from_bytes([0x11; 32])),
+    )
+    .unwrap();
+    let bytes = w.finish().unwrap();
+    let mut expected = b"HSPRCKPT".to_vec();
+    expected.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0]);
+    expected.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0]);
+    expected.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0]);
+    expected.extend_from_slice(&[0x11; 32]);
+    expected.extend_from_slice(&[0xca, 0xa9, 0x10, 0x1b]);
+    expected.extend_from_slice(&[0xff; 4]);
+    expected.extend_from_slice(&[8, 0, 0, 0, 0, 0, 0, 0]);
+    expected.extend_from_slice(&[0xb0, 0x60, 0xec, 0x8c]);
+    expected.extend_from_slice(&[0; 8]);
+    assert_eq!(bytes, expected);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 

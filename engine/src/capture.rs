@@ -108,7 +108,11 @@ fn fresh_dirty(guard: &PauseGuard<'_>) -> Result<(Vec<DirtyBitmap>, Option<Engin
 
 /// Captures an epoch from a paused VM. On success the returned [`Harvest`]
 /// must be committed (once the epoch is durable) or put back.
-pub fn capture(guard: &PauseGuard<'_>, ledger: &mut DirtyLedger, full: bool) -> Result<(Epoch, Harvest)> {
+pub fn capture(
+    guard: &PauseGuard<'_>,
+    ledger: &mut DirtyLedger,
+    full: bool,
+) -> Result<(Epoch, Harvest)> {
     let stop = guard.paused_at().elapsed();
     let t = Instant::now();
     let vcpus = guard.capture_vcpus()?;
@@ -129,9 +133,7 @@ pub fn capture(guard: &PauseGuard<'_>, ledger: &mut DirtyLedger, full: bool) -> 
     }
     if full {
         for (bm, r) in fresh.iter_mut().zip(&ram.regions) {
-            for p in 0..(r.size / PAGE_SIZE) as usize {
-                bm.set(p);
-            }
+            bm.set_range(0..(r.size / PAGE_SIZE) as usize);
         }
     }
     let harvest = ledger.harvest(fresh)?;
@@ -143,12 +145,10 @@ pub fn capture(guard: &PauseGuard<'_>, ledger: &mut DirtyLedger, full: bool) -> 
     pages.data.reserve(total * PAGE_SIZE as usize);
     for (bm, r) in harvest.regions().iter().zip(&ram.regions) {
         for range in bm.ranges() {
-            let off = range.start as u64 * PAGE_SIZE;
+            let off = range.start * PAGE_SIZE as usize;
             let len = range.len() * PAGE_SIZE as usize;
-            let at = pages.data.len();
-            pages.data.resize(at + len, 0);
-            r.read(off, &mut pages.data[at..]);
-            pages.runs.push((r.gpa + off, range.len() as u32));
+            pages.data.extend_from_slice(&r.as_slice()[off..off + len]);
+            pages.runs.push((r.gpa + off as u64, range.len() as u32));
         }
     }
     let copy_t = t.elapsed();

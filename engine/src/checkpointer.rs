@@ -38,7 +38,12 @@ impl LocalCheckpointer {
     /// A checkpointer for `vm` into `store`. If the store has no base yet the
     /// first checkpoint is full.
     pub fn new(vm: &Vm, store: DirStore, interval: Duration) -> LocalCheckpointer {
-        let npages: Vec<usize> = vm.ram.regions.iter().map(|r| (r.size / PAGE_SIZE) as usize).collect();
+        let npages: Vec<usize> = vm
+            .ram
+            .regions
+            .iter()
+            .map(|r| (r.size / PAGE_SIZE) as usize)
+            .collect();
         LocalCheckpointer {
             store,
             ledger: DirtyLedger::new(&npages),

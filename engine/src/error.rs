@@ -9,7 +9,9 @@ pub enum EngineError {
     #[error("/dev/kvm not found: this host has no KVM (load kvm_intel/kvm_amd, or run on a KVM-capable host)")]
     NoKvm,
     /// `/dev/kvm` exists but cannot be opened.
-    #[error("cannot open /dev/kvm: permission denied (run as root or add the user to the 'kvm' group)")]
+    #[error(
+        "cannot open /dev/kvm: permission denied (run as root or add the user to the 'kvm' group)"
+    )]
     KvmPermission,
     /// A KVM ioctl failed.
     #[error("KVM {op} failed: {source}")]

@@ -6,10 +6,20 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use engine::boot::BootSpec;
+use engine::checkpointer::LocalCheckpointer;
+use engine::runner::Periodic;
+use engine::store::DirStore;
 use engine::vm::{Vm, VmConfig};
+use std::time::Duration;
+
+mod demo;
 
 #[derive(Parser)]
-#[command(name = "hotspare", version, about = "VM hot-standby replication engine on KVM")]
+#[command(
+    name = "hotspare",
+    version,
+    about = "VM hot-standby replication engine on KVM"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -19,6 +29,33 @@ struct Cli {
 enum Cmd {
     /// Run a guest standalone until it halts or is stopped.
     Run(RunArgs),
+    /// Rebuild a VM from the newest complete checkpoint in a directory and resume it.
+    Restore(RestoreArgs),
+    /// Demonstrate local checkpointing: run a bundled guest, kill it, restore it.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(clap::Args)]
+struct CheckpointArgs {
+    /// Write checkpoints (a full one, then incremental ones) into this directory.
+    #[arg(long)]
+    checkpoint_dir: Option<PathBuf>,
+    /// Interval between checkpoints in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    checkpoint_interval_ms: u64,
+}
+
+#[derive(clap::Args)]
+struct RestoreArgs {
+    /// The checkpoint directory to restore from (and to continue checkpointing into).
+    #[arg(long)]
+    checkpoint_dir: PathBuf,
+    /// Interval between checkpoints after the restore, in milliseconds (0 = stop checkpointing).
+    #[arg(long, default_value_t = 100)]
+    checkpoint_interval_ms: u64,
+    /// Console output file ('-' for stdout).
+    #[arg(long, default_value = "-")]
+    console: String,
 }
 
 #[derive(clap::Args)]
@@ -41,6 +78,8 @@ struct RunArgs {
     /// Console output file ('-' for stdout).
     #[arg(long, default_value = "-")]
     console: String,
+    #[command(flatten)]
+    ckpt: CheckpointArgs,
 }
 
 fn open_console(path: &str) -> anyhow::Result<Box<dyn std::io::Write + Send>> {
@@ -57,10 +96,16 @@ fn open_console(path: &str) -> anyhow::Result<Box<dyn std::io::Write + Send>> {
 }
 
 fn run(a: RunArgs) -> anyhow::Result<i32> {
+    if a.mem_mib == 0 || a.mem_mib % 2 != 0 {
+        anyhow::bail!(
+            "--mem-mib must be a positive multiple of 2, got {}",
+            a.mem_mib
+        );
+    }
     let cfg = VmConfig {
         mem_bytes: a.mem_mib << 20,
         vcpus: a.vcpus,
-        log_dirty: false,
+        log_dirty: a.ckpt.checkpoint_dir.is_some(),
     };
     let mut vm = Vm::create(&cfg, open_console(&a.console)?, 0, None, None)?;
     let kind = vm.boot(&BootSpec {
@@ -69,8 +114,23 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
         initrd: a.initrd,
     })?;
     tracing::info!(?kind, "booting");
+    let mut ckpt = match &a.ckpt.checkpoint_dir {
+        Some(dir) => {
+            let store = DirStore::open(dir, &vm.machine, None)?;
+            Some(LocalCheckpointer::new(
+                &vm,
+                store,
+                Duration::from_millis(a.ckpt.checkpoint_interval_ms.max(1)),
+            ))
+        }
+        None => None,
+    };
     vm.start()?;
-    let reason = engine::runner::supervise(&mut vm, None)?;
+    finish(&mut vm, ckpt.as_mut())
+}
+
+fn finish(vm: &mut Vm, ckpt: Option<&mut LocalCheckpointer>) -> anyhow::Result<i32> {
+    let reason = engine::runner::supervise(vm, ckpt.map(|c| c as &mut dyn Periodic))?;
     tracing::info!(?reason, "guest stopped");
     if let engine::vcpu::StopReason::Error(e) = &reason {
         anyhow::bail!("guest stopped on an error: {e}");
@@ -79,6 +139,33 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
         eprintln!("hotspare: guest triple-faulted on vCPU {vcpu} at rip {rip:#x}");
     }
     Ok(reason.exit_code())
+}
+
+fn restore(a: RestoreArgs) -> anyhow::Result<i32> {
+    let restored = engine::restore::restore(
+        &a.checkpoint_dir,
+        open_console(&a.console)?,
+        a.checkpoint_interval_ms > 0,
+    )?;
+    eprintln!(
+        "hotspare: restored checkpoint {} from {}; console resumes at byte {}",
+        restored.seq,
+        a.checkpoint_dir.display(),
+        restored.console_pos
+    );
+    let mut ckpt = if a.checkpoint_interval_ms > 0 {
+        let store = engine::restore::continue_store(&a.checkpoint_dir, &restored)?;
+        Some(LocalCheckpointer::new(
+            &restored.vm,
+            store,
+            Duration::from_millis(a.checkpoint_interval_ms),
+        ))
+    } else {
+        None
+    };
+    let mut vm = restored.vm;
+    vm.start()?;
+    finish(&mut vm, ckpt.as_mut())
 }
 
 fn main() -> ExitCode {
@@ -92,6 +179,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.cmd {
         Cmd::Run(a) => run(a),
+        Cmd::Restore(a) => restore(a),
+        Cmd::Demo(a) => demo::demo(a),
     };
     match res {
         Ok(code) => ExitCode::from(code as u8),

@@ -72,14 +72,18 @@ impl HostRegion {
         // Send impl); the guest may write concurrently only while running,
         // and callers copy pages only while vCPUs are paused or accept a torn
         // copy that will be re-sent because its dirty bit is set again.
-        unsafe { std::ptr::copy_nonoverlapping(self.host.add(off as usize), dst.as_mut_ptr(), dst.len()) }
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.host.add(off as usize), dst.as_mut_ptr(), dst.len())
+        }
     }
 
     /// Copies `src` into the region at offset `off`.
     pub fn write(&self, off: u64, src: &[u8]) {
         assert!(off + src.len() as u64 <= self.size, "write beyond region");
         // SAFETY: bounds checked above; the mapping outlives `self`.
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.host.add(off as usize), src.len()) }
+        unsafe {
+            std::ptr::copy_nonoverlapping(src.as_ptr(), self.host.add(off as usize), src.len())
+        }
     }
 
     /// A read-only view of the whole region (for bulk copies while paused).
@@ -179,7 +183,11 @@ impl Ram {
         for (slot, r) in self.regions.iter().enumerate() {
             let region = kvm_userspace_memory_region {
                 slot: slot as u32,
-                flags: if log_dirty { KVM_MEM_LOG_DIRTY_PAGES } else { 0 },
+                flags: if log_dirty {
+                    KVM_MEM_LOG_DIRTY_PAGES
+                } else {
+                    0
+                },
                 guest_phys_addr: r.gpa,
                 memory_size: r.size,
                 userspace_addr: r.host as u64,

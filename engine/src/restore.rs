@@ -18,7 +18,11 @@ pub struct Restored {
 }
 
 /// Restores the newest checkpoint in `dir` into a new VM.
-pub fn restore(dir: &Path, console: Box<dyn std::io::Write + Send>, log_dirty: bool) -> Result<Restored> {
+pub fn restore(
+    dir: &Path,
+    console: Box<dyn std::io::Write + Send>,
+    log_dirty: bool,
+) -> Result<Restored> {
     let chain = store::find_chain(dir)?;
     let bytes: u64 = chain.machine.mem_regions.iter().map(|r| r.size).sum();
     let ram = Ram::new(bytes)?;
@@ -34,7 +38,13 @@ pub fn restore(dir: &Path, console: Box<dyn std::io::Write + Send>, log_dirty: b
         vcpus: chain.machine.vcpus,
         log_dirty,
     };
-    let mut vm = Vm::create(&cfg, console, state.console_pos, Some(&state.devices.uart), Some(ram))?;
+    let mut vm = Vm::create(
+        &cfg,
+        console,
+        state.console_pos,
+        Some(&state.devices.uart),
+        Some(ram),
+    )?;
     if vm.machine.cpuid != chain.machine.cpuid {
         tracing::warn!("this host's CPUID differs from the checkpoint's; the guest keeps the checkpoint's CPUID");
     }

@@ -20,7 +20,9 @@ use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use checkpoint::fingerprint::{Fingerprint, MachineConfig};
-use checkpoint::format::{self, CheckpointKind, CheckpointReader, CheckpointWriter, Header, Limits, SectionId};
+use checkpoint::format::{
+    self, CheckpointKind, CheckpointReader, CheckpointWriter, Header, Limits, SectionId,
+};
 use checkpoint::kvm_state::{VcpuState, VmState};
 use checkpoint::pages::{self, Compression, MemoryEncoder, MemoryStats};
 
@@ -87,7 +89,11 @@ fn fsync_dir(dir: &Path) -> Result<()> {
 }
 
 /// Encodes an epoch's state sections and pages into a checkpoint writer.
-fn write_state<W: Write>(w: &mut CheckpointWriter<W>, machine: &MachineConfig, ep: &EpochState) -> Result<()> {
+fn write_state<W: Write>(
+    w: &mut CheckpointWriter<W>,
+    machine: &MachineConfig,
+    ep: &EpochState,
+) -> Result<()> {
     w.write_section(SectionId::Config, &machine.encode())?;
     w.write_section(SectionId::Vcpus, &enc(&ep.vcpus))?;
     w.write_section(SectionId::Vm, &enc(&ep.vm))?;
@@ -134,7 +140,10 @@ fn write_pages<'a, W: Write>(
     let mut payload = Vec::new();
     let mut raw_in_section = 0usize;
     for (gpa, data) in runs {
-        for (i, chunk) in data.chunks(pages::RECOMMENDED_RUN_PAGES * PAGE_SIZE as usize).enumerate() {
+        for (i, chunk) in data
+            .chunks(pages::RECOMMENDED_RUN_PAGES * PAGE_SIZE as usize)
+            .enumerate()
+        {
             let at = gpa + (i * pages::RECOMMENDED_RUN_PAGES) as u64 * PAGE_SIZE;
             enc.encode_run(at, chunk, &mut payload)?;
             raw_in_section += chunk.len();
@@ -170,7 +179,11 @@ impl DirStore {
     /// Opens (creating if needed) a checkpoint directory for a VM with this
     /// configuration. `continue_from` continues an existing chain at
     /// `(seq, image)` after a restore; otherwise the first epoch must be full.
-    pub fn open(dir: &Path, machine: &MachineConfig, continue_from: Option<(u64, Ram)>) -> Result<DirStore> {
+    pub fn open(
+        dir: &Path,
+        machine: &MachineConfig,
+        continue_from: Option<(u64, Ram)>,
+    ) -> Result<DirStore> {
         fs::create_dir_all(dir).map_err(|e| store_err(dir, format!("cannot create: {e}")))?;
         let rd = fs::read_dir(dir).map_err(|e| store_err(dir, format!("cannot read: {e}")))?;
         for ent in rd.flatten() {
@@ -209,15 +222,20 @@ impl DirStore {
         self.last_seq
     }
 
-    fn publish(&self, name: &str, body: impl FnOnce(&mut BufWriter<File>) -> Result<()>) -> Result<PathBuf> {
+    fn publish(
+        &self,
+        name: &str,
+        body: impl FnOnce(&mut BufWriter<File>) -> Result<()>,
+    ) -> Result<PathBuf> {
         let tmp = self.dir.join(format!(".{name}.tmp"));
         let fin = self.dir.join(name);
-        let f = File::create(&tmp).map_err(|e| store_err(&self.dir, format!("create {}: {e}", tmp.display())))?;
+        let f = File::create(&tmp)
+            .map_err(|e| store_err(&self.dir, format!("create {}: {e}", tmp.display())))?;
         let mut w = BufWriter::with_capacity(1 << 20, f);
         let res = body(&mut w).and_then(|_| {
-            let f = w
-                .into_inner()
-                .map_err(|e| store_err(&self.dir, format!("write {}: {}", tmp.display(), e.error())))?;
+            let f = w.into_inner().map_err(|e| {
+                store_err(&self.dir, format!("write {}: {}", tmp.display(), e.error()))
+            })?;
             f.sync_all()
                 .map_err(|e| store_err(&self.dir, format!("fsync {}: {e}", tmp.display())))
         });
@@ -225,7 +243,8 @@ impl DirStore {
             let _ = fs::remove_file(&tmp);
             return Err(e);
         }
-        fs::rename(&tmp, &fin).map_err(|e| store_err(&self.dir, format!("rename {}: {e}", tmp.display())))?;
+        fs::rename(&tmp, &fin)
+            .map_err(|e| store_err(&self.dir, format!("rename {}: {e}", tmp.display())))?;
         fsync_dir(&self.dir)?;
         Ok(fin)
     }
@@ -237,7 +256,12 @@ impl DirStore {
         let header = match (ep.full, self.last_seq) {
             (true, _) => Header::full(seq, self.fingerprint),
             (false, Some(base)) => Header::incremental(seq, base, self.fingerprint),
-            (false, None) => return Err(store_err(&self.dir, "the first checkpoint of a chain must be full")),
+            (false, None) => {
+                return Err(store_err(
+                    &self.dir,
+                    "the first checkpoint of a chain must be full",
+                ))
+            }
         };
         let state = EpochState::from(ep);
         let mut enc = MemoryEncoder::new(self.compression)?;
@@ -251,10 +275,9 @@ impl DirStore {
         })?;
         self.last_stats = enc.take_stats();
         for (gpa, data) in ep.pages.iter() {
-            let (r, off) = self
-                .image
-                .locate(gpa)
-                .ok_or_else(|| store_err(&self.dir, format!("page {gpa:#x} outside guest memory")))?;
+            let (r, off) = self.image.locate(gpa).ok_or_else(|| {
+                store_err(&self.dir, format!("page {gpa:#x} outside guest memory"))
+            })?;
             r.write(off, data);
         }
         self.last_seq = Some(seq);
@@ -282,7 +305,11 @@ impl DirStore {
         self.publish(&file_name(seq, true), |w| {
             let mut cw = CheckpointWriter::new(w, &header)?;
             write_state(&mut cw, machine, state)?;
-            write_pages(&mut cw, &mut enc, image.regions.iter().map(|r| (r.gpa, r.as_slice())))?;
+            write_pages(
+                &mut cw,
+                &mut enc,
+                image.regions.iter().map(|r| (r.gpa, r.as_slice())),
+            )?;
             cw.finish()?;
             Ok(())
         })?;
@@ -295,7 +322,9 @@ impl DirStore {
     fn remove_older_than(&self, seq: u64) -> Result<()> {
         for e in list(&self.dir)? {
             if e.seq < seq || (e.seq == seq && !e.full) {
-                fs::remove_file(&e.path).map_err(|err| store_err(&self.dir, format!("remove {}: {err}", e.path.display())))?;
+                fs::remove_file(&e.path).map_err(|err| {
+                    store_err(&self.dir, format!("remove {}: {err}", e.path.display()))
+                })?;
             }
         }
         fsync_dir(&self.dir)
@@ -325,34 +354,66 @@ pub fn find_chain(dir: &Path) -> Result<Chain> {
         .find(|e| e.full)
         .ok_or_else(|| store_err(dir, "holds no complete full checkpoint"))?;
     let limits = Limits::default();
-    let open = |p: &Path| File::open(p).map(BufReader::new).map_err(|e| store_err(dir, format!("open {}: {e}", p.display())));
+    let open = |p: &Path| {
+        File::open(p)
+            .map(BufReader::new)
+            .map_err(|e| store_err(dir, format!("open {}: {e}", p.display())))
+    };
     let verify = |p: &Path, fp: Option<&Fingerprint>| -> Result<Header> {
-        format::verify(open(p)?, &limits, fp).map_err(|e| store_err(dir, format!("{} is unusable: {e}", p.display())))
+        format::verify(open(p)?, &limits, fp)
+            .map_err(|e| store_err(dir, format!("{} is unusable: {e}", p.display())))
     };
     let head = verify(&full.path, None)?;
     if head.kind != CheckpointKind::Full || head.seq != full.seq {
-        return Err(store_err(dir, format!("{} does not hold the full checkpoint its name says", full.path.display())));
+        return Err(store_err(
+            dir,
+            format!(
+                "{} does not hold the full checkpoint its name says",
+                full.path.display()
+            ),
+        ));
     }
     // The Config section must hash to the header's fingerprint.
     let mut rd = CheckpointReader::new(open(&full.path)?, &limits, None)?;
     let machine = match rd.next_section()? {
         Some((SectionId::Config, p)) => MachineConfig::decode(&p)?,
-        _ => return Err(store_err(dir, format!("{} has no Config section first", full.path.display()))),
+        _ => {
+            return Err(store_err(
+                dir,
+                format!("{} has no Config section first", full.path.display()),
+            ))
+        }
     };
     if machine.fingerprint() != head.fingerprint {
-        return Err(store_err(dir, format!("{}: Config section does not match the header fingerprint", full.path.display())));
+        return Err(store_err(
+            dir,
+            format!(
+                "{}: Config section does not match the header fingerprint",
+                full.path.display()
+            ),
+        ));
     }
     let mut files = vec![full.path.clone()];
     let mut seq = full.seq;
     for e in entries.iter().filter(|e| !e.full && e.seq > full.seq) {
         let h = verify(&e.path, Some(&head.fingerprint))?;
         if h.kind != CheckpointKind::Incremental || h.seq != e.seq {
-            return Err(store_err(dir, format!("{} does not hold the incremental checkpoint its name says", e.path.display())));
+            return Err(store_err(
+                dir,
+                format!(
+                    "{} does not hold the incremental checkpoint its name says",
+                    e.path.display()
+                ),
+            ));
         }
         if h.base_seq != seq {
             return Err(store_err(
                 dir,
-                format!("{} applies on top of checkpoint {}, but the chain is at {seq}", e.path.display(), h.base_seq),
+                format!(
+                    "{} applies on top of checkpoint {}, but the chain is at {seq}",
+                    e.path.display(),
+                    h.base_seq
+                ),
             ));
         }
         files.push(e.path.clone());
@@ -374,29 +435,46 @@ impl Chain {
         let fp = self.machine.fingerprint();
         let mut last = None;
         for path in &self.files {
-            let f = File::open(path).map_err(|e| store_err(&self.dir, format!("open {}: {e}", path.display())))?;
+            let f = File::open(path)
+                .map_err(|e| store_err(&self.dir, format!("open {}: {e}", path.display())))?;
             let mut rd = CheckpointReader::new(BufReader::new(f), &limits, Some(&fp))?;
             let (mut vcpus, mut vm, mut devices, mut console) = (None, None, None, None);
             while let Some((id, payload)) = rd.next_section()? {
                 let dec_err = |what: &str, e: postcard::Error| {
-                    store_err(&self.dir, format!("{}: {what} section does not decode: {e}", path.display()))
+                    store_err(
+                        &self.dir,
+                        format!("{}: {what} section does not decode: {e}", path.display()),
+                    )
                 };
                 match id {
                     SectionId::Config => {}
-                    SectionId::Vcpus => vcpus = Some(postcard::from_bytes(&payload).map_err(|e| dec_err("Vcpus", e))?),
-                    SectionId::Vm => vm = Some(postcard::from_bytes(&payload).map_err(|e| dec_err("Vm", e))?),
-                    SectionId::Devices => devices = Some(postcard::from_bytes(&payload).map_err(|e| dec_err("Devices", e))?),
+                    SectionId::Vcpus => {
+                        vcpus =
+                            Some(postcard::from_bytes(&payload).map_err(|e| dec_err("Vcpus", e))?)
+                    }
+                    SectionId::Vm => {
+                        vm = Some(postcard::from_bytes(&payload).map_err(|e| dec_err("Vm", e))?)
+                    }
+                    SectionId::Devices => {
+                        devices = Some(
+                            postcard::from_bytes(&payload).map_err(|e| dec_err("Devices", e))?,
+                        )
+                    }
                     SectionId::Console => {
-                        let b: [u8; 8] = payload
-                            .as_slice()
-                            .try_into()
-                            .map_err(|_| store_err(&self.dir, format!("{}: Console section is not 8 bytes", path.display())))?;
+                        let b: [u8; 8] = payload.as_slice().try_into().map_err(|_| {
+                            store_err(
+                                &self.dir,
+                                format!("{}: Console section is not 8 bytes", path.display()),
+                            )
+                        })?;
                         console = Some(u64::from_le_bytes(b));
                     }
                     SectionId::Memory => pages::decode_records(&payload, |gpa, data| {
-                        let (r, off) = ram.locate(gpa).ok_or(checkpoint::CheckpointError::Decode(format!(
-                            "page {gpa:#x} outside guest memory"
-                        )))?;
+                        let (r, off) =
+                            ram.locate(gpa)
+                                .ok_or(checkpoint::CheckpointError::Decode(format!(
+                                    "page {gpa:#x} outside guest memory"
+                                )))?;
                         if off + data.len() as u64 > r.size {
                             return Err(checkpoint::CheckpointError::Decode(format!(
                                 "run at {gpa:#x} of {} bytes crosses the end of its memory region",
@@ -409,7 +487,8 @@ impl Chain {
                     SectionId::End => {}
                 }
             }
-            let missing = |s: &str| store_err(&self.dir, format!("{} has no {s} section", path.display()));
+            let missing =
+                |s: &str| store_err(&self.dir, format!("{} has no {s} section", path.display()));
             last = Some(EpochState {
                 vcpus: vcpus.ok_or_else(|| missing("Vcpus"))?,
                 vm: vm.ok_or_else(|| missing("Vm"))?,

@@ -24,7 +24,9 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use checkpoint::kvm_state::{self, VcpuState};
 use crossbeam::channel::{Receiver, Sender};
-use kvm_bindings::{kvm_run, KVM_MP_STATE_HALTED, KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_UNINITIALIZED};
+use kvm_bindings::{
+    kvm_run, KVM_MP_STATE_HALTED, KVM_MP_STATE_INIT_RECEIVED, KVM_MP_STATE_UNINITIALIZED,
+};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use crate::devices::{BusAction, PioBus};
@@ -112,7 +114,11 @@ impl Shared {
 
     /// The stop reason, if the VM is stopping.
     pub fn stop_reason(&self) -> Option<StopReason> {
-        self.ctl.lock().unwrap_or_else(|e| e.into_inner()).stop.clone()
+        self.ctl
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .stop
+            .clone()
     }
 
     /// Waits up to `timeout` for a stop; returns the reason if stopped.
@@ -390,7 +396,10 @@ impl VcpuThread {
 fn handle_exit(id: u32, bus: &Mutex<PioBus>, exit: VcpuExit<'_>) -> Option<StopReason> {
     match exit {
         VcpuExit::IoOut(port, data) => {
-            let action = bus.lock().unwrap_or_else(|e| e.into_inner()).write(port, data);
+            let action = bus
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .write(port, data);
             match action {
                 BusAction::Continue => None,
                 BusAction::Exit(code) => Some(StopReason::GuestExit(code)),
@@ -398,7 +407,9 @@ fn handle_exit(id: u32, bus: &Mutex<PioBus>, exit: VcpuExit<'_>) -> Option<StopR
             }
         }
         VcpuExit::IoIn(port, data) => {
-            bus.lock().unwrap_or_else(|e| e.into_inner()).read(port, data);
+            bus.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .read(port, data);
             None
         }
         VcpuExit::MmioRead(_, data) => {
@@ -421,6 +432,8 @@ fn handle_exit(id: u32, bus: &Mutex<PioBus>, exit: VcpuExit<'_>) -> Option<StopR
         VcpuExit::InternalError => Some(StopReason::Error(format!(
             "vCPU {id}: KVM internal error (emulation failure?)"
         ))),
-        other => Some(StopReason::Error(format!("vCPU {id}: unexpected exit {other:?}"))),
+        other => Some(StopReason::Error(format!(
+            "vCPU {id}: unexpected exit {other:?}"
+        ))),
     }
 }

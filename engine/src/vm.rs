@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use checkpoint::fingerprint::MachineConfig;
 use checkpoint::kvm_state::{self, VcpuState, VmState};
 use crossbeam::channel::{self, Sender};
-use kvm_bindings::{kvm_cpuid_entry2, kvm_pit_config, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_cpuid_entry2, kvm_pit_config, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::Killable;
@@ -147,11 +149,13 @@ impl Vm {
                 return Err(EngineError::MissingCap(name));
             }
         }
-        vcpu::install_kick_handler().map_err(EngineError::io("installing the vCPU kick signal handler"))?;
+        vcpu::install_kick_handler()
+            .map_err(EngineError::io("installing the vCPU kick signal handler"))?;
         let fd = kvm.create_vm().map_err(EngineError::kvm("KVM_CREATE_VM"))?;
         fd.set_tss_address(KVM_TSS_ADDRESS)
             .map_err(EngineError::kvm("KVM_SET_TSS_ADDR"))?;
-        fd.create_irq_chip().map_err(EngineError::kvm("KVM_CREATE_IRQCHIP"))?;
+        fd.create_irq_chip()
+            .map_err(EngineError::kvm("KVM_CREATE_IRQCHIP"))?;
         fd.create_pit2(kvm_pit_config {
             flags: KVM_PIT_SPEAKER_DUMMY,
             ..Default::default()
@@ -223,8 +227,10 @@ impl Vm {
         let vfd = self.vcpus[0].fd.as_ref().expect("vCPU not started yet");
         let mut sregs = vfd.get_sregs().map_err(EngineError::kvm("KVM_GET_SREGS"))?;
         boot.apply_sregs(&self.ram, &mut sregs)?;
-        vfd.set_sregs(&sregs).map_err(EngineError::kvm("KVM_SET_SREGS"))?;
-        vfd.set_regs(&boot.regs).map_err(EngineError::kvm("KVM_SET_REGS"))?;
+        vfd.set_sregs(&sregs)
+            .map_err(EngineError::kvm("KVM_SET_SREGS"))?;
+        vfd.set_regs(&boot.regs)
+            .map_err(EngineError::kvm("KVM_SET_REGS"))?;
         Ok(boot.kind)
     }
 
@@ -266,6 +272,30 @@ impl Vm {
         Ok(())
     }
 
+    /// Starts the vCPU threads already parked: no guest instruction runs
+    /// until the returned guard drops.
+    pub fn start_paused(&mut self) -> Result<PauseGuard<'_>> {
+        let start = Instant::now();
+        self.shared.pause_requested.store(true, Ordering::SeqCst);
+        self.start()?;
+        loop {
+            let running = self.shared.wait_parked(KICK_INTERVAL);
+            if running.is_empty() {
+                break;
+            }
+            if start.elapsed() > PAUSE_TIMEOUT {
+                self.shared.resume_all(&self.senders);
+                return Err(EngineError::Vcpu(format!(
+                    "vCPUs {running:?} did not park at start"
+                )));
+            }
+        }
+        Ok(PauseGuard {
+            vm: self,
+            paused_at: start,
+        })
+    }
+
     /// Bytes the guest has written to its console so far.
     pub fn console_position(&self) -> u64 {
         self.console_pos.load(Ordering::Acquire)
@@ -293,11 +323,13 @@ impl Vm {
             }
             if self.shared.stopping.load(Ordering::SeqCst) || start.elapsed() > PAUSE_TIMEOUT {
                 self.shared.resume_all(&self.senders);
-                return Err(EngineError::Vcpu(if self.shared.stopping.load(Ordering::SeqCst) {
-                    "VM stopped while pausing".into()
-                } else {
-                    format!("vCPUs {running:?} did not stop within {PAUSE_TIMEOUT:?}")
-                }));
+                return Err(EngineError::Vcpu(
+                    if self.shared.stopping.load(Ordering::SeqCst) {
+                        "VM stopped while pausing".into()
+                    } else {
+                        format!("vCPUs {running:?} did not stop within {PAUSE_TIMEOUT:?}")
+                    },
+                ));
             }
         }
         Ok(PauseGuard {
@@ -327,9 +359,7 @@ impl Vm {
                 let _ = h.join();
             }
         }
-        self.shared
-            .stop_reason()
-            .unwrap_or(StopReason::Requested)
+        self.shared.stop_reason().unwrap_or(StopReason::Requested)
     }
 }
 
@@ -367,7 +397,9 @@ impl PauseGuard<'_> {
             .enumerate()
             .map(|(id, rx)| {
                 rx.recv()
-                    .map_err(|_| EngineError::Vcpu(format!("vCPU {id} thread gone during capture")))?
+                    .map_err(|_| {
+                        EngineError::Vcpu(format!("vCPU {id} thread gone during capture"))
+                    })?
                     .map_err(EngineError::from)
             })
             .collect()
@@ -380,7 +412,14 @@ impl PauseGuard<'_> {
 
     /// Captures the UART registers.
     pub fn capture_uart(&self) -> UartState {
-        UartState::from(self.vm.bus.lock().unwrap_or_else(|e| e.into_inner()).uart.state())
+        UartState::from(
+            self.vm
+                .bus
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .uart
+                .state(),
+        )
     }
 
     /// True when every vCPU is halted with interrupts off or was never started.

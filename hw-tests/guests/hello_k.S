@@ -8,3 +8,5 @@ guest_init0:
         .section .rodata
 msg_hello0:
         .asciz  "hello from pvh guest\n"
+
+        .section .note.GNU-stack, "", @progbits

@@ -21,12 +21,15 @@ pub fn write(header: &Header, sections: &[(SectionId, Vec<u8>)]) -> Vec<u8> {
     w.finish().expect("finish")
 }
 
+/// A header and its sections, as read back.
+pub type Checkpoint = (Header, Vec<(SectionId, Vec<u8>)>);
+
 /// Reads a checkpoint's container (no payload interpretation).
 pub fn read_all<R: Read>(
     r: R,
     limits: &Limits,
     expected: Option<&Fingerprint>,
-) -> Result<(Header, Vec<(SectionId, Vec<u8>)>), CheckpointError> {
+) -> Result<Checkpoint, CheckpointError> {
     let mut reader = CheckpointReader::new(r, limits, expected)?;
     let mut out = Vec::new();
     while let Some(s) = reader.next_section()? {

@@ -36,7 +36,12 @@ const KERNEL_LOADER_OTHER: u8 = 0xff;
 const KERNEL_MIN_ALIGNMENT: u32 = 0x0100_0000;
 
 /// Fills the zero page and returns the entry registers.
-pub fn setup(ram: &Ram, spec: &BootSpec, res: &KernelLoaderResult, bzimage: bool) -> Result<BootRegs> {
+pub fn setup(
+    ram: &Ram,
+    spec: &BootSpec,
+    res: &KernelLoaderResult,
+    bzimage: bool,
+) -> Result<BootRegs> {
     super::write_cmdline(ram, &spec.cmdline)?;
     let mut params = boot_params::default();
     let entry = if bzimage {
@@ -74,7 +79,9 @@ pub fn setup(ram: &Ram, spec: &BootSpec, res: &KernelLoaderResult, bzimage: bool
         let start = if i == 0 { HIMEM_START } else { r.gpa };
         add(start, r.gpa + r.size - start, E820_RAM);
     }
-    LinuxBootConfigurator::write_bootparams::<vm_memory::GuestMemoryMmap<vm_memory::bitmap::AtomicBitmap>>(
+    LinuxBootConfigurator::write_bootparams::<
+        vm_memory::GuestMemoryMmap<vm_memory::bitmap::AtomicBitmap>,
+    >(
         &BootParams::new::<boot_params>(&params, GuestAddress(ZERO_PAGE_ADDR)),
         &ram.mem,
     )

@@ -145,8 +145,9 @@ pub fn load(ram: &Ram, spec: &BootSpec) -> Result<BootRegs> {
     }
     match kind {
         ImageKind::BzImage => {
-            let res = loader::BzImage::load(&ram.mem, None, &mut f, Some(GuestAddress(HIMEM_START)))
-                .map_err(|e| load_err(path, ram, e))?;
+            let res =
+                loader::BzImage::load(&ram.mem, None, &mut f, Some(GuestAddress(HIMEM_START)))
+                    .map_err(|e| load_err(path, ram, e))?;
             linux::setup(ram, spec, &res, true)
         }
         _ => {
@@ -179,7 +180,8 @@ fn load_err(path: &Path, ram: &Ram, e: loader::Error) -> EngineError {
 
 /// Loads the initrd as high as possible below the end of low RAM; returns (addr, size).
 pub fn load_initrd(ram: &Ram, path: &Path, below: u64) -> Result<(u64, u64)> {
-    let data = std::fs::read(path).map_err(|e| image_err(path, format!("initrd: cannot read: {e}")))?;
+    let data =
+        std::fs::read(path).map_err(|e| image_err(path, format!("initrd: cannot read: {e}")))?;
     let size = data.len() as u64;
     let top = below.min(ram.regions[0].size);
     let addr = top
@@ -204,7 +206,9 @@ pub fn write_cmdline(ram: &Ram, cmdline: &str) -> Result<()> {
     use vm_memory::Bytes;
     let mut bytes = cmdline.as_bytes().to_vec();
     if bytes.contains(&0) {
-        return Err(EngineError::Config("command line contains a NUL byte".into()));
+        return Err(EngineError::Config(
+            "command line contains a NUL byte".into(),
+        ));
     }
     bytes.push(0);
     ram.mem

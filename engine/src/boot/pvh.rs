@@ -2,11 +2,13 @@
 //! at an `hvm_start_info` (<https://xenbits.xen.org/docs/unstable/misc/pvh.html>).
 
 use kvm_bindings::kvm_regs;
-use linux_loader::loader::elf::start_info::{hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info};
+use linux_loader::loader::elf::start_info::{
+    hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
+};
 use linux_loader::loader::KernelLoaderResult;
 use vm_memory::{Bytes, GuestAddress};
 
-use super::{BootRegs, CpuMode, BootSpec, ImageKind, CMDLINE_START, EBDA_START, HIMEM_START};
+use super::{BootRegs, BootSpec, CpuMode, ImageKind, CMDLINE_START, EBDA_START, HIMEM_START};
 use crate::error::{EngineError, Result};
 use crate::memory::Ram;
 
@@ -83,7 +85,9 @@ pub fn setup(
         ram.mem
             .write_obj(
                 *e,
-                GuestAddress(MEMMAP_ADDR + (i * std::mem::size_of::<hvm_memmap_table_entry>()) as u64),
+                GuestAddress(
+                    MEMMAP_ADDR + (i * std::mem::size_of::<hvm_memmap_table_entry>()) as u64,
+                ),
             )
             .map_err(mem_err("PVH memory map"))?;
     }

@@ -136,7 +136,10 @@ mod tests {
         let mut r = uart(&buf, Some(&saved));
         // With DLAB restored, offset 0 is the divisor latch, not THR.
         r.write(0, 0x01).unwrap();
-        assert!(buf.0.lock().unwrap().is_empty(), "divisor write leaked to the console");
+        assert!(
+            buf.0.lock().unwrap().is_empty(),
+            "divisor write leaked to the console"
+        );
         r.write(3, 0x03).unwrap(); // DLAB off, 8N1
         r.write(0, b'A').unwrap();
         assert_eq!(&*buf.0.lock().unwrap(), b"A");

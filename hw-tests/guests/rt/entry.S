@@ -734,3 +734,5 @@ dfstack1_top:
 ustack0_top:
         .skip   131072
 ustack1_top:
+
+        .section .note.GNU-stack, "", @progbits

@@ -1,0 +1,86 @@
+//! Whole-checkpoint validation before anything is applied.
+//!
+//! [`verify`] reads a checkpoint end to end and checks the container and
+//! every payload this crate understands, so the engine can refuse a damaged
+//! or foreign checkpoint before touching the VM.
+
+use std::io::Read;
+
+use crate::error::{CheckpointError, Result};
+use crate::fingerprint::{Fingerprint, MachineConfig};
+use crate::format::{read_full, CheckpointReader, Header, Limits, SectionId};
+use crate::pages;
+
+/// Reads a whole checkpoint and checks everything that can be checked
+/// without a VM, so a file can be validated before anything is applied:
+///
+/// - the container (header, fingerprint if `expected` is given, every
+///   section's limits and CRC, duplicates, the End section);
+/// - that nothing follows the End section;
+/// - `Config`: decodes as [`MachineConfig`] whose fingerprint equals the
+///   header's;
+/// - `Memory`: every page record is valid (see [`pages::decode_records`]);
+/// - `Console`: exactly 8 bytes.
+///
+/// `Vcpus`, `Vm` and `Devices` payloads are only checked by CRC here.
+pub fn verify<R: Read>(r: R, limits: &Limits, expected: Option<&Fingerprint>) -> Result<Header> {
+    let mut reader = CheckpointReader::new(r, limits, expected)?;
+    let header = *reader.header();
+    while let Some((id, payload)) = reader.next_section()? {
+        match id {
+            SectionId::Config => {
+                let cfg = MachineConfig::decode(&payload)?;
+                let fp = cfg.fingerprint();
+                if fp != header.fingerprint {
+                    return Err(CheckpointError::BadPayload {
+                        id,
+                        reason: format!(
+                            "configuration hashes to {} but the header says {}",
+                            fp.short(),
+                            header.fingerprint.short()
+                        ),
+                    });
+                }
+            }
+            SectionId::Memory => pages::decode_records(&payload, |_, _| Ok(()))?,
+            SectionId::Console if payload.len() != 8 => {
+                return Err(CheckpointError::BadPayload {
+                    id,
+                    reason: format!("expected 8 bytes, got {}", payload.len()),
+                });
+            }
+            _ => {}
+        }
+    }
+    let mut inner = reader.into_inner();
+    let mut probe = [0u8; 1];
+    if read_full(&mut inner, &mut probe)? != 0 {
+        return Err(CheckpointError::TrailingData);
+    }
+    Ok(header)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::CheckpointWriter;
+
+    fn sample() -> Vec<u8> {
+        let fp = Fingerprint::from_bytes([7; 32]);
+        let mut w = CheckpointWriter::new(Vec::new(), &Header::incremental(5, 4, fp)).unwrap();
+        w.write_section(SectionId::Vcpus, b"vcpus").unwrap();
+        w.write_section(SectionId::Memory, b"").unwrap();
+        w.finish().unwrap()
+    }
+
+    #[test]
+    fn verify_rejects_trailing_data() {
+        let mut bytes = sample();
+        assert_eq!(verify(&bytes[..], &Limits::default(), None).unwrap().seq, 5);
+        bytes.push(0);
+        assert!(matches!(
+            verify(&bytes[..], &Limits::default(), None),
+            Err(CheckpointError::TrailingData)
+        ));
+    }
+}

@@ -1,0 +1,166 @@
+//! Bad input gets a clear error naming what is wrong.
+
+mod common;
+
+use std::process::Command;
+
+use common::{hotspare, TempDir};
+
+fn run(args: &[&str]) -> (bool, String) {
+    let out = Command::new(hotspare())
+        .args(args)
+        .output()
+        .expect("spawn hotspare");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn missing_kernel_is_named() {
+    if !common::kvm_available() {
+        return;
+    }
+    let (ok, err) = run(&["run", "--kernel", "/nonexistent/guest.elf"]);
+    assert!(!ok);
+    assert!(
+        err.contains("/nonexistent/guest.elf") && err.contains("cannot open"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unrecognised_image_is_refused() {
+    if !common::kvm_available() {
+        return;
+    }
+    let d = TempDir::new("badimg");
+    let p = d.path("junk.bin");
+    std::fs::write(&p, vec![0x5au8; 8192]).unwrap();
+    let (ok, err) = run(&["run", "--kernel", p.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("not a recognised kernel image"), "{err}");
+}
+
+#[test]
+fn memory_too_small_for_image_is_refused() {
+    if !common::kvm_available() {
+        return;
+    }
+    let d = TempDir::new("bigimg");
+    let p = d.path("big.elf");
+    // A valid guest padded to 6 MiB does not fit in 4 MiB of RAM.
+    let mut img = std::fs::read(hw_tests::guest_path("hello")).unwrap();
+    img.resize(6 << 20, 0);
+    std::fs::write(&p, img).unwrap();
+    let (ok, err) = run(&["run", "--kernel", p.to_str().unwrap(), "--mem-mib", "4"]);
+    assert!(!ok);
+    assert!(err.contains("--mem-mib"), "{err}");
+}
+
+#[test]
+fn restore_from_empty_dir_says_so() {
+    if !common::kvm_available() {
+        return;
+    }
+    let d = TempDir::new("empty");
+    let (ok, err) = run(&["restore", "--checkpoint-dir", d.0.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("no complete full checkpoint"), "{err}");
+}
+
+/// Writes a few checkpoints of a running guest, then damages one.
+fn checkpoint_dir(d: &TempDir) -> std::path::PathBuf {
+    let ck = d.path("ck");
+    let st = Command::new(hotspare())
+        .args(["run", "--kernel"])
+        .arg(hw_tests::guest_path("timer"))
+        .args([
+            "--mem-mib",
+            "64",
+            "--cmdline",
+            "ticks=400 every=100",
+            "--console",
+            "/dev/null",
+        ])
+        .arg("--checkpoint-dir")
+        .arg(&ck)
+        .args(["--checkpoint-interval-ms", "20"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    ck
+}
+
+fn newest(ck: &std::path::Path) -> std::path::PathBuf {
+    let mut files: Vec<_> = std::fs::read_dir(ck)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files.pop().unwrap()
+}
+
+#[test]
+fn corrupt_checkpoint_is_refused_by_name() {
+    if !common::kvm_available() {
+        return;
+    }
+    let d = TempDir::new("corrupt");
+    let ck = checkpoint_dir(&d);
+    let victim = newest(&ck);
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&victim, bytes).unwrap();
+    let (ok, err) = run(&[
+        "restore",
+        "--checkpoint-dir",
+        ck.to_str().unwrap(),
+        "--console",
+        "/dev/null",
+    ]);
+    assert!(!ok, "a corrupt checkpoint was accepted");
+    let name = victim.file_name().unwrap().to_str().unwrap();
+    assert!(err.contains(name), "error does not name the file: {err}");
+}
+
+#[test]
+fn truncated_checkpoint_is_refused_by_name() {
+    if !common::kvm_available() {
+        return;
+    }
+    let d = TempDir::new("trunc");
+    let ck = checkpoint_dir(&d);
+    let victim = newest(&ck);
+    let bytes = std::fs::read(&victim).unwrap();
+    std::fs::write(&victim, &bytes[..bytes.len() - 7]).unwrap();
+    let (ok, err) = run(&[
+        "restore",
+        "--checkpoint-dir",
+        ck.to_str().unwrap(),
+        "--console",
+        "/dev/null",
+    ]);
+    assert!(!ok, "a truncated checkpoint was accepted");
+    assert!(err.contains("truncated"), "{err}");
+}
+
+#[test]
+fn run_refuses_a_directory_holding_another_runs_checkpoints() {
+    if !common::kvm_available() {
+        return;
+    }
+    let d = TempDir::new("reuse");
+    let ck = checkpoint_dir(&d);
+    let (ok, err) = run(&[
+        "run",
+        "--kernel",
+        hw_tests::guest_path("hello").to_str().unwrap(),
+        "--checkpoint-dir",
+        ck.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("already holds checkpoints"), "{err}");
+}

@@ -1,0 +1,130 @@
+//! capture -> restore (into a new VM) -> capture gives identical state,
+//! except the fields that move with time (IA32_TSC, the LAPIC current-count
+//! register, kvmclock).
+
+mod common;
+
+use std::time::Duration;
+
+use checkpoint::dirty::DirtyLedger;
+use checkpoint::kvm_state::VcpuState;
+use engine::boot::BootSpec;
+use engine::capture::{self, Epoch};
+use engine::memory::PAGE_SIZE;
+use engine::store::DirStore;
+use engine::vm::{Vm, VmConfig};
+
+const MSR_IA32_TSC: u32 = 0x10;
+const APIC_TMCCT: usize = 0x390;
+
+fn ledger(vm: &Vm) -> DirtyLedger {
+    let n: Vec<usize> = vm
+        .ram
+        .regions
+        .iter()
+        .map(|r| (r.size / PAGE_SIZE) as usize)
+        .collect();
+    DirtyLedger::new(&n)
+}
+
+/// The vCPU state with the time-moving fields zeroed.
+fn timeless(v: &VcpuState) -> Vec<u8> {
+    let mut v = v.clone();
+    for m in v.msrs.iter_mut().filter(|m| m.0 == MSR_IA32_TSC) {
+        m.1 = 0;
+    }
+    for b in &mut v.lapic.regs[APIC_TMCCT..APIC_TMCCT + 4] {
+        *b = 0;
+    }
+    postcard::to_stdvec(&v).unwrap()
+}
+
+fn compare(a: &Epoch, b: &Epoch) {
+    assert_eq!(a.vcpus.len(), b.vcpus.len());
+    for (x, y) in a.vcpus.iter().zip(&b.vcpus) {
+        assert_eq!(x.regs.rip, y.regs.rip, "vCPU {} RIP", x.id);
+        assert!(
+            timeless(x) == timeless(y),
+            "vCPU {} state differs after restore:\n{x:?}\n{y:?}",
+            x.id
+        );
+    }
+    assert_eq!(
+        postcard::to_stdvec(&a.vm.irqchips).unwrap(),
+        postcard::to_stdvec(&b.vm.irqchips).unwrap(),
+        "irqchip state differs"
+    );
+    assert_eq!(a.devices, b.devices, "device state differs");
+    assert_eq!(a.console_pos, b.console_pos, "console position differs");
+    assert_eq!(a.pages.runs, b.pages.runs, "page runs differ");
+    assert!(
+        a.pages.data == b.pages.data,
+        "guest memory differs after restore"
+    );
+}
+
+fn roundtrip(guest: &str, cmdline: &str, vcpus: u32, run_for: Duration) {
+    if !common::kvm_available() {
+        return;
+    }
+    let dir = common::TempDir::new("roundtrip");
+    let ckpt = dir.path("ckpt");
+    let cfg = VmConfig {
+        mem_bytes: 64 << 20,
+        vcpus,
+        log_dirty: true,
+    };
+    let mut vm = Vm::create(&cfg, Box::new(std::io::sink()), 0, None, None).unwrap();
+    vm.boot(&BootSpec {
+        kernel: hw_tests::guest_path(guest),
+        cmdline: cmdline.into(),
+        initrd: None,
+    })
+    .unwrap();
+    vm.start().unwrap();
+    std::thread::sleep(run_for);
+    let mut l = ledger(&vm);
+    let a = {
+        let guard = vm.pause().unwrap();
+        let (a, h) = capture::capture(&guard, &mut l, true).unwrap();
+        l.commit(h);
+        let mut store = DirStore::open(&ckpt, &vm.machine, None).unwrap();
+        store.write_epoch(&a).unwrap();
+        a
+    };
+    assert!(
+        vm.shared.stop_reason().is_none(),
+        "guest stopped before the capture: {:?}",
+        vm.shared.stop_reason()
+    );
+    vm.shutdown(engine::vcpu::StopReason::Requested);
+
+    let mut r = engine::restore::restore(&ckpt, Box::new(std::io::sink()), true).unwrap();
+    let mut l2 = ledger(&r.vm);
+    let guard = r.vm.start_paused().unwrap();
+    let (b, h) = capture::capture(&guard, &mut l2, true).unwrap();
+    l2.commit(h);
+    drop(guard);
+    compare(&a, &b);
+    r.vm.shutdown(engine::vcpu::StopReason::Requested);
+}
+
+#[test]
+fn memtest_state_roundtrips_exactly() {
+    roundtrip("memtest", "rounds=1000", 1, Duration::from_millis(300));
+}
+
+#[test]
+fn timer_state_roundtrips_exactly() {
+    roundtrip("timer", "ticks=100000", 1, Duration::from_millis(300));
+}
+
+#[test]
+fn smp_state_roundtrips_exactly() {
+    roundtrip("smp", "rounds=100000", 2, Duration::from_millis(300));
+}
+
+#[test]
+fn sse_state_roundtrips_exactly() {
+    roundtrip("sse", "rounds=100000", 1, Duration::from_millis(300));
+}
