@@ -96,7 +96,7 @@ fn open_console(path: &str) -> anyhow::Result<Box<dyn std::io::Write + Send>> {
 }
 
 fn run(a: RunArgs) -> anyhow::Result<i32> {
-    if a.mem_mib == 0 || a.mem_mib % 2 != 0 {
+    if a.mem_mib == 0 || !a.mem_mib.is_multiple_of(2) {
         anyhow::bail!(
             "--mem-mib must be a positive multiple of 2, got {}",
             a.mem_mib

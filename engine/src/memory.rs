@@ -108,7 +108,7 @@ pub struct Ram {
 impl Ram {
     /// Creates `bytes` of zeroed guest RAM backed by a memfd.
     pub fn new(bytes: u64) -> Result<Ram> {
-        if bytes == 0 || bytes % (2 << 20) != 0 {
+        if bytes == 0 || !bytes.is_multiple_of(2 << 20) {
             return Err(EngineError::Config(format!(
                 "memory size must be a non-zero multiple of 2 MiB, got {bytes} bytes"
             )));

@@ -331,7 +331,7 @@ impl VcpuThread {
         if !self.shared.park(self.id as usize) {
             return Parked::Resumed;
         }
-        let result = loop {
+        loop {
             match self.cmds.recv() {
                 Ok(VcpuCmd::Capture(reply)) => {
                     let _ = reply.send(kvm_state::save_vcpu(&self.fd, self.id, &self.msr_list));
@@ -342,8 +342,7 @@ impl VcpuThread {
                 Ok(VcpuCmd::Resume) => break Parked::Resumed,
                 Err(_) => break Parked::Exit,
             }
-        };
-        result
+        }
     }
 
     /// True when the vCPU stopped in ring 3 right after `int3`/`int n`/`into`.

@@ -56,7 +56,7 @@ fn trials(spec: GuestSpec, n: usize, interval_ms: u64, extra_kills: usize) {
 #[test]
 fn memtest_sweep_survives_sigkill() {
     trials(
-        GuestSpec::new("memtest", "rounds=40 pattern=sweep"),
+        GuestSpec::new("memtest", "rounds=400 writes=30000 pattern=sweep"),
         4,
         20,
         1,
@@ -66,9 +66,19 @@ fn memtest_sweep_survives_sigkill() {
 #[test]
 fn memtest_mixed_patterns_survive_sigkill() {
     trials(
-        GuestSpec::new("memtest", "rounds=40 pattern=mixed"),
+        GuestSpec::new("memtest", "rounds=300 writes=30000 pattern=mixed"),
         4,
         15,
+        1,
+    );
+}
+
+#[test]
+fn memtest_whole_pages_survive_sigkill() {
+    trials(
+        GuestSpec::new("memtest", "rounds=150 writes=30000 pattern=pages"),
+        3,
+        10,
         1,
     );
 }
@@ -80,10 +90,10 @@ fn timer_guest_survives_sigkill() {
 
 #[test]
 fn sse_guest_survives_sigkill() {
-    trials(GuestSpec::new("sse", "rounds=70"), 4, 10, 1);
+    trials(GuestSpec::new("sse", "rounds=50"), 4, 10, 1);
 }
 
 #[test]
 fn smp_guest_survives_sigkill() {
-    trials(GuestSpec::new("smp", "rounds=40").vcpus(2), 4, 15, 1);
+    trials(GuestSpec::new("smp", "rounds=1000").vcpus(2), 4, 15, 1);
 }

@@ -111,7 +111,12 @@ fn roundtrip(guest: &str, cmdline: &str, vcpus: u32, run_for: Duration) {
 
 #[test]
 fn memtest_state_roundtrips_exactly() {
-    roundtrip("memtest", "rounds=1000", 1, Duration::from_millis(300));
+    roundtrip(
+        "memtest",
+        "rounds=100000 writes=30000",
+        1,
+        Duration::from_millis(300),
+    );
 }
 
 #[test]
