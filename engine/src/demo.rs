@@ -30,7 +30,10 @@ pub struct DemoArgs {
     #[arg(long)]
     kill_after_ms: Option<u64>,
     /// Guest command line.
-    #[arg(long, default_value = "rounds=40 pages=4096 writes=3000 pattern=mixed")]
+    #[arg(
+        long,
+        default_value = "rounds=300 pages=4096 writes=30000 pattern=mixed"
+    )]
     cmdline: String,
 }
 
@@ -64,6 +67,15 @@ pub fn check_continuity(reference: &[u8], first: &[u8], second: &[u8]) -> anyhow
         );
     }
     Ok(first.len() - resume_at)
+}
+
+fn has_full_checkpoint(dir: &Path) -> bool {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with(".full.ckpt"))
+        })
+        .unwrap_or(false)
 }
 
 fn run_to_end(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
@@ -148,6 +160,19 @@ pub fn demo(a: DemoArgs) -> anyhow::Result<i32> {
         .stdin(Stdio::null())
         .spawn()
         .context("starting the protected run")?;
+    // Start the kill clock once the first checkpoint is published: a kill
+    // before it leaves nothing to restore.
+    let t0 = Instant::now();
+    while !has_full_checkpoint(&ckpt)
+        && child.try_wait()?.is_none()
+        && t0.elapsed() < Duration::from_secs(30)
+    {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    println!(
+        "      first (full) checkpoint published after {:.2?}",
+        t0.elapsed()
+    );
     let deadline = Instant::now() + Duration::from_millis(kill_after);
     let mut finished_early = false;
     while Instant::now() < deadline {
