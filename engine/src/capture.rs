@@ -78,6 +78,9 @@ pub struct Epoch {
     pub devices: DeviceState,
     /// Console bytes emitted up to this point.
     pub console_pos: u64,
+    /// The console bytes emitted during this epoch: (start position, bytes).
+    /// A shadow taking over re-emits them (the primary may not have).
+    pub output: (u64, Vec<u8>),
     /// Page contents.
     pub pages: PageBatch,
     /// Pause timings.
@@ -120,7 +123,11 @@ pub fn capture(
     let devices = DeviceState {
         uart: guard.capture_uart(),
     };
-    let console_pos = guard.vm().console_position();
+    let (console_pos, output) = {
+        let gate = guard.vm().console_gate();
+        let mut g = gate.lock().unwrap_or_else(|e| e.into_inner());
+        (g.position(), g.take_epoch_output())
+    };
     let state_t = t.elapsed();
 
     let t = Instant::now();
@@ -159,6 +166,7 @@ pub fn capture(
             vm: vmstate,
             devices,
             console_pos,
+            output,
             pages,
             times: PauseTimes {
                 stop,

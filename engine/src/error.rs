@@ -5,14 +5,15 @@ use std::path::PathBuf;
 /// Everything that can go wrong running, checkpointing or restoring a VM.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    /// `/dev/kvm` does not exist.
-    #[error("/dev/kvm not found: this host has no KVM (load kvm_intel/kvm_amd, or run on a KVM-capable host)")]
-    NoKvm,
-    /// `/dev/kvm` exists but cannot be opened.
-    #[error(
-        "cannot open /dev/kvm: permission denied (run as root or add the user to the 'kvm' group)"
-    )]
-    KvmPermission,
+    /// The KVM device does not exist.
+    #[error("{0} not found: this host has no KVM (load kvm_intel or kvm_amd, or run on a KVM-capable host)")]
+    NoKvm(PathBuf),
+    /// The KVM device exists but cannot be opened.
+    #[error("cannot open {0}: permission denied (run as root or add the user to the 'kvm' group)")]
+    KvmPermission(PathBuf),
+    /// The device is not a KVM device.
+    #[error("{0} is not a KVM device (KVM_GET_API_VERSION failed)")]
+    NotKvm(PathBuf),
     /// A KVM ioctl failed.
     #[error("KVM {op} failed: {source}")]
     Kvm {

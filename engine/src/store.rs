@@ -431,71 +431,84 @@ impl Chain {
     /// Applies every file's memory to `ram` (oldest first) and returns the
     /// newest file's state.
     pub fn apply(&self, ram: &Ram) -> Result<EpochState> {
-        let limits = Limits::default();
         let fp = self.machine.fingerprint();
         let mut last = None;
         for path in &self.files {
             let f = File::open(path)
                 .map_err(|e| store_err(&self.dir, format!("open {}: {e}", path.display())))?;
-            let mut rd = CheckpointReader::new(BufReader::new(f), &limits, Some(&fp))?;
-            let (mut vcpus, mut vm, mut devices, mut console) = (None, None, None, None);
-            while let Some((id, payload)) = rd.next_section()? {
-                let dec_err = |what: &str, e: postcard::Error| {
-                    store_err(
-                        &self.dir,
-                        format!("{}: {what} section does not decode: {e}", path.display()),
-                    )
-                };
-                match id {
-                    SectionId::Config => {}
-                    SectionId::Vcpus => {
-                        vcpus =
-                            Some(postcard::from_bytes(&payload).map_err(|e| dec_err("Vcpus", e))?)
-                    }
-                    SectionId::Vm => {
-                        vm = Some(postcard::from_bytes(&payload).map_err(|e| dec_err("Vm", e))?)
-                    }
-                    SectionId::Devices => {
-                        devices = Some(
-                            postcard::from_bytes(&payload).map_err(|e| dec_err("Devices", e))?,
-                        )
-                    }
-                    SectionId::Console => {
-                        let b: [u8; 8] = payload.as_slice().try_into().map_err(|_| {
-                            store_err(
-                                &self.dir,
-                                format!("{}: Console section is not 8 bytes", path.display()),
-                            )
-                        })?;
-                        console = Some(u64::from_le_bytes(b));
-                    }
-                    SectionId::Memory => pages::decode_records(&payload, |gpa, data| {
-                        let (r, off) =
-                            ram.locate(gpa)
-                                .ok_or(checkpoint::CheckpointError::Decode(format!(
-                                    "page {gpa:#x} outside guest memory"
-                                )))?;
-                        if off + data.len() as u64 > r.size {
-                            return Err(checkpoint::CheckpointError::Decode(format!(
-                                "run at {gpa:#x} of {} bytes crosses the end of its memory region",
-                                data.len()
-                            )));
-                        }
-                        r.write(off, data);
-                        Ok(())
-                    })?,
-                    SectionId::End => {}
-                }
-            }
-            let missing =
-                |s: &str| store_err(&self.dir, format!("{} has no {s} section", path.display()));
-            last = Some(EpochState {
-                vcpus: vcpus.ok_or_else(|| missing("Vcpus"))?,
-                vm: vm.ok_or_else(|| missing("Vm"))?,
-                devices: devices.ok_or_else(|| missing("Devices"))?,
-                console_pos: console.ok_or_else(|| missing("Console"))?,
-            });
+            let state = apply_checkpoint(BufReader::new(f), ram, &fp)
+                .map_err(|e| store_err(&self.dir, format!("{}: {e}", path.display())))?;
+            last = Some(state);
         }
         last.ok_or_else(|| store_err(&self.dir, "empty chain"))
     }
+}
+
+/// Applies one checkpoint's memory to `ram` and returns its state. The
+/// checkpoint must have been verified first (`checkpoint::verify`): a stream
+/// that fails halfway leaves `ram` partly written.
+pub fn apply_checkpoint<R: std::io::Read>(r: R, ram: &Ram, fp: &Fingerprint) -> Result<EpochState> {
+    let mut rd = CheckpointReader::new(r, &Limits::default(), Some(fp))?;
+    let (mut vcpus, mut vm, mut devices, mut console) = (None, None, None, None);
+    let bad = |msg: String| EngineError::Checkpoint(checkpoint::CheckpointError::Decode(msg));
+    while let Some((id, payload)) = rd.next_section()? {
+        let dec_err =
+            |what: &str, e: postcard::Error| bad(format!("{what} section does not decode: {e}"));
+        match id {
+            SectionId::Config | SectionId::End => {}
+            SectionId::Vcpus => {
+                vcpus = Some(postcard::from_bytes(&payload).map_err(|e| dec_err("Vcpus", e))?)
+            }
+            SectionId::Vm => {
+                vm = Some(postcard::from_bytes(&payload).map_err(|e| dec_err("Vm", e))?)
+            }
+            SectionId::Devices => {
+                devices = Some(postcard::from_bytes(&payload).map_err(|e| dec_err("Devices", e))?)
+            }
+            SectionId::Console => {
+                let b: [u8; 8] = payload
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| bad("Console section is not 8 bytes".into()))?;
+                console = Some(u64::from_le_bytes(b));
+            }
+            SectionId::Memory => pages::decode_records(&payload, |gpa, data| {
+                let (r, off) =
+                    ram.locate(gpa)
+                        .ok_or(checkpoint::CheckpointError::Decode(format!(
+                            "page {gpa:#x} outside guest memory"
+                        )))?;
+                if off + data.len() as u64 > r.size {
+                    return Err(checkpoint::CheckpointError::Decode(format!(
+                        "run at {gpa:#x} of {} bytes crosses the end of its memory region",
+                        data.len()
+                    )));
+                }
+                r.write(off, data);
+                Ok(())
+            })?,
+        }
+    }
+    let missing = |s: &str| bad(format!("no {s} section"));
+    Ok(EpochState {
+        vcpus: vcpus.ok_or_else(|| missing("Vcpus"))?,
+        vm: vm.ok_or_else(|| missing("Vm"))?,
+        devices: devices.ok_or_else(|| missing("Devices"))?,
+        console_pos: console.ok_or_else(|| missing("Console"))?,
+    })
+}
+
+/// Encodes an epoch as a complete checkpoint container in memory (for the
+/// replication stream). Returns the bytes and the memory encoding figures.
+pub fn encode_checkpoint(
+    header: &Header,
+    machine: &MachineConfig,
+    ep: &Epoch,
+    compression: Compression,
+) -> Result<(Vec<u8>, MemoryStats)> {
+    let mut enc = MemoryEncoder::new(compression)?;
+    let mut cw = CheckpointWriter::new(Vec::with_capacity(ep.pages.data.len() / 2 + 4096), header)?;
+    write_state(&mut cw, machine, &EpochState::from(ep))?;
+    write_pages(&mut cw, &mut enc, ep.pages.iter())?;
+    Ok((cw.finish()?, enc.take_stats()))
 }

@@ -1,7 +1,7 @@
 //! A KVM virtual machine: in-kernel irqchip and PIT, memfd RAM, COM1, N vCPU
 //! threads, and the pause guard through which all state is captured.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -17,7 +17,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::Killable;
 
 use crate::boot::{self, BootSpec};
-use crate::devices::console::ConsoleSink;
+use crate::devices::console::{ConsoleSink, OutputGate};
 use crate::devices::serial::{self, UartState};
 use crate::devices::PioBus;
 use crate::error::{EngineError, Result};
@@ -67,20 +67,40 @@ pub struct Vm {
     pub machine: MachineConfig,
     /// Whether dirty logging is on.
     pub log_dirty: bool,
-    console_pos: Arc<AtomicU64>,
+    gate: Arc<Mutex<OutputGate>>,
+    uart_irq: EventFd,
     vcpus: Vec<VcpuSlot>,
     senders: Vec<Sender<VcpuCmd>>,
 }
 
-/// Opens `/dev/kvm` with errors that say what to do.
+/// The KVM device: `/dev/kvm`, or `HOTSPARE_KVM_DEVICE` (for tests of the
+/// error paths and hosts with the device elsewhere).
+pub fn kvm_device() -> std::path::PathBuf {
+    std::env::var_os("HOTSPARE_KVM_DEVICE")
+        .map(Into::into)
+        .unwrap_or_else(|| "/dev/kvm".into())
+}
+
+/// Opens the KVM device with errors that say what to do.
 pub fn open_kvm() -> Result<Kvm> {
-    match Kvm::new() {
-        Ok(k) => Ok(k),
-        Err(e) if e.errno() == libc::ENOENT => Err(EngineError::NoKvm),
+    let path = kvm_device();
+    let cpath = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| EngineError::Config("KVM device path contains a NUL byte".into()))?;
+    let kvm = match Kvm::new_with_path(&cpath) {
+        Ok(k) => k,
+        Err(e) if e.errno() == libc::ENOENT => return Err(EngineError::NoKvm(path)),
         Err(e) if e.errno() == libc::EACCES || e.errno() == libc::EPERM => {
-            Err(EngineError::KvmPermission)
+            return Err(EngineError::KvmPermission(path))
         }
-        Err(e) => Err(EngineError::kvm("open /dev/kvm")(e)),
+        Err(e) => return Err(EngineError::kvm("open KVM device")(e)),
+    };
+    match kvm.get_api_version() {
+        12 => Ok(kvm),
+        v if v < 0 => Err(EngineError::NotKvm(path)),
+        v => Err(EngineError::Config(format!(
+            "{} speaks KVM API version {v}; hotspare needs version 12",
+            path.display()
+        ))),
     }
 }
 
@@ -178,7 +198,10 @@ impl Vm {
         fd.register_irqfd(&irq, serial::COM1_GSI)
             .map_err(EngineError::kvm("KVM_IRQFD (COM1)"))?;
         let sink = ConsoleSink::new(console, console_pos);
-        let console_pos = sink.position_handle();
+        let gate = sink.gate();
+        let uart_irq = irq
+            .try_clone()
+            .map_err(EngineError::io("eventfd for COM1"))?;
         let uart = serial::new_uart(irq, sink, uart)?;
         let bus = Arc::new(Mutex::new(PioBus { uart }));
 
@@ -215,7 +238,8 @@ impl Vm {
             msr_list: Arc::new(msr_list),
             machine,
             log_dirty: cfg.log_dirty,
-            console_pos,
+            gate,
+            uart_irq,
             vcpus,
             senders,
         })
@@ -298,7 +322,35 @@ impl Vm {
 
     /// Bytes the guest has written to its console so far.
     pub fn console_position(&self) -> u64 {
-        self.console_pos.load(Ordering::Acquire)
+        self.gate
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .position()
+    }
+
+    /// The console's output-commit gate.
+    pub fn console_gate(&self) -> Arc<Mutex<OutputGate>> {
+        self.gate.clone()
+    }
+
+    /// Replaces COM1 with one restored from `uart`, writing to `console`
+    /// from byte `position` on (a standby taking over). Call before `start`.
+    pub fn restore_devices(
+        &mut self,
+        uart: &UartState,
+        console: Box<dyn std::io::Write + Send>,
+        position: u64,
+    ) -> Result<()> {
+        let sink = ConsoleSink::new(console, position);
+        let gate = sink.gate();
+        let irq = self
+            .uart_irq
+            .try_clone()
+            .map_err(EngineError::io("eventfd for COM1"))?;
+        let new = serial::new_uart(irq, sink, Some(uart))?;
+        self.bus.lock().unwrap_or_else(|e| e.into_inner()).uart = new;
+        self.gate = gate;
+        Ok(())
     }
 
     fn kick(&self, id: usize) {

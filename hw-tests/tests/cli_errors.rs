@@ -164,3 +164,33 @@ fn run_refuses_a_directory_holding_another_runs_checkpoints() {
     assert!(!ok);
     assert!(err.contains("already holds checkpoints"), "{err}");
 }
+
+#[test]
+fn missing_kvm_device_is_a_clear_error() {
+    // Needs no KVM: it checks the error when the device is absent.
+    let out = Command::new(hotspare())
+        .env("HOTSPARE_KVM_DEVICE", "/nonexistent/kvm")
+        .args(["run", "--kernel"])
+        .arg(hw_tests::guest_path("hello"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("/nonexistent/kvm not found") && err.contains("KVM"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_device_that_is_not_kvm_is_refused() {
+    let out = Command::new(hotspare())
+        .env("HOTSPARE_KVM_DEVICE", "/dev/null")
+        .args(["run", "--kernel"])
+        .arg(hw_tests::guest_path("hello"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/dev/null is not a KVM device"), "{err}");
+}

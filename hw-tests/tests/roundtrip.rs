@@ -133,3 +133,100 @@ fn smp_state_roundtrips_exactly() {
 fn sse_state_roundtrips_exactly() {
     roundtrip("sse", "rounds=100000", 1, Duration::from_millis(300));
 }
+
+/// An epoch whose write fails puts its dirty bits back; the next checkpoint
+/// carries them, so restoring it gives the guest's exact memory. Without the
+/// put-back, pages dirtied only during the failed epoch would be stale.
+#[test]
+fn failed_epoch_puts_its_dirty_bits_back() {
+    if !common::kvm_available() {
+        return;
+    }
+    let dir = common::TempDir::new("putback");
+    let ckpt = dir.path("ckpt");
+    let cfg = VmConfig {
+        mem_bytes: 64 << 20,
+        vcpus: 1,
+        log_dirty: true,
+    };
+    let mut vm = Vm::create(&cfg, Box::new(std::io::sink()), 0, None, None).unwrap();
+    vm.boot(&BootSpec {
+        kernel: hw_tests::guest_path("memtest"),
+        cmdline: "rounds=100000 writes=30000 pattern=sweep".into(),
+        initrd: None,
+    })
+    .unwrap();
+    vm.start().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut l = ledger(&vm);
+    let mut store = DirStore::open(&ckpt, &vm.machine, None).unwrap();
+    {
+        let g = vm.pause().unwrap();
+        let (a, h) = capture::capture(&g, &mut l, true).unwrap();
+        store.write_epoch(&a).unwrap();
+        l.commit(h);
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    // Pages the guest never touches, written by the VMM itself (vm-memory
+    // records them): only the failed epoch sees them dirty, so only the
+    // put-back can carry them into the next checkpoint.
+    let marker_gpa = 60u64 << 20;
+    {
+        use vm_memory::{Bytes, GuestAddress};
+        vm.ram
+            .mem
+            .write_slice(&[0xa5u8; 3 * 4096], GuestAddress(marker_gpa))
+            .unwrap();
+    }
+    let failed_pages = {
+        let g = vm.pause().unwrap();
+        let (b, h) = capture::capture(&g, &mut l, false).unwrap();
+        // The write of b "fails": its bits go back.
+        l.put_back(h).unwrap();
+        b.pages.runs.clone()
+    };
+    assert!(
+        !failed_pages.is_empty(),
+        "the guest dirtied nothing in 50 ms"
+    );
+    let in_runs = |runs: &[(u64, u32)], gpa: u64| {
+        runs.iter()
+            .any(|&(s, n)| gpa >= s && gpa < s + u64::from(n) * PAGE_SIZE)
+    };
+    assert!(
+        in_runs(&failed_pages, marker_gpa),
+        "the VMM's own write was not harvested"
+    );
+    std::thread::sleep(Duration::from_millis(20));
+    let g = vm.pause().unwrap();
+    let (c, h) = capture::capture(&g, &mut l, false).unwrap();
+    let covered = |gpa: u64| {
+        c.pages
+            .runs
+            .iter()
+            .any(|&(s, n)| gpa >= s && gpa < s + u64::from(n) * PAGE_SIZE)
+    };
+    for &(s, n) in &failed_pages {
+        for p in 0..u64::from(n) {
+            assert!(
+                covered(s + p * PAGE_SIZE),
+                "page {:#x} of the failed epoch was lost",
+                s + p * PAGE_SIZE
+            );
+        }
+    }
+    store.write_epoch(&c).unwrap();
+    l.commit(h);
+    // While still paused: the chain (full + c) must equal guest memory exactly.
+    let chain = engine::store::find_chain(&ckpt).unwrap();
+    let image = engine::memory::Ram::new(64 << 20).unwrap();
+    chain.apply(&image).unwrap();
+    for (live, restored) in g.vm().ram.regions.iter().zip(&image.regions) {
+        assert!(
+            live.as_slice() == restored.as_slice(),
+            "restored memory differs from the guest's"
+        );
+    }
+    drop(g);
+    vm.shutdown(engine::vcpu::StopReason::Requested);
+}

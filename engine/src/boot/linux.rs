@@ -125,3 +125,130 @@ pub fn setup_page_tables(ram: &Ram, sregs: &mut kvm_sregs) -> Result<()> {
     sregs.efer |= 0x500; // LME | LMA
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::boot::{self, BootSpec};
+    use linux_loader::loader::bootparam::boot_params;
+    use vm_memory::Bytes;
+
+    /// A minimal bzImage: 2 setup sectors with a valid setup header, then a
+    /// recognisable "protected-mode kernel".
+    fn synthetic_bzimage() -> (Vec<u8>, Vec<u8>) {
+        let payload: Vec<u8> = (0..8192u32).map(|i| (i * 7 + 3) as u8).collect();
+        let mut img = vec![0u8; 3 * 512];
+        img[0x1f1] = 2; // setup_sects
+        img[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
+        img[0x202..0x206].copy_from_slice(b"HdrS");
+        img[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes()); // protocol 2.15
+        img[0x211] = 0x01; // LOADED_HIGH
+        img[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes()); // code32_start
+        img.extend_from_slice(&payload);
+        (img, payload)
+    }
+
+    #[test]
+    fn bzimage_is_placed_per_the_boot_protocol() {
+        let dir = std::env::temp_dir().join(format!("hotspare-bz-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (img, payload) = synthetic_bzimage();
+        let kernel = dir.join("bzImage");
+        std::fs::write(&kernel, &img).unwrap();
+        let initrd_bytes: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let initrd = dir.join("initrd");
+        std::fs::write(&initrd, &initrd_bytes).unwrap();
+        let ram = Ram::new(64 << 20).unwrap();
+        let spec = BootSpec {
+            kernel,
+            cmdline: "console=ttyS0 root=/dev/vda".into(),
+            initrd: Some(initrd),
+        };
+        let b = boot::load(&ram, &spec).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        assert_eq!(b.kind, ImageKind::BzImage);
+        assert_eq!(b.mode, CpuMode::Long64);
+        assert_eq!(
+            b.regs.rip, 0x10_0200,
+            "64-bit entry is code32_start + 0x200"
+        );
+        assert_eq!(b.regs.rsi, ZERO_PAGE_ADDR);
+        let mut kernel_bytes = vec![0u8; payload.len()];
+        ram.mem
+            .read_slice(&mut kernel_bytes, GuestAddress(0x10_0000))
+            .unwrap();
+        assert_eq!(kernel_bytes, payload, "protected-mode code not at 1 MiB");
+
+        let params: boot_params = ram.mem.read_obj(GuestAddress(ZERO_PAGE_ADDR)).unwrap();
+        let hdr = params.hdr;
+        assert_eq!({ hdr.header }, KERNEL_HDR_MAGIC);
+        assert_eq!(hdr.type_of_loader, KERNEL_LOADER_OTHER);
+        assert_eq!({ hdr.cmd_line_ptr }, CMDLINE_START as u32);
+        let mut cmd = vec![0u8; spec.cmdline.len() + 1];
+        ram.mem
+            .read_slice(&mut cmd, GuestAddress(CMDLINE_START))
+            .unwrap();
+        assert_eq!(&cmd[..spec.cmdline.len()], spec.cmdline.as_bytes());
+        assert_eq!(
+            cmd[spec.cmdline.len()],
+            0,
+            "command line not NUL-terminated"
+        );
+
+        let (rd_addr, rd_size) = ({ hdr.ramdisk_image }, { hdr.ramdisk_size });
+        assert_eq!(rd_size as usize, initrd_bytes.len());
+        assert_eq!(rd_addr % 4096, 0, "initrd not page aligned");
+        let mut rd = vec![0u8; initrd_bytes.len()];
+        ram.mem
+            .read_slice(&mut rd, GuestAddress(u64::from(rd_addr)))
+            .unwrap();
+        assert_eq!(rd, initrd_bytes);
+
+        let n = params.e820_entries as usize;
+        let table: Vec<(u64, u64, u32)> = params.e820_table[..n]
+            .iter()
+            .map(|e| ({ e.addr }, { e.size }, { e.r#type }))
+            .collect();
+        assert_eq!(
+            table,
+            vec![
+                (0, EBDA_START, E820_RAM),
+                (EBDA_START, HIMEM_START - EBDA_START, E820_RESERVED),
+                (HIMEM_START, (64 << 20) - HIMEM_START, E820_RAM),
+            ]
+        );
+
+        let mut sregs = kvm_sregs::default();
+        b.apply_sregs(&ram, &mut sregs).unwrap();
+        assert_eq!(sregs.efer & 0x500, 0x500, "long mode not enabled");
+        assert_ne!(sregs.cr0 & 0x8000_0000, 0, "paging off");
+        assert_eq!(sregs.cs.l, 1, "CS is not a 64-bit code segment");
+        assert_eq!(sregs.cr3, PML4_ADDR);
+        // The page tables identity-map the initrd's address.
+        let pde: u64 = ram
+            .mem
+            .read_obj(GuestAddress(PD_ADDR + (u64::from(rd_addr) >> 21) * 8))
+            .unwrap();
+        assert_eq!(pde & !0x1f_ffff, u64::from(rd_addr) & !0x1f_ffff);
+    }
+
+    #[test]
+    fn guests_above_3_gib_get_a_hole_in_the_memory_map() {
+        let ram = Ram::new(4 << 30).unwrap();
+        let map = crate::boot::pvh::memmap(&ram);
+        let ram_entries: Vec<(u64, u64)> = map
+            .iter()
+            .filter(|e| e.type_ == 1)
+            .map(|e| (e.addr, e.size))
+            .collect();
+        assert_eq!(
+            ram_entries,
+            vec![
+                (0, EBDA_START),
+                (HIMEM_START, (3 << 30) - HIMEM_START),
+                (4 << 30, 1 << 30)
+            ]
+        );
+    }
+}

@@ -1,50 +1,142 @@
-//! The console sink: where guest serial output goes, with its byte position.
+//! The console sink and its output-commit gate.
 //!
-//! The position (bytes emitted since the guest booted) is part of every
-//! checkpoint, so a restored guest's output can be lined up with what the
-//! original already printed.
+//! Every byte the guest writes to COM1 gets a position (bytes since boot).
+//! The position is part of every checkpoint, so a restored guest's output can
+//! be lined up with what the original already printed.
+//!
+//! When the VM is protected by a shadow, output is *held*: bytes produced in
+//! epoch e become visible only once the shadow has acknowledged checkpoint e
+//! ([`OutputGate::release_to`]). Unprotected, bytes pass straight through.
+//! The gate is the general output-commit mechanism: anything the outside
+//! world can see (console bytes now; network packets and disk completions
+//! later) is queued with its position and released by commit position.
 
+use std::collections::VecDeque;
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
-/// A writer that counts the bytes the guest has emitted.
-pub struct ConsoleSink {
+/// Shared state of the console output.
+pub struct OutputGate {
     out: Box<dyn Write + Send>,
-    position: Arc<AtomicU64>,
+    /// Bytes emitted by the guest so far (the position of the next byte).
+    position: u64,
+    /// Bytes not yet released, starting at position `held_start`.
+    held: VecDeque<u8>,
+    held_start: u64,
+    /// Hold output until released (protected mode).
+    holding: bool,
+    /// Bytes kept for the next epoch's trailer (even if released), starting at `epoch_start`.
+    epoch_bytes: Vec<u8>,
+    epoch_start: u64,
+}
+
+impl OutputGate {
+    fn write_out(&mut self, bytes: &[u8]) {
+        // A console that cannot be written (closed pipe, full disk) must not
+        // stop the guest; the bytes stay accounted in `position`.
+        if let Err(e) = self.out.write_all(bytes).and_then(|_| self.out.flush()) {
+            tracing::warn!("console write failed: {e}");
+        }
+    }
+
+    /// Releases every held byte before position `upto`.
+    pub fn release_to(&mut self, upto: u64) {
+        let n = upto
+            .saturating_sub(self.held_start)
+            .min(self.held.len() as u64) as usize;
+        if n == 0 {
+            return;
+        }
+        let bytes: Vec<u8> = self.held.drain(..n).collect();
+        self.held_start += n as u64;
+        self.write_out(&bytes);
+    }
+
+    /// Starts or stops holding output. Stopping releases everything held.
+    pub fn set_holding(&mut self, hold: bool) {
+        self.holding = hold;
+        if !hold {
+            let pos = self.position;
+            self.release_to(pos);
+        }
+    }
+
+    /// Whether output is being held.
+    pub fn holding(&self) -> bool {
+        self.holding
+    }
+
+    /// The position of the next byte.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// The position of the first byte not yet released.
+    pub fn released(&self) -> u64 {
+        self.held_start
+    }
+
+    /// Takes the bytes emitted since the previous call: (start position, bytes).
+    /// Called at each epoch boundary while the VM is paused.
+    pub fn take_epoch_output(&mut self) -> (u64, Vec<u8>) {
+        let start = self.epoch_start;
+        self.epoch_start = self.position;
+        (start, std::mem::take(&mut self.epoch_bytes))
+    }
+}
+
+/// The writer given to the UART: counts, holds and forwards bytes.
+pub struct ConsoleSink {
+    gate: Arc<Mutex<OutputGate>>,
 }
 
 impl ConsoleSink {
     /// A sink writing to `out`, starting at byte `position` of the guest's output.
     pub fn new(out: Box<dyn Write + Send>, position: u64) -> Self {
         ConsoleSink {
-            out,
-            position: Arc::new(AtomicU64::new(position)),
+            gate: Arc::new(Mutex::new(OutputGate {
+                out,
+                position,
+                held: VecDeque::new(),
+                held_start: position,
+                holding: false,
+                epoch_bytes: Vec::new(),
+                epoch_start: position,
+            })),
         }
     }
 
-    /// A shared handle on the position counter.
-    pub fn position_handle(&self) -> Arc<AtomicU64> {
-        self.position.clone()
+    /// A shared handle on the gate.
+    pub fn gate(&self) -> Arc<Mutex<OutputGate>> {
+        self.gate.clone()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, OutputGate> {
+        self.gate.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The number of bytes the guest has emitted so far.
     pub fn position(&self) -> u64 {
-        self.position.load(Ordering::Acquire)
+        self.lock().position
     }
 }
 
 impl Write for ConsoleSink {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        // Output goes straight through (no buffering in this process), so a
-        // killed VMM has lost nothing it counted.
-        self.out.write_all(buf)?;
-        self.position.fetch_add(buf.len() as u64, Ordering::AcqRel);
+        let mut g = self.lock();
+        g.position += buf.len() as u64;
+        g.epoch_bytes.extend_from_slice(buf);
+        if g.holding {
+            g.held.extend(buf.iter().copied());
+        } else {
+            g.held_start = g.position;
+            g.write_out(buf);
+        }
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        self.out.flush()
+        Ok(())
     }
 }
 
@@ -53,7 +145,7 @@ mod tests {
     use super::*;
 
     #[derive(Clone, Default)]
-    struct Shared(Arc<std::sync::Mutex<Vec<u8>>>);
+    struct Shared(Arc<Mutex<Vec<u8>>>);
     impl Write for Shared {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
             self.0.lock().unwrap().extend_from_slice(b);
@@ -72,5 +164,33 @@ mod tests {
         sink.write_all(b"!").unwrap();
         assert_eq!(sink.position(), 106);
         assert_eq!(&*buf.0.lock().unwrap(), b"hello!");
+    }
+
+    #[test]
+    fn held_output_is_released_only_up_to_the_commit_position() {
+        let buf = Shared::default();
+        let mut sink = ConsoleSink::new(Box::new(buf.clone()), 0);
+        let gate = sink.gate();
+        gate.lock().unwrap().set_holding(true);
+        sink.write_all(b"epoch1 ").unwrap();
+        let (s1, e1) = gate.lock().unwrap().take_epoch_output();
+        sink.write_all(b"epoch2 ").unwrap();
+        let (s2, e2) = gate.lock().unwrap().take_epoch_output();
+        assert_eq!((s1, &e1[..]), (0, &b"epoch1 "[..]));
+        assert_eq!((s2, &e2[..]), (7, &b"epoch2 "[..]));
+        assert!(
+            buf.0.lock().unwrap().is_empty(),
+            "output escaped before any commit"
+        );
+        gate.lock().unwrap().release_to(7);
+        assert_eq!(&*buf.0.lock().unwrap(), b"epoch1 ");
+        // Releasing an older position again changes nothing.
+        gate.lock().unwrap().release_to(3);
+        assert_eq!(&*buf.0.lock().unwrap(), b"epoch1 ");
+        gate.lock().unwrap().set_holding(false);
+        assert_eq!(&*buf.0.lock().unwrap(), b"epoch1 epoch2 ");
+        sink.write_all(b"x").unwrap();
+        assert_eq!(&*buf.0.lock().unwrap(), b"epoch1 epoch2 x");
+        assert_eq!(gate.lock().unwrap().released(), 15);
     }
 }
