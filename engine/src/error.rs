@@ -64,6 +64,9 @@ pub enum EngineError {
         /// What is wrong.
         msg: String,
     },
+    /// The replication stream failed or a peer was refused.
+    #[error(transparent)]
+    Transport(#[from] transport::TransportError),
     /// Plain I/O error with context.
     #[error("{context}: {source}")]
     Io {

@@ -7,6 +7,7 @@ pub mod checkpointer;
 pub mod devices;
 pub mod error;
 pub mod memory;
+pub mod replication;
 pub mod restore;
 pub mod runner;
 pub mod store;

@@ -4,9 +4,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use checkpoint::pages::Compression;
 use clap::{Parser, Subcommand};
 use engine::boot::BootSpec;
 use engine::checkpointer::LocalCheckpointer;
+use engine::replication::primary::{PrimaryConfig, Replicator};
+use engine::replication::standby::StandbyConfig;
+use engine::replication::Timing;
 use engine::runner::Periodic;
 use engine::store::DirStore;
 use engine::vm::{Vm, VmConfig};
@@ -33,6 +37,67 @@ enum Cmd {
     Restore(RestoreArgs),
     /// Demonstrate local checkpointing: run a bundled guest, kill it, restore it.
     Demo(demo::DemoArgs),
+    /// Wait for a primary, shadow its VM, and take over when it dies.
+    Standby(StandbyArgs),
+}
+
+#[derive(clap::Args)]
+struct ReplicaArgs {
+    /// Protect the VM with the standby at HOST:PORT.
+    #[arg(long)]
+    shadow: Option<String>,
+    /// Pre-shared key file (at least 32 bytes, e.g. `head -c 32 /dev/urandom > key`).
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// Epoch interval in milliseconds.
+    #[arg(long, default_value_t = 25)]
+    interval_ms: u64,
+    #[command(flatten)]
+    timing: TimingArgs,
+    /// Page compression: zstd or none.
+    #[arg(long, default_value = "zstd")]
+    compress: String,
+}
+
+#[derive(clap::Args)]
+struct TimingArgs {
+    /// Heartbeat interval in milliseconds.
+    #[arg(long, default_value_t = 10)]
+    heartbeat_ms: u64,
+    /// Declare the peer dead after this much silence, in milliseconds.
+    #[arg(long, default_value_t = 300)]
+    timeout_ms: u64,
+}
+
+impl TimingArgs {
+    fn timing(&self) -> anyhow::Result<Timing> {
+        if self.heartbeat_ms == 0 || self.timeout_ms < 2 * self.heartbeat_ms {
+            anyhow::bail!(
+                "--timeout-ms ({}) must be at least twice --heartbeat-ms ({}), and both positive",
+                self.timeout_ms,
+                self.heartbeat_ms
+            );
+        }
+        Ok(Timing {
+            heartbeat: Duration::from_millis(self.heartbeat_ms),
+            timeout: Duration::from_millis(self.timeout_ms),
+        })
+    }
+}
+
+#[derive(clap::Args)]
+struct StandbyArgs {
+    /// Address to listen on (HOST:PORT).
+    #[arg(long)]
+    listen: String,
+    /// Pre-shared key file (the same as the primary's).
+    #[arg(long)]
+    key_file: PathBuf,
+    /// Console output after a takeover ('-' for stdout).
+    #[arg(long, default_value = "-")]
+    console: String,
+    #[command(flatten)]
+    timing: TimingArgs,
 }
 
 #[derive(clap::Args)]
@@ -80,6 +145,20 @@ struct RunArgs {
     console: String,
     #[command(flatten)]
     ckpt: CheckpointArgs,
+    #[command(flatten)]
+    replica: ReplicaArgs,
+}
+
+fn load_key(path: &std::path::Path) -> anyhow::Result<transport::Psk> {
+    Ok(transport::Psk::from_file(path)?)
+}
+
+fn compression(s: &str) -> anyhow::Result<Compression> {
+    match s {
+        "zstd" => Ok(Compression::Zstd { level: 1 }),
+        "none" => Ok(Compression::None),
+        other => anyhow::bail!("--compress must be zstd or none, got {other:?}"),
+    }
 }
 
 fn open_console(path: &str) -> anyhow::Result<Box<dyn std::io::Write + Send>> {
@@ -102,10 +181,33 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
             a.mem_mib
         );
     }
+    if a.ckpt.checkpoint_dir.is_some() && a.replica.shadow.is_some() {
+        anyhow::bail!("--checkpoint-dir and --shadow cannot be combined (yet)");
+    }
+    let replica = match (&a.replica.shadow, &a.replica.key_file) {
+        (Some(shadow), Some(key)) => {
+            if a.replica.interval_ms == 0 {
+                anyhow::bail!("--interval-ms must be positive");
+            }
+            Some(PrimaryConfig {
+                shadow: shadow.clone(),
+                psk: load_key(key)?,
+                interval: Duration::from_millis(a.replica.interval_ms),
+                timing: a.replica.timing.timing()?,
+                compression: compression(&a.replica.compress)?,
+                max_outstanding: 2,
+                retry: Duration::from_millis(200),
+                term: 1,
+            })
+        }
+        (Some(_), None) => anyhow::bail!("--shadow needs --key-file"),
+        (None, Some(_)) => anyhow::bail!("--key-file is only used with --shadow"),
+        (None, None) => None,
+    };
     let cfg = VmConfig {
         mem_bytes: a.mem_mib << 20,
         vcpus: a.vcpus,
-        log_dirty: a.ckpt.checkpoint_dir.is_some(),
+        log_dirty: a.ckpt.checkpoint_dir.is_some() || replica.is_some(),
     };
     let mut vm = Vm::create(&cfg, open_console(&a.console)?, 0, None, None)?;
     let kind = vm.boot(&BootSpec {
@@ -125,12 +227,37 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
         }
         None => None,
     };
+    if let Some(rcfg) = replica {
+        let mut rep = Replicator::new(&vm, rcfg);
+        vm.start()?;
+        let res = engine::runner::supervise(&mut vm, Some(&mut rep as &mut dyn Periodic));
+        rep.finish();
+        eprintln!(
+            "hotspare: {}",
+            engine::replication::primary::summary(&rep.stats)
+        );
+        return exit_status(res?);
+    }
     vm.start()?;
     finish(&mut vm, ckpt.as_mut())
 }
 
+fn standby(a: StandbyArgs) -> anyhow::Result<i32> {
+    let cfg = StandbyConfig {
+        listen: a.listen,
+        psk: load_key(&a.key_file)?,
+        timing: a.timing.timing()?,
+        console: open_console(&a.console)?,
+    };
+    Ok(engine::replication::standby::run(cfg)?)
+}
+
 fn finish(vm: &mut Vm, ckpt: Option<&mut LocalCheckpointer>) -> anyhow::Result<i32> {
     let reason = engine::runner::supervise(vm, ckpt.map(|c| c as &mut dyn Periodic))?;
+    exit_status(reason)
+}
+
+fn exit_status(reason: engine::vcpu::StopReason) -> anyhow::Result<i32> {
     tracing::info!(?reason, "guest stopped");
     if let engine::vcpu::StopReason::Error(e) = &reason {
         anyhow::bail!("guest stopped on an error: {e}");
@@ -181,6 +308,7 @@ fn main() -> ExitCode {
         Cmd::Run(a) => run(a),
         Cmd::Restore(a) => restore(a),
         Cmd::Demo(a) => demo::demo(a),
+        Cmd::Standby(a) => standby(a),
     };
     match res {
         Ok(code) => ExitCode::from(code as u8),

@@ -164,7 +164,9 @@ pub enum TransportError {
     },
 
     /// An authenticated frame has reserved flag bits set.
-    #[error("frame from {peer}: unsupported flags {flags:#06x} (all flags are reserved and must be 0)")]
+    #[error(
+        "frame from {peer}: unsupported flags {flags:#06x} (all flags are reserved and must be 0)"
+    )]
     BadFlags {
         /// The remote address.
         peer: SocketAddr,
@@ -214,7 +216,11 @@ pub enum TransportError {
     },
 
     /// The peer replicates a VM with another configuration.
-    #[error("VM fingerprint mismatch: peer has {}, we have {}", short_hex(peer), short_hex(ours))]
+    #[error(
+        "VM fingerprint mismatch: peer has {}, we have {}",
+        short_hex(peer),
+        short_hex(ours)
+    )]
     FingerprintMismatch {
         /// The peer's fingerprint.
         peer: [u8; 32],

@@ -76,12 +76,22 @@ impl OutputGate {
         self.held_start
     }
 
-    /// Takes the bytes emitted since the previous call: (start position, bytes).
-    /// Called at each epoch boundary while the VM is paused.
+    /// Takes the bytes emitted while holding since the previous call:
+    /// (start position, bytes); the bytes end at the current position.
+    /// Called at each epoch boundary while the VM is paused. Bytes emitted
+    /// while not holding were released at once and are not included.
     pub fn take_epoch_output(&mut self) -> (u64, Vec<u8>) {
-        let start = self.epoch_start;
+        let bytes = std::mem::take(&mut self.epoch_bytes);
         self.epoch_start = self.position;
-        (start, std::mem::take(&mut self.epoch_bytes))
+        (self.position - bytes.len() as u64, bytes)
+    }
+
+    /// Emits `bytes` at once, advancing the position (a standby re-emitting
+    /// the committed output of the epoch it takes over from).
+    pub fn emit(&mut self, bytes: &[u8]) {
+        self.position += bytes.len() as u64;
+        self.held_start = self.position;
+        self.write_out(bytes);
     }
 }
 
@@ -125,8 +135,8 @@ impl Write for ConsoleSink {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let mut g = self.lock();
         g.position += buf.len() as u64;
-        g.epoch_bytes.extend_from_slice(buf);
         if g.holding {
+            g.epoch_bytes.extend_from_slice(buf);
             g.held.extend(buf.iter().copied());
         } else {
             g.held_start = g.position;
@@ -171,6 +181,12 @@ mod tests {
         let buf = Shared::default();
         let mut sink = ConsoleSink::new(Box::new(buf.clone()), 0);
         let gate = sink.gate();
+        sink.write_all(b"free ").unwrap();
+        assert_eq!(
+            gate.lock().unwrap().take_epoch_output(),
+            (5, vec![]),
+            "released bytes are not epoch output"
+        );
         gate.lock().unwrap().set_holding(true);
         sink.write_all(b"epoch1 ").unwrap();
         let (s1, e1) = gate.lock().unwrap().take_epoch_output();

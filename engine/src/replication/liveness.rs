@@ -39,6 +39,12 @@ pub enum StandbyInput {
     },
     /// The heartbeat connection closed without a goodbye.
     PeerClosed,
+    /// The primary runs unprotected (it lost the stream): our committed
+    /// state is stale and must never be resumed.
+    Stale {
+        /// The sender's term.
+        term: u64,
+    },
     /// The primary said goodbye: its guest stopped on its own.
     Goodbye {
         /// The sender's term.
@@ -160,7 +166,10 @@ impl StandbyFsm {
             return match input {
                 StandbyInput::Heartbeat { term }
                 | StandbyInput::Committed { term, .. }
-                | StandbyInput::Goodbye { term } => self.check_term(term).unwrap_or(StandbyDecision::Continue),
+                | StandbyInput::Stale { term }
+                | StandbyInput::Goodbye { term } => {
+                    self.check_term(term).unwrap_or(StandbyDecision::Continue)
+                }
                 _ => StandbyDecision::Continue,
             };
         }
@@ -191,6 +200,16 @@ impl StandbyFsm {
                 self.silent = 0;
                 self.state = StandbyState::Following;
                 self.committed = Some(self.committed.map_or(seq, |c| c.max(seq)));
+                StandbyDecision::Continue
+            }
+            StandbyInput::Stale { term } => {
+                if let Some(d) = self.check_term(term) {
+                    return d;
+                }
+                // Still alive, but what we hold is no longer the primary's state.
+                self.silent = 0;
+                self.state = StandbyState::Following;
+                self.committed = None;
                 StandbyDecision::Continue
             }
             StandbyInput::PeerClosed => self.lost(0),
@@ -276,7 +295,10 @@ mod tests {
     fn following(timeout: u32) -> StandbyFsm {
         let mut f = StandbyFsm::new(timeout);
         assert_eq!(f.step(Heartbeat { term: 1 }), StandbyDecision::Continue);
-        assert_eq!(f.step(Committed { term: 1, seq: 1 }), StandbyDecision::Continue);
+        assert_eq!(
+            f.step(Committed { term: 1, seq: 1 }),
+            StandbyDecision::Continue
+        );
         f
     }
 
@@ -320,22 +342,52 @@ mod tests {
         }
         assert_eq!(f.state(), StandbyState::TookOver);
         // The old primary's delayed (reordered) frames arrive after the takeover.
-        assert_eq!(f.step(Heartbeat { term: 1 }), StandbyDecision::RefuseStale { theirs: 1, ours: 2 });
+        assert_eq!(
+            f.step(Heartbeat { term: 1 }),
+            StandbyDecision::RefuseStale { theirs: 1, ours: 2 }
+        );
         assert_eq!(
             f.step(Committed { term: 1, seq: 9 }),
             StandbyDecision::RefuseStale { theirs: 1, ours: 2 }
         );
-        assert_eq!(f.committed(), Some(1), "a stale commit must not move the committed epoch");
+        assert_eq!(
+            f.committed(),
+            Some(1),
+            "a stale commit must not move the committed epoch"
+        );
     }
 
     #[test]
     fn close_without_goodbye_takes_over_at_once_goodbye_stops() {
         let mut f = following(1000);
-        assert!(matches!(f.step(PeerClosed), StandbyDecision::TakeOver { silent_ticks: 0, .. }));
+        assert!(matches!(
+            f.step(PeerClosed),
+            StandbyDecision::TakeOver {
+                silent_ticks: 0,
+                ..
+            }
+        ));
         let mut g = following(1000);
         assert_eq!(g.step(Goodbye { term: 1 }), StandbyDecision::Stop);
         assert_eq!(g.step(PeerClosed), StandbyDecision::Continue);
         assert_eq!(g.state(), StandbyState::Stopped);
+    }
+
+    #[test]
+    fn a_stale_shadow_never_takes_over() {
+        let mut f = following(3);
+        f.step(Stale { term: 1 });
+        for _ in 0..3 {
+            f.step(Tick);
+        }
+        assert_eq!(
+            f.state(),
+            StandbyState::Waiting,
+            "took over from a stale state"
+        );
+        let mut g = following(3);
+        g.step(Stale { term: 1 });
+        assert_eq!(g.step(PeerClosed), StandbyDecision::LostBeforeSync);
     }
 
     #[test]
@@ -356,12 +408,18 @@ mod tests {
         let mut f = following(5);
         f.step(Heartbeat { term: 3 });
         assert_eq!(f.term(), 3);
-        assert_eq!(f.step(Heartbeat { term: 2 }), StandbyDecision::RefuseStale { theirs: 2, ours: 3 });
+        assert_eq!(
+            f.step(Heartbeat { term: 2 }),
+            StandbyDecision::RefuseStale { theirs: 2, ours: 3 }
+        );
         // A refused heartbeat is not proof of life.
         for _ in 0..4 {
             f.step(Tick);
         }
-        assert!(matches!(f.step(Tick), StandbyDecision::TakeOver { term: 4, .. }));
+        assert!(matches!(
+            f.step(Tick),
+            StandbyDecision::TakeOver { term: 4, .. }
+        ));
     }
 
     /// Random interleavings: a takeover happens iff the last `timeout`
@@ -404,7 +462,10 @@ mod tests {
                     committed = Some(committed.map_or(seq, |c: u64| c.max(seq)));
                 }
                 if let StandbyDecision::TakeOver { seq, .. } = d {
-                    assert!(input == PeerClosed || silent >= timeout, "took over while hearing the primary");
+                    assert!(
+                        input == PeerClosed || silent >= timeout,
+                        "took over while hearing the primary"
+                    );
                     assert_eq!(Some(seq), committed, "took over from an uncommitted epoch");
                     break;
                 }

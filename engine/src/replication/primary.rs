@@ -1,0 +1,642 @@
+//! The primary: checkpoints the running VM every interval and streams the
+//! epochs to the shadow; releases console output when its epoch is acked.
+//!
+//! Threads: the supervisor calls [`Replicator::tick`] (pause, capture,
+//! resume, encode, hand over); a sender thread writes epoch frames; an ack
+//! thread reads acks and releases held output; a heartbeat thread runs its
+//! own connection so heartbeats never queue behind page traffic.
+//!
+//! The guest runs speculatively ahead: epoch e+1 executes while e is sent
+//! and acknowledged (up to `max_outstanding` epochs in flight).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use checkpoint::dirty::{DirtyLedger, Harvest};
+use checkpoint::format::Header;
+use checkpoint::pages::Compression;
+use crossbeam::channel::{self, Receiver, Sender};
+use transport::{Channel, FrameKind, FramedConn, HandshakeParams, Psk, TransportError};
+
+use super::liveness::{ShadowDecision, ShadowMonitor};
+use super::wire::{self, Ack, EpochBegin, EpochEnd, Heartbeat, Nack};
+use super::Timing;
+use crate::capture;
+use crate::devices::console::OutputGate;
+use crate::error::{EngineError, Result};
+use crate::memory::PAGE_SIZE;
+use crate::runner::Periodic;
+use crate::store;
+use crate::vm::Vm;
+
+/// How a protected VM replicates.
+pub struct PrimaryConfig {
+    /// The standby's address.
+    pub shadow: String,
+    /// The pre-shared key.
+    pub psk: Psk,
+    /// Epoch interval.
+    pub interval: Duration,
+    /// Heartbeats and timeouts.
+    pub timing: Timing,
+    /// Page compression.
+    pub compression: Compression,
+    /// Epochs in flight before the next one waits.
+    pub max_outstanding: usize,
+    /// Time between reconnection attempts while unprotected.
+    pub retry: Duration,
+    /// This primary's term.
+    pub term: u64,
+}
+
+/// Per-epoch figures.
+#[derive(Clone, Debug, Default)]
+pub struct EpochFigures {
+    /// Epoch.
+    pub seq: u64,
+    /// Full or incremental.
+    pub full: bool,
+    /// Pause (stop to resume).
+    pub pause: Duration,
+    /// Dirty pages.
+    pub pages: u64,
+    /// Raw page bytes.
+    pub raw_bytes: u64,
+    /// Bytes on the wire (the container).
+    pub wire_bytes: u64,
+}
+
+/// Figures of the whole run.
+#[derive(Clone, Debug, Default)]
+pub struct ReplicationStats {
+    /// Every epoch sent.
+    pub epochs: Vec<EpochFigures>,
+    /// Ack latencies (send to ack).
+    pub ack_latency: Vec<Duration>,
+    /// Epochs skipped because too many were in flight.
+    pub stalled_ticks: u64,
+    /// Times the shadow was lost.
+    pub shadow_losses: u64,
+}
+
+struct Outgoing {
+    seq: u64,
+    container: Vec<u8>,
+    end: EpochEnd,
+}
+
+/// State shared with the link threads.
+struct LinkShared {
+    lost: AtomicBool,
+    acked: AtomicU64,
+    /// (seq, console position at the end of the epoch, send time).
+    inflight: Mutex<VecDeque<(u64, u64, Instant)>>,
+    ack_latency: Mutex<Vec<Duration>>,
+    gate: Arc<Mutex<OutputGate>>,
+    reason: Mutex<Option<String>>,
+}
+
+impl LinkShared {
+    fn lose(&self, why: String) {
+        let mut r = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+        if r.is_none() {
+            *r = Some(why);
+        }
+        self.lost.store(true, Ordering::SeqCst);
+    }
+}
+
+struct Link {
+    shared: Arc<LinkShared>,
+    tx: Option<Sender<Outgoing>>,
+    threads: Vec<JoinHandle<()>>,
+    hb_stop: Arc<AtomicBool>,
+    hb_goodbye: Arc<AtomicBool>,
+    hb_protected: Arc<AtomicBool>,
+}
+
+/// The replication loop of a protected VM.
+pub struct Replicator {
+    cfg: PrimaryConfig,
+    ledger: DirtyLedger,
+    link: Option<Link>,
+    next_epoch: Instant,
+    next_connect: Instant,
+    seq: u64,
+    need_full: bool,
+    pending: VecDeque<(u64, Harvest)>,
+    gate: Arc<Mutex<OutputGate>>,
+    /// Figures so far.
+    pub stats: ReplicationStats,
+    announced_unprotected: bool,
+}
+
+fn terr(e: TransportError) -> EngineError {
+    EngineError::Transport(e)
+}
+
+impl Replicator {
+    /// A replicator for `vm` (not connected yet: the first tick connects).
+    pub fn new(vm: &Vm, cfg: PrimaryConfig) -> Replicator {
+        let npages: Vec<usize> = vm
+            .ram
+            .regions
+            .iter()
+            .map(|r| (r.size / PAGE_SIZE) as usize)
+            .collect();
+        Replicator {
+            cfg,
+            ledger: DirtyLedger::new(&npages),
+            link: None,
+            next_epoch: Instant::now(),
+            next_connect: Instant::now(),
+            seq: 0,
+            need_full: true,
+            pending: VecDeque::new(),
+            gate: vm.console_gate(),
+            stats: ReplicationStats::default(),
+            announced_unprotected: false,
+        }
+    }
+
+    /// Whether a shadow currently protects the VM.
+    pub fn protected(&self) -> bool {
+        self.link.is_some() && !self.need_full
+    }
+
+    fn connect(&mut self, vm: &Vm) -> Result<()> {
+        let fp = *vm.machine.fingerprint().as_bytes();
+        let params = |channel| HandshakeParams {
+            psk: &self.cfg.psk,
+            protocol_version: transport::PROTOCOL_VERSION,
+            fingerprint: Some(fp),
+            channel,
+            term: self.cfg.term,
+            any_channel: false,
+        };
+        let timeout = Duration::from_millis(500);
+        let (hb, _) = FramedConn::connect(&self.cfg.shadow, &params(Channel::Heartbeat), timeout)
+            .map_err(terr)?;
+        let (stream, _) = FramedConn::connect(&self.cfg.shadow, &params(Channel::Stream), timeout)
+            .map_err(terr)?;
+        let shared = Arc::new(LinkShared {
+            lost: AtomicBool::new(false),
+            acked: AtomicU64::new(0),
+            inflight: Mutex::new(VecDeque::new()),
+            ack_latency: Mutex::new(Vec::new()),
+            gate: self.gate.clone(),
+            reason: Mutex::new(None),
+        });
+        let (tx, rx) = channel::bounded::<Outgoing>(self.cfg.max_outstanding.max(1));
+        let (send_half, recv_half) = stream.split();
+        recv_half
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .map_err(terr)?;
+        let term = self.cfg.term;
+        let mut threads = Vec::new();
+        let s = shared.clone();
+        threads.push(spawn("hs-send", move || sender(send_half, rx, term, s))?);
+        let s = shared.clone();
+        threads.push(spawn("hs-ack", move || acker(recv_half, s))?);
+        let hb_stop = Arc::new(AtomicBool::new(false));
+        let hb_goodbye = Arc::new(AtomicBool::new(false));
+        let hb_protected = Arc::new(AtomicBool::new(true));
+        let (s, stop, bye, prot, timing) = (
+            shared.clone(),
+            hb_stop.clone(),
+            hb_goodbye.clone(),
+            hb_protected.clone(),
+            self.cfg.timing,
+        );
+        threads.push(spawn("hs-heartbeat", move || {
+            heartbeat(hb, term, timing, s, stop, bye, prot)
+        })?);
+        self.link = Some(Link {
+            shared,
+            tx: Some(tx),
+            threads,
+            hb_stop,
+            hb_goodbye,
+            hb_protected,
+        });
+        self.need_full = true;
+        Ok(())
+    }
+
+    /// Tears the link down; unacked epochs' dirty bits go back and held output is released.
+    fn drop_link(&mut self, why: &str) {
+        if let Some(mut link) = self.link.take() {
+            link.hb_protected.store(false, Ordering::SeqCst);
+            link.shared.lose(why.to_string());
+            link.tx.take();
+            link.hb_stop.store(true, Ordering::SeqCst);
+            for t in link.threads.drain(..) {
+                let _ = t.join();
+            }
+            self.stats.ack_latency.extend(
+                link.shared
+                    .ack_latency
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .drain(..),
+            );
+        }
+        while let Some((_, h)) = self.pending.pop_front() {
+            if let Err(e) = self.ledger.put_back(h) {
+                tracing::error!("putting dirty bits back failed: {e}");
+            }
+        }
+        self.gate
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_holding(false);
+        self.need_full = true;
+        self.stats.shadow_losses += 1;
+        tracing::error!(
+            "SHADOW LOST ({why}): the VM now runs UNPROTECTED; reconnecting to {}",
+            self.cfg.shadow
+        );
+        self.announced_unprotected = true;
+        self.next_connect = Instant::now() + self.cfg.retry;
+    }
+
+    fn settle_acks(&mut self) {
+        let Some(link) = &self.link else {
+            return;
+        };
+        let acked = link.shared.acked.load(Ordering::SeqCst);
+        while self.pending.front().is_some_and(|(s, _)| *s <= acked) {
+            if let Some((_, h)) = self.pending.pop_front() {
+                self.ledger.commit(h);
+            }
+        }
+    }
+
+    /// Captures and ships one epoch.
+    fn epoch(&mut self, vm: &Vm) -> Result<()> {
+        let full = self.need_full;
+        let (ep, harvest, pause) = {
+            let guard = vm.pause()?;
+            if full {
+                // From here on, output is held until its epoch is acked.
+                self.gate
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .set_holding(true);
+            }
+            let (ep, h) = capture::capture(&guard, &mut self.ledger, full)?;
+            (ep, h, guard.paused_at().elapsed())
+        };
+        self.seq += 1;
+        let seq = self.seq;
+        let header = if full {
+            Header::full(seq, vm.machine.fingerprint())
+        } else {
+            Header::incremental(seq, seq - 1, vm.machine.fingerprint())
+        };
+        let (container, mstats) =
+            match store::encode_checkpoint(&header, &vm.machine, &ep, self.cfg.compression) {
+                Ok(x) => x,
+                Err(e) => {
+                    self.ledger.put_back(harvest)?;
+                    return Err(e);
+                }
+            };
+        self.stats.epochs.push(EpochFigures {
+            seq,
+            full,
+            pause,
+            pages: ep.pages.pages(),
+            raw_bytes: mstats.raw_bytes,
+            wire_bytes: container.len() as u64,
+        });
+        tracing::debug!(
+            seq,
+            full,
+            pages = ep.pages.pages(),
+            pause_us = pause.as_micros() as u64,
+            wire = container.len(),
+            "epoch captured"
+        );
+        let link = self.link.as_ref().expect("epoch without a link");
+        link.shared
+            .inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back((seq, ep.console_pos, Instant::now()));
+        let out = Outgoing {
+            seq,
+            container,
+            end: EpochEnd {
+                seq,
+                output_start: ep.output.0,
+                output: ep.output.1,
+            },
+        };
+        self.pending.push_back((seq, harvest));
+        if link.tx.as_ref().is_none_or(|tx| tx.send(out).is_err()) {
+            link.shared.lose("sender thread gone".into());
+        }
+        self.need_full = false;
+        if full {
+            tracing::info!(
+                "protected: full state sent to shadow {} (epoch {seq})",
+                self.cfg.shadow
+            );
+            self.announced_unprotected = false;
+        }
+        Ok(())
+    }
+
+    /// Ends replication: releases held output and tells the shadow the guest stopped.
+    pub fn finish(&mut self) {
+        if let Some(mut link) = self.link.take() {
+            // Let in-flight epochs drain so their acks release their output.
+            let deadline = Instant::now() + Duration::from_millis(500);
+            while !link.shared.lost.load(Ordering::SeqCst)
+                && link.shared.acked.load(Ordering::SeqCst) < self.seq
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            link.hb_goodbye.store(true, Ordering::SeqCst);
+            link.tx.take();
+            let deadline = Instant::now() + Duration::from_millis(200);
+            while !link.threads.iter().all(|t| t.is_finished()) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            link.hb_stop.store(true, Ordering::SeqCst);
+            for t in link.threads.drain(..) {
+                let _ = t.join();
+            }
+            self.stats.ack_latency.extend(
+                link.shared
+                    .ack_latency
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .drain(..),
+            );
+        }
+        self.gate
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_holding(false);
+    }
+}
+
+impl Periodic for Replicator {
+    fn next_due(&self) -> Duration {
+        let now = Instant::now();
+        if self.link.is_none() {
+            return self
+                .next_connect
+                .saturating_duration_since(now)
+                .min(Duration::from_millis(5));
+        }
+        // Wake often enough to notice a lost shadow promptly.
+        self.next_epoch
+            .saturating_duration_since(now)
+            .min(Duration::from_millis(5))
+    }
+
+    fn tick(&mut self, vm: &Vm) -> Result<()> {
+        if let Some(link) = &self.link {
+            if link.shared.lost.load(Ordering::SeqCst) {
+                let why = link
+                    .shared
+                    .reason
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()
+                    .unwrap_or_default();
+                self.drop_link(&why);
+            }
+        }
+        self.settle_acks();
+        let now = Instant::now();
+        if self.link.is_none() {
+            if now < self.next_connect {
+                return Ok(());
+            }
+            if let Err(e) = self.connect(vm) {
+                if !self.announced_unprotected {
+                    tracing::error!(
+                        "no shadow at {} ({e}): the VM runs UNPROTECTED; retrying",
+                        self.cfg.shadow
+                    );
+                    self.announced_unprotected = true;
+                }
+                self.next_connect = now + self.cfg.retry;
+                return Ok(());
+            }
+        }
+        if now < self.next_epoch {
+            return Ok(());
+        }
+        if self.pending.len() >= self.cfg.max_outstanding {
+            self.stats.stalled_ticks += 1;
+            return Ok(());
+        }
+        self.next_epoch = now + self.cfg.interval;
+        if let Err(e) = self.epoch(vm) {
+            if vm.shared.stop_reason().is_some() {
+                return Ok(());
+            }
+            tracing::error!("epoch failed: {e}");
+            self.drop_link(&format!("epoch failed: {e}"));
+        }
+        Ok(())
+    }
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map_err(EngineError::io(format!("spawning thread {name}")))
+}
+
+fn sender(mut conn: transport::Sender, rx: Receiver<Outgoing>, term: u64, shared: Arc<LinkShared>) {
+    for out in rx.iter() {
+        let res = (|| -> std::result::Result<(), TransportError> {
+            let begin = EpochBegin {
+                seq: out.seq,
+                len: out.container.len() as u64,
+            };
+            conn.send(FrameKind::EpochBegin, term, &wire::encode(&begin))?;
+            for chunk in out.container.chunks(wire::CHUNK) {
+                conn.send(FrameKind::EpochData, term, chunk)?;
+            }
+            conn.send(FrameKind::EpochEnd, term, &wire::encode(&out.end))
+        })();
+        if let Err(e) = res {
+            shared.lose(format!("sending epoch {}: {e}", out.seq));
+            return;
+        }
+    }
+}
+
+fn acker(mut conn: transport::Receiver, shared: Arc<LinkShared>) {
+    loop {
+        if shared.lost.load(Ordering::SeqCst) {
+            return;
+        }
+        let frame = match conn.recv() {
+            Ok(f) => f,
+            Err(TransportError::Timeout) => continue,
+            Err(e) => {
+                shared.lose(format!("reading acks: {e}"));
+                return;
+            }
+        };
+        match frame.kind {
+            FrameKind::Ack => {
+                let Ok(ack) = wire::decode::<Ack>("Ack", &frame.payload) else {
+                    shared.lose("malformed ack".into());
+                    return;
+                };
+                let mut inflight = shared.inflight.lock().unwrap_or_else(|e| e.into_inner());
+                let mut release = None;
+                while inflight.front().is_some_and(|f| f.0 <= ack.seq) {
+                    if let Some((seq, pos, sent)) = inflight.pop_front() {
+                        if seq == ack.seq {
+                            shared
+                                .ack_latency
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .push(sent.elapsed());
+                        }
+                        release = Some(pos);
+                    }
+                }
+                drop(inflight);
+                shared.acked.store(ack.seq, Ordering::SeqCst);
+                if let Some(pos) = release {
+                    shared
+                        .gate
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .release_to(pos);
+                }
+            }
+            FrameKind::Nack => {
+                let why = wire::decode::<Nack>("Nack", &frame.payload)
+                    .map(|n| format!("shadow refused epoch {}: {}", n.seq, n.reason))
+                    .unwrap_or_else(|e| e);
+                shared.lose(why);
+                return;
+            }
+            other => {
+                shared.lose(format!("unexpected {other:?} frame on the stream"));
+                return;
+            }
+        }
+    }
+}
+
+fn heartbeat(
+    mut conn: FramedConn,
+    term: u64,
+    timing: Timing,
+    shared: Arc<LinkShared>,
+    stop: Arc<AtomicBool>,
+    goodbye: Arc<AtomicBool>,
+    protected: Arc<AtomicBool>,
+) {
+    let ticks = (timing.timeout.as_micros() / timing.heartbeat.as_micros().max(1)).max(1) as u32;
+    let mut monitor = ShadowMonitor::new(ticks);
+    if let Err(e) = conn.set_read_timeout(Some(timing.heartbeat)) {
+        shared.lose(format!("heartbeat socket: {e}"));
+        return;
+    }
+    let mut next = Instant::now();
+    loop {
+        if goodbye.load(Ordering::SeqCst) {
+            let _ = conn.send(FrameKind::Goodbye, term, &[]);
+            return;
+        }
+        if stop.load(Ordering::SeqCst) {
+            // Tell a live shadow its state is stale before closing, so the
+            // close does not make it take over.
+            let _ = conn.send(
+                FrameKind::Heartbeat,
+                term,
+                &wire::encode(&Heartbeat { protected: false }),
+            );
+            return;
+        }
+        let now = Instant::now();
+        if now >= next {
+            let hb = Heartbeat {
+                protected: protected.load(Ordering::SeqCst) && !shared.lost.load(Ordering::SeqCst),
+            };
+            if let Err(e) = conn.send(FrameKind::Heartbeat, term, &wire::encode(&hb)) {
+                shared.lose(format!("sending heartbeat: {e}"));
+                return;
+            }
+            next = now + timing.heartbeat;
+            if monitor.tick() == ShadowDecision::ShadowLost {
+                shared.lose(format!("no heartbeat answer for {:?}", timing.timeout));
+                return;
+            }
+        }
+        match conn.recv() {
+            Ok(f) if f.kind == FrameKind::HeartbeatAck => monitor.heard(),
+            Ok(f) => {
+                shared.lose(format!(
+                    "unexpected {:?} frame on the heartbeat channel",
+                    f.kind
+                ));
+                return;
+            }
+            Err(TransportError::Timeout) => {}
+            Err(e) => {
+                shared.lose(format!("heartbeat channel: {e}"));
+                return;
+            }
+        }
+    }
+}
+
+fn percentile(v: &mut [Duration], p: f64) -> Duration {
+    if v.is_empty() {
+        return Duration::ZERO;
+    }
+    v.sort_unstable();
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+/// A one-line summary of a run's figures.
+pub fn summary(s: &ReplicationStats) -> String {
+    let mut pauses: Vec<Duration> = s
+        .epochs
+        .iter()
+        .filter(|e| !e.full)
+        .map(|e| e.pause)
+        .collect();
+    let mut acks = s.ack_latency.clone();
+    let pages: u64 = s.epochs.iter().map(|e| e.pages).sum();
+    let raw: u64 = s.epochs.iter().map(|e| e.raw_bytes).sum();
+    let wire: u64 = s.epochs.iter().map(|e| e.wire_bytes).sum();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    format!(
+        "replication summary: {} epochs ({} full), incremental pause p50 {:.3} ms p99 {:.3} ms max {:.3} ms, \
+         {} dirty pages, {} bytes raw -> {} on the wire, ack latency p50 {:.2} ms p99 {:.2} ms, \
+         {} ticks stalled, shadow lost {} times",
+        s.epochs.len(),
+        s.epochs.iter().filter(|e| e.full).count(),
+        ms(percentile(&mut pauses, 0.5)),
+        ms(percentile(&mut pauses, 0.99)),
+        ms(pauses.iter().copied().max().unwrap_or_default()),
+        pages,
+        raw,
+        wire,
+        ms(percentile(&mut acks, 0.5)),
+        ms(percentile(&mut acks, 0.99)),
+        s.stalled_ticks,
+        s.shadow_losses
+    )
+}

@@ -1,0 +1,438 @@
+//! The standby: receives epochs into a staging buffer, verifies each one
+//! completely, acknowledges it, applies it to the shadow's guest memory, and
+//! takes over when the primary is gone.
+//!
+//! A shadow never applies a partial epoch: bytes are staged until the whole
+//! container has arrived, then verified (`checkpoint::verify`: magic,
+//! version, fingerprint, every CRC, every page record, chain link), and only
+//! then acknowledged and applied. The ack is sent while holding the shadow
+//! lock, so a takeover (which takes the same lock) resumes from every epoch
+//! the primary may have released output for.
+//!
+//! The VM is created (vCPUs, memory slots, irqchip) as soon as the first full
+//! epoch is applied, so activation at takeover only loads state and starts
+//! the vCPU threads.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use checkpoint::fingerprint::{Fingerprint, MachineConfig};
+use checkpoint::format::{self, CheckpointKind, CheckpointReader, Limits, SectionId};
+use crossbeam::channel::{self, Sender};
+use transport::{Channel, FrameKind, FramedConn, HandshakeParams, Listener, Psk, TransportError};
+
+use super::liveness::{StandbyDecision, StandbyFsm, StandbyInput, TICK};
+use super::wire::{self, Ack, EpochBegin, EpochEnd, Heartbeat, Nack};
+use super::Timing;
+use crate::error::{EngineError, Result};
+use crate::memory::Ram;
+use crate::runner;
+use crate::store::{self, EpochState};
+use crate::vcpu::StopReason;
+use crate::vm::{Vm, VmConfig};
+
+/// How the standby runs.
+pub struct StandbyConfig {
+    /// Address to listen on.
+    pub listen: String,
+    /// The pre-shared key.
+    pub psk: Psk,
+    /// Heartbeats and timeouts.
+    pub timing: Timing,
+    /// Console after a takeover.
+    pub console: Box<dyn std::io::Write + Send>,
+}
+
+/// The committed shadow state.
+#[derive(Default)]
+struct Shadow {
+    machine: Option<MachineConfig>,
+    fingerprint: Option<Fingerprint>,
+    vm: Option<Vm>,
+    state: Option<EpochState>,
+    output: (u64, Vec<u8>),
+    seq: u64,
+    term: u64,
+    taken_over: bool,
+}
+
+enum Event {
+    Input(StandbyInput),
+    Refused(String),
+}
+
+/// What the takeover measured.
+#[derive(Clone, Copy, Debug)]
+pub struct TakeoverFigures {
+    /// Last sign of life from the primary to the decision.
+    pub detection: Duration,
+    /// Decision to vCPUs running.
+    pub activation: Duration,
+    /// The epoch resumed from.
+    pub seq: u64,
+}
+
+/// Runs the standby until it takes over and the guest stops (returns the
+/// guest's exit status), or until the primary's guest ends on its own.
+pub fn run(cfg: StandbyConfig) -> Result<i32> {
+    let StandbyConfig {
+        listen,
+        psk,
+        timing,
+        console,
+    } = cfg;
+    let listener = Listener::bind(&listen).map_err(EngineError::Transport)?;
+    eprintln!("hotspare: standby listening on {}", listener.local_addr());
+    let shadow = Arc::new(Mutex::new(Shadow::default()));
+    let (ev_tx, ev_rx) = channel::unbounded::<Event>();
+    let last_heard = Arc::new(Mutex::new(Instant::now()));
+    {
+        let (shadow, ev_tx, last_heard) = (shadow.clone(), ev_tx.clone(), last_heard.clone());
+        std::thread::Builder::new()
+            .name("hs-accept".into())
+            .spawn(move || accept_loop(listener, psk, shadow, ev_tx, last_heard))
+            .map_err(EngineError::io("spawning the accept thread"))?;
+    }
+    let mut fsm = StandbyFsm::new(timing.timeout_ticks());
+    loop {
+        let input = match ev_rx.recv_timeout(TICK) {
+            Ok(Event::Input(i)) => i,
+            Ok(Event::Refused(why)) => {
+                tracing::warn!("refused a peer: {why}");
+                continue;
+            }
+            Err(channel::RecvTimeoutError::Timeout) => StandbyInput::Tick,
+            Err(channel::RecvTimeoutError::Disconnected) => {
+                return Err(EngineError::Config("standby accept loop ended".into()))
+            }
+        };
+        match fsm.step(input) {
+            StandbyDecision::Continue => {}
+            StandbyDecision::RefuseStale { theirs, ours } => {
+                tracing::warn!("refused a frame of term {theirs}: this standby is at term {ours}");
+            }
+            StandbyDecision::LostBeforeSync => {
+                tracing::warn!(
+                    "primary lost before a usable commit; waiting for a primary to (re)connect"
+                );
+            }
+            StandbyDecision::Stop => {
+                eprintln!("hotspare: the primary's guest stopped on its own; standby exits without taking over");
+                return Ok(0);
+            }
+            StandbyDecision::TakeOver { term, .. } => {
+                let decided = Instant::now();
+                let detection =
+                    decided.duration_since(*last_heard.lock().unwrap_or_else(|e| e.into_inner()));
+                return take_over(&shadow, term, console, detection, decided);
+            }
+        }
+    }
+}
+
+fn take_over(
+    shadow: &Arc<Mutex<Shadow>>,
+    term: u64,
+    console: Box<dyn std::io::Write + Send>,
+    detection: Duration,
+    decided: Instant,
+) -> Result<i32> {
+    let mut sh = shadow.lock().unwrap_or_else(|e| e.into_inner());
+    sh.taken_over = true;
+    let state = sh
+        .state
+        .take()
+        .ok_or_else(|| EngineError::Config("takeover without a committed epoch".into()))?;
+    let seq = sh.seq;
+    let (out_start, out) = std::mem::take(&mut sh.output);
+    let mut vm = sh
+        .vm
+        .take()
+        .ok_or_else(|| EngineError::Config("takeover without a prepared VM".into()))?;
+    drop(sh);
+    vm.restore_state(&state.vcpus, &state.vm)?;
+    vm.restore_devices(&state.devices.uart, console, out_start)?;
+    if out_start + out.len() as u64 != state.console_pos {
+        return Err(EngineError::Config(format!(
+            "epoch {seq}: output ends at {} but the checkpoint's console is at {}",
+            out_start + out.len() as u64,
+            state.console_pos
+        )));
+    }
+    // Release the committed output the primary may not have released yet.
+    vm.console_gate()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .emit(&out);
+    vm.start()?;
+    let activation = decided.elapsed();
+    eprintln!(
+        "hotspare: standby TAKING OVER as primary of term {term} from epoch {seq}; console resumes at byte {out_start}; \
+         detection {:.1} ms, activation {:.2} ms",
+        detection.as_secs_f64() * 1e3,
+        activation.as_secs_f64() * 1e3
+    );
+    tracing::warn!("the new primary runs UNPROTECTED (no spare configured)");
+    let reason = runner::supervise(&mut vm, None)?;
+    if let StopReason::Error(e) = &reason {
+        return Err(EngineError::Vcpu(format!(
+            "guest stopped on an error after takeover: {e}"
+        )));
+    }
+    Ok(reason.exit_code())
+}
+
+fn accept_loop(
+    listener: Listener,
+    psk: Psk,
+    shadow: Arc<Mutex<Shadow>>,
+    ev: Sender<Event>,
+    last_heard: Arc<Mutex<Instant>>,
+) {
+    loop {
+        let fp = shadow.lock().unwrap_or_else(|e| e.into_inner()).fingerprint;
+        let params = HandshakeParams {
+            psk: &psk,
+            protocol_version: transport::PROTOCOL_VERSION,
+            fingerprint: fp.map(|f| *f.as_bytes()),
+            channel: Channel::Stream,
+            term: 0,
+            any_channel: true,
+        };
+        match listener.accept(&params, Duration::from_secs(2)) {
+            Ok((conn, peer)) => {
+                let (shadow, ev2, heard) = (shadow.clone(), ev.clone(), last_heard.clone());
+                let term = peer.peer_term;
+                let spawned = match peer.channel {
+                    Channel::Heartbeat => std::thread::Builder::new()
+                        .name("hs-heartbeat".into())
+                        .spawn(move || heartbeat_loop(conn, ev2, heard)),
+                    Channel::Stream => std::thread::Builder::new()
+                        .name("hs-stream".into())
+                        .spawn(move || stream_loop(conn, term, shadow, ev2, heard)),
+                };
+                if let Err(e) = spawned {
+                    tracing::error!("cannot spawn a connection thread: {e}");
+                }
+            }
+            Err(e) => {
+                if ev.send(Event::Refused(e.to_string())).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn heartbeat_loop(mut conn: FramedConn, ev: Sender<Event>, heard: Arc<Mutex<Instant>>) {
+    let _ = conn.set_read_timeout(Some(Duration::from_millis(50)));
+    loop {
+        let f = match conn.recv() {
+            Ok(f) => f,
+            Err(TransportError::Timeout) => continue,
+            Err(e) => {
+                tracing::debug!("heartbeat channel closed: {e}");
+                let _ = ev.send(Event::Input(StandbyInput::PeerClosed));
+                return;
+            }
+        };
+        let input = match f.kind {
+            FrameKind::Heartbeat => {
+                *heard.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+                let _ = conn.send(FrameKind::HeartbeatAck, f.term, &[]);
+                match wire::decode::<Heartbeat>("Heartbeat", &f.payload) {
+                    Ok(h) if h.protected => StandbyInput::Heartbeat { term: f.term },
+                    Ok(_) => StandbyInput::Stale { term: f.term },
+                    Err(e) => {
+                        let _ = ev.send(Event::Refused(e));
+                        continue;
+                    }
+                }
+            }
+            FrameKind::Goodbye => StandbyInput::Goodbye { term: f.term },
+            other => {
+                let _ = ev.send(Event::Refused(format!(
+                    "unexpected {other:?} on the heartbeat channel"
+                )));
+                continue;
+            }
+        };
+        let bye = matches!(input, StandbyInput::Goodbye { .. });
+        if ev.send(Event::Input(input)).is_err() || bye {
+            return;
+        }
+    }
+}
+
+/// Receives epochs until the stream breaks. Errors abort only the epoch in
+/// flight: the shadow stays at its last commit.
+fn stream_loop(
+    mut conn: FramedConn,
+    term: u64,
+    shadow: Arc<Mutex<Shadow>>,
+    ev: Sender<Event>,
+    heard: Arc<Mutex<Instant>>,
+) {
+    let mut staging: Vec<u8> = Vec::new();
+    let mut current: Option<EpochBegin> = None;
+    loop {
+        let f = match conn.recv() {
+            Ok(f) => f,
+            Err(TransportError::Timeout) => continue,
+            Err(e) => {
+                tracing::warn!(
+                    "stream from the primary ended: {e}; the shadow stays at its last commit"
+                );
+                return;
+            }
+        };
+        *heard.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        let res: std::result::Result<(), String> = match f.kind {
+            FrameKind::EpochBegin => {
+                wire::decode::<EpochBegin>("EpochBegin", &f.payload).and_then(|b| {
+                    let limit = shadow_limit(&shadow);
+                    if b.len > limit {
+                        return Err(format!(
+                            "epoch {} claims {} bytes, more than the {limit} allowed",
+                            b.seq, b.len
+                        ));
+                    }
+                    staging.clear();
+                    staging.reserve(b.len.min(64 << 20) as usize);
+                    current = Some(b);
+                    Ok(())
+                })
+            }
+            FrameKind::EpochData => match &current {
+                Some(b) if staging.len() as u64 + f.payload.len() as u64 <= b.len => {
+                    staging.extend_from_slice(&f.payload);
+                    Ok(())
+                }
+                Some(b) => Err(format!(
+                    "epoch {} overflows its announced {} bytes",
+                    b.seq, b.len
+                )),
+                None => Err("epoch data without an EpochBegin".into()),
+            },
+            FrameKind::EpochEnd => match (
+                current.take(),
+                wire::decode::<EpochEnd>("EpochEnd", &f.payload),
+            ) {
+                (Some(b), Ok(end)) if end.seq == b.seq && staging.len() as u64 == b.len => {
+                    commit(&mut conn, &shadow, &staging, end, f.term, &ev)
+                }
+                (Some(b), Ok(end)) => Err(format!(
+                    "epoch {} ended as {} with {} of {} bytes",
+                    b.seq,
+                    end.seq,
+                    staging.len(),
+                    b.len
+                )),
+                (None, _) => Err("EpochEnd without an EpochBegin".into()),
+                (_, Err(e)) => Err(e),
+            },
+            other => Err(format!("unexpected {other:?} frame on the stream")),
+        };
+        if let Err(why) = res {
+            tracing::error!("epoch aborted: {why}; the shadow stays at its last commit");
+            let seq = current.take().map(|b| b.seq).unwrap_or(0);
+            let _ = conn.send(
+                FrameKind::Nack,
+                term,
+                &wire::encode(&Nack { seq, reason: why }),
+            );
+            staging.clear();
+        }
+    }
+}
+
+fn shadow_limit(shadow: &Arc<Mutex<Shadow>>) -> u64 {
+    let sh = shadow.lock().unwrap_or_else(|e| e.into_inner());
+    match &sh.machine {
+        // A full checkpoint is at most the memory plus record headers and state.
+        Some(m) => m.mem_regions.iter().map(|r| r.size).sum::<u64>() * 11 / 10 + (64 << 20),
+        // Before the first full epoch: up to 64 GiB of guest memory.
+        None => 70 << 30,
+    }
+}
+
+/// Verifies a staged epoch, acknowledges it and applies it.
+fn commit(
+    conn: &mut FramedConn,
+    shadow: &Arc<Mutex<Shadow>>,
+    staged: &[u8],
+    end: EpochEnd,
+    term: u64,
+    ev: &Sender<Event>,
+) -> std::result::Result<(), String> {
+    let limits = Limits::default();
+    let mut sh = shadow.lock().unwrap_or_else(|e| e.into_inner());
+    if sh.taken_over {
+        return Err("the standby took over; epochs are no longer accepted".into());
+    }
+    if term < sh.term {
+        return Err(format!("epoch of term {term} after term {}", sh.term));
+    }
+    let header = format::verify(staged, &limits, sh.fingerprint.as_ref())
+        .map_err(|e| format!("epoch {}: {e}", end.seq))?;
+    if header.seq != end.seq {
+        return Err(format!(
+            "container holds epoch {} but the frames say {}",
+            header.seq, end.seq
+        ));
+    }
+    match header.kind {
+        CheckpointKind::Full => {}
+        CheckpointKind::Incremental if sh.state.is_some() && header.base_seq == sh.seq => {}
+        CheckpointKind::Incremental => {
+            return Err(format!(
+                "incremental epoch {} applies on top of {}, but the shadow is at {}",
+                header.seq,
+                header.base_seq,
+                if sh.state.is_some() {
+                    sh.seq.to_string()
+                } else {
+                    "nothing".into()
+                }
+            ))
+        }
+    }
+    if header.kind == CheckpointKind::Full && sh.vm.is_none() {
+        // The first full epoch: learn the VM configuration, build the VM.
+        let mut rd = CheckpointReader::new(staged, &limits, Some(&header.fingerprint))
+            .map_err(|e| e.to_string())?;
+        let machine = match rd.next_section().map_err(|e| e.to_string())? {
+            Some((SectionId::Config, p)) => MachineConfig::decode(&p).map_err(|e| e.to_string())?,
+            _ => return Err("full epoch without a Config section first".into()),
+        };
+        let bytes = machine.mem_regions.iter().map(|r| r.size).sum();
+        let ram = Ram::new(bytes).map_err(|e| e.to_string())?;
+        if ram.layout() != machine.mem_regions {
+            return Err("the primary's memory layout is not one this engine builds".into());
+        }
+        let cfg = VmConfig {
+            mem_bytes: bytes,
+            vcpus: machine.vcpus,
+            log_dirty: false,
+        };
+        let mut vm = Vm::create(&cfg, Box::new(std::io::sink()), 0, None, Some(ram))
+            .map_err(|e| e.to_string())?;
+        vm.machine = machine.clone();
+        sh.vm = Some(vm);
+        sh.machine = Some(machine);
+        sh.fingerprint = Some(header.fingerprint);
+    }
+    // Staged and verified: acknowledge, then apply under the same lock.
+    conn.send(FrameKind::Ack, term, &wire::encode(&Ack { seq: end.seq }))
+        .map_err(|e| format!("sending ack: {e}"))?;
+    let vm = sh.vm.as_ref().expect("VM prepared above");
+    let state = store::apply_checkpoint(staged, &vm.ram, &header.fingerprint)
+        .map_err(|e| format!("applying verified epoch {}: {e}", end.seq))?;
+    sh.state = Some(state);
+    sh.output = (end.output_start, end.output);
+    sh.seq = end.seq;
+    sh.term = term;
+    drop(sh);
+    let _ = ev.send(Event::Input(StandbyInput::Committed { term, seq: end.seq }));
+    Ok(())
+}

@@ -1,0 +1,67 @@
+//! Replication messages: the payloads of transport frames (postcard).
+//!
+//! An epoch travels as `EpochBegin`, any number of `EpochData` frames whose
+//! payloads concatenate to one complete checkpoint container (the same bytes
+//! a checkpoint file holds, `docs/checkpoint-format.md`), and `EpochEnd`
+//! carrying the console output of the epoch. The shadow answers `Ack` once
+//! the whole container is staged and verified, or `Nack`.
+
+use serde::{Deserialize, Serialize};
+
+/// Largest chunk of an epoch container in one `EpochData` frame.
+pub const CHUNK: usize = 4 << 20;
+
+/// Start of an epoch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochBegin {
+    /// Epoch sequence number.
+    pub seq: u64,
+    /// Total container bytes that follow.
+    pub len: u64,
+}
+
+/// End of an epoch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochEnd {
+    /// Epoch sequence number.
+    pub seq: u64,
+    /// Console position of the first byte of `output`.
+    pub output_start: u64,
+    /// Console bytes the guest emitted during this epoch (held on the primary
+    /// until the ack).
+    pub output: Vec<u8>,
+}
+
+/// Epoch `seq` is staged and verified: the primary may release its output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    /// The epoch.
+    pub seq: u64,
+}
+
+/// Epoch `seq` was refused; the primary must resynchronise.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Nack {
+    /// The epoch.
+    pub seq: u64,
+    /// Why.
+    pub reason: String,
+}
+
+/// A primary's heartbeat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// False while the primary runs unprotected: the shadow's state is stale
+    /// and it must not take over from it.
+    pub protected: bool,
+}
+
+/// Encodes a message.
+pub fn encode<T: Serialize>(m: &T) -> Vec<u8> {
+    postcard::to_stdvec(m).expect("postcard encoding into a Vec cannot fail")
+}
+
+/// Decodes a message, naming it in the error.
+pub fn decode<'a, T: Deserialize<'a>>(what: &str, b: &'a [u8]) -> Result<T, String> {
+    postcard::from_bytes(b).map_err(|e| format!("malformed {what} message: {e}"))
+}

@@ -1,0 +1,298 @@
+//! The handshake over loopback: success, every refusal on both sides, and
+//! a listener that survives bad peers.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use super::support::*;
+use crate::frame::{Header, HEADER_LEN};
+use crate::{Channel, FrameKind, FramedConn, HandshakeParams, RefuseCode, TransportError};
+
+#[test]
+fn handshake_succeeds_and_both_sides_learn_each_other() {
+    let key = psk();
+    let l = listener();
+    let (c, s) = handshake(&l, &init_params(&key, 7), &resp_params(&key, Some(FP)));
+    let (client, from_client) = c.unwrap();
+    let (server, from_server) = s.unwrap();
+
+    assert_eq!(from_client.addr, l.local_addr());
+    assert_eq!(from_client.peer_term, 3, "initiator learns the responder's term");
+    assert_eq!(from_client.peer_fingerprint, FP);
+    assert!(!from_client.peer_learned_fingerprint);
+    assert_eq!(from_client.channel, Channel::Stream);
+    assert_eq!(from_client.protocol_version, crate::PROTOCOL_VERSION);
+
+    assert_eq!(from_server.peer_term, 7, "responder learns the initiator's term");
+    assert_eq!(from_server.peer_fingerprint, FP);
+    assert_eq!(from_server.addr, server.peer_addr());
+    assert_eq!(client.peer_addr(), l.local_addr());
+}
+
+#[test]
+fn fresh_responder_learns_the_fingerprint() {
+    let key = psk();
+    let l = listener();
+    let (c, s) = handshake(&l, &init_params(&key, 1), &resp_params(&key, None));
+    let (_, from_client) = c.unwrap();
+    let (_, from_server) = s.unwrap();
+    assert_eq!(from_server.peer_fingerprint, FP);
+    assert!(from_client.peer_learned_fingerprint);
+}
+
+/// Runs a handshake expected to fail and returns both errors.
+fn refused(
+    l: &crate::Listener,
+    init: &HandshakeParams,
+    resp: &HandshakeParams,
+) -> (TransportError, TransportError) {
+    let (c, s) = handshake(l, init, resp);
+    (c.err().expect("initiator must fail"), s.err().expect("responder must fail"))
+}
+
+fn wrong_key_case(initiator_key: &crate::Psk, responder_key: &crate::Psk) {
+    let l = listener();
+    let resp = resp_params(responder_key, Some(FP));
+    let (ce, se) = refused(&l, &init_params(initiator_key, 1), &resp);
+    assert!(
+        matches!(se, TransportError::WrongKey { .. }),
+        "responder: {se}"
+    );
+    assert!(se.to_string().contains("does not hold the pre-shared key"), "{se}");
+    match &ce {
+        TransportError::Refused { code, reason, .. } => {
+            assert_eq!(*code, RefuseCode::WrongKey);
+            assert!(reason.contains("wrong pre-shared key"), "{reason}");
+        }
+        e => panic!("initiator: expected Refused, got {e}"),
+    }
+    assert!(ce.to_string().contains("refused: wrong pre-shared key"), "{ce}");
+    assert_listener_alive(&l, &resp);
+}
+
+#[test]
+fn wrong_key_on_the_initiator_is_refused_on_both_sides() {
+    wrong_key_case(&other_psk(), &psk());
+}
+
+#[test]
+fn wrong_key_on_the_responder_is_refused_on_both_sides() {
+    wrong_key_case(&psk(), &other_psk());
+}
+
+#[test]
+fn protocol_version_mismatch_is_refused_on_both_sides() {
+    let key = psk();
+    let l = listener();
+    let resp = resp_params(&key, Some(FP));
+    let mut init = init_params(&key, 1);
+    init.protocol_version = 3;
+    let (ce, se) = refused(&l, &init, &resp);
+    assert!(
+        matches!(se, TransportError::VersionMismatch { peer: 3, ours: 1 }),
+        "{se}"
+    );
+    assert_eq!(
+        se.to_string(),
+        "protocol version mismatch: peer speaks 3, we speak 1"
+    );
+    match &ce {
+        TransportError::Refused { code, reason, .. } => {
+            assert_eq!(*code, RefuseCode::Version);
+            assert!(reason.contains("you speak 3, we speak 1"), "{reason}");
+        }
+        e => panic!("initiator: expected Refused, got {e}"),
+    }
+    assert_listener_alive(&l, &resp);
+
+    // The other way round: a newer responder.
+    let l = listener();
+    let mut resp = resp_params(&key, Some(FP));
+    resp.protocol_version = 2;
+    let (ce, se) = refused(&l, &init_params(&key, 1), &resp);
+    assert!(matches!(se, TransportError::VersionMismatch { peer: 1, ours: 2 }));
+    assert!(matches!(ce, TransportError::Refused { code: RefuseCode::Version, .. }));
+}
+
+#[test]
+fn fingerprint_mismatch_is_refused_on_both_sides() {
+    let key = psk();
+    let l = listener();
+    let theirs = [0x3c; 32];
+    let resp = resp_params(&key, Some(theirs));
+    let (ce, se) = refused(&l, &init_params(&key, 1), &resp);
+    match &se {
+        TransportError::FingerprintMismatch { peer, ours } => {
+            assert_eq!((*peer, *ours), (FP, theirs));
+        }
+        e => panic!("responder: {e}"),
+    }
+    assert_eq!(
+        se.to_string(),
+        "VM fingerprint mismatch: peer has abababababab.., we have 3c3c3c3c3c3c.."
+    );
+    match &ce {
+        TransportError::Refused { code, reason, .. } => {
+            assert_eq!(*code, RefuseCode::Fingerprint);
+            assert!(reason.contains("you have abababababab.."), "{reason}");
+        }
+        e => panic!("initiator: {e}"),
+    }
+    // The listener still accepts the right VM.
+    assert_listener_alive(&l, &resp);
+}
+
+#[test]
+fn channel_mismatch_is_refused_on_both_sides() {
+    let key = psk();
+    let l = listener();
+    let resp = HandshakeParams::new(&key, Some(FP), Channel::Heartbeat, 0);
+    let (ce, se) = refused(&l, &init_params(&key, 1), &resp);
+    assert!(
+        matches!(
+            se,
+            TransportError::ChannelMismatch {
+                peer: Channel::Stream,
+                ours: Channel::Heartbeat
+            }
+        ),
+        "{se}"
+    );
+    assert!(matches!(ce, TransportError::Refused { code: RefuseCode::Channel, .. }), "{ce}");
+    assert_listener_alive(&l, &resp);
+}
+
+#[test]
+fn initiator_without_fingerprint_is_a_usage_error() {
+    let key = psk();
+    let l = listener();
+    let params = HandshakeParams::new(&key, None, Channel::Stream, 1);
+    let e = FramedConn::connect(l.local_addr(), &params, T).unwrap_err();
+    assert!(matches!(e, TransportError::MissingFingerprint), "{e}");
+}
+
+#[test]
+fn connect_to_a_closed_port_names_the_address() {
+    let key = psk();
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let e = FramedConn::connect(addr, &init_params(&key, 1), T).unwrap_err();
+    assert!(matches!(e, TransportError::Connect { .. }), "{e}");
+    assert!(e.to_string().contains(&addr.to_string()), "{e}");
+}
+
+#[test]
+fn replayed_handshake_from_a_recording_is_refused() {
+    let key = psk();
+    let l = listener();
+    let resp = resp_params(&key, Some(FP));
+    let proxy = Proxy::start(l.local_addr());
+    let (c, s) = std::thread::scope(|sc| {
+        let server = sc.spawn(|| l.accept(&resp, T));
+        let client = FramedConn::connect(proxy.addr, &init_params(&key, 1), T);
+        (client, server.join().unwrap())
+    });
+    c.unwrap();
+    s.unwrap();
+    let recorded = split_frames(&proxy.recorded());
+    assert_eq!(recorded.len(), 2, "Hello and Response");
+
+    // Replay Hello and Response verbatim on a new connection.
+    let (outcome, _) = std::thread::scope(|sc| {
+        let server = sc.spawn(|| l.accept(&resp, T));
+        let mut raw = TcpStream::connect(l.local_addr()).unwrap();
+        raw.write_all(&recorded[0]).unwrap();
+        let mut challenge = vec![0u8; HEADER_LEN];
+        raw.read_exact(&mut challenge).unwrap();
+        raw.write_all(&recorded[1]).unwrap();
+        let mut rest = Vec::new();
+        let _ = raw.read_to_end(&mut rest);
+        (server.join().unwrap(), rest)
+    });
+    let e = outcome.err().expect("replayed handshake must be refused");
+    assert!(matches!(e, TransportError::WrongKey { .. }), "{e}");
+    assert!(e.to_string().contains("replayed or forged"), "{e}");
+    assert_listener_alive(&l, &resp);
+}
+
+/// Opens a raw connection, lets `attack` write to it, and returns the
+/// listener's error for that peer.
+fn raw_peer_error(
+    l: &crate::Listener,
+    resp: &HandshakeParams,
+    timeout: Duration,
+    attack: impl FnOnce(&mut TcpStream) + Send,
+) -> TransportError {
+    std::thread::scope(|sc| {
+        let server = sc.spawn(|| l.accept(resp, timeout));
+        let mut raw = TcpStream::connect(l.local_addr()).unwrap();
+        attack(&mut raw);
+        let r = server.join().unwrap();
+        drop(raw);
+        r.err().expect("bad peer must be refused")
+    })
+}
+
+#[test]
+fn garbage_instead_of_a_handshake_is_refused() {
+    let key = psk();
+    let l = listener();
+    let resp = resp_params(&key, Some(FP));
+    let e = raw_peer_error(&l, &resp, T, |s| {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    });
+    assert!(matches!(e, TransportError::BadMagic { .. }), "{e}");
+    assert!(e.to_string().contains("bad magic"), "{e}");
+    assert_listener_alive(&l, &resp);
+}
+
+#[test]
+fn truncated_hello_is_refused() {
+    let key = psk();
+    let l = listener();
+    let resp = resp_params(&key, Some(FP));
+    let e = raw_peer_error(&l, &resp, T, |s| {
+        s.write_all(&b"HSF1\x01\x00"[..]).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    assert!(
+        matches!(e, TransportError::Truncated { got: 6, want: 28, .. }),
+        "{e}"
+    );
+    assert_listener_alive(&l, &resp);
+}
+
+#[test]
+fn huge_hello_is_refused_before_reading_its_payload() {
+    let key = psk();
+    let l = listener();
+    let resp = resp_params(&key, Some(FP));
+    let header = Header {
+        kind: FrameKind::Hello.as_u16(),
+        flags: 0,
+        term: 0,
+        seq: 1,
+        len: 1 << 31,
+    };
+    let e = raw_peer_error(&l, &resp, T, |s| s.write_all(&header.encode()).unwrap());
+    assert!(
+        matches!(e, TransportError::FrameTooLarge { len: 0x8000_0000, limit: 1024, .. }),
+        "{e}"
+    );
+    assert_listener_alive(&l, &resp);
+}
+
+#[test]
+fn silent_peer_times_out_the_handshake() {
+    let key = psk();
+    let l = listener();
+    let resp = resp_params(&key, Some(FP));
+    let start = Instant::now();
+    let e = raw_peer_error(&l, &resp, Duration::from_millis(300), |_| {});
+    assert!(matches!(e, TransportError::HandshakeTimeout { .. }), "{e}");
+    assert!(start.elapsed() < T, "safety bound");
+    assert_listener_alive(&l, &resp);
+}
