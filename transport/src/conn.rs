@@ -130,7 +130,6 @@ impl FramedConn {
             send_key: self.tx.key.clone(),
             next_send_seq: self.tx.next_seq,
             recv_key: self.rx.reader.key().clone(),
-            next_recv_seq: self.rx.reader.next_seq(),
         }
     }
 }
@@ -142,7 +141,6 @@ pub(crate) struct TestRaw {
     pub send_key: MacKey,
     pub next_send_seq: u64,
     pub recv_key: MacKey,
-    pub next_recv_seq: u64,
 }
 
 /// The sending half of a connection.

@@ -88,12 +88,6 @@ impl<R: Read> FrameReader<R> {
         &self.key
     }
 
-    /// The sequence number expected next.
-    #[cfg(test)]
-    pub fn next_seq(&self) -> u64 {
-        self.next_seq
-    }
-
     /// Reads one authenticated, in-sequence frame.
     pub fn read(&mut self) -> Result<Frame> {
         let raw = self.read_raw()?;

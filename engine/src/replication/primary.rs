@@ -327,6 +327,11 @@ impl Replicator {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push_back((seq, ep.console_pos, Instant::now()));
+        let released = self
+            .gate
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .released();
         let out = Outgoing {
             seq,
             container,
@@ -334,6 +339,7 @@ impl Replicator {
                 seq,
                 output_start: ep.output.0,
                 output: ep.output.1,
+                released,
             },
         };
         self.pending.push_back((seq, harvest));

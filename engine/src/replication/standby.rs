@@ -50,6 +50,8 @@ struct Shadow {
     fingerprint: Option<Fingerprint>,
     vm: Option<Vm>,
     state: Option<EpochState>,
+    /// Committed console output the primary may not have released:
+    /// (position of the first byte, bytes), ending at the committed position.
     output: (u64, Vec<u8>),
     seq: u64,
     term: u64,
@@ -428,8 +430,37 @@ fn commit(
     let vm = sh.vm.as_ref().expect("VM prepared above");
     let state = store::apply_checkpoint(staged, &vm.ram, &header.fingerprint)
         .map_err(|e| format!("applying verified epoch {}: {e}", end.seq))?;
+    let (base, buf) = &mut sh.output;
+    if header.kind == CheckpointKind::Full || *base + buf.len() as u64 != end.output_start {
+        // A new sync (or the first epoch): output before it was released by
+        // the primary while unprotected.
+        *base = end.output_start;
+        buf.clear();
+    }
+    buf.extend_from_slice(&end.output);
+    // Drop what the primary says it has released.
+    let drop_n = end.released.saturating_sub(*base).min(buf.len() as u64) as usize;
+    buf.drain(..drop_n);
+    *base += drop_n as u64;
+    if *base + buf.len() as u64 != state.console_pos {
+        // Cannot happen with a correct primary; the epoch is acked already,
+        // so keep its state and say what is inconsistent.
+        tracing::error!(
+            "epoch {}: console output ends at {} but the checkpoint's console is at {}",
+            end.seq,
+            *base + buf.len() as u64,
+            state.console_pos
+        );
+        *base = state.console_pos;
+        buf.clear();
+    }
+    if sh.state.is_none() {
+        eprintln!(
+            "hotspare: standby in sync with the primary at epoch {}",
+            end.seq
+        );
+    }
     sh.state = Some(state);
-    sh.output = (end.output_start, end.output);
     sh.seq = end.seq;
     sh.term = term;
     drop(sh);

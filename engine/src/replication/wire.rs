@@ -30,6 +30,11 @@ pub struct EpochEnd {
     /// Console bytes the guest emitted during this epoch (held on the primary
     /// until the ack).
     pub output: Vec<u8>,
+    /// Console position up to which the primary had released output when it
+    /// sent this epoch. The shadow keeps every committed byte from here on:
+    /// after a takeover it re-emits them, because the primary may not have
+    /// read the acks that would have released them.
+    pub released: u64,
 }
 
 /// Epoch `seq` is staged and verified: the primary may release its output.

@@ -371,3 +371,249 @@ pub fn kill_restore_trial(
     );
     trial
 }
+
+/// A process whose stderr is collected line by line in the background.
+pub struct Proc {
+    pub child: Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    pub fn spawn(mut cmd: Command) -> Proc {
+        let mut child = cmd.stderr(Stdio::piped()).spawn().expect("spawn");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let err = child.stderr.take().expect("stderr");
+        let l = lines.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                l.lock().unwrap().push(line);
+            }
+        });
+        Proc { child, lines }
+    }
+
+    pub fn stderr(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// Waits up to `t` for a stderr line containing `needle`; returns it.
+    pub fn wait_line(&mut self, needle: &str, t: Duration) -> Option<String> {
+        let end = Instant::now() + t;
+        loop {
+            if let Some(l) = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return Some(l.clone());
+            }
+            if Instant::now() > end || self.child.try_wait().expect("try_wait").is_some() {
+                // One last look: the line may have arrived with the exit.
+                std::thread::sleep(Duration::from_millis(20));
+                return self
+                    .lines
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .find(|l| l.contains(needle))
+                    .cloned();
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Waits for exit up to `t` (then kills and panics).
+    pub fn wait(&mut self, t: Duration, what: &str) -> std::process::ExitStatus {
+        if !wait_for(&mut self.child, t) {
+            let _ = self.child.kill();
+            panic!(
+                "{what} did not finish within {t:?}\nstderr:\n{}",
+                self.stderr()
+            );
+        }
+        let st = self.child.wait().expect("wait");
+        std::thread::sleep(Duration::from_millis(20));
+        st
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes a fresh 32-byte key.
+pub fn key_file(dir: &TempDir, name: &str, seed: u64) -> PathBuf {
+    let mut r = Rng(seed | 1);
+    let key: Vec<u8> = (0..32).map(|_| r.next() as u8).collect();
+    let p = dir.path(name);
+    std::fs::write(&p, key).expect("write key");
+    p
+}
+
+/// Starts a standby on an ephemeral loopback port; returns it and its address.
+pub fn spawn_standby(key: &Path, console: &Path, listen: &str) -> (Proc, String) {
+    let mut c = Command::new(hotspare());
+    c.args(["standby", "--listen", listen, "--key-file"])
+        .arg(key)
+        .arg("--console")
+        .arg(console)
+        .stdin(Stdio::null());
+    let mut p = Proc::spawn(c);
+    let line = p
+        .wait_line("standby listening on ", Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("standby did not start:\n{}", p.stderr()));
+    let addr = line
+        .rsplit("listening on ")
+        .next()
+        .unwrap()
+        .trim()
+        .to_string();
+    (p, addr)
+}
+
+/// Starts a protected primary.
+pub fn spawn_primary(
+    spec: &GuestSpec,
+    console: &Path,
+    shadow: &str,
+    key: &Path,
+    interval_ms: u64,
+) -> Proc {
+    let mut c = spec.run_cmd(console);
+    c.arg("--shadow")
+        .arg(shadow)
+        .arg("--key-file")
+        .arg(key)
+        .arg("--interval-ms")
+        .arg(interval_ms.to_string());
+    Proc::spawn(c)
+}
+
+/// Checks `first` (the primary's released output) then `second` (the
+/// shadow's, starting at console position `at`) re-create `reference`.
+pub fn check_failover_output(
+    name: &str,
+    reference: &[u8],
+    first: &[u8],
+    at: usize,
+    second: &[u8],
+) -> u64 {
+    assert!(
+        reference.starts_with(first),
+        "{name}: the primary's output is not a prefix of the reference\n{}",
+        tail(first)
+    );
+    assert!(
+        at <= first.len(),
+        "{name}: output lost: the primary released {} bytes but the shadow resumed at byte {at}",
+        first.len()
+    );
+    assert!(
+        reference.len() == at + second.len() && reference[at..] == second[..],
+        "{name}: the shadow's output from byte {at} is not the rest of the reference\nshadow:\n{}\nexpected:\n{}",
+        tail(second),
+        tail(&reference[at.min(reference.len())..])
+    );
+    (first.len() - at) as u64
+}
+
+/// Parses "... key X ..." numbers from a line.
+pub fn field(line: &str, key: &str) -> Option<f64> {
+    let i = line.find(key)? + key.len();
+    line[i..]
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .find(|s| !s.is_empty())?
+        .parse()
+        .ok()
+}
+
+/// One failover trial: primary + standby, SIGKILL the primary at a random
+/// moment after the shadow is in sync, the standby takes over and finishes.
+/// Returns (killed, repeated bytes, detection ms, activation ms).
+pub fn failover_trial(
+    spec: &GuestSpec,
+    reference: &[u8],
+    ref_time: Duration,
+    interval_ms: u64,
+    rng: &mut Rng,
+) -> (bool, u64, f64, f64) {
+    let dir = TempDir::new("failover");
+    let key = key_file(&dir, "key", rng.next());
+    let (pcon, scon) = (dir.path("primary.txt"), dir.path("shadow.txt"));
+    let (mut standby, addr) = spawn_standby(&key, &scon, "127.0.0.1:0");
+    let mut primary = spawn_primary(spec, &pcon, &addr, &key, interval_ms);
+    let started = Instant::now();
+    standby
+        .wait_line("standby in sync", Duration::from_secs(30))
+        .unwrap_or_else(|| {
+            panic!(
+                "{}: the standby never synced\nprimary:\n{}\nstandby:\n{}",
+                spec.name,
+                primary.stderr(),
+                standby.stderr()
+            )
+        });
+    let remaining = ref_time.saturating_sub(started.elapsed()).as_millis() as u64;
+    let when = Duration::from_millis(rng.range(0, (remaining * 9 / 10).max(1)));
+    if wait_for(&mut primary.child, when) {
+        let st = primary.wait(Duration::from_secs(5), "primary");
+        assert!(
+            st.success(),
+            "{}: primary failed: {st}\n{}",
+            spec.name,
+            primary.stderr()
+        );
+        assert_eq!(
+            std::fs::read(&pcon).unwrap(),
+            reference,
+            "{}: unkilled primary output differs",
+            spec.name
+        );
+        let st = standby.wait(
+            Duration::from_secs(10),
+            "standby after the primary's guest ended",
+        );
+        assert!(
+            st.success(),
+            "{}: standby failed after goodbye: {}",
+            spec.name,
+            standby.stderr()
+        );
+        assert!(
+            std::fs::read(&scon).unwrap_or_default().is_empty(),
+            "{}: the standby printed output although the primary finished",
+            spec.name
+        );
+        return (false, 0, 0.0, 0.0);
+    }
+    primary.child.kill().expect("SIGKILL primary");
+    primary.child.wait().expect("wait");
+    let st = standby.wait(Duration::from_secs(120), "standby after takeover");
+    let err = standby.stderr();
+    assert!(
+        st.success(),
+        "{}: standby failed after takeover: {st}\n{err}\nprimary:\n{}",
+        spec.name,
+        primary.stderr()
+    );
+    let line = err
+        .lines()
+        .find(|l| l.contains("TAKING OVER"))
+        .unwrap_or_else(|| panic!("{}: no takeover reported:\n{err}", spec.name));
+    let at = field(line, "console resumes at byte ").expect("resume position") as usize;
+    let first = std::fs::read(&pcon).unwrap_or_default();
+    let second = std::fs::read(&scon).unwrap_or_default();
+    let repeated = check_failover_output(spec.name, reference, &first, at, &second);
+    (
+        true,
+        repeated,
+        field(line, "detection ").unwrap_or(0.0),
+        field(line, "activation ").unwrap_or(0.0),
+    )
+}

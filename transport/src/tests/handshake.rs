@@ -18,13 +18,19 @@ fn handshake_succeeds_and_both_sides_learn_each_other() {
     let (server, from_server) = s.unwrap();
 
     assert_eq!(from_client.addr, l.local_addr());
-    assert_eq!(from_client.peer_term, 3, "initiator learns the responder's term");
+    assert_eq!(
+        from_client.peer_term, 3,
+        "initiator learns the responder's term"
+    );
     assert_eq!(from_client.peer_fingerprint, FP);
     assert!(!from_client.peer_learned_fingerprint);
     assert_eq!(from_client.channel, Channel::Stream);
     assert_eq!(from_client.protocol_version, crate::PROTOCOL_VERSION);
 
-    assert_eq!(from_server.peer_term, 7, "responder learns the initiator's term");
+    assert_eq!(
+        from_server.peer_term, 7,
+        "responder learns the initiator's term"
+    );
     assert_eq!(from_server.peer_fingerprint, FP);
     assert_eq!(from_server.addr, server.peer_addr());
     assert_eq!(client.peer_addr(), l.local_addr());
@@ -48,7 +54,10 @@ fn refused(
     resp: &HandshakeParams,
 ) -> (TransportError, TransportError) {
     let (c, s) = handshake(l, init, resp);
-    (c.err().expect("initiator must fail"), s.err().expect("responder must fail"))
+    (
+        c.expect_err("initiator must fail"),
+        s.expect_err("responder must fail"),
+    )
 }
 
 fn wrong_key_case(initiator_key: &crate::Psk, responder_key: &crate::Psk) {
@@ -59,7 +68,10 @@ fn wrong_key_case(initiator_key: &crate::Psk, responder_key: &crate::Psk) {
         matches!(se, TransportError::WrongKey { .. }),
         "responder: {se}"
     );
-    assert!(se.to_string().contains("does not hold the pre-shared key"), "{se}");
+    assert!(
+        se.to_string().contains("does not hold the pre-shared key"),
+        "{se}"
+    );
     match &ce {
         TransportError::Refused { code, reason, .. } => {
             assert_eq!(*code, RefuseCode::WrongKey);
@@ -67,7 +79,10 @@ fn wrong_key_case(initiator_key: &crate::Psk, responder_key: &crate::Psk) {
         }
         e => panic!("initiator: expected Refused, got {e}"),
     }
-    assert!(ce.to_string().contains("refused: wrong pre-shared key"), "{ce}");
+    assert!(
+        ce.to_string().contains("refused: wrong pre-shared key"),
+        "{ce}"
+    );
     assert_listener_alive(&l, &resp);
 }
 
@@ -111,8 +126,17 @@ fn protocol_version_mismatch_is_refused_on_both_sides() {
     let mut resp = resp_params(&key, Some(FP));
     resp.protocol_version = 2;
     let (ce, se) = refused(&l, &init_params(&key, 1), &resp);
-    assert!(matches!(se, TransportError::VersionMismatch { peer: 1, ours: 2 }));
-    assert!(matches!(ce, TransportError::Refused { code: RefuseCode::Version, .. }));
+    assert!(matches!(
+        se,
+        TransportError::VersionMismatch { peer: 1, ours: 2 }
+    ));
+    assert!(matches!(
+        ce,
+        TransportError::Refused {
+            code: RefuseCode::Version,
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -159,7 +183,16 @@ fn channel_mismatch_is_refused_on_both_sides() {
         ),
         "{se}"
     );
-    assert!(matches!(ce, TransportError::Refused { code: RefuseCode::Channel, .. }), "{ce}");
+    assert!(
+        matches!(
+            ce,
+            TransportError::Refused {
+                code: RefuseCode::Channel,
+                ..
+            }
+        ),
+        "{ce}"
+    );
     assert_listener_alive(&l, &resp);
 }
 
@@ -212,7 +245,7 @@ fn replayed_handshake_from_a_recording_is_refused() {
         let _ = raw.read_to_end(&mut rest);
         (server.join().unwrap(), rest)
     });
-    let e = outcome.err().expect("replayed handshake must be refused");
+    let e = outcome.expect_err("replayed handshake must be refused");
     assert!(matches!(e, TransportError::WrongKey { .. }), "{e}");
     assert!(e.to_string().contains("replayed or forged"), "{e}");
     assert_listener_alive(&l, &resp);
@@ -232,7 +265,7 @@ fn raw_peer_error(
         attack(&mut raw);
         let r = server.join().unwrap();
         drop(raw);
-        r.err().expect("bad peer must be refused")
+        r.expect_err("bad peer must be refused")
     })
 }
 
@@ -259,7 +292,14 @@ fn truncated_hello_is_refused() {
         s.shutdown(std::net::Shutdown::Write).unwrap();
     });
     assert!(
-        matches!(e, TransportError::Truncated { got: 6, want: 28, .. }),
+        matches!(
+            e,
+            TransportError::Truncated {
+                got: 6,
+                want: 28,
+                ..
+            }
+        ),
         "{e}"
     );
     assert_listener_alive(&l, &resp);
@@ -279,7 +319,14 @@ fn huge_hello_is_refused_before_reading_its_payload() {
     };
     let e = raw_peer_error(&l, &resp, T, |s| s.write_all(&header.encode()).unwrap());
     assert!(
-        matches!(e, TransportError::FrameTooLarge { len: 0x8000_0000, limit: 1024, .. }),
+        matches!(
+            e,
+            TransportError::FrameTooLarge {
+                len: 0x8000_0000,
+                limit: 1024,
+                ..
+            }
+        ),
         "{e}"
     );
     assert_listener_alive(&l, &resp);

@@ -16,10 +16,16 @@ fn key_file(bytes: &[u8]) -> tempfile::NamedTempFile {
 fn key_file_of_31_bytes_is_refused_naming_path_and_size() {
     let f = key_file(&[7u8; 31]);
     let e = Psk::from_file(f.path()).unwrap_err();
-    assert!(matches!(e, TransportError::KeyFileTooShort { len: 31, .. }), "{e}");
+    assert!(
+        matches!(e, TransportError::KeyFileTooShort { len: 31, .. }),
+        "{e}"
+    );
     let msg = e.to_string();
     assert!(msg.contains(&f.path().display().to_string()), "{msg}");
-    assert!(msg.contains("is 31 bytes; at least 32 are required"), "{msg}");
+    assert!(
+        msg.contains("is 31 bytes; at least 32 are required"),
+        "{msg}"
+    );
     assert!(msg.contains("head -c 32 /dev/urandom > key"), "{msg}");
 }
 
@@ -80,7 +86,13 @@ fn derived_keys_are_distinct_per_purpose_direction_and_session() {
     let (n1, n2, n3) = ([1u8; 32], [2u8; 32], [3u8; 32]);
     let (ir, ri) = k.session_keys(&n1, &n2);
     let (ir_other, _) = k.session_keys(&n1, &n3);
-    let keys: Vec<MacKey> = vec![k.handshake_mac_key(), k.proof_key(), ir.clone(), ri, ir_other];
+    let keys: Vec<MacKey> = vec![
+        k.handshake_mac_key(),
+        k.proof_key(),
+        ir.clone(),
+        ri,
+        ir_other,
+    ];
     for (i, a) in keys.iter().enumerate() {
         for b in &keys[i + 1..] {
             assert_ne!(a, b);

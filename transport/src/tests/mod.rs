@@ -1,1 +1,9 @@
+//! Tests that need the crate's internals (session keys, raw streams, the
+//! frame reader). Everything runs on loopback (127.0.0.1, port 0).
 
+mod attacks;
+mod flow;
+mod handshake;
+mod key;
+mod props;
+mod support;

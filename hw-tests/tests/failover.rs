@@ -1,0 +1,203 @@
+//! Replication with failover: a primary and a standby as separate processes
+//! (on loopback), the primary SIGKILLed at random moments. The shadow must
+//! take over and the console output must continue exactly: the primary's
+//! released output followed by the shadow's equals an uninterrupted run,
+//! with at most a byte-identical repetition at the boundary.
+
+mod common;
+
+use std::io::Write;
+use std::time::Duration;
+
+use common::{failover_trial, reference, spawn_primary, spawn_standby, GuestSpec, Rng, TempDir};
+
+fn trials(spec: GuestSpec, n: usize, interval_ms: u64) {
+    if !common::kvm_available() {
+        return;
+    }
+    eprintln!(
+        "{}: primary and standby run as separate processes on loopback (127.0.0.1)",
+        spec.name
+    );
+    let (r, took) = reference(&spec);
+    assert!(String::from_utf8_lossy(&r).contains("result=ok"));
+    let mut rng = Rng::from_env(spec.name);
+    let (mut kills, mut repeated) = (0, 0);
+    let (mut det, mut act) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        let (killed, rep, d, a) = failover_trial(&spec, &r, took, interval_ms, &mut rng);
+        if killed {
+            kills += 1;
+            repeated += rep;
+            det.push(d);
+            act.push(a);
+        }
+    }
+    det.sort_by(f64::total_cmp);
+    act.sort_by(f64::total_cmp);
+    eprintln!(
+        "{} ({}): {n} trials, {kills} primaries SIGKILLed, every takeover continuous; {repeated} bytes repeated in total; \
+         detection median {:.1} ms, activation median {:.2} ms",
+        spec.name,
+        spec.cmdline,
+        det.get(det.len() / 2).copied().unwrap_or(0.0),
+        act.get(act.len() / 2).copied().unwrap_or(0.0)
+    );
+    assert!(
+        kills >= n / 2,
+        "{}: only {kills} of {n} trials killed the primary mid-run",
+        spec.name
+    );
+}
+
+#[test]
+fn memtest_failover_20_random_kills() {
+    trials(
+        GuestSpec::new("memtest", "rounds=300 writes=30000 pattern=mixed"),
+        20,
+        25,
+    );
+}
+
+#[test]
+fn smp_failover() {
+    trials(GuestSpec::new("smp", "rounds=1000").vcpus(2), 4, 25);
+}
+
+#[test]
+fn timer_failover() {
+    trials(GuestSpec::new("timer", "ticks=2500 every=50"), 4, 25);
+}
+
+#[test]
+fn sse_failover() {
+    trials(GuestSpec::new("sse", "rounds=50"), 4, 25);
+}
+
+/// SIGKILL the shadow: the primary keeps running unprotected (its output
+/// complete and correct), then re-protects to a new standby on the same
+/// address, which can take over in turn.
+#[test]
+fn shadow_loss_then_reprotection() {
+    if !common::kvm_available() {
+        return;
+    }
+    let spec = GuestSpec::new("memtest", "rounds=500 writes=30000 pattern=mixed");
+    let (r, _) = reference(&spec);
+    let dir = TempDir::new("reprotect");
+    let key = common::key_file(&dir, "key", 7);
+    let (mut s1, addr) = spawn_standby(&key, &dir.path("s1.txt"), "127.0.0.1:0");
+    let pcon = dir.path("primary.txt");
+    let mut primary = spawn_primary(&spec, &pcon, &addr, &key, 25);
+    s1.wait_line("standby in sync", Duration::from_secs(30))
+        .expect("first standby synced");
+    std::thread::sleep(Duration::from_millis(300));
+    s1.child.kill().unwrap();
+    s1.child.wait().unwrap();
+    primary
+        .wait_line("UNPROTECTED", Duration::from_secs(10))
+        .unwrap_or_else(|| {
+            panic!(
+                "the primary did not report running unprotected:\n{}",
+                primary.stderr()
+            )
+        });
+    assert!(
+        primary.child.try_wait().unwrap().is_none(),
+        "the primary died with its shadow"
+    );
+    // A new standby on the same address: the primary re-syncs to it.
+    let (mut s2, _) = spawn_standby(&key, &dir.path("s2.txt"), &addr);
+    s2.wait_line("standby in sync", Duration::from_secs(30))
+        .unwrap_or_else(|| {
+            panic!(
+                "the primary did not re-protect:\nprimary:\n{}\nstandby:\n{}",
+                primary.stderr(),
+                s2.stderr()
+            )
+        });
+    std::thread::sleep(Duration::from_millis(200));
+    primary.child.kill().unwrap();
+    primary.child.wait().unwrap();
+    let st = s2.wait(Duration::from_secs(120), "second standby");
+    assert!(st.success(), "{}", s2.stderr());
+    let err = s2.stderr();
+    let line = err
+        .lines()
+        .find(|l| l.contains("TAKING OVER"))
+        .expect("takeover");
+    let at = common::field(line, "console resumes at byte ").unwrap() as usize;
+    let first = std::fs::read(&pcon).unwrap();
+    let second = std::fs::read(dir.path("s2.txt")).unwrap();
+    common::check_failover_output("reprotect", &r, &first, at, &second);
+    assert!(std::fs::read(dir.path("s1.txt"))
+        .unwrap_or_default()
+        .is_empty());
+}
+
+/// A primary with the wrong key, and a peer sending garbage, are refused and
+/// change nothing: the standby then protects the right primary and takes
+/// over correctly. The wrongly keyed primary runs unprotected and says so.
+#[test]
+fn wrong_key_and_garbage_are_refused_and_change_nothing() {
+    if !common::kvm_available() {
+        return;
+    }
+    let spec = GuestSpec::new("memtest", "rounds=300 writes=30000 pattern=mixed");
+    let (r, took) = reference(&spec);
+    let dir = TempDir::new("wrongkey");
+    let key = common::key_file(&dir, "key", 11);
+    let bad = common::key_file(&dir, "bad", 13);
+    let scon = dir.path("shadow.txt");
+    let (mut standby, addr) = spawn_standby(&key, &scon, "127.0.0.1:0");
+
+    // Garbage bytes, then a connection that closes mid-frame.
+    for junk in [&b"GET / HTTP/1.0\r\n\r\n"[..], &b"HSF1\x01\x00"[..]] {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        let _ = s.write_all(junk);
+    }
+    // A primary with the wrong key: refused, runs unprotected, output intact.
+    let mut wrong = spawn_primary(&spec, &dir.path("wrong.txt"), &addr, &bad, 25);
+    let st = wrong.wait(Duration::from_secs(60), "wrongly keyed primary");
+    assert!(st.success());
+    assert!(wrong.stderr().contains("UNPROTECTED"), "{}", wrong.stderr());
+    assert_eq!(std::fs::read(dir.path("wrong.txt")).unwrap(), r);
+    let serr = standby.stderr();
+    assert!(
+        serr.contains("refused"),
+        "the standby did not report the refused peers:\n{serr}"
+    );
+    assert!(
+        !serr.contains("in sync"),
+        "the standby accepted state from a wrongly keyed primary:\n{serr}"
+    );
+    assert!(
+        standby.child.try_wait().unwrap().is_none(),
+        "the standby died"
+    );
+
+    // The right primary is still served, and a takeover still works.
+    let pcon = dir.path("primary.txt");
+    let mut primary = spawn_primary(&spec, &pcon, &addr, &key, 25);
+    standby
+        .wait_line("standby in sync", Duration::from_secs(30))
+        .expect("sync");
+    std::thread::sleep(took / 3);
+    primary.child.kill().unwrap();
+    primary.child.wait().unwrap();
+    let st = standby.wait(Duration::from_secs(120), "standby");
+    assert!(st.success(), "{}", standby.stderr());
+    let err = standby.stderr();
+    let line = err
+        .lines()
+        .find(|l| l.contains("TAKING OVER"))
+        .expect("takeover");
+    let at = common::field(line, "console resumes at byte ").unwrap() as usize;
+    common::check_failover_output(
+        "wrongkey",
+        &r,
+        &std::fs::read(&pcon).unwrap(),
+        at,
+        &std::fs::read(&scon).unwrap(),
+    );
+}
