@@ -1,5 +1,13 @@
-//! `hotspare demo`: local checkpointing end to end with the bundled guest.
+//! `hotspare demo`: replication and failover end to end with the bundled guest.
 //!
+//! Default (replicated): runs the guest uninterrupted for the reference
+//! output, then starts a standby and a protected primary as separate
+//! processes on loopback, SIGKILLs the primary at a random moment once the
+//! standby is in sync, lets the standby take over and finish the guest, and
+//! checks that the primary's console followed by the shadow's equals the
+//! reference (at most a byte-identical repetition at the boundary).
+//!
+//! `--local`: the same with local checkpoints and `hotspare restore`:
 //! 1. Runs the guest uninterrupted to get the reference console output.
 //! 2. Runs it again with checkpoints every `--interval-ms`, and SIGKILLs that
 //!    process at a random moment.
@@ -24,7 +32,7 @@ pub struct DemoArgs {
     #[arg(long)]
     dir: Option<PathBuf>,
     /// Checkpoint interval in milliseconds.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 25)]
     interval_ms: u64,
     /// Kill the first run after this many milliseconds (default: random).
     #[arg(long)]
@@ -35,6 +43,9 @@ pub struct DemoArgs {
         default_value = "rounds=300 pages=4096 writes=30000 pattern=mixed"
     )]
     cmdline: String,
+    /// Demonstrate local checkpoints and restore instead of replication.
+    #[arg(long)]
+    local: bool,
 }
 
 fn random_ms(lo: u64, hi: u64) -> u64 {
@@ -99,12 +110,237 @@ fn show_tail(label: &str, bytes: &[u8], lines: usize) {
     }
 }
 
+/// A child whose stderr lines are collected in the background.
+struct Child {
+    child: std::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Child {
+    fn spawn(cmd: &mut Command) -> anyhow::Result<Child> {
+        let mut child = cmd.stdin(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let err = child.stderr.take().context("stderr")?;
+        let l = lines.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                l.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            }
+        });
+        Ok(Child { child, lines })
+    }
+
+    fn line(&self, needle: &str) -> Option<String> {
+        self.lines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|l| l.contains(needle))
+            .cloned()
+    }
+
+    fn wait_line(&mut self, needle: &str, t: Duration) -> anyhow::Result<String> {
+        let end = Instant::now() + t;
+        loop {
+            if let Some(l) = self.line(needle) {
+                return Ok(l);
+            }
+            if Instant::now() > end || self.child.try_wait()?.is_some() {
+                std::thread::sleep(Duration::from_millis(20));
+                return self.line(needle).with_context(|| {
+                    format!(
+                        "waiting for '{needle}'; the process said:\n{}",
+                        self.lines
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .join("\n")
+                    )
+                });
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn number_after(line: &str, key: &str) -> Option<u64> {
+    let i = line.find(key)? + key.len();
+    line[i..]
+        .split(|c: char| !c.is_ascii_digit())
+        .find(|s| !s.is_empty())?
+        .parse()
+        .ok()
+}
+
+fn failover_demo(a: DemoArgs, dir: PathBuf) -> anyhow::Result<i32> {
+    let guest = dir.join("memtest.elf");
+    std::fs::write(&guest, GUEST).context("writing the demo guest")?;
+    let key = dir.join("key");
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+        | 1;
+    let bytes: Vec<u8> = (0..32)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect();
+    std::fs::write(&key, bytes).context("writing the demo key")?;
+    let files = |n: &str| dir.join(n);
+    for f in ["reference.txt", "primary.txt", "shadow.txt"] {
+        let _ = std::fs::remove_file(files(f));
+    }
+    let exe = hotspare()?;
+    let run = |console: &Path| {
+        let mut c = Command::new(&exe);
+        c.arg("run")
+            .arg("--kernel")
+            .arg(&guest)
+            .arg("--mem-mib")
+            .arg("128")
+            .arg("--cmdline")
+            .arg(&a.cmdline)
+            .arg("--console")
+            .arg(console);
+        c
+    };
+    println!("hotspare demo: working in {}", dir.display());
+    println!("[1/4] reference run of the bundled guest (unprotected, uninterrupted)...");
+    let t = Instant::now();
+    run_to_end(&mut run(&files("reference.txt")), "the reference run")?;
+    let ref_time = t.elapsed();
+    let reference = std::fs::read(files("reference.txt"))?;
+    println!(
+        "      {} bytes of console output in {:.2?}",
+        reference.len(),
+        ref_time
+    );
+
+    println!(
+        "[2/4] standby and protected primary (separate processes, loopback, epoch every {} ms)...",
+        a.interval_ms
+    );
+    let mut standby = Child::spawn(
+        Command::new(&exe)
+            .args(["standby", "--listen", "127.0.0.1:0", "--key-file"])
+            .arg(&key)
+            .arg("--console")
+            .arg(files("shadow.txt")),
+    )?;
+    let line = standby.wait_line("standby listening on ", Duration::from_secs(10))?;
+    let addr = line
+        .rsplit("listening on ")
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let t0 = Instant::now();
+    let mut primary = Child::spawn(
+        run(&files("primary.txt"))
+            .arg("--shadow")
+            .arg(&addr)
+            .arg("--key-file")
+            .arg(&key)
+            .arg("--interval-ms")
+            .arg(a.interval_ms.to_string()),
+    )?;
+    standby.wait_line("standby in sync", Duration::from_secs(30))?;
+    println!(
+        "      standby {addr} in sync after {:.2?} (initial full sync)",
+        t0.elapsed()
+    );
+
+    let remaining = ref_time.saturating_sub(t0.elapsed()).as_millis() as u64;
+    let kill_after = a.kill_after_ms.unwrap_or_else(|| {
+        random_ms(
+            remaining / 5 + 1,
+            (remaining * 4 / 5).max(remaining / 5 + 2),
+        )
+    });
+    println!("[3/4] SIGKILL of the primary after {kill_after} ms...");
+    std::thread::sleep(Duration::from_millis(kill_after));
+    if primary.child.try_wait()?.is_some() {
+        bail!("the primary finished before the kill; use a longer --cmdline workload or a smaller --kill-after-ms");
+    }
+    primary.child.kill().context("SIGKILL of the primary")?;
+    let _ = primary.child.wait();
+    let first = std::fs::read(files("primary.txt")).unwrap_or_default();
+    println!(
+        "      primary killed with {} bytes of output released",
+        first.len()
+    );
+
+    println!("[4/4] the standby takes over and finishes the guest...");
+    let end = Instant::now() + Duration::from_secs(120);
+    while standby.child.try_wait()?.is_none() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let status = standby.child.wait()?;
+    let take = standby.line("TAKING OVER");
+    let summary = standby.line("replication summary");
+    if !status.success() || take.is_none() {
+        bail!(
+            "the standby did not take over cleanly ({status}):\n{}",
+            standby
+                .lines
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .join("\n")
+        );
+    }
+    let take = take.unwrap_or_default();
+    println!("      {}", take.trim_start_matches("hotspare: "));
+    let second = std::fs::read(files("shadow.txt"))?;
+    show_tail("primary's console", &first, 2);
+    show_tail("shadow's console", &second, 2);
+    let at = number_after(&take, "console resumes at byte ").context("resume position")? as usize;
+    if !reference.starts_with(&first) {
+        bail!("the primary's output is not a prefix of the reference");
+    }
+    if at > first.len() {
+        bail!(
+            "output lost: the primary released {} bytes, the shadow resumed at byte {at}",
+            first.len()
+        );
+    }
+    if reference.len() != at + second.len() || reference[at..] != second[..] {
+        bail!("the shadow's output does not continue the reference exactly");
+    }
+    if !String::from_utf8_lossy(&second).contains("result=ok") {
+        bail!("the guest's own memory check did not pass after the takeover");
+    }
+    println!();
+    if let Some(s) = summary {
+        println!("{}", s.trim_start_matches("hotspare: "));
+    }
+    println!(
+        "OK: console output continuous across the failover ({} bytes repeated byte-identically at the boundary); \
+         guest memory self-check passed on the shadow",
+        first.len() - at
+    );
+    Ok(0)
+}
+
 pub fn demo(a: DemoArgs) -> anyhow::Result<i32> {
-    let dir = match a.dir {
+    let dir = match a.dir.clone() {
         Some(d) => d,
         None => std::env::temp_dir().join(format!("hotspare-demo-{}", std::process::id())),
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    if !a.local {
+        return failover_demo(a, dir);
+    }
     let guest = dir.join("memtest.elf");
     std::fs::write(&guest, GUEST).context("writing the demo guest")?;
     let ckpt = dir.join("checkpoints");

@@ -332,6 +332,13 @@ impl Replicator {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .released();
+        let last_ack_us = link
+            .shared
+            .ack_latency
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last()
+            .map_or(0, |d| d.as_micros() as u64);
         let out = Outgoing {
             seq,
             container,
@@ -340,6 +347,13 @@ impl Replicator {
                 output_start: ep.output.0,
                 output: ep.output.1,
                 released,
+                figures: wire::EpochReport {
+                    full,
+                    pause_us: pause.as_micros() as u64,
+                    pages: ep.pages.pages(),
+                    raw_bytes: mstats.raw_bytes,
+                    last_ack_us,
+                },
             },
         };
         self.pending.push_back((seq, harvest));
@@ -607,7 +621,8 @@ fn heartbeat(
     }
 }
 
-fn percentile(v: &mut [Duration], p: f64) -> Duration {
+/// The value at quantile `p` (0..=1) of `v` (sorted in place).
+pub fn percentile(v: &mut [Duration], p: f64) -> Duration {
     if v.is_empty() {
         return Duration::ZERO;
     }

@@ -56,6 +56,8 @@ struct Shadow {
     seq: u64,
     term: u64,
     taken_over: bool,
+    /// (primary's figures, container bytes) of every committed epoch.
+    reports: Vec<(wire::EpochReport, u64)>,
 }
 
 enum Event {
@@ -147,6 +149,7 @@ fn take_over(
         .ok_or_else(|| EngineError::Config("takeover without a committed epoch".into()))?;
     let seq = sh.seq;
     let (out_start, out) = std::mem::take(&mut sh.output);
+    let reports = std::mem::take(&mut sh.reports);
     let mut vm = sh
         .vm
         .take()
@@ -174,6 +177,7 @@ fn take_over(
         detection.as_secs_f64() * 1e3,
         activation.as_secs_f64() * 1e3
     );
+    eprintln!("hotspare: {}", report(&reports));
     tracing::warn!("the new primary runs UNPROTECTED (no spare configured)");
     let reason = runner::supervise(&mut vm, None)?;
     if let StopReason::Error(e) = &reason {
@@ -460,10 +464,45 @@ fn commit(
             end.seq
         );
     }
+    sh.reports.push((end.figures, staged.len() as u64));
     sh.state = Some(state);
     sh.seq = end.seq;
     sh.term = term;
     drop(sh);
     let _ = ev.send(Event::Input(StandbyInput::Committed { term, seq: end.seq }));
     Ok(())
+}
+
+/// The replication summary as the shadow saw it.
+fn report(r: &[(wire::EpochReport, u64)]) -> String {
+    let us = |v: u64| Duration::from_micros(v);
+    let mut pauses: Vec<Duration> = r
+        .iter()
+        .filter(|e| !e.0.full)
+        .map(|e| us(e.0.pause_us))
+        .collect();
+    let mut acks: Vec<Duration> = r
+        .iter()
+        .filter(|e| e.0.last_ack_us > 0)
+        .map(|e| us(e.0.last_ack_us))
+        .collect();
+    let pct = super::primary::percentile;
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let pages: u64 = r.iter().map(|e| e.0.pages).sum();
+    let raw: u64 = r.iter().map(|e| e.0.raw_bytes).sum();
+    let wire: u64 = r.iter().map(|e| e.1).sum();
+    format!(
+        "replication summary: {} epochs committed ({} full); incremental pause p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms; \
+         {} dirty pages; {} bytes raw, {} bytes on the wire; ack latency p50 {:.2} ms, p99 {:.2} ms",
+        r.len(),
+        r.iter().filter(|e| e.0.full).count(),
+        ms(pct(&mut pauses, 0.5)),
+        ms(pct(&mut pauses, 0.99)),
+        ms(pauses.iter().copied().max().unwrap_or_default()),
+        pages,
+        raw,
+        wire,
+        ms(pct(&mut acks, 0.5)),
+        ms(pct(&mut acks, 0.99)),
+    )
 }

@@ -35,6 +35,23 @@ pub struct EpochEnd {
     /// after a takeover it re-emits them, because the primary may not have
     /// read the acks that would have released them.
     pub released: u64,
+    /// The primary's figures for this epoch (for reports on the shadow side).
+    pub figures: EpochReport,
+}
+
+/// What the primary measured for one epoch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochReport {
+    /// Full or incremental.
+    pub full: bool,
+    /// Pause in microseconds.
+    pub pause_us: u64,
+    /// Dirty pages.
+    pub pages: u64,
+    /// Raw page bytes.
+    pub raw_bytes: u64,
+    /// Ack latency of the latest acked epoch, in microseconds (0 if none yet).
+    pub last_ack_us: u64,
 }
 
 /// Epoch `seq` is staged and verified: the primary may release its output.
