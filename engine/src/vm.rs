@@ -130,10 +130,15 @@ fn vcpu_cpuid(base: &[kvm_cpuid_entry2], id: u32, count: u32) -> Result<CpuId> {
     CpuId::from_entries(&entries).map_err(|e| EngineError::Config(format!("CPUID table: {e:?}")))
 }
 
+/// Canonical bytes of a CPUID table for the fingerprint. The APIC ids the
+/// host reports (leaf 1 EBX[31:24], leaves 0xB/0x1F EDX) belong to whichever
+/// host CPU ran the ioctl, so they are masked out.
 fn cpuid_bytes(entries: &[kvm_cpuid_entry2]) -> Vec<u8> {
     let mut out = Vec::with_capacity(entries.len() * 40);
     for e in entries {
-        for v in [e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx] {
+        let ebx = if e.function == 1 { e.ebx & 0x00ff_ffff } else { e.ebx };
+        let edx = if e.function == 0xb || e.function == 0x1f { 0 } else { e.edx };
+        for v in [e.function, e.index, e.flags, e.eax, ebx, e.ecx, edx] {
             out.extend_from_slice(&v.to_le_bytes());
         }
     }
