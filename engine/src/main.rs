@@ -57,6 +57,11 @@ struct ReplicaArgs {
     /// Page compression: zstd or none.
     #[arg(long, default_value = "zstd")]
     compress: String,
+    /// Test mode: hash all guest memory at every epoch; the standby checks
+    /// its memory equals the primary's at each commit (slow: the hash is
+    /// taken while paused).
+    #[arg(long)]
+    verify_memory: bool,
 }
 
 #[derive(clap::Args)]
@@ -198,6 +203,7 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
                 max_outstanding: 2,
                 retry: Duration::from_millis(200),
                 term: 1,
+                verify_memory: a.replica.verify_memory,
             })
         }
         (Some(_), None) => anyhow::bail!("--shadow needs --key-file"),

@@ -136,8 +136,16 @@ fn vcpu_cpuid(base: &[kvm_cpuid_entry2], id: u32, count: u32) -> Result<CpuId> {
 fn cpuid_bytes(entries: &[kvm_cpuid_entry2]) -> Vec<u8> {
     let mut out = Vec::with_capacity(entries.len() * 40);
     for e in entries {
-        let ebx = if e.function == 1 { e.ebx & 0x00ff_ffff } else { e.ebx };
-        let edx = if e.function == 0xb || e.function == 0x1f { 0 } else { e.edx };
+        let ebx = if e.function == 1 {
+            e.ebx & 0x00ff_ffff
+        } else {
+            e.ebx
+        };
+        let edx = if e.function == 0xb || e.function == 0x1f {
+            0
+        } else {
+            e.edx
+        };
         for v in [e.function, e.index, e.flags, e.eax, ebx, e.ecx, edx] {
             out.extend_from_slice(&v.to_le_bytes());
         }

@@ -59,6 +59,25 @@ fn memtest_failover_20_random_kills() {
     );
 }
 
+/// Test mode: at every committed epoch the shadow's memory hash must equal
+/// the primary's at that epoch.
+#[test]
+fn shadow_memory_equals_primary_memory_at_every_commit() {
+    trials(
+        GuestSpec::new("memtest", "rounds=200 writes=30000 pattern=mixed")
+            .primary_args(&["--verify-memory"]),
+        3,
+        50,
+    );
+    trials(
+        GuestSpec::new("smp", "rounds=600")
+            .vcpus(2)
+            .primary_args(&["--verify-memory"]),
+        2,
+        50,
+    );
+}
+
 #[test]
 fn smp_failover() {
     trials(GuestSpec::new("smp", "rounds=1000").vcpus(2), 4, 25);

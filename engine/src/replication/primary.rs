@@ -50,6 +50,8 @@ pub struct PrimaryConfig {
     pub retry: Duration,
     /// This primary's term.
     pub term: u64,
+    /// Test mode: hash all guest memory at every epoch for the shadow to compare.
+    pub verify_memory: bool,
 }
 
 /// Per-epoch figures.
@@ -278,7 +280,7 @@ impl Replicator {
     /// Captures and ships one epoch.
     fn epoch(&mut self, vm: &Vm) -> Result<()> {
         let full = self.need_full;
-        let (ep, harvest, pause) = {
+        let (ep, harvest, pause, memory_hash) = {
             let guard = vm.pause()?;
             if full {
                 // From here on, output is held until its epoch is acked.
@@ -288,7 +290,8 @@ impl Replicator {
                     .set_holding(true);
             }
             let (ep, h) = capture::capture(&guard, &mut self.ledger, full)?;
-            (ep, h, guard.paused_at().elapsed())
+            let hash = self.cfg.verify_memory.then(|| wire::memory_hash(&vm.ram));
+            (ep, h, guard.paused_at().elapsed(), hash)
         };
         self.seq += 1;
         let seq = self.seq;
@@ -354,6 +357,7 @@ impl Replicator {
                     raw_bytes: mstats.raw_bytes,
                     last_ack_us,
                 },
+                memory_hash,
             },
         };
         self.pending.push_back((seq, harvest));

@@ -58,6 +58,10 @@ struct Shadow {
     taken_over: bool,
     /// (primary's figures, container bytes) of every committed epoch.
     reports: Vec<(wire::EpochReport, u64)>,
+    /// Epochs whose memory hash matched the primary's (test mode).
+    verified: u64,
+    /// The first epoch whose memory differed from the primary's.
+    diverged: Option<u64>,
 }
 
 enum Event {
@@ -150,6 +154,20 @@ fn take_over(
     let seq = sh.seq;
     let (out_start, out) = std::mem::take(&mut sh.output);
     let reports = std::mem::take(&mut sh.reports);
+    if sh.verified > 0 || sh.diverged.is_some() {
+        eprintln!(
+            "hotspare: shadow memory matched the primary's at {} committed epochs{}",
+            sh.verified,
+            sh.diverged
+                .map(|s| format!("; DIVERGED first at epoch {s}"))
+                .unwrap_or_default()
+        );
+    }
+    if let Some(s) = sh.diverged {
+        return Err(EngineError::Config(format!(
+            "refusing to take over: shadow memory diverged at epoch {s}"
+        )));
+    }
     let mut vm = sh
         .vm
         .take()
@@ -431,8 +449,8 @@ fn commit(
     // Staged and verified: acknowledge, then apply under the same lock.
     conn.send(FrameKind::Ack, term, &wire::encode(&Ack { seq: end.seq }))
         .map_err(|e| format!("sending ack: {e}"))?;
-    let vm = sh.vm.as_ref().expect("VM prepared above");
-    let state = store::apply_checkpoint(staged, &vm.ram, &header.fingerprint)
+    let ram = sh.vm.as_ref().expect("VM prepared above").ram.clone();
+    let state = store::apply_checkpoint(staged, &ram, &header.fingerprint)
         .map_err(|e| format!("applying verified epoch {}: {e}", end.seq))?;
     let (base, buf) = &mut sh.output;
     if header.kind == CheckpointKind::Full || *base + buf.len() as u64 != end.output_start {
@@ -465,6 +483,17 @@ fn commit(
         );
     }
     sh.reports.push((end.figures, staged.len() as u64));
+    if let Some(want) = end.memory_hash {
+        if wire::memory_hash(&ram) == want {
+            sh.verified += 1;
+        } else {
+            eprintln!(
+                "hotspare: SHADOW MEMORY DIVERGED at epoch {}: its hash differs from the primary's",
+                end.seq
+            );
+            sh.diverged.get_or_insert(end.seq);
+        }
+    }
     sh.state = Some(state);
     sh.seq = end.seq;
     sh.term = term;

@@ -37,6 +37,20 @@ pub struct EpochEnd {
     pub released: u64,
     /// The primary's figures for this epoch (for reports on the shadow side).
     pub figures: EpochReport,
+    /// Test mode (`--verify-memory`): BLAKE3 of all guest memory at the
+    /// checkpoint, computed while paused. The shadow compares its own after
+    /// applying the epoch.
+    pub memory_hash: Option<[u8; 32]>,
+}
+
+/// BLAKE3 of all guest memory, region by region.
+pub fn memory_hash(ram: &crate::memory::Ram) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    for r in &ram.regions {
+        h.update(&r.gpa.to_le_bytes());
+        h.update(r.as_slice());
+    }
+    *h.finalize().as_bytes()
 }
 
 /// What the primary measured for one epoch.

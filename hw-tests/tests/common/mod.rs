@@ -108,6 +108,8 @@ pub struct GuestSpec {
     pub cmdline: String,
     pub mem_mib: u64,
     pub vcpus: u32,
+    /// Extra arguments for protected primaries only.
+    pub primary_extra: Vec<&'static str>,
 }
 
 impl GuestSpec {
@@ -117,7 +119,13 @@ impl GuestSpec {
             cmdline: cmdline.to_string(),
             mem_mib: 128,
             vcpus: 1,
+            primary_extra: Vec::new(),
         }
+    }
+
+    pub fn primary_args(mut self, args: &[&'static str]) -> Self {
+        self.primary_extra.extend_from_slice(args);
+        self
     }
 
     pub fn vcpus(mut self, n: u32) -> Self {
@@ -491,7 +499,8 @@ pub fn spawn_primary(
         .arg("--key-file")
         .arg(key)
         .arg("--interval-ms")
-        .arg(interval_ms.to_string());
+        .arg(interval_ms.to_string())
+        .args(&spec.primary_extra);
     Proc::spawn(c)
 }
 
@@ -607,6 +616,18 @@ pub fn failover_trial(
         .find(|l| l.contains("TAKING OVER"))
         .unwrap_or_else(|| panic!("{}: no takeover reported:\n{err}", spec.name));
     let at = field(line, "console resumes at byte ").expect("resume position") as usize;
+    if spec.primary_extra.contains(&"--verify-memory") {
+        let v = err
+            .lines()
+            .find(|l| l.contains("shadow memory matched"))
+            .unwrap_or_else(|| panic!("{}: no memory verification reported:\n{err}", spec.name));
+        assert!(!v.contains("DIVERGED"), "{}: {v}", spec.name);
+        assert!(
+            field(v, "primary's at ").unwrap_or(0.0) >= 1.0,
+            "{}: no epoch verified: {v}",
+            spec.name
+        );
+    }
     let first = std::fs::read(&pcon).unwrap_or_default();
     let second = std::fs::read(&scon).unwrap_or_default();
     let repeated = check_failover_output(spec.name, reference, &first, at, &second);
