@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::devices::serial::UartState;
 use crate::error::{EngineError, Result};
 use crate::memory::PAGE_SIZE;
-use crate::vm::PauseGuard;
+use crate::vm::{PauseGuard, Vm};
 
 /// Device state carried in the `Devices` section.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,8 +90,7 @@ pub struct Epoch {
 /// Reads and clears KVM's dirty log and the VMM-write bitmap of every slot.
 /// On a failure it still returns every bit it took, with the error, so the
 /// caller can put them back: `KVM_GET_DIRTY_LOG` cleared them in KVM.
-fn fresh_dirty(guard: &PauseGuard<'_>) -> Result<(Vec<DirtyBitmap>, Option<EngineError>)> {
-    let vm = guard.vm();
+fn fresh_dirty(vm: &Vm) -> Result<(Vec<DirtyBitmap>, Option<EngineError>)> {
     let vmm = vm.ram.take_vmm_dirty();
     let mut out = Vec::with_capacity(vm.ram.regions.len());
     let mut err = None;
@@ -132,7 +131,7 @@ pub fn capture(
 
     let t = Instant::now();
     let ram = &guard.vm().ram;
-    let (mut fresh, err) = fresh_dirty(guard)?;
+    let (mut fresh, err) = fresh_dirty(guard.vm())?;
     if let Some(e) = err {
         let h = ledger.harvest(fresh)?;
         ledger.put_back(h)?;
@@ -177,4 +176,33 @@ pub fn capture(
         },
         harvest,
     ))
+}
+
+/// Harvests the dirty pages of a *running* VM and copies them (a pre-copy
+/// round). Pages the guest writes during the copy are logged again by KVM
+/// (their bits were cleared before the copy) and go out in a later round.
+/// With `all`, every page is taken.
+pub fn precopy_round(vm: &Vm, ledger: &mut DirtyLedger, all: bool) -> Result<(PageBatch, Harvest)> {
+    let (mut fresh, err) = fresh_dirty(vm)?;
+    if let Some(e) = err {
+        let h = ledger.harvest(fresh)?;
+        ledger.put_back(h)?;
+        return Err(e);
+    }
+    if all {
+        for (bm, r) in fresh.iter_mut().zip(&vm.ram.regions) {
+            bm.set_range(0..(r.size / PAGE_SIZE) as usize);
+        }
+    }
+    let harvest = ledger.harvest(fresh)?;
+    let mut pages = PageBatch::default();
+    for (bm, r) in harvest.regions().iter().zip(&vm.ram.regions) {
+        for range in bm.ranges() {
+            let off = range.start * PAGE_SIZE as usize;
+            let len = range.len() * PAGE_SIZE as usize;
+            pages.data.extend_from_slice(&r.as_slice()[off..off + len]);
+            pages.runs.push((r.gpa + off as u64, range.len() as u32));
+        }
+    }
+    Ok((pages, harvest))
 }

@@ -448,6 +448,30 @@ impl Chain {
 /// checkpoint must have been verified first (`checkpoint::verify`): a stream
 /// that fails halfway leaves `ram` partly written.
 pub fn apply_checkpoint<R: std::io::Read>(r: R, ram: &Ram, fp: &Fingerprint) -> Result<EpochState> {
+    let (vcpus, vm, devices, console) = apply_sections(r, ram, fp)?;
+    let bad = |msg: String| EngineError::Checkpoint(checkpoint::CheckpointError::Decode(msg));
+    let missing = |s: &str| bad(format!("no {s} section"));
+    Ok(EpochState {
+        vcpus: vcpus.ok_or_else(|| missing("Vcpus"))?,
+        vm: vm.ok_or_else(|| missing("Vm"))?,
+        devices: devices.ok_or_else(|| missing("Devices"))?,
+        console_pos: console.ok_or_else(|| missing("Console"))?,
+    })
+}
+
+/// Applies a memory-only checkpoint (a pre-copy round) to `ram`.
+pub fn apply_memory_only<R: std::io::Read>(r: R, ram: &Ram, fp: &Fingerprint) -> Result<()> {
+    apply_sections(r, ram, fp).map(|_| ())
+}
+
+type Sections = (
+    Option<Vec<VcpuState>>,
+    Option<VmState>,
+    Option<DeviceState>,
+    Option<u64>,
+);
+
+fn apply_sections<R: std::io::Read>(r: R, ram: &Ram, fp: &Fingerprint) -> Result<Sections> {
     let mut rd = CheckpointReader::new(r, &Limits::default(), Some(fp))?;
     let (mut vcpus, mut vm, mut devices, mut console) = (None, None, None, None);
     let bad = |msg: String| EngineError::Checkpoint(checkpoint::CheckpointError::Decode(msg));
@@ -489,13 +513,22 @@ pub fn apply_checkpoint<R: std::io::Read>(r: R, ram: &Ram, fp: &Fingerprint) -> 
             })?,
         }
     }
-    let missing = |s: &str| bad(format!("no {s} section"));
-    Ok(EpochState {
-        vcpus: vcpus.ok_or_else(|| missing("Vcpus"))?,
-        vm: vm.ok_or_else(|| missing("Vm"))?,
-        devices: devices.ok_or_else(|| missing("Devices"))?,
-        console_pos: console.ok_or_else(|| missing("Console"))?,
-    })
+    Ok((vcpus, vm, devices, console))
+}
+
+/// Encodes page runs as a memory-only checkpoint (a pre-copy round: Config
+/// and Memory sections, no state).
+pub fn encode_memory_only<'a>(
+    header: &Header,
+    machine: &MachineConfig,
+    runs: impl Iterator<Item = (u64, &'a [u8])>,
+    compression: Compression,
+) -> Result<(Vec<u8>, MemoryStats)> {
+    let mut enc = MemoryEncoder::new(compression)?;
+    let mut cw = CheckpointWriter::new(Vec::new(), header)?;
+    cw.write_section(SectionId::Config, &machine.encode())?;
+    write_pages(&mut cw, &mut enc, runs)?;
+    Ok((cw.finish()?, enc.take_stats()))
 }
 
 /// Encodes an epoch as a complete checkpoint container in memory (for the

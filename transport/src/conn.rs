@@ -20,7 +20,7 @@ use crate::error::{Result, TransportError};
 use crate::frame::{header_for, mac, Frame, FrameKind, Limits};
 use crate::handshake::{self, HandshakeParams, PeerInfo, HANDSHAKE_MAX_PAYLOAD};
 use crate::key::MacKey;
-use crate::reader::{read_error, FrameReader, RawFrame};
+use crate::reader::{map_io_error, FrameReader, RawFrame};
 
 /// Read buffer size of a [`Receiver`].
 const READ_BUFFER: usize = 64 << 10;
@@ -184,7 +184,7 @@ impl Sender {
             Err(e) => {
                 self.dead = true;
                 let _ = self.stream.shutdown(Shutdown::Both);
-                Err(read_error(e, self.peer))
+                Err(map_io_error(e, self.peer))
             }
         }
     }

@@ -194,51 +194,14 @@ pub(crate) fn initiate(
     hello.extend_from_slice(&nonce_i);
     send(tx, FrameKind::Hello, p.term, &hello, deadline)?;
 
-    let result = (|| {
-        let f = expect(rx, FrameKind::Challenge, deadline)?;
-        let b = &f.payload;
-        let version = read_version(b, peer)?;
-        if version != p.protocol_version {
-            return Err(TransportError::VersionMismatch {
-                peer: version,
-                ours: p.protocol_version,
-            });
-        }
-        if b.len() != CHALLENGE_LEN {
-            return Err(malformed(peer, "Challenge", b.len(), CHALLENGE_LEN));
-        }
-        let had_fp = b[4] == 1;
-        let peer_fp: [u8; 32] = b[5..37].try_into().expect("32 bytes");
-        let nonce_r: Nonce = b[37..69].try_into().expect("32 bytes");
-        if peer_fp != fingerprint {
-            return Err(TransportError::FingerprintMismatch {
-                peer: peer_fp,
-                ours: fingerprint,
-            });
-        }
-        let expected = proof(
-            &proof_key,
-            b"responder",
-            &nonce_i,
-            &nonce_r,
-            &fingerprint,
-            p.channel,
-        );
-        if !ct_eq(&expected, &b[69..101]) {
-            return Err(TransportError::WrongKey {
-                peer,
-                detail: "its challenge proof is invalid",
-            });
-        }
-        Ok((f.term, had_fp, nonce_r))
-    })();
-    let (peer_term, had_fp, nonce_r) =
-        result.map_err(|e| refuse_if_needed(tx, e, p.term, deadline))?;
+    let challenge = expect(rx, FrameKind::Challenge, deadline)
+        .and_then(|f| check_challenge(&f, p, &fingerprint, &nonce_i, &proof_key, peer))
+        .map_err(|e| refuse_if_needed(tx, e, p.term, deadline))?;
 
     let proof_i = proof(
         &proof_key,
         b"initiator",
-        &nonce_r,
+        &challenge.nonce_r,
         &nonce_i,
         &fingerprint,
         p.channel,
@@ -246,7 +209,7 @@ pub(crate) fn initiate(
     send(tx, FrameKind::Response, p.term, &proof_i, deadline)?;
 
     let welcome = expect(rx, FrameKind::Welcome, deadline)?;
-    let confirm = proof_key.hash(&[b"welcome", &nonce_i, &nonce_r]);
+    let confirm = proof_key.hash(&[b"welcome", &nonce_i, &challenge.nonce_r]);
     if !ct_eq(&confirm, &welcome.payload) {
         return Err(TransportError::WrongKey {
             peer,
@@ -254,16 +217,66 @@ pub(crate) fn initiate(
         });
     }
 
-    let (i_to_r, r_to_i) = p.psk.session_keys(&nonce_i, &nonce_r);
+    let (i_to_r, r_to_i) = p.psk.session_keys(&nonce_i, &challenge.nonce_r);
     let info = PeerInfo {
         addr: peer,
         channel: p.channel,
         protocol_version: p.protocol_version,
-        peer_term,
+        peer_term: challenge.term,
         peer_fingerprint: fingerprint,
-        peer_learned_fingerprint: !had_fp,
+        peer_learned_fingerprint: !challenge.had_fingerprint,
     };
     Ok((info, (i_to_r, r_to_i)))
+}
+
+/// What the initiator takes from a valid Challenge.
+struct Challenge {
+    term: u64,
+    had_fingerprint: bool,
+    nonce_r: Nonce,
+}
+
+/// Checks a Challenge: version, length, fingerprint, then the proof.
+fn check_challenge(
+    f: &Frame,
+    p: &HandshakeParams<'_>,
+    fingerprint: &[u8; 32],
+    nonce_i: &Nonce,
+    proof_key: &MacKey,
+    peer: SocketAddr,
+) -> Result<Challenge> {
+    let b = &f.payload;
+    check_version(b, p.protocol_version, peer)?;
+    if b.len() != CHALLENGE_LEN {
+        return Err(malformed(peer, "Challenge", b.len(), CHALLENGE_LEN));
+    }
+    let peer_fp: [u8; 32] = b[5..37].try_into().expect("32 bytes");
+    let nonce_r: Nonce = b[37..69].try_into().expect("32 bytes");
+    if peer_fp != *fingerprint {
+        return Err(TransportError::FingerprintMismatch {
+            peer: peer_fp,
+            ours: *fingerprint,
+        });
+    }
+    let expected = proof(
+        proof_key,
+        b"responder",
+        nonce_i,
+        &nonce_r,
+        fingerprint,
+        p.channel,
+    );
+    if !ct_eq(&expected, &b[69..101]) {
+        return Err(TransportError::WrongKey {
+            peer,
+            detail: "its challenge proof is invalid",
+        });
+    }
+    Ok(Challenge {
+        term: f.term,
+        had_fingerprint: b[4] == 1,
+        nonce_r,
+    })
 }
 
 /// Runs the responder's side. `deadline` bounds the whole exchange.
@@ -276,40 +289,10 @@ pub(crate) fn respond(
     let peer = tx.peer_addr();
     let proof_key = p.psk.proof_key();
 
-    let hello = (|| {
-        let f = expect(rx, FrameKind::Hello, deadline)?;
-        let b = &f.payload;
-        let version = read_version(b, peer)?;
-        if version != p.protocol_version {
-            return Err(TransportError::VersionMismatch {
-                peer: version,
-                ours: p.protocol_version,
-            });
-        }
-        if b.len() != HELLO_LEN {
-            return Err(malformed(peer, "Hello", b.len(), HELLO_LEN));
-        }
-        let channel = Channel::from_u8(b[4]).ok_or_else(|| TransportError::Protocol {
-            peer,
-            detail: format!("Hello names unknown channel {}", b[4]),
-        })?;
-        if channel != p.channel && !p.any_channel {
-            return Err(TransportError::ChannelMismatch {
-                peer: channel,
-                ours: p.channel,
-            });
-        }
-        let fp: [u8; 32] = b[5..37].try_into().expect("32 bytes");
-        if let Some(ours) = p.fingerprint {
-            if ours != fp {
-                return Err(TransportError::FingerprintMismatch { peer: fp, ours });
-            }
-        }
-        let nonce_i: Nonce = b[37..69].try_into().expect("32 bytes");
-        Ok((f.term, fp, nonce_i, channel))
-    })();
-    let (peer_term, fingerprint, nonce_i, channel) =
-        hello.map_err(|e| refuse_if_needed(tx, e, p.term, deadline))?;
+    let hello = expect(rx, FrameKind::Hello, deadline)
+        .and_then(|f| check_hello(&f, p, peer))
+        .map_err(|e| refuse_if_needed(tx, e, p.term, deadline))?;
+    let (fingerprint, nonce_i) = (hello.fingerprint, hello.nonce_i);
 
     let nonce_r = random_nonce()?;
     let proof_r = proof(
@@ -318,7 +301,7 @@ pub(crate) fn respond(
         &nonce_i,
         &nonce_r,
         &fingerprint,
-        channel,
+        p.channel,
     );
     let mut challenge = Vec::with_capacity(CHALLENGE_LEN);
     challenge.extend_from_slice(&p.protocol_version.to_le_bytes());
@@ -328,26 +311,26 @@ pub(crate) fn respond(
     challenge.extend_from_slice(&proof_r);
     send(tx, FrameKind::Challenge, p.term, &challenge, deadline)?;
 
-    let response = (|| {
-        let f = expect(rx, FrameKind::Response, deadline)?;
-        let expected = proof(
-            &proof_key,
-            b"initiator",
-            &nonce_r,
-            &nonce_i,
-            &fingerprint,
-            channel,
-        );
-        if true || ct_eq(&expected, &f.payload) {
-            Ok(())
-        } else {
-            Err(TransportError::WrongKey {
-                peer,
-                detail: "its handshake proof is invalid (replayed or forged handshake)",
-            })
-        }
-    })();
-    response.map_err(|e| refuse_if_needed(tx, e, p.term, deadline))?;
+    let expected = proof(
+        &proof_key,
+        b"initiator",
+        &nonce_r,
+        &nonce_i,
+        &fingerprint,
+        p.channel,
+    );
+    expect(rx, FrameKind::Response, deadline)
+        .and_then(|f| {
+            if ct_eq(&expected, &f.payload) {
+                Ok(())
+            } else {
+                Err(TransportError::WrongKey {
+                    peer,
+                    detail: "its handshake proof is invalid (replayed or forged handshake)",
+                })
+            }
+        })
+        .map_err(|e| refuse_if_needed(tx, e, p.term, deadline))?;
 
     let confirm = proof_key.hash(&[b"welcome", &nonce_i, &nonce_r]);
     send(tx, FrameKind::Welcome, p.term, &confirm, deadline)?;
@@ -355,13 +338,53 @@ pub(crate) fn respond(
     let (i_to_r, r_to_i) = p.psk.session_keys(&nonce_i, &nonce_r);
     let info = PeerInfo {
         addr: peer,
-        channel,
+        channel: p.channel,
         protocol_version: p.protocol_version,
-        peer_term,
+        peer_term: hello.term,
         peer_fingerprint: fingerprint,
         peer_learned_fingerprint: false,
     };
     Ok((info, (r_to_i, i_to_r)))
+}
+
+/// What the responder takes from a valid Hello.
+struct Hello {
+    term: u64,
+    fingerprint: [u8; 32],
+    nonce_i: Nonce,
+}
+
+/// Checks a Hello: version first, then length, channel, fingerprint.
+fn check_hello(f: &Frame, p: &HandshakeParams<'_>, peer: SocketAddr) -> Result<Hello> {
+    let b = &f.payload;
+    check_version(b, p.protocol_version, peer)?;
+    if b.len() != HELLO_LEN {
+        return Err(malformed(peer, "Hello", b.len(), HELLO_LEN));
+    }
+    let channel = Channel::from_u8(b[4]).ok_or_else(|| TransportError::Protocol {
+        peer,
+        detail: format!("Hello names unknown channel {}", b[4]),
+    })?;
+    if channel != p.channel {
+        return Err(TransportError::ChannelMismatch {
+            peer: channel,
+            ours: p.channel,
+        });
+    }
+    let fingerprint: [u8; 32] = b[5..37].try_into().expect("32 bytes");
+    if let Some(ours) = p.fingerprint {
+        if ours != fingerprint {
+            return Err(TransportError::FingerprintMismatch {
+                peer: fingerprint,
+                ours,
+            });
+        }
+    }
+    Ok(Hello {
+        term: f.term,
+        fingerprint,
+        nonce_i: b[37..69].try_into().expect("32 bytes"),
+    })
 }
 
 /// A handshake proof: keyed BLAKE3 of `label ‖ first ‖ second ‖
@@ -484,10 +507,10 @@ fn parse_refuse(b: &[u8]) -> (RefuseCode, String) {
     (code, reason)
 }
 
-/// The version field every Hello and Challenge starts with (read before
-/// anything else, so another version's layout still yields a clear
-/// version mismatch).
-fn read_version(b: &[u8], peer: SocketAddr) -> Result<u32> {
+/// Checks the version field every Hello and Challenge starts with. It is
+/// read before anything else, so another version's layout still yields a
+/// clear version mismatch.
+fn check_version(b: &[u8], ours: u32, peer: SocketAddr) -> Result<()> {
     let v: [u8; 4] =
         b.get(..4)
             .and_then(|s| s.try_into().ok())
@@ -498,7 +521,12 @@ fn read_version(b: &[u8], peer: SocketAddr) -> Result<u32> {
                     b.len()
                 ),
             })?;
-    Ok(u32::from_le_bytes(v))
+    let theirs = u32::from_le_bytes(v);
+    if theirs == ours {
+        Ok(())
+    } else {
+        Err(TransportError::VersionMismatch { peer: theirs, ours })
+    }
 }
 
 fn malformed(peer: SocketAddr, what: &str, got: usize, want: usize) -> TransportError {

@@ -184,7 +184,7 @@ impl<R: Read> FrameReader<R> {
                 Ok(0) => return Err(self.eof()),
                 Ok(n) => return Ok(n),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(read_error(e, self.peer)),
+                Err(e) => return Err(map_io_error(e, self.peer)),
             }
         }
     }
@@ -214,8 +214,9 @@ enum Part {
     Body,
 }
 
-/// Maps a read error: timeouts and resets get their own variants.
-pub(crate) fn read_error(e: io::Error, peer: SocketAddr) -> TransportError {
+/// Maps an I/O error on a connection: timeouts and resets get their own
+/// variants.
+pub(crate) fn map_io_error(e: io::Error, peer: SocketAddr) -> TransportError {
     match e.kind() {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => TransportError::Timeout,
         io::ErrorKind::ConnectionReset

@@ -192,21 +192,19 @@ mod tests {
         let (s1, e1) = gate.lock().unwrap().take_epoch_output();
         sink.write_all(b"epoch2 ").unwrap();
         let (s2, e2) = gate.lock().unwrap().take_epoch_output();
-        assert_eq!((s1, &e1[..]), (0, &b"epoch1 "[..]));
-        assert_eq!((s2, &e2[..]), (7, &b"epoch2 "[..]));
-        assert!(
-            buf.0.lock().unwrap().is_empty(),
-            "output escaped before any commit"
-        );
-        gate.lock().unwrap().release_to(7);
-        assert_eq!(&*buf.0.lock().unwrap(), b"epoch1 ");
+        assert_eq!((s1, &e1[..]), (5, &b"epoch1 "[..]));
+        assert_eq!((s2, &e2[..]), (12, &b"epoch2 "[..]));
+        let out = |b: &Shared| b.0.lock().unwrap().clone();
+        assert_eq!(out(&buf), b"free ", "held output escaped before any commit");
+        gate.lock().unwrap().release_to(12);
+        assert_eq!(out(&buf), b"free epoch1 ");
         // Releasing an older position again changes nothing.
         gate.lock().unwrap().release_to(3);
-        assert_eq!(&*buf.0.lock().unwrap(), b"epoch1 ");
+        assert_eq!(out(&buf), b"free epoch1 ");
         gate.lock().unwrap().set_holding(false);
-        assert_eq!(&*buf.0.lock().unwrap(), b"epoch1 epoch2 ");
+        assert_eq!(out(&buf), b"free epoch1 epoch2 ");
         sink.write_all(b"x").unwrap();
-        assert_eq!(&*buf.0.lock().unwrap(), b"epoch1 epoch2 x");
-        assert_eq!(gate.lock().unwrap().released(), 15);
+        assert_eq!(out(&buf), b"free epoch1 epoch2 x");
+        assert_eq!(gate.lock().unwrap().released(), 20);
     }
 }

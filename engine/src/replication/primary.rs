@@ -86,9 +86,17 @@ pub struct ReplicationStats {
 
 struct Outgoing {
     seq: u64,
+    precopy: bool,
     container: Vec<u8>,
     end: EpochEnd,
 }
+
+/// Pre-copy stops after this many rounds...
+const PRECOPY_MAX_ROUNDS: usize = 8;
+/// ... or once a round has fewer dirty pages than this ...
+const PRECOPY_SMALL: u64 = 1024;
+/// ... or when a round does not shrink the dirty set by at least 10%.
+const PRECOPY_SHRINK: f64 = 0.9;
 
 /// State shared with the link threads.
 struct LinkShared {
@@ -130,6 +138,8 @@ pub struct Replicator {
     seq: u64,
     need_full: bool,
     pending: VecDeque<(u64, Harvest)>,
+    /// The next epoch is the first committed one after a sync: start holding output.
+    first_commit: bool,
     gate: Arc<Mutex<OutputGate>>,
     /// Figures so far.
     pub stats: ReplicationStats,
@@ -158,6 +168,7 @@ impl Replicator {
             seq: 0,
             need_full: true,
             pending: VecDeque::new(),
+            first_commit: false,
             gate: vm.console_gate(),
             stats: ReplicationStats::default(),
             announced_unprotected: false,
@@ -282,7 +293,7 @@ impl Replicator {
         let full = self.need_full;
         let (ep, harvest, pause, memory_hash) = {
             let guard = vm.pause()?;
-            if full {
+            if full || self.first_commit {
                 // From here on, output is held until its epoch is acked.
                 self.gate
                     .lock()
@@ -344,6 +355,7 @@ impl Replicator {
             .map_or(0, |d| d.as_micros() as u64);
         let out = Outgoing {
             seq,
+            precopy: false,
             container,
             end: EpochEnd {
                 seq,
@@ -365,6 +377,7 @@ impl Replicator {
             link.shared.lose("sender thread gone".into());
         }
         self.need_full = false;
+        self.first_commit = false;
         if full {
             tracing::info!(
                 "protected: full state sent to shadow {} (epoch {seq})",
@@ -372,6 +385,94 @@ impl Replicator {
             );
             self.announced_unprotected = false;
         }
+        Ok(())
+    }
+
+    /// The initial sync: live, iterative pre-copy while the guest runs, then
+    /// one paused epoch with the state (the first commit).
+    fn sync(&mut self, vm: &Vm) -> Result<()> {
+        let t0 = Instant::now();
+        let mut prev = u64::MAX;
+        let (mut total_pages, mut wire_bytes) = (0u64, 0u64);
+        let mut rounds = 0;
+        for round in 0..PRECOPY_MAX_ROUNDS {
+            let t = Instant::now();
+            let (pages, harvest) = capture::precopy_round(vm, &mut self.ledger, round == 0)?;
+            // Sent as part of the sync; a failed sync starts over with every page.
+            self.ledger.commit(harvest);
+            let n = pages.pages();
+            self.seq += 1;
+            let seq = self.seq;
+            let fp = vm.machine.fingerprint();
+            let header = if round == 0 {
+                Header::full(seq, fp)
+            } else {
+                Header::incremental(seq, seq - 1, fp)
+            };
+            let (container, _) = store::encode_memory_only(
+                &header,
+                &vm.machine,
+                pages.iter(),
+                self.cfg.compression,
+            )?;
+            total_pages += n;
+            wire_bytes += container.len() as u64;
+            let pos = vm.console_position();
+            let link = self.link.as_ref().expect("sync without a link");
+            link.shared
+                .inflight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push_back((seq, pos, Instant::now()));
+            let out = Outgoing {
+                seq,
+                precopy: true,
+                container,
+                end: EpochEnd {
+                    seq,
+                    output_start: pos,
+                    output: Vec::new(),
+                    released: pos,
+                    figures: wire::EpochReport::default(),
+                    memory_hash: None,
+                },
+            };
+            if link.tx.as_ref().is_none_or(|tx| tx.send(out).is_err())
+                || link.shared.lost.load(Ordering::SeqCst)
+            {
+                return Err(EngineError::Config(
+                    "the link failed during the initial sync".into(),
+                ));
+            }
+            rounds += 1;
+            eprintln!(
+                "hotspare: full sync round {round}: {n} pages ({:.1} MiB) in {:.1} ms",
+                (n * PAGE_SIZE) as f64 / (1 << 20) as f64,
+                t.elapsed().as_secs_f64() * 1e3
+            );
+            if round > 0 && (n < PRECOPY_SMALL || n as f64 > prev as f64 * PRECOPY_SHRINK) {
+                break;
+            }
+            prev = n;
+        }
+        self.need_full = false;
+        self.first_commit = true;
+        self.epoch(vm)?;
+        let last = self.stats.epochs.last().cloned().unwrap_or_default();
+        let secs = t0.elapsed().as_secs_f64();
+        let mib = |p: u64| (p * PAGE_SIZE) as f64 / (1 << 20) as f64;
+        eprintln!(
+            "hotspare: full sync complete: {rounds} pre-copy rounds, {:.1} MiB copied while running ({:.0} MiB/s, \
+             {:.1} MiB on the wire) in {:.2} s; final pause {:.2} ms with {} pages",
+            mib(total_pages),
+            mib(total_pages) / secs,
+            wire_bytes as f64 / (1 << 20) as f64,
+            secs,
+            last.pause.as_secs_f64() * 1e3,
+            last.pages
+        );
+        tracing::info!("protected by shadow {}", self.cfg.shadow);
+        self.announced_unprotected = false;
         Ok(())
     }
 
@@ -465,7 +566,12 @@ impl Periodic for Replicator {
             return Ok(());
         }
         self.next_epoch = now + self.cfg.interval;
-        if let Err(e) = self.epoch(vm) {
+        let res = if self.need_full {
+            self.sync(vm)
+        } else {
+            self.epoch(vm)
+        };
+        if let Err(e) = res {
             if vm.shared.stop_reason().is_some() {
                 return Ok(());
             }
@@ -489,6 +595,7 @@ fn sender(mut conn: transport::Sender, rx: Receiver<Outgoing>, term: u64, shared
             let begin = EpochBegin {
                 seq: out.seq,
                 len: out.container.len() as u64,
+                precopy: out.precopy,
             };
             conn.send(FrameKind::EpochBegin, term, &wire::encode(&begin))?;
             for chunk in out.container.chunks(wire::CHUNK) {

@@ -54,6 +54,8 @@ struct Shadow {
     /// (position of the first byte, bytes), ending at the committed position.
     output: (u64, Vec<u8>),
     seq: u64,
+    /// The last epoch applied to memory (pre-copy or committed).
+    memory_seq: Option<u64>,
     term: u64,
     taken_over: bool,
     /// (primary's figures, container bytes) of every committed epoch.
@@ -343,7 +345,7 @@ fn stream_loop(
                 wire::decode::<EpochEnd>("EpochEnd", &f.payload),
             ) {
                 (Some(b), Ok(end)) if end.seq == b.seq && staging.len() as u64 == b.len => {
-                    commit(&mut conn, &shadow, &staging, end, f.term, &ev)
+                    commit(&mut conn, &shadow, &staging, end, b.precopy, f.term, &ev)
                 }
                 (Some(b), Ok(end)) => Err(format!(
                     "epoch {} ended as {} with {} of {} bytes",
@@ -386,6 +388,7 @@ fn commit(
     shadow: &Arc<Mutex<Shadow>>,
     staged: &[u8],
     end: EpochEnd,
+    precopy: bool,
     term: u64,
     ev: &Sender<Event>,
 ) -> std::result::Result<(), String> {
@@ -407,17 +410,13 @@ fn commit(
     }
     match header.kind {
         CheckpointKind::Full => {}
-        CheckpointKind::Incremental if sh.state.is_some() && header.base_seq == sh.seq => {}
+        CheckpointKind::Incremental if sh.memory_seq == Some(header.base_seq) => {}
         CheckpointKind::Incremental => {
             return Err(format!(
                 "incremental epoch {} applies on top of {}, but the shadow is at {}",
                 header.seq,
                 header.base_seq,
-                if sh.state.is_some() {
-                    sh.seq.to_string()
-                } else {
-                    "nothing".into()
-                }
+                sh.memory_seq.map_or("nothing".into(), |s| s.to_string())
             ))
         }
     }
@@ -450,6 +449,18 @@ fn commit(
     conn.send(FrameKind::Ack, term, &wire::encode(&Ack { seq: end.seq }))
         .map_err(|e| format!("sending ack: {e}"))?;
     let ram = sh.vm.as_ref().expect("VM prepared above").ram.clone();
+    if precopy {
+        // Memory only, not a consistent state: applied, never committed. A
+        // new sync makes any older committed state unusable.
+        if header.kind == CheckpointKind::Full {
+            sh.state = None;
+        }
+        store::apply_memory_only(staged, &ram, &header.fingerprint)
+            .map_err(|e| format!("applying verified pre-copy round {}: {e}", end.seq))?;
+        sh.memory_seq = Some(end.seq);
+        sh.term = term;
+        return Ok(());
+    }
     let state = store::apply_checkpoint(staged, &ram, &header.fingerprint)
         .map_err(|e| format!("applying verified epoch {}: {e}", end.seq))?;
     let (base, buf) = &mut sh.output;
@@ -496,6 +507,7 @@ fn commit(
     }
     sh.state = Some(state);
     sh.seq = end.seq;
+    sh.memory_seq = Some(end.seq);
     sh.term = term;
     drop(sh);
     let _ = ev.send(Event::Input(StandbyInput::Committed { term, seq: end.seq }));

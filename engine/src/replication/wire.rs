@@ -18,6 +18,9 @@ pub struct EpochBegin {
     pub seq: u64,
     /// Total container bytes that follow.
     pub len: u64,
+    /// A pre-copy round of the initial sync: memory only, not a consistent
+    /// state, never committed (the shadow cannot take over from it).
+    pub precopy: bool,
 }
 
 /// End of an epoch.

@@ -234,20 +234,25 @@ fn replayed_handshake_from_a_recording_is_refused() {
     assert_eq!(recorded.len(), 2, "Hello and Response");
 
     // Replay Hello and Response verbatim on a new connection.
-    let (outcome, _) = std::thread::scope(|sc| {
+    let (outcome, answer) = std::thread::scope(|sc| {
         let server = sc.spawn(|| l.accept(&resp, T));
         let mut raw = TcpStream::connect(l.local_addr()).unwrap();
+        raw.set_read_timeout(Some(T)).unwrap();
         raw.write_all(&recorded[0]).unwrap();
-        let mut challenge = vec![0u8; HEADER_LEN];
-        raw.read_exact(&mut challenge).unwrap();
+        let mut answer = vec![0u8; HEADER_LEN];
+        raw.read_exact(&mut answer).unwrap();
         raw.write_all(&recorded[1]).unwrap();
-        let mut rest = Vec::new();
-        let _ = raw.read_to_end(&mut rest);
-        (server.join().unwrap(), rest)
+        // Drop the connection if (wrongly) accepted, so the read ends.
+        let outcome = server.join().unwrap().map(|(_, peer)| peer);
+        let _ = raw.read_to_end(&mut answer);
+        (outcome, answer)
     });
     let e = outcome.expect_err("replayed handshake must be refused");
     assert!(matches!(e, TransportError::WrongKey { .. }), "{e}");
     assert!(e.to_string().contains("replayed or forged"), "{e}");
+    let answer = split_frames(&answer);
+    let kinds: Vec<u8> = answer.iter().map(|f| f[4]).collect();
+    assert_eq!(kinds, [2, 5], "a Challenge, then a Refuse");
     assert_listener_alive(&l, &resp);
 }
 
