@@ -292,7 +292,7 @@ pub(crate) fn respond(
     let hello = expect(rx, FrameKind::Hello, deadline)
         .and_then(|f| check_hello(&f, p, peer))
         .map_err(|e| refuse_if_needed(tx, e, p.term, deadline))?;
-    let (fingerprint, nonce_i) = (hello.fingerprint, hello.nonce_i);
+    let (fingerprint, nonce_i, channel) = (hello.fingerprint, hello.nonce_i, hello.channel);
 
     let nonce_r = random_nonce()?;
     let proof_r = proof(
@@ -301,7 +301,7 @@ pub(crate) fn respond(
         &nonce_i,
         &nonce_r,
         &fingerprint,
-        p.channel,
+        channel,
     );
     let mut challenge = Vec::with_capacity(CHALLENGE_LEN);
     challenge.extend_from_slice(&p.protocol_version.to_le_bytes());
@@ -317,7 +317,7 @@ pub(crate) fn respond(
         &nonce_r,
         &nonce_i,
         &fingerprint,
-        p.channel,
+        channel,
     );
     expect(rx, FrameKind::Response, deadline)
         .and_then(|f| {
@@ -338,7 +338,7 @@ pub(crate) fn respond(
     let (i_to_r, r_to_i) = p.psk.session_keys(&nonce_i, &nonce_r);
     let info = PeerInfo {
         addr: peer,
-        channel: p.channel,
+        channel,
         protocol_version: p.protocol_version,
         peer_term: hello.term,
         peer_fingerprint: fingerprint,
@@ -352,6 +352,7 @@ struct Hello {
     term: u64,
     fingerprint: [u8; 32],
     nonce_i: Nonce,
+    channel: Channel,
 }
 
 /// Checks a Hello: version first, then length, channel, fingerprint.
@@ -365,7 +366,7 @@ fn check_hello(f: &Frame, p: &HandshakeParams<'_>, peer: SocketAddr) -> Result<H
         peer,
         detail: format!("Hello names unknown channel {}", b[4]),
     })?;
-    if channel != p.channel {
+    if channel != p.channel && !p.any_channel {
         return Err(TransportError::ChannelMismatch {
             peer: channel,
             ours: p.channel,
@@ -384,6 +385,7 @@ fn check_hello(f: &Frame, p: &HandshakeParams<'_>, peer: SocketAddr) -> Result<H
         term: f.term,
         fingerprint,
         nonce_i: b[37..69].try_into().expect("32 bytes"),
+        channel,
     })
 }
 

@@ -127,6 +127,20 @@ pub fn run(cfg: StandbyConfig) -> Result<i32> {
                 );
             }
             StandbyDecision::Stop => {
+                let sh = shadow.lock().unwrap_or_else(|e| e.into_inner());
+                if sh.verified > 0 || sh.diverged.is_some() {
+                    eprintln!(
+                        "hotspare: shadow memory matched the primary's at {} committed epochs{}",
+                        sh.verified,
+                        sh.diverged
+                            .map(|s| format!("; DIVERGED first at epoch {s}"))
+                            .unwrap_or_default()
+                    );
+                }
+                eprintln!(
+                    "hotspare: standby saw {} committed epochs; no takeover",
+                    sh.reports.len()
+                );
                 eprintln!("hotspare: the primary's guest stopped on its own; standby exits without taking over");
                 return Ok(0);
             }

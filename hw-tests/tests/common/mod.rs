@@ -638,3 +638,165 @@ pub fn failover_trial(
         field(line, "activation ").unwrap_or(0.0),
     )
 }
+
+/// A TCP proxy on loopback that delays every chunk in both directions by
+/// `delay` plus random stalls of up to `stall` (what a lossy link looks like
+/// to TCP: retransmissions show up as stalls). Stands in for `tc netem`,
+/// which this kernel lacks.
+pub struct DelayProxy {
+    pub addr: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl DelayProxy {
+    pub fn start(target: &str, delay: Duration, stall: Duration, seed: u64) -> DelayProxy {
+        use std::net::{TcpListener, TcpStream};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let addr = listener.local_addr().unwrap().to_string();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let target = target.to_string();
+        let st = stop.clone();
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            for client in listener.incoming() {
+                if st.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(&target) else {
+                    continue;
+                };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                for (from, to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    n += 1;
+                    let mut rng = Rng(seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+                    pump(from, to, delay, stall, rng.next());
+                }
+            }
+        });
+        DelayProxy { addr, stop }
+    }
+}
+
+impl Drop for DelayProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(&self.addr);
+    }
+}
+
+fn pump(
+    mut from: std::net::TcpStream,
+    mut to: std::net::TcpStream,
+    delay: Duration,
+    stall: Duration,
+    seed: u64,
+) {
+    use std::io::Write;
+    let (tx, rx) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 256 << 10];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if tx
+                        .send((Instant::now() + delay, buf[..n].to_vec()))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        let mut rng = Rng(seed | 1);
+        for (due, bytes) in rx {
+            let mut due = due;
+            // About one chunk in 20 is "lost" and arrives after a stall.
+            if !stall.is_zero() && rng.next().is_multiple_of(20) {
+                due += Duration::from_micros(rng.range(0, stall.as_micros() as u64));
+            }
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            if to.write_all(&bytes).is_err() {
+                let _ = to.shutdown(std::net::Shutdown::Both);
+                return;
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Write);
+    });
+}
+
+/// Two network namespaces joined by a veth pair: the primary's host and the
+/// standby's host. `None` where the machine does not allow it (not root, no
+/// `ip`): the caller falls back to loopback and says so.
+pub struct NetnsPair {
+    pub primary_ns: String,
+    pub standby_ns: String,
+    pub standby_ip: String,
+}
+
+impl NetnsPair {
+    pub fn create(tag: &str) -> Option<NetnsPair> {
+        let id = format!("{}{}", std::process::id() % 100_000, tag);
+        let (a, b) = (format!("hsp{id}"), format!("hss{id}"));
+        let (va, vb) = (format!("hva{id}"), format!("hvb{id}"));
+        let ip = |args: &[&str]| {
+            Command::new("ip")
+                .args(args)
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+        };
+        let subnet = 10 + (std::process::id() % 200);
+        let (ipa, ipb) = (format!("10.213.{subnet}.1"), format!("10.213.{subnet}.2"));
+        let ok = ip(&["netns", "add", &a])
+            && ip(&["netns", "add", &b])
+            && ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb])
+            && ip(&["link", "set", &va, "netns", &a])
+            && ip(&["link", "set", &vb, "netns", &b])
+            && ip(&["-n", &a, "addr", "add", &format!("{ipa}/24"), "dev", &va])
+            && ip(&["-n", &b, "addr", "add", &format!("{ipb}/24"), "dev", &vb])
+            && ip(&["-n", &a, "link", "set", &va, "up"])
+            && ip(&["-n", &b, "link", "set", &vb, "up"])
+            && ip(&["-n", &a, "link", "set", "lo", "up"])
+            && ip(&["-n", &b, "link", "set", "lo", "up"]);
+        let pair = NetnsPair {
+            primary_ns: a,
+            standby_ns: b,
+            standby_ip: ipb,
+        };
+        if ok {
+            Some(pair)
+        } else {
+            drop(pair);
+            None
+        }
+    }
+
+    /// Wraps a command to run inside namespace `ns`.
+    pub fn wrap(ns: &str, cmd: &Command) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns])
+            .arg(cmd.get_program())
+            .args(cmd.get_args());
+        c
+    }
+}
+
+impl Drop for NetnsPair {
+    fn drop(&mut self) {
+        for ns in [&self.primary_ns, &self.standby_ns] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}

@@ -197,6 +197,23 @@ fn channel_mismatch_is_refused_on_both_sides() {
 }
 
 #[test]
+fn a_responder_serving_any_channel_accepts_both_and_reports_which() {
+    let key = psk();
+    let l = listener();
+    let mut resp = HandshakeParams::new(&key, Some(FP), Channel::Stream, 0);
+    resp.any_channel = true;
+    for ch in [Channel::Heartbeat, Channel::Stream] {
+        let init = HandshakeParams::new(&key, Some(FP), ch, 1);
+        let (c, s) = handshake(&l, &init, &resp);
+        let ((mut c, ci), (mut s, si)) = (c.expect("initiator"), s.expect("responder"));
+        assert_eq!((ci.channel, si.channel), (ch, ch));
+        // The session keys agree: a frame goes through.
+        c.send(FrameKind::Heartbeat, 1, b"ping").unwrap();
+        assert_eq!(s.recv().unwrap().payload, b"ping");
+    }
+}
+
+#[test]
 fn initiator_without_fingerprint_is_a_usage_error() {
     let key = psk();
     let l = listener();
