@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 /// The bundled guest (built from hw-tests/guests by build.rs).
-const GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guests/memtest.elf"));
+pub const GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guests/memtest.elf"));
 
 #[derive(clap::Args)]
 pub struct DemoArgs {

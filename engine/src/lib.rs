@@ -4,6 +4,7 @@
 pub mod boot;
 pub mod capture;
 pub mod checkpointer;
+pub mod cpu;
 pub mod devices;
 pub mod error;
 pub mod memory;

@@ -16,6 +16,7 @@ use engine::store::DirStore;
 use engine::vm::{Vm, VmConfig};
 use std::time::Duration;
 
+mod bench;
 mod demo;
 
 #[derive(Parser)]
@@ -39,6 +40,8 @@ enum Cmd {
     Demo(demo::DemoArgs),
     /// Wait for a primary, shadow its VM, and take over when it dies.
     Standby(StandbyArgs),
+    /// Measure replication: pause, epoch rate, bytes per page, CPU, takeover.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -152,6 +155,23 @@ struct RunArgs {
     ckpt: CheckpointArgs,
     #[command(flatten)]
     replica: ReplicaArgs,
+    /// Do not pin threads (by default, with 2+ CPUs, the engine's threads run
+    /// on the first CPU and the vCPU threads on the others).
+    #[arg(long)]
+    no_pin: bool,
+    /// Write per-epoch replication figures as JSON to this file at exit.
+    #[arg(long)]
+    stats_json: Option<PathBuf>,
+}
+
+/// Pins the calling (main) thread, and so every engine thread it spawns, to
+/// the engine CPU; returns the CPUs for the vCPU threads.
+fn pin_engine(no_pin: bool) -> Option<Vec<usize>> {
+    if no_pin {
+        return None;
+    }
+    let (engine, vcpus) = engine::cpu::placement()?;
+    engine::cpu::pin_current_thread(&engine).then_some(vcpus)
 }
 
 fn load_key(path: &std::path::Path) -> anyhow::Result<transport::Psk> {
@@ -214,6 +234,7 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
         mem_bytes: a.mem_mib << 20,
         vcpus: a.vcpus,
         log_dirty: a.ckpt.checkpoint_dir.is_some() || replica.is_some(),
+        vcpu_cpus: pin_engine(a.no_pin),
     };
     let mut vm = Vm::create(&cfg, open_console(&a.console)?, 0, None, None)?;
     let kind = vm.boot(&BootSpec {
@@ -234,7 +255,9 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
         None => None,
     };
     if let Some(rcfg) = replica {
+        let interval = rcfg.interval;
         let mut rep = Replicator::new(&vm, rcfg);
+        let started = std::time::Instant::now();
         vm.start()?;
         let res = engine::runner::supervise(&mut vm, Some(&mut rep as &mut dyn Periodic));
         rep.finish();
@@ -242,6 +265,23 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
             "hotspare: {}",
             engine::replication::primary::summary(&rep.stats)
         );
+        if let Some(path) = &a.stats_json {
+            let vcpu_cpu = vm
+                .shared
+                .vcpu_cpu
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .sum();
+            let json = engine::replication::primary::stats_json(
+                &rep.stats,
+                interval,
+                started.elapsed(),
+                vcpu_cpu,
+            );
+            std::fs::write(path, serde_json::to_vec_pretty(&json)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
         return exit_status(res?);
     }
     vm.start()?;
@@ -315,6 +355,7 @@ fn main() -> ExitCode {
         Cmd::Restore(a) => restore(a),
         Cmd::Demo(a) => demo::demo(a),
         Cmd::Standby(a) => standby(a),
+        Cmd::Bench(a) => bench::bench(a),
     };
     match res {
         Ok(code) => ExitCode::from(code as u8),

@@ -37,6 +37,7 @@ pub fn restore(
         mem_bytes: bytes,
         vcpus: chain.machine.vcpus,
         log_dirty,
+        vcpu_cpus: crate::cpu::placement().map(|p| p.1),
     };
     let mut vm = Vm::create(
         &cfg,

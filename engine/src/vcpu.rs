@@ -77,6 +77,8 @@ pub struct Shared {
     pub pause_requested: AtomicBool,
     /// Set once the VM is stopping for good.
     pub stopping: AtomicBool,
+    /// CPU time each vCPU thread used (guest and KVM), recorded at exit.
+    pub vcpu_cpu: Mutex<Vec<std::time::Duration>>,
     ctl: Mutex<Ctl>,
     cv: Condvar,
 }
@@ -94,6 +96,7 @@ impl Shared {
         Arc::new(Shared {
             pause_requested: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            vcpu_cpu: Mutex::new(Vec::new()),
             ctl: Mutex::new(Ctl {
                 parked: vec![false; n],
                 ..Default::default()
@@ -237,6 +240,8 @@ pub struct VcpuThread {
     pub ram: Arc<Ram>,
     /// Commands while parked.
     pub cmds: Receiver<VcpuCmd>,
+    /// Host CPUs to pin this thread to.
+    pub pin: Option<Vec<usize>>,
 }
 
 enum Parked {
@@ -248,10 +253,20 @@ enum Parked {
 impl VcpuThread {
     /// The thread body: runs the vCPU until the VM stops.
     pub fn run(mut self) {
+        if let Some(cpus) = &self.pin {
+            if !crate::cpu::pin_current_thread(cpus) {
+                tracing::warn!("vCPU {}: could not pin to CPUs {cpus:?}", self.id);
+            }
+        }
         let p: *mut kvm_run = self.fd.get_kvm_run();
         KVM_RUN_PTR.with(|c| c.set(p));
         self.run_loop();
         KVM_RUN_PTR.with(|c| c.set(std::ptr::null_mut()));
+        self.shared
+            .vcpu_cpu
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(crate::cpu::thread_cpu_time());
         self.shared.set_exited();
     }
 

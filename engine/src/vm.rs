@@ -40,6 +40,8 @@ pub struct VmConfig {
     pub vcpus: u32,
     /// Enable KVM dirty logging on every slot.
     pub log_dirty: bool,
+    /// Pin the vCPU threads to these host CPUs (see `cpu::placement`).
+    pub vcpu_cpus: Option<Vec<usize>>,
 }
 
 struct VcpuSlot {
@@ -67,6 +69,7 @@ pub struct Vm {
     pub machine: MachineConfig,
     /// Whether dirty logging is on.
     pub log_dirty: bool,
+    vcpu_cpus: Option<Vec<usize>>,
     gate: Arc<Mutex<OutputGate>>,
     uart_irq: EventFd,
     vcpus: Vec<VcpuSlot>,
@@ -251,6 +254,7 @@ impl Vm {
             msr_list: Arc::new(msr_list),
             machine,
             log_dirty: cfg.log_dirty,
+            vcpu_cpus: cfg.vcpu_cpus.clone(),
             gate,
             uart_irq,
             vcpus,
@@ -299,6 +303,7 @@ impl Vm {
                 bus: self.bus.clone(),
                 ram: self.ram.clone(),
                 cmds: slot.rx.take().expect("vCPU started twice"),
+                pin: self.vcpu_cpus.clone(),
             };
             let h = std::thread::Builder::new()
                 .name(format!("vcpu{id}"))

@@ -8,7 +8,15 @@
 use std::path::PathBuf;
 
 /// Every guest built by `hw-tests/guests/Makefile`.
-pub const GUESTS: &[&str] = &["hello", "memtest", "smp", "timer", "sse"];
+pub const GUESTS: &[&str] = &[
+    "hello",
+    "memtest",
+    "smp",
+    "timer",
+    "sse",
+    "hello32",
+    "memtest32",
+];
 
 /// Directory holding the built guests (`<name>.elf`).
 pub fn guest_dir() -> PathBuf {
@@ -85,6 +93,15 @@ mod tests {
         for name in GUESTS {
             let path = guest_path(name);
             let elf = std::fs::read(&path).expect("read guest");
+            if name.ends_with("32") {
+                assert_eq!(elf[4], 1, "{name}: not ELFCLASS32");
+                let info = engine::boot::elf32::parse(&path, &elf).expect("parse ELF32");
+                assert!(
+                    info.pvh_entry.is_some_and(|e| e >= 0x10_0000),
+                    "{name}: no PVH note"
+                );
+                continue;
+            }
             let entry = pvh_entry(&elf).unwrap_or_else(|| panic!("{name}: no PVH note"));
             assert!(
                 entry >= 0x10_0000,

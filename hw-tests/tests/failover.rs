@@ -79,6 +79,15 @@ fn shadow_memory_equals_primary_memory_at_every_commit() {
 }
 
 #[test]
+fn elf32_pvh_guest_failover() {
+    trials(
+        GuestSpec::new("memtest32", "rounds=300 writes=30000 pattern=mixed"),
+        3,
+        25,
+    );
+}
+
+#[test]
 fn smp_failover() {
     trials(GuestSpec::new("smp", "rounds=1000").vcpus(2), 4, 25);
 }

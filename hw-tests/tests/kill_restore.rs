@@ -97,3 +97,13 @@ fn sse_guest_survives_sigkill() {
 fn smp_guest_survives_sigkill() {
     trials(GuestSpec::new("smp", "rounds=1000").vcpus(2), 4, 15, 1);
 }
+
+#[test]
+fn elf32_pvh_guest_survives_sigkill() {
+    trials(
+        GuestSpec::new("memtest32", "rounds=300 writes=30000 pattern=mixed"),
+        2,
+        20,
+        1,
+    );
+}

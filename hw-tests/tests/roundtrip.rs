@@ -73,6 +73,7 @@ fn roundtrip(guest: &str, cmdline: &str, vcpus: u32, run_for: Duration) {
         mem_bytes: 64 << 20,
         vcpus,
         log_dirty: true,
+        vcpu_cpus: None,
     };
     let mut vm = Vm::create(&cfg, Box::new(std::io::sink()), 0, None, None).unwrap();
     vm.boot(&BootSpec {
@@ -148,6 +149,7 @@ fn failed_epoch_puts_its_dirty_bits_back() {
         mem_bytes: 64 << 20,
         vcpus: 1,
         log_dirty: true,
+        vcpu_cpus: None,
     };
     let mut vm = Vm::create(&cfg, Box::new(std::io::sink()), 0, None, None).unwrap();
     vm.boot(&BootSpec {

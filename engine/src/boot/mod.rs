@@ -5,6 +5,7 @@
 //! - ELF without that note (a Linux `vmlinux`): 64-bit Linux boot protocol.
 //! - Linux bzImage: 64-bit Linux boot protocol ([`linux`]).
 
+pub mod elf32;
 pub mod gdt;
 pub mod linux;
 pub mod pvh;
@@ -151,16 +152,61 @@ pub fn load(ram: &Ram, spec: &BootSpec) -> Result<BootRegs> {
             linux::setup(ram, spec, &res, true)
         }
         _ => {
-            let res = loader::Elf::load(&ram.mem, None, &mut f, Some(GuestAddress(HIMEM_START)))
+            let bytes =
+                std::fs::read(path).map_err(|e| image_err(path, format!("cannot read: {e}")))?;
+            let info = elf32::parse(path, &bytes)?;
+            check_overlap(path, &info, spec)?;
+            if !info.is64 {
+                // linux-loader loads ELF64 only; PVH kernels are often ELF32.
+                let entry = info.pvh_entry.ok_or_else(|| {
+                    image_err(path, "32-bit ELF without a PVH entry note (XEN_ELFNOTE_PHYS32_ENTRY): not bootable")
+                })?;
+                elf32::load(ram, path, &bytes, &info)?;
+                return pvh::setup(ram, spec, GuestAddress(entry));
+            }
+            // No high-memory floor: PVH images may place segments below 1 MiB
+            // (checked above against the boot data instead).
+            let res = loader::Elf::load(&ram.mem, None, &mut f, None)
                 .map_err(|e| load_err(path, ram, e))?;
             match res.pvh_boot_cap {
                 loader::elf::PvhBootCapability::PvhEntryPresent(entry) => {
-                    pvh::setup(ram, spec, &res, entry)
+                    pvh::setup(ram, spec, entry)
                 }
                 _ => linux::setup(ram, spec, &res, false),
             }
         }
     }
+}
+
+/// Guest-physical ranges the VMM writes boot data into (GDT/IDT; PVH start
+/// info and memory map or the Linux zero page, boot stack and page tables;
+/// the command line).
+fn boot_data_ranges(spec: &BootSpec) -> [(u64, u64); 3] {
+    [
+        (gdt::GDT_ADDR, gdt::IDT_ADDR + 8),
+        (pvh::START_INFO_ADDR, linux::PD_ADDR + 4 * 0x1000),
+        (CMDLINE_START, CMDLINE_START + spec.cmdline.len() as u64 + 1),
+    ]
+}
+
+/// Refuses an image whose segments would be overwritten by boot data.
+fn check_overlap(path: &Path, info: &elf32::ElfInfo, spec: &BootSpec) -> Result<()> {
+    for s in &info.segments {
+        let (a, b) = (s.paddr, s.paddr.saturating_add(s.memsz));
+        for (x, y) in boot_data_ranges(spec) {
+            if a < y && x < b {
+                return Err(image_err(
+                    path,
+                    format!(
+                        "segment at {a:#x}..{b:#x} overlaps the VMM's boot data at {x:#x}..{y:#x}; \
+                         link the image above {:#x} or at 1 MiB",
+                        CMDLINE_START + CMDLINE_MAX as u64
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn load_err(path: &Path, ram: &Ram, e: loader::Error) -> EngineError {

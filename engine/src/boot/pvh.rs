@@ -5,7 +5,6 @@ use kvm_bindings::kvm_regs;
 use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
 };
-use linux_loader::loader::KernelLoaderResult;
 use vm_memory::{Bytes, GuestAddress};
 
 use super::{BootRegs, BootSpec, CpuMode, ImageKind, CMDLINE_START, EBDA_START, HIMEM_START};
@@ -45,12 +44,7 @@ pub fn memmap(ram: &Ram) -> Vec<hvm_memmap_table_entry> {
 
 /// Writes start info, memory map, command line (and initrd) and returns the
 /// entry registers.
-pub fn setup(
-    ram: &Ram,
-    spec: &BootSpec,
-    _res: &KernelLoaderResult,
-    entry: GuestAddress,
-) -> Result<BootRegs> {
+pub fn setup(ram: &Ram, spec: &BootSpec, entry: GuestAddress) -> Result<BootRegs> {
     let mem_err = |what: &str| {
         let what = what.to_string();
         move |e: vm_memory::GuestMemoryError| EngineError::Memory(format!("writing {what}: {e}"))

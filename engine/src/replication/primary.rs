@@ -69,6 +69,12 @@ pub struct EpochFigures {
     pub raw_bytes: u64,
     /// Bytes on the wire (the container).
     pub wire_bytes: u64,
+    /// Pause phases: stop vCPUs, capture state, harvest dirty log, copy pages.
+    pub phases: capture::PauseTimes,
+    /// Resuming the vCPUs (the last pause phase).
+    pub resume: Duration,
+    /// Encoding the container after the resume (not part of the pause).
+    pub encode: Duration,
 }
 
 /// Figures of the whole run.
@@ -82,6 +88,8 @@ pub struct ReplicationStats {
     pub stalled_ticks: u64,
     /// Times the shadow was lost.
     pub shadow_losses: u64,
+    /// Initial syncs: (pre-copy rounds, bytes copied while running, seconds).
+    pub syncs: Vec<(u32, u64, f64)>,
 }
 
 struct Outgoing {
@@ -291,8 +299,9 @@ impl Replicator {
     /// Captures and ships one epoch.
     fn epoch(&mut self, vm: &Vm) -> Result<()> {
         let full = self.need_full;
-        let (ep, harvest, pause, memory_hash) = {
+        let (ep, harvest, pause, resume, memory_hash) = {
             let guard = vm.pause()?;
+            let paused_at = guard.paused_at();
             if full || self.first_commit {
                 // From here on, output is held until its epoch is acked.
                 self.gate
@@ -302,10 +311,13 @@ impl Replicator {
             }
             let (ep, h) = capture::capture(&guard, &mut self.ledger, full)?;
             let hash = self.cfg.verify_memory.then(|| wire::memory_hash(&vm.ram));
-            (ep, h, guard.paused_at().elapsed(), hash)
+            let t = Instant::now();
+            drop(guard);
+            (ep, h, paused_at.elapsed(), t.elapsed(), hash)
         };
         self.seq += 1;
         let seq = self.seq;
+        let encoded_at = Instant::now();
         let header = if full {
             Header::full(seq, vm.machine.fingerprint())
         } else {
@@ -326,6 +338,9 @@ impl Replicator {
             pages: ep.pages.pages(),
             raw_bytes: mstats.raw_bytes,
             wire_bytes: container.len() as u64,
+            phases: ep.times,
+            resume,
+            encode: encoded_at.elapsed(),
         });
         tracing::debug!(
             seq,
@@ -460,6 +475,9 @@ impl Replicator {
         self.epoch(vm)?;
         let last = self.stats.epochs.last().cloned().unwrap_or_default();
         let secs = t0.elapsed().as_secs_f64();
+        self.stats
+            .syncs
+            .push((rounds, total_pages * PAGE_SIZE, secs));
         let mib = |p: u64| (p * PAGE_SIZE) as f64 / (1 << 20) as f64;
         eprintln!(
             "hotspare: full sync complete: {rounds} pre-copy rounds, {:.1} MiB copied while running ({:.0} MiB/s, \
@@ -771,4 +789,42 @@ pub fn summary(s: &ReplicationStats) -> String {
         s.stalled_ticks,
         s.shadow_losses
     )
+}
+
+/// The run's figures as JSON (for `--stats-json` and `hotspare bench`).
+pub fn stats_json(
+    s: &ReplicationStats,
+    interval: Duration,
+    wall: Duration,
+    vcpu_cpu: Duration,
+) -> serde_json::Value {
+    let us = |d: Duration| d.as_micros() as u64;
+    let process = crate::cpu::process_cpu_time();
+    serde_json::json!({
+        "interval_ms": interval.as_secs_f64() * 1e3,
+        "wall_s": wall.as_secs_f64(),
+        "process_cpu_s": process.as_secs_f64(),
+        "vcpu_cpu_s": vcpu_cpu.as_secs_f64(),
+        "engine_cpu_s": process.saturating_sub(vcpu_cpu).as_secs_f64(),
+        "stalled_ticks": s.stalled_ticks,
+        "shadow_losses": s.shadow_losses,
+        "syncs": s.syncs.iter().map(|&(rounds, bytes, secs)| serde_json::json!({
+            "rounds": rounds, "bytes": bytes, "seconds": secs
+        })).collect::<Vec<_>>(),
+        "ack_latency_us": s.ack_latency.iter().map(|d| us(*d)).collect::<Vec<_>>(),
+        "epochs": s.epochs.iter().map(|e| serde_json::json!({
+            "seq": e.seq,
+            "full": e.full,
+            "pause_us": us(e.pause),
+            "stop_us": us(e.phases.stop),
+            "state_us": us(e.phases.state),
+            "harvest_us": us(e.phases.harvest),
+            "copy_us": us(e.phases.copy),
+            "resume_us": us(e.resume),
+            "encode_us": us(e.encode),
+            "pages": e.pages,
+            "raw_bytes": e.raw_bytes,
+            "wire_bytes": e.wire_bytes,
+        })).collect::<Vec<_>>(),
+    })
 }

@@ -138,8 +138,9 @@ pub fn run(cfg: StandbyConfig) -> Result<i32> {
                     );
                 }
                 eprintln!(
-                    "hotspare: standby saw {} committed epochs; no takeover",
-                    sh.reports.len()
+                    "hotspare: standby saw {} committed epochs; no takeover; cpu {:.3} s",
+                    sh.reports.len(),
+                    crate::cpu::process_cpu_time().as_secs_f64()
                 );
                 eprintln!("hotspare: the primary's guest stopped on its own; standby exits without taking over");
                 return Ok(0);
@@ -451,6 +452,7 @@ fn commit(
             mem_bytes: bytes,
             vcpus: machine.vcpus,
             log_dirty: false,
+            vcpu_cpus: crate::cpu::placement().map(|p| p.1),
         };
         let mut vm = Vm::create(&cfg, Box::new(std::io::sink()), 0, None, Some(ram))
             .map_err(|e| e.to_string())?;

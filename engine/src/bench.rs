@@ -1,0 +1,436 @@
+//! `hotspare bench`: the measurement harness.
+//!
+//! One command runs the bundled guest with a chosen workload three ways, in
+//! the same run so that ratios are meaningful on a noisy machine:
+//! 1. unprotected (the baseline for the guest's own progress rate);
+//! 2. replicated to a standby on loopback, to completion (per-epoch figures
+//!    from the primary's `--stats-json`, the shadow's CPU time);
+//! 3. replicated again, SIGKILLing the primary midway (detection and
+//!    activation at takeover), unless `--no-takeover`.
+//!
+//! Repeats `--reps` times and reports medians, as JSON (`bench.json`) and a
+//! Markdown table (`bench.md`, also printed).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+
+use crate::demo::GUEST;
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Output directory (bench.json, bench.md, raw per-run JSON).
+    #[arg(long, default_value = "bench-out")]
+    out: PathBuf,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 256)]
+    mem_mib: u64,
+    /// Workload pattern of the memory tester: sparse, pages, hot, sweep, mixed.
+    #[arg(long, default_value = "mixed")]
+    profile: String,
+    /// Working set in 4 KiB pages.
+    #[arg(long, default_value_t = 4096)]
+    pages: u64,
+    /// Page writes per round.
+    #[arg(long, default_value_t = 30000)]
+    writes: u64,
+    /// Busy-loop iterations after each write (lowers the dirty rate).
+    #[arg(long, default_value_t = 0)]
+    spin: u64,
+    /// Rounds of the workload (sets the run length).
+    #[arg(long, default_value_t = 300)]
+    rounds: u64,
+    /// Epoch interval in milliseconds.
+    #[arg(long, default_value_t = 25)]
+    interval_ms: u64,
+    /// Repetitions (medians are reported).
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Skip the takeover measurement.
+    #[arg(long)]
+    no_takeover: bool,
+    /// Pass --no-pin to the primary (to measure what pinning buys).
+    #[arg(long)]
+    no_pin: bool,
+    /// Page compression for the stream: zstd or none.
+    #[arg(long, default_value = "zstd")]
+    compress: String,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn pct(mut v: Vec<f64>, p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+struct Run {
+    stats: Value,
+    wall: f64,
+    shadow_cpu: f64,
+}
+
+fn child(cmd: &mut Command) -> anyhow::Result<std::process::Child> {
+    cmd.stdin(Stdio::null())
+        .spawn()
+        .context("spawning hotspare")
+}
+
+fn read_to(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+fn number_after(text: &str, key: &str) -> Option<f64> {
+    let i = text.find(key)? + key.len();
+    text[i..]
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .find(|s| !s.is_empty())?
+        .parse()
+        .ok()
+}
+
+struct Setup {
+    exe: PathBuf,
+    guest: PathBuf,
+    key: PathBuf,
+    dir: PathBuf,
+    cmdline: String,
+}
+
+impl Setup {
+    fn run_cmd(&self, a: &BenchArgs, console: &Path) -> Command {
+        let mut c = Command::new(&self.exe);
+        c.arg("run")
+            .arg("--kernel")
+            .arg(&self.guest)
+            .arg("--mem-mib")
+            .arg(a.mem_mib.to_string())
+            .arg("--cmdline")
+            .arg(&self.cmdline)
+            .arg("--console")
+            .arg(console);
+        c
+    }
+
+    fn standby(&self, tag: &str) -> anyhow::Result<(std::process::Child, String, PathBuf)> {
+        let log = self.dir.join(format!("standby-{tag}.log"));
+        let mut s = child(
+            Command::new(&self.exe)
+                .args(["standby", "--listen", "127.0.0.1:0", "--key-file"])
+                .arg(&self.key)
+                .arg("--console")
+                .arg(self.dir.join(format!("shadow-{tag}.txt")))
+                .stderr(std::fs::File::create(&log)?),
+        )?;
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = read_to(&log);
+            if let Some(i) = text.find("listening on ") {
+                let addr = text[i + 13..]
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string();
+                return Ok((s, addr, log));
+            }
+            if Instant::now() > end || s.try_wait()?.is_some() {
+                let _ = s.kill();
+                bail!("the standby did not start: {text}");
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    fn primary(&self, a: &BenchArgs, tag: &str, addr: &str) -> Command {
+        let mut c = self.run_cmd(a, &self.dir.join(format!("primary-{tag}.txt")));
+        c.arg("--shadow")
+            .arg(addr)
+            .arg("--key-file")
+            .arg(&self.key)
+            .arg("--interval-ms")
+            .arg(a.interval_ms.to_string())
+            .arg("--compress")
+            .arg(&a.compress)
+            .arg("--stats-json")
+            .arg(self.dir.join(format!("stats-{tag}.json")))
+            .stderr(
+                std::fs::File::create(self.dir.join(format!("primary-{tag}.log")))
+                    .expect("log file"),
+            );
+        if a.no_pin {
+            c.arg("--no-pin");
+        }
+        c
+    }
+}
+
+fn replicated(s: &Setup, a: &BenchArgs, tag: &str) -> anyhow::Result<Run> {
+    let (mut standby, addr, log) = s.standby(tag)?;
+    let t = Instant::now();
+    let st = s
+        .primary(a, tag, &addr)
+        .status()
+        .context("running the primary")?;
+    let wall = t.elapsed().as_secs_f64();
+    if !st.success() {
+        let _ = standby.kill();
+        bail!(
+            "the protected run failed: {st}; see {}",
+            s.dir.join(format!("primary-{tag}.log")).display()
+        );
+    }
+    let _ = standby.wait();
+    let text = read_to(&log);
+    let stats: Value = serde_json::from_str(&read_to(&s.dir.join(format!("stats-{tag}.json"))))
+        .context("reading the primary's stats")?;
+    Ok(Run {
+        stats,
+        wall,
+        shadow_cpu: number_after(&text, "cpu ").unwrap_or(0.0),
+    })
+}
+
+fn takeover(s: &Setup, a: &BenchArgs, tag: &str, after: Duration) -> anyhow::Result<(f64, f64)> {
+    let (mut standby, addr, log) = s.standby(tag)?;
+    let mut p = child(&mut s.primary(a, tag, &addr))?;
+    let end = Instant::now() + Duration::from_secs(30);
+    while !read_to(&log).contains("in sync") {
+        if Instant::now() > end {
+            let _ = p.kill();
+            let _ = standby.kill();
+            bail!("the standby never synced");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    std::thread::sleep(after);
+    p.kill().context("SIGKILL of the primary")?;
+    let _ = p.wait();
+    let _ = standby.wait();
+    let text = read_to(&log);
+    match (
+        number_after(&text, "detection "),
+        number_after(&text, "activation "),
+    ) {
+        (Some(d), Some(act)) => Ok((d, act)),
+        _ => bail!("no takeover figures in the standby's output:\n{text}"),
+    }
+}
+
+/// Runs the benchmark.
+pub fn bench(a: BenchArgs) -> anyhow::Result<i32> {
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let dir = a.out.join("runs");
+    std::fs::create_dir_all(&dir)?;
+    let guest = dir.join("memtest.elf");
+    std::fs::write(&guest, GUEST)?;
+    let key = dir.join("key");
+    std::fs::write(
+        &key,
+        (0u8..32)
+            .map(|i| i.wrapping_mul(37) ^ 0x5a)
+            .collect::<Vec<_>>(),
+    )?;
+    let s = Setup {
+        exe: std::env::current_exe()?,
+        guest,
+        key,
+        dir: dir.clone(),
+        cmdline: format!(
+            "rounds={} pages={} writes={} spin={} pattern={}",
+            a.rounds, a.pages, a.writes, a.spin, a.profile
+        ),
+    };
+    println!(
+        "hotspare bench: {} MiB guest, workload '{}', epoch {} ms, {} reps",
+        a.mem_mib, s.cmdline, a.interval_ms, a.reps
+    );
+    let mut base_walls = Vec::new();
+    let mut runs = Vec::new();
+    let mut takeovers = Vec::new();
+    for rep in 0..a.reps {
+        let t = Instant::now();
+        let st = s
+            .run_cmd(&a, &dir.join("baseline.txt"))
+            .stderr(Stdio::null())
+            .status()?;
+        if !st.success() {
+            bail!("the baseline run failed: {st}");
+        }
+        let base = t.elapsed().as_secs_f64();
+        base_walls.push(base);
+        let r = replicated(&s, &a, &format!("r{rep}"))?;
+        println!(
+            "  rep {rep}: baseline {base:.2} s, replicated {:.2} s",
+            r.wall
+        );
+        if !a.no_takeover {
+            let after = Duration::from_secs_f64(base / 2.0);
+            takeovers.push(takeover(&s, &a, &format!("t{rep}"), after)?);
+        }
+        runs.push(r);
+    }
+    let summary = summarize(&a, &base_walls, &runs, &takeovers);
+    std::fs::write(
+        a.out.join("bench.json"),
+        serde_json::to_vec_pretty(&summary)?,
+    )?;
+    let md = markdown(&summary);
+    std::fs::write(a.out.join("bench.md"), &md)?;
+    println!("\n{md}");
+    println!(
+        "written: {}/bench.json, {}/bench.md",
+        a.out.display(),
+        a.out.display()
+    );
+    Ok(0)
+}
+
+fn f(v: &Value, k: &str) -> f64 {
+    v.get(k).and_then(Value::as_f64).unwrap_or(0.0)
+}
+
+fn summarize(a: &BenchArgs, base: &[f64], runs: &[Run], takeovers: &[(f64, f64)]) -> Value {
+    // Per-epoch figures of incremental epochs over all reps.
+    let mut pause = Vec::new();
+    let mut phase: [Vec<f64>; 5] = Default::default();
+    let (mut pages, mut raw, mut wire, mut epochs) = (0.0, 0.0, 0.0, 0.0);
+    let mut pages_per_epoch = Vec::new();
+    let mut acks = Vec::new();
+    let mut rates = Vec::new();
+    let mut engine_cpu_per_page = Vec::new();
+    let mut shadow_cpu_per_page = Vec::new();
+    let mut sync_tp = Vec::new();
+    for r in runs {
+        let eps = r.stats["epochs"].as_array().cloned().unwrap_or_default();
+        let inc: Vec<&Value> = eps.iter().filter(|e| e["full"] == json!(false)).collect();
+        let (mut rp, mut rr, mut rw) = (0.0, 0.0, 0.0);
+        for e in &inc {
+            pause.push(f(e, "pause_us") / 1e3);
+            for (i, k) in ["stop_us", "state_us", "harvest_us", "copy_us", "resume_us"]
+                .iter()
+                .enumerate()
+            {
+                phase[i].push(f(e, k) / 1e3);
+            }
+            pages_per_epoch.push(f(e, "pages"));
+            rp += f(e, "pages");
+            rr += f(e, "raw_bytes");
+            rw += f(e, "wire_bytes");
+        }
+        pages += rp;
+        raw += rr;
+        wire += rw;
+        epochs += inc.len() as f64;
+        acks.extend(
+            r.stats["ack_latency_us"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_f64)
+                .map(|u| u / 1e3),
+        );
+        let protected_s = f(&r.stats, "wall_s")
+            - r.stats["syncs"]
+                .as_array()
+                .and_then(|s| s.first())
+                .map(|s| f(s, "seconds"))
+                .unwrap_or(0.0);
+        if protected_s > 0.0 {
+            rates.push(inc.len() as f64 / protected_s);
+        }
+        let all_pages: f64 = eps.iter().map(|e| f(e, "pages")).sum::<f64>()
+            + r.stats["syncs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|s| f(s, "bytes") / 4096.0)
+                .sum::<f64>();
+        if all_pages > 0.0 {
+            engine_cpu_per_page.push(f(&r.stats, "engine_cpu_s") * 1e6 / all_pages);
+            shadow_cpu_per_page.push(r.shadow_cpu * 1e6 / all_pages);
+        }
+        if let Some(sy) = r.stats["syncs"].as_array().and_then(|s| s.first()) {
+            if f(sy, "seconds") > 0.0 {
+                sync_tp.push(f(sy, "bytes") / f(sy, "seconds") / (1 << 20) as f64);
+            }
+        }
+    }
+    let walls: Vec<f64> = runs.iter().map(|r| r.wall).collect();
+    let slowdown = median(walls.clone()) / median(base.to_vec()).max(1e-9);
+    json!({
+        "config": {
+            "mem_mib": a.mem_mib, "profile": a.profile, "pages": a.pages, "writes": a.writes,
+            "spin": a.spin, "rounds": a.rounds, "interval_ms": a.interval_ms, "reps": a.reps,
+            "pinned": !a.no_pin, "compress": a.compress,
+        },
+        "pause_ms": { "p50": pct(pause.clone(), 0.5), "p99": pct(pause.clone(), 0.99), "max": pct(pause, 1.0) },
+        "pause_phase_p50_ms": {
+            "stop": pct(phase[0].clone(), 0.5), "state": pct(phase[1].clone(), 0.5),
+            "harvest": pct(phase[2].clone(), 0.5), "copy": pct(phase[3].clone(), 0.5),
+            "resume": pct(phase[4].clone(), 0.5),
+        },
+        "epoch_rate_hz": { "configured": 1000.0 / a.interval_ms as f64, "achieved": median(rates) },
+        "dirty_pages_per_epoch_p50": pct(pages_per_epoch, 0.5),
+        "bytes_per_dirty_page": { "raw": if pages > 0.0 { raw / pages } else { 0.0 }, "wire": if pages > 0.0 { wire / pages } else { 0.0 } },
+        "wire_over_raw": if raw > 0.0 { wire / raw } else { 0.0 },
+        "engine_cpu_us_per_dirty_page": { "primary": median(engine_cpu_per_page), "shadow": median(shadow_cpu_per_page) },
+        "ack_latency_ms": { "p50": pct(acks.clone(), 0.5), "p99": pct(acks, 0.99) },
+        "full_sync_mib_s": median(sync_tp),
+        "takeover_ms": {
+            "detection_p50": median(takeovers.iter().map(|t| t.0).collect()),
+            "activation_p50": median(takeovers.iter().map(|t| t.1).collect()),
+        },
+        "guest": { "baseline_s": median(base.to_vec()), "replicated_s": median(walls), "slowdown": slowdown },
+        "epochs_measured": epochs,
+    })
+}
+
+fn markdown(v: &Value) -> String {
+    let g = |path: &[&str]| {
+        let mut x = v;
+        for p in path {
+            x = &x[*p];
+        }
+        x.as_f64().unwrap_or(0.0)
+    };
+    let c = &v["config"];
+    format!(
+        "| figure | value |\n| --- | --- |\n\
+         | workload | {} MiB guest, pattern {}, {} pages x {} writes/round, epoch {} ms, pinned {} |\n\
+         | pause p50 / p99 / max | {:.3} / {:.3} / {:.3} ms |\n\
+         | pause phases p50 (stop, state, harvest, copy, resume) | {:.3}, {:.3}, {:.3}, {:.3}, {:.3} ms |\n\
+         | epoch rate configured / achieved | {:.1} / {:.1} Hz |\n\
+         | dirty pages per epoch (p50) | {:.0} |\n\
+         | bytes per dirty page raw / on the wire | {:.0} / {:.0} ({:.3}x) |\n\
+         | engine CPU per dirty page, primary / shadow | {:.2} / {:.2} µs |\n\
+         | ack latency p50 / p99 | {:.2} / {:.2} ms |\n\
+         | full sync (live pre-copy) | {:.0} MiB/s |\n\
+         | takeover: detection / activation (p50) | {:.1} / {:.2} ms |\n\
+         | guest run time unprotected / replicated (slowdown) | {:.2} / {:.2} s ({:.2}x) |\n",
+        c["mem_mib"], c["profile"].as_str().unwrap_or(""), c["pages"], c["writes"], c["interval_ms"], c["pinned"],
+        g(&["pause_ms", "p50"]), g(&["pause_ms", "p99"]), g(&["pause_ms", "max"]),
+        g(&["pause_phase_p50_ms", "stop"]), g(&["pause_phase_p50_ms", "state"]), g(&["pause_phase_p50_ms", "harvest"]),
+        g(&["pause_phase_p50_ms", "copy"]), g(&["pause_phase_p50_ms", "resume"]),
+        g(&["epoch_rate_hz", "configured"]), g(&["epoch_rate_hz", "achieved"]),
+        g(&["dirty_pages_per_epoch_p50"]),
+        g(&["bytes_per_dirty_page", "raw"]), g(&["bytes_per_dirty_page", "wire"]), g(&["wire_over_raw"]),
+        g(&["engine_cpu_us_per_dirty_page", "primary"]), g(&["engine_cpu_us_per_dirty_page", "shadow"]),
+        g(&["ack_latency_ms", "p50"]), g(&["ack_latency_ms", "p99"]),
+        g(&["full_sync_mib_s"]),
+        g(&["takeover_ms", "detection_p50"]), g(&["takeover_ms", "activation_p50"]),
+        g(&["guest", "baseline_s"]), g(&["guest", "replicated_s"]), g(&["guest", "slowdown"]),
+    )
+}
