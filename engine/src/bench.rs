@@ -52,9 +52,9 @@ pub struct BenchArgs {
     /// Skip the takeover measurement.
     #[arg(long)]
     no_takeover: bool,
-    /// Pass --no-pin to the primary (to measure what pinning buys).
+    /// Pass --pin to the primary (engine and vCPU threads on different CPUs).
     #[arg(long)]
-    no_pin: bool,
+    pin: bool,
     /// Page compression for the stream: zstd or none.
     #[arg(long, default_value = "zstd")]
     compress: String,
@@ -170,8 +170,8 @@ impl Setup {
                 std::fs::File::create(self.dir.join(format!("primary-{tag}.log")))
                     .expect("log file"),
             );
-        if a.no_pin {
-            c.arg("--no-pin");
+        if a.pin {
+            c.arg("--pin");
         }
         c
     }
@@ -374,7 +374,7 @@ fn summarize(a: &BenchArgs, base: &[f64], runs: &[Run], takeovers: &[(f64, f64)]
         "config": {
             "mem_mib": a.mem_mib, "profile": a.profile, "pages": a.pages, "writes": a.writes,
             "spin": a.spin, "rounds": a.rounds, "interval_ms": a.interval_ms, "reps": a.reps,
-            "pinned": !a.no_pin, "compress": a.compress,
+            "pinned": a.pin, "compress": a.compress,
         },
         "pause_ms": { "p50": pct(pause.clone(), 0.5), "p99": pct(pause.clone(), 0.99), "max": pct(pause, 1.0) },
         "pause_phase_p50_ms": {

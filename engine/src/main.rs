@@ -155,10 +155,10 @@ struct RunArgs {
     ckpt: CheckpointArgs,
     #[command(flatten)]
     replica: ReplicaArgs,
-    /// Do not pin threads (by default, with 2+ CPUs, the engine's threads run
-    /// on the first CPU and the vCPU threads on the others).
+    /// Pin threads: with 2+ CPUs, the engine's threads run on the first CPU
+    /// and the vCPU threads on the others (shorter pauses; see docs/performance.md).
     #[arg(long)]
-    no_pin: bool,
+    pin: bool,
     /// Write per-epoch replication figures as JSON to this file at exit.
     #[arg(long)]
     stats_json: Option<PathBuf>,
@@ -234,7 +234,7 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
         mem_bytes: a.mem_mib << 20,
         vcpus: a.vcpus,
         log_dirty: a.ckpt.checkpoint_dir.is_some() || replica.is_some(),
-        vcpu_cpus: pin_engine(a.no_pin),
+        vcpu_cpus: pin_engine(!a.pin),
     };
     let mut vm = Vm::create(&cfg, open_console(&a.console)?, 0, None, None)?;
     let kind = vm.boot(&BootSpec {

@@ -37,7 +37,7 @@ pub fn restore(
         mem_bytes: bytes,
         vcpus: chain.machine.vcpus,
         log_dirty,
-        vcpu_cpus: crate::cpu::placement().map(|p| p.1),
+        vcpu_cpus: None,
     };
     let mut vm = Vm::create(
         &cfg,

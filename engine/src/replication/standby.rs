@@ -452,7 +452,7 @@ fn commit(
             mem_bytes: bytes,
             vcpus: machine.vcpus,
             log_dirty: false,
-            vcpu_cpus: crate::cpu::placement().map(|p| p.1),
+            vcpu_cpus: None,
         };
         let mut vm = Vm::create(&cfg, Box::new(std::io::sink()), 0, None, Some(ram))
             .map_err(|e| e.to_string())?;
