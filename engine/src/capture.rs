@@ -146,17 +146,7 @@ pub fn capture(
     let harvest_t = t.elapsed();
 
     let t = Instant::now();
-    let mut pages = PageBatch::default();
-    let total: usize = harvest.regions().iter().map(|b| b.count()).sum();
-    pages.data.reserve(total * PAGE_SIZE as usize);
-    for (bm, r) in harvest.regions().iter().zip(&ram.regions) {
-        for range in bm.ranges() {
-            let off = range.start * PAGE_SIZE as usize;
-            let len = range.len() * PAGE_SIZE as usize;
-            pages.data.extend_from_slice(&r.as_slice()[off..off + len]);
-            pages.runs.push((r.gpa + off as u64, range.len() as u32));
-        }
-    }
+    let pages = copy_pages(&harvest, ram);
     let copy_t = t.elapsed();
     Ok((
         Epoch {
@@ -195,8 +185,16 @@ pub fn precopy_round(vm: &Vm, ledger: &mut DirtyLedger, all: bool) -> Result<(Pa
         }
     }
     let harvest = ledger.harvest(fresh)?;
+    let pages = copy_pages(&harvest, &vm.ram);
+    Ok((pages, harvest))
+}
+
+/// Copies the pages named by `harvest` out of guest memory, one run per
+/// range of consecutive dirty pages.
+fn copy_pages(harvest: &Harvest, ram: &crate::memory::Ram) -> PageBatch {
     let mut pages = PageBatch::default();
-    for (bm, r) in harvest.regions().iter().zip(&vm.ram.regions) {
+    pages.data.reserve(harvest.count() * PAGE_SIZE as usize);
+    for (bm, r) in harvest.regions().iter().zip(&ram.regions) {
         for range in bm.ranges() {
             let off = range.start * PAGE_SIZE as usize;
             let len = range.len() * PAGE_SIZE as usize;
@@ -204,5 +202,5 @@ pub fn precopy_round(vm: &Vm, ledger: &mut DirtyLedger, all: bool) -> Result<(Pa
             pages.runs.push((r.gpa + off as u64, range.len() as u32));
         }
     }
-    Ok((pages, harvest))
+    pages
 }
