@@ -203,7 +203,12 @@ fn replicated(s: &Setup, a: &BenchArgs, tag: &str) -> anyhow::Result<Run> {
     })
 }
 
-fn takeover(s: &Setup, a: &BenchArgs, tag: &str, after: Duration) -> anyhow::Result<(f64, f64)> {
+fn takeover(
+    s: &Setup,
+    a: &BenchArgs,
+    tag: &str,
+    after: Duration,
+) -> anyhow::Result<Option<(f64, f64)>> {
     let (mut standby, addr, log) = s.standby(tag)?;
     let mut p = child(&mut s.primary(a, tag, &addr))?;
     let end = Instant::now() + Duration::from_secs(30);
@@ -220,11 +225,15 @@ fn takeover(s: &Setup, a: &BenchArgs, tag: &str, after: Duration) -> anyhow::Res
     let _ = p.wait();
     let _ = standby.wait();
     let text = read_to(&log);
+    if text.contains("stopped on its own") {
+        println!("  (the guest finished before the kill: no takeover measured this rep)");
+        return Ok(None);
+    }
     match (
         number_after(&text, "detection "),
         number_after(&text, "activation "),
     ) {
-        (Some(d), Some(act)) => Ok((d, act)),
+        (Some(d), Some(act)) => Ok(Some((d, act))),
         _ => bail!("no takeover figures in the standby's output:\n{text}"),
     }
 }
@@ -278,7 +287,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<i32> {
         );
         if !a.no_takeover {
             let after = Duration::from_secs_f64(base / 2.0);
-            takeovers.push(takeover(&s, &a, &format!("t{rep}"), after)?);
+            takeovers.extend(takeover(&s, &a, &format!("t{rep}"), after)?);
         }
         runs.push(r);
     }

@@ -95,8 +95,16 @@ pub struct ReplicationStats {
 struct Outgoing {
     seq: u64,
     precopy: bool,
-    container: Vec<u8>,
+    body: Body,
     end: EpochEnd,
+}
+
+/// What the sender thread ships: an encoded container (pre-copy rounds), or
+/// a captured epoch it encodes itself, so the supervisor can start the next
+/// epoch while this one is compressed and sent (pipelining).
+enum Body {
+    Encoded(Vec<u8>),
+    Epoch(Header, Box<capture::Epoch>),
 }
 
 /// Pre-copy stops after this many rounds...
@@ -115,6 +123,8 @@ struct LinkShared {
     ack_latency: Mutex<Vec<Duration>>,
     gate: Arc<Mutex<OutputGate>>,
     reason: Mutex<Option<String>>,
+    /// (seq, raw bytes, container bytes, encode time) of epochs the sender encoded.
+    encoded: Mutex<Vec<(u64, u64, u64, Duration)>>,
 }
 
 impl LinkShared {
@@ -210,6 +220,7 @@ impl Replicator {
             ack_latency: Mutex::new(Vec::new()),
             gate: self.gate.clone(),
             reason: Mutex::new(None),
+            encoded: Mutex::new(Vec::new()),
         });
         let (tx, rx) = channel::bounded::<Outgoing>(self.cfg.max_outstanding.max(1));
         let (send_half, recv_half) = stream.split();
@@ -219,7 +230,10 @@ impl Replicator {
         let term = self.cfg.term;
         let mut threads = Vec::new();
         let s = shared.clone();
-        threads.push(spawn("hs-send", move || sender(send_half, rx, term, s))?);
+        let (machine, compression) = (vm.machine.clone(), self.cfg.compression);
+        threads.push(spawn("hs-send", move || {
+            sender(send_half, rx, term, s, machine, compression)
+        })?);
         let s = shared.clone();
         threads.push(spawn("hs-ack", move || acker(recv_half, s))?);
         let hb_stop = Arc::new(AtomicBool::new(false));
@@ -257,13 +271,7 @@ impl Replicator {
             for t in link.threads.drain(..) {
                 let _ = t.join();
             }
-            self.stats.ack_latency.extend(
-                link.shared
-                    .ack_latency
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .drain(..),
-            );
+            self.collect(&link.shared);
         }
         while let Some((_, h)) = self.pending.pop_front() {
             if let Err(e) = self.ledger.put_back(h) {
@@ -282,6 +290,29 @@ impl Replicator {
         );
         self.announced_unprotected = true;
         self.next_connect = Instant::now() + self.cfg.retry;
+    }
+
+    /// Moves a link's ack latencies and encode figures into the run's stats.
+    fn collect(&mut self, shared: &LinkShared) {
+        self.stats.ack_latency.extend(
+            shared
+                .ack_latency
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .drain(..),
+        );
+        for (seq, raw, wire_bytes, encode) in shared
+            .encoded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            if let Some(e) = self.stats.epochs.iter_mut().rev().find(|e| e.seq == seq) {
+                e.raw_bytes = raw;
+                e.wire_bytes = wire_bytes;
+                e.encode = encode;
+            }
+        }
     }
 
     fn settle_acks(&mut self) {
@@ -317,37 +348,29 @@ impl Replicator {
         };
         self.seq += 1;
         let seq = self.seq;
-        let encoded_at = Instant::now();
         let header = if full {
             Header::full(seq, vm.machine.fingerprint())
         } else {
             Header::incremental(seq, seq - 1, vm.machine.fingerprint())
         };
-        let (container, mstats) =
-            match store::encode_checkpoint(&header, &vm.machine, &ep, self.cfg.compression) {
-                Ok(x) => x,
-                Err(e) => {
-                    self.ledger.put_back(harvest)?;
-                    return Err(e);
-                }
-            };
+        // Raw/wire bytes and the encode time are filled in from the sender
+        // thread's records (`merge_encoded`).
         self.stats.epochs.push(EpochFigures {
             seq,
             full,
             pause,
             pages: ep.pages.pages(),
-            raw_bytes: mstats.raw_bytes,
-            wire_bytes: container.len() as u64,
+            raw_bytes: 0,
+            wire_bytes: 0,
             phases: ep.times,
             resume,
-            encode: encoded_at.elapsed(),
+            encode: Duration::ZERO,
         });
         tracing::debug!(
             seq,
             full,
             pages = ep.pages.pages(),
             pause_us = pause.as_micros() as u64,
-            wire = container.len(),
             "epoch captured"
         );
         let link = self.link.as_ref().expect("epoch without a link");
@@ -368,20 +391,23 @@ impl Replicator {
             .unwrap_or_else(|e| e.into_inner())
             .last()
             .map_or(0, |d| d.as_micros() as u64);
+        let mut ep = ep;
+        let (output_start, output) = std::mem::take(&mut ep.output);
+        let pages = ep.pages.pages();
         let out = Outgoing {
             seq,
             precopy: false,
-            container,
+            body: Body::Epoch(header, Box::new(ep)),
             end: EpochEnd {
                 seq,
-                output_start: ep.output.0,
-                output: ep.output.1,
+                output_start,
+                output,
                 released,
                 figures: wire::EpochReport {
                     full,
                     pause_us: pause.as_micros() as u64,
-                    pages: ep.pages.pages(),
-                    raw_bytes: mstats.raw_bytes,
+                    pages,
+                    raw_bytes: 0,
                     last_ack_us,
                 },
                 memory_hash,
@@ -442,7 +468,7 @@ impl Replicator {
             let out = Outgoing {
                 seq,
                 precopy: true,
-                container,
+                body: Body::Encoded(container),
                 end: EpochEnd {
                     seq,
                     output_start: pos,
@@ -515,13 +541,7 @@ impl Replicator {
             for t in link.threads.drain(..) {
                 let _ = t.join();
             }
-            self.stats.ack_latency.extend(
-                link.shared
-                    .ack_latency
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .drain(..),
-            );
+            self.collect(&link.shared);
         }
         self.gate
             .lock()
@@ -607,16 +627,44 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>
         .map_err(EngineError::io(format!("spawning thread {name}")))
 }
 
-fn sender(mut conn: transport::Sender, rx: Receiver<Outgoing>, term: u64, shared: Arc<LinkShared>) {
-    for out in rx.iter() {
+fn sender(
+    mut conn: transport::Sender,
+    rx: Receiver<Outgoing>,
+    term: u64,
+    shared: Arc<LinkShared>,
+    machine: checkpoint::fingerprint::MachineConfig,
+    compression: Compression,
+) {
+    for mut out in rx.iter() {
+        let container = match out.body {
+            Body::Encoded(c) => c,
+            Body::Epoch(header, ep) => {
+                let t = Instant::now();
+                match store::encode_checkpoint(&header, &machine, &ep, compression) {
+                    Ok((c, stats)) => {
+                        out.end.figures.raw_bytes = stats.raw_bytes;
+                        shared
+                            .encoded
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push((out.seq, stats.raw_bytes, c.len() as u64, t.elapsed()));
+                        c
+                    }
+                    Err(e) => {
+                        shared.lose(format!("encoding epoch {}: {e}", out.seq));
+                        return;
+                    }
+                }
+            }
+        };
         let res = (|| -> std::result::Result<(), TransportError> {
             let begin = EpochBegin {
                 seq: out.seq,
-                len: out.container.len() as u64,
+                len: container.len() as u64,
                 precopy: out.precopy,
             };
             conn.send(FrameKind::EpochBegin, term, &wire::encode(&begin))?;
-            for chunk in out.container.chunks(wire::CHUNK) {
+            for chunk in container.chunks(wire::CHUNK) {
                 conn.send(FrameKind::EpochData, term, chunk)?;
             }
             conn.send(FrameKind::EpochEnd, term, &wire::encode(&out.end))
