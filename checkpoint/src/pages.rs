@@ -87,6 +87,8 @@ pub struct MemoryStats {
     pub compressed_pages: u64,
     /// Records produced.
     pub records: u64,
+    /// Data records stored `Raw` without a compression attempt (adaptive skip).
+    pub skipped_records: u64,
 }
 
 impl MemoryStats {
@@ -134,7 +136,18 @@ pub struct MemoryEncoder {
     compressor: Option<Compressor<'static>>,
     scratch: Vec<u8>,
     stats: MemoryStats,
+    /// Consecutive compression attempts that saved less than 1/32.
+    misses: u32,
+    /// Data records still to store raw without trying to compress.
+    skip_left: u32,
 }
+
+/// After this many consecutive data records that zstd shrinks by less than
+/// 1/32, the encoder stops trying ...
+pub const ADAPTIVE_MISSES: u32 = 4;
+/// ... for this many records, then tries again. Incompressible memory (media,
+/// encrypted or random data) then costs a memcpy instead of a zstd pass.
+pub const ADAPTIVE_SKIP: u32 = 64;
 
 impl MemoryEncoder {
     /// An encoder with the given compression setting.
@@ -150,6 +163,8 @@ impl MemoryEncoder {
             compressor,
             scratch: Vec::new(),
             stats: MemoryStats::default(),
+            misses: 0,
+            skip_left: 0,
         })
     }
 
@@ -246,7 +261,10 @@ impl MemoryEncoder {
     fn emit_data(&mut self, gpa: u64, data: &[u8], out: &mut Vec<u8>) -> Result<()> {
         let npages = data.len() / PAGE_SIZE;
         let mut encoding = Encoding::Raw;
-        if let Some(c) = self.compressor.as_mut() {
+        if self.compressor.is_some() && self.skip_left > 0 {
+            self.skip_left -= 1;
+            self.stats.skipped_records += 1;
+        } else if let Some(c) = self.compressor.as_mut() {
             self.scratch.clear();
             self.scratch
                 .reserve(zstd::zstd_safe::compress_bound(data.len()));
@@ -254,6 +272,15 @@ impl MemoryEncoder {
                 .map_err(CheckpointError::Zstd)?;
             if self.scratch.len() < data.len() {
                 encoding = Encoding::Zstd;
+            }
+            if self.scratch.len() > data.len() - data.len() / 32 {
+                self.misses += 1;
+                if self.misses >= ADAPTIVE_MISSES {
+                    self.misses = 0;
+                    self.skip_left = ADAPTIVE_SKIP;
+                }
+            } else {
+                self.misses = 0;
             }
         }
         let body: &[u8] = match encoding {
@@ -560,5 +587,54 @@ mod tests {
         })
         .unwrap_err();
         assert!(matches!(e, CheckpointError::InvalidArgument(_)));
+    }
+
+    #[test]
+    fn incompressible_data_stops_compression_attempts_and_compressible_data_resumes_them() {
+        let mut enc = MemoryEncoder::new(Compression::Zstd { level: 1 }).unwrap();
+        let mut x = 0x1234_5678_9abc_def1u64;
+        let random: Vec<u8> = (0..DATA_RECORD_PAGES * PAGE_SIZE * 10)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let mut out = Vec::new();
+        enc.encode_run(0, &random, &mut out).unwrap();
+        let s = enc.take_stats();
+        assert_eq!(s.records, 10);
+        assert_eq!(
+            s.skipped_records,
+            10 - u64::from(ADAPTIVE_MISSES),
+            "attempts did not stop"
+        );
+        // Decodes back exactly.
+        let mut back = Vec::new();
+        decode_records(&out, |_, b| {
+            back.extend_from_slice(b);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(back, random);
+        // After the skip window, compressible data is compressed again.
+        let text: Vec<u8> = b"the quick brown fox jumps over the lazy dog. "
+            .iter()
+            .copied()
+            .cycle()
+            .take(DATA_RECORD_PAGES * PAGE_SIZE * 70)
+            .collect();
+        let mut out = Vec::new();
+        enc.encode_run(0, &text, &mut out).unwrap();
+        let s = enc.take_stats();
+        // The rest of the skip window first, then every record compressed.
+        let left = u64::from(ADAPTIVE_SKIP) - (10 - u64::from(ADAPTIVE_MISSES));
+        assert_eq!(s.skipped_records, left);
+        assert_eq!(
+            s.compressed_pages,
+            (70 - left) * DATA_RECORD_PAGES as u64,
+            "compression never resumed"
+        );
     }
 }

@@ -537,11 +537,10 @@ pub fn encode_checkpoint(
     header: &Header,
     machine: &MachineConfig,
     ep: &Epoch,
-    compression: Compression,
+    enc: &mut MemoryEncoder,
 ) -> Result<(Vec<u8>, MemoryStats)> {
-    let mut enc = MemoryEncoder::new(compression)?;
     let mut cw = CheckpointWriter::new(Vec::with_capacity(ep.pages.data.len() / 2 + 4096), header)?;
     write_state(&mut cw, machine, &EpochState::from(ep))?;
-    write_pages(&mut cw, &mut enc, ep.pages.iter())?;
+    write_pages(&mut cw, enc, ep.pages.iter())?;
     Ok((cw.finish()?, enc.take_stats()))
 }

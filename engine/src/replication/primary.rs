@@ -635,12 +635,21 @@ fn sender(
     machine: checkpoint::fingerprint::MachineConfig,
     compression: Compression,
 ) {
+    // One encoder for the whole stream: its adaptive compression policy
+    // (stop trying on incompressible memory) carries over between epochs.
+    let mut enc = match checkpoint::pages::MemoryEncoder::new(compression) {
+        Ok(e) => e,
+        Err(e) => {
+            shared.lose(format!("creating the page encoder: {e}"));
+            return;
+        }
+    };
     for mut out in rx.iter() {
         let container = match out.body {
             Body::Encoded(c) => c,
             Body::Epoch(header, ep) => {
                 let t = Instant::now();
-                match store::encode_checkpoint(&header, &machine, &ep, compression) {
+                match store::encode_checkpoint(&header, &machine, &ep, &mut enc) {
                     Ok((c, stats)) => {
                         out.end.figures.raw_bytes = stats.raw_bytes;
                         shared
