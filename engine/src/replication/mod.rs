@@ -7,6 +7,7 @@
 //!
 //! See `docs/protocol.md` and `docs/failover.md`.
 
+mod link;
 pub mod liveness;
 pub mod primary;
 pub mod standby;

@@ -1,0 +1,257 @@
+//! The primary's link threads: the sender (encodes and writes epochs), the
+//! acker (reads acks, releases held output) and the heartbeat thread (its
+//! own connection, so heartbeats never queue behind page traffic).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use checkpoint::format::Header;
+use checkpoint::pages::Compression;
+use crossbeam::channel::{Receiver, Sender};
+use transport::{FrameKind, FramedConn, TransportError};
+
+use super::liveness::{ShadowDecision, ShadowMonitor};
+use super::wire::{self, Ack, EpochBegin, EpochEnd, Heartbeat, Nack};
+use super::Timing;
+use crate::capture;
+use crate::devices::console::OutputGate;
+use crate::error::{EngineError, Result};
+use crate::store;
+
+/// One epoch (or pre-copy round) for the sender thread.
+pub(super) struct Outgoing {
+    pub seq: u64,
+    pub precopy: bool,
+    pub body: Body,
+    pub end: EpochEnd,
+}
+
+/// What the sender thread ships: an encoded container (pre-copy rounds), or
+/// a captured epoch it encodes itself, so the supervisor can start the next
+/// epoch while this one is compressed and sent (pipelining).
+pub(super) enum Body {
+    Encoded(Vec<u8>),
+    Epoch(Header, Box<capture::Epoch>),
+}
+
+/// State shared with the link threads.
+pub(super) struct LinkShared {
+    pub(super) lost: AtomicBool,
+    pub(super) acked: AtomicU64,
+    /// (seq, console position at the end of the epoch, send time).
+    pub(super) inflight: Mutex<VecDeque<(u64, u64, Instant)>>,
+    pub(super) ack_latency: Mutex<Vec<Duration>>,
+    pub(super) gate: Arc<Mutex<OutputGate>>,
+    pub(super) reason: Mutex<Option<String>>,
+    /// (seq, raw bytes, container bytes, encode time) of epochs the sender encoded.
+    pub(super) encoded: Mutex<Vec<(u64, u64, u64, Duration)>>,
+}
+
+impl LinkShared {
+    pub(super) fn lose(&self, why: String) {
+        let mut r = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+        if r.is_none() {
+            *r = Some(why);
+        }
+        self.lost.store(true, Ordering::SeqCst);
+    }
+}
+
+pub(super) struct Link {
+    pub(super) shared: Arc<LinkShared>,
+    pub(super) tx: Option<Sender<Outgoing>>,
+    pub(super) threads: Vec<JoinHandle<()>>,
+    pub(super) hb_stop: Arc<AtomicBool>,
+    pub(super) hb_goodbye: Arc<AtomicBool>,
+    pub(super) hb_protected: Arc<AtomicBool>,
+}
+
+pub(super) fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map_err(EngineError::io(format!("spawning thread {name}")))
+}
+
+pub(super) fn sender(
+    mut conn: transport::Sender,
+    rx: Receiver<Outgoing>,
+    term: u64,
+    shared: Arc<LinkShared>,
+    machine: checkpoint::fingerprint::MachineConfig,
+    compression: Compression,
+) {
+    // One encoder for the whole stream: its adaptive compression policy
+    // (stop trying on incompressible memory) carries over between epochs.
+    let mut enc = match checkpoint::pages::MemoryEncoder::new(compression) {
+        Ok(e) => e,
+        Err(e) => {
+            shared.lose(format!("creating the page encoder: {e}"));
+            return;
+        }
+    };
+    for mut out in rx.iter() {
+        let container = match out.body {
+            Body::Encoded(c) => c,
+            Body::Epoch(header, ep) => {
+                let t = Instant::now();
+                match store::encode_checkpoint(&header, &machine, &ep, &mut enc) {
+                    Ok((c, stats)) => {
+                        out.end.figures.raw_bytes = stats.raw_bytes;
+                        shared
+                            .encoded
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push((out.seq, stats.raw_bytes, c.len() as u64, t.elapsed()));
+                        c
+                    }
+                    Err(e) => {
+                        shared.lose(format!("encoding epoch {}: {e}", out.seq));
+                        return;
+                    }
+                }
+            }
+        };
+        let res = (|| -> std::result::Result<(), TransportError> {
+            let begin = EpochBegin {
+                seq: out.seq,
+                len: container.len() as u64,
+                precopy: out.precopy,
+            };
+            conn.send(FrameKind::EpochBegin, term, &wire::encode(&begin))?;
+            for chunk in container.chunks(wire::CHUNK) {
+                conn.send(FrameKind::EpochData, term, chunk)?;
+            }
+            conn.send(FrameKind::EpochEnd, term, &wire::encode(&out.end))
+        })();
+        if let Err(e) = res {
+            shared.lose(format!("sending epoch {}: {e}", out.seq));
+            return;
+        }
+    }
+}
+
+pub(super) fn acker(mut conn: transport::Receiver, shared: Arc<LinkShared>) {
+    loop {
+        if shared.lost.load(Ordering::SeqCst) {
+            return;
+        }
+        let frame = match conn.recv() {
+            Ok(f) => f,
+            Err(TransportError::Timeout) => continue,
+            Err(e) => {
+                shared.lose(format!("reading acks: {e}"));
+                return;
+            }
+        };
+        match frame.kind {
+            FrameKind::Ack => {
+                let Ok(ack) = wire::decode::<Ack>("Ack", &frame.payload) else {
+                    shared.lose("malformed ack".into());
+                    return;
+                };
+                let mut inflight = shared.inflight.lock().unwrap_or_else(|e| e.into_inner());
+                let mut release = None;
+                while inflight.front().is_some_and(|f| f.0 <= ack.seq) {
+                    if let Some((seq, pos, sent)) = inflight.pop_front() {
+                        if seq == ack.seq {
+                            shared
+                                .ack_latency
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .push(sent.elapsed());
+                        }
+                        release = Some(pos);
+                    }
+                }
+                drop(inflight);
+                shared.acked.store(ack.seq, Ordering::SeqCst);
+                if let Some(pos) = release {
+                    shared
+                        .gate
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .release_to(pos);
+                }
+            }
+            FrameKind::Nack => {
+                let why = wire::decode::<Nack>("Nack", &frame.payload)
+                    .map(|n| format!("shadow refused epoch {}: {}", n.seq, n.reason))
+                    .unwrap_or_else(|e| e);
+                shared.lose(why);
+                return;
+            }
+            other => {
+                shared.lose(format!("unexpected {other:?} frame on the stream"));
+                return;
+            }
+        }
+    }
+}
+
+pub(super) fn heartbeat(
+    mut conn: FramedConn,
+    term: u64,
+    timing: Timing,
+    shared: Arc<LinkShared>,
+    stop: Arc<AtomicBool>,
+    goodbye: Arc<AtomicBool>,
+    protected: Arc<AtomicBool>,
+) {
+    let ticks = (timing.timeout.as_micros() / timing.heartbeat.as_micros().max(1)).max(1) as u32;
+    let mut monitor = ShadowMonitor::new(ticks);
+    if let Err(e) = conn.set_read_timeout(Some(timing.heartbeat)) {
+        shared.lose(format!("heartbeat socket: {e}"));
+        return;
+    }
+    let mut next = Instant::now();
+    loop {
+        if goodbye.load(Ordering::SeqCst) {
+            let _ = conn.send(FrameKind::Goodbye, term, &[]);
+            return;
+        }
+        if stop.load(Ordering::SeqCst) {
+            // Tell a live shadow its state is stale before closing, so the
+            // close does not make it take over.
+            let _ = conn.send(
+                FrameKind::Heartbeat,
+                term,
+                &wire::encode(&Heartbeat { protected: false }),
+            );
+            return;
+        }
+        let now = Instant::now();
+        if now >= next {
+            let hb = Heartbeat {
+                protected: protected.load(Ordering::SeqCst) && !shared.lost.load(Ordering::SeqCst),
+            };
+            if let Err(e) = conn.send(FrameKind::Heartbeat, term, &wire::encode(&hb)) {
+                shared.lose(format!("sending heartbeat: {e}"));
+                return;
+            }
+            next = now + timing.heartbeat;
+            if monitor.tick() == ShadowDecision::ShadowLost {
+                shared.lose(format!("no heartbeat answer for {:?}", timing.timeout));
+                return;
+            }
+        }
+        match conn.recv() {
+            Ok(f) if f.kind == FrameKind::HeartbeatAck => monitor.heard(),
+            Ok(f) => {
+                shared.lose(format!(
+                    "unexpected {:?} frame on the heartbeat channel",
+                    f.kind
+                ));
+                return;
+            }
+            Err(TransportError::Timeout) => {}
+            Err(e) => {
+                shared.lose(format!("heartbeat channel: {e}"));
+                return;
+            }
+        }
+    }
+}
