@@ -198,6 +198,21 @@ thread_local! {
     static KVM_RUN_PTR: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
 }
 
+/// The access size of the current KVM_EXIT_IO (1, 2 or 4 bytes), read from
+/// this thread's `kvm_run`. The exit's data holds `count` accesses of this
+/// size (`rep outsb` gives `count` > 1).
+fn io_access_size() -> usize {
+    let p = KVM_RUN_PTR.with(|p| p.get());
+    if p.is_null() {
+        return 1;
+    }
+    // SAFETY: called only while handling a KVM_EXIT_IO on this thread, so
+    // `p` is this thread's mapped `kvm_run` and its `io` union member is the
+    // one the kernel filled.
+    let size = unsafe { (*p).__bindgen_anon_1.io.size };
+    usize::from(size).clamp(1, 4)
+}
+
 /// The kick signal.
 pub fn kick_signal() -> libc::c_int {
     vmm_sys_util::signal::SIGRTMIN()
@@ -410,10 +425,10 @@ impl VcpuThread {
 fn handle_exit(id: u32, bus: &Mutex<PioBus>, exit: VcpuExit<'_>) -> Option<StopReason> {
     match exit {
         VcpuExit::IoOut(port, data) => {
-            let action = bus
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .write(port, data);
+            let action =
+                bus.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .write(port, data, io_access_size());
             match action {
                 BusAction::Continue => None,
                 BusAction::Exit(code) => Some(StopReason::GuestExit(code)),
@@ -423,7 +438,7 @@ fn handle_exit(id: u32, bus: &Mutex<PioBus>, exit: VcpuExit<'_>) -> Option<StopR
         VcpuExit::IoIn(port, data) => {
             bus.lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .read(port, data);
+                .read(port, data, io_access_size());
             None
         }
         VcpuExit::MmioRead(_, data) => {

@@ -29,34 +29,113 @@ pub struct PioBus {
 }
 
 impl PioBus {
-    /// Handles `out`.
-    pub fn write(&mut self, port: u16, data: &[u8]) -> BusAction {
+    /// Handles `out`: `data` holds `data.len() / size` accesses of `size`
+    /// bytes to the same port (`rep outs` repeats the port). A wide access
+    /// to 8-bit registers is split as an ISA bus does: byte i goes to
+    /// `port + i`.
+    pub fn write(&mut self, port: u16, data: &[u8], size: usize) -> BusAction {
+        for access in data.chunks(size.max(1)) {
+            for (i, &b) in access.iter().enumerate() {
+                let action = self.write_byte(port.wrapping_add(i as u16), b);
+                if action != BusAction::Continue {
+                    return action;
+                }
+            }
+        }
+        BusAction::Continue
+    }
+
+    fn write_byte(&mut self, port: u16, b: u8) -> BusAction {
         match port {
             p if (COM1_BASE..COM1_BASE + COM1_LEN).contains(&p) => {
-                if let Some(&b) = data.first() {
-                    if let Err(e) = self.uart.write((p - COM1_BASE) as u8, b) {
-                        tracing::warn!("serial write failed: {e:?}");
-                    }
+                if let Err(e) = self.uart.write((p - COM1_BASE) as u8, b) {
+                    tracing::warn!("serial write failed: {e:?}");
                 }
                 BusAction::Continue
             }
-            DEBUG_EXIT_PORT => BusAction::Exit(data.first().copied().unwrap_or(0)),
-            I8042_CMD_PORT if data.first() == Some(&0xfe) => BusAction::Reset,
+            DEBUG_EXIT_PORT => BusAction::Exit(b),
+            I8042_CMD_PORT if b == 0xfe => BusAction::Reset,
             _ => BusAction::Continue,
         }
     }
 
-    /// Handles `in`.
-    pub fn read(&mut self, port: u16, data: &mut [u8]) {
+    /// Handles `in`, with the same access layout as [`PioBus::write`].
+    pub fn read(&mut self, port: u16, data: &mut [u8], size: usize) {
+        for access in data.chunks_mut(size.max(1)) {
+            for (i, b) in access.iter_mut().enumerate() {
+                *b = self.read_byte(port.wrapping_add(i as u16));
+            }
+        }
+    }
+
+    fn read_byte(&mut self, port: u16) -> u8 {
         match port {
             p if (COM1_BASE..COM1_BASE + COM1_LEN).contains(&p) => {
-                data.fill(0);
-                if let Some(b) = data.first_mut() {
-                    *b = self.uart.read((p - COM1_BASE) as u8);
-                }
+                self.uart.read((p - COM1_BASE) as u8)
             }
-            I8042_CMD_PORT => data.fill(0), // status: nothing pending
-            _ => data.fill(0xff),
+            I8042_CMD_PORT => 0, // status: nothing pending
+            _ => 0xff,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::console::ConsoleSink;
+    use crate::devices::serial::new_uart;
+    use std::sync::{Arc, Mutex};
+    use vmm_sys_util::eventfd::EventFd;
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn bus(buf: &Buf) -> PioBus {
+        let efd = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        PioBus {
+            uart: new_uart(efd, ConsoleSink::new(Box::new(buf.clone()), 0), None).unwrap(),
+        }
+    }
+
+    #[test]
+    fn rep_outsb_writes_every_byte_to_the_same_port() {
+        let buf = Buf::default();
+        let mut b = bus(&buf);
+        assert_eq!(b.write(COM1_BASE, b"hello", 1), BusAction::Continue);
+        assert_eq!(&*buf.0.lock().unwrap(), b"hello");
+    }
+
+    #[test]
+    fn a_word_access_is_split_across_consecutive_ports() {
+        let buf = Buf::default();
+        let mut b = bus(&buf);
+        // out dx, ax at COM1+3 (LCR) and COM1+4 (MCR): 0x80 sets DLAB.
+        b.write(COM1_BASE + 3, &[0x80, 0x03], 2);
+        let mut lcr_mcr = [0u8; 2];
+        b.read(COM1_BASE + 3, &mut lcr_mcr, 2);
+        assert_eq!(lcr_mcr, [0x80, 0x03]);
+        // With DLAB set, THR writes go to the divisor, not the console.
+        b.write(COM1_BASE, b"x", 1);
+        assert!(buf.0.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn debug_exit_and_unclaimed_ports() {
+        let buf = Buf::default();
+        let mut b = bus(&buf);
+        assert_eq!(b.write(DEBUG_EXIT_PORT, &[7], 1), BusAction::Exit(7));
+        assert_eq!(b.write(I8042_CMD_PORT, &[0xfe], 1), BusAction::Reset);
+        let mut d = [0u8; 4];
+        b.read(0x1234, &mut d, 4);
+        assert_eq!(d, [0xff; 4]);
     }
 }
