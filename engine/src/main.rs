@@ -60,6 +60,9 @@ struct ReplicaArgs {
     /// Page compression: zstd or none.
     #[arg(long, default_value = "zstd")]
     compress: String,
+    /// Wait this long for the shadow before starting the guest unprotected.
+    #[arg(long, default_value_t = 10_000)]
+    wait_shadow_ms: u64,
     /// Test mode: hash all guest memory at every epoch; the standby checks
     /// its memory equals the primary's at each commit (slow: the hash is
     /// taken while paused).
@@ -224,6 +227,7 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
                 retry: Duration::from_millis(200),
                 term: 1,
                 verify_memory: a.replica.verify_memory,
+                wait_shadow: Duration::from_millis(a.replica.wait_shadow_ms),
             })
         }
         (Some(_), None) => anyhow::bail!("--shadow needs --key-file"),
@@ -258,7 +262,9 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
         let interval = rcfg.interval;
         let mut rep = Replicator::new(&vm, rcfg);
         let started = std::time::Instant::now();
-        vm.start()?;
+        let wait = a.replica.wait_shadow_ms;
+        vm.start_parked()?;
+        rep.protect_before_start(&vm, Duration::from_millis(wait))?;
         let res = engine::runner::supervise(&mut vm, Some(&mut rep as &mut dyn Periodic));
         rep.finish();
         eprintln!(

@@ -317,6 +317,13 @@ impl Vm {
     /// Starts the vCPU threads already parked: no guest instruction runs
     /// until the returned guard drops.
     pub fn start_paused(&mut self) -> Result<PauseGuard<'_>> {
+        self.start_parked()?;
+        self.pause()
+    }
+
+    /// Starts the vCPU threads parked: no guest instruction runs until a
+    /// `pause()` guard taken afterwards drops.
+    pub fn start_parked(&mut self) -> Result<()> {
         let start = Instant::now();
         self.shared.pause_requested.store(true, Ordering::SeqCst);
         self.start()?;
@@ -332,10 +339,7 @@ impl Vm {
                 )));
             }
         }
-        Ok(PauseGuard {
-            vm: self,
-            paused_at: start,
-        })
+        Ok(())
     }
 
     /// Bytes the guest has written to its console so far.

@@ -185,7 +185,8 @@ fn wrong_key_and_garbage_are_refused_and_change_nothing() {
         let _ = s.write_all(junk);
     }
     // A primary with the wrong key: refused, runs unprotected, output intact.
-    let mut wrong = spawn_primary(&spec, &dir.path("wrong.txt"), &addr, &bad, 25);
+    let wrong_spec = spec.clone().primary_args(&["--wait-shadow-ms", "1000"]);
+    let mut wrong = spawn_primary(&wrong_spec, &dir.path("wrong.txt"), &addr, &bad, 25);
     let st = wrong.wait(Duration::from_secs(60), "wrongly keyed primary");
     assert!(st.success());
     assert!(wrong.stderr().contains("UNPROTECTED"), "{}", wrong.stderr());
@@ -227,5 +228,60 @@ fn wrong_key_and_garbage_are_refused_and_change_nothing() {
         &std::fs::read(&pcon).unwrap(),
         at,
         &std::fs::read(&scon).unwrap(),
+    );
+}
+
+/// Kills drawn from the moment the primary process starts, the initial sync
+/// included. The guest does not run before the shadow holds its complete
+/// state. So either the shadow takes over and the output is continuous, or
+/// (a kill before protection) the guest printed nothing and no takeover happens.
+#[test]
+fn kills_from_process_start_never_lose_visible_output() {
+    if !common::kvm_available() {
+        return;
+    }
+    let spec = GuestSpec::new("memtest", "rounds=150 writes=30000 pattern=mixed");
+    let (r, took) = reference(&spec);
+    let mut rng = Rng::from_env("from-start");
+    let (mut takeovers, mut early) = (0, 0);
+    for _ in 0..10 {
+        let dir = TempDir::new("fromstart");
+        let key = common::key_file(&dir, "key", rng.next());
+        let (pcon, scon) = (dir.path("primary.txt"), dir.path("shadow.txt"));
+        let (mut standby, addr) = spawn_standby(&key, &scon, "127.0.0.1:0");
+        let mut primary = spawn_primary(&spec, &pcon, &addr, &key, 25);
+        let when = Duration::from_millis(rng.range(0, took.as_millis() as u64 * 3 / 4 + 1));
+        std::thread::sleep(when);
+        if primary.child.try_wait().unwrap().is_some() {
+            continue;
+        }
+        primary.child.kill().unwrap();
+        primary.child.wait().unwrap();
+        let first = std::fs::read(&pcon).unwrap_or_default();
+        if standby
+            .wait_line("TAKING OVER", Duration::from_secs(5))
+            .is_none()
+        {
+            assert!(
+                first.is_empty(),
+                "killed after {when:?} with {} bytes of output visible, but the shadow did not take over:\n{}",
+                first.len(),
+                standby.stderr()
+            );
+            early += 1;
+            continue;
+        }
+        let st = standby.wait(Duration::from_secs(120), "standby");
+        assert!(st.success(), "{}", standby.stderr());
+        let err = standby.stderr();
+        let line = err.lines().find(|l| l.contains("TAKING OVER")).unwrap();
+        let at = common::field(line, "console resumes at byte ").unwrap() as usize;
+        common::check_failover_output("from-start", &r, &first, at, &std::fs::read(&scon).unwrap());
+        takeovers += 1;
+    }
+    eprintln!("from process start: {takeovers} takeovers, {early} kills before protection (nothing printed, nothing lost)");
+    assert!(
+        takeovers >= 5,
+        "only {takeovers} of 10 kills led to a takeover"
     );
 }

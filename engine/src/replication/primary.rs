@@ -29,7 +29,7 @@ use crate::error::{EngineError, Result};
 use crate::memory::PAGE_SIZE;
 use crate::runner::Periodic;
 use crate::store;
-use crate::vm::Vm;
+use crate::vm::{PauseGuard, Vm};
 
 /// How a protected VM replicates.
 pub struct PrimaryConfig {
@@ -51,6 +51,8 @@ pub struct PrimaryConfig {
     pub term: u64,
     /// Test mode: hash all guest memory at every epoch for the shadow to compare.
     pub verify_memory: bool,
+    /// How long to wait for the shadow before starting the guest unprotected.
+    pub wait_shadow: Duration,
 }
 
 /// Per-epoch figures.
@@ -281,9 +283,21 @@ impl Replicator {
 
     /// Captures and ships one epoch.
     fn epoch(&mut self, vm: &Vm) -> Result<()> {
+        let guard = vm.pause()?;
+        self.epoch_with(vm, guard, false).map(|_| ())
+    }
+
+    /// Captures and ships one epoch from a paused VM. With `stay_paused`
+    /// the guard is handed back instead of resuming the vCPUs.
+    fn epoch_with<'v>(
+        &mut self,
+        vm: &'v Vm,
+        guard: PauseGuard<'v>,
+        stay_paused: bool,
+    ) -> Result<Option<PauseGuard<'v>>> {
         let full = self.need_full;
+        let mut kept = None;
         let (ep, harvest, pause, resume, memory_hash) = {
-            let guard = vm.pause()?;
             let paused_at = guard.paused_at();
             if full || self.first_commit {
                 // From here on, output is held until its epoch is acked.
@@ -295,7 +309,11 @@ impl Replicator {
             let (ep, h) = capture::capture(&guard, &mut self.ledger, full)?;
             let hash = self.cfg.verify_memory.then(|| wire::memory_hash(&vm.ram));
             let t = Instant::now();
-            drop(guard);
+            if stay_paused {
+                kept = Some(guard);
+            } else {
+                drop(guard);
+            }
             (ep, h, paused_at.elapsed(), t.elapsed(), hash)
         };
         self.seq += 1;
@@ -378,7 +396,61 @@ impl Replicator {
             );
             self.announced_unprotected = false;
         }
-        Ok(())
+        Ok(kept)
+    }
+
+    /// Protects the VM before its guest runs a single instruction: connects
+    /// to the shadow (retrying up to `wait`), ships the parked VM's complete
+    /// state, and waits for the ack before letting the vCPUs go, so a kill
+    /// at any moment after the guest starts leaves a shadow that can resume
+    /// it. Without a shadow within `wait` the guest starts unprotected and
+    /// the replicator keeps retrying. Returns whether the VM is protected.
+    /// The vCPUs must be parked (`Vm::start_parked`).
+    pub fn protect_before_start(&mut self, vm: &Vm, wait: Duration) -> Result<bool> {
+        let deadline = Instant::now() + wait;
+        loop {
+            match self.connect(vm) {
+                Ok(()) => break,
+                Err(e) if Instant::now() >= deadline => {
+                    eprintln!(
+                        "hotspare: no shadow at {} within {wait:?} ({e}): the guest starts UNPROTECTED; retrying",
+                        self.cfg.shadow
+                    );
+                    self.announced_unprotected = true;
+                    self.next_connect = Instant::now() + self.cfg.retry;
+                    // Let the parked vCPUs go.
+                    drop(vm.pause()?);
+                    return Ok(false);
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+        let t0 = Instant::now();
+        self.need_full = true;
+        let guard = vm.pause()?;
+        let guard = self.epoch_with(vm, guard, true)?;
+        let seq = self.seq;
+        let acked = {
+            let link = self.link.as_ref().expect("connected above");
+            let until = Instant::now() + Duration::from_secs(60);
+            while link.shared.acked.load(Ordering::SeqCst) < seq
+                && !link.shared.lost.load(Ordering::SeqCst)
+                && Instant::now() < until
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            link.shared.acked.load(Ordering::SeqCst) >= seq
+        };
+        drop(guard);
+        self.next_epoch = Instant::now() + self.cfg.interval;
+        if acked {
+            eprintln!(
+                "hotspare: protected by shadow {} before the guest started (epoch {seq}, {:.1} ms)",
+                self.cfg.shadow,
+                t0.elapsed().as_secs_f64() * 1e3
+            );
+        }
+        Ok(acked)
     }
 
     /// The initial sync: live, iterative pre-copy while the guest runs, then
