@@ -109,6 +109,12 @@ struct StandbyArgs {
     console: String,
     #[command(flatten)]
     timing: TimingArgs,
+    /// After a takeover, protect the VM again with the standby at HOST:PORT.
+    #[arg(long)]
+    reprotect: Option<String>,
+    /// Epoch interval after a takeover with --reprotect, in milliseconds.
+    #[arg(long, default_value_t = 25)]
+    interval_ms: u64,
 }
 
 #[derive(clap::Args)]
@@ -295,11 +301,28 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
 }
 
 fn standby(a: StandbyArgs) -> anyhow::Result<i32> {
+    let timing = a.timing.timing()?;
+    let reprotect = match &a.reprotect {
+        Some(addr) => Some(PrimaryConfig {
+            shadow: addr.clone(),
+            psk: load_key(&a.key_file)?,
+            interval: Duration::from_millis(a.interval_ms.max(1)),
+            timing,
+            compression: Compression::Zstd { level: 1 },
+            max_outstanding: 2,
+            retry: Duration::from_millis(200),
+            term: 0,
+            verify_memory: false,
+            wait_shadow: Duration::ZERO,
+        }),
+        None => None,
+    };
     let cfg = StandbyConfig {
         listen: a.listen,
         psk: load_key(&a.key_file)?,
-        timing: a.timing.timing()?,
+        timing,
         console: open_console(&a.console)?,
+        reprotect,
     };
     Ok(engine::replication::standby::run(cfg)?)
 }

@@ -285,3 +285,98 @@ fn kills_from_process_start_never_lose_visible_output() {
         "only {takeovers} of 10 kills led to a takeover"
     );
 }
+
+/// After a takeover the new primary protects itself with a further standby
+/// (`--reprotect`), which can take over in turn: two failovers, and the
+/// three consoles together are the uninterrupted output.
+#[test]
+fn takeover_reprotects_and_survives_a_second_failover() {
+    if !common::kvm_available() {
+        return;
+    }
+    let spec = GuestSpec::new("memtest", "rounds=400 writes=30000 pattern=mixed");
+    let (r, took) = reference(&spec);
+    let dir = TempDir::new("chain");
+    let key = common::key_file(&dir, "key", 21);
+    let (b_con, a_con, p_con) = (dir.path("b.txt"), dir.path("a.txt"), dir.path("p.txt"));
+    let (mut b, b_addr) = spawn_standby(&key, &b_con, "127.0.0.1:0");
+    let mut ac = std::process::Command::new(common::hotspare());
+    ac.args([
+        "standby",
+        "--listen",
+        "127.0.0.1:0",
+        "--reprotect",
+        &b_addr,
+        "--key-file",
+    ])
+    .arg(&key)
+    .arg("--console")
+    .arg(&a_con);
+    let mut a = common::Proc::spawn(ac);
+    let line = a
+        .wait_line("listening on ", Duration::from_secs(10))
+        .expect("standby A");
+    let a_addr = line
+        .rsplit("listening on ")
+        .next()
+        .unwrap()
+        .trim()
+        .to_string();
+    let mut p = spawn_primary(&spec, &p_con, &a_addr, &key, 25);
+    a.wait_line("standby in sync", Duration::from_secs(30))
+        .expect("A in sync");
+    std::thread::sleep(took / 4);
+    p.child.kill().unwrap();
+    p.child.wait().unwrap();
+    a.wait_line("TAKING OVER", Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("A did not take over:\n{}", a.stderr()));
+    b.wait_line("standby in sync", Duration::from_secs(30))
+        .unwrap_or_else(|| {
+            panic!(
+                "A did not re-protect to B:\nA:\n{}\nB:\n{}",
+                a.stderr(),
+                b.stderr()
+            )
+        });
+    std::thread::sleep(took / 4);
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    let st = b.wait(Duration::from_secs(120), "standby B");
+    assert!(st.success(), "{}", b.stderr());
+    let a_err = a.stderr();
+    let b_err = b.stderr();
+    let a_line = a_err.lines().find(|l| l.contains("TAKING OVER")).unwrap();
+    let b_line = b_err
+        .lines()
+        .find(|l| l.contains("TAKING OVER"))
+        .expect("B took over");
+    assert!(
+        b_line.contains("term 3"),
+        "B should run in term 3: {b_line}"
+    );
+    let a_at = common::field(a_line, "console resumes at byte ").unwrap() as usize;
+    let b_at = common::field(b_line, "console resumes at byte ").unwrap() as usize;
+    let (pout, aout, bout) = (
+        std::fs::read(&p_con).unwrap(),
+        std::fs::read(&a_con).unwrap(),
+        std::fs::read(&b_con).unwrap(),
+    );
+    // P's output, then A's from a_at (A was killed, so its output is a prefix
+    // of the rest), then B's from b_at to the end.
+    assert!(r.starts_with(&pout));
+    assert!(a_at <= pout.len(), "output lost at the first failover");
+    assert!(
+        r[a_at..].starts_with(&aout),
+        "A's output does not continue the reference"
+    );
+    let a_end = a_at + aout.len();
+    assert!(
+        b_at <= a_end,
+        "output lost at the second failover: A printed up to {a_end}, B resumed at {b_at}"
+    );
+    assert_eq!(
+        &r[b_at..],
+        &bout[..],
+        "B's output does not finish the reference"
+    );
+}

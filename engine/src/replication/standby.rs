@@ -41,6 +41,9 @@ pub struct StandbyConfig {
     pub timing: Timing,
     /// Console after a takeover.
     pub console: Box<dyn std::io::Write + Send>,
+    /// After a takeover, protect the VM again with this standby (its `term`
+    /// is replaced by the new term).
+    pub reprotect: Option<super::primary::PrimaryConfig>,
 }
 
 /// The committed shadow state.
@@ -64,6 +67,8 @@ struct Shadow {
     verified: u64,
     /// The first epoch whose memory differed from the primary's.
     diverged: Option<u64>,
+    /// Build the VM with dirty logging (it will replicate after a takeover).
+    log_dirty: bool,
 }
 
 enum Event {
@@ -90,10 +95,14 @@ pub fn run(cfg: StandbyConfig) -> Result<i32> {
         psk,
         timing,
         console,
+        reprotect,
     } = cfg;
     let listener = Listener::bind(&listen).map_err(EngineError::Transport)?;
     eprintln!("hotspare: standby listening on {}", listener.local_addr());
-    let shadow = Arc::new(Mutex::new(Shadow::default()));
+    let shadow = Arc::new(Mutex::new(Shadow {
+        log_dirty: reprotect.is_some(),
+        ..Shadow::default()
+    }));
     let (ev_tx, ev_rx) = channel::unbounded::<Event>();
     let last_heard = Arc::new(Mutex::new(Instant::now()));
     {
@@ -149,7 +158,7 @@ pub fn run(cfg: StandbyConfig) -> Result<i32> {
                 let decided = Instant::now();
                 let detection =
                     decided.duration_since(*last_heard.lock().unwrap_or_else(|e| e.into_inner()));
-                return take_over(&shadow, term, console, detection, decided);
+                return take_over(&shadow, term, console, detection, decided, reprotect);
             }
         }
     }
@@ -161,6 +170,7 @@ fn take_over(
     console: Box<dyn std::io::Write + Send>,
     detection: Duration,
     decided: Instant,
+    reprotect: Option<super::primary::PrimaryConfig>,
 ) -> Result<i32> {
     let mut sh = shadow.lock().unwrap_or_else(|e| e.into_inner());
     sh.taken_over = true;
@@ -204,6 +214,10 @@ fn take_over(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .emit(&out);
+    let mut rep = reprotect.map(|mut cfg| {
+        cfg.term = term;
+        super::primary::Replicator::new(&vm, cfg)
+    });
     vm.start()?;
     let activation = decided.elapsed();
     eprintln!(
@@ -213,8 +227,18 @@ fn take_over(
         activation.as_secs_f64() * 1e3
     );
     eprintln!("hotspare: {}", report(&reports));
-    tracing::warn!("the new primary runs UNPROTECTED (no spare configured)");
-    let reason = runner::supervise(&mut vm, None)?;
+    let reason = match rep.as_mut() {
+        Some(r) => {
+            eprintln!("hotspare: the new primary re-protects itself (term {term})");
+            let res = runner::supervise(&mut vm, Some(r as &mut dyn runner::Periodic));
+            r.finish();
+            res?
+        }
+        None => {
+            tracing::warn!("the new primary runs UNPROTECTED (no spare configured)");
+            runner::supervise(&mut vm, None)?
+        }
+    };
     if let StopReason::Error(e) = &reason {
         return Err(EngineError::Vcpu(format!(
             "guest stopped on an error after takeover: {e}"
@@ -451,7 +475,7 @@ fn commit(
         let cfg = VmConfig {
             mem_bytes: bytes,
             vcpus: machine.vcpus,
-            log_dirty: false,
+            log_dirty: sh.log_dirty,
             vcpu_cpus: None,
         };
         let mut vm = Vm::create(&cfg, Box::new(std::io::sink()), 0, None, Some(ram))
