@@ -251,6 +251,24 @@ impl MemoryEncoder {
         }
     }
 
+    /// Appends `Zero` records for `npages` pages at `gpa` known to be zero
+    /// (memory never written), without looking at any bytes.
+    pub fn encode_zero_run(&mut self, gpa: u64, npages: u64, out: &mut Vec<u8>) -> Result<()> {
+        if !page_aligned(gpa) {
+            return Err(CheckpointError::InvalidArgument(format!(
+                "encode_zero_run: gpa {gpa:#x} is not page aligned"
+            )));
+        }
+        let mut done = 0u64;
+        while done < npages {
+            let n = (npages - done).min(u64::from(MAX_RECORD_PAGES));
+            self.emit_zero(gpa + done * PAGE_SIZE as u64, n as usize, out);
+            self.stats.raw_bytes += n * PAGE_SIZE as u64;
+            done += n;
+        }
+        Ok(())
+    }
+
     fn emit_zero(&mut self, gpa: u64, npages: usize, out: &mut Vec<u8>) {
         push_record_header(out, gpa, npages as u32, Encoding::Zero, 0);
         self.stats.zero_pages += npages as u64;
@@ -328,6 +346,27 @@ pub fn decode_records(
     payload: &[u8],
     mut sink: impl FnMut(u64, &[u8]) -> Result<()>,
 ) -> Result<()> {
+    decode_inner(payload, &mut sink, None)
+}
+
+/// Like [`decode_records`], but `Zero` records go to `zero(gpa, bytes)` as a
+/// whole instead of as zero-filled slices, so a receiver can drop the memory
+/// (punch a hole) rather than write zeros into it.
+pub fn decode_records_zero_aware(
+    payload: &[u8],
+    mut sink: impl FnMut(u64, &[u8]) -> Result<()>,
+    mut zero: impl FnMut(u64, u64) -> Result<()>,
+) -> Result<()> {
+    decode_inner(payload, &mut sink, Some(&mut zero))
+}
+
+type ZeroSink<'a> = Option<&'a mut dyn FnMut(u64, u64) -> Result<()>>;
+
+fn decode_inner(
+    payload: &[u8],
+    sink: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
+    mut zero: ZeroSink<'_>,
+) -> Result<()> {
     let mut off = 0;
     let mut buf: Vec<u8> = Vec::new();
     let mut zeros: Vec<u8> = Vec::new();
@@ -385,6 +424,11 @@ pub fn decode_records(
                         off,
                         format!("Zero record has data_len {data_len}, must be 0"),
                     ));
+                }
+                if let Some(z) = zero.as_mut() {
+                    z(gpa, nbytes as u64)?;
+                    off += RECORD_HEADER_LEN + data_len;
+                    continue;
                 }
                 let chunk = (npages as usize).min(ZERO_CHUNK_PAGES) * PAGE_SIZE;
                 if zeros.len() < chunk {
@@ -636,5 +680,42 @@ mod tests {
             (70 - left) * DATA_RECORD_PAGES as u64,
             "compression never resumed"
         );
+    }
+
+    #[test]
+    fn known_zero_runs_are_markers_and_reach_a_zero_aware_sink_whole() {
+        let mut enc = MemoryEncoder::new(Compression::None).unwrap();
+        let mut out = Vec::new();
+        let big = u64::from(MAX_RECORD_PAGES) * 2 + 5;
+        enc.encode_zero_run(0x10_0000, big, &mut out).unwrap();
+        enc.encode_run(
+            0x10_0000 + big * PAGE_SIZE as u64,
+            &[7u8; PAGE_SIZE],
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(
+            out.len(),
+            4 * RECORD_HEADER_LEN + PAGE_SIZE,
+            "zero runs carry no data"
+        );
+        let (mut zeros, mut data) = (Vec::new(), Vec::new());
+        decode_records_zero_aware(
+            &out,
+            |gpa, b| {
+                data.push((gpa, b.len()));
+                Ok(())
+            },
+            |gpa, n| {
+                zeros.push((gpa, n));
+                Ok(())
+            },
+        )
+        .unwrap();
+        let total: u64 = zeros.iter().map(|z| z.1).sum();
+        assert_eq!(total, big * PAGE_SIZE as u64);
+        assert_eq!(zeros.len(), 3);
+        assert_eq!(data, vec![(0x10_0000 + big * PAGE_SIZE as u64, PAGE_SIZE)]);
+        assert!(enc.encode_zero_run(3, 1, &mut out).is_err());
     }
 }

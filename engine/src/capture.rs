@@ -32,6 +32,9 @@ pub struct PageBatch {
     pub runs: Vec<(u64, u32)>,
     /// The pages' bytes, concatenated in run order.
     pub data: Vec<u8>,
+    /// (guest physical address, number of pages) known to be zero (memory
+    /// never written), sent as markers without copying or scanning.
+    pub zero_runs: Vec<(u64, u64)>,
 }
 
 impl PageBatch {
@@ -137,16 +140,17 @@ pub fn capture(
         ledger.put_back(h)?;
         return Err(e);
     }
-    if full {
-        for (bm, r) in fresh.iter_mut().zip(&ram.regions) {
-            bm.set_range(0..(r.size / PAGE_SIZE) as usize);
-        }
-    }
+    let zero_runs = if full {
+        mark_all(&mut fresh, ram)
+    } else {
+        Vec::new()
+    };
     let harvest = ledger.harvest(fresh)?;
     let harvest_t = t.elapsed();
 
     let t = Instant::now();
-    let pages = copy_pages(&harvest, ram);
+    let mut pages = copy_pages(&harvest, ram);
+    pages.zero_runs = zero_runs;
     let copy_t = t.elapsed();
     Ok((
         Epoch {
@@ -179,13 +183,14 @@ pub fn precopy_round(vm: &Vm, ledger: &mut DirtyLedger, all: bool) -> Result<(Pa
         ledger.put_back(h)?;
         return Err(e);
     }
-    if all {
-        for (bm, r) in fresh.iter_mut().zip(&vm.ram.regions) {
-            bm.set_range(0..(r.size / PAGE_SIZE) as usize);
-        }
-    }
+    let zero_runs = if all {
+        mark_all(&mut fresh, &vm.ram)
+    } else {
+        Vec::new()
+    };
     let harvest = ledger.harvest(fresh)?;
-    let pages = copy_pages(&harvest, &vm.ram);
+    let mut pages = copy_pages(&harvest, &vm.ram);
+    pages.zero_runs = zero_runs;
     Ok((pages, harvest))
 }
 
@@ -203,4 +208,25 @@ fn copy_pages(harvest: &Harvest, ram: &crate::memory::Ram) -> PageBatch {
         }
     }
     pages
+}
+
+/// Marks every page that was ever written (memfd data) for a full capture
+/// and returns the never-written ranges, which are zero and go out as markers.
+fn mark_all(fresh: &mut [DirtyBitmap], ram: &crate::memory::Ram) -> Vec<(u64, u64)> {
+    let mut zero_runs = Vec::new();
+    for (i, (bm, r)) in fresh.iter_mut().zip(&ram.regions).enumerate() {
+        let mut next = 0usize;
+        for range in ram.allocated_pages(i) {
+            if range.start > next {
+                zero_runs.push((r.gpa + next as u64 * PAGE_SIZE, (range.start - next) as u64));
+            }
+            bm.set_range(range.clone());
+            next = range.end;
+        }
+        let npages = (r.size / PAGE_SIZE) as usize;
+        if next < npages {
+            zero_runs.push((r.gpa + next as u64 * PAGE_SIZE, (npages - next) as u64));
+        }
+    }
+    zero_runs
 }

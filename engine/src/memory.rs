@@ -55,6 +55,8 @@ pub struct HostRegion {
     pub gpa: u64,
     /// Length in bytes.
     pub size: u64,
+    /// Offset of the region in the memfd.
+    pub file_off: u64,
     host: *mut u8,
 }
 
@@ -151,12 +153,18 @@ impl Ram {
         }
         let mem = GuestMemory::from_regions(regions)
             .map_err(|e| EngineError::Memory(format!("building guest memory: {e}")))?;
+        let mut off = 0;
         let regions = mem
             .iter()
-            .map(|r| HostRegion {
-                gpa: r.start_addr().0,
-                size: r.len(),
-                host: r.as_ptr(),
+            .map(|r| {
+                let h = HostRegion {
+                    gpa: r.start_addr().0,
+                    size: r.len(),
+                    file_off: off,
+                    host: r.as_ptr(),
+                };
+                off += r.len();
+                h
             })
             .collect();
         Ok(Ram {
@@ -206,6 +214,73 @@ impl Ram {
             .iter()
             .find(|r| gpa >= r.gpa && gpa < r.gpa + r.size)
             .map(|r| (r, gpa - r.gpa))
+    }
+
+    /// Page ranges of region `i` that were ever written (memfd data, not
+    /// holes). Memory never touched reads as zero and costs nothing to send.
+    pub fn allocated_pages(&self, i: usize) -> Vec<std::ops::Range<usize>> {
+        use std::os::fd::AsRawFd;
+        let r = &self.regions[i];
+        let fd = self._memfd.as_raw_fd();
+        let (start, end) = (r.file_off as i64, (r.file_off + r.size) as i64);
+        let mut out = Vec::new();
+        let mut pos = start;
+        while pos < end {
+            // SAFETY: lseek on our own memfd; no memory is touched.
+            let data = unsafe { libc::lseek(fd, pos, libc::SEEK_DATA) };
+            if data < 0 || data >= end {
+                break;
+            }
+            // SAFETY: as above.
+            let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) }.min(end);
+            if hole <= data {
+                // No hole support: treat the rest as data.
+                out.push(
+                    ((data - start) as usize / PAGE_SIZE as usize)..(r.size / PAGE_SIZE) as usize,
+                );
+                break;
+            }
+            let first = (data - start) as usize / PAGE_SIZE as usize;
+            let last = ((hole - start) as usize).div_ceil(PAGE_SIZE as usize);
+            out.push(first..last);
+            pos = hole;
+        }
+        out
+    }
+
+    /// Makes `len` bytes at `gpa` zero by dropping them from the memfd
+    /// (punching a hole), which frees the memory instead of writing zeros.
+    pub fn zero_range(&self, gpa: u64, len: u64) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        let (r, off) = self.locate(gpa).ok_or_else(|| {
+            EngineError::Memory(format!("zero range at {gpa:#x} outside guest memory"))
+        })?;
+        if off + len > r.size {
+            return Err(EngineError::Memory(format!(
+                "zero range of {len} bytes at {gpa:#x} crosses the end of its region"
+            )));
+        }
+        // SAFETY: fallocate on our own memfd within the region's file range;
+        // the mapping stays valid and reads the punched range as zeros.
+        let rc = unsafe {
+            libc::fallocate(
+                self._memfd.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                (r.file_off + off) as i64,
+                len as i64,
+            )
+        };
+        if rc != 0 {
+            // No hole punching here: write the zeros instead.
+            let zeros = vec![0u8; 1 << 20];
+            let mut done = 0;
+            while done < len {
+                let n = (len - done).min(zeros.len() as u64);
+                r.write(off + done, &zeros[..n as usize]);
+                done += n;
+            }
+        }
+        Ok(())
     }
 
     /// Takes and clears the bitmap of pages written by the VMM through vm-memory.

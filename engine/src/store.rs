@@ -135,10 +135,16 @@ impl From<&Epoch> for EpochState {
 fn write_pages<'a, W: Write>(
     w: &mut CheckpointWriter<W>,
     enc: &mut MemoryEncoder,
+    zero_runs: &[(u64, u64)],
     runs: impl Iterator<Item = (u64, &'a [u8])>,
 ) -> Result<()> {
     let mut payload = Vec::new();
     let mut raw_in_section = 0usize;
+    // Known-zero runs first (markers only), so data for the same pages, if
+    // any, is applied after them.
+    for &(gpa, npages) in zero_runs {
+        enc.encode_zero_run(gpa, npages, &mut payload)?;
+    }
     for (gpa, data) in runs {
         for (i, chunk) in data
             .chunks(pages::RECOMMENDED_RUN_PAGES * PAGE_SIZE as usize)
@@ -269,11 +275,14 @@ impl DirStore {
         self.publish(&file_name(seq, ep.full), |w| {
             let mut cw = CheckpointWriter::new(w, &header)?;
             write_state(&mut cw, machine, &state)?;
-            write_pages(&mut cw, &mut enc, ep.pages.iter())?;
+            write_pages(&mut cw, &mut enc, &ep.pages.zero_runs, ep.pages.iter())?;
             cw.finish()?;
             Ok(())
         })?;
         self.last_stats = enc.take_stats();
+        for &(gpa, n) in &ep.pages.zero_runs {
+            self.image.zero_range(gpa, n * PAGE_SIZE)?;
+        }
         for (gpa, data) in ep.pages.iter() {
             let (r, off) = self.image.locate(gpa).ok_or_else(|| {
                 store_err(&self.dir, format!("page {gpa:#x} outside guest memory"))
@@ -308,6 +317,7 @@ impl DirStore {
             write_pages(
                 &mut cw,
                 &mut enc,
+                &[],
                 image.regions.iter().map(|r| (r.gpa, r.as_slice())),
             )?;
             cw.finish()?;
@@ -496,21 +506,29 @@ fn apply_sections<R: std::io::Read>(r: R, ram: &Ram, fp: &Fingerprint) -> Result
                     .map_err(|_| bad("Console section is not 8 bytes".into()))?;
                 console = Some(u64::from_le_bytes(b));
             }
-            SectionId::Memory => pages::decode_records(&payload, |gpa, data| {
-                let (r, off) =
-                    ram.locate(gpa)
-                        .ok_or(checkpoint::CheckpointError::Decode(format!(
-                            "page {gpa:#x} outside guest memory"
-                        )))?;
-                if off + data.len() as u64 > r.size {
-                    return Err(checkpoint::CheckpointError::Decode(format!(
-                        "run at {gpa:#x} of {} bytes crosses the end of its memory region",
-                        data.len()
-                    )));
-                }
-                r.write(off, data);
-                Ok(())
-            })?,
+            SectionId::Memory => pages::decode_records_zero_aware(
+                &payload,
+                |gpa, data| {
+                    let (r, off) =
+                        ram.locate(gpa)
+                            .ok_or(checkpoint::CheckpointError::Decode(format!(
+                                "page {gpa:#x} outside guest memory"
+                            )))?;
+                    if off + data.len() as u64 > r.size {
+                        return Err(checkpoint::CheckpointError::Decode(format!(
+                            "run at {gpa:#x} of {} bytes crosses the end of its memory region",
+                            data.len()
+                        )));
+                    }
+                    r.write(off, data);
+                    Ok(())
+                },
+                // Zero runs drop the memory instead of writing zeros into it.
+                |gpa, len| {
+                    ram.zero_range(gpa, len)
+                        .map_err(|e| checkpoint::CheckpointError::Decode(e.to_string()))
+                },
+            )?,
         }
     }
     Ok((vcpus, vm, devices, console))
@@ -521,13 +539,13 @@ fn apply_sections<R: std::io::Read>(r: R, ram: &Ram, fp: &Fingerprint) -> Result
 pub fn encode_memory_only<'a>(
     header: &Header,
     machine: &MachineConfig,
-    runs: impl Iterator<Item = (u64, &'a [u8])>,
+    pages: &'a crate::capture::PageBatch,
     compression: Compression,
 ) -> Result<(Vec<u8>, MemoryStats)> {
     let mut enc = MemoryEncoder::new(compression)?;
     let mut cw = CheckpointWriter::new(Vec::new(), header)?;
     cw.write_section(SectionId::Config, &machine.encode())?;
-    write_pages(&mut cw, &mut enc, runs)?;
+    write_pages(&mut cw, &mut enc, &pages.zero_runs, pages.iter())?;
     Ok((cw.finish()?, enc.take_stats()))
 }
 
@@ -541,6 +559,6 @@ pub fn encode_checkpoint(
 ) -> Result<(Vec<u8>, MemoryStats)> {
     let mut cw = CheckpointWriter::new(Vec::with_capacity(ep.pages.data.len() / 2 + 4096), header)?;
     write_state(&mut cw, machine, &EpochState::from(ep))?;
-    write_pages(&mut cw, enc, ep.pages.iter())?;
+    write_pages(&mut cw, enc, &ep.pages.zero_runs, ep.pages.iter())?;
     Ok((cw.finish()?, enc.take_stats()))
 }

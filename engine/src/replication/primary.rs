@@ -474,12 +474,8 @@ impl Replicator {
             } else {
                 Header::incremental(seq, seq - 1, fp)
             };
-            let (container, _) = store::encode_memory_only(
-                &header,
-                &vm.machine,
-                pages.iter(),
-                self.cfg.compression,
-            )?;
+            let (container, _) =
+                store::encode_memory_only(&header, &vm.machine, &pages, self.cfg.compression)?;
             total_pages += n;
             wire_bytes += container.len() as u64;
             let pos = vm.console_position();

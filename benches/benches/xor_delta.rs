@@ -1,0 +1,71 @@
+//! PROTOTYPE measurement for the planned XOR-delta page encoding (see
+//! `benches::xor_delta`; nothing in the engine uses it yet).
+//!
+//! For runs of 64 dirty pages of which only a few words changed since the
+//! previous epoch, compares:
+//! - `direct_zstd1`: zstd level 1 of the pages (today's `MemoryEncoder`);
+//! - `xor_zero_runs`: XOR against the previous version + zero-run encoding;
+//! - `xor_zstd1`: XOR against the previous version + zstd level 1 of the
+//!   delta.
+//!
+//! Throughput is in guest bytes. The sizes each method produces are printed
+//! once at start-up (and by the `ratios` example).
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use benches::xor_delta::DeltaEncoder;
+use benches::{Content, UpdatedRun, PAGE_SIZE};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+
+const RUN_PAGES: usize = 64;
+const BASES: [Content; 3] = [Content::Text, Content::Structured, Content::Random];
+const WORDS_CHANGED: [usize; 2] = [4, 64];
+
+fn xor_delta(c: &mut Criterion) {
+    let mut g = c.benchmark_group("xor_delta_run64");
+    g.warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1))
+        .sample_size(30)
+        .throughput(Throughput::Bytes((RUN_PAGES * PAGE_SIZE) as u64));
+    let mut enc = DeltaEncoder::new(1).expect("zstd");
+    eprintln!(
+        "xor_delta sizes for {RUN_PAGES} pages ({} bytes):",
+        RUN_PAGES * PAGE_SIZE
+    );
+    for base in BASES {
+        for words in WORDS_CHANGED {
+            let run = UpdatedRun::new(base, RUN_PAGES, words, 3);
+            let s = enc.sizes(&run.prev, &run.cur).expect("zstd");
+            eprintln!(
+                "  {:>10} {:>2} words/page: direct zstd1 {:>7} ({:.4}), xor+zero-runs {:>6} ({:.4}), xor+zstd1 {:>6} ({:.4})",
+                base.name(),
+                words,
+                s.direct_zstd,
+                s.direct_zstd as f64 / s.raw as f64,
+                s.xor_sparse,
+                s.xor_sparse as f64 / s.raw as f64,
+                s.xor_zstd,
+                s.xor_zstd as f64 / s.raw as f64,
+            );
+            let case = format!("{}_{}w", base.name(), words);
+            let mut out = Vec::with_capacity(RUN_PAGES * PAGE_SIZE);
+            g.bench_with_input(BenchmarkId::new("direct_zstd1", &case), &run, |b, run| {
+                b.iter(|| enc.direct_zstd(black_box(&run.cur)).expect("zstd"))
+            });
+            g.bench_with_input(BenchmarkId::new("xor_zero_runs", &case), &run, |b, run| {
+                b.iter(|| enc.xor_sparse(black_box(&run.prev), black_box(&run.cur), &mut out))
+            });
+            g.bench_with_input(BenchmarkId::new("xor_zstd1", &case), &run, |b, run| {
+                b.iter(|| {
+                    enc.xor_zstd(black_box(&run.prev), black_box(&run.cur))
+                        .expect("zstd")
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, xor_delta);
+criterion_main!(benches);
