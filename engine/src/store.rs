@@ -536,10 +536,10 @@ fn apply_sections<R: std::io::Read>(r: R, ram: &Ram, fp: &Fingerprint) -> Result
 
 /// Encodes page runs as a memory-only checkpoint (a pre-copy round: Config
 /// and Memory sections, no state).
-pub fn encode_memory_only<'a>(
+pub fn encode_memory_only(
     header: &Header,
     machine: &MachineConfig,
-    pages: &'a crate::capture::PageBatch,
+    pages: &crate::capture::PageBatch,
     compression: Compression,
 ) -> Result<(Vec<u8>, MemoryStats)> {
     let mut enc = MemoryEncoder::new(compression)?;
