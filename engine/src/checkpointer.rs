@@ -64,8 +64,8 @@ impl LocalCheckpointer {
             Ok(seq) => {
                 self.ledger.commit(harvest);
                 self.stats.published += 1;
-                self.stats.pauses.push(pause);
-                self.stats.pages.push(epoch.pages.pages());
+                crate::replication::push_bounded(&mut self.stats.pauses, pause);
+                crate::replication::push_bounded(&mut self.stats.pages, epoch.pages.pages());
                 tracing::debug!(
                     seq,
                     full,

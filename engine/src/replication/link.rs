@@ -101,11 +101,10 @@ pub(super) fn sender(
                 match store::encode_checkpoint(&header, &machine, &ep, &mut enc) {
                     Ok((c, stats)) => {
                         out.end.figures.raw_bytes = stats.raw_bytes;
-                        shared
-                            .encoded
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push((out.seq, stats.raw_bytes, c.len() as u64, t.elapsed()));
+                        super::push_bounded(
+                            &mut shared.encoded.lock().unwrap_or_else(|e| e.into_inner()),
+                            (out.seq, stats.raw_bytes, c.len() as u64, t.elapsed()),
+                        );
                         c
                     }
                     Err(e) => {
@@ -158,11 +157,10 @@ pub(super) fn acker(mut conn: transport::Receiver, shared: Arc<LinkShared>) {
                 while inflight.front().is_some_and(|f| f.0 <= ack.seq) {
                     if let Some((seq, pos, sent)) = inflight.pop_front() {
                         if seq == ack.seq {
-                            shared
-                                .ack_latency
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .push(sent.elapsed());
+                            super::push_bounded(
+                                &mut shared.ack_latency.lock().unwrap_or_else(|e| e.into_inner()),
+                                sent.elapsed(),
+                            );
                         }
                         release = Some(pos);
                     }

@@ -44,3 +44,28 @@ impl Timing {
         (self.timeout.as_micros() / liveness::TICK.as_micros()).max(1) as u32
     }
 }
+
+/// Most per-epoch figures kept in memory (at 40 epochs/s, about 27 minutes);
+/// older ones are dropped so a long-running service does not grow.
+pub const FIGURES_KEPT: usize = 1 << 16;
+
+/// Pushes onto a figures vector, dropping the oldest half past [`FIGURES_KEPT`].
+pub fn push_bounded<T>(v: &mut Vec<T>, x: T) {
+    if v.len() >= FIGURES_KEPT {
+        v.drain(..FIGURES_KEPT / 2);
+    }
+    v.push(x);
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn figures_stay_bounded_and_keep_the_newest() {
+        let mut v = Vec::new();
+        for i in 0..(super::FIGURES_KEPT * 3) {
+            super::push_bounded(&mut v, i);
+        }
+        assert!(v.len() <= super::FIGURES_KEPT);
+        assert_eq!(v.last(), Some(&(super::FIGURES_KEPT * 3 - 1)));
+    }
+}

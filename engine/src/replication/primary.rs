@@ -255,6 +255,10 @@ impl Replicator {
                 .unwrap_or_else(|e| e.into_inner())
                 .drain(..),
         );
+        let n = self.stats.ack_latency.len();
+        if n > super::FIGURES_KEPT {
+            self.stats.ack_latency.drain(..n - super::FIGURES_KEPT);
+        }
         for (seq, raw, wire_bytes, encode) in shared
             .encoded
             .lock()
@@ -325,17 +329,20 @@ impl Replicator {
         };
         // Raw/wire bytes and the encode time are filled in from the sender
         // thread's records (`merge_encoded`).
-        self.stats.epochs.push(EpochFigures {
-            seq,
-            full,
-            pause,
-            pages: ep.pages.pages(),
-            raw_bytes: 0,
-            wire_bytes: 0,
-            phases: ep.times,
-            resume,
-            encode: Duration::ZERO,
-        });
+        super::push_bounded(
+            &mut self.stats.epochs,
+            EpochFigures {
+                seq,
+                full,
+                pause,
+                pages: ep.pages.pages(),
+                raw_bytes: 0,
+                wire_bytes: 0,
+                phases: ep.times,
+                resume,
+                encode: Duration::ZERO,
+            },
+        );
         tracing::debug!(
             seq,
             full,

@@ -533,7 +533,7 @@ fn commit(
             end.seq
         );
     }
-    sh.reports.push((end.figures, staged.len() as u64));
+    super::push_bounded(&mut sh.reports, (end.figures, staged.len() as u64));
     if let Some(want) = end.memory_hash {
         if wire::memory_hash(&ram) == want {
             sh.verified += 1;
