@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{key_file, reference, spawn_standby, DelayProxy, GuestSpec, NetnsPair, Proc, TempDir};
+use common::{key_file, reference, DelayProxy, GuestSpec, NetnsPair, Proc, TempDir};
 
 /// A failover between two network namespaces.
 #[test]
@@ -85,7 +85,8 @@ fn failover_across_network_namespaces() {
     );
 }
 
-/// 30 ms each way plus stalls of up to 150 ms, against a 300 ms timeout: no
+/// 30 ms each way plus stalls of up to 150 ms, against a 600 ms timeout
+/// configured on both ends (a wide margin for a loaded CI machine): no
 /// takeover, the guest completes on the primary with exact output, and the
 /// shadow's memory equals the primary's at every commit.
 #[test]
@@ -97,14 +98,19 @@ fn delay_and_loss_below_the_timeout_cause_no_takeover() {
     let (r, _) = reference(&spec);
     let dir = TempDir::new("delay");
     let key = key_file(&dir, "key", 5);
-    let (mut standby, addr) = spawn_standby(&key, &dir.path("shadow.txt"), "127.0.0.1:0");
+    let (mut standby, addr) = common::spawn_standby_with(
+        &key,
+        &dir.path("shadow.txt"),
+        "127.0.0.1:0",
+        &["--timeout-ms", "600"],
+    );
     let proxy = DelayProxy::start(
         &addr,
         Duration::from_millis(30),
         Duration::from_millis(150),
         99,
     );
-    let spec = spec.primary_args(&["--verify-memory"]);
+    let spec = spec.primary_args(&["--verify-memory", "--timeout-ms", "600"]);
     let mut primary = common::spawn_primary(&spec, &dir.path("primary.txt"), &proxy.addr, &key, 25);
     let st = primary.wait(Duration::from_secs(300), "primary over a slow link");
     assert!(st.success(), "{}", primary.stderr());

@@ -466,11 +466,22 @@ pub fn key_file(dir: &TempDir, name: &str, seed: u64) -> PathBuf {
 
 /// Starts a standby on an ephemeral loopback port; returns it and its address.
 pub fn spawn_standby(key: &Path, console: &Path, listen: &str) -> (Proc, String) {
+    spawn_standby_with(key, console, listen, &[])
+}
+
+/// Starts a standby with extra arguments.
+pub fn spawn_standby_with(
+    key: &Path,
+    console: &Path,
+    listen: &str,
+    extra: &[&str],
+) -> (Proc, String) {
     let mut c = Command::new(hotspare());
     c.args(["standby", "--listen", listen, "--key-file"])
         .arg(key)
         .arg("--console")
         .arg(console)
+        .args(extra)
         .stdin(Stdio::null());
     let mut p = Proc::spawn(c);
     let line = p
