@@ -322,6 +322,7 @@ fn summarize(a: &BenchArgs, base: &[f64], runs: &[Run], takeovers: &[(f64, f64)]
     let mut engine_cpu_per_page = Vec::new();
     let mut shadow_cpu_per_page = Vec::new();
     let mut sync_tp = Vec::new();
+    let mut protect_ms = Vec::new();
     for r in runs {
         let eps = r.stats["epochs"].as_array().cloned().unwrap_or_default();
         let inc: Vec<&Value> = eps.iter().filter(|e| e["full"] == json!(false)).collect();
@@ -371,6 +372,13 @@ fn summarize(a: &BenchArgs, base: &[f64], runs: &[Run], takeovers: &[(f64, f64)]
             engine_cpu_per_page.push(f(&r.stats, "engine_cpu_s") * 1e6 / all_pages);
             shadow_cpu_per_page.push(r.shadow_cpu * 1e6 / all_pages);
         }
+        if let Some(p) = r
+            .stats
+            .get("protected_before_start")
+            .filter(|p| !p.is_null())
+        {
+            protect_ms.push(f(p, "ms"));
+        }
         if let Some(sy) = r.stats["syncs"].as_array().and_then(|s| s.first()) {
             if f(sy, "seconds") > 0.0 {
                 sync_tp.push(f(sy, "bytes") / f(sy, "seconds") / (1 << 20) as f64);
@@ -398,6 +406,7 @@ fn summarize(a: &BenchArgs, base: &[f64], runs: &[Run], takeovers: &[(f64, f64)]
         "engine_cpu_us_per_dirty_page": { "primary": median(engine_cpu_per_page), "shadow": median(shadow_cpu_per_page) },
         "ack_latency_ms": { "p50": pct(acks.clone(), 0.5), "p99": pct(acks, 0.99) },
         "full_sync_mib_s": median(sync_tp),
+        "protect_before_start_ms": median(protect_ms),
         "takeover_ms": {
             "detection_p50": median(takeovers.iter().map(|t| t.0).collect()),
             "activation_p50": median(takeovers.iter().map(|t| t.1).collect()),
@@ -426,7 +435,8 @@ fn markdown(v: &Value) -> String {
          | bytes per dirty page raw / on the wire | {:.0} / {:.0} ({:.3}x) |\n\
          | engine CPU per dirty page, primary / shadow | {:.2} / {:.2} µs |\n\
          | ack latency p50 / p99 | {:.2} / {:.2} ms |\n\
-         | full sync (live pre-copy) | {:.0} MiB/s |\n\
+         | protection before the guest starts (full state to the ack) | {:.1} ms |\n\
+         | full sync (live pre-copy; only on re-protection) | {:.0} MiB/s |\n\
          | takeover: detection / activation (p50) | {:.1} / {:.2} ms |\n\
          | guest run time unprotected / replicated (slowdown) | {:.2} / {:.2} s ({:.2}x) |\n",
         c["mem_mib"], c["profile"].as_str().unwrap_or(""), c["pages"], c["writes"], c["interval_ms"], c["pinned"],
@@ -438,6 +448,7 @@ fn markdown(v: &Value) -> String {
         g(&["bytes_per_dirty_page", "raw"]), g(&["bytes_per_dirty_page", "wire"]), g(&["wire_over_raw"]),
         g(&["engine_cpu_us_per_dirty_page", "primary"]), g(&["engine_cpu_us_per_dirty_page", "shadow"]),
         g(&["ack_latency_ms", "p50"]), g(&["ack_latency_ms", "p99"]),
+        g(&["protect_before_start_ms"]),
         g(&["full_sync_mib_s"]),
         g(&["takeover_ms", "detection_p50"]), g(&["takeover_ms", "activation_p50"]),
         g(&["guest", "baseline_s"]), g(&["guest", "replicated_s"]), g(&["guest", "slowdown"]),

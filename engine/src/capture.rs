@@ -118,6 +118,17 @@ pub fn capture(
     ledger: &mut DirtyLedger,
     full: bool,
 ) -> Result<(Epoch, Harvest)> {
+    capture_into(guard, ledger, full, Vec::new())
+}
+
+/// [`capture`] copying the pages into `buf` (a recycled buffer: its pages
+/// are already faulted in, so the copy inside the pause is a plain memcpy).
+pub fn capture_into(
+    guard: &PauseGuard<'_>,
+    ledger: &mut DirtyLedger,
+    full: bool,
+    buf: Vec<u8>,
+) -> Result<(Epoch, Harvest)> {
     let stop = guard.paused_at().elapsed();
     let t = Instant::now();
     let vcpus = guard.capture_vcpus()?;
@@ -149,7 +160,7 @@ pub fn capture(
     let harvest_t = t.elapsed();
 
     let t = Instant::now();
-    let mut pages = copy_pages(&harvest, ram);
+    let mut pages = copy_pages(&harvest, ram, buf);
     pages.zero_runs = zero_runs;
     let copy_t = t.elapsed();
     Ok((
@@ -189,15 +200,19 @@ pub fn precopy_round(vm: &Vm, ledger: &mut DirtyLedger, all: bool) -> Result<(Pa
         Vec::new()
     };
     let harvest = ledger.harvest(fresh)?;
-    let mut pages = copy_pages(&harvest, &vm.ram);
+    let mut pages = copy_pages(&harvest, &vm.ram, Vec::new());
     pages.zero_runs = zero_runs;
     Ok((pages, harvest))
 }
 
 /// Copies the pages named by `harvest` out of guest memory, one run per
 /// range of consecutive dirty pages.
-fn copy_pages(harvest: &Harvest, ram: &crate::memory::Ram) -> PageBatch {
-    let mut pages = PageBatch::default();
+fn copy_pages(harvest: &Harvest, ram: &crate::memory::Ram, mut buf: Vec<u8>) -> PageBatch {
+    buf.clear();
+    let mut pages = PageBatch {
+        data: buf,
+        ..PageBatch::default()
+    };
     pages.data.reserve(harvest.count() * PAGE_SIZE as usize);
     for (bm, r) in harvest.regions().iter().zip(&ram.regions) {
         for range in bm.ranges() {

@@ -83,6 +83,7 @@ pub(super) fn sender(
     shared: Arc<LinkShared>,
     machine: checkpoint::fingerprint::MachineConfig,
     compression: Compression,
+    pool: Sender<Vec<u8>>,
 ) {
     // One encoder for the whole stream: its adaptive compression policy
     // (stop trying on incompressible memory) carries over between epochs.
@@ -96,9 +97,13 @@ pub(super) fn sender(
     for mut out in rx.iter() {
         let container = match out.body {
             Body::Encoded(c) => c,
-            Body::Epoch(header, ep) => {
+            Body::Epoch(header, mut ep) => {
                 let t = Instant::now();
-                match store::encode_checkpoint(&header, &machine, &ep, &mut enc) {
+                let res = store::encode_checkpoint(&header, &machine, &ep, &mut enc);
+                // Hand the page buffer back for the next capture (pages
+                // already faulted in); drop it if the pool is full.
+                let _ = pool.try_send(std::mem::take(&mut ep.pages.data));
+                match res {
                     Ok((c, stats)) => {
                         out.end.figures.raw_bytes = stats.raw_bytes;
                         super::push_bounded(

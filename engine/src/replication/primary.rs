@@ -91,6 +91,8 @@ pub struct ReplicationStats {
     pub shadow_losses: u64,
     /// Initial syncs: (pre-copy rounds, bytes copied while running, seconds).
     pub syncs: Vec<(u32, u64, f64)>,
+    /// Protection before the guest started: (time to the ack, page bytes sent).
+    pub protected_before_start: Option<(Duration, u64)>,
 }
 
 /// Pre-copy stops after this many rounds...
@@ -113,6 +115,8 @@ pub struct Replicator {
     /// The next epoch is the first committed one after a sync: start holding output.
     first_commit: bool,
     gate: Arc<Mutex<OutputGate>>,
+    /// Page buffers the sender thread hands back once an epoch is encoded.
+    pool: (channel::Sender<Vec<u8>>, channel::Receiver<Vec<u8>>),
     /// Figures so far.
     pub stats: ReplicationStats,
     announced_unprotected: bool,
@@ -142,6 +146,7 @@ impl Replicator {
             pending: VecDeque::new(),
             first_commit: false,
             gate: vm.console_gate(),
+            pool: channel::bounded(4),
             stats: ReplicationStats::default(),
             announced_unprotected: false,
         }
@@ -184,9 +189,13 @@ impl Replicator {
         let term = self.cfg.term;
         let mut threads = Vec::new();
         let s = shared.clone();
-        let (machine, compression) = (vm.machine.clone(), self.cfg.compression);
+        let (machine, compression, pool) = (
+            vm.machine.clone(),
+            self.cfg.compression,
+            self.pool.0.clone(),
+        );
         threads.push(link::spawn("hs-send", move || {
-            link::sender(send_half, rx, term, s, machine, compression)
+            link::sender(send_half, rx, term, s, machine, compression, pool)
         })?);
         let s = shared.clone();
         threads.push(link::spawn("hs-ack", move || link::acker(recv_half, s))?);
@@ -310,7 +319,8 @@ impl Replicator {
                     .unwrap_or_else(|e| e.into_inner())
                     .set_holding(true);
             }
-            let (ep, h) = capture::capture(&guard, &mut self.ledger, full)?;
+            let buf = self.pool.1.try_recv().unwrap_or_default();
+            let (ep, h) = capture::capture_into(&guard, &mut self.ledger, full, buf)?;
             let hash = self.cfg.verify_memory.then(|| wire::memory_hash(&vm.ram));
             let t = Instant::now();
             if stay_paused {
@@ -451,6 +461,8 @@ impl Replicator {
         drop(guard);
         self.next_epoch = Instant::now() + self.cfg.interval;
         if acked {
+            let pages = self.stats.epochs.last().map_or(0, |e| e.pages);
+            self.stats.protected_before_start = Some((t0.elapsed(), pages * PAGE_SIZE));
             eprintln!(
                 "hotspare: protected by shadow {} before the guest started (epoch {seq}, {:.1} ms)",
                 self.cfg.shadow,
@@ -705,6 +717,9 @@ pub fn stats_json(
         "engine_cpu_s": process.saturating_sub(vcpu_cpu).as_secs_f64(),
         "stalled_ticks": s.stalled_ticks,
         "shadow_losses": s.shadow_losses,
+        "protected_before_start": s.protected_before_start.map(|(d, bytes)| serde_json::json!({
+            "ms": d.as_secs_f64() * 1e3, "bytes": bytes
+        })),
         "syncs": s.syncs.iter().map(|&(rounds, bytes, secs)| serde_json::json!({
             "rounds": rounds, "bytes": bytes, "seconds": secs
         })).collect::<Vec<_>>(),
