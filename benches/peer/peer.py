@@ -1,0 +1,466 @@
+#!/usr/bin/env python3
+"""Helpers of benches/peer/run.sh (standard library only).
+
+  peer.py calibrate --hotspare BIN --guest ELF --mem-mib M --pages P --profile X
+                    --writes W --target-us T
+      Finds the memtest `spin=` that makes one page write of the bundled
+      guest take T microseconds when it runs unprotected, and prints it.
+
+  peer.py report --out DIR --params JSON
+      Merges DIR/qemu/colo.jsonl, DIR/qemu/migration.jsonl and
+      DIR/hotspare/bench.json (+ its raw runs) into DIR/peer.json and
+      DIR/peer.md, and prints the Markdown. Without --params it re-renders
+      DIR/peer.json's run (its parameters, host and versions are kept).
+
+  peer.py livesync --hotspare BIN --guest ELF --mem-mib M --cmdline C
+                   --interval-ms T --reps N --dir DIR
+      Times hotspare's live full sync of a running guest: the primary starts
+      unprotected, a standby appears after --warmup s (DIR/livesync.json).
+"""
+import argparse, glob, json, os, re, statistics, subprocess, sys, time
+
+
+# ---------------------------------------------------------------- calibrate
+
+def guest_seconds(a, spin, rounds):
+    cmd = [a.hotspare, "run", "--kernel", a.guest, "--mem-mib", str(a.mem_mib),
+           "--cmdline", f"rounds={rounds} pages={a.pages} writes={a.writes} spin={spin} pattern={a.profile}",
+           "--console", os.devnull]
+    t = time.monotonic()
+    subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.monotonic() - t
+
+
+def cost_us(a, spin):
+    """Microseconds per page write at `spin`, boot and final check cancelled out."""
+    lo, hi = 4, 12
+    t_lo = guest_seconds(a, spin, lo)
+    t_hi = guest_seconds(a, spin, hi)
+    return max(1e-3, (t_hi - t_lo) * 1e6 / ((hi - lo) * a.writes))
+
+
+def calibrate(a):
+    spin = a.start_spin
+    for _ in range(2):
+        c = cost_us(a, spin)
+        print(f"  calibration: spin={spin} -> {c:.2f} us per page write", file=sys.stderr)
+        spin = max(1, int(spin * a.target_us / c))
+    print(spin)
+
+
+# ----------------------------------------------------------------- livesync
+
+SYNC_RE = re.compile(r"full sync complete: (\d+) pre-copy rounds, ([0-9.]+) MiB copied while running "
+                     r"\(([0-9.]+) MiB/s, ([0-9.]+) MiB on the wire\) in ([0-9.]+) s; final pause ([0-9.]+) ms "
+                     r"with (\d+) pages")
+
+
+def free_port():
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def stop(p):
+    if p.poll() is None:
+        p.terminate()
+        try:
+            p.wait(2)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def livesync(a):
+    """A live full sync of a running, populated guest: the primary starts with no
+    standby (unprotected), and after --warmup seconds a standby appears at its
+    --shadow address; the primary's reconnect does the live pre-copy. This is
+    what QEMU's migration does too (migbench migrates after a 2 s warm-up)."""
+    os.makedirs(a.dir, exist_ok=True)
+    key = os.path.join(a.dir, "key")
+    with open(key, "wb") as f:
+        f.write(os.urandom(32))
+    reps = []
+    for rep in range(a.reps):
+        port = free_port()
+        plog, slog = (os.path.join(a.dir, f"{n}-{rep}.log") for n in ("primary", "standby"))
+        pri = subprocess.Popen([a.hotspare, "run", "--kernel", a.guest, "--mem-mib", str(a.mem_mib),
+                                "--cmdline", a.cmdline, "--console", os.path.join(a.dir, f"console-{rep}.txt"),
+                                "--shadow", f"127.0.0.1:{port}", "--key-file", key,
+                                "--interval-ms", str(a.interval_ms), "--wait-shadow-ms", "0"],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(plog, "w"))
+        sb = None
+        r = {"rep": rep}
+        try:
+            time.sleep(a.warmup)
+            if pri.poll() is not None:
+                raise RuntimeError(f"the guest ended within the {a.warmup} s warm-up; see {plog}")
+            sb = subprocess.Popen([a.hotspare, "standby", "--listen", f"127.0.0.1:{port}", "--key-file", key,
+                                   "--console", os.path.join(a.dir, f"shadow-{rep}.txt")],
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(slog, "w"))
+            end = time.monotonic() + 30
+            m = None
+            while time.monotonic() < end and m is None and pri.poll() is None:
+                time.sleep(0.05)
+                m = SYNC_RE.search(open(plog, errors="replace").read())
+            if m is None:
+                raise RuntimeError(f"no 'full sync complete' line from the primary within 30 s; see {plog}")
+            rounds, copied, _, wire, secs, pause, pages = m.groups()
+            r.update(rounds=int(rounds), copied_mib=float(copied), wire_mib=float(wire), seconds=float(secs),
+                     final_pause_ms=float(pause), final_pages=int(pages),
+                     copied_mib_s=float(copied) / float(secs), guest_mib_s=a.mem_mib / float(secs))
+        except Exception as e:  # recorded, the report lists it
+            r["error"] = str(e)
+        finally:
+            for p in (sb, pri):  # the standby first: no takeover
+                if p is not None:
+                    stop(p)
+        print(f"  live sync rep {rep}: " + (r["error"] if "error" in r else
+              f"{r['copied_mib']:.1f} MiB copied in {r['seconds']:.3f} s, {r['rounds']} rounds"), file=sys.stderr)
+        reps.append(r)
+    json.dump({"mem_mib": a.mem_mib, "warmup_s": a.warmup, "cmdline": a.cmdline, "reps": reps},
+              open(os.path.join(a.dir, "livesync.json"), "w"), indent=2)
+    return 0 if any("error" not in r for r in reps) else 1
+
+
+# ------------------------------------------------------------------- report
+
+def med(vals):
+    v = [x for x in vals if isinstance(x, (int, float))]
+    return statistics.median(v) if v else None
+
+
+def read_jsonl(path):
+    out = []
+    if os.path.exists(path):
+        for line in open(path):
+            line = line.strip()
+            if line:
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    out.append({"error": f"unparsable line: {line[:200]}"})
+    return out
+
+
+def colo_summary(runs):
+    ok = [r for r in runs if "error" not in r and r.get("pause_ms_median") is not None]
+    s = {"runs": len(runs), "ok": len(ok)}
+    if not ok:
+        s["errors"] = [r.get("error", "no pauses measured") for r in runs] or ["no COLO run produced a result"]
+        return s
+    dirty = [r["secondary_dirty_pages_per_checkpoint_median"] * r["checkpoints_per_s"]
+             for r in ok if r.get("secondary_dirty_pages_per_checkpoint_median") is not None]
+    s.update({
+        "qemu": ok[0].get("qemu"),
+        "pause_ms_median": med([r["pause_ms_median"] for r in ok]),
+        "pause_ms_p90": med([r["pause_ms_p90"] for r in ok]),
+        "pause_ms_max": max(r["pause_ms_max"] for r in ok),
+        "checkpoints_per_s": med([r["checkpoints_per_s"] for r in ok]),
+        "checkpoints_per_s_configured": 1000.0 / ok[0]["delay_ms"] if ok[0]["delay_ms"] else None,
+        "paused_fraction": med([r.get("paused_fraction") for r in ok]),
+        "dirty_pages_per_checkpoint": med([r.get("secondary_dirty_pages_per_checkpoint_median") for r in ok]),
+        "dirty_pages_per_s": med(dirty),
+        "guest_page_writes_per_s": med([r.get("guest_dirty_pages_per_s_under_colo") for r in ok]),
+        "guest_page_writes_per_s_unprotected": med([r.get("guest_dirty_pages_per_s") for r in ok]),
+        "initial_sync_s": med([r.get("initial_sync_s") for r in ok]),
+        "primary_cpu_util": med([r.get("primary_cpu_util") for r in ok]),
+        "secondary_cpu_util": med([r.get("secondary_cpu_util") for r in ok]),
+        "pause_phase_medians_ms": {k: med([r.get("pause_phase_medians_ms", {}).get(k) for r in ok])
+                                   for k in ("save_ms", "to_received_ms", "to_loaded_ms", "to_run_ms")},
+    })
+    fo = [r["failover"] for r in ok if isinstance(r.get("failover"), dict)]
+    if fo:
+        s["failover"] = {
+            "kill_to_running_ms": med([f.get("kill_to_running_ms") for f in fo]),
+            "kill_to_guest_progress_ms": med([f.get("kill_to_guest_progress_ms") for f in fo]),
+            "lost_heartbeat_cmd_ms": med([f.get("lost_heartbeat_cmd_ms") for f in fo]),
+            "secondary_running": sum(1 for f in fo if f.get("secondary_status") == "running"),
+            "runs": len(fo),
+        }
+    if len(ok) < len(runs):
+        s["errors"] = [r.get("error") for r in runs if r not in ok]
+    return s
+
+
+def mig_summary(runs):
+    ok = [r for r in runs if r.get("status") == "completed" and r.get("total_time_ms")]
+    s = {"runs": len(runs), "ok": len(ok)}
+    if not ok:
+        s["errors"] = [r.get("error") or f"status {r.get('status')}" for r in runs] or ["no migration run produced a result"]
+        return s
+    mib = 1 << 20
+
+    def processed(r):  # every page QEMU looked at and sent (normal + zero), re-sends included
+        return ((r.get("normal_pages") or 0) + (r.get("zero_pages") or 0)) * 4096 / mib
+
+    s.update({
+        "total_time_ms": med([r["total_time_ms"] for r in ok]),
+        "processed_mib_s": med([processed(r) / (r["total_time_ms"] / 1e3) for r in ok]),
+        "guest_mib_s": med([r["mem_mb"] / (r["total_time_ms"] / 1e3) for r in ok]),
+        "wire_mib_s": med([(r.get("ram_transferred_B") or 0) / mib / (r["total_time_ms"] / 1e3) for r in ok]),
+        "processed_mib": med([processed(r) for r in ok]),
+        "wire_mib": med([(r.get("ram_transferred_B") or 0) / mib for r in ok]),
+        "qemu_downtime_ms": med([r.get("qemu_downtime_ms") for r in ok]),
+        "blackout_ms": med([r.get("blackout_ms") for r in ok]),
+        "dirty_sync_count": med([r.get("dirty_sync_count") for r in ok]),
+        "guest_page_writes_per_s": med([r.get("guest_dirty_pages_per_s") for r in ok]),
+        "dst_guest_progressing": sum(1 for r in ok if r.get("dst_guest_progressing")),
+    })
+    if len(ok) < len(runs):
+        s["errors"] = [r.get("error") or f"status {r.get('status')}" for r in runs if r not in ok]
+    return s
+
+
+def number_after(text, key):
+    m = re.search(re.escape(key) + r"([0-9.]+)", text)
+    return float(m.group(1)) if m else None
+
+
+def hotspare_summary(d):
+    p = os.path.join(d, "bench.json")
+    if not os.path.exists(p):
+        return {"errors": [f"{p} missing (hotspare bench failed; see {d}/bench.log)"]}
+    b = json.load(open(p))
+    runs = os.path.join(d, "runs")
+    dirty, paused, writes_rate = [], [], []
+    c = b.get("config", {})
+    for f in sorted(glob.glob(os.path.join(runs, "stats-r*.json"))):
+        try:
+            st = json.load(open(f))
+        except (OSError, json.JSONDecodeError):
+            continue
+        sy = (st.get("syncs") or [{}])[0]
+        prot = st.get("wall_s", 0) - sy.get("seconds", 0)
+        inc = [e for e in st.get("epochs", []) if not e.get("full")]
+        if prot > 0:
+            dirty.append(sum(e.get("pages", 0) for e in inc) / prot)
+            paused.append(sum(e.get("pause_us", 0) for e in inc) / 1e6 / prot)
+        if st.get("wall_s"):
+            writes_rate.append(c.get("rounds", 0) * c.get("writes", 0) / st["wall_s"])
+    take = []
+    for f in sorted(glob.glob(os.path.join(runs, "standby-t*.log"))):
+        t = open(f, errors="replace").read()
+        det, act = number_after(t, "detection "), number_after(t, "activation ")
+        if det is not None and act is not None:
+            take.append(det + act)
+    b["derived"] = {
+        "dirty_pages_per_s": med(dirty),
+        "paused_fraction": med(paused),
+        "takeover_total_ms": med(take) if take else (
+            (b.get("takeover_ms", {}).get("detection_p50") or 0) + (b.get("takeover_ms", {}).get("activation_p50") or 0)),
+        "takeovers_measured": len(take),
+        "guest_page_writes_per_s_replicated": med(writes_rate),
+        "guest_page_writes_per_s_unprotected": (c.get("rounds", 0) * c.get("writes", 0) / b["guest"]["baseline_s"])
+        if b.get("guest", {}).get("baseline_s") else None,
+    }
+    return b
+
+
+def livesync_summary(d):
+    p = os.path.join(d, "livesync.json")
+    if not os.path.exists(p):
+        return {"errors": [f"{p} missing (the live-sync measurement did not run; see run.sh output)"]}
+    j = json.load(open(p))
+    ok = [r for r in j["reps"] if "error" not in r]
+    s = {"runs": len(j["reps"]), "ok": len(ok), "warmup_s": j.get("warmup_s"), "cmdline": j.get("cmdline")}
+    for k in ("seconds", "guest_mib_s", "copied_mib", "copied_mib_s", "wire_mib", "rounds", "final_pause_ms", "final_pages"):
+        s[k] = med([r.get(k) for r in ok])
+    errs = [r["error"] for r in j["reps"] if "error" in r]
+    if errs:
+        s["errors"] = errs
+    return s
+
+
+def ratio(a, b):
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b:
+        return a / b
+    return None
+
+
+def fmt(v, nd=2, unit=""):
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        s = f"{v:,.{nd}f}"
+    else:
+        s = f"{v:,}"
+    return s + (f" {unit}" if unit else "")
+
+
+def report(a):
+    out = a.out
+    old = {}
+    if os.path.exists(os.path.join(out, "peer.json")):  # re-rendering keeps what run.sh recorded
+        try:
+            old = json.load(open(os.path.join(out, "peer.json")))
+        except json.JSONDecodeError:
+            pass
+    params = json.loads(a.params) if a.params else old.get("params")
+    if not params:
+        raise SystemExit("peer.py report: --params is needed (no earlier peer.json in --out)")
+    colo = colo_summary(read_jsonl(os.path.join(out, "qemu", "colo.jsonl")))
+    mig = mig_summary(read_jsonl(os.path.join(out, "qemu", "migration.jsonl")))
+    hs = hotspare_summary(os.path.join(out, "hotspare"))
+    hs["live_sync"] = ls = livesync_summary(os.path.join(out, "hotspare-livesync"))
+    if a.extra and os.path.exists(a.extra):
+        extra = json.load(open(a.extra))
+    else:
+        extra = {k: old[k] for k in ("started", "command", "host", "versions", "hotspare_workload", "timings_s")
+                 if k in old}
+
+    def g(d, *ks):
+        return _get(d, ks)
+
+    hs_p50, hs_p99, hs_max = g(hs, "pause_ms", "p50"), g(hs, "pause_ms", "p99"), g(hs, "pause_ms", "max")
+    hs_rate, hs_conf = g(hs, "epoch_rate_hz", "achieved"), g(hs, "epoch_rate_hz", "configured")
+    hs_sync = g(hs, "full_sync_mib_s")
+    hs_take = g(hs, "derived", "takeover_total_ms")
+    ratios = {
+        "pause_p50": ratio(hs_p50, colo.get("pause_ms_median")),
+        "pause_p99_vs_colo_p90": ratio(hs_p99, colo.get("pause_ms_p90")),
+        "pause_max": ratio(hs_max, colo.get("pause_ms_max")),
+        "epoch_rate_achieved": ratio(hs_rate, colo.get("checkpoints_per_s")),
+        "full_sync_guest_mib_s": ratio(ls.get("guest_mib_s"), mig.get("guest_mib_s")),
+        "full_sync_copied_mib_s": ratio(ls.get("copied_mib_s"), mig.get("processed_mib_s")),
+        "full_sync_wire_mib": ratio(ls.get("wire_mib"), mig.get("wire_mib")),
+        "takeover": ratio(hs_take, g(colo, "failover", "kill_to_running_ms")),
+    }
+    errors = []
+    for name, s in (("QEMU COLO", colo), ("QEMU live migration", mig), ("hotspare bench", hs),
+                    ("hotspare live sync", ls)):
+        for e in s.get("errors", []) or []:
+            errors.append(f"{name}: {e}")
+    result = {"params": params, **extra, "ratios_hotspare_over_qemu": ratios,
+              "qemu": {"colo": colo, "migration": mig}, "hotspare": hs, "errors": errors}
+    json.dump(result, open(os.path.join(out, "peer.json"), "w"), indent=2, sort_keys=False)
+
+    def r(x, better):
+        if x is None:
+            return "n/a"
+        return f"{x:.3g}x"
+
+    def target(x, op, lim):
+        if x is None:
+            return "n/a"
+        ok = x <= lim if op == "<=" else (x >= lim if op == ">=" else x < lim)
+        return ("met" if ok else "not met") + f" ({op} {lim:g})"
+
+    fo = colo.get("failover", {})
+    P = params
+    lines = [
+        f"hotspare vs QEMU, same run ({extra.get('started', '')}): {P['mem_mib']} MiB guests, "
+        f"{P['delay_ms']} ms interval ({1000 / P['delay_ms']:.0f} Hz configured), guest dirty-rate setting "
+        f"{P['rate_ppms']} pages/ms, working set {P['ws_mib']} MiB, {P['reps']} reps per side.",
+        "",
+        "| figure | hotspare | QEMU | hotspare / QEMU | better | issue target |",
+        "| --- | --- | --- | --- | --- | --- |",
+        f"| checkpoint pause p50 (COLO: median) | {fmt(hs_p50, 2, 'ms')} | {fmt(colo.get('pause_ms_median'), 2, 'ms')} | "
+        f"{r(ratios['pause_p50'], 'lower')} | lower | {target(ratios['pause_p50'], '<=', 0.125)} |",
+        f"| pause p99 (hotspare) vs COLO p90 | {fmt(hs_p99, 2, 'ms')} | {fmt(colo.get('pause_ms_p90'), 2, 'ms')} | "
+        f"{r(ratios['pause_p99_vs_colo_p90'], 'lower')} | lower | |",
+        f"| pause max | {fmt(hs_max, 2, 'ms')} | {fmt(colo.get('pause_ms_max'), 2, 'ms')} | "
+        f"{r(ratios['pause_max'], 'lower')} | lower | |",
+        f"| checkpoints/s achieved / configured | {fmt(hs_rate, 1)} / {fmt(hs_conf, 0)} Hz | "
+        f"{fmt(colo.get('checkpoints_per_s'), 1)} / {fmt(colo.get('checkpoints_per_s_configured'), 0)} Hz | "
+        f"{r(ratios['epoch_rate_achieved'], 'higher')} | higher | "
+        f"hotspare at {fmt(ratio(hs_rate, hs_conf), 3)} of configured: {target(ratio(hs_rate, hs_conf), '>=', 0.98)} |",
+        f"| full sync of a running guest: guest RAM / time to in sync (QEMU 10: live migration total time) | "
+        f"{fmt(ls.get('guest_mib_s'), 0, 'MiB/s')} ({fmt(ls.get('seconds'), 3, 's')}) | "
+        f"{fmt(mig.get('guest_mib_s'), 0, 'MiB/s')} ({fmt((mig.get('total_time_ms') or 0) / 1e3 if mig.get('total_time_ms') else None, 3, 's')}) | "
+        f"{r(ratios['full_sync_guest_mib_s'], 'higher')} | higher | {target(ratios['full_sync_guest_mib_s'], '>=', 3)} |",
+        f"| full sync: MiB copied incl. re-sends / time (hotspare skips never-touched pages, QEMU counts the zero pages it scans) | "
+        f"{fmt(ls.get('copied_mib_s'), 0, 'MiB/s')} ({fmt(ls.get('copied_mib'), 1, 'MiB')}) | "
+        f"{fmt(mig.get('processed_mib_s'), 0, 'MiB/s')} ({fmt(mig.get('processed_mib'), 1, 'MiB')}) | "
+        f"{r(ratios['full_sync_copied_mib_s'], 'higher')} | higher | |",
+        f"| full sync: MiB on the wire | {fmt(ls.get('wire_mib'), 1, 'MiB')} | {fmt(mig.get('wire_mib'), 1, 'MiB')} | "
+        f"{r(ratios['full_sync_wire_mib'], 'lower')} | lower | |",
+        f"| full sync: final pause (QEMU: downtime / blackout); pre-copy rounds (QEMU: dirty syncs) | "
+        f"{fmt(ls.get('final_pause_ms'), 2, 'ms')}; {fmt(ls.get('rounds'), 0)} | "
+        f"{fmt(mig.get('qemu_downtime_ms'), 0, 'ms')} / {fmt(mig.get('blackout_ms'), 1, 'ms')}; {fmt(mig.get('dirty_sync_count'), 0)} | | context | |",
+        f"| first protection (hotspare: parked guest at boot, full state to the ack; COLO: migration of the 2 s-old running guest into COLO state) | "
+        f"{fmt(g(hs, 'protect_before_start_ms'), 1, 'ms')} | "
+        f"{fmt((colo.get('initial_sync_s') or 0) * 1e3 if colo.get('initial_sync_s') is not None else None, 0, 'ms')} | | context | |",
+        f"| takeover: primary killed to shadow running | {fmt(hs_take, 1, 'ms')} (detection + activation, automatic) | "
+        f"{fmt(fo.get('kill_to_running_ms'), 1, 'ms')} (x-colo-lost-heartbeat sent at once by the harness) | "
+        f"{r(ratios['takeover'], 'lower')} | lower | {target(ratios['takeover'], '<', 1)} |",
+        f"| dirty pages per checkpoint (p50; COLO: secondary's median) | {fmt(g(hs, 'dirty_pages_per_epoch_p50'), 0)} | "
+        f"{fmt(colo.get('dirty_pages_per_checkpoint'), 0)} | | context | |",
+        f"| measured dirty pages/s under protection | {fmt(g(hs, 'derived', 'dirty_pages_per_s'), 0)} | "
+        f"{fmt(colo.get('dirty_pages_per_s'), 0)} | | context | |",
+        f"| guest page writes/s, unprotected / protected | "
+        f"{fmt(g(hs, 'derived', 'guest_page_writes_per_s_unprotected'), 0)} / {fmt(g(hs, 'derived', 'guest_page_writes_per_s_replicated'), 0)} | "
+        f"{fmt(colo.get('guest_page_writes_per_s_unprotected'), 0)} / {fmt(colo.get('guest_page_writes_per_s'), 0)} | | context | |",
+        f"| paused fraction of wall time | {fmt(g(hs, 'derived', 'paused_fraction'), 3)} | {fmt(colo.get('paused_fraction'), 3)} | | context | |",
+        "",
+        f"Runs that worked: COLO {colo.get('ok', 0)}/{colo.get('runs', 0)}, migration {mig.get('ok', 0)}/{mig.get('runs', 0)}, "
+        f"hotspare {'yes' if 'pause_ms' in hs else 'no'} "
+        f"({fmt(g(hs, 'epochs_measured'), 0)} epochs, {g(hs, 'derived', 'takeovers_measured') or 0} takeovers), "
+        f"hotspare live sync {ls.get('ok', 0)}/{ls.get('runs', 0)}. `hotspare bench` full_sync_mib_s = {fmt(hs_sync, 0)} "
+        f"(0 when its guests start parked and get their whole state in one first epoch, so there is no live pre-copy to time).",
+        f"QEMU: COLO {colo.get('qemu') or 'n/a'} with the TCP_NODELAY shim; migration {extra.get('versions', {}).get('qemu_migration', 'n/a')}. "
+        f"hotspare {extra.get('versions', {}).get('hotspare', 'n/a')}; workload `{_hs_workload(hs)}`.",
+    ]
+    if errors:
+        lines += ["", "**Failures:**"] + [f"- {e}" for e in errors]
+    md = "\n".join(lines) + "\n"
+    open(os.path.join(out, "peer.md"), "w").write(md)
+    print(md)
+    return 0 if not errors else 3
+
+
+def _get(d, ks):
+    for k in ks:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(k)
+    return d
+
+
+def _hs_workload(hs):
+    c = hs.get("config") or {}
+    if not c:
+        return "n/a"
+    return (f"--profile {c.get('profile')} --pages {c.get('pages')} --writes {c.get('writes')} "
+            f"--spin {c.get('spin')} --rounds {c.get('rounds')}")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("calibrate")
+    c.add_argument("--hotspare", required=True)
+    c.add_argument("--guest", required=True)
+    c.add_argument("--mem-mib", type=int, required=True)
+    c.add_argument("--pages", type=int, required=True)
+    c.add_argument("--profile", required=True)
+    c.add_argument("--writes", type=int, required=True)
+    c.add_argument("--target-us", type=float, required=True)
+    c.add_argument("--start-spin", type=int, default=100000)
+    l = sub.add_parser("livesync")
+    l.add_argument("--hotspare", required=True)
+    l.add_argument("--guest", required=True)
+    l.add_argument("--mem-mib", type=int, required=True)
+    l.add_argument("--cmdline", required=True)
+    l.add_argument("--interval-ms", type=int, required=True)
+    l.add_argument("--warmup", type=float, default=2.0)
+    l.add_argument("--reps", type=int, default=3)
+    l.add_argument("--dir", required=True)
+    r = sub.add_parser("report")
+    r.add_argument("--out", required=True)
+    r.add_argument("--params", default=None, help="run parameters as JSON (default: those of DIR/peer.json)")
+    r.add_argument("--extra", default=None, help="JSON file merged into peer.json (host, versions, timings)")
+    a = ap.parse_args()
+    if a.cmd == "calibrate":
+        calibrate(a)
+        return 0
+    if a.cmd == "livesync":
+        return livesync(a)
+    return report(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
