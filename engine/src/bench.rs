@@ -291,7 +291,8 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<i32> {
         }
         runs.push(r);
     }
-    let summary = summarize(&a, &base_walls, &runs, &takeovers);
+    let mut summary = summarize(&a, &base_walls, &runs, &takeovers);
+    summary["machine"] = machine_limits();
     std::fs::write(
         a.out.join("bench.json"),
         serde_json::to_vec_pretty(&summary)?,
@@ -305,6 +306,81 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<i32> {
         a.out.display()
     );
     Ok(0)
+}
+
+/// The machine's limits, measured in the same run: memcpy, the page encoder
+/// (zstd level 1 on half text-like, half random pages) and loopback TCP.
+fn machine_limits() -> Value {
+    use std::io::{Read, Write};
+    const MIB: f64 = (1 << 20) as f64;
+    let best = |n: usize, mut f: Box<dyn FnMut() -> f64>| (0..n).map(|_| f()).fold(0.0, f64::max);
+    // memcpy of 64 MiB (both buffers faulted in first).
+    let src = vec![7u8; 64 << 20];
+    let mut dst = vec![0u8; 64 << 20];
+    let memcpy = best(
+        5,
+        Box::new(move || {
+            let t = Instant::now();
+            dst.copy_from_slice(&src);
+            std::hint::black_box(&dst);
+            (64 << 20) as f64 / t.elapsed().as_secs_f64() / MIB
+        }),
+    );
+    // The page encoder on 16 MiB of mixed pages.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut pages = Vec::with_capacity(16 << 20);
+    for p in 0..4096 {
+        for i in 0..4096 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            pages.push(if p % 2 == 0 {
+                b"lorem ipsum dolor sit amet "[i % 27]
+            } else {
+                x as u8
+            });
+        }
+    }
+    let encode = best(
+        3,
+        Box::new(move || {
+            let mut enc =
+                match checkpoint::pages::MemoryEncoder::new(checkpoint::pages::Compression::Zstd {
+                    level: 1,
+                }) {
+                    Ok(e) => e,
+                    Err(_) => return 0.0,
+                };
+            let mut out = Vec::new();
+            let t = Instant::now();
+            if enc.encode_run(0, &pages, &mut out).is_err() {
+                return 0.0;
+            }
+            (16 << 20) as f64 / t.elapsed().as_secs_f64() / MIB
+        }),
+    );
+    // Loopback TCP: 256 MiB in 1 MiB writes.
+    let tcp = (|| -> std::io::Result<f64> {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = l.local_addr()?;
+        let rx = std::thread::spawn(move || -> std::io::Result<()> {
+            let (mut s, _) = l.accept()?;
+            let mut buf = vec![0u8; 1 << 20];
+            while s.read(&mut buf)? > 0 {}
+            Ok(())
+        });
+        let mut s = std::net::TcpStream::connect(addr)?;
+        let chunk = vec![1u8; 1 << 20];
+        let t = Instant::now();
+        for _ in 0..256 {
+            s.write_all(&chunk)?;
+        }
+        drop(s);
+        let _ = rx.join();
+        Ok(256.0 / t.elapsed().as_secs_f64())
+    })()
+    .unwrap_or(0.0);
+    json!({ "memcpy_mib_s": memcpy, "encode_zstd1_mixed_mib_s": encode, "loopback_tcp_mib_s": tcp })
 }
 
 fn f(v: &Value, k: &str) -> f64 {
@@ -438,7 +514,8 @@ fn markdown(v: &Value) -> String {
          | protection before the guest starts (full state to the ack) | {:.1} ms |\n\
          | full sync (live pre-copy; only on re-protection) | {:.0} MiB/s |\n\
          | takeover: detection / activation (p50) | {:.1} / {:.2} ms |\n\
-         | guest run time unprotected / replicated (slowdown) | {:.2} / {:.2} s ({:.2}x) |\n",
+         | guest run time unprotected / replicated (slowdown) | {:.2} / {:.2} s ({:.2}x) |\n\
+         | machine: memcpy / page encoder (zstd-1, mixed) / loopback TCP | {:.0} / {:.0} / {:.0} MiB/s |\n",
         c["mem_mib"], c["profile"].as_str().unwrap_or(""), c["pages"], c["writes"], c["interval_ms"], c["pinned"],
         g(&["pause_ms", "p50"]), g(&["pause_ms", "p99"]), g(&["pause_ms", "max"]),
         g(&["pause_phase_p50_ms", "stop"]), g(&["pause_phase_p50_ms", "state"]), g(&["pause_phase_p50_ms", "harvest"]),
@@ -452,5 +529,6 @@ fn markdown(v: &Value) -> String {
         g(&["full_sync_mib_s"]),
         g(&["takeover_ms", "detection_p50"]), g(&["takeover_ms", "activation_p50"]),
         g(&["guest", "baseline_s"]), g(&["guest", "replicated_s"]), g(&["guest", "slowdown"]),
+        g(&["machine", "memcpy_mib_s"]), g(&["machine", "encode_zstd1_mixed_mib_s"]), g(&["machine", "loopback_tcp_mib_s"]),
     )
 }
