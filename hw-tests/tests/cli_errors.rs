@@ -7,10 +7,16 @@ use std::process::Command;
 use common::{hotspare, TempDir};
 
 fn run(args: &[&str]) -> (bool, String) {
-    let out = Command::new(hotspare())
-        .args(args)
-        .output()
-        .expect("spawn hotspare");
+    run_with_device(None, args)
+}
+
+/// Runs hotspare, optionally with `HOTSPARE_KVM_DEVICE` set.
+fn run_with_device(device: Option<&str>, args: &[&str]) -> (bool, String) {
+    let mut c = Command::new(hotspare());
+    if let Some(d) = device {
+        c.env("HOTSPARE_KVM_DEVICE", d);
+    }
+    let out = c.args(args).output().expect("spawn hotspare");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -168,14 +174,12 @@ fn run_refuses_a_directory_holding_another_runs_checkpoints() {
 #[test]
 fn missing_kvm_device_is_a_clear_error() {
     // Needs no KVM: it checks the error when the device is absent.
-    let out = Command::new(hotspare())
-        .env("HOTSPARE_KVM_DEVICE", "/nonexistent/kvm")
-        .args(["run", "--kernel"])
-        .arg(hw_tests::guest_path("hello"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let guest = hw_tests::guest_path("hello");
+    let (ok, err) = run_with_device(
+        Some("/nonexistent/kvm"),
+        &["run", "--kernel", guest.to_str().unwrap()],
+    );
+    assert!(!ok);
     assert!(
         err.contains("/nonexistent/kvm not found") && err.contains("KVM"),
         "{err}"
@@ -184,13 +188,11 @@ fn missing_kvm_device_is_a_clear_error() {
 
 #[test]
 fn a_device_that_is_not_kvm_is_refused() {
-    let out = Command::new(hotspare())
-        .env("HOTSPARE_KVM_DEVICE", "/dev/null")
-        .args(["run", "--kernel"])
-        .arg(hw_tests::guest_path("hello"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let guest = hw_tests::guest_path("hello");
+    let (ok, err) = run_with_device(
+        Some("/dev/null"),
+        &["run", "--kernel", guest.to_str().unwrap()],
+    );
+    assert!(!ok);
     assert!(err.contains("/dev/null is not a KVM device"), "{err}");
 }

@@ -147,14 +147,7 @@ fn shadow_loss_then_reprotection() {
     std::thread::sleep(Duration::from_millis(200));
     primary.child.kill().unwrap();
     primary.child.wait().unwrap();
-    let st = s2.wait(Duration::from_secs(120), "second standby");
-    assert!(st.success(), "{}", s2.stderr());
-    let err = s2.stderr();
-    let line = err
-        .lines()
-        .find(|l| l.contains("TAKING OVER"))
-        .expect("takeover");
-    let at = common::field(line, "console resumes at byte ").unwrap() as usize;
+    let (_, at) = common::finished_takeover(&mut s2, "second standby");
     let first = std::fs::read(&pcon).unwrap();
     let second = std::fs::read(dir.path("s2.txt")).unwrap();
     common::check_failover_output("reprotect", &r, &first, at, &second);
@@ -214,14 +207,7 @@ fn wrong_key_and_garbage_are_refused_and_change_nothing() {
     std::thread::sleep(took / 3);
     primary.child.kill().unwrap();
     primary.child.wait().unwrap();
-    let st = standby.wait(Duration::from_secs(120), "standby");
-    assert!(st.success(), "{}", standby.stderr());
-    let err = standby.stderr();
-    let line = err
-        .lines()
-        .find(|l| l.contains("TAKING OVER"))
-        .expect("takeover");
-    let at = common::field(line, "console resumes at byte ").unwrap() as usize;
+    let (_, at) = common::finished_takeover(&mut standby, "wrongkey");
     common::check_failover_output(
         "wrongkey",
         &r,
@@ -271,11 +257,7 @@ fn kills_from_process_start_never_lose_visible_output() {
             early += 1;
             continue;
         }
-        let st = standby.wait(Duration::from_secs(120), "standby");
-        assert!(st.success(), "{}", standby.stderr());
-        let err = standby.stderr();
-        let line = err.lines().find(|l| l.contains("TAKING OVER")).unwrap();
-        let at = common::field(line, "console resumes at byte ").unwrap() as usize;
+        let (_, at) = common::finished_takeover(&mut standby, "from-start");
         common::check_failover_output("from-start", &r, &first, at, &std::fs::read(&scon).unwrap());
         takeovers += 1;
     }
@@ -341,21 +323,16 @@ fn takeover_reprotects_and_survives_a_second_failover() {
     std::thread::sleep(took / 4);
     a.child.kill().unwrap();
     a.child.wait().unwrap();
-    let st = b.wait(Duration::from_secs(120), "standby B");
-    assert!(st.success(), "{}", b.stderr());
-    let a_err = a.stderr();
-    let b_err = b.stderr();
-    let a_line = a_err.lines().find(|l| l.contains("TAKING OVER")).unwrap();
+    let (b_err, b_at) = common::finished_takeover(&mut b, "standby B");
+    let a_at = common::takeover_resume(&a.stderr(), "standby A");
     let b_line = b_err
         .lines()
         .find(|l| l.contains("TAKING OVER"))
-        .expect("B took over");
+        .unwrap_or_default();
     assert!(
         b_line.contains("term 3"),
         "B should run in term 3: {b_line}"
     );
-    let a_at = common::field(a_line, "console resumes at byte ").unwrap() as usize;
-    let b_at = common::field(b_line, "console resumes at byte ").unwrap() as usize;
     let (pout, aout, bout) = (
         std::fs::read(&p_con).unwrap(),
         std::fs::read(&a_con).unwrap(),

@@ -68,14 +68,7 @@ fn failover_across_network_namespaces() {
     // `ip netns exec` execs hotspare directly, so this SIGKILLs the VMM.
     primary.child.kill().unwrap();
     primary.child.wait().unwrap();
-    let st = standby.wait(Duration::from_secs(120), "standby");
-    let err = standby.stderr();
-    assert!(st.success(), "{err}");
-    let line = err
-        .lines()
-        .find(|l| l.contains("TAKING OVER"))
-        .expect("takeover");
-    let at = common::field(line, "console resumes at byte ").unwrap() as usize;
+    let (_, at) = common::finished_takeover(&mut standby, "netns");
     common::check_failover_output(
         "netns",
         &r,

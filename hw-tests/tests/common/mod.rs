@@ -217,10 +217,32 @@ fn wait_for(child: &mut Child, t: Duration) -> bool {
     child.try_wait().expect("try_wait").is_some()
 }
 
-/// Parses "console resumes at byte N" from a restore's stderr.
+/// Parses "console resumes at byte N" from a restore's or a standby's stderr.
 fn resume_position(stderr: &str) -> Option<u64> {
-    let i = stderr.find("console resumes at byte ")?;
-    stderr[i + 24..].split_whitespace().next()?.parse().ok()
+    field(stderr, "console resumes at byte ").map(|v| v as u64)
+}
+
+/// The console byte a standby resumed at, from its "TAKING OVER" line.
+pub fn takeover_resume(err: &str, what: &str) -> usize {
+    let line = err
+        .lines()
+        .find(|l| l.contains("TAKING OVER"))
+        .unwrap_or_else(|| panic!("{what}: no takeover reported:\n{err}"));
+    resume_position(line).unwrap_or_else(|| panic!("{what}: no resume position in: {line}"))
+        as usize
+}
+
+/// Waits for a standby that took over to finish the guest; returns its
+/// stderr and the console byte it resumed at.
+pub fn finished_takeover(standby: &mut Proc, what: &str) -> (String, usize) {
+    let st = standby.wait(Duration::from_secs(120), what);
+    let err = standby.stderr();
+    assert!(
+        st.success(),
+        "{what}: standby failed after takeover: {st}\n{err}"
+    );
+    let at = takeover_resume(&err, what);
+    (err, at)
 }
 
 /// What one kill/restore trial did.
@@ -614,19 +636,7 @@ pub fn failover_trial(
     }
     primary.child.kill().expect("SIGKILL primary");
     primary.child.wait().expect("wait");
-    let st = standby.wait(Duration::from_secs(120), "standby after takeover");
-    let err = standby.stderr();
-    assert!(
-        st.success(),
-        "{}: standby failed after takeover: {st}\n{err}\nprimary:\n{}",
-        spec.name,
-        primary.stderr()
-    );
-    let line = err
-        .lines()
-        .find(|l| l.contains("TAKING OVER"))
-        .unwrap_or_else(|| panic!("{}: no takeover reported:\n{err}", spec.name));
-    let at = field(line, "console resumes at byte ").expect("resume position") as usize;
+    let (err, at) = finished_takeover(&mut standby, spec.name);
     if spec.primary_extra.contains(&"--verify-memory") {
         let v = err
             .lines()
@@ -645,8 +655,8 @@ pub fn failover_trial(
     (
         true,
         repeated,
-        field(line, "detection ").unwrap_or(0.0),
-        field(line, "activation ").unwrap_or(0.0),
+        field(&err, "detection ").unwrap_or(0.0),
+        field(&err, "activation ").unwrap_or(0.0),
     )
 }
 
