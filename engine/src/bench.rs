@@ -111,17 +111,7 @@ struct Setup {
 
 impl Setup {
     fn run_cmd(&self, a: &BenchArgs, console: &Path) -> Command {
-        let mut c = Command::new(&self.exe);
-        c.arg("run")
-            .arg("--kernel")
-            .arg(&self.guest)
-            .arg("--mem-mib")
-            .arg(a.mem_mib.to_string())
-            .arg("--cmdline")
-            .arg(&self.cmdline)
-            .arg("--console")
-            .arg(console);
-        c
+        crate::demo::guest_run(&self.exe, &self.guest, a.mem_mib, &self.cmdline, console)
     }
 
     fn standby(&self, tag: &str) -> anyhow::Result<(std::process::Child, String, PathBuf)> {

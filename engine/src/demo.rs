@@ -89,6 +89,27 @@ fn has_full_checkpoint(dir: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// `hotspare run` of `guest` with `mem_mib` of memory and the console in a file.
+pub(crate) fn guest_run(
+    exe: &Path,
+    guest: &Path,
+    mem_mib: u64,
+    cmdline: &str,
+    console: &Path,
+) -> Command {
+    let mut c = Command::new(exe);
+    c.arg("run")
+        .arg("--kernel")
+        .arg(guest)
+        .arg("--mem-mib")
+        .arg(mem_mib.to_string())
+        .arg("--cmdline")
+        .arg(cmdline)
+        .arg("--console")
+        .arg(console);
+    c
+}
+
 fn run_to_end(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
     let st = cmd.status().with_context(|| format!("starting {what}"))?;
     if !st.success() {
@@ -202,19 +223,7 @@ fn failover_demo(a: DemoArgs, dir: PathBuf) -> anyhow::Result<i32> {
         let _ = std::fs::remove_file(files(f));
     }
     let exe = hotspare()?;
-    let run = |console: &Path| {
-        let mut c = Command::new(&exe);
-        c.arg("run")
-            .arg("--kernel")
-            .arg(&guest)
-            .arg("--mem-mib")
-            .arg("128")
-            .arg("--cmdline")
-            .arg(&a.cmdline)
-            .arg("--console")
-            .arg(console);
-        c
-    };
+    let run = |console: &Path| guest_run(&exe, &guest, 128, &a.cmdline, console);
     println!("hotspare demo: working in {}", dir.display());
     println!("[1/4] reference run of the bundled guest (unprotected, uninterrupted)...");
     let t = Instant::now();
@@ -350,19 +359,7 @@ pub fn demo(a: DemoArgs) -> anyhow::Result<i32> {
         let _ = std::fs::remove_file(files(f));
     }
     let exe = hotspare()?;
-    let base = |console: &Path| {
-        let mut c = Command::new(&exe);
-        c.arg("run")
-            .arg("--kernel")
-            .arg(&guest)
-            .arg("--mem-mib")
-            .arg("128")
-            .arg("--cmdline")
-            .arg(&a.cmdline)
-            .arg("--console")
-            .arg(console);
-        c
-    };
+    let base = |console: &Path| guest_run(&exe, &guest, 128, &a.cmdline, console);
 
     println!("hotspare demo: working in {}", dir.display());
     println!("[1/3] reference run (no checkpoints)...");
