@@ -84,20 +84,9 @@ mod tests {
     use super::*;
     use crate::devices::console::ConsoleSink;
     use crate::devices::serial::new_uart;
-    use std::sync::{Arc, Mutex};
     use vmm_sys_util::eventfd::EventFd;
 
-    #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Buf {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::devices::test_util::SharedBuf as Buf;
 
     fn bus(buf: &Buf) -> PioBus {
         let efd = EventFd::new(libc::EFD_NONBLOCK).unwrap();

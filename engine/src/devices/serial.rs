@@ -108,19 +108,8 @@ pub fn new_uart(irq: EventFd, sink: ConsoleSink, state: Option<&UartState>) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
 
-    #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Buf {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::devices::test_util::SharedBuf as Buf;
 
     fn uart(buf: &Buf, state: Option<&UartState>) -> Uart {
         let efd = EventFd::new(libc::EFD_NONBLOCK).unwrap();
