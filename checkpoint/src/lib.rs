@@ -11,6 +11,7 @@
 //! - [`verify`](mod@verify) checks a whole checkpoint before it is applied;
 //! - [`pages`] holds the page records inside Memory sections
 //!   ([`MemoryEncoder`], [`decode_records`]);
+//! - [`delta`] is the XOR-delta cache of pages sent before;
 //! - [`dirty`] has dirty bitmaps and the [`DirtyLedger`] that never loses a
 //!   bit;
 //! - [`fingerprint`] defines [`MachineConfig`] and its [`Fingerprint`];
@@ -19,6 +20,7 @@
 //! Nothing here needs KVM; the KVM vCPU/VM state structs live in their own
 //! module.
 
+pub mod delta;
 pub mod dirty;
 pub mod error;
 pub mod fingerprint;

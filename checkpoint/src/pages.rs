@@ -5,10 +5,14 @@
 //! endian, 17-byte record header). Records are applied in order.
 //!
 //! [`MemoryEncoder`] turns a run of guest pages into records (zero pages as
-//! data-less `Zero` records, the rest `Raw` or `Zstd`); [`decode_records`]
-//! validates records and hands the decoded bytes to a sink.
+//! data-less `Zero` records, the rest `Raw`, `Zstd`, or `XorZstd` deltas
+//! against the last version sent when the encoder has a [`DeltaCache`]);
+//! [`decode_records`] validates records and hands the decoded bytes to a
+//! sink.
 
 use zstd::bulk::{Compressor, Decompressor};
+
+use crate::delta::{xor_into, DeltaCache};
 
 use crate::error::{CheckpointError, Result};
 
@@ -45,6 +49,10 @@ pub enum Encoding {
     Zero = 1,
     /// One zstd frame decompressing to exactly `npages * 4096` bytes.
     Zstd = 2,
+    /// One zstd frame decompressing to exactly `npages * 4096` bytes that
+    /// are XORed into the pages' current contents: the contents the reader
+    /// holds after applying every earlier record of the stream.
+    XorZstd = 3,
 }
 
 impl TryFrom<u8> for Encoding {
@@ -55,6 +63,7 @@ impl TryFrom<u8> for Encoding {
             0 => Ok(Encoding::Raw),
             1 => Ok(Encoding::Zero),
             2 => Ok(Encoding::Zstd),
+            3 => Ok(Encoding::XorZstd),
             other => Err(CheckpointError::UnknownEncoding(other)),
         }
     }
@@ -89,6 +98,11 @@ pub struct MemoryStats {
     pub records: u64,
     /// Data records stored `Raw` without a compression attempt (adaptive skip).
     pub skipped_records: u64,
+    /// Pages stored as `XorZstd` deltas.
+    pub delta_pages: u64,
+    /// Pages whose previous version was in the delta cache but whose delta
+    /// did not pay (sent `Raw`/`Zstd` instead).
+    pub delta_misses: u64,
 }
 
 impl MemoryStats {
@@ -109,6 +123,9 @@ impl MemoryStats {
         self.raw_pages += other.raw_pages;
         self.compressed_pages += other.compressed_pages;
         self.records += other.records;
+        self.skipped_records += other.skipped_records;
+        self.delta_pages += other.delta_pages;
+        self.delta_misses += other.delta_misses;
     }
 }
 
@@ -136,10 +153,16 @@ pub struct MemoryEncoder {
     compressor: Option<Compressor<'static>>,
     scratch: Vec<u8>,
     stats: MemoryStats,
-    /// Consecutive compression attempts that saved less than 1/32.
-    misses: u32,
-    /// Data records still to store raw without trying to compress.
-    skip_left: u32,
+    /// When to stop trying zstd on pages (incompressible memory).
+    plain: Adaptive,
+    /// When to stop trying XOR deltas (pages rewritten whole). Kept apart
+    /// from `plain`: random pages that do not compress say nothing about
+    /// whether sparse rewrites of other pages make good deltas.
+    deltas: Adaptive,
+    /// Last version sent of recently sent pages, for `XorZstd` deltas.
+    delta: Option<DeltaCache>,
+    /// XOR deltas are built here before compression.
+    xor_scratch: Vec<u8>,
 }
 
 /// After this many consecutive data records that zstd shrinks by less than
@@ -163,9 +186,34 @@ impl MemoryEncoder {
             compressor,
             scratch: Vec::new(),
             stats: MemoryStats::default(),
-            misses: 0,
-            skip_left: 0,
+            plain: Adaptive::default(),
+            deltas: Adaptive::default(),
+            delta: None,
+            xor_scratch: Vec::new(),
         })
+    }
+
+    /// Gives the encoder a delta cache: pages it has sent before (and that
+    /// are still cached) are sent as `XorZstd` deltas when that pays. Only
+    /// for a stream whose reader applies every record in order; the owner
+    /// must call [`reset_delta`](Self::reset_delta) whenever the reader may
+    /// have missed records (see [`DeltaCache`]). Ignored without
+    /// compression, since an uncompressed delta is as big as the page.
+    pub fn set_delta_cache(&mut self, cache: Option<DeltaCache>) {
+        self.delta = cache;
+    }
+
+    /// The delta cache's capacity in bytes (0 without one).
+    pub fn delta_capacity_bytes(&self) -> u64 {
+        self.delta.as_ref().map_or(0, DeltaCache::capacity_bytes)
+    }
+
+    /// Forgets every cached page: the next version of each page is sent
+    /// whole. Call when the reader may not hold what was sent.
+    pub fn reset_delta(&mut self) {
+        if let Some(d) = self.delta.as_mut() {
+            d.clear();
+        }
     }
 
     /// The compression setting.
@@ -216,39 +264,115 @@ impl MemoryEncoder {
             return Ok(());
         }
         let page = |i: usize| &pages[i * PAGE_SIZE..(i + 1) * PAGE_SIZE];
+        let first_pfn = gpa / PAGE_SIZE as u64;
 
         let mut start = 0;
-        let mut start_zero = is_zero(page(0));
+        let mut start_class = self.classify(first_pfn, page(0));
         loop {
-            let cap = if start_zero {
+            let cap = if start_class == Class::Zero {
                 MAX_RECORD_PAGES as usize
             } else {
                 DATA_RECORD_PAGES
             };
             let mut end = start + 1;
-            let mut next_zero = None;
+            let mut next_class = None;
             while end < npages && end - start < cap {
-                let z = is_zero(page(end));
-                if z != start_zero {
-                    next_zero = Some(z);
+                let c = self.classify(first_pfn + end as u64, page(end));
+                if c != start_class {
+                    next_class = Some(c);
                     break;
                 }
                 end += 1;
             }
             let run_gpa = gpa + (start * PAGE_SIZE) as u64;
             let data = &pages[start * PAGE_SIZE..end * PAGE_SIZE];
-            if start_zero {
-                self.emit_zero(run_gpa, end - start, out);
-            } else {
-                self.emit_data(run_gpa, data, out)?;
+            match start_class {
+                Class::Zero => {
+                    self.emit_zero(run_gpa, end - start, out);
+                    if let Some(d) = self.delta.as_mut() {
+                        d.invalidate(first_pfn + start as u64, (end - start) as u64);
+                    }
+                }
+                Class::Cached => self.emit_delta(run_gpa, data, out)?,
+                Class::Data => self.emit_data(run_gpa, data, out)?,
+            }
+            if start_class != Class::Zero {
+                if let Some(d) = self.delta.as_mut() {
+                    for (i, p) in data.chunks_exact(PAGE_SIZE).enumerate() {
+                        d.insert(first_pfn + (start + i) as u64, p);
+                    }
+                }
             }
             self.stats.raw_bytes += data.len() as u64;
             if end >= npages {
                 return Ok(());
             }
             start = end;
-            start_zero = next_zero.unwrap_or_else(|| is_zero(page(start)));
+            start_class =
+                next_class.unwrap_or_else(|| self.classify(first_pfn + start as u64, page(start)));
         }
+    }
+
+    /// How page frame `pfn` with contents `page` is to be sent.
+    fn classify(&self, pfn: u64, page: &[u8]) -> Class {
+        if is_zero(page) {
+            Class::Zero
+        } else if self.compressor.is_some() && self.delta.as_ref().is_some_and(|d| d.contains(pfn))
+        {
+            Class::Cached
+        } else {
+            Class::Data
+        }
+    }
+
+    /// A run of pages whose previous versions are all cached: sends the
+    /// XOR delta when it compresses to at most 1/8 of the pages, else the
+    /// pages themselves.
+    fn emit_delta(&mut self, gpa: u64, data: &[u8], out: &mut Vec<u8>) -> Result<()> {
+        let npages = data.len() / PAGE_SIZE;
+        if self.deltas.skipping() {
+            self.stats.delta_misses += npages as u64;
+            return self.emit_data(gpa, data, out);
+        }
+        let (Some(cache), Some(c)) = (self.delta.as_ref(), self.compressor.as_mut()) else {
+            return self.emit_data(gpa, data, out);
+        };
+        self.xor_scratch.resize(data.len(), 0);
+        let first = gpa / PAGE_SIZE as u64;
+        for (i, (dst, new)) in self
+            .xor_scratch
+            .chunks_exact_mut(PAGE_SIZE)
+            .zip(data.chunks_exact(PAGE_SIZE))
+            .enumerate()
+        {
+            let Some(old) = cache.get(first + i as u64) else {
+                return self.emit_data(gpa, data, out);
+            };
+            xor_into(dst, new, old);
+        }
+        self.scratch.clear();
+        self.scratch
+            .reserve(zstd::zstd_safe::compress_bound(data.len()));
+        c.compress_to_buffer(&self.xor_scratch, &mut self.scratch)
+            .map_err(CheckpointError::Zstd)?;
+        if self.scratch.len() > data.len() / 8 {
+            self.stats.delta_misses += npages as u64;
+            self.deltas.miss();
+            return self.emit_data(gpa, data, out);
+        }
+        self.deltas.hit();
+        push_record_header(
+            out,
+            gpa,
+            npages as u32,
+            Encoding::XorZstd,
+            self.scratch.len() as u32,
+        );
+        out.extend_from_slice(&self.scratch);
+        self.stats.delta_pages += npages as u64;
+        self.stats.records += 1;
+        self.stats.encoded_bytes += (RECORD_HEADER_LEN + self.scratch.len()) as u64;
+        Ok(())
     }
 
     /// Appends `Zero` records for `npages` pages at `gpa` known to be zero
@@ -263,6 +387,9 @@ impl MemoryEncoder {
         while done < npages {
             let n = (npages - done).min(u64::from(MAX_RECORD_PAGES));
             self.emit_zero(gpa + done * PAGE_SIZE as u64, n as usize, out);
+            if let Some(d) = self.delta.as_mut() {
+                d.invalidate(gpa / PAGE_SIZE as u64 + done, n);
+            }
             self.stats.raw_bytes += n * PAGE_SIZE as u64;
             done += n;
         }
@@ -279,8 +406,7 @@ impl MemoryEncoder {
     fn emit_data(&mut self, gpa: u64, data: &[u8], out: &mut Vec<u8>) -> Result<()> {
         let npages = data.len() / PAGE_SIZE;
         let mut encoding = Encoding::Raw;
-        if self.compressor.is_some() && self.skip_left > 0 {
-            self.skip_left -= 1;
+        if self.compressor.is_some() && self.plain.skipping() {
             self.stats.skipped_records += 1;
         } else if let Some(c) = self.compressor.as_mut() {
             self.scratch.clear();
@@ -292,13 +418,9 @@ impl MemoryEncoder {
                 encoding = Encoding::Zstd;
             }
             if self.scratch.len() > data.len() - data.len() / 32 {
-                self.misses += 1;
-                if self.misses >= ADAPTIVE_MISSES {
-                    self.misses = 0;
-                    self.skip_left = ADAPTIVE_SKIP;
-                }
+                self.plain.miss();
             } else {
-                self.misses = 0;
+                self.plain.hit();
             }
         }
         let body: &[u8] = match encoding {
@@ -315,6 +437,50 @@ impl MemoryEncoder {
         self.stats.encoded_bytes += (RECORD_HEADER_LEN + body.len()) as u64;
         Ok(())
     }
+}
+
+/// Adaptive skipping: after [`ADAPTIVE_MISSES`] failed attempts in a row,
+/// the next [`ADAPTIVE_SKIP`] records are not tried.
+#[derive(Default)]
+struct Adaptive {
+    /// Consecutive attempts that did not pay.
+    misses: u32,
+    /// Records still to send without trying.
+    skip_left: u32,
+}
+
+impl Adaptive {
+    /// Whether to skip this record's attempt (counts it down).
+    fn skipping(&mut self) -> bool {
+        if self.skip_left > 0 {
+            self.skip_left -= 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn hit(&mut self) {
+        self.misses = 0;
+    }
+
+    fn miss(&mut self) {
+        self.misses += 1;
+        if self.misses >= ADAPTIVE_MISSES {
+            self.misses = 0;
+            self.skip_left = ADAPTIVE_SKIP;
+        }
+    }
+}
+
+/// How [`MemoryEncoder::encode_run`] sends a page.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Zero,
+    /// Non-zero, previous version in the delta cache.
+    Cached,
+    /// Non-zero, nothing to diff against.
+    Data,
 }
 
 fn push_record_header(out: &mut Vec<u8>, gpa: u64, npages: u32, enc: Encoding, data_len: u32) {
@@ -346,7 +512,7 @@ pub fn decode_records(
     payload: &[u8],
     mut sink: impl FnMut(u64, &[u8]) -> Result<()>,
 ) -> Result<()> {
-    decode_inner(payload, &mut sink, None)
+    decode_inner(payload, &mut sink, None, None)
 }
 
 /// Like [`decode_records`], but `Zero` records go to `zero(gpa, bytes)` as a
@@ -357,15 +523,30 @@ pub fn decode_records_zero_aware(
     mut sink: impl FnMut(u64, &[u8]) -> Result<()>,
     mut zero: impl FnMut(u64, u64) -> Result<()>,
 ) -> Result<()> {
-    decode_inner(payload, &mut sink, Some(&mut zero))
+    decode_inner(payload, &mut sink, Some(&mut zero), None)
+}
+
+/// Like [`decode_records_zero_aware`], and also accepts `XorZstd` delta
+/// records: their decompressed bytes go to `xor(gpa, delta)`, which must
+/// XOR them into the pages' current contents. The other two readers refuse
+/// delta records, since they have no base pages to apply them to.
+pub fn decode_records_with_deltas(
+    payload: &[u8],
+    mut sink: impl FnMut(u64, &[u8]) -> Result<()>,
+    mut zero: impl FnMut(u64, u64) -> Result<()>,
+    mut xor: impl FnMut(u64, &[u8]) -> Result<()>,
+) -> Result<()> {
+    decode_inner(payload, &mut sink, Some(&mut zero), Some(&mut xor))
 }
 
 type ZeroSink<'a> = Option<&'a mut dyn FnMut(u64, u64) -> Result<()>>;
+type XorSink<'a> = Option<&'a mut dyn FnMut(u64, &[u8]) -> Result<()>>;
 
 fn decode_inner(
     payload: &[u8],
     sink: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
     mut zero: ZeroSink<'_>,
+    mut xor: XorSink<'_>,
 ) -> Result<()> {
     let mut off = 0;
     let mut buf: Vec<u8> = Vec::new();
@@ -450,7 +631,15 @@ fn decode_inner(
                 }
                 sink(gpa, data)?;
             }
-            Encoding::Zstd => {
+            Encoding::Zstd | Encoding::XorZstd => {
+                if enc == Encoding::XorZstd && xor.is_none() {
+                    return Err(bad(
+                        off,
+                        "XorZstd delta record, but this reader has no base pages to apply \
+                         it to (deltas are only valid in a replication stream)"
+                            .into(),
+                    ));
+                }
                 if decompressor.is_none() {
                     decompressor = Some(Decompressor::new().map_err(CheckpointError::Zstd)?);
                 }
@@ -474,7 +663,10 @@ fn decode_inner(
                         ),
                     ));
                 }
-                sink(gpa, &buf)?;
+                match xor.as_mut() {
+                    Some(x) if enc == Encoding::XorZstd => x(gpa, &buf)?,
+                    _ => sink(gpa, &buf)?,
+                }
             }
         }
         off += RECORD_HEADER_LEN + data_len;

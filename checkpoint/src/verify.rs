@@ -42,7 +42,12 @@ pub fn verify<R: Read>(r: R, limits: &Limits, expected: Option<&Fingerprint>) ->
                     });
                 }
             }
-            SectionId::Memory => pages::decode_records(&payload, |_, _| Ok(()))?,
+            SectionId::Memory => pages::decode_records_with_deltas(
+                &payload,
+                |_, _| Ok(()),
+                |_, _| Ok(()),
+                |_, _| Ok(()),
+            )?,
             SectionId::Console if payload.len() != 8 => {
                 return Err(CheckpointError::BadPayload {
                     id,

@@ -184,7 +184,7 @@ fn with_version(bytes: &[u8], version: u32) -> Vec<u8> {
 #[test]
 fn unknown_version_is_refused_naming_both_versions() {
     let (bytes, _) = sample();
-    for v in [0, 2, FORMAT_VERSION + 100, u32::MAX] {
+    for v in [0, 1, FORMAT_VERSION + 1, FORMAT_VERSION + 100, u32::MAX] {
         let err = read_all(&with_version(&bytes, v)[..], &Limits::default(), None).unwrap_err();
         match err {
             CheckpointError::UnsupportedVersion { found, supported } => {
@@ -197,7 +197,12 @@ fn unknown_version_is_refused_naming_both_versions() {
         }
     }
     // Even a short file with a future version says so.
-    let err = read_all(&with_version(&bytes, 2)[..20], &Limits::default(), None).unwrap_err();
+    let err = read_all(
+        &with_version(&bytes, FORMAT_VERSION + 1)[..20],
+        &Limits::default(),
+        None,
+    )
+    .unwrap_err();
     assert_eq!(kind(&err), "UnsupportedVersion");
 }
 
@@ -352,11 +357,11 @@ fn golden_empty_full_checkpoint() {
     .unwrap();
     let bytes = w.finish().unwrap();
     let mut expected = b"HSPRCKPT".to_vec();
-    expected.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0]);
+    expected.extend_from_slice(&[2, 0, 0, 0, 0, 0, 0, 0]);
     expected.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0]);
     expected.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0]);
     expected.extend_from_slice(&[0x11; 32]);
-    expected.extend_from_slice(&[0xca, 0xa9, 0x10, 0x1b]);
+    expected.extend_from_slice(&[0xb3, 0x9d, 0xaf, 0x3d]);
     expected.extend_from_slice(&[0xff; 4]);
     expected.extend_from_slice(&[8, 0, 0, 0, 0, 0, 0, 0]);
     expected.extend_from_slice(&[0xb0, 0x60, 0xec, 0x8c]);
