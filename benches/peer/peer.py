@@ -1,11 +1,6 @@
 #!/usr/bin/env python3
 """Helpers of benches/peer/run.sh (standard library only).
 
-  peer.py calibrate --hotspare BIN --guest ELF --mem-mib M --pages P --profile X
-                    --writes W --target-us T
-      Finds the memtest `spin=` that makes one page write of the bundled
-      guest take T microseconds when it runs unprotected, and prints it.
-
   peer.py report --out DIR --params JSON
       Merges DIR/qemu/colo.jsonl, DIR/qemu/migration.jsonl and
       DIR/hotspare/bench.json (+ its raw runs) into DIR/peer.json and
@@ -18,34 +13,6 @@
       unprotected, a standby appears after --warmup s (DIR/livesync.json).
 """
 import argparse, glob, json, os, re, statistics, subprocess, sys, time
-
-
-# ---------------------------------------------------------------- calibrate
-
-def guest_seconds(a, spin, rounds):
-    cmd = [a.hotspare, "run", "--kernel", a.guest, "--mem-mib", str(a.mem_mib),
-           "--cmdline", f"rounds={rounds} pages={a.pages} writes={a.writes} spin={spin} pattern={a.profile}",
-           "--console", os.devnull]
-    t = time.monotonic()
-    subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.monotonic() - t
-
-
-def cost_us(a, spin):
-    """Microseconds per page write at `spin`, boot and final check cancelled out."""
-    lo, hi = 4, 12
-    t_lo = guest_seconds(a, spin, lo)
-    t_hi = guest_seconds(a, spin, hi)
-    return max(1e-3, (t_hi - t_lo) * 1e6 / ((hi - lo) * a.writes))
-
-
-def calibrate(a):
-    spin = a.start_spin
-    for _ in range(2):
-        c = cost_us(a, spin)
-        print(f"  calibration: spin={spin} -> {c:.2f} us per page write", file=sys.stderr)
-        spin = max(1, int(spin * a.target_us / c))
-    print(spin)
 
 
 # ----------------------------------------------------------------- livesync
@@ -425,21 +392,12 @@ def _hs_workload(hs):
     if not c:
         return "n/a"
     return (f"--profile {c.get('profile')} --pages {c.get('pages')} --writes {c.get('writes')} "
-            f"--spin {c.get('spin')} --rounds {c.get('rounds')}")
+            f"--spin {c.get('spin')} --rate {c.get('rate')} --rounds {c.get('rounds')}")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    c = sub.add_parser("calibrate")
-    c.add_argument("--hotspare", required=True)
-    c.add_argument("--guest", required=True)
-    c.add_argument("--mem-mib", type=int, required=True)
-    c.add_argument("--pages", type=int, required=True)
-    c.add_argument("--profile", required=True)
-    c.add_argument("--writes", type=int, required=True)
-    c.add_argument("--target-us", type=float, required=True)
-    c.add_argument("--start-spin", type=int, default=100000)
     l = sub.add_parser("livesync")
     l.add_argument("--hotspare", required=True)
     l.add_argument("--guest", required=True)
@@ -454,9 +412,6 @@ def main():
     r.add_argument("--params", default=None, help="run parameters as JSON (default: those of DIR/peer.json)")
     r.add_argument("--extra", default=None, help="JSON file merged into peer.json (host, versions, timings)")
     a = ap.parse_args()
-    if a.cmd == "calibrate":
-        calibrate(a)
-        return 0
     if a.cmd == "livesync":
         return livesync(a)
     return report(a)

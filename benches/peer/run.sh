@@ -16,12 +16,12 @@ usage: benches/peer/run.sh [options]
   --delay-ms N        checkpoint interval: COLO x-checkpoint-delay,
                       hotspare --interval-ms                       (25)
   --rate-ppms N       guest page writes per ms: QEMU guest's rate;
-                      hotspare's guest is calibrated to it (spin=)  (25)
+                      hotspare's guest is paced to it by the TSC     (25)
   --reps N            repetitions on each side (medians)            (3)
   --ws-mib N          dirtied working set of both guests, MiB       (64)
   --window S          seconds of COLO measured per rep              (8)
   --profile P         hotspare memtest pattern                      (mixed)
-  --spin S            hotspare spin= (skips the calibration)
+  --spin S            pace hotspare's guest by spin= instead
   --hs-seconds S      length of hotspare's unprotected guest run    (8)
   --mig-downtime-ms N QEMU migration downtime-limit (QEMU default)  (300)
   --prefill P         QEMU migration source RAM: zero|mixed         (zero)
@@ -117,7 +117,7 @@ if [ "$BUILD" = 1 ]; then
   fi
 fi
 [ -x "$HS" ] || { echo "run.sh: $HS is missing: build it with cargo build --release -p engine (or drop --no-build)" >&2; exit 1; }
-# The memtest guest the binary embeds, as built next to it (for the calibration runs).
+# The memtest guest the binary embeds, as built next to it (for the live-sync runs).
 GUEST=''
 for g in "$repo"/target/release/build/engine-*/out/guests/memtest.elf; do
   [ -f "$g" ] && { [ -z "$GUEST" ] || [ "$g" -nt "$GUEST" ]; } && GUEST=$g
@@ -170,35 +170,30 @@ took[migration]=$(( $(date +%s) - t ))
 
 # ---- 2c. hotspare bench ------------------------------------------------------------------
 # Matching the dirty rate: QEMU's guest writes RATE pages/ms, one word per page, sweeping a
-# WS MiB working set, paced by the TSC. hotspare's memtest is paced only by spin= (busy
-# iterations per page write), so spin= is calibrated here, unprotected, to 1/RATE ms per
-# write over a working set of the same size. Both sides' measured dirty pages/s are reported.
+# WS MiB working set, paced by the TSC and catching up after pauses. hotspare's memtest is
+# paced the same way (rate= page writes/s against the TSC, catching up), over a working set
+# of the same size. --spin S instead paces it by busy iterations (the old, uncalibrated way).
+# Both sides' measured dirty pages/s are reported.
 t=$(date +%s)
 PAGES=$(( WS * 256 ))
+HS_RATE=0
 if [ "$RATE" -gt 0 ]; then
   WRITES=$(( RATE * 250 ))                                   # 0.25 s of writes per round
   ROUNDS=$(( HS_SECONDS * 4 ))                               # a multiple of 4: each mixed pattern alike
   [ "$ROUNDS" -ge 4 ] || ROUNDS=4
-  if [ -z "$SPIN" ]; then
-    if [ -z "$GUEST" ]; then
-      echo "run.sh: no target/release/build/engine-*/out/guests/memtest.elf for the calibration; pass --spin" >&2; exit 1
-    fi
-    log "calibrating hotspare's guest to $RATE page writes/ms (spin=)"
-    if ! SPIN=$(python3 "$here/peer.py" calibrate --hotspare "$HS" --guest "$GUEST" --mem-mib "$MEM" \
-        --pages "$PAGES" --profile "$PROFILE" --writes "$WRITES" --target-us "$(python3 -c "print(1000/$RATE)")"); then
-      echo "run.sh: calibrating hotspare's guest failed (running $HS run --kernel $GUEST); pass --spin to skip it" >&2
-      exit 1
-    fi
-  fi
+  [ -n "$SPIN" ] || HS_RATE=$(( RATE * 1000 ))
+  SPIN=${SPIN:-0}
 else
   WRITES=30000 ROUNDS=40 SPIN=${SPIN:-0}                     # as fast as it goes, like the QEMU guest
 fi
+PACE=""
+[ "$HS_RATE" -gt 0 ] && PACE=" rate=$HS_RATE tsc_khz=$("$HS" tsc-khz)"
 took[calibration]=$(( $(date +%s) - t ))
 t=$(date +%s)
-log "hotspare bench: --mem-mib $MEM --interval-ms $DELAY --profile $PROFILE --pages $PAGES --writes $WRITES --spin $SPIN --rounds $ROUNDS --reps $REPS"
+log "hotspare bench: --mem-mib $MEM --interval-ms $DELAY --profile $PROFILE --pages $PAGES --writes $WRITES --spin $SPIN --rate $HS_RATE --rounds $ROUNDS --reps $REPS"
 mkdir -p "$OUT/hotspare"
 if ! "$HS" bench --reps "$REPS" --mem-mib "$MEM" --interval-ms "$DELAY" --profile "$PROFILE" --pages "$PAGES" \
-    --writes "$WRITES" --spin "$SPIN" --rounds "$ROUNDS" --out "$OUT/hotspare" </dev/null \
+    --writes "$WRITES" --spin "$SPIN" --rate "$HS_RATE" --rounds "$ROUNDS" --out "$OUT/hotspare" </dev/null \
     >"$OUT/hotspare/bench.log" 2>&1; then
   log "  hotspare bench FAILED: $(tail -c 600 "$OUT/hotspare/bench.log" | tr '\n' ' ')"
 fi
@@ -214,7 +209,7 @@ LS_GUEST="$OUT/hotspare/runs/memtest.elf"
 [ -f "$LS_GUEST" ] || LS_GUEST=$GUEST
 log "hotspare live full sync of the running guest, $REPS reps"
 if [ -z "$LS_GUEST" ] || ! python3 "$here/peer.py" livesync --hotspare "$HS" --guest "$LS_GUEST" --mem-mib "$MEM" \
-    --cmdline "rounds=$ROUNDS pages=$PAGES writes=$WRITES spin=$SPIN pattern=$PROFILE" --interval-ms "$DELAY" \
+    --cmdline "rounds=$ROUNDS pages=$PAGES writes=$WRITES spin=$SPIN pattern=$PROFILE$PACE" --interval-ms "$DELAY" \
     --warmup 2 --reps "$REPS" --dir "$OUT/hotspare-livesync"; then
   log "  hotspare live sync FAILED (see $OUT/hotspare-livesync/)"
 fi
@@ -230,7 +225,7 @@ US_PER_WRITE=null
 [ "$RATE" -gt 0 ] && US_PER_WRITE=$(python3 -c "print(1000/$RATE)")
 T0="$T0" LOAD_START="$LOAD_START" CMDLINE="$CMDLINE" KVM_MOD="$kvm_mod" QV72="$("$QEMU72" --version | head -1)" \
 QV10="$("$QEMU10" --version | head -1)" HS_REV="$hs_rev ($build_note)" \
-WORKLOAD="{\"profile\": \"$PROFILE\", \"pages\": $PAGES, \"writes\": $WRITES, \"spin\": $SPIN, \"rounds\": $ROUNDS, \"spin_calibrated_to_us_per_write\": $US_PER_WRITE}" \
+WORKLOAD="{\"profile\": \"$PROFILE\", \"pages\": $PAGES, \"writes\": $WRITES, \"spin\": $SPIN, \"rate_writes_per_s\": $HS_RATE, \"rounds\": $ROUNDS, \"us_per_write_target\": $US_PER_WRITE}" \
 TIMINGS="{\"setup\": ${took[setup]}, \"build\": ${took[build]}, \"colo\": ${took[colo]}, \"migration\": ${took[migration]}, \"calibration\": ${took[calibration]}, \"hotspare\": ${took[hotspare]}, \"livesync\": ${took[livesync]}, \"total\": $total}" \
 python3 - "$OUT/extra.json" <<'EOF'
 import json, os, sys, time

@@ -28,9 +28,17 @@ pub struct BenchArgs {
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 256)]
     mem_mib: u64,
-    /// Workload pattern of the memory tester: sparse, pages, hot, sweep, mixed.
+    /// Workload pattern of the memory tester: sparse, pages, text, hot,
+    /// sweep, mixed.
     #[arg(long, default_value = "mixed")]
     profile: String,
+    /// Initial page contents: random or text.
+    #[arg(long, default_value = "random")]
+    fill: String,
+    /// Page writes per second, paced by the TSC (0: unpaced; --spin then
+    /// sets the rate).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
     /// Working set in 4 KiB pages.
     #[arg(long, default_value_t = 4096)]
     pages: u64,
@@ -49,6 +57,11 @@ pub struct BenchArgs {
     /// Repetitions (medians are reported).
     #[arg(long, default_value_t = 3)]
     reps: usize,
+    /// Leave out of the per-epoch figures (pause, pages, bytes) the epochs
+    /// of the first N ms after the first one: the guest's start-up writes
+    /// its whole working set once, which no steady-state profile is about.
+    #[arg(long, default_value_t = 500)]
+    warmup_ms: u64,
     /// Skip the takeover measurement.
     #[arg(long)]
     no_takeover: bool,
@@ -248,8 +261,18 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<i32> {
         key,
         dir: dir.clone(),
         cmdline: format!(
-            "rounds={} pages={} writes={} spin={} pattern={}",
-            a.rounds, a.pages, a.writes, a.spin, a.profile
+            "rounds={} pages={} writes={} spin={} pattern={} fill={}{}",
+            a.rounds,
+            a.pages,
+            a.writes,
+            a.spin,
+            a.profile,
+            a.fill,
+            if a.rate > 0 {
+                format!(" rate={} tsc_khz={}", a.rate, engine::cpu::tsc_khz())
+            } else {
+                String::new()
+            }
         ),
     };
     println!(
@@ -287,15 +310,115 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<i32> {
         a.out.join("bench.json"),
         serde_json::to_vec_pretty(&summary)?,
     )?;
-    let md = markdown(&summary);
+    let mut md = markdown(&summary);
+    let plots = write_plots(&a, &runs)?;
+    md.push_str("\nPlots: ");
+    md.push_str(&plots.join(", "));
+    md.push('\n');
     std::fs::write(a.out.join("bench.md"), &md)?;
     println!("\n{md}");
     println!(
-        "written: {}/bench.json, {}/bench.md",
+        "written: {}/bench.json, {}/bench.md and the plots",
         a.out.display(),
         a.out.display()
     );
     Ok(0)
+}
+
+/// Writes the SVG plots of the replicated runs' incremental epochs (pause
+/// over time, pause histogram, bytes per epoch) and returns their names.
+fn write_plots(a: &BenchArgs, runs: &[Run]) -> std::io::Result<Vec<String>> {
+    use crate::plot::{chart, histogram, Series, Style};
+    const COLORS: [&str; 4] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
+    let incremental = |r: &Run| -> Vec<Value> {
+        r.stats["epochs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["full"] == json!(false))
+            .cloned()
+            .collect()
+    };
+    let per_rep = |field: &str, scale: f64| -> Vec<Series> {
+        runs.iter()
+            .enumerate()
+            .map(|(i, r)| Series {
+                name: ["rep 1", "rep 2", "rep 3", "rep 4+"][i.min(3)],
+                color: COLORS[i % COLORS.len()],
+                points: incremental(r)
+                    .iter()
+                    .map(|e| (f(e, "t_ms") / 1e3, f(e, field) * scale))
+                    .collect(),
+            })
+            .collect()
+    };
+    let what = format!(
+        "{} MiB, {}, {} ms epochs",
+        a.mem_mib, a.profile, a.interval_ms
+    );
+    let pauses: Vec<f64> = runs
+        .iter()
+        .flat_map(|r| incremental(r).into_iter().map(|e| f(&e, "pause_us") / 1e3))
+        .collect();
+    let (hist, width) = histogram(&pauses, 40);
+    let first = runs.first();
+    let bytes = |field: &str, name: &'static str, color: &'static str| Series {
+        name,
+        color,
+        points: first
+            .map(incremental)
+            .unwrap_or_default()
+            .iter()
+            .map(|e| (f(e, "t_ms") / 1e3, f(e, field) / 1024.0))
+            .collect(),
+    };
+    let plots = [
+        (
+            "pause_over_time.svg",
+            chart(
+                &format!("Checkpoint pause over time ({what})"),
+                "time since start (s)",
+                "pause (ms)",
+                &per_rep("pause_us", 1e-3),
+                Style::Dots,
+            ),
+        ),
+        (
+            "pause_histogram.svg",
+            chart(
+                &format!("Pause histogram, all reps ({what})"),
+                "pause (ms)",
+                "epochs",
+                &[Series {
+                    name: "epochs",
+                    color: COLORS[0],
+                    points: hist,
+                }],
+                Style::Bars {
+                    width_milli: (width * 1000.0).round().max(1.0) as u64,
+                },
+            ),
+        ),
+        (
+            "bytes_per_epoch.svg",
+            chart(
+                &format!("Bytes per epoch, rep 1 ({what})"),
+                "time since start (s)",
+                "KiB per epoch",
+                &[
+                    bytes("raw_bytes", "raw page bytes", COLORS[1]),
+                    bytes("wire_bytes", "on the wire", COLORS[0]),
+                ],
+                Style::Dots,
+            ),
+        ),
+    ];
+    let mut names = Vec::new();
+    for (name, svg) in plots {
+        std::fs::write(a.out.join(name), svg)?;
+        names.push(name.to_string());
+    }
+    Ok(names)
 }
 
 /// The machine's limits, measured in the same run: memcpy, the page encoder
@@ -383,6 +506,7 @@ fn summarize(a: &BenchArgs, base: &[f64], runs: &[Run], takeovers: &[(f64, f64)]
     let mut phase: [Vec<f64>; 5] = Default::default();
     let (mut pages, mut raw, mut wire, mut epochs) = (0.0, 0.0, 0.0, 0.0);
     let mut pages_per_epoch = Vec::new();
+    let (mut delta_pages, mut warmup_epochs) = (0.0, 0.0);
     let mut acks = Vec::new();
     let mut rates = Vec::new();
     let mut engine_cpu_per_page = Vec::new();
@@ -391,7 +515,14 @@ fn summarize(a: &BenchArgs, base: &[f64], runs: &[Run], takeovers: &[(f64, f64)]
     let mut protect_ms = Vec::new();
     for r in runs {
         let eps = r.stats["epochs"].as_array().cloned().unwrap_or_default();
-        let inc: Vec<&Value> = eps.iter().filter(|e| e["full"] == json!(false)).collect();
+        let t0 = eps.first().map(|e| f(e, "t_ms")).unwrap_or(0.0);
+        let inc_all: Vec<&Value> = eps.iter().filter(|e| e["full"] == json!(false)).collect();
+        let inc: Vec<&Value> = inc_all
+            .iter()
+            .copied()
+            .filter(|e| f(e, "t_ms") >= t0 + a.warmup_ms as f64)
+            .collect();
+        warmup_epochs += (inc_all.len() - inc.len()) as f64;
         let (mut rp, mut rr, mut rw) = (0.0, 0.0, 0.0);
         for e in &inc {
             pause.push(f(e, "pause_us") / 1e3);
@@ -403,6 +534,7 @@ fn summarize(a: &BenchArgs, base: &[f64], runs: &[Run], takeovers: &[(f64, f64)]
             }
             pages_per_epoch.push(f(e, "pages"));
             rp += f(e, "pages");
+            delta_pages += f(e, "delta_pages");
             rr += f(e, "raw_bytes");
             rw += f(e, "wire_bytes");
         }
@@ -425,7 +557,7 @@ fn summarize(a: &BenchArgs, base: &[f64], runs: &[Run], takeovers: &[(f64, f64)]
                 .map(|s| f(s, "seconds"))
                 .unwrap_or(0.0);
         if protected_s > 0.0 {
-            rates.push(inc.len() as f64 / protected_s);
+            rates.push(inc_all.len() as f64 / protected_s);
         }
         let all_pages: f64 = eps.iter().map(|e| f(e, "pages")).sum::<f64>()
             + r.stats["syncs"]
@@ -457,6 +589,7 @@ fn summarize(a: &BenchArgs, base: &[f64], runs: &[Run], takeovers: &[(f64, f64)]
         "config": {
             "mem_mib": a.mem_mib, "profile": a.profile, "pages": a.pages, "writes": a.writes,
             "spin": a.spin, "rounds": a.rounds, "interval_ms": a.interval_ms, "reps": a.reps,
+            "rate": a.rate, "fill": a.fill, "warmup_ms": a.warmup_ms,
             "pinned": a.pin, "compress": a.compress,
         },
         "pause_ms": { "p50": pct(pause.clone(), 0.5), "p99": pct(pause.clone(), 0.99), "max": pct(pause, 1.0) },
@@ -469,6 +602,7 @@ fn summarize(a: &BenchArgs, base: &[f64], runs: &[Run], takeovers: &[(f64, f64)]
         "dirty_pages_per_epoch_p50": pct(pages_per_epoch, 0.5),
         "bytes_per_dirty_page": { "raw": if pages > 0.0 { raw / pages } else { 0.0 }, "wire": if pages > 0.0 { wire / pages } else { 0.0 } },
         "wire_over_raw": if raw > 0.0 { wire / raw } else { 0.0 },
+        "delta_page_share": if pages > 0.0 { delta_pages / pages } else { 0.0 },
         "engine_cpu_us_per_dirty_page": { "primary": median(engine_cpu_per_page), "shadow": median(shadow_cpu_per_page) },
         "ack_latency_ms": { "p50": pct(acks.clone(), 0.5), "p99": pct(acks, 0.99) },
         "full_sync_mib_s": median(sync_tp),
@@ -479,6 +613,7 @@ fn summarize(a: &BenchArgs, base: &[f64], runs: &[Run], takeovers: &[(f64, f64)]
         },
         "guest": { "baseline_s": median(base.to_vec()), "replicated_s": median(walls), "slowdown": slowdown },
         "epochs_measured": epochs,
+        "warmup_epochs_left_out": warmup_epochs,
     })
 }
 
@@ -493,12 +628,12 @@ fn markdown(v: &Value) -> String {
     let c = &v["config"];
     format!(
         "| figure | value |\n| --- | --- |\n\
-         | workload | {} MiB guest, pattern {}, {} pages x {} writes/round, epoch {} ms, pinned {} |\n\
+         | workload | {} MiB guest, pattern {}, fill {}, {} pages x {} writes/round, rate {} writes/s (0: unpaced), epoch {} ms, pinned {}, warm-up left out {} ms ({} epochs) |\n\
          | pause p50 / p99 / max | {:.3} / {:.3} / {:.3} ms |\n\
          | pause phases p50 (stop, state, harvest, copy, resume) | {:.3}, {:.3}, {:.3}, {:.3}, {:.3} ms |\n\
          | epoch rate configured / achieved | {:.1} / {:.1} Hz |\n\
          | dirty pages per epoch (p50) | {:.0} |\n\
-         | bytes per dirty page raw / on the wire | {:.0} / {:.0} ({:.3}x) |\n\
+         | bytes per dirty page raw / on the wire | {:.0} / {:.0} ({:.3}x; {:.0}% of pages as XOR deltas) |\n\
          | engine CPU per dirty page, primary / shadow | {:.2} / {:.2} µs |\n\
          | ack latency p50 / p99 | {:.2} / {:.2} ms |\n\
          | protection before the guest starts (full state to the ack) | {:.1} ms |\n\
@@ -506,13 +641,15 @@ fn markdown(v: &Value) -> String {
          | takeover: detection / activation (p50) | {:.1} / {:.2} ms |\n\
          | guest run time unprotected / replicated (slowdown) | {:.2} / {:.2} s ({:.2}x) |\n\
          | machine: memcpy / page encoder (zstd-1, mixed) / loopback TCP | {:.0} / {:.0} / {:.0} MiB/s |\n",
-        c["mem_mib"], c["profile"].as_str().unwrap_or(""), c["pages"], c["writes"], c["interval_ms"], c["pinned"],
+        c["mem_mib"], c["profile"].as_str().unwrap_or(""), c["fill"].as_str().unwrap_or(""), c["pages"], c["writes"],
+        c["rate"], c["interval_ms"], c["pinned"], c["warmup_ms"], v["warmup_epochs_left_out"],
         g(&["pause_ms", "p50"]), g(&["pause_ms", "p99"]), g(&["pause_ms", "max"]),
         g(&["pause_phase_p50_ms", "stop"]), g(&["pause_phase_p50_ms", "state"]), g(&["pause_phase_p50_ms", "harvest"]),
         g(&["pause_phase_p50_ms", "copy"]), g(&["pause_phase_p50_ms", "resume"]),
         g(&["epoch_rate_hz", "configured"]), g(&["epoch_rate_hz", "achieved"]),
         g(&["dirty_pages_per_epoch_p50"]),
         g(&["bytes_per_dirty_page", "raw"]), g(&["bytes_per_dirty_page", "wire"]), g(&["wire_over_raw"]),
+        g(&["delta_page_share"]) * 100.0,
         g(&["engine_cpu_us_per_dirty_page", "primary"]), g(&["engine_cpu_us_per_dirty_page", "shadow"]),
         g(&["ack_latency_ms", "p50"]), g(&["ack_latency_ms", "p99"]),
         g(&["protect_before_start_ms"]),

@@ -74,3 +74,19 @@ pub fn placement() -> Option<(Vec<usize>, Vec<usize>)> {
     }
     Some((vec![cpus[0]], cpus[1..].to_vec()))
 }
+
+/// The TSC frequency in kHz, measured against the monotonic clock over
+/// about 50 ms. KVM guests on this kind of host read the host TSC unscaled,
+/// so a guest paced by the TSC (the memory tester's `rate=`) needs this.
+pub fn tsc_khz() -> u64 {
+    fn rdtsc() -> u64 {
+        // SAFETY: RDTSC only reads the time-stamp counter; every x86-64 CPU
+        // has it and user mode may execute it (the kernel leaves CR4.TSD
+        // clear on Linux).
+        unsafe { core::arch::x86_64::_rdtsc() }
+    }
+    let (t0, c0) = (std::time::Instant::now(), rdtsc());
+    std::thread::sleep(Duration::from_millis(50));
+    let (dt, dc) = (t0.elapsed(), rdtsc().wrapping_sub(c0));
+    (dc as u128 * 1_000_000 / dt.as_nanos().max(1)) as u64
+}

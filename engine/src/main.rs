@@ -16,8 +16,12 @@ use engine::store::DirStore;
 use engine::vm::{Vm, VmConfig};
 use std::time::Duration;
 
+/// Default size of the primary's XOR-delta cache, MiB.
+const DEFAULT_DELTA_CACHE_MIB: u64 = 64;
+
 mod bench;
 mod demo;
+mod plot;
 
 #[derive(Parser)]
 #[command(
@@ -42,6 +46,9 @@ enum Cmd {
     Standby(StandbyArgs),
     /// Measure replication: pause, epoch rate, bytes per page, CPU, takeover.
     Bench(bench::BenchArgs),
+    /// Print this host's TSC frequency in kHz (what a guest paced by the
+    /// TSC, like the memory tester's `rate=`, needs as `tsc_khz=`).
+    TscKhz,
 }
 
 #[derive(clap::Args)]
@@ -60,6 +67,11 @@ struct ReplicaArgs {
     /// Page compression: zstd or none.
     #[arg(long, default_value = "zstd")]
     compress: String,
+    /// XOR-delta cache in MiB: pages sent before are kept (direct-mapped by
+    /// frame) so a page that changes again travels as a compressed XOR
+    /// delta. 0 turns deltas off; they also need --compress zstd.
+    #[arg(long, default_value_t = DEFAULT_DELTA_CACHE_MIB)]
+    delta_cache_mib: u64,
     /// Wait this long for the shadow before starting the guest unprotected.
     #[arg(long, default_value_t = 10_000)]
     wait_shadow_ms: u64,
@@ -229,6 +241,7 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
                 interval: Duration::from_millis(a.replica.interval_ms),
                 timing: a.replica.timing.timing()?,
                 compression: compression(&a.replica.compress)?,
+                delta_cache_bytes: a.replica.delta_cache_mib << 20,
                 max_outstanding: 2,
                 retry: Duration::from_millis(200),
                 term: 1,
@@ -285,12 +298,15 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
                 .unwrap_or_else(|e| e.into_inner())
                 .iter()
                 .sum();
-            let json = engine::replication::primary::stats_json(
+            let mut json = engine::replication::primary::stats_json(
                 &rep.stats,
                 interval,
                 started.elapsed(),
                 vcpu_cpu,
             );
+            json["memory_caps"] = serde_json::json!({
+                "delta_cache_bytes": a.replica.delta_cache_mib << 20,
+            });
             std::fs::write(path, serde_json::to_vec_pretty(&json)?)
                 .with_context(|| format!("writing {}", path.display()))?;
         }
@@ -309,6 +325,7 @@ fn standby(a: StandbyArgs) -> anyhow::Result<i32> {
             interval: Duration::from_millis(a.interval_ms.max(1)),
             timing,
             compression: Compression::Zstd { level: 1 },
+            delta_cache_bytes: DEFAULT_DELTA_CACHE_MIB << 20,
             max_outstanding: 2,
             retry: Duration::from_millis(200),
             term: 0,
@@ -385,6 +402,10 @@ fn main() -> ExitCode {
         Cmd::Demo(a) => demo::demo(a),
         Cmd::Standby(a) => standby(a),
         Cmd::Bench(a) => bench::bench(a),
+        Cmd::TscKhz => {
+            println!("{}", engine::cpu::tsc_khz());
+            Ok(0)
+        }
     };
     match res {
         Ok(code) => ExitCode::from(code as u8),

@@ -485,6 +485,22 @@ fn apply_sections<R: std::io::Read>(r: R, ram: &Ram, fp: &Fingerprint) -> Result
     let mut rd = CheckpointReader::new(r, &Limits::default(), Some(fp))?;
     let (mut vcpus, mut vm, mut devices, mut console) = (None, None, None, None);
     let bad = |msg: String| EngineError::Checkpoint(checkpoint::CheckpointError::Decode(msg));
+    // The region and offset of a run of `len` bytes at `gpa`, which must
+    // lie inside one memory region.
+    let locate = |gpa: u64, len: usize| {
+        let (r, off) = ram
+            .locate(gpa)
+            .ok_or(checkpoint::CheckpointError::Decode(format!(
+                "page {gpa:#x} outside guest memory"
+            )))?;
+        if off + len as u64 > r.size {
+            return Err(checkpoint::CheckpointError::Decode(format!(
+                "run at {gpa:#x} of {len} bytes crosses the end of its memory region"
+            )));
+        }
+        Ok((r, off))
+    };
+    let mut xor_buf = Vec::new();
     while let Some((id, payload)) = rd.next_section()? {
         let dec_err =
             |what: &str, e: postcard::Error| bad(format!("{what} section does not decode: {e}"));
@@ -506,20 +522,10 @@ fn apply_sections<R: std::io::Read>(r: R, ram: &Ram, fp: &Fingerprint) -> Result
                     .map_err(|_| bad("Console section is not 8 bytes".into()))?;
                 console = Some(u64::from_le_bytes(b));
             }
-            SectionId::Memory => pages::decode_records_zero_aware(
+            SectionId::Memory => pages::decode_records_with_deltas(
                 &payload,
                 |gpa, data| {
-                    let (r, off) =
-                        ram.locate(gpa)
-                            .ok_or(checkpoint::CheckpointError::Decode(format!(
-                                "page {gpa:#x} outside guest memory"
-                            )))?;
-                    if off + data.len() as u64 > r.size {
-                        return Err(checkpoint::CheckpointError::Decode(format!(
-                            "run at {gpa:#x} of {} bytes crosses the end of its memory region",
-                            data.len()
-                        )));
-                    }
+                    let (r, off) = locate(gpa, data.len())?;
                     r.write(off, data);
                     Ok(())
                 },
@@ -527,6 +533,15 @@ fn apply_sections<R: std::io::Read>(r: R, ram: &Ram, fp: &Fingerprint) -> Result
                 |gpa, len| {
                     ram.zero_range(gpa, len)
                         .map_err(|e| checkpoint::CheckpointError::Decode(e.to_string()))
+                },
+                // Deltas are XORed into what the pages hold now.
+                |gpa, delta| {
+                    let (r, off) = locate(gpa, delta.len())?;
+                    xor_buf.resize(delta.len(), 0);
+                    r.read(off, &mut xor_buf);
+                    checkpoint::delta::xor_in_place(&mut xor_buf, delta);
+                    r.write(off, &xor_buf);
+                    Ok(())
                 },
             )?,
         }

@@ -5,14 +5,21 @@
  *   base_mib=B  physical start of the working set in MiB (default 16)
  *   rounds=R    (default 50)
  *   writes=W    page writes per round (default 2000)
- *   pattern=P   sparse | pages | hot | sweep | mixed (default mixed)
+ *   pattern=P   sparse | pages | hot | sweep | mixed | text (default mixed)
  *                 sparse: 4 random words of a random page
  *                 pages:  a whole random page (all 509 data words)
  *                 hot:    sparse writes, 90% of them into a hot set of the
  *                         first max(1, N/20) pages
  *                 sweep:  sparse writes to pages 0, 1, 2, ... (wrapping)
  *                 mixed:  round r uses sparse, pages, hot, sweep for r % 4
+ *                 text:   a whole random page of English-like text
+ *   fill=F      initial page contents: random | text (default random)
  *   seed=S      PRNG seed (default 1)
+ *   rate=P      page writes per second, paced by the TSC (needs tsc_khz=);
+ *               a guest held back (paused, descheduled) catches up, so the
+ *               long-run rate is P. 0 (default): as fast as it goes.
+ *   tsc_khz=K   TSC frequency in kHz, for rate= (the host's: the guest
+ *               sees the host TSC)
  *   spin=K      extra busy-loop iterations per write (slows the dirty rate)
  *   sleep=T     busy loop of T * 2^20 iterations after each round
  *
@@ -26,6 +33,7 @@
  *
  * Output:
  *   memtest start pages=<N> base_mib=<B> rounds=<R> writes=<W> pattern=<P> seed=<S>
+ *     [rate=<P>] [fill=text]
  *   memtest round=<r> pattern=<p> writes=<total> digest=<16 hex> check=ok
  *     (r = 0 .. R-1; p is the pattern applied in that round; digest is a
  *      hash of the version table; after the writes, a window of
@@ -44,8 +52,8 @@
 #define FIRST_DATA 3
 #define TAG 0x4d454d5400000000ULL
 
-enum { P_SPARSE, P_PAGES, P_HOT, P_SWEEP, P_MIXED };
-static const char *const pattern_names[] = {"sparse", "pages", "hot", "sweep", "mixed"};
+enum { P_SPARSE, P_PAGES, P_HOT, P_SWEEP, P_MIXED, P_TEXT, P_COUNT };
+static const char *const pattern_names[] = {"sparse", "pages", "hot", "sweep", "mixed", "text"};
 
 static u64 *ws;      /* working set */
 static u32 *vt;      /* version table */
@@ -54,6 +62,41 @@ static u64 hot_pages;
 static u64 sweep_cursor;
 static u64 spin_per_write;
 static rng_t rng;
+static int fill_text;
+/* rate= pacing: write i is due at pace_start + i * tsc_hz / rate ticks. */
+static u64 rate, tsc_hz, pace_start, pace_done;
+
+static inline u64 rdtsc(void)
+{
+    u32 lo, hi;
+    __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+    return ((u64)hi << 32) | lo;
+}
+
+/* Fills words [FIRST_DATA, PAGE_WORDS) of pg with space-separated words
+ * drawn from a small vocabulary (zstd shrinks it to about a third) and
+ * returns their XOR. */
+static u64 fill_text_page(u64 *pg, u64 *st)
+{
+    static const char *const vocab[] = {
+        "the", "shadow", "takes", "over", "when", "primary", "stops", "and", "guest",
+        "never", "notices", "a", "checkpoint", "of", "dirty", "pages", "is", "sent",
+        "to", "every", "spare", "host", "with", "its", "vcpu", "state", "output",
+        "held", "until", "commit", "acked", "epoch"};
+    char *c = (char *)(pg + FIRST_DATA);
+    u64 n = (PAGE_WORDS - FIRST_DATA) * 8, i = 0;
+    while (i < n) {
+        const char *w = vocab[splitmix64(st) % (sizeof(vocab) / sizeof(vocab[0]))];
+        while (*w && i < n)
+            c[i++] = *w++;
+        if (i < n)
+            c[i++] = ' ';
+    }
+    u64 x = 0;
+    for (int w = FIRST_DATA; w < PAGE_WORDS; w++)
+        x ^= pg[w];
+    return x;
+}
 
 static inline u64 *page_ptr(u64 p) { return ws + p * PAGE_WORDS; }
 
@@ -63,10 +106,14 @@ static void init_pages(u64 seed)
         u64 *pg = page_ptr(p);
         u64 x = 0;
         u64 st = seed ^ (p * 0x100000001b3ULL);
-        for (int w = FIRST_DATA; w < PAGE_WORDS; w++) {
-            u64 v = splitmix64(&st);
-            pg[w] = v;
-            x ^= v;
+        if (fill_text) {
+            x = fill_text_page(pg, &st);
+        } else {
+            for (int w = FIRST_DATA; w < PAGE_WORDS; w++) {
+                u64 v = splitmix64(&st);
+                pg[w] = v;
+                x ^= v;
+            }
         }
         pg[0] = TAG | p;
         pg[1] = 0;
@@ -108,9 +155,35 @@ static void write_page(u64 p)
     vt[p] = (u32)ver;
 }
 
+static void write_text(u64 p)
+{
+    u64 *pg = page_ptr(p);
+    u64 st = rng_next(&rng);
+    u64 x = fill_text_page(pg, &st);
+    u64 ver = pg[1] + 1;
+    pg[1] = ver;
+    pg[2] = x;
+    vt[p] = (u32)ver;
+}
+
+static void pace(void)
+{
+    pace_done++;
+    /* Due time of the next write: whole seconds, then the remainder, so
+     * the products stay far below 2^64. */
+    u64 due = pace_start + (pace_done / rate) * tsc_hz + (pace_done % rate) * tsc_hz / rate;
+    while ((long long)(rdtsc() - due) < 0)
+        __asm__ volatile("pause");
+}
+
 static void apply_write(int pat)
 {
+    if (rate)
+        pace();
     switch (pat) {
+    case P_TEXT:
+        write_text(rng_below(&rng, npages));
+        break;
     case P_SPARSE:
         write_sparse(rng_below(&rng, npages));
         break;
@@ -198,15 +271,27 @@ int user_main(const char *cmdline)
     u64 seed = arg_u64_or(cmdline, "seed", 1);
     u64 sleep = arg_u64_or(cmdline, "sleep", 0);
     spin_per_write = arg_u64_or(cmdline, "spin", 0);
+    rate = arg_u64_or(cmdline, "rate", 0);
+    tsc_hz = arg_u64_or(cmdline, "tsc_khz", 0) * 1000;
+    if (rate && !tsc_hz)
+        usage_error("rate= needs tsc_khz= (the TSC frequency in kHz)");
+    if (rate > 100000000 || tsc_hz > 100000000000ULL)
+        usage_error("rate= must be <= 1e8 and tsc_khz= <= 1e8");
     char pname[16];
     int pattern = P_MIXED;
     if (arg_str(cmdline, "pattern", pname, sizeof(pname))) {
         pattern = -1;
-        for (int i = 0; i <= P_MIXED; i++)
+        for (int i = 0; i < P_COUNT; i++)
             if (u_streq(pname, pattern_names[i]))
                 pattern = i;
         if (pattern < 0)
-            usage_error("pattern must be sparse, pages, hot, sweep or mixed");
+            usage_error("pattern must be sparse, pages, hot, sweep, mixed or text");
+    }
+    if (arg_str(cmdline, "fill", pname, sizeof(pname))) {
+        if (u_streq(pname, "text"))
+            fill_text = 1;
+        else if (!u_streq(pname, "random"))
+            usage_error("fill must be random or text");
     }
     if (npages == 0 || npages > (1ULL << 20))
         usage_error("pages must be in 1..1048576");
@@ -238,9 +323,16 @@ int user_main(const char *cmdline)
     u_puts(pattern_names[pattern]);
     u_puts(" seed=");
     u_putu(seed);
+    if (rate) {
+        u_puts(" rate=");
+        u_putu(rate);
+    }
+    if (fill_text)
+        u_puts(" fill=text");
     u_putc('\n');
 
     init_pages(seed);
+    pace_start = rdtsc();
 
     u64 window = npages / 8 ? npages / 8 : 1;
     u64 total = 0;

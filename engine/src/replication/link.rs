@@ -37,6 +37,17 @@ pub(super) enum Body {
     Epoch(Header, Box<capture::Epoch>),
 }
 
+/// What the sender thread reports of an epoch it encoded.
+pub(super) struct Encoded {
+    pub seq: u64,
+    pub raw_bytes: u64,
+    /// The container's size: bytes on the wire.
+    pub wire_bytes: u64,
+    pub encode: Duration,
+    /// Pages sent as XOR deltas.
+    pub delta_pages: u64,
+}
+
 /// State shared with the link threads.
 pub(super) struct LinkShared {
     pub(super) lost: AtomicBool,
@@ -46,8 +57,8 @@ pub(super) struct LinkShared {
     pub(super) ack_latency: Mutex<Vec<Duration>>,
     pub(super) gate: Arc<Mutex<OutputGate>>,
     pub(super) reason: Mutex<Option<String>>,
-    /// (seq, raw bytes, container bytes, encode time) of epochs the sender encoded.
-    pub(super) encoded: Mutex<Vec<(u64, u64, u64, Duration)>>,
+    /// Figures of the epochs the sender encoded.
+    pub(super) encoded: Mutex<Vec<Encoded>>,
 }
 
 impl LinkShared {
@@ -76,27 +87,48 @@ pub(super) fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<Joi
         .map_err(EngineError::io(format!("spawning thread {name}")))
 }
 
+/// How the sender thread encodes epochs.
+#[derive(Clone, Copy)]
+pub(super) struct EncoderConfig {
+    pub compression: Compression,
+    /// Bytes of XOR-delta cache (0: no deltas).
+    pub delta_cache_bytes: u64,
+}
+
 pub(super) fn sender(
     mut conn: transport::Sender,
     rx: Receiver<Outgoing>,
     term: u64,
     shared: Arc<LinkShared>,
     machine: checkpoint::fingerprint::MachineConfig,
-    compression: Compression,
+    cfg: EncoderConfig,
     pool: Sender<Vec<u8>>,
 ) {
-    // One encoder for the whole stream: its adaptive compression policy
-    // (stop trying on incompressible memory) carries over between epochs.
-    let mut enc = match checkpoint::pages::MemoryEncoder::new(compression) {
+    // One encoder for the whole connection: its adaptive compression policy
+    // (stop trying on incompressible memory) carries over between epochs,
+    // and its delta cache holds what this shadow was sent. A new connection
+    // means a new sender thread, so a new shadow never gets a delta against
+    // pages it was not sent.
+    let mut enc = match checkpoint::pages::MemoryEncoder::new(cfg.compression) {
         Ok(e) => e,
         Err(e) => {
             shared.lose(format!("creating the page encoder: {e}"));
             return;
         }
     };
+    if cfg.delta_cache_bytes > 0 {
+        enc.set_delta_cache(Some(checkpoint::delta::DeltaCache::with_bytes(
+            cfg.delta_cache_bytes,
+        )));
+    }
     for mut out in rx.iter() {
         let container = match out.body {
-            Body::Encoded(c) => c,
+            // Encoded elsewhere (pre-copy rounds): pages this encoder did
+            // not see, so its cache no longer matches the shadow.
+            Body::Encoded(c) => {
+                enc.reset_delta();
+                c
+            }
             Body::Epoch(header, mut ep) => {
                 let t = Instant::now();
                 let res = store::encode_checkpoint(&header, &machine, &ep, &mut enc);
@@ -108,7 +140,13 @@ pub(super) fn sender(
                         out.end.figures.raw_bytes = stats.raw_bytes;
                         super::push_bounded(
                             &mut shared.encoded.lock().unwrap_or_else(|e| e.into_inner()),
-                            (out.seq, stats.raw_bytes, c.len() as u64, t.elapsed()),
+                            Encoded {
+                                seq: out.seq,
+                                raw_bytes: stats.raw_bytes,
+                                wire_bytes: c.len() as u64,
+                                encode: t.elapsed(),
+                                delta_pages: stats.delta_pages,
+                            },
                         );
                         c
                     }

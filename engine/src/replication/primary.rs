@@ -43,6 +43,8 @@ pub struct PrimaryConfig {
     pub timing: Timing,
     /// Page compression.
     pub compression: Compression,
+    /// Bytes of the XOR-delta cache of pages sent before (0: no deltas).
+    pub delta_cache_bytes: u64,
     /// Epochs in flight before the next one waits.
     pub max_outstanding: usize,
     /// Time between reconnection attempts while unprotected.
@@ -76,6 +78,10 @@ pub struct EpochFigures {
     pub resume: Duration,
     /// Encoding the container after the resume (not part of the pause).
     pub encode: Duration,
+    /// When the pause began, from the replicator's creation.
+    pub at: Duration,
+    /// Pages sent as XOR deltas.
+    pub delta_pages: u64,
 }
 
 /// Figures of the whole run.
@@ -109,6 +115,8 @@ pub struct Replicator {
     link: Option<Link>,
     next_epoch: Instant,
     next_connect: Instant,
+    /// When this replicator was made (the origin of `EpochFigures::at`).
+    created: Instant,
     seq: u64,
     need_full: bool,
     pending: VecDeque<(u64, Harvest)>,
@@ -141,6 +149,7 @@ impl Replicator {
             link: None,
             next_epoch: Instant::now(),
             next_connect: Instant::now(),
+            created: Instant::now(),
             seq: 0,
             need_full: true,
             pending: VecDeque::new(),
@@ -189,13 +198,13 @@ impl Replicator {
         let term = self.cfg.term;
         let mut threads = Vec::new();
         let s = shared.clone();
-        let (machine, compression, pool) = (
-            vm.machine.clone(),
-            self.cfg.compression,
-            self.pool.0.clone(),
-        );
+        let enc = link::EncoderConfig {
+            compression: self.cfg.compression,
+            delta_cache_bytes: self.cfg.delta_cache_bytes,
+        };
+        let (machine, pool) = (vm.machine.clone(), self.pool.0.clone());
         threads.push(link::spawn("hs-send", move || {
-            link::sender(send_half, rx, term, s, machine, compression, pool)
+            link::sender(send_half, rx, term, s, machine, enc, pool)
         })?);
         let s = shared.clone();
         threads.push(link::spawn("hs-ack", move || link::acker(recv_half, s))?);
@@ -268,16 +277,17 @@ impl Replicator {
         if n > super::FIGURES_KEPT {
             self.stats.ack_latency.drain(..n - super::FIGURES_KEPT);
         }
-        for (seq, raw, wire_bytes, encode) in shared
+        for x in shared
             .encoded
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .drain(..)
         {
-            if let Some(e) = self.stats.epochs.iter_mut().rev().find(|e| e.seq == seq) {
-                e.raw_bytes = raw;
-                e.wire_bytes = wire_bytes;
-                e.encode = encode;
+            if let Some(e) = self.stats.epochs.iter_mut().rev().find(|e| e.seq == x.seq) {
+                e.raw_bytes = x.raw_bytes;
+                e.wire_bytes = x.wire_bytes;
+                e.encode = x.encode;
+                e.delta_pages = x.delta_pages;
             }
         }
     }
@@ -351,6 +361,8 @@ impl Replicator {
                 phases: ep.times,
                 resume,
                 encode: Duration::ZERO,
+                at: self.created.elapsed().saturating_sub(pause),
+                delta_pages: 0,
             },
         );
         tracing::debug!(
@@ -727,6 +739,7 @@ pub fn stats_json(
         "epochs": s.epochs.iter().map(|e| serde_json::json!({
             "seq": e.seq,
             "full": e.full,
+            "t_ms": e.at.as_secs_f64() * 1e3,
             "pause_us": us(e.pause),
             "stop_us": us(e.phases.stop),
             "state_us": us(e.phases.state),
@@ -737,6 +750,7 @@ pub fn stats_json(
             "pages": e.pages,
             "raw_bytes": e.raw_bytes,
             "wire_bytes": e.wire_bytes,
+            "delta_pages": e.delta_pages,
         })).collect::<Vec<_>>(),
     })
 }
