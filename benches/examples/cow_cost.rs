@@ -73,10 +73,8 @@ fn main() -> Result<(), String> {
     let fd = unsafe { libc::memfd_create(c"cow_cost".as_ptr(), libc::MFD_CLOEXEC) };
     check(fd as libc::c_long, "memfd_create")?;
     // SAFETY: fd is a fresh memfd we own.
-    check(
-        unsafe { libc::ftruncate(fd, MEM as libc::off_t) } as libc::c_long,
-        "ftruncate",
-    )?;
+    let rc = unsafe { libc::ftruncate(fd, MEM as libc::off_t) };
+    check(rc as libc::c_long, "ftruncate")?;
     // SAFETY: a new shared mapping of the whole memfd; checked for failure
     // and only accessed through `mem` below, within MEM bytes.
     let base = unsafe {
