@@ -371,12 +371,62 @@ def report(a):
         f"QEMU: COLO {colo.get('qemu') or 'n/a'} with the TCP_NODELAY shim; migration {extra.get('versions', {}).get('qemu_migration', 'n/a')}. "
         f"hotspare {extra.get('versions', {}).get('hotspare', 'n/a')}; workload `{_hs_workload(hs)}`.",
     ]
+    ratios_svg(ratios, os.path.join(out, "ratios.svg"),
+               f"hotspare / QEMU, same run: {P['mem_mib']} MiB, {P['delay_ms']} ms, {P['rate_ppms']} pages/ms")
+    plots = ["ratios.svg"] + [f"hotspare/{n}" for n in ("pause_over_time.svg", "pause_histogram.svg", "bytes_per_epoch.svg")
+                              if os.path.exists(os.path.join(out, "hotspare", n))]
+    lines += ["", "Plots: " + ", ".join(f"[{n}]({n})" for n in plots) + "."]
     if errors:
         lines += ["", "**Failures:**"] + [f"- {e}" for e in errors]
     md = "\n".join(lines) + "\n"
     open(os.path.join(out, "peer.md"), "w").write(md)
     print(md)
     return 0 if not errors else 3
+
+
+def ratios_svg(ratios, path, title):
+    """Horizontal bars of hotspare/QEMU ratios on a log scale, with the issue's
+    targets as ticks; green when hotspare is on the better side of 1."""
+    import math
+    items = [  # (key, label, better, target)
+        ("pause_p50", "pause p50 vs COLO median", "lower", 0.125),
+        ("pause_p99_vs_colo_p90", "pause p99 vs COLO p90", "lower", 0.25),
+        ("pause_max", "pause max vs COLO max", "lower", None),
+        ("epoch_rate_achieved", "checkpoints/s vs COLO", "higher", None),
+        ("full_sync_guest_mib_s", "full sync (guest RAM/s) vs QEMU 10", "higher", 3.0),
+        ("takeover", "kill to shadow running vs COLO", "lower", 1.0),
+    ]
+    W, row, left, top = 760, 34, 260, 50
+    H = top + row * len(items) + 40
+    lo, hi = math.log10(0.01), math.log10(100.0)
+    def x(v):
+        v = min(max(v, 10 ** lo), 10 ** hi)
+        return left + (math.log10(v) - lo) / (hi - lo) * (W - left - 30)
+    s = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">',
+         '<rect width="100%" height="100%" fill="white"/>',
+         f'<text x="{W / 2}" y="22" text-anchor="middle" font-size="15">{title}</text>']
+    for t in (0.01, 0.1, 1, 10, 100):
+        s.append(f'<line x1="{x(t):.1f}" x2="{x(t):.1f}" y1="{top - 8}" y2="{H - 34}" stroke="{"#333" if t == 1 else "#ddd"}"/>')
+        s.append(f'<text x="{x(t):.1f}" y="{H - 20}" text-anchor="middle">{t:g}x</text>')
+    for i, (k, label, better, tgt) in enumerate(items):
+        y = top + i * row
+        v = ratios.get(k)
+        s.append(f'<text x="{left - 8}" y="{y + 15}" text-anchor="end">{label} ({better} is better)</text>')
+        if v is None:
+            s.append(f'<text x="{x(1) + 6:.1f}" y="{y + 15}">n/a</text>')
+            continue
+        good = v < 1 if better == "lower" else v > 1
+        a, b = sorted((x(1), x(v)))
+        s.append(f'<rect x="{a:.1f}" y="{y + 4}" width="{max(b - a, 1):.1f}" height="16" '
+                 f'fill="{"#2ca02c" if good else "#d62728"}" fill-opacity="0.75"/>')
+        s.append(f'<text x="{b + 4 if v >= 1 else a - 4:.1f}" y="{y + 16}" '
+                 f'text-anchor="{"start" if v >= 1 else "end"}">{v:.3g}x</text>')
+        if tgt is not None:
+            s.append(f'<line x1="{x(tgt):.1f}" x2="{x(tgt):.1f}" y1="{y + 1}" y2="{y + 23}" stroke="black" stroke-width="2" '
+                     f'stroke-dasharray="3,2"/>')
+    s.append(f'<text x="{left}" y="{H - 4}" font-size="11">dashed: the issue\'s target; bars start at parity (1x)</text>')
+    s.append("</svg>")
+    open(path, "w").write("\n".join(s) + "\n")
 
 
 def _get(d, ks):

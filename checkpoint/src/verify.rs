@@ -24,6 +24,27 @@ use crate::pages;
 ///
 /// `Vcpus`, `Vm` and `Devices` payloads are only checked by CRC here.
 pub fn verify<R: Read>(r: R, limits: &Limits, expected: Option<&Fingerprint>) -> Result<Header> {
+    verify_with(r, limits, expected, |id, payload| match id {
+        SectionId::Memory => {
+            pages::decode_records_with_deltas(payload, |_, _| Ok(()), |_, _| Ok(()), |_, _| Ok(()))
+        }
+        _ => Ok(()),
+    })
+}
+
+/// [`verify`] that hands each section's payload to `section` (after the
+/// section's own checks passed), so a reader can decode what it needs in
+/// the same pass instead of reading the checkpoint twice. `Memory`
+/// payloads are validated only by what `section` does with them: decode
+/// them with one of the `pages::decode_records*` functions. Nothing may
+/// be applied to a VM before this returns `Ok`: a later section can still
+/// fail.
+pub fn verify_with<R: Read>(
+    r: R,
+    limits: &Limits,
+    expected: Option<&Fingerprint>,
+    mut section: impl FnMut(SectionId, &[u8]) -> Result<()>,
+) -> Result<Header> {
     let mut reader = CheckpointReader::new(r, limits, expected)?;
     let header = *reader.header();
     while let Some((id, payload)) = reader.next_section()? {
@@ -42,12 +63,6 @@ pub fn verify<R: Read>(r: R, limits: &Limits, expected: Option<&Fingerprint>) ->
                     });
                 }
             }
-            SectionId::Memory => pages::decode_records_with_deltas(
-                &payload,
-                |_, _| Ok(()),
-                |_, _| Ok(()),
-                |_, _| Ok(()),
-            )?,
             SectionId::Console if payload.len() != 8 => {
                 return Err(CheckpointError::BadPayload {
                     id,
@@ -56,6 +71,7 @@ pub fn verify<R: Read>(r: R, limits: &Limits, expected: Option<&Fingerprint>) ->
             }
             _ => {}
         }
+        section(id, &payload)?;
     }
     let mut inner = reader.into_inner();
     let mut probe = [0u8; 1];

@@ -183,11 +183,16 @@ pub fn capture_into(
     ))
 }
 
-/// Harvests the dirty pages of a *running* VM and copies them (a pre-copy
-/// round). Pages the guest writes during the copy are logged again by KVM
-/// (their bits were cleared before the copy) and go out in a later round.
-/// With `all`, every page is taken.
-pub fn precopy_round(vm: &Vm, ledger: &mut DirtyLedger, all: bool) -> Result<(PageBatch, Harvest)> {
+/// Harvests the dirty pages of a *running* VM (a pre-copy round) and
+/// returns where they are; the caller reads them while encoding. Pages the
+/// guest writes meanwhile are logged again by KVM (their bits were cleared
+/// at the harvest) and go out in a later round. With `all`, every page
+/// ever written is taken and the rest become zero markers.
+pub fn precopy_round(
+    vm: &Vm,
+    ledger: &mut DirtyLedger,
+    all: bool,
+) -> Result<(PrecopyRound, Harvest)> {
     let (mut fresh, err) = fresh_dirty(vm)?;
     if let Some(e) = err {
         let h = ledger.harvest(fresh)?;
@@ -200,9 +205,31 @@ pub fn precopy_round(vm: &Vm, ledger: &mut DirtyLedger, all: bool) -> Result<(Pa
         Vec::new()
     };
     let harvest = ledger.harvest(fresh)?;
-    let mut pages = copy_pages(&harvest, &vm.ram, Vec::new());
-    pages.zero_runs = zero_runs;
-    Ok((pages, harvest))
+    let mut runs = Vec::new();
+    for (bm, r) in harvest.regions().iter().zip(&vm.ram.regions) {
+        for range in bm.ranges() {
+            runs.push((r.gpa + range.start as u64 * PAGE_SIZE, range.len() as u64));
+        }
+    }
+    Ok((PrecopyRound { runs, zero_runs }, harvest))
+}
+
+/// What a pre-copy round sends: the pages are read from the running guest
+/// while they are encoded (a page written meanwhile is dirty again and goes
+/// out in a later round or in the paused epoch that ends the sync).
+#[derive(Clone, Debug, Default)]
+pub struct PrecopyRound {
+    /// (guest physical address, pages) of the dirty runs, in address order.
+    pub runs: Vec<(u64, u64)>,
+    /// Runs known to be zero (never written), sent as markers.
+    pub zero_runs: Vec<(u64, u64)>,
+}
+
+impl PrecopyRound {
+    /// Number of dirty pages.
+    pub fn pages(&self) -> u64 {
+        self.runs.iter().map(|r| r.1).sum()
+    }
 }
 
 /// Copies the pages named by `harvest` out of guest memory, one run per

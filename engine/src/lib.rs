@@ -1,5 +1,5 @@
 //! hotspare engine: the VMM that runs guests on KVM, local checkpointing and
-//! restore, and (later) the replication loop and failover.
+//! restore, the replication loop and failover.
 
 pub mod boot;
 pub mod capture;
@@ -11,6 +11,7 @@ pub mod memory;
 pub mod replication;
 pub mod restore;
 pub mod runner;
+pub mod staged;
 pub mod store;
 pub mod vcpu;
 pub mod vm;

@@ -137,13 +137,14 @@ fn write_pages<'a, W: Write>(
     enc: &mut MemoryEncoder,
     zero_runs: &[(u64, u64)],
     runs: impl Iterator<Item = (u64, &'a [u8])>,
+    payload: &mut Vec<u8>,
 ) -> Result<()> {
-    let mut payload = Vec::new();
+    payload.clear();
     let mut raw_in_section = 0usize;
     // Known-zero runs first (markers only), so data for the same pages, if
     // any, is applied after them.
     for &(gpa, npages) in zero_runs {
-        enc.encode_zero_run(gpa, npages, &mut payload)?;
+        enc.encode_zero_run(gpa, npages, payload)?;
     }
     for (gpa, data) in runs {
         for (i, chunk) in data
@@ -151,19 +152,31 @@ fn write_pages<'a, W: Write>(
             .enumerate()
         {
             let at = gpa + (i * pages::RECOMMENDED_RUN_PAGES) as u64 * PAGE_SIZE;
-            enc.encode_run(at, chunk, &mut payload)?;
+            enc.encode_run(at, chunk, payload)?;
             raw_in_section += chunk.len();
             if raw_in_section >= SECTION_RAW_BYTES {
-                w.write_section(SectionId::Memory, &payload)?;
+                w.write_section(SectionId::Memory, payload)?;
                 payload.clear();
                 raw_in_section = 0;
             }
         }
     }
     if !payload.is_empty() {
-        w.write_section(SectionId::Memory, &payload)?;
+        w.write_section(SectionId::Memory, payload)?;
     }
     Ok(())
+}
+
+/// Buffers reused from one in-memory encoding to the next, so steady-state
+/// encoding writes into memory that is already faulted in (a fresh buffer
+/// costs a page fault per 4 KiB on these hosts: more than the encoding).
+#[derive(Default)]
+pub struct EncodeBuffers {
+    /// The next container is written into this (taken, then handed back
+    /// by whoever sent the previous one).
+    pub container: Vec<u8>,
+    /// Memory-section payload under construction.
+    pub payload: Vec<u8>,
 }
 
 /// Writer side: publishes checkpoints into a directory.
@@ -275,7 +288,13 @@ impl DirStore {
         self.publish(&file_name(seq, ep.full), |w| {
             let mut cw = CheckpointWriter::new(w, &header)?;
             write_state(&mut cw, machine, &state)?;
-            write_pages(&mut cw, &mut enc, &ep.pages.zero_runs, ep.pages.iter())?;
+            write_pages(
+                &mut cw,
+                &mut enc,
+                &ep.pages.zero_runs,
+                ep.pages.iter(),
+                &mut Vec::new(),
+            )?;
             cw.finish()?;
             Ok(())
         })?;
@@ -319,6 +338,7 @@ impl DirStore {
                 &mut enc,
                 &[],
                 image.regions.iter().map(|r| (r.gpa, r.as_slice())),
+                &mut Vec::new(),
             )?;
             cw.finish()?;
             Ok(())
@@ -469,11 +489,6 @@ pub fn apply_checkpoint<R: std::io::Read>(r: R, ram: &Ram, fp: &Fingerprint) -> 
     })
 }
 
-/// Applies a memory-only checkpoint (a pre-copy round) to `ram`.
-pub fn apply_memory_only<R: std::io::Read>(r: R, ram: &Ram, fp: &Fingerprint) -> Result<()> {
-    apply_sections(r, ram, fp).map(|_| ())
-}
-
 type Sections = (
     Option<Vec<VcpuState>>,
     Option<VmState>,
@@ -525,9 +540,8 @@ fn apply_sections<R: std::io::Read>(r: R, ram: &Ram, fp: &Fingerprint) -> Result
             SectionId::Memory => pages::decode_records_with_deltas(
                 &payload,
                 |gpa, data| {
-                    let (r, off) = locate(gpa, data.len())?;
-                    r.write(off, data);
-                    Ok(())
+                    ram.write(gpa, data)
+                        .map_err(|e| checkpoint::CheckpointError::Decode(e.to_string()))
                 },
                 // Zero runs drop the memory instead of writing zeros into it.
                 |gpa, len| {
@@ -549,31 +563,45 @@ fn apply_sections<R: std::io::Read>(r: R, ram: &Ram, fp: &Fingerprint) -> Result
     Ok((vcpus, vm, devices, console))
 }
 
-/// Encodes page runs as a memory-only checkpoint (a pre-copy round: Config
-/// and Memory sections, no state).
-pub fn encode_memory_only(
+/// Encodes zero runs and page runs as a memory-only checkpoint (a pre-copy
+/// chunk: Config and Memory sections, no state) into `bufs.container`.
+pub fn encode_memory_only<'a>(
     header: &Header,
     machine: &MachineConfig,
-    pages: &crate::capture::PageBatch,
-    compression: Compression,
-) -> Result<(Vec<u8>, MemoryStats)> {
-    let mut enc = MemoryEncoder::new(compression)?;
-    let mut cw = CheckpointWriter::new(Vec::new(), header)?;
+    zero_runs: &[(u64, u64)],
+    runs: impl Iterator<Item = (u64, &'a [u8])>,
+    enc: &mut MemoryEncoder,
+    bufs: &mut EncodeBuffers,
+) -> Result<Vec<u8>> {
+    let mut out = std::mem::take(&mut bufs.container);
+    out.clear();
+    let mut cw = CheckpointWriter::new(out, header)?;
     cw.write_section(SectionId::Config, &machine.encode())?;
-    write_pages(&mut cw, &mut enc, &pages.zero_runs, pages.iter())?;
-    Ok((cw.finish()?, enc.take_stats()))
+    write_pages(&mut cw, enc, zero_runs, runs, &mut bufs.payload)?;
+    Ok(cw.finish()?)
 }
 
 /// Encodes an epoch as a complete checkpoint container in memory (for the
-/// replication stream). Returns the bytes and the memory encoding figures.
+/// replication stream) into `bufs.container`. Returns the bytes and the
+/// memory encoding figures.
 pub fn encode_checkpoint(
     header: &Header,
     machine: &MachineConfig,
     ep: &Epoch,
     enc: &mut MemoryEncoder,
+    bufs: &mut EncodeBuffers,
 ) -> Result<(Vec<u8>, MemoryStats)> {
-    let mut cw = CheckpointWriter::new(Vec::with_capacity(ep.pages.data.len() / 2 + 4096), header)?;
+    let mut out = std::mem::take(&mut bufs.container);
+    out.clear();
+    out.reserve(ep.pages.data.len() / 2 + 4096);
+    let mut cw = CheckpointWriter::new(out, header)?;
     write_state(&mut cw, machine, &EpochState::from(ep))?;
-    write_pages(&mut cw, enc, &ep.pages.zero_runs, ep.pages.iter())?;
+    write_pages(
+        &mut cw,
+        enc,
+        &ep.pages.zero_runs,
+        ep.pages.iter(),
+        &mut bufs.payload,
+    )?;
     Ok((cw.finish()?, enc.take_stats()))
 }

@@ -15,7 +15,8 @@
 //!   then runs on to its next stop instead of parking (the controller kicks
 //!   again).
 //!
-//! A parked thread serves commands (capture, probe, resume, exit) from its
+//! A thread captures its vCPU's state as it parks (so the controller needs
+//! no round trip to it), then serves commands (capture, probe, resume, exit) from its
 //! channel; only parked vCPUs are ever captured.
 
 use std::cell::Cell;
@@ -83,9 +84,15 @@ pub struct Shared {
     cv: Condvar,
 }
 
+/// A vCPU's state as captured by its own thread.
+type Captured = std::result::Result<VcpuState, kvm_state::StateError>;
+
 #[derive(Default)]
 struct Ctl {
     parked: Vec<bool>,
+    /// State each parked vCPU captured just before parking (taken by the
+    /// first capture of the pause, dropped at resume).
+    states: Vec<Option<Captured>>,
     exited: usize,
     stop: Option<StopReason>,
 }
@@ -99,6 +106,7 @@ impl Shared {
             vcpu_cpu: Mutex::new(Vec::new()),
             ctl: Mutex::new(Ctl {
                 parked: vec![false; n],
+                states: (0..n).map(|_| None).collect(),
                 ..Default::default()
             }),
             cv: Condvar::new(),
@@ -134,15 +142,26 @@ impl Shared {
         c.stop.clone()
     }
 
-    /// Marks vCPU `id` parked unless the pause was already withdrawn.
-    fn park(&self, id: usize) -> bool {
+    /// Marks vCPU `id` parked, with the state it captured on the way,
+    /// unless the pause was already withdrawn.
+    fn park(&self, id: usize, state: Captured) -> bool {
         let mut c = self.ctl.lock().unwrap_or_else(|e| e.into_inner());
         if !self.pause_requested.load(Ordering::SeqCst) {
             return false;
         }
         c.parked[id] = true;
+        c.states[id] = Some(state);
         self.cv.notify_all();
         true
+    }
+
+    /// The state vCPU `id` captured when it parked for this pause, once.
+    pub fn take_parked_state(&self, id: usize) -> Option<Captured> {
+        let mut c = self.ctl.lock().unwrap_or_else(|e| e.into_inner());
+        if !c.parked.get(id).copied().unwrap_or(false) {
+            return None;
+        }
+        c.states.get_mut(id).and_then(Option::take)
     }
 
     /// Withdraws the pause and sends `Resume` to every parked vCPU, atomically
@@ -150,7 +169,10 @@ impl Shared {
     pub fn resume_all(&self, senders: &[Sender<VcpuCmd>]) {
         let mut c = self.ctl.lock().unwrap_or_else(|e| e.into_inner());
         self.pause_requested.store(false, Ordering::SeqCst);
-        for (id, parked) in c.parked.iter_mut().enumerate() {
+        let Ctl { parked, states, .. } = &mut *c;
+        for (id, parked) in parked.iter_mut().enumerate() {
+            // A resumed vCPU's parked state goes stale at once.
+            states[id] = None;
             if *parked {
                 // Marked running here, under the lock, so a pause that starts
                 // before the vCPU has consumed `Resume` does not count it as parked.
@@ -358,7 +380,11 @@ impl VcpuThread {
         if self.software_exception_in_flight() {
             return Parked::NotSafe;
         }
-        if !self.shared.park(self.id as usize) {
+        // Capture the state now, on this thread, while it is stopped: the
+        // controller's capture then needs no round trip to this thread
+        // (that round trip was half the pause's state phase).
+        let state = kvm_state::save_vcpu(&self.fd, self.id, &self.msr_list);
+        if !self.shared.park(self.id as usize, state) {
             return Parked::Resumed;
         }
         loop {

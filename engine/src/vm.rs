@@ -454,27 +454,35 @@ impl PauseGuard<'_> {
         self.paused_at
     }
 
-    /// Captures every vCPU's state (on its own thread, in parallel).
+    /// Captures every vCPU's state. Each vCPU thread captured its own state
+    /// as it parked (in parallel, with no round trip); a second capture in
+    /// the same pause asks the parked threads again.
     pub fn capture_vcpus(&self) -> Result<Vec<VcpuState>> {
-        let replies: Vec<_> = self
+        let pending: Vec<_> = self
             .vm
             .vcpus
             .iter()
-            .map(|s| {
-                let (tx, rx) = channel::bounded(1);
-                let _ = s.tx.send(VcpuCmd::Capture(tx));
-                rx
+            .enumerate()
+            .map(|(id, s)| match self.vm.shared.take_parked_state(id) {
+                Some(st) => Ok(st),
+                None => {
+                    let (tx, rx) = channel::bounded(1);
+                    let _ = s.tx.send(VcpuCmd::Capture(tx));
+                    Err(rx)
+                }
             })
             .collect();
-        replies
+        pending
             .into_iter()
             .enumerate()
-            .map(|(id, rx)| {
-                rx.recv()
+            .map(|(id, p)| match p {
+                Ok(st) => st.map_err(EngineError::from),
+                Err(rx) => rx
+                    .recv()
                     .map_err(|_| {
                         EngineError::Vcpu(format!("vCPU {id} thread gone during capture"))
                     })?
-                    .map_err(EngineError::from)
+                    .map_err(EngineError::from),
             })
             .collect()
     }

@@ -20,6 +20,10 @@
  *               long-run rate is P. 0 (default): as fast as it goes.
  *   tsc_khz=K   TSC frequency in kHz, for rate= (the host's: the guest
  *               sees the host TSC)
+ *   idle=I      how a rate-paced guest waits: hlt (default: a 1 ms periodic
+ *               LAPIC timer wakes it; it writes in bursts of up to 1 ms of
+ *               its rate, like the QEMU peer's guest, and leaves the CPU to
+ *               the host in between) or spin (busy-waits on the TSC)
  *   spin=K      extra busy-loop iterations per write (slows the dirty rate)
  *   sleep=T     busy loop of T * 2^20 iterations after each round
  *
@@ -33,7 +37,7 @@
  *
  * Output:
  *   memtest start pages=<N> base_mib=<B> rounds=<R> writes=<W> pattern=<P> seed=<S>
- *     [rate=<P>] [fill=text]
+ *     [rate=<P> idle=<hlt|spin>] [fill=text]
  *   memtest round=<r> pattern=<p> writes=<total> digest=<16 hex> check=ok
  *     (r = 0 .. R-1; p is the pattern applied in that round; digest is a
  *      hash of the version table; after the writes, a window of
@@ -64,7 +68,8 @@ static u64 spin_per_write;
 static rng_t rng;
 static int fill_text;
 /* rate= pacing: write i is due at pace_start + i * tsc_hz / rate ticks. */
-static u64 rate, tsc_hz, pace_start, pace_done;
+static u64 rate, tsc_hz, pace_start, pace_done, pace_slack;
+static int idle_hlt = 1;
 
 static inline u64 rdtsc(void)
 {
@@ -172,8 +177,13 @@ static void pace(void)
     /* Due time of the next write: whole seconds, then the remainder, so
      * the products stay far below 2^64. */
     u64 due = pace_start + (pace_done / rate) * tsc_hz + (pace_done % rate) * tsc_hz / rate;
-    while ((long long)(rdtsc() - due) < 0)
-        __asm__ volatile("pause");
+    /* Write as soon as the write is due within the slack (bursts). */
+    while ((long long)(rdtsc() + pace_slack - due) < 0) {
+        if (idle_hlt)
+            sys_sleep(); /* until the next timer tick */
+        else
+            __asm__ volatile("pause");
+    }
 }
 
 static void apply_write(int pat)
@@ -287,6 +297,12 @@ int user_main(const char *cmdline)
         if (pattern < 0)
             usage_error("pattern must be sparse, pages, hot, sweep, mixed or text");
     }
+    if (arg_str(cmdline, "idle", pname, sizeof(pname))) {
+        if (u_streq(pname, "spin"))
+            idle_hlt = 0;
+        else if (!u_streq(pname, "hlt"))
+            usage_error("idle must be hlt or spin");
+    }
     if (arg_str(cmdline, "fill", pname, sizeof(pname))) {
         if (u_streq(pname, "text"))
             fill_text = 1;
@@ -326,12 +342,17 @@ int user_main(const char *cmdline)
     if (rate) {
         u_puts(" rate=");
         u_putu(rate);
+        u_puts(idle_hlt ? " idle=hlt" : " idle=spin");
     }
     if (fill_text)
         u_puts(" fill=text");
     u_putc('\n');
 
     init_pages(seed);
+    if (rate && idle_hlt) {
+        pace_slack = tsc_hz / 1000;
+        sys_timer(62500); /* 1 ms at KVM's 1 GHz APIC bus, divide by 16 */
+    }
     pace_start = rdtsc();
 
     u64 window = npages / 8 ? npages / 8 : 1;
@@ -368,6 +389,8 @@ int user_main(const char *cmdline)
         if (sleep)
             spin(sleep << 20);
     }
+    if (rate && idle_hlt)
+        sys_timer(0);
 
     for (u64 p = 0; p < npages; p++) {
         if (check_page(p, &b)) {

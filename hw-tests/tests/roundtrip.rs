@@ -96,6 +96,17 @@ fn roundtrip(guest: &str, cmdline: &str, vcpus: u32, run_for: Duration) {
         let guard = vm.pause().unwrap();
         let (a, h) = capture::capture(&guard, &mut l, true).unwrap();
         l.commit(h);
+        // The first capture used the states the vCPU threads took as they
+        // parked; a second one in the same pause asks the parked threads.
+        // Both must describe the same stopped vCPUs.
+        let again = guard.capture_vcpus().unwrap();
+        for (x, y) in a.vcpus.iter().zip(&again) {
+            assert!(
+                timeless(x) == timeless(y),
+                "vCPU {}: state taken at park differs from a capture in the same pause",
+                x.id
+            );
+        }
         let mut store = DirStore::open(&ckpt, &vm.machine, None).unwrap();
         store.write_epoch(&a).unwrap();
         a

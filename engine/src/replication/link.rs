@@ -121,17 +121,19 @@ pub(super) fn sender(
             cfg.delta_cache_bytes,
         )));
     }
+    let mut bufs = store::EncodeBuffers::default();
     for mut out in rx.iter() {
-        let container = match out.body {
+        let (container, recycle) = match out.body {
             // Encoded elsewhere (pre-copy rounds): pages this encoder did
-            // not see, so its cache no longer matches the shadow.
+            // not see, so its cache no longer matches the shadow. The
+            // buffer goes back to the supervisor's pool once sent.
             Body::Encoded(c) => {
                 enc.reset_delta();
-                c
+                (c, true)
             }
             Body::Epoch(header, mut ep) => {
                 let t = Instant::now();
-                let res = store::encode_checkpoint(&header, &machine, &ep, &mut enc);
+                let res = store::encode_checkpoint(&header, &machine, &ep, &mut enc, &mut bufs);
                 // Hand the page buffer back for the next capture (pages
                 // already faulted in); drop it if the pool is full.
                 let _ = pool.try_send(std::mem::take(&mut ep.pages.data));
@@ -148,7 +150,7 @@ pub(super) fn sender(
                                 delta_pages: stats.delta_pages,
                             },
                         );
-                        c
+                        (c, false)
                     }
                     Err(e) => {
                         shared.lose(format!("encoding epoch {}: {e}", out.seq));
@@ -172,6 +174,12 @@ pub(super) fn sender(
         if let Err(e) = res {
             shared.lose(format!("sending epoch {}: {e}", out.seq));
             return;
+        }
+        if recycle {
+            let _ = pool.try_send(container);
+        } else {
+            // The next epoch's container is written into this one.
+            bufs.container = container;
         }
     }
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use checkpoint::dirty::{DirtyLedger, Harvest};
 use checkpoint::format::Header;
-use checkpoint::pages::Compression;
+use checkpoint::pages::{Compression, MemoryEncoder};
 use crossbeam::channel;
 use transport::{Channel, FramedConn, HandshakeParams, Psk, TransportError};
 
@@ -107,6 +107,10 @@ const PRECOPY_MAX_ROUNDS: usize = 8;
 const PRECOPY_SMALL: u64 = 1024;
 /// ... or when a round does not shrink the dirty set by at least 10%.
 const PRECOPY_SHRINK: f64 = 0.9;
+
+/// A sync round is sent in pre-copy containers of at most this many pages
+/// (4 MiB), so sending and applying overlap with reading and encoding.
+const SYNC_CHUNK_PAGES: u64 = 1024;
 
 /// The replication loop of a protected VM.
 pub struct Replicator {
@@ -491,51 +495,69 @@ impl Replicator {
         let mut prev = u64::MAX;
         let (mut total_pages, mut wire_bytes) = (0u64, 0u64);
         let mut rounds = 0;
+        // One encoder and one set of buffers for the whole sync: adaptive
+        // compression carries over, and no chunk writes into fresh memory.
+        let mut enc = MemoryEncoder::new(self.cfg.compression)?;
+        let mut bufs = store::EncodeBuffers::default();
+        let mut scratch: Vec<u8> = Vec::new();
         for round in 0..PRECOPY_MAX_ROUNDS {
             let t = Instant::now();
-            let (pages, harvest) = capture::precopy_round(vm, &mut self.ledger, round == 0)?;
+            let (pr, harvest) = capture::precopy_round(vm, &mut self.ledger, round == 0)?;
             // Sent as part of the sync; a failed sync starts over with every page.
             self.ledger.commit(harvest);
-            let n = pages.pages();
-            self.seq += 1;
-            let seq = self.seq;
-            let fp = vm.machine.fingerprint();
-            let header = if round == 0 {
-                Header::full(seq, fp)
-            } else {
-                Header::incremental(seq, seq - 1, fp)
-            };
-            let (container, _) =
-                store::encode_memory_only(&header, &vm.machine, &pages, self.cfg.compression)?;
-            total_pages += n;
-            wire_bytes += container.len() as u64;
-            let pos = vm.console_position();
-            let link = self.link.as_ref().expect("sync without a link");
-            link.shared
-                .inflight
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push_back((seq, pos, Instant::now()));
-            let out = Outgoing {
-                seq,
-                precopy: true,
-                body: Body::Encoded(container),
-                end: EpochEnd {
-                    seq,
-                    output_start: pos,
-                    output: Vec::new(),
-                    released: pos,
-                    figures: wire::EpochReport::default(),
-                    memory_hash: None,
-                },
-            };
-            if link.tx.as_ref().is_none_or(|tx| tx.send(out).is_err())
-                || link.shared.lost.load(Ordering::SeqCst)
-            {
-                return Err(EngineError::Config(
-                    "the link failed during the initial sync".into(),
-                ));
+            let n = pr.pages();
+            // The round goes out in chunks of at most SYNC_CHUNK_PAGES, each
+            // its own pre-copy container, so the shadow receives and applies
+            // one chunk while the next is read and encoded.
+            let mut pieces = Vec::new();
+            for &(gpa, np) in &pr.runs {
+                let mut done = 0;
+                while done < np {
+                    let k = (np - done).min(SYNC_CHUNK_PAGES);
+                    pieces.push((gpa + done * PAGE_SIZE, k));
+                    done += k;
+                }
             }
+            let mut chunk: Vec<(u64, u64)> = Vec::new();
+            let mut in_chunk = 0u64;
+            let mut first = true;
+            let mut it = pieces.into_iter().peekable();
+            loop {
+                let next = it.peek().copied();
+                let full = next.is_some_and(|(_, k)| in_chunk + k > SYNC_CHUNK_PAGES);
+                if next.is_none() || full {
+                    // Round 0 always sends its first chunk (it carries the
+                    // zero markers and starts the shadow's memory).
+                    if !chunk.is_empty() || (round == 0 && first) {
+                        let zero = if round == 0 && first {
+                            &pr.zero_runs[..]
+                        } else {
+                            &[]
+                        };
+                        let len = self.send_sync_chunk(
+                            vm,
+                            round == 0 && first,
+                            zero,
+                            &chunk,
+                            &mut scratch,
+                            &mut enc,
+                            &mut bufs,
+                        )?;
+                        wire_bytes += len;
+                        first = false;
+                    }
+                    chunk.clear();
+                    in_chunk = 0;
+                    if next.is_none() {
+                        break;
+                    }
+                }
+                if let Some(p) = it.next() {
+                    in_chunk += p.1;
+                    chunk.push(p);
+                }
+            }
+            total_pages += n;
             rounds += 1;
             eprintln!(
                 "hotspare: full sync round {round}: {n} pages ({:.1} MiB) in {:.1} ms",
@@ -569,6 +591,78 @@ impl Replicator {
         tracing::info!("protected by shadow {}", self.cfg.shadow);
         self.announced_unprotected = false;
         Ok(())
+    }
+
+    /// Reads the pages of `chunk` from the running guest, encodes them (with
+    /// `zero` markers first) as one pre-copy container and hands it to the
+    /// sender. Returns the container's size.
+    #[allow(clippy::too_many_arguments)]
+    fn send_sync_chunk(
+        &mut self,
+        vm: &Vm,
+        full: bool,
+        zero: &[(u64, u64)],
+        chunk: &[(u64, u64)],
+        scratch: &mut Vec<u8>,
+        enc: &mut MemoryEncoder,
+        bufs: &mut store::EncodeBuffers,
+    ) -> Result<u64> {
+        scratch.clear();
+        for &(gpa, np) in chunk {
+            let (r, off) = vm.ram.locate(gpa).ok_or_else(|| {
+                EngineError::Config(format!("dirty page {gpa:#x} outside guest memory"))
+            })?;
+            let len = (np * PAGE_SIZE) as usize;
+            scratch.extend_from_slice(&r.as_slice()[off as usize..off as usize + len]);
+        }
+        let mut at = 0usize;
+        let runs = chunk.iter().map(|&(gpa, np)| {
+            let len = (np * PAGE_SIZE) as usize;
+            let s = &scratch[at..at + len];
+            at += len;
+            (gpa, s)
+        });
+        self.seq += 1;
+        let seq = self.seq;
+        let fp = vm.machine.fingerprint();
+        let header = if full {
+            Header::full(seq, fp)
+        } else {
+            Header::incremental(seq, seq - 1, fp)
+        };
+        if bufs.container.capacity() == 0 {
+            bufs.container = self.pool.1.try_recv().unwrap_or_default();
+        }
+        let container = store::encode_memory_only(&header, &vm.machine, zero, runs, enc, bufs)?;
+        let len = container.len() as u64;
+        let pos = vm.console_position();
+        let link = self.link.as_ref().expect("sync without a link");
+        link.shared
+            .inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back((seq, pos, Instant::now()));
+        let out = Outgoing {
+            seq,
+            precopy: true,
+            body: Body::Encoded(container),
+            end: EpochEnd {
+                seq,
+                output_start: pos,
+                output: Vec::new(),
+                released: pos,
+                figures: wire::EpochReport::default(),
+                memory_hash: None,
+            },
+        };
+        if link.tx.as_ref().is_none_or(|tx| tx.send(out).is_err())
+            || link.shared.lost.load(Ordering::SeqCst)
+        {
+            return Err(EngineError::Config(
+                "the link failed during the initial sync".into(),
+            ));
+        }
+        Ok(len)
     }
 
     /// Ends replication: releases held output and tells the shadow the guest stopped.
@@ -654,7 +748,14 @@ impl Periodic for Replicator {
             self.stats.stalled_ticks += 1;
             return Ok(());
         }
-        self.next_epoch = now + self.cfg.interval;
+        // Epochs keep to a fixed grid (next = previous deadline + interval),
+        // so the lateness of each wake-up does not add up into a lower rate;
+        // after a stall of more than an interval the grid restarts from now
+        // instead of firing a burst of back-to-back epochs.
+        self.next_epoch += self.cfg.interval;
+        if self.next_epoch <= now {
+            self.next_epoch = now + self.cfg.interval;
+        }
         let res = if self.need_full {
             self.sync(vm)
         } else {

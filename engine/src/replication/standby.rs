@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use checkpoint::fingerprint::{Fingerprint, MachineConfig};
-use checkpoint::format::{self, CheckpointKind, CheckpointReader, Limits, SectionId};
+use checkpoint::format::{CheckpointKind, Limits};
 use crossbeam::channel::{self, Sender};
 use transport::{Channel, FrameKind, FramedConn, HandshakeParams, Listener, Psk, TransportError};
 
@@ -27,7 +27,8 @@ use super::Timing;
 use crate::error::{EngineError, Result};
 use crate::memory::Ram;
 use crate::runner;
-use crate::store::{self, EpochState};
+use crate::staged::StagedEpoch;
+use crate::store::EpochState;
 use crate::vcpu::StopReason;
 use crate::vm::{Vm, VmConfig};
 
@@ -339,6 +340,7 @@ fn stream_loop(
     heard: Arc<Mutex<Instant>>,
 ) {
     let mut staging: Vec<u8> = Vec::new();
+    let mut stage = StagedEpoch::default();
     let mut current: Option<EpochBegin> = None;
     loop {
         let f = match conn.recv() {
@@ -383,9 +385,9 @@ fn stream_loop(
                 current.take(),
                 wire::decode::<EpochEnd>("EpochEnd", &f.payload),
             ) {
-                (Some(b), Ok(end)) if end.seq == b.seq && staging.len() as u64 == b.len => {
-                    commit(&mut conn, &shadow, &staging, end, b.precopy, f.term, &ev)
-                }
+                (Some(b), Ok(end)) if end.seq == b.seq && staging.len() as u64 == b.len => commit(
+                    &mut conn, &shadow, &mut stage, &staging, end, b.precopy, f.term, &ev,
+                ),
                 (Some(b), Ok(end)) => Err(format!(
                     "epoch {} ended as {} with {} of {} bytes",
                     b.seq,
@@ -422,9 +424,11 @@ fn shadow_limit(shadow: &Arc<Mutex<Shadow>>) -> u64 {
 }
 
 /// Verifies a staged epoch, acknowledges it and applies it.
+#[allow(clippy::too_many_arguments)]
 fn commit(
     conn: &mut FramedConn,
     shadow: &Arc<Mutex<Shadow>>,
+    stage: &mut StagedEpoch,
     staged: &[u8],
     end: EpochEnd,
     precopy: bool,
@@ -439,7 +443,10 @@ fn commit(
     if term < sh.term {
         return Err(format!("epoch of term {term} after term {}", sh.term));
     }
-    let header = format::verify(staged, &limits, sh.fingerprint.as_ref())
+    // Verified and decoded in one pass; nothing is applied unless all of
+    // it passed.
+    let header = stage
+        .parse(staged, &limits, sh.fingerprint.as_ref())
         .map_err(|e| format!("epoch {}: {e}", end.seq))?;
     if header.seq != end.seq {
         return Err(format!(
@@ -461,12 +468,10 @@ fn commit(
     }
     if header.kind == CheckpointKind::Full && sh.vm.is_none() {
         // The first full epoch: learn the VM configuration, build the VM.
-        let mut rd = CheckpointReader::new(staged, &limits, Some(&header.fingerprint))
-            .map_err(|e| e.to_string())?;
-        let machine = match rd.next_section().map_err(|e| e.to_string())? {
-            Some((SectionId::Config, p)) => MachineConfig::decode(&p).map_err(|e| e.to_string())?,
-            _ => return Err("full epoch without a Config section first".into()),
-        };
+        let machine = stage
+            .config
+            .clone()
+            .ok_or("full epoch without a Config section")?;
         let bytes = machine.mem_regions.iter().map(|r| r.size).sum();
         let ram = Ram::new(bytes).map_err(|e| e.to_string())?;
         if ram.layout() != machine.mem_regions {
@@ -485,24 +490,39 @@ fn commit(
         sh.machine = Some(machine);
         sh.fingerprint = Some(header.fingerprint);
     }
+    let ram = sh.vm.as_ref().expect("VM prepared above").ram.clone();
+    stage
+        .check_fits(&ram)
+        .map_err(|e| format!("epoch {}: {e}", end.seq))?;
+    let state = if precopy {
+        None
+    } else {
+        Some(
+            stage
+                .state()
+                .map_err(|e| format!("epoch {}: {e}", end.seq))?,
+        )
+    };
     // Staged and verified: acknowledge, then apply under the same lock.
     conn.send(FrameKind::Ack, term, &wire::encode(&Ack { seq: end.seq }))
         .map_err(|e| format!("sending ack: {e}"))?;
-    let ram = sh.vm.as_ref().expect("VM prepared above").ram.clone();
     if precopy {
         // Memory only, not a consistent state: applied, never committed. A
         // new sync makes any older committed state unusable.
         if header.kind == CheckpointKind::Full {
             sh.state = None;
         }
-        store::apply_memory_only(staged, &ram, &header.fingerprint)
+        stage
+            .apply(&ram)
             .map_err(|e| format!("applying verified pre-copy round {}: {e}", end.seq))?;
         sh.memory_seq = Some(end.seq);
         sh.term = term;
         return Ok(());
     }
-    let state = store::apply_checkpoint(staged, &ram, &header.fingerprint)
+    stage
+        .apply(&ram)
         .map_err(|e| format!("applying verified epoch {}: {e}", end.seq))?;
+    let state = state.ok_or("an epoch without state")?;
     let (base, buf) = &mut sh.output;
     if header.kind == CheckpointKind::Full || *base + buf.len() as u64 != end.output_start {
         // A new sync (or the first epoch): output before it was released by

@@ -1,0 +1,289 @@
+//! A received checkpoint, verified and decoded in one pass, ready to apply.
+//!
+//! The standby used to verify a staged epoch (decoding every record,
+//! decompressing every zstd frame) and then apply it (decoding and
+//! decompressing everything again). [`StagedEpoch::parse`] does the
+//! verification and the decoding together: page data lands in one arena,
+//! state sections are parsed, and nothing touches the VM until the whole
+//! checkpoint has passed. [`StagedEpoch::apply`] then only writes memory.
+
+use checkpoint::fingerprint::{Fingerprint, MachineConfig};
+use checkpoint::format::{Header, Limits, SectionId};
+use checkpoint::kvm_state::{VcpuState, VmState};
+use checkpoint::{pages, CheckpointError};
+
+use crate::capture::DeviceState;
+use crate::error::{EngineError, Result};
+use crate::memory::Ram;
+use crate::store::EpochState;
+
+/// One memory operation, in record order.
+enum Op {
+    /// Write `arena[at..at + len]` at `gpa`.
+    Data { gpa: u64, at: usize, len: usize },
+    /// `len` bytes at `gpa` become zero.
+    Zero { gpa: u64, len: u64 },
+    /// XOR `arena[at..at + len]` into the bytes at `gpa`.
+    Xor { gpa: u64, at: usize, len: usize },
+}
+
+/// A verified checkpoint, decoded, not yet applied.
+#[derive(Default)]
+pub struct StagedEpoch {
+    ops: Vec<Op>,
+    arena: Vec<u8>,
+    /// The Config section, if present.
+    pub config: Option<MachineConfig>,
+    vcpus: Option<Vec<VcpuState>>,
+    vm: Option<VmState>,
+    devices: Option<DeviceState>,
+    console: Option<u64>,
+}
+
+fn decode_err(what: &str, e: postcard::Error) -> CheckpointError {
+    CheckpointError::Decode(format!("{what} section does not decode: {e}"))
+}
+
+impl StagedEpoch {
+    /// Verifies `bytes` completely (everything `checkpoint::verify` checks,
+    /// plus that the state sections decode) and decodes it. `self` is reused
+    /// (its arena keeps its capacity), so a standby parses every epoch into
+    /// memory that is already faulted in.
+    pub fn parse(
+        &mut self,
+        bytes: &[u8],
+        limits: &Limits,
+        expected: Option<&Fingerprint>,
+    ) -> Result<Header> {
+        self.ops.clear();
+        self.arena.clear();
+        (self.config, self.vcpus, self.vm, self.devices, self.console) =
+            (None, None, None, None, None);
+        let header = checkpoint::verify::verify_with(bytes, limits, expected, |id, payload| {
+            match id {
+                SectionId::Memory => {
+                    // Three sinks need the arena and the op list: share them
+                    // through a RefCell for the duration of the decode.
+                    let cell = std::cell::RefCell::new((&mut self.ops, &mut self.arena));
+                    pages::decode_records_with_deltas(
+                        payload,
+                        |gpa, data| {
+                            let (ops, arena) = &mut *cell.borrow_mut();
+                            ops.push(Op::Data {
+                                gpa,
+                                at: arena.len(),
+                                len: data.len(),
+                            });
+                            arena.extend_from_slice(data);
+                            Ok(())
+                        },
+                        |gpa, len| {
+                            cell.borrow_mut().0.push(Op::Zero { gpa, len });
+                            Ok(())
+                        },
+                        |gpa, delta| {
+                            let (ops, arena) = &mut *cell.borrow_mut();
+                            ops.push(Op::Xor {
+                                gpa,
+                                at: arena.len(),
+                                len: delta.len(),
+                            });
+                            arena.extend_from_slice(delta);
+                            Ok(())
+                        },
+                    )?;
+                }
+                SectionId::Config => self.config = Some(MachineConfig::decode(payload)?),
+                SectionId::Vcpus => {
+                    self.vcpus =
+                        Some(postcard::from_bytes(payload).map_err(|e| decode_err("Vcpus", e))?)
+                }
+                SectionId::Vm => {
+                    self.vm = Some(postcard::from_bytes(payload).map_err(|e| decode_err("Vm", e))?)
+                }
+                SectionId::Devices => {
+                    self.devices =
+                        Some(postcard::from_bytes(payload).map_err(|e| decode_err("Devices", e))?)
+                }
+                SectionId::Console => {
+                    // verify_with has checked the length.
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(payload);
+                    self.console = Some(u64::from_le_bytes(b));
+                }
+                SectionId::End => {}
+            }
+            Ok(())
+        })?;
+        Ok(header)
+    }
+
+    /// The vCPU, VM and device state (an epoch; pre-copy chunks have none).
+    pub fn state(&self) -> Result<EpochState> {
+        let missing =
+            |s: &str| EngineError::Checkpoint(CheckpointError::Decode(format!("no {s} section")));
+        Ok(EpochState {
+            vcpus: self.vcpus.clone().ok_or_else(|| missing("Vcpus"))?,
+            vm: self.vm.clone().ok_or_else(|| missing("Vm"))?,
+            devices: self.devices.clone().ok_or_else(|| missing("Devices"))?,
+            console_pos: self.console.ok_or_else(|| missing("Console"))?,
+        })
+    }
+
+    /// Checks that every memory operation lies inside one region of `ram`,
+    /// so [`apply`](Self::apply) cannot fail halfway on an address (call it
+    /// before acknowledging).
+    pub fn check_fits(&self, ram: &Ram) -> Result<()> {
+        for op in &self.ops {
+            let (gpa, len) = match *op {
+                Op::Data { gpa, len, .. } | Op::Xor { gpa, len, .. } => (gpa, len as u64),
+                Op::Zero { gpa, len } => (gpa, len),
+            };
+            let fits = ram
+                .locate(gpa)
+                .is_some_and(|(r, off)| off.checked_add(len).is_some_and(|e| e <= r.size));
+            if !fits {
+                return Err(EngineError::Memory(format!(
+                    "{len} bytes at {gpa:#x} are not inside one guest memory region"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies the memory operations to `ram`, in record order.
+    pub fn apply(&self, ram: &Ram) -> Result<()> {
+        let mut tmp = Vec::new();
+        for op in &self.ops {
+            match *op {
+                Op::Data { gpa, at, len } => ram.write(gpa, &self.arena[at..at + len])?,
+                Op::Zero { gpa, len } => ram.zero_range(gpa, len)?,
+                Op::Xor { gpa, at, len } => {
+                    let (r, off) = ram
+                        .locate(gpa)
+                        .filter(|(r, off)| off + len as u64 <= r.size)
+                        .ok_or_else(|| {
+                            EngineError::Memory(format!(
+                                "delta of {len} bytes at {gpa:#x} is not inside one memory region"
+                            ))
+                        })?;
+                    tmp.resize(len, 0);
+                    r.read(off, &mut tmp);
+                    checkpoint::delta::xor_in_place(&mut tmp, &self.arena[at..at + len]);
+                    r.write(off, &tmp);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Page bytes staged (decoded data and deltas).
+    pub fn staged_bytes(&self) -> usize {
+        self.arena.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use checkpoint::delta::DeltaCache;
+    use checkpoint::format::CheckpointWriter;
+    use checkpoint::{Compression, MemoryEncoder, PAGE_SIZE};
+
+    const MIB: u64 = 1 << 20;
+
+    fn machine() -> MachineConfig {
+        let ram = Ram::new(4 * MIB).unwrap();
+        MachineConfig {
+            vcpus: 1,
+            mem_regions: ram.layout(),
+            cpuid: Vec::new(),
+        }
+    }
+
+    /// A memory-only container whose records come from `enc` over `runs`.
+    fn container(
+        m: &MachineConfig,
+        seq: u64,
+        enc: &mut MemoryEncoder,
+        runs: &[(u64, &[u8])],
+    ) -> Vec<u8> {
+        let header = if seq == 1 {
+            Header::full(seq, m.fingerprint())
+        } else {
+            Header::incremental(seq, seq - 1, m.fingerprint())
+        };
+        let mut payload = Vec::new();
+        for &(gpa, data) in runs {
+            enc.encode_run(gpa, data, &mut payload).unwrap();
+        }
+        let mut w = CheckpointWriter::new(Vec::new(), &header).unwrap();
+        w.write_section(SectionId::Config, &m.encode()).unwrap();
+        w.write_section(SectionId::Memory, &payload).unwrap();
+        w.finish().unwrap()
+    }
+
+    fn page(seed: u8) -> Vec<u8> {
+        (0..PAGE_SIZE)
+            .map(|i| (i as u8).wrapping_mul(seed) ^ seed)
+            .collect()
+    }
+
+    fn read(ram: &Ram, gpa: u64) -> Vec<u8> {
+        let (r, off) = ram.locate(gpa).unwrap();
+        let mut b = vec![0u8; PAGE_SIZE];
+        r.read(off, &mut b);
+        b
+    }
+
+    #[test]
+    fn data_zero_and_delta_records_apply_once_decoded() {
+        let m = machine();
+        let ram = Ram::new(4 * MIB).unwrap();
+        let mut enc = MemoryEncoder::new(Compression::Zstd { level: 1 }).unwrap();
+        enc.set_delta_cache(Some(DeltaCache::new(64)));
+        let (a, z) = (page(3), vec![0u8; PAGE_SIZE]);
+        let mut st = StagedEpoch::default();
+        let c1 = container(&m, 1, &mut enc, &[(0x1000, &a), (0x2000, &a)]);
+        st.parse(&c1, &Limits::default(), Some(&m.fingerprint()))
+            .unwrap();
+        st.check_fits(&ram).unwrap();
+        st.apply(&ram).unwrap();
+        assert_eq!(read(&ram, 0x1000), a);
+        // Page 0x1000 changes a little (a delta), 0x2000 becomes zero.
+        let mut b = a.clone();
+        b[100] ^= 0xff;
+        let c2 = container(&m, 2, &mut enc, &[(0x1000, &b), (0x2000, &z)]);
+        assert!(enc.stats().delta_pages >= 1, "expected a delta record");
+        st.parse(&c2, &Limits::default(), Some(&m.fingerprint()))
+            .unwrap();
+        st.apply(&ram).unwrap();
+        assert_eq!(read(&ram, 0x1000), b);
+        assert_eq!(read(&ram, 0x2000), z);
+        assert!(st.state().is_err(), "a memory-only container has no state");
+    }
+
+    #[test]
+    fn a_damaged_container_is_refused_whole() {
+        let m = machine();
+        let mut enc = MemoryEncoder::new(Compression::None).unwrap();
+        let a = page(5);
+        let mut c = container(&m, 1, &mut enc, &[(0x1000, &a)]);
+        let n = c.len();
+        c[n - 40] ^= 1; // inside the Memory payload: its CRC fails
+        let mut st = StagedEpoch::default();
+        assert!(st
+            .parse(&c, &Limits::default(), Some(&m.fingerprint()))
+            .is_err());
+        // A record beyond guest memory parses (the container cannot know the
+        // VM) but does not fit, so the standby refuses it before the ack.
+        let c = container(&m, 1, &mut enc, &[(64 * MIB, &a)]);
+        st.parse(&c, &Limits::default(), Some(&m.fingerprint()))
+            .unwrap();
+        let e = st.check_fits(&Ram::new(4 * MIB).unwrap()).unwrap_err();
+        assert!(
+            e.to_string().contains("not inside one guest memory region"),
+            "{e}"
+        );
+    }
+}
