@@ -389,14 +389,14 @@ def ratios_svg(ratios, path, title):
     targets as ticks; green when hotspare is on the better side of 1."""
     import math
     items = [  # (key, label, better, target)
-        ("pause_p50", "pause p50 vs COLO median", "lower", 0.125),
-        ("pause_p99_vs_colo_p90", "pause p99 vs COLO p90", "lower", 0.25),
-        ("pause_max", "pause max vs COLO max", "lower", None),
-        ("epoch_rate_achieved", "checkpoints/s vs COLO", "higher", None),
-        ("full_sync_guest_mib_s", "full sync (guest RAM/s) vs QEMU 10", "higher", 3.0),
-        ("takeover", "kill to shadow running vs COLO", "lower", 1.0),
+        ("pause_p50", "pause p50 / COLO median", "lower", 0.125),
+        ("pause_p99_vs_colo_p90", "pause p99 / COLO p90", "lower", 0.25),
+        ("pause_max", "pause max / COLO max", "lower", None),
+        ("epoch_rate_achieved", "checkpoints/s / COLO", "higher", None),
+        ("full_sync_guest_mib_s", "full sync / QEMU 10 migration", "higher", 3.0),
+        ("takeover", "kill to running / COLO", "lower", 1.0),
     ]
-    W, row, left, top = 760, 34, 260, 50
+    W, row, left, top = 820, 34, 320, 50
     H = top + row * len(items) + 40
     lo, hi = math.log10(0.01), math.log10(100.0)
     def x(v):
@@ -411,7 +411,7 @@ def ratios_svg(ratios, path, title):
     for i, (k, label, better, tgt) in enumerate(items):
         y = top + i * row
         v = ratios.get(k)
-        s.append(f'<text x="{left - 8}" y="{y + 15}" text-anchor="end">{label} ({better} is better)</text>')
+        s.append(f'<text x="{left - 8}" y="{y + 15}" text-anchor="end">{label} ({better} better)</text>')
         if v is None:
             s.append(f'<text x="{x(1) + 6:.1f}" y="{y + 15}">n/a</text>')
             continue

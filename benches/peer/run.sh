@@ -12,9 +12,9 @@ set -euo pipefail
 usage() {
   cat <<'EOF'
 usage: benches/peer/run.sh [options]
-  --mem-mib N         guest memory of all three, MiB               (256)
+  --mem-mib N         guest memory of all three, MiB              (1024)
   --delay-ms N        checkpoint interval: COLO x-checkpoint-delay,
-                      hotspare --interval-ms                       (25)
+                      hotspare --interval-ms                       (20)
   --rate-ppms N       guest page writes per ms: QEMU guest's rate;
                       hotspare's guest is paced to it by the TSC     (25)
   --reps N            repetitions on each side (medians)            (3)
@@ -30,7 +30,7 @@ usage: benches/peer/run.sh [options]
 EOF
 }
 
-MEM=256 DELAY=25 RATE=25 REPS=3 WS=64 WINDOW=8 PROFILE=mixed SPIN='' HS_SECONDS=8
+MEM=1024 DELAY=20 RATE=25 REPS=3 WS=64 WINDOW=8 PROFILE=mixed SPIN='' HS_SECONDS=8
 DOWNTIME=300 PREFILL=zero OUT=peer-out BUILD=1
 CMDLINE="benches/peer/run.sh${*:+ $*}"
 while [ $# -gt 0 ]; do

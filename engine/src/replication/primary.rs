@@ -91,7 +91,8 @@ pub struct ReplicationStats {
     pub epochs: Vec<EpochFigures>,
     /// Ack latencies (send to ack).
     pub ack_latency: Vec<Duration>,
-    /// Epochs skipped because too many were in flight.
+    /// Stalls: times an epoch fell due while the in-flight limit was reached
+    /// (it then waits for an ack).
     pub stalled_ticks: u64,
     /// Times the shadow was lost.
     pub shadow_losses: u64,
@@ -121,6 +122,8 @@ pub struct Replicator {
     next_connect: Instant,
     /// When this replicator was made (the origin of `EpochFigures::at`).
     created: Instant,
+    /// While an epoch is due but waits for an ack: when to tick again.
+    stall_poll: Option<Instant>,
     seq: u64,
     need_full: bool,
     pending: VecDeque<(u64, Harvest)>,
@@ -154,6 +157,7 @@ impl Replicator {
             next_epoch: Instant::now(),
             next_connect: Instant::now(),
             created: Instant::now(),
+            stall_poll: None,
             seq: 0,
             need_full: true,
             pending: VecDeque::new(),
@@ -239,6 +243,7 @@ impl Replicator {
 
     /// Tears the link down; unacked epochs' dirty bits go back and held output is released.
     fn drop_link(&mut self, why: &str) {
+        self.stall_poll = None;
         if let Some(mut link) = self.link.take() {
             link.hb_protected.store(false, Ordering::SeqCst);
             link.shared.lose(why.to_string());
@@ -580,7 +585,7 @@ impl Replicator {
         let mib = |p: u64| (p * PAGE_SIZE) as f64 / (1 << 20) as f64;
         eprintln!(
             "hotspare: full sync complete: {rounds} pre-copy rounds, {:.1} MiB copied while running ({:.0} MiB/s, \
-             {:.1} MiB on the wire) in {:.2} s; final pause {:.2} ms with {} pages",
+             {:.1} MiB on the wire) in {:.3} s; final pause {:.2} ms with {} pages",
             mib(total_pages),
             mib(total_pages) / secs,
             wire_bytes as f64 / (1 << 20) as f64,
@@ -704,6 +709,11 @@ impl Periodic for Replicator {
                 .saturating_duration_since(now)
                 .min(Duration::from_millis(5));
         }
+        // An epoch waiting for an ack (in-flight limit reached): tick again
+        // in 500 µs to settle acks, rather than spinning through ticks.
+        if let Some(at) = self.stall_poll {
+            return at.saturating_duration_since(now);
+        }
         // Wake often enough to notice a lost shadow promptly.
         self.next_epoch
             .saturating_duration_since(now)
@@ -745,9 +755,13 @@ impl Periodic for Replicator {
             return Ok(());
         }
         if self.pending.len() >= self.cfg.max_outstanding {
-            self.stats.stalled_ticks += 1;
+            if self.stall_poll.is_none() {
+                self.stats.stalled_ticks += 1;
+            }
+            self.stall_poll = Some(now + Duration::from_micros(500));
             return Ok(());
         }
+        self.stall_poll = None;
         // Epochs keep to a fixed grid (next = previous deadline + interval),
         // so the lateness of each wake-up does not add up into a lower rate;
         // after a stall of more than an interval the grid restarts from now
