@@ -71,6 +71,10 @@ pub struct BenchArgs {
     /// Page compression for the stream: zstd or none.
     #[arg(long, default_value = "zstd")]
     compress: String,
+    /// Passed to `hotspare run`: above --interval-ms it turns the
+    /// epoch-length policy on (default there: off).
+    #[arg(long)]
+    max_interval_ms: Option<u64>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -167,6 +171,11 @@ impl Setup {
             .arg(a.interval_ms.to_string())
             .arg("--compress")
             .arg(&a.compress)
+            .args(
+                a.max_interval_ms
+                    .map(|m| vec!["--max-interval-ms".to_string(), m.to_string()])
+                    .unwrap_or_default(),
+            )
             .arg("--stats-json")
             .arg(self.dir.join(format!("stats-{tag}.json")))
             .stderr(
@@ -510,6 +519,7 @@ fn summarize(a: &BenchArgs, base: &[f64], runs: &[Run], takeovers: &[(f64, f64)]
     let (mut pages, mut raw, mut wire, mut epochs) = (0.0, 0.0, 0.0, 0.0);
     let mut pages_per_epoch = Vec::new();
     let (mut delta_pages, mut warmup_epochs) = (0.0, 0.0);
+    let mut intervals = Vec::new();
     let mut acks = Vec::new();
     let mut rates = Vec::new();
     let mut engine_cpu_per_page = Vec::new();
@@ -536,6 +546,7 @@ fn summarize(a: &BenchArgs, base: &[f64], runs: &[Run], takeovers: &[(f64, f64)]
                 phase[i].push(f(e, k) / 1e3);
             }
             pages_per_epoch.push(f(e, "pages"));
+            intervals.push(f(e, "interval_ms"));
             rp += f(e, "pages");
             delta_pages += f(e, "delta_pages");
             rr += f(e, "raw_bytes");
@@ -613,6 +624,7 @@ fn summarize(a: &BenchArgs, base: &[f64], runs: &[Run], takeovers: &[(f64, f64)]
             "resume": pct(phase[4].clone(), 0.5),
         },
         "epoch_rate_hz": { "configured": 1000.0 / a.interval_ms as f64, "achieved": median(rates) },
+        "epoch_interval_ms": { "p50": pct(intervals.clone(), 0.5), "max": pct(intervals, 1.0) },
         "dirty_pages_per_epoch_p50": pct(pages_per_epoch, 0.5),
         "bytes_per_dirty_page": { "raw": if pages > 0.0 { raw / pages } else { 0.0 }, "wire": if pages > 0.0 { wire / pages } else { 0.0 } },
         "wire_over_raw": if raw > 0.0 { wire / raw } else { 0.0 },
@@ -645,7 +657,7 @@ fn markdown(v: &Value) -> String {
          | workload | {} MiB guest, pattern {}, fill {}, {} pages x {} writes/round, rate {} writes/s (0: unpaced), epoch {} ms, pinned {}, warm-up left out {} ms ({} epochs) |\n\
          | pause p50 / p99 / max | {:.3} / {:.3} / {:.3} ms |\n\
          | pause phases p50 (stop, state, harvest, copy, resume) | {:.3}, {:.3}, {:.3}, {:.3}, {:.3} ms |\n\
-         | epoch rate configured / achieved | {:.1} / {:.1} Hz |\n\
+         | epoch rate configured / achieved | {:.1} / {:.1} Hz (policy interval p50 {:.0} ms, max {:.0} ms) |\n\
          | dirty pages per epoch (p50) | {:.0} |\n\
          | bytes per dirty page raw / on the wire | {:.0} / {:.0} ({:.3}x; {:.0}% of pages as XOR deltas) |\n\
          | engine CPU per dirty page, primary / shadow | {:.2} / {:.2} µs |\n\
@@ -661,6 +673,7 @@ fn markdown(v: &Value) -> String {
         g(&["pause_phase_p50_ms", "stop"]), g(&["pause_phase_p50_ms", "state"]), g(&["pause_phase_p50_ms", "harvest"]),
         g(&["pause_phase_p50_ms", "copy"]), g(&["pause_phase_p50_ms", "resume"]),
         g(&["epoch_rate_hz", "configured"]), g(&["epoch_rate_hz", "achieved"]),
+        g(&["epoch_interval_ms", "p50"]), g(&["epoch_interval_ms", "max"]),
         g(&["dirty_pages_per_epoch_p50"]),
         g(&["bytes_per_dirty_page", "raw"]), g(&["bytes_per_dirty_page", "wire"]), g(&["wire_over_raw"]),
         g(&["delta_page_share"]) * 100.0,

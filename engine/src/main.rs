@@ -62,6 +62,13 @@ struct ReplicaArgs {
     /// Epoch interval in milliseconds.
     #[arg(long, default_value_t = 25)]
     interval_ms: u64,
+    /// Longest epoch interval, in milliseconds, the primary may stretch to
+    /// while the shadow falls behind (opt-in epoch-length policy; default:
+    /// --interval-ms, i.e. off: a due epoch waits for an ack instead, which
+    /// measured better, see docs/performance.md). Held output waits at most
+    /// about this long plus the ack.
+    #[arg(long)]
+    max_interval_ms: Option<u64>,
     #[command(flatten)]
     timing: TimingArgs,
     /// Page compression: zstd or none.
@@ -239,6 +246,9 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
                 shadow: shadow.clone(),
                 psk: load_key(key)?,
                 interval: Duration::from_millis(a.replica.interval_ms),
+                max_interval: Duration::from_millis(
+                    a.replica.max_interval_ms.unwrap_or(a.replica.interval_ms),
+                ),
                 timing: a.replica.timing.timing()?,
                 compression: compression(&a.replica.compress)?,
                 delta_cache_bytes: a.replica.delta_cache_mib << 20,
@@ -323,6 +333,7 @@ fn standby(a: StandbyArgs) -> anyhow::Result<i32> {
             shadow: addr.clone(),
             psk: load_key(&a.key_file)?,
             interval: Duration::from_millis(a.interval_ms.max(1)),
+            max_interval: Duration::from_millis(a.interval_ms.max(1)),
             timing,
             compression: Compression::Zstd { level: 1 },
             delta_cache_bytes: DEFAULT_DELTA_CACHE_MIB << 20,

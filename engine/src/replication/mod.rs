@@ -9,6 +9,7 @@
 
 mod link;
 pub mod liveness;
+pub mod policy;
 pub mod primary;
 pub mod standby;
 pub mod wire;

@@ -21,6 +21,7 @@ use crossbeam::channel;
 use transport::{Channel, FramedConn, HandshakeParams, Psk, TransportError};
 
 use super::link::{self, Body, Link, LinkShared, Outgoing};
+use super::policy::EpochPolicy;
 use super::wire::{self, EpochEnd};
 use super::Timing;
 use crate::capture;
@@ -39,6 +40,9 @@ pub struct PrimaryConfig {
     pub psk: Psk,
     /// Epoch interval.
     pub interval: Duration,
+    /// Longest interval the epoch policy may stretch to while the shadow
+    /// falls behind (see `policy.rs`).
+    pub max_interval: Duration,
     /// Heartbeats and timeouts.
     pub timing: Timing,
     /// Page compression.
@@ -82,6 +86,8 @@ pub struct EpochFigures {
     pub at: Duration,
     /// Pages sent as XOR deltas.
     pub delta_pages: u64,
+    /// The epoch interval in force when this epoch was taken.
+    pub interval: Duration,
 }
 
 /// Figures of the whole run.
@@ -124,6 +130,8 @@ pub struct Replicator {
     created: Instant,
     /// While an epoch is due but waits for an ack: when to tick again.
     stall_poll: Option<Instant>,
+    /// The epoch interval in force.
+    policy: EpochPolicy,
     seq: u64,
     need_full: bool,
     pending: VecDeque<(u64, Harvest)>,
@@ -150,6 +158,7 @@ impl Replicator {
             .iter()
             .map(|r| (r.size / PAGE_SIZE) as usize)
             .collect();
+        let policy = EpochPolicy::new(cfg.interval, cfg.max_interval);
         Replicator {
             cfg,
             ledger: DirtyLedger::new(&npages),
@@ -158,6 +167,7 @@ impl Replicator {
             next_connect: Instant::now(),
             created: Instant::now(),
             stall_poll: None,
+            policy,
             seq: 0,
             need_full: true,
             pending: VecDeque::new(),
@@ -372,6 +382,7 @@ impl Replicator {
                 encode: Duration::ZERO,
                 at: self.created.elapsed().saturating_sub(pause),
                 delta_pages: 0,
+                interval: self.policy.interval(),
             },
         );
         tracing::debug!(
@@ -480,7 +491,7 @@ impl Replicator {
             link.shared.acked.load(Ordering::SeqCst) >= seq
         };
         drop(guard);
-        self.next_epoch = Instant::now() + self.cfg.interval;
+        self.next_epoch = Instant::now() + self.policy.interval();
         if acked {
             let pages = self.stats.epochs.last().map_or(0, |e| e.pages);
             self.stats.protected_before_start = Some((t0.elapsed(), pages * PAGE_SIZE));
@@ -757,6 +768,7 @@ impl Periodic for Replicator {
         if self.pending.len() >= self.cfg.max_outstanding {
             if self.stall_poll.is_none() {
                 self.stats.stalled_ticks += 1;
+                self.policy.on_stall();
             }
             self.stall_poll = Some(now + Duration::from_micros(500));
             return Ok(());
@@ -766,9 +778,11 @@ impl Periodic for Replicator {
         // so the lateness of each wake-up does not add up into a lower rate;
         // after a stall of more than an interval the grid restarts from now
         // instead of firing a burst of back-to-back epochs.
-        self.next_epoch += self.cfg.interval;
+        self.policy.on_epoch();
+        let interval = self.policy.interval();
+        self.next_epoch += interval;
         if self.next_epoch <= now {
-            self.next_epoch = now + self.cfg.interval;
+            self.next_epoch = now + interval;
         }
         let res = if self.need_full {
             self.sync(vm)
@@ -866,6 +880,7 @@ pub fn stats_json(
             "raw_bytes": e.raw_bytes,
             "wire_bytes": e.wire_bytes,
             "delta_pages": e.delta_pages,
+            "interval_ms": e.interval.as_secs_f64() * 1e3,
         })).collect::<Vec<_>>(),
     })
 }
