@@ -155,12 +155,14 @@ fn write_pages<'a, W: Write>(
             enc.encode_run(at, chunk, payload)?;
             raw_in_section += chunk.len();
             if raw_in_section >= SECTION_RAW_BYTES {
+                enc.flush(payload)?;
                 w.write_section(SectionId::Memory, payload)?;
                 payload.clear();
                 raw_in_section = 0;
             }
         }
     }
+    enc.flush(payload)?;
     if !payload.is_empty() {
         w.write_section(SectionId::Memory, payload)?;
     }

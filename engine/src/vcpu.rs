@@ -15,7 +15,7 @@
 //!   then runs on to its next stop instead of parking (the controller kicks
 //!   again).
 //!
-//! A thread captures its vCPU's state as it parks (so the controller needs
+//! In a single-vCPU VM the thread captures its vCPU's state as it parks (so the controller needs
 //! no round trip to it), then serves commands (capture, probe, resume, exit) from its
 //! channel; only parked vCPUs are ever captured.
 
@@ -142,15 +142,27 @@ impl Shared {
         c.stop.clone()
     }
 
-    /// Marks vCPU `id` parked, with the state it captured on the way,
-    /// unless the pause was already withdrawn.
-    fn park(&self, id: usize, state: Captured) -> bool {
+    /// Whether this VM has one vCPU. Only then is a state captured at park
+    /// time a snapshot of a stopped VM: with several, the others may still
+    /// run after it (and send it IPIs, INIT/SIPI, NMIs) until they park too.
+    fn single_vcpu(&self) -> bool {
+        self.ctl
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .parked
+            .len()
+            == 1
+    }
+
+    /// Marks vCPU `id` parked, with the state it captured on the way (single
+    /// vCPU only), unless the pause was already withdrawn.
+    fn park(&self, id: usize, state: Option<Captured>) -> bool {
         let mut c = self.ctl.lock().unwrap_or_else(|e| e.into_inner());
         if !self.pause_requested.load(Ordering::SeqCst) {
             return false;
         }
         c.parked[id] = true;
-        c.states[id] = Some(state);
+        c.states[id] = state;
         self.cv.notify_all();
         true
     }
@@ -380,10 +392,16 @@ impl VcpuThread {
         if self.software_exception_in_flight() {
             return Parked::NotSafe;
         }
-        // Capture the state now, on this thread, while it is stopped: the
-        // controller's capture then needs no round trip to this thread
-        // (that round trip was half the pause's state phase).
-        let state = kvm_state::save_vcpu(&self.fd, self.id, &self.msr_list);
+        // With a single vCPU, capture the state now, on this thread, while
+        // the whole VM is stopped: the controller's capture then needs no
+        // round trip to this thread (that round trip was half the pause's
+        // state phase). With several, other vCPUs may still run and send
+        // this one interrupts until they park, so the controller asks for
+        // the states once all are parked.
+        let state = self
+            .shared
+            .single_vcpu()
+            .then(|| kvm_state::save_vcpu(&self.fd, self.id, &self.msr_list));
         if !self.shared.park(self.id as usize, state) {
             return Parked::Resumed;
         }

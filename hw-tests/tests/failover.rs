@@ -156,6 +156,66 @@ fn shadow_loss_then_reprotection() {
         .is_empty());
 }
 
+/// A shadow that freezes (SIGSTOP: its host hangs without resetting the
+/// connection, so its socket buffers fill and writes block) is declared
+/// lost by the heartbeat monitor, and the primary's sender does not block
+/// on it for TCP's retry time: the guest runs to its end unprotected, with
+/// its complete, correct output.
+#[test]
+fn frozen_shadow_is_declared_lost_and_the_guest_runs_on() {
+    if !common::kvm_available() {
+        return;
+    }
+    // Whole random pages: megabytes per epoch, to fill the socket buffers.
+    let spec = GuestSpec::new("memtest", "rounds=150 writes=20000 pattern=pages");
+    let (r, _) = reference(&spec);
+    let dir = TempDir::new("frozen");
+    let key = common::key_file(&dir, "key", 9);
+    let (mut s1, addr) = spawn_standby(&key, &dir.path("s1.txt"), "127.0.0.1:0");
+    let pcon = dir.path("primary.txt");
+    let mut primary = spawn_primary(&spec, &pcon, &addr, &key, 25);
+    s1.wait_line("standby in sync", Duration::from_secs(30))
+        .expect("standby synced");
+    let signal = |sig: &str, pid: u32| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill {sig} {pid} failed");
+    };
+    signal("-STOP", s1.child.id());
+    primary
+        .wait_line("UNPROTECTED", Duration::from_secs(10))
+        .unwrap_or_else(|| {
+            panic!(
+                "a frozen shadow was not declared lost:\n{}",
+                primary.stderr()
+            )
+        });
+    // Generous bound: the guest alone takes a few seconds; a sender stuck
+    // in a write to the frozen peer would hold the supervisor for minutes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while primary.child.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the primary did not finish with a frozen shadow:\n{}",
+            primary.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    signal("-CONT", s1.child.id());
+    s1.child.kill().unwrap();
+    s1.child.wait().unwrap();
+    let out = std::fs::read(&pcon).unwrap();
+    assert!(
+        out == r,
+        "the primary's output differs from an unprotected run ({} against {} bytes)",
+        out.len(),
+        r.len()
+    );
+}
+
 /// A primary with the wrong key, and a peer sending garbage, are refused and
 /// change nothing: the standby then protects the right primary and takes
 /// over correctly. The wrongly keyed primary runs unprotected and says so.

@@ -96,9 +96,9 @@ fn roundtrip(guest: &str, cmdline: &str, vcpus: u32, run_for: Duration) {
         let guard = vm.pause().unwrap();
         let (a, h) = capture::capture(&guard, &mut l, true).unwrap();
         l.commit(h);
-        // The first capture used the states the vCPU threads took as they
-        // parked; a second one in the same pause asks the parked threads.
-        // Both must describe the same stopped vCPUs.
+        // In a single-vCPU VM the first capture used the state the vCPU
+        // thread took as it parked; a second one in the same pause asks the
+        // parked thread. Both must describe the same stopped vCPUs.
         let again = guard.capture_vcpus().unwrap();
         for (x, y) in a.vcpus.iter().zip(&again) {
             assert!(

@@ -153,6 +153,18 @@ pub struct Sender {
 }
 
 impl Sender {
+    /// Sets how long a `send` may block on a peer that stops reading
+    /// (`None`: forever). A send that times out fails and, like any failed
+    /// send, shuts the connection down. A zero duration is an error.
+    pub fn set_write_timeout(&self, timeout: Option<Duration>) -> Result<()> {
+        self.stream
+            .set_write_timeout(timeout)
+            .map_err(|source| TransportError::Io {
+                peer: self.peer,
+                source,
+            })
+    }
+
     fn new(stream: TcpStream, peer: SocketAddr, key: MacKey) -> Sender {
         Sender {
             stream,

@@ -116,6 +116,8 @@ pub(super) fn sender(
             return;
         }
     };
+    // Scattered dirty pages go out in batches (one zstd frame per batch).
+    enc.set_batching(true);
     if cfg.delta_cache_bytes > 0 {
         enc.set_delta_cache(Some(checkpoint::delta::DeltaCache::with_bytes(
             cfg.delta_cache_bytes,

@@ -210,6 +210,14 @@ impl Replicator {
         });
         let (tx, rx) = channel::bounded::<Outgoing>(self.cfg.max_outstanding.max(1));
         let (send_half, recv_half) = stream.split();
+        // A shadow that stops reading (host gone without a reset) must not
+        // block the sender, and with it a link teardown, for TCP's retry
+        // time: a send that waits this long fails and loses the link.
+        send_half
+            .set_write_timeout(Some(
+                (self.cfg.timing.timeout * 4).max(Duration::from_secs(1)),
+            ))
+            .map_err(terr)?;
         recv_half
             .set_read_timeout(Some(Duration::from_millis(20)))
             .map_err(terr)?;
@@ -671,12 +679,26 @@ impl Replicator {
                 memory_hash: None,
             },
         };
-        if link.tx.as_ref().is_none_or(|tx| tx.send(out).is_err())
-            || link.shared.lost.load(Ordering::SeqCst)
-        {
-            return Err(EngineError::Config(
-                "the link failed during the initial sync".into(),
-            ));
+        // The queue is usually full during a sync: wait for room, but give
+        // up as soon as the link is declared lost (a dead shadow must not
+        // hold the supervisor here).
+        let failed = || EngineError::Config("the link failed during the initial sync".into());
+        let mut out = out;
+        loop {
+            let Some(tx) = link.tx.as_ref() else {
+                return Err(failed());
+            };
+            match tx.send_timeout(out, Duration::from_millis(50)) {
+                Ok(()) => break,
+                Err(channel::SendTimeoutError::Timeout(o)) => out = o,
+                Err(channel::SendTimeoutError::Disconnected(_)) => return Err(failed()),
+            }
+            if link.shared.lost.load(Ordering::SeqCst) {
+                return Err(failed());
+            }
+        }
+        if link.shared.lost.load(Ordering::SeqCst) {
+            return Err(failed());
         }
         Ok(len)
     }

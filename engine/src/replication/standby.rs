@@ -413,6 +413,16 @@ fn stream_loop(
     }
 }
 
+/// An epoch failed after its ack (a write into shadow memory failed, e.g.
+/// the host ran out of memory): the shadow's memory is part-way between two
+/// commits, so it must not take over from it. Forget the committed state
+/// and the memory's position; only a new full sync makes it usable again.
+fn poison(sh: &mut Shadow, why: String) -> String {
+    sh.state = None;
+    sh.memory_seq = None;
+    format!("{why}; the shadow's memory is now inconsistent and it cannot take over until the primary resyncs it")
+}
+
 fn shadow_limit(shadow: &Arc<Mutex<Shadow>>) -> u64 {
     let sh = shadow.lock().unwrap_or_else(|e| e.into_inner());
     match &sh.machine {
@@ -512,16 +522,22 @@ fn commit(
         if header.kind == CheckpointKind::Full {
             sh.state = None;
         }
-        stage
-            .apply(&ram)
-            .map_err(|e| format!("applying verified pre-copy round {}: {e}", end.seq))?;
+        if let Err(e) = stage.apply(&ram) {
+            return Err(poison(
+                &mut sh,
+                format!("applying verified pre-copy round {}: {e}", end.seq),
+            ));
+        }
         sh.memory_seq = Some(end.seq);
         sh.term = term;
         return Ok(());
     }
-    stage
-        .apply(&ram)
-        .map_err(|e| format!("applying verified epoch {}: {e}", end.seq))?;
+    if let Err(e) = stage.apply(&ram) {
+        return Err(poison(
+            &mut sh,
+            format!("applying verified epoch {}: {e}", end.seq),
+        ));
+    }
     let state = state.ok_or("an epoch without state")?;
     let (base, buf) = &mut sh.output;
     if header.kind == CheckpointKind::Full || *base + buf.len() as u64 != end.output_start {

@@ -53,6 +53,15 @@ pub enum Encoding {
     /// are XORed into the pages' current contents: the contents the reader
     /// holds after applying every earlier record of the stream.
     XorZstd = 3,
+    /// Scattered pages in one record: `npages` little-endian u64 entries,
+    /// each a page address whose bit 0 says how its bytes apply (0: they
+    /// are the page, 1: XOR them into the page, as `XorZstd`), then
+    /// `npages * 4096` bytes verbatim, in entry order. The first entry's
+    /// address equals the record's `gpa`.
+    Batch = 4,
+    /// As `Batch`, but the bytes after the entries are one zstd frame that
+    /// decompresses to exactly `npages * 4096` bytes.
+    BatchZstd = 5,
 }
 
 impl TryFrom<u8> for Encoding {
@@ -64,6 +73,8 @@ impl TryFrom<u8> for Encoding {
             1 => Ok(Encoding::Zero),
             2 => Ok(Encoding::Zstd),
             3 => Ok(Encoding::XorZstd),
+            4 => Ok(Encoding::Batch),
+            5 => Ok(Encoding::BatchZstd),
             other => Err(CheckpointError::UnknownEncoding(other)),
         }
     }
@@ -163,7 +174,29 @@ pub struct MemoryEncoder {
     delta: Option<DeltaCache>,
     /// XOR deltas are built here before compression.
     xor_scratch: Vec<u8>,
+    /// Whether short runs are gathered into `Batch` records.
+    batching: bool,
+    /// Pending batches: one of plain pages, one of XOR deltas (kept apart
+    /// so incompressible pages do not make every delta batch pay for a
+    /// failed compression, nor deltas defeat the adaptive skip).
+    batch_plain: PendingBatch,
+    batch_delta: PendingBatch,
 }
+
+/// Pages waiting for a `Batch` record.
+#[derive(Default)]
+struct PendingBatch {
+    /// Entries: address | XOR bit.
+    addrs: Vec<u64>,
+    /// Their bytes (pages, or XOR deltas), in entry order.
+    data: Vec<u8>,
+}
+
+/// Runs of at most this many pages go into batches when batching is on.
+pub const BATCH_RUN_MAX: usize = 8;
+/// A cached page goes into a batch as an XOR delta when at most this many
+/// of its 512 words changed (the delta then compresses at least ~8:1).
+const BATCH_XOR_MAX_WORDS: usize = 64;
 
 /// After this many consecutive data records that zstd shrinks by less than
 /// 1/32, the encoder stops trying ...
@@ -190,7 +223,133 @@ impl MemoryEncoder {
             deltas: Adaptive::default(),
             delta: None,
             xor_scratch: Vec::new(),
+            batching: false,
+            batch_plain: PendingBatch::default(),
+            batch_delta: PendingBatch::default(),
         })
+    }
+
+    /// Gathers short runs (at most [`BATCH_RUN_MAX`] pages) into `Batch`
+    /// records of up to [`DATA_RECORD_PAGES`] scattered pages, compressed
+    /// as one zstd frame: scattered dirty pages then cost one frame per
+    /// batch instead of one per page. Batches are written when full and at
+    /// [`flush`](Self::flush), so with batching on, call `flush` before
+    /// using the output, and give each page at most once between flushes
+    /// (a batch applies after the records written before the flush).
+    pub fn set_batching(&mut self, on: bool) {
+        self.batching = on;
+    }
+
+    /// Writes the pending batches, if any, to `out`.
+    pub fn flush(&mut self, out: &mut Vec<u8>) -> Result<()> {
+        self.flush_batch(true, out)?;
+        self.flush_batch(false, out)
+    }
+
+    fn flush_batch(&mut self, delta: bool, out: &mut Vec<u8>) -> Result<()> {
+        let mut b = std::mem::take(if delta {
+            &mut self.batch_delta
+        } else {
+            &mut self.batch_plain
+        });
+        let res = self.write_batch(&b, out);
+        b.addrs.clear();
+        b.data.clear();
+        // Keep the buffers (already faulted in) for the next batch.
+        if delta {
+            self.batch_delta = b;
+        } else {
+            self.batch_plain = b;
+        }
+        res
+    }
+
+    fn write_batch(&mut self, b: &PendingBatch, out: &mut Vec<u8>) -> Result<()> {
+        let n = b.addrs.len();
+        if n == 0 {
+            return Ok(());
+        }
+        let deltas = b.addrs.iter().filter(|a| *a & 1 == 1).count();
+        let mut encoding = Encoding::Batch;
+        // Deltas are sparse by construction, so a batch holding any is
+        // always worth compressing; a batch of plain pages follows the
+        // adaptive policy for incompressible memory.
+        let try_zstd = self.compressor.is_some() && (deltas > 0 || !self.plain.skipping());
+        if let (true, Some(c)) = (try_zstd, self.compressor.as_mut()) {
+            let len = b.data.len();
+            self.scratch.clear();
+            self.scratch.reserve(zstd::zstd_safe::compress_bound(len));
+            c.compress_to_buffer(&b.data, &mut self.scratch)
+                .map_err(CheckpointError::Zstd)?;
+            if self.scratch.len() < len {
+                encoding = Encoding::BatchZstd;
+            }
+            if deltas == 0 {
+                if self.scratch.len() > len - len / 32 {
+                    self.plain.miss();
+                } else {
+                    self.plain.hit();
+                }
+            }
+        } else if self.compressor.is_some() {
+            self.stats.skipped_records += 1;
+        }
+        let body: &[u8] = match encoding {
+            Encoding::BatchZstd => &self.scratch,
+            _ => &b.data,
+        };
+        let data_len = n * 8 + body.len();
+        push_record_header(out, b.addrs[0] & !1, n as u32, encoding, data_len as u32);
+        for a in &b.addrs {
+            out.extend_from_slice(&a.to_le_bytes());
+        }
+        out.extend_from_slice(body);
+        self.stats.delta_pages += deltas as u64;
+        match encoding {
+            Encoding::BatchZstd => self.stats.compressed_pages += (n - deltas) as u64,
+            _ => self.stats.raw_pages += (n - deltas) as u64,
+        }
+        self.stats.records += 1;
+        self.stats.encoded_bytes += (RECORD_HEADER_LEN + data_len) as u64;
+        Ok(())
+    }
+
+    /// Adds one non-zero page to the pending batch (as an XOR delta when
+    /// its previous version is cached and few words changed).
+    fn batch_page(&mut self, pfn: u64, page: &[u8], out: &mut Vec<u8>) -> Result<()> {
+        let mut as_delta = false;
+        if let (Some(cache), true) = (self.delta.as_ref(), self.compressor.is_some()) {
+            if let Some(old) = cache.get(pfn) {
+                self.xor_scratch.resize(PAGE_SIZE, 0);
+                xor_into(&mut self.xor_scratch, page, old);
+                let changed = self
+                    .xor_scratch
+                    .chunks_exact(8)
+                    .filter(|w| w.iter().any(|&b| b != 0))
+                    .count();
+                as_delta = changed <= BATCH_XOR_MAX_WORDS;
+                if !as_delta {
+                    self.stats.delta_misses += 1;
+                }
+            }
+        }
+        let gpa = pfn * PAGE_SIZE as u64;
+        let full = if as_delta {
+            self.batch_delta.addrs.push(gpa | 1);
+            self.batch_delta.data.extend_from_slice(&self.xor_scratch);
+            self.batch_delta.addrs.len() >= DATA_RECORD_PAGES
+        } else {
+            self.batch_plain.addrs.push(gpa);
+            self.batch_plain.data.extend_from_slice(page);
+            self.batch_plain.addrs.len() >= DATA_RECORD_PAGES
+        };
+        if let Some(d) = self.delta.as_mut() {
+            d.insert(pfn, page);
+        }
+        if full {
+            self.flush_batch(as_delta, out)?;
+        }
+        Ok(())
     }
 
     /// Gives the encoder a delta cache: pages it has sent before (and that
@@ -265,6 +424,22 @@ impl MemoryEncoder {
         }
         let page = |i: usize| &pages[i * PAGE_SIZE..(i + 1) * PAGE_SIZE];
         let first_pfn = gpa / PAGE_SIZE as u64;
+
+        if self.batching && npages <= BATCH_RUN_MAX {
+            for i in 0..npages {
+                let pfn = first_pfn + i as u64;
+                if is_zero(page(i)) {
+                    self.emit_zero(pfn * PAGE_SIZE as u64, 1, out);
+                    if let Some(d) = self.delta.as_mut() {
+                        d.invalidate(pfn, 1);
+                    }
+                } else {
+                    self.batch_page(pfn, page(i), out)?;
+                }
+                self.stats.raw_bytes += PAGE_SIZE as u64;
+            }
+            return Ok(());
+        }
 
         let mut start = 0;
         let mut start_class = self.classify(first_pfn, page(0));
@@ -539,6 +714,41 @@ pub fn decode_records_with_deltas(
     decode_inner(payload, &mut sink, Some(&mut zero), Some(&mut xor))
 }
 
+/// Decompresses one zstd frame into `buf`, which must come out exactly
+/// `nbytes` long (the buffer is capped there, so a bomb fails).
+fn zstd_exact(
+    decompressor: &mut Option<Decompressor<'static>>,
+    data: &[u8],
+    nbytes: usize,
+    buf: &mut Vec<u8>,
+    off: usize,
+) -> Result<()> {
+    if decompressor.is_none() {
+        *decompressor = Some(Decompressor::new().map_err(CheckpointError::Zstd)?);
+    }
+    let Some(d) = decompressor.as_mut() else {
+        unreachable!("decompressor was just created");
+    };
+    buf.clear();
+    buf.reserve_exact(nbytes);
+    d.decompress_to_buffer(data, buf).map_err(|e| {
+        bad(
+            off,
+            format!("zstd data does not decompress into {nbytes} bytes: {e}"),
+        )
+    })?;
+    if buf.len() != nbytes {
+        return Err(bad(
+            off,
+            format!(
+                "zstd data decompresses to {} bytes, expected {nbytes}",
+                buf.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 type ZeroSink<'a> = Option<&'a mut dyn FnMut(u64, u64) -> Result<()>>;
 type XorSink<'a> = Option<&'a mut dyn FnMut(u64, &[u8]) -> Result<()>>;
 
@@ -640,32 +850,71 @@ fn decode_inner(
                             .into(),
                     ));
                 }
-                if decompressor.is_none() {
-                    decompressor = Some(Decompressor::new().map_err(CheckpointError::Zstd)?);
-                }
-                let Some(d) = decompressor.as_mut() else {
-                    unreachable!("decompressor was just created");
-                };
-                buf.clear();
-                buf.reserve_exact(nbytes);
-                d.decompress_to_buffer(data, &mut buf).map_err(|e| {
-                    bad(
-                        off,
-                        format!("zstd data does not decompress into {nbytes} bytes: {e}"),
-                    )
-                })?;
-                if buf.len() != nbytes {
-                    return Err(bad(
-                        off,
-                        format!(
-                            "zstd data decompresses to {} bytes, expected {nbytes}",
-                            buf.len()
-                        ),
-                    ));
-                }
+                zstd_exact(&mut decompressor, data, nbytes, &mut buf, off)?;
                 match xor.as_mut() {
                     Some(x) if enc == Encoding::XorZstd => x(gpa, &buf)?,
                     _ => sink(gpa, &buf)?,
+                }
+            }
+            Encoding::Batch | Encoding::BatchZstd => {
+                let n = npages as usize;
+                if data_len < n * 8 {
+                    return Err(bad(
+                        off,
+                        format!("Batch record of {n} pages has {data_len} bytes, less than its {} bytes of entries", n * 8),
+                    ));
+                }
+                let (entries, body) = data.split_at(n * 8);
+                let entry = |i: usize| {
+                    u64::from_le_bytes(entries[i * 8..i * 8 + 8].try_into().unwrap_or_default())
+                };
+                for i in 0..n {
+                    let e = entry(i);
+                    let at = e & !1;
+                    if e & 0xffe != 0 || at.checked_add(PAGE_SIZE as u64).is_none() {
+                        return Err(bad(
+                            off,
+                            format!("Batch entry {i} ({e:#x}) is not a page address"),
+                        ));
+                    }
+                    if i == 0 && at != gpa {
+                        return Err(bad(
+                            off,
+                            format!("Batch starts at {at:#x} but the record says {gpa:#x}"),
+                        ));
+                    }
+                    if e & 1 == 1 && xor.is_none() {
+                        return Err(bad(
+                            off,
+                            format!(
+                                "Batch entry {i} is an XOR delta, but this reader has no base \
+                                 pages to apply it to (deltas are only valid in a replication stream)"
+                            ),
+                        ));
+                    }
+                }
+                let pages: &[u8] = if enc == Encoding::Batch {
+                    if body.len() != nbytes {
+                        return Err(bad(
+                            off,
+                            format!(
+                                "Batch record has {} page bytes, expected {nbytes}",
+                                body.len()
+                            ),
+                        ));
+                    }
+                    body
+                } else {
+                    zstd_exact(&mut decompressor, body, nbytes, &mut buf, off)?;
+                    &buf
+                };
+                for i in 0..n {
+                    let e = entry(i);
+                    let p = &pages[i * PAGE_SIZE..(i + 1) * PAGE_SIZE];
+                    match xor.as_mut() {
+                        Some(x) if e & 1 == 1 => x(e & !1, p)?,
+                        _ => sink(e & !1, p)?,
+                    }
                 }
             }
         }
@@ -675,239 +924,4 @@ fn decode_inner(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn collect(payload: &[u8]) -> Result<Vec<(u64, Vec<u8>)>> {
-        let mut v = Vec::new();
-        decode_records(payload, |gpa, b| {
-            v.push((gpa, b.to_vec()));
-            Ok(())
-        })?;
-        Ok(v)
-    }
-
-    #[test]
-    fn zero_detection() {
-        let mut p = vec![0u8; PAGE_SIZE];
-        assert!(is_zero(&p));
-        for i in [0, 7, 8, 63, 64, 4095] {
-            p[i] = 1;
-            assert!(!is_zero(&p), "byte {i}");
-            p[i] = 0;
-        }
-        assert!(is_zero(&[]));
-        assert!(!is_zero(&[0, 0, 0, 1]));
-    }
-
-    #[test]
-    fn zero_pages_coalesce_into_one_record() {
-        let mut enc = MemoryEncoder::new(Compression::None).unwrap();
-        let mut out = Vec::new();
-        enc.encode_run(0x10_0000, &vec![0u8; 5 * PAGE_SIZE], &mut out)
-            .unwrap();
-        assert_eq!(out.len(), RECORD_HEADER_LEN);
-        assert_eq!(&out[0..8], &0x10_0000u64.to_le_bytes());
-        assert_eq!(&out[8..12], &5u32.to_le_bytes());
-        assert_eq!(out[12], Encoding::Zero as u8);
-        assert_eq!(&out[13..17], &[0, 0, 0, 0]);
-        assert_eq!(enc.stats().zero_pages, 5);
-        assert_eq!(enc.stats().records, 1);
-    }
-
-    #[test]
-    fn mixed_run_layout() {
-        // data, zero, zero, data
-        let mut pages = vec![0u8; 4 * PAGE_SIZE];
-        pages[10] = 1;
-        pages[3 * PAGE_SIZE + 5] = 2;
-        let mut enc = MemoryEncoder::new(Compression::None).unwrap();
-        let mut out = Vec::new();
-        enc.encode_run(0, &pages, &mut out).unwrap();
-        let recs = collect(&out).unwrap();
-        assert_eq!(recs.len(), 3);
-        assert_eq!(recs[0], (0, pages[..PAGE_SIZE].to_vec()));
-        assert_eq!(recs[1], (PAGE_SIZE as u64, vec![0; 2 * PAGE_SIZE]));
-        assert_eq!(
-            recs[2],
-            (3 * PAGE_SIZE as u64, pages[3 * PAGE_SIZE..].to_vec())
-        );
-        let s = enc.stats();
-        assert_eq!((s.raw_pages, s.zero_pages, s.compressed_pages), (2, 2, 0));
-        assert_eq!(s.raw_bytes, pages.len() as u64);
-        assert_eq!(s.encoded_bytes, out.len() as u64);
-    }
-
-    #[test]
-    fn compression_only_when_it_shrinks() {
-        let mut enc = MemoryEncoder::new(Compression::Zstd { level: 1 }).unwrap();
-        let mut out = Vec::new();
-        let compressible = vec![0x5au8; 2 * PAGE_SIZE];
-        enc.encode_run(0, &compressible, &mut out).unwrap();
-        assert_eq!(out[12], Encoding::Zstd as u8);
-        assert!(out.len() < PAGE_SIZE);
-
-        // Pseudo-random bytes do not compress: stored Raw.
-        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-        let noisy: Vec<u8> = (0..PAGE_SIZE)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
-        let mut out2 = Vec::new();
-        enc.encode_run(0x2000, &noisy, &mut out2).unwrap();
-        assert_eq!(out2[12], Encoding::Raw as u8);
-        assert_eq!(out2.len(), RECORD_HEADER_LEN + PAGE_SIZE);
-        assert_eq!(collect(&out2).unwrap(), vec![(0x2000, noisy)]);
-        let s = enc.take_stats();
-        assert_eq!((s.compressed_pages, s.raw_pages), (2, 1));
-        assert_eq!(enc.stats(), &MemoryStats::default());
-    }
-
-    #[test]
-    fn data_records_are_bounded() {
-        let pages = vec![1u8; (DATA_RECORD_PAGES + 3) * PAGE_SIZE];
-        let mut enc = MemoryEncoder::new(Compression::None).unwrap();
-        let mut out = Vec::new();
-        enc.encode_run(0, &pages, &mut out).unwrap();
-        let recs = collect(&out).unwrap();
-        assert_eq!(recs.len(), 2);
-        assert_eq!(recs[0].1.len(), DATA_RECORD_PAGES * PAGE_SIZE);
-        assert_eq!(recs[1].0, (DATA_RECORD_PAGES * PAGE_SIZE) as u64);
-    }
-
-    #[test]
-    fn encode_run_rejects_bad_arguments() {
-        let mut enc = MemoryEncoder::new(Compression::None).unwrap();
-        let mut out = Vec::new();
-        let e = enc.encode_run(1, &[0; PAGE_SIZE], &mut out).unwrap_err();
-        assert!(e.to_string().contains("not page aligned"), "{e}");
-        let e = enc.encode_run(0, &[0; 100], &mut out).unwrap_err();
-        assert!(e.to_string().contains("whole number of pages"), "{e}");
-        let e = enc
-            .encode_run(u64::MAX - 4095, &[0; PAGE_SIZE], &mut out)
-            .unwrap_err();
-        assert!(e.to_string().contains("overflows"), "{e}");
-        assert!(out.is_empty());
-        enc.encode_run(0, &[], &mut out).unwrap();
-        assert!(out.is_empty());
-    }
-
-    #[test]
-    fn large_zero_record_is_delivered_in_bounded_pieces() {
-        let mut out = Vec::new();
-        push_record_header(&mut out, 0x1000, MAX_RECORD_PAGES, Encoding::Zero, 0);
-        let mut total = 0usize;
-        let mut next = 0x1000u64;
-        decode_records(&out, |gpa, b| {
-            assert_eq!(gpa, next);
-            assert!(b.len() <= ZERO_CHUNK_PAGES * PAGE_SIZE);
-            assert!(is_zero(b));
-            next += b.len() as u64;
-            total += b.len();
-            Ok(())
-        })
-        .unwrap();
-        assert_eq!(total, MAX_RECORD_PAGES as usize * PAGE_SIZE);
-    }
-
-    #[test]
-    fn sink_errors_propagate() {
-        let mut out = Vec::new();
-        push_record_header(&mut out, 0, 1, Encoding::Zero, 0);
-        let e = decode_records(&out, |_, _| {
-            Err(CheckpointError::InvalidArgument("x".into()))
-        })
-        .unwrap_err();
-        assert!(matches!(e, CheckpointError::InvalidArgument(_)));
-    }
-
-    #[test]
-    fn incompressible_data_stops_compression_attempts_and_compressible_data_resumes_them() {
-        let mut enc = MemoryEncoder::new(Compression::Zstd { level: 1 }).unwrap();
-        let mut x = 0x1234_5678_9abc_def1u64;
-        let random: Vec<u8> = (0..DATA_RECORD_PAGES * PAGE_SIZE * 10)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
-        let mut out = Vec::new();
-        enc.encode_run(0, &random, &mut out).unwrap();
-        let s = enc.take_stats();
-        assert_eq!(s.records, 10);
-        assert_eq!(
-            s.skipped_records,
-            10 - u64::from(ADAPTIVE_MISSES),
-            "attempts did not stop"
-        );
-        // Decodes back exactly.
-        let mut back = Vec::new();
-        decode_records(&out, |_, b| {
-            back.extend_from_slice(b);
-            Ok(())
-        })
-        .unwrap();
-        assert_eq!(back, random);
-        // After the skip window, compressible data is compressed again.
-        let text: Vec<u8> = b"the quick brown fox jumps over the lazy dog. "
-            .iter()
-            .copied()
-            .cycle()
-            .take(DATA_RECORD_PAGES * PAGE_SIZE * 70)
-            .collect();
-        let mut out = Vec::new();
-        enc.encode_run(0, &text, &mut out).unwrap();
-        let s = enc.take_stats();
-        // The rest of the skip window first, then every record compressed.
-        let left = u64::from(ADAPTIVE_SKIP) - (10 - u64::from(ADAPTIVE_MISSES));
-        assert_eq!(s.skipped_records, left);
-        assert_eq!(
-            s.compressed_pages,
-            (70 - left) * DATA_RECORD_PAGES as u64,
-            "compression never resumed"
-        );
-    }
-
-    #[test]
-    fn known_zero_runs_are_markers_and_reach_a_zero_aware_sink_whole() {
-        let mut enc = MemoryEncoder::new(Compression::None).unwrap();
-        let mut out = Vec::new();
-        let big = u64::from(MAX_RECORD_PAGES) * 2 + 5;
-        enc.encode_zero_run(0x10_0000, big, &mut out).unwrap();
-        enc.encode_run(
-            0x10_0000 + big * PAGE_SIZE as u64,
-            &[7u8; PAGE_SIZE],
-            &mut out,
-        )
-        .unwrap();
-        assert_eq!(
-            out.len(),
-            4 * RECORD_HEADER_LEN + PAGE_SIZE,
-            "zero runs carry no data"
-        );
-        let (mut zeros, mut data) = (Vec::new(), Vec::new());
-        decode_records_zero_aware(
-            &out,
-            |gpa, b| {
-                data.push((gpa, b.len()));
-                Ok(())
-            },
-            |gpa, n| {
-                zeros.push((gpa, n));
-                Ok(())
-            },
-        )
-        .unwrap();
-        let total: u64 = zeros.iter().map(|z| z.1).sum();
-        assert_eq!(total, big * PAGE_SIZE as u64);
-        assert_eq!(zeros.len(), 3);
-        assert_eq!(data, vec![(0x10_0000 + big * PAGE_SIZE as u64, PAGE_SIZE)]);
-        assert!(enc.encode_zero_run(3, 1, &mut out).is_err());
-    }
-}
+mod tests;
