@@ -134,6 +134,12 @@ struct StandbyArgs {
     /// Epoch interval after a takeover with --reprotect, in milliseconds.
     #[arg(long, default_value_t = 25)]
     interval_ms: u64,
+    /// Cap, in MiB, on one epoch's staging: the received container and,
+    /// separately, its decoded pages. Larger epochs are refused with a
+    /// message naming this option (the primary then runs unprotected and
+    /// says why). Default: the guest's memory plus 10% and 64 MiB.
+    #[arg(long)]
+    max_epoch_mib: Option<u64>,
 }
 
 #[derive(clap::Args)]
@@ -252,7 +258,7 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
                 timing: a.replica.timing.timing()?,
                 compression: compression(&a.replica.compress)?,
                 delta_cache_bytes: a.replica.delta_cache_mib << 20,
-                max_outstanding: 2,
+                max_outstanding: engine::replication::primary::MAX_OUTSTANDING,
                 retry: Duration::from_millis(200),
                 term: 1,
                 verify_memory: a.replica.verify_memory,
@@ -316,6 +322,10 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
             );
             json["memory_caps"] = serde_json::json!({
                 "delta_cache_bytes": a.replica.delta_cache_mib << 20,
+                // Page buffers recycled between captures and the sender (the
+                // pool's bound) and epochs in flight, each holding one.
+                "page_buffers_pooled_max": engine::replication::primary::PAGE_POOL,
+                "epochs_in_flight_max": engine::replication::primary::MAX_OUTSTANDING,
             });
             std::fs::write(path, serde_json::to_vec_pretty(&json)?)
                 .with_context(|| format!("writing {}", path.display()))?;
@@ -337,7 +347,7 @@ fn standby(a: StandbyArgs) -> anyhow::Result<i32> {
             timing,
             compression: Compression::Zstd { level: 1 },
             delta_cache_bytes: DEFAULT_DELTA_CACHE_MIB << 20,
-            max_outstanding: 2,
+            max_outstanding: engine::replication::primary::MAX_OUTSTANDING,
             retry: Duration::from_millis(200),
             term: 0,
             verify_memory: false,
@@ -351,6 +361,10 @@ fn standby(a: StandbyArgs) -> anyhow::Result<i32> {
         timing,
         console: open_console(&a.console)?,
         reprotect,
+        max_epoch_bytes: match a.max_epoch_mib {
+            Some(0) => anyhow::bail!("--max-epoch-mib must be at least 1"),
+            m => m.map(|m| m << 20),
+        },
     };
     Ok(engine::replication::standby::run(cfg)?)
 }

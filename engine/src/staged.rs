@@ -40,6 +40,16 @@ pub struct StagedEpoch {
     console: Option<u64>,
 }
 
+/// Refuses to stage `more` bytes on top of `have` past `cap`.
+fn over_cap(have: usize, more: usize, cap: u64) -> std::result::Result<(), CheckpointError> {
+    if (have + more) as u64 > cap {
+        return Err(CheckpointError::Decode(format!(
+            "the epoch decodes to more than the {cap} bytes of staging allowed"
+        )));
+    }
+    Ok(())
+}
+
 fn decode_err(what: &str, e: postcard::Error) -> CheckpointError {
     CheckpointError::Decode(format!("{what} section does not decode: {e}"))
 }
@@ -49,11 +59,16 @@ impl StagedEpoch {
     /// plus that the state sections decode) and decodes it. `self` is reused
     /// (its arena keeps its capacity), so a standby parses every epoch into
     /// memory that is already faulted in.
+    ///
+    /// `max_decoded` caps the decoded page bytes held at once (a small
+    /// compressed container can decode to a lot): past it the epoch is
+    /// refused.
     pub fn parse(
         &mut self,
         bytes: &[u8],
         limits: &Limits,
         expected: Option<&Fingerprint>,
+        max_decoded: u64,
     ) -> Result<Header> {
         self.ops.clear();
         self.arena.clear();
@@ -69,6 +84,7 @@ impl StagedEpoch {
                         payload,
                         |gpa, data| {
                             let (ops, arena) = &mut *cell.borrow_mut();
+                            over_cap(arena.len(), data.len(), max_decoded)?;
                             ops.push(Op::Data {
                                 gpa,
                                 at: arena.len(),
@@ -83,6 +99,7 @@ impl StagedEpoch {
                         },
                         |gpa, delta| {
                             let (ops, arena) = &mut *cell.borrow_mut();
+                            over_cap(arena.len(), delta.len(), max_decoded)?;
                             ops.push(Op::Xor {
                                 gpa,
                                 at: arena.len(),
@@ -245,7 +262,7 @@ mod tests {
         let (a, z) = (page(3), vec![0u8; PAGE_SIZE]);
         let mut st = StagedEpoch::default();
         let c1 = container(&m, 1, &mut enc, &[(0x1000, &a), (0x2000, &a)]);
-        st.parse(&c1, &Limits::default(), Some(&m.fingerprint()))
+        st.parse(&c1, &Limits::default(), Some(&m.fingerprint()), u64::MAX)
             .unwrap();
         st.check_fits(&ram).unwrap();
         st.apply(&ram).unwrap();
@@ -255,12 +272,38 @@ mod tests {
         b[100] ^= 0xff;
         let c2 = container(&m, 2, &mut enc, &[(0x1000, &b), (0x2000, &z)]);
         assert!(enc.stats().delta_pages >= 1, "expected a delta record");
-        st.parse(&c2, &Limits::default(), Some(&m.fingerprint()))
+        st.parse(&c2, &Limits::default(), Some(&m.fingerprint()), u64::MAX)
             .unwrap();
         st.apply(&ram).unwrap();
         assert_eq!(read(&ram, 0x1000), b);
         assert_eq!(read(&ram, 0x2000), z);
         assert!(st.state().is_err(), "a memory-only container has no state");
+    }
+
+    #[test]
+    fn decoding_past_the_staging_cap_is_refused() {
+        let m = machine();
+        let mut enc = MemoryEncoder::new(Compression::Zstd { level: 1 }).unwrap();
+        let a = vec![9u8; 4 * PAGE_SIZE]; // compresses to almost nothing
+        let c = container(&m, 1, &mut enc, &[(0x1000, &a)]);
+        assert!(c.len() < PAGE_SIZE, "the container itself is small");
+        let mut st = StagedEpoch::default();
+        let e = st
+            .parse(
+                &c,
+                &Limits::default(),
+                Some(&m.fingerprint()),
+                2 * PAGE_SIZE as u64,
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("bytes of staging allowed"), "{e}");
+        st.parse(
+            &c,
+            &Limits::default(),
+            Some(&m.fingerprint()),
+            4 * PAGE_SIZE as u64,
+        )
+        .unwrap();
     }
 
     #[test]
@@ -273,12 +316,12 @@ mod tests {
         c[n - 40] ^= 1; // inside the Memory payload: its CRC fails
         let mut st = StagedEpoch::default();
         assert!(st
-            .parse(&c, &Limits::default(), Some(&m.fingerprint()))
+            .parse(&c, &Limits::default(), Some(&m.fingerprint()), u64::MAX)
             .is_err());
         // A record beyond guest memory parses (the container cannot know the
         // VM) but does not fit, so the standby refuses it before the ack.
         let c = container(&m, 1, &mut enc, &[(64 * MIB, &a)]);
-        st.parse(&c, &Limits::default(), Some(&m.fingerprint()))
+        st.parse(&c, &Limits::default(), Some(&m.fingerprint()), u64::MAX)
             .unwrap();
         let e = st.check_fits(&Ram::new(4 * MIB).unwrap()).unwrap_err();
         assert!(

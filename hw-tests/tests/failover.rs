@@ -216,6 +216,58 @@ fn frozen_shadow_is_declared_lost_and_the_guest_runs_on() {
     );
 }
 
+/// A standby whose staging cap (`--max-epoch-mib`) is smaller than the
+/// primary's epochs refuses them with a message naming the option; the
+/// primary is told why, runs unprotected and keeps the guest's output
+/// complete and correct; the standby never takes over.
+#[test]
+fn epochs_over_the_standby_staging_cap_are_refused_clearly() {
+    if !common::kvm_available() {
+        return;
+    }
+    // The guest initialises 16 MiB of random pages: epochs far above 1 MiB.
+    let spec = GuestSpec::new("memtest", "rounds=20 writes=20000 pattern=pages");
+    let (r, _) = reference(&spec);
+    let dir = TempDir::new("cap");
+    let key = common::key_file(&dir, "key", 11);
+    let (mut s1, addr) = common::spawn_standby_with(
+        &key,
+        &dir.path("s1.txt"),
+        "127.0.0.1:0",
+        &["--max-epoch-mib", "1"],
+    );
+    let pcon = dir.path("primary.txt");
+    let mut primary = spawn_primary(&spec, &pcon, &addr, &key, 25);
+    s1.wait_line("--max-epoch-mib", Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("no refusal naming the cap:\n{}", s1.stderr()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while primary.child.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the primary did not finish:\n{}",
+            primary.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        primary.stderr().contains("UNPROTECTED"),
+        "the primary did not say it ran unprotected:\n{}",
+        primary.stderr()
+    );
+    s1.child.kill().unwrap();
+    s1.child.wait().unwrap();
+    assert!(
+        std::fs::read(&pcon).unwrap() == r,
+        "the primary's output differs from an unprotected run"
+    );
+    assert!(
+        std::fs::read(dir.path("s1.txt"))
+            .unwrap_or_default()
+            .is_empty(),
+        "the standby took over"
+    );
+}
+
 /// A primary with the wrong key, and a peer sending garbage, are refused and
 /// change nothing: the standby then protects the right primary and takes
 /// over correctly. The wrongly keyed primary runs unprotected and says so.

@@ -115,6 +115,12 @@ const PRECOPY_SMALL: u64 = 1024;
 /// ... or when a round does not shrink the dirty set by at least 10%.
 const PRECOPY_SHRINK: f64 = 0.9;
 
+/// Page and container buffers kept for reuse between captures and sends.
+pub const PAGE_POOL: usize = 4;
+
+/// Epochs in flight (sent, not yet acknowledged) by default.
+pub const MAX_OUTSTANDING: usize = 2;
+
 /// A sync round is sent in pre-copy containers of at most this many pages
 /// (4 MiB), so sending and applying overlap with reading and encoding.
 const SYNC_CHUNK_PAGES: u64 = 1024;
@@ -173,7 +179,7 @@ impl Replicator {
             pending: VecDeque::new(),
             first_commit: false,
             gate: vm.console_gate(),
-            pool: channel::bounded(4),
+            pool: channel::bounded(PAGE_POOL),
             stats: ReplicationStats::default(),
             announced_unprotected: false,
         }

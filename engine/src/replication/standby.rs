@@ -45,6 +45,10 @@ pub struct StandbyConfig {
     /// After a takeover, protect the VM again with this standby (its `term`
     /// is replaced by the new term).
     pub reprotect: Option<super::primary::PrimaryConfig>,
+    /// Cap on one epoch's staging, in bytes: the received container and,
+    /// separately, its decoded pages (`None`: the guest's memory size plus
+    /// 10% and 64 MiB, enough for any full epoch).
+    pub max_epoch_bytes: Option<u64>,
 }
 
 /// The committed shadow state.
@@ -64,6 +68,8 @@ struct Shadow {
     taken_over: bool,
     /// (primary's figures, container bytes) of every committed epoch.
     reports: Vec<(wire::EpochReport, u64)>,
+    /// The operator's cap on one epoch's staging (`--max-epoch-mib`).
+    max_epoch: Option<u64>,
     /// Epochs whose memory hash matched the primary's (test mode).
     verified: u64,
     /// The first epoch whose memory differed from the primary's.
@@ -97,11 +103,13 @@ pub fn run(cfg: StandbyConfig) -> Result<i32> {
         timing,
         console,
         reprotect,
+        max_epoch_bytes,
     } = cfg;
     let listener = Listener::bind(&listen).map_err(EngineError::Transport)?;
     eprintln!("hotspare: standby listening on {}", listener.local_addr());
     let shadow = Arc::new(Mutex::new(Shadow {
         log_dirty: reprotect.is_some(),
+        max_epoch: max_epoch_bytes,
         ..Shadow::default()
     }));
     let (ev_tx, ev_rx) = channel::unbounded::<Event>();
@@ -357,10 +365,10 @@ fn stream_loop(
         let res: std::result::Result<(), String> = match f.kind {
             FrameKind::EpochBegin => {
                 wire::decode::<EpochBegin>("EpochBegin", &f.payload).and_then(|b| {
-                    let limit = shadow_limit(&shadow);
+                    let (limit, why) = shadow_limit(&shadow);
                     if b.len > limit {
                         return Err(format!(
-                            "epoch {} claims {} bytes, more than the {limit} allowed",
+                            "epoch {} claims {} bytes, more than the {limit} allowed ({why})",
                             b.seq, b.len
                         ));
                     }
@@ -423,13 +431,23 @@ fn poison(sh: &mut Shadow, why: String) -> String {
     format!("{why}; the shadow's memory is now inconsistent and it cannot take over until the primary resyncs it")
 }
 
-fn shadow_limit(shadow: &Arc<Mutex<Shadow>>) -> u64 {
-    let sh = shadow.lock().unwrap_or_else(|e| e.into_inner());
-    match &sh.machine {
+/// The most bytes one epoch may stage (container, and decoded pages), and
+/// where that limit comes from.
+fn shadow_limit(shadow: &Arc<Mutex<Shadow>>) -> (u64, &'static str) {
+    staging_limit(&shadow.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// [`shadow_limit`] with the shadow already locked.
+fn staging_limit(sh: &Shadow) -> (u64, &'static str) {
+    let derived = match &sh.machine {
         // A full checkpoint is at most the memory plus record headers and state.
         Some(m) => m.mem_regions.iter().map(|r| r.size).sum::<u64>() * 11 / 10 + (64 << 20),
         // Before the first full epoch: up to 64 GiB of guest memory.
         None => 70 << 30,
+    };
+    match sh.max_epoch {
+        Some(cap) if cap < derived => (cap, "set by --max-epoch-mib"),
+        _ => (derived, "the guest's memory plus headroom"),
     }
 }
 
@@ -455,9 +473,10 @@ fn commit(
     }
     // Verified and decoded in one pass; nothing is applied unless all of
     // it passed.
+    let (max_decoded, why) = staging_limit(&sh);
     let header = stage
-        .parse(staged, &limits, sh.fingerprint.as_ref())
-        .map_err(|e| format!("epoch {}: {e}", end.seq))?;
+        .parse(staged, &limits, sh.fingerprint.as_ref(), max_decoded)
+        .map_err(|e| format!("epoch {}: {e} ({why})", end.seq))?;
     if header.seq != end.seq {
         return Err(format!(
             "container holds epoch {} but the frames say {}",
