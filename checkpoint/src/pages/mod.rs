@@ -270,30 +270,21 @@ impl MemoryEncoder {
             return Ok(());
         }
         let deltas = b.addrs.iter().filter(|a| *a & 1 == 1).count();
-        let mut encoding = Encoding::Batch;
         // Deltas are sparse by construction, so a batch holding any is
         // always worth compressing; a batch of plain pages follows the
         // adaptive policy for incompressible memory.
-        let try_zstd = self.compressor.is_some() && (deltas > 0 || !self.plain.skipping());
-        if let (true, Some(c)) = (try_zstd, self.compressor.as_mut()) {
-            let len = b.data.len();
-            self.scratch.clear();
-            self.scratch.reserve(zstd::zstd_safe::compress_bound(len));
-            c.compress_to_buffer(&b.data, &mut self.scratch)
-                .map_err(CheckpointError::Zstd)?;
-            if self.scratch.len() < len {
-                encoding = Encoding::BatchZstd;
+        let smaller = match self.compressor.as_mut() {
+            Some(c) if deltas > 0 => {
+                zstd_into(c, &b.data, &mut self.scratch)?;
+                self.scratch.len() < b.data.len()
             }
-            if deltas == 0 {
-                if self.scratch.len() > len - len / 32 {
-                    self.plain.miss();
-                } else {
-                    self.plain.hit();
-                }
-            }
-        } else if self.compressor.is_some() {
-            self.stats.skipped_records += 1;
-        }
+            _ => self.try_plain_zstd(&b.data)?,
+        };
+        let encoding = if smaller {
+            Encoding::BatchZstd
+        } else {
+            Encoding::Batch
+        };
         let body: &[u8] = match encoding {
             Encoding::BatchZstd => &self.scratch,
             _ => &b.data,
@@ -430,9 +421,6 @@ impl MemoryEncoder {
                 let pfn = first_pfn + i as u64;
                 if is_zero(page(i)) {
                     self.emit_zero(pfn * PAGE_SIZE as u64, 1, out);
-                    if let Some(d) = self.delta.as_mut() {
-                        d.invalidate(pfn, 1);
-                    }
                 } else {
                     self.batch_page(pfn, page(i), out)?;
                 }
@@ -464,9 +452,6 @@ impl MemoryEncoder {
             match start_class {
                 Class::Zero => {
                     self.emit_zero(run_gpa, end - start, out);
-                    if let Some(d) = self.delta.as_mut() {
-                        d.invalidate(first_pfn + start as u64, (end - start) as u64);
-                    }
                 }
                 Class::Cached => self.emit_delta(run_gpa, data, out)?,
                 Class::Data => self.emit_data(run_gpa, data, out)?,
@@ -525,11 +510,7 @@ impl MemoryEncoder {
             };
             xor_into(dst, new, old);
         }
-        self.scratch.clear();
-        self.scratch
-            .reserve(zstd::zstd_safe::compress_bound(data.len()));
-        c.compress_to_buffer(&self.xor_scratch, &mut self.scratch)
-            .map_err(CheckpointError::Zstd)?;
+        zstd_into(c, &self.xor_scratch, &mut self.scratch)?;
         if self.scratch.len() > data.len() / 8 {
             self.stats.delta_misses += npages as u64;
             self.deltas.miss();
@@ -562,42 +543,51 @@ impl MemoryEncoder {
         while done < npages {
             let n = (npages - done).min(u64::from(MAX_RECORD_PAGES));
             self.emit_zero(gpa + done * PAGE_SIZE as u64, n as usize, out);
-            if let Some(d) = self.delta.as_mut() {
-                d.invalidate(gpa / PAGE_SIZE as u64 + done, n);
-            }
             self.stats.raw_bytes += n * PAGE_SIZE as u64;
             done += n;
         }
         Ok(())
     }
 
+    /// Writes a `Zero` record; the pages leave the delta cache (the reader
+    /// no longer holds their cached contents).
     fn emit_zero(&mut self, gpa: u64, npages: usize, out: &mut Vec<u8>) {
         push_record_header(out, gpa, npages as u32, Encoding::Zero, 0);
+        if let Some(d) = self.delta.as_mut() {
+            d.invalidate(gpa / PAGE_SIZE as u64, npages as u64);
+        }
         self.stats.zero_pages += npages as u64;
         self.stats.records += 1;
         self.stats.encoded_bytes += RECORD_HEADER_LEN as u64;
     }
 
+    /// Tries zstd on plain page bytes under the adaptive policy (skipped
+    /// while incompressible memory was seen lately). True when
+    /// `self.scratch` now holds a frame smaller than `data`.
+    fn try_plain_zstd(&mut self, data: &[u8]) -> Result<bool> {
+        let Some(c) = self.compressor.as_mut() else {
+            return Ok(false);
+        };
+        if self.plain.skipping() {
+            self.stats.skipped_records += 1;
+            return Ok(false);
+        }
+        zstd_into(c, data, &mut self.scratch)?;
+        if self.scratch.len() > data.len() - data.len() / 32 {
+            self.plain.miss();
+        } else {
+            self.plain.hit();
+        }
+        Ok(self.scratch.len() < data.len())
+    }
+
     fn emit_data(&mut self, gpa: u64, data: &[u8], out: &mut Vec<u8>) -> Result<()> {
         let npages = data.len() / PAGE_SIZE;
-        let mut encoding = Encoding::Raw;
-        if self.compressor.is_some() && self.plain.skipping() {
-            self.stats.skipped_records += 1;
-        } else if let Some(c) = self.compressor.as_mut() {
-            self.scratch.clear();
-            self.scratch
-                .reserve(zstd::zstd_safe::compress_bound(data.len()));
-            c.compress_to_buffer(data, &mut self.scratch)
-                .map_err(CheckpointError::Zstd)?;
-            if self.scratch.len() < data.len() {
-                encoding = Encoding::Zstd;
-            }
-            if self.scratch.len() > data.len() - data.len() / 32 {
-                self.plain.miss();
-            } else {
-                self.plain.hit();
-            }
-        }
+        let encoding = if self.try_plain_zstd(data)? {
+            Encoding::Zstd
+        } else {
+            Encoding::Raw
+        };
         let body: &[u8] = match encoding {
             Encoding::Zstd => &self.scratch,
             _ => data,
@@ -712,6 +702,15 @@ pub fn decode_records_with_deltas(
     mut xor: impl FnMut(u64, &[u8]) -> Result<()>,
 ) -> Result<()> {
     decode_inner(payload, &mut sink, Some(&mut zero), Some(&mut xor))
+}
+
+/// Compresses `src` into `dst` (cleared first) as one zstd frame.
+fn zstd_into(c: &mut Compressor<'static>, src: &[u8], dst: &mut Vec<u8>) -> Result<()> {
+    dst.clear();
+    dst.reserve(zstd::zstd_safe::compress_bound(src.len()));
+    c.compress_to_buffer(src, dst)
+        .map_err(CheckpointError::Zstd)?;
+    Ok(())
 }
 
 /// Decompresses one zstd frame into `buf`, which must come out exactly
