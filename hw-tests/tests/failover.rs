@@ -195,15 +195,7 @@ fn frozen_shadow_is_declared_lost_and_the_guest_runs_on() {
         });
     // Generous bound: the guest alone takes a few seconds; a sender stuck
     // in a write to the frozen peer would hold the supervisor for minutes.
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while primary.child.try_wait().unwrap().is_none() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the primary did not finish with a frozen shadow:\n{}",
-            primary.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    primary.wait(Duration::from_secs(120), "the primary with a frozen shadow");
     signal("-CONT", s1.child.id());
     s1.child.kill().unwrap();
     s1.child.wait().unwrap();
@@ -240,15 +232,10 @@ fn epochs_over_the_standby_staging_cap_are_refused_clearly() {
     let mut primary = spawn_primary(&spec, &pcon, &addr, &key, 25);
     s1.wait_line("--max-epoch-mib", Duration::from_secs(30))
         .unwrap_or_else(|| panic!("no refusal naming the cap:\n{}", s1.stderr()));
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while primary.child.try_wait().unwrap().is_none() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the primary did not finish:\n{}",
-            primary.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    primary.wait(
+        Duration::from_secs(120),
+        "the primary refused by a capped standby",
+    );
     assert!(
         primary.stderr().contains("UNPROTECTED"),
         "the primary did not say it ran unprotected:\n{}",
