@@ -205,12 +205,9 @@ pub fn precopy_round(
         Vec::new()
     };
     let harvest = ledger.harvest(fresh)?;
-    let mut runs = Vec::new();
-    for (bm, r) in harvest.regions().iter().zip(&vm.ram.regions) {
-        for range in bm.ranges() {
-            runs.push((r.gpa + range.start as u64 * PAGE_SIZE, range.len() as u64));
-        }
-    }
+    let runs = dirty_runs(&harvest, &vm.ram)
+        .map(|(r, range)| (r.gpa + range.start as u64 * PAGE_SIZE, range.len() as u64))
+        .collect();
     Ok((PrecopyRound { runs, zero_runs }, harvest))
 }
 
@@ -241,15 +238,26 @@ fn copy_pages(harvest: &Harvest, ram: &crate::memory::Ram, mut buf: Vec<u8>) -> 
         ..PageBatch::default()
     };
     pages.data.reserve(harvest.count() * PAGE_SIZE as usize);
-    for (bm, r) in harvest.regions().iter().zip(&ram.regions) {
-        for range in bm.ranges() {
-            let off = range.start * PAGE_SIZE as usize;
-            let len = range.len() * PAGE_SIZE as usize;
-            pages.data.extend_from_slice(&r.as_slice()[off..off + len]);
-            pages.runs.push((r.gpa + off as u64, range.len() as u32));
-        }
+    for (r, range) in dirty_runs(harvest, ram) {
+        let off = range.start * PAGE_SIZE as usize;
+        let len = range.len() * PAGE_SIZE as usize;
+        pages.data.extend_from_slice(&r.as_slice()[off..off + len]);
+        pages.runs.push((r.gpa + off as u64, range.len() as u32));
     }
     pages
+}
+
+/// The runs of consecutive pages named by `harvest`: each run's region and
+/// its page range in that region, in address order.
+fn dirty_runs<'a>(
+    harvest: &'a Harvest,
+    ram: &'a crate::memory::Ram,
+) -> impl Iterator<Item = (&'a crate::memory::HostRegion, std::ops::Range<usize>)> + 'a {
+    harvest
+        .regions()
+        .iter()
+        .zip(&ram.regions)
+        .flat_map(|(bm, r)| bm.ranges().map(move |range| (r, range)))
 }
 
 /// Marks every page that was ever written (memfd data) for a full capture

@@ -258,15 +258,7 @@ impl Ram {
     /// is most of the cost of a shadow's first full sync; shorter ones are
     /// copied through the mapping (no system call).
     pub fn write(&self, gpa: u64, data: &[u8]) -> Result<()> {
-        let (r, off) = self
-            .locate(gpa)
-            .filter(|(r, off)| off + data.len() as u64 <= r.size)
-            .ok_or_else(|| {
-                EngineError::Config(format!(
-                    "write of {} bytes at {gpa:#x} is not inside one memory region",
-                    data.len()
-                ))
-            })?;
+        let (r, off) = self.span_or_err(gpa, data.len() as u64, "write")?;
         if data.len() >= PWRITE_MIN {
             use std::os::unix::fs::FileExt;
             self.memfd
@@ -276,6 +268,32 @@ impl Ram {
             r.write(off, data);
             Ok(())
         }
+    }
+
+    /// XORs `delta` into the `delta.len()` bytes at `gpa` (inside one
+    /// region), with `tmp` as scratch.
+    pub fn xor(&self, gpa: u64, delta: &[u8], tmp: &mut Vec<u8>) -> Result<()> {
+        let (r, off) = self.span_or_err(gpa, delta.len() as u64, "delta")?;
+        tmp.resize(delta.len(), 0);
+        r.read(off, tmp);
+        checkpoint::delta::xor_in_place(tmp, delta);
+        r.write(off, tmp);
+        Ok(())
+    }
+
+    /// The region holding the `len` bytes at `gpa` and their offset in it,
+    /// when they all lie inside one region.
+    pub fn span(&self, gpa: u64, len: u64) -> Option<(&HostRegion, u64)> {
+        self.locate(gpa)
+            .filter(|(r, off)| off.checked_add(len).is_some_and(|e| e <= r.size))
+    }
+
+    fn span_or_err(&self, gpa: u64, len: u64, what: &str) -> Result<(&HostRegion, u64)> {
+        self.span(gpa, len).ok_or_else(|| {
+            EngineError::Memory(format!(
+                "{what} of {len} bytes at {gpa:#x} is not inside one memory region"
+            ))
+        })
     }
 
     /// Makes `len` bytes at `gpa` zero by dropping them from the memfd

@@ -156,10 +156,7 @@ impl StagedEpoch {
                 Op::Data { gpa, len, .. } | Op::Xor { gpa, len, .. } => (gpa, len as u64),
                 Op::Zero { gpa, len } => (gpa, len),
             };
-            let fits = ram
-                .locate(gpa)
-                .is_some_and(|(r, off)| off.checked_add(len).is_some_and(|e| e <= r.size));
-            if !fits {
+            if ram.span(gpa, len).is_none() {
                 return Err(EngineError::Memory(format!(
                     "{len} bytes at {gpa:#x} are not inside one guest memory region"
                 )));
@@ -175,28 +172,10 @@ impl StagedEpoch {
             match *op {
                 Op::Data { gpa, at, len } => ram.write(gpa, &self.arena[at..at + len])?,
                 Op::Zero { gpa, len } => ram.zero_range(gpa, len)?,
-                Op::Xor { gpa, at, len } => {
-                    let (r, off) = ram
-                        .locate(gpa)
-                        .filter(|(r, off)| off + len as u64 <= r.size)
-                        .ok_or_else(|| {
-                            EngineError::Memory(format!(
-                                "delta of {len} bytes at {gpa:#x} is not inside one memory region"
-                            ))
-                        })?;
-                    tmp.resize(len, 0);
-                    r.read(off, &mut tmp);
-                    checkpoint::delta::xor_in_place(&mut tmp, &self.arena[at..at + len]);
-                    r.write(off, &tmp);
-                }
+                Op::Xor { gpa, at, len } => ram.xor(gpa, &self.arena[at..at + len], &mut tmp)?,
             }
         }
         Ok(())
-    }
-
-    /// Page bytes staged (decoded data and deltas).
-    pub fn staged_bytes(&self) -> usize {
-        self.arena.len()
     }
 }
 

@@ -502,21 +502,6 @@ fn apply_sections<R: std::io::Read>(r: R, ram: &Ram, fp: &Fingerprint) -> Result
     let mut rd = CheckpointReader::new(r, &Limits::default(), Some(fp))?;
     let (mut vcpus, mut vm, mut devices, mut console) = (None, None, None, None);
     let bad = |msg: String| EngineError::Checkpoint(checkpoint::CheckpointError::Decode(msg));
-    // The region and offset of a run of `len` bytes at `gpa`, which must
-    // lie inside one memory region.
-    let locate = |gpa: u64, len: usize| {
-        let (r, off) = ram
-            .locate(gpa)
-            .ok_or(checkpoint::CheckpointError::Decode(format!(
-                "page {gpa:#x} outside guest memory"
-            )))?;
-        if off + len as u64 > r.size {
-            return Err(checkpoint::CheckpointError::Decode(format!(
-                "run at {gpa:#x} of {len} bytes crosses the end of its memory region"
-            )));
-        }
-        Ok((r, off))
-    };
     let mut xor_buf = Vec::new();
     while let Some((id, payload)) = rd.next_section()? {
         let dec_err =
@@ -552,12 +537,8 @@ fn apply_sections<R: std::io::Read>(r: R, ram: &Ram, fp: &Fingerprint) -> Result
                 },
                 // Deltas are XORed into what the pages hold now.
                 |gpa, delta| {
-                    let (r, off) = locate(gpa, delta.len())?;
-                    xor_buf.resize(delta.len(), 0);
-                    r.read(off, &mut xor_buf);
-                    checkpoint::delta::xor_in_place(&mut xor_buf, delta);
-                    r.write(off, &xor_buf);
-                    Ok(())
+                    ram.xor(gpa, delta, &mut xor_buf)
+                        .map_err(|e| checkpoint::CheckpointError::Decode(e.to_string()))
                 },
             )?,
         }

@@ -15,9 +15,10 @@
 //!   then runs on to its next stop instead of parking (the controller kicks
 //!   again).
 //!
-//! In a single-vCPU VM the thread captures its vCPU's state as it parks (so the controller needs
-//! no round trip to it), then serves commands (capture, probe, resume, exit) from its
-//! channel; only parked vCPUs are ever captured.
+//! In a single-vCPU VM the thread captures its vCPU's state as it parks
+//! (so the controller needs no round trip to it). A parked thread serves
+//! commands (capture, probe, resume, exit) from its channel; only parked
+//! vCPUs are ever captured.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -78,6 +79,8 @@ pub struct Shared {
     pub pause_requested: AtomicBool,
     /// Set once the VM is stopping for good.
     pub stopping: AtomicBool,
+    /// Number of vCPUs.
+    vcpus: usize,
     /// CPU time each vCPU thread used (guest and KVM), recorded at exit.
     pub vcpu_cpu: Mutex<Vec<std::time::Duration>>,
     ctl: Mutex<Ctl>,
@@ -103,6 +106,7 @@ impl Shared {
         Arc::new(Shared {
             pause_requested: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            vcpus: n,
             vcpu_cpu: Mutex::new(Vec::new()),
             ctl: Mutex::new(Ctl {
                 parked: vec![false; n],
@@ -146,12 +150,7 @@ impl Shared {
     /// time a snapshot of a stopped VM: with several, the others may still
     /// run after it (and send it IPIs, INIT/SIPI, NMIs) until they park too.
     fn single_vcpu(&self) -> bool {
-        self.ctl
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .parked
-            .len()
-            == 1
+        self.vcpus == 1
     }
 
     /// Marks vCPU `id` parked, with the state it captured on the way (single

@@ -62,6 +62,15 @@ pub(super) struct LinkShared {
 }
 
 impl LinkShared {
+    /// Records epoch `seq`, ending at console position `pos`, as sent now
+    /// (its ack releases output up to `pos` and gives its latency).
+    pub(super) fn track(&self, seq: u64, pos: u64) {
+        self.inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back((seq, pos, Instant::now()));
+    }
+
     pub(super) fn lose(&self, why: String) {
         let mut r = self.reason.lock().unwrap_or_else(|e| e.into_inner());
         if r.is_none() {

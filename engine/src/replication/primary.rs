@@ -125,6 +125,29 @@ pub const MAX_OUTSTANDING: usize = 2;
 /// (4 MiB), so sending and applying overlap with reading and encoding.
 const SYNC_CHUNK_PAGES: u64 = 1024;
 
+/// Splits page runs `(gpa, pages)` into chunks of at most
+/// [`SYNC_CHUNK_PAGES`] pages, in order (a long run is cut across chunks).
+fn sync_chunks(runs: &[(u64, u64)]) -> Vec<Vec<(u64, u64)>> {
+    let mut chunks = Vec::new();
+    let (mut chunk, mut in_chunk) = (Vec::new(), 0u64);
+    for &(gpa, np) in runs {
+        let mut done = 0;
+        while done < np {
+            let k = (np - done).min(SYNC_CHUNK_PAGES - in_chunk);
+            chunk.push((gpa + done * PAGE_SIZE, k));
+            (done, in_chunk) = (done + k, in_chunk + k);
+            if in_chunk == SYNC_CHUNK_PAGES {
+                chunks.push(std::mem::take(&mut chunk));
+                in_chunk = 0;
+            }
+        }
+    }
+    if !chunk.is_empty() {
+        chunks.push(chunk);
+    }
+    chunks
+}
+
 /// The replication loop of a protected VM.
 pub struct Replicator {
     cfg: PrimaryConfig,
@@ -407,11 +430,7 @@ impl Replicator {
             "epoch captured"
         );
         let link = self.link.as_ref().expect("epoch without a link");
-        link.shared
-            .inflight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push_back((seq, ep.console_pos, Instant::now()));
+        link.shared.track(seq, ep.console_pos);
         let released = self
             .gate
             .lock()
@@ -536,56 +555,20 @@ impl Replicator {
             // Sent as part of the sync; a failed sync starts over with every page.
             self.ledger.commit(harvest);
             let n = pr.pages();
-            // The round goes out in chunks of at most SYNC_CHUNK_PAGES, each
-            // its own pre-copy container, so the shadow receives and applies
-            // one chunk while the next is read and encoded.
-            let mut pieces = Vec::new();
-            for &(gpa, np) in &pr.runs {
-                let mut done = 0;
-                while done < np {
-                    let k = (np - done).min(SYNC_CHUNK_PAGES);
-                    pieces.push((gpa + done * PAGE_SIZE, k));
-                    done += k;
-                }
+            // The round goes out in chunks, each its own pre-copy container,
+            // so the shadow receives and applies one chunk while the next is
+            // read and encoded. Round 0 always sends a first chunk: it is
+            // the full one, carries the zero markers and starts the shadow's
+            // memory.
+            let mut chunks = sync_chunks(&pr.runs);
+            if round == 0 && chunks.is_empty() {
+                chunks.push(Vec::new());
             }
-            let mut chunk: Vec<(u64, u64)> = Vec::new();
-            let mut in_chunk = 0u64;
-            let mut first = true;
-            let mut it = pieces.into_iter().peekable();
-            loop {
-                let next = it.peek().copied();
-                let full = next.is_some_and(|(_, k)| in_chunk + k > SYNC_CHUNK_PAGES);
-                if next.is_none() || full {
-                    // Round 0 always sends its first chunk (it carries the
-                    // zero markers and starts the shadow's memory).
-                    if !chunk.is_empty() || (round == 0 && first) {
-                        let zero = if round == 0 && first {
-                            &pr.zero_runs[..]
-                        } else {
-                            &[]
-                        };
-                        let len = self.send_sync_chunk(
-                            vm,
-                            round == 0 && first,
-                            zero,
-                            &chunk,
-                            &mut scratch,
-                            &mut enc,
-                            &mut bufs,
-                        )?;
-                        wire_bytes += len;
-                        first = false;
-                    }
-                    chunk.clear();
-                    in_chunk = 0;
-                    if next.is_none() {
-                        break;
-                    }
-                }
-                if let Some(p) = it.next() {
-                    in_chunk += p.1;
-                    chunk.push(p);
-                }
+            for (i, chunk) in chunks.iter().enumerate() {
+                let full = round == 0 && i == 0;
+                let zero = if full { &pr.zero_runs[..] } else { &[] };
+                wire_bytes +=
+                    self.send_sync_chunk(vm, full, zero, chunk, &mut scratch, &mut enc, &mut bufs)?;
             }
             total_pages += n;
             rounds += 1;
@@ -639,11 +622,11 @@ impl Replicator {
     ) -> Result<u64> {
         scratch.clear();
         for &(gpa, np) in chunk {
-            let (r, off) = vm.ram.locate(gpa).ok_or_else(|| {
-                EngineError::Config(format!("dirty page {gpa:#x} outside guest memory"))
+            let len = np * PAGE_SIZE;
+            let (r, off) = vm.ram.span(gpa, len).ok_or_else(|| {
+                EngineError::Memory(format!("dirty pages at {gpa:#x} outside guest memory"))
             })?;
-            let len = (np * PAGE_SIZE) as usize;
-            scratch.extend_from_slice(&r.as_slice()[off as usize..off as usize + len]);
+            scratch.extend_from_slice(&r.as_slice()[off as usize..(off + len) as usize]);
         }
         let mut at = 0usize;
         let runs = chunk.iter().map(|&(gpa, np)| {
@@ -667,11 +650,7 @@ impl Replicator {
         let len = container.len() as u64;
         let pos = vm.console_position();
         let link = self.link.as_ref().expect("sync without a link");
-        link.shared
-            .inflight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push_back((seq, pos, Instant::now()));
+        link.shared.track(seq, pos);
         let out = Outgoing {
             seq,
             precopy: true,
@@ -911,4 +890,34 @@ pub fn stats_json(
             "interval_ms": e.interval.as_secs_f64() * 1e3,
         })).collect::<Vec<_>>(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sync_chunks_cover_every_page_once_in_order_within_the_bound() {
+        let p = PAGE_SIZE;
+        let runs = [(0, 10), (100 * p, 2000), (5000 * p, 1), (9000 * p, 1024)];
+        let chunks = sync_chunks(&runs);
+        assert!(chunks
+            .iter()
+            .all(|c| c.iter().map(|r| r.1).sum::<u64>() <= SYNC_CHUNK_PAGES));
+        // Every chunk but the last is full.
+        for c in &chunks[..chunks.len() - 1] {
+            assert_eq!(c.iter().map(|r| r.1).sum::<u64>(), SYNC_CHUNK_PAGES);
+        }
+        let pages: Vec<u64> = chunks
+            .iter()
+            .flatten()
+            .flat_map(|&(gpa, n)| (0..n).map(move |i| gpa / p + i))
+            .collect();
+        let want: Vec<u64> = runs
+            .iter()
+            .flat_map(|&(gpa, n)| (0..n).map(move |i| gpa / p + i))
+            .collect();
+        assert_eq!(pages, want);
+        assert!(sync_chunks(&[]).is_empty());
+    }
 }

@@ -535,29 +535,24 @@ fn commit(
     // Staged and verified: acknowledge, then apply under the same lock.
     conn.send(FrameKind::Ack, term, &wire::encode(&Ack { seq: end.seq }))
         .map_err(|e| format!("sending ack: {e}"))?;
-    if precopy {
-        // Memory only, not a consistent state: applied, never committed. A
-        // new sync makes any older committed state unusable.
+    if let Err(e) = stage.apply(&ram) {
+        let what = if precopy { "pre-copy round" } else { "epoch" };
+        return Err(poison(
+            &mut sh,
+            format!("applying verified {what} {}: {e}", end.seq),
+        ));
+    }
+    let Some(state) = state else {
+        // A pre-copy round: memory only, not a consistent state: applied,
+        // never committed. A new sync makes any older committed state
+        // unusable.
         if header.kind == CheckpointKind::Full {
             sh.state = None;
-        }
-        if let Err(e) = stage.apply(&ram) {
-            return Err(poison(
-                &mut sh,
-                format!("applying verified pre-copy round {}: {e}", end.seq),
-            ));
         }
         sh.memory_seq = Some(end.seq);
         sh.term = term;
         return Ok(());
-    }
-    if let Err(e) = stage.apply(&ram) {
-        return Err(poison(
-            &mut sh,
-            format!("applying verified epoch {}: {e}", end.seq),
-        ));
-    }
-    let state = state.ok_or("an epoch without state")?;
+    };
     let (base, buf) = &mut sh.output;
     if header.kind == CheckpointKind::Full || *base + buf.len() as u64 != end.output_start {
         // A new sync (or the first epoch): output before it was released by
