@@ -110,6 +110,21 @@ pub(crate) fn guest_run(
     c
 }
 
+/// Runs the unprotected reference (`cmd` writes its console to `console`)
+/// and returns its output and run time, printing both.
+fn reference_run(mut cmd: Command, console: &Path) -> anyhow::Result<(Vec<u8>, Duration)> {
+    let t = Instant::now();
+    run_to_end(&mut cmd, "the reference run")?;
+    let took = t.elapsed();
+    let reference = std::fs::read(console)?;
+    println!(
+        "      {} bytes of console output in {:.2?}",
+        reference.len(),
+        took
+    );
+    Ok((reference, took))
+}
+
 fn run_to_end(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
     let st = cmd.status().with_context(|| format!("starting {what}"))?;
     if !st.success() {
@@ -226,15 +241,8 @@ fn failover_demo(a: DemoArgs, dir: PathBuf) -> anyhow::Result<i32> {
     let run = |console: &Path| guest_run(&exe, &guest, 128, &a.cmdline, console);
     println!("hotspare demo: working in {}", dir.display());
     println!("[1/4] reference run of the bundled guest (unprotected, uninterrupted)...");
-    let t = Instant::now();
-    run_to_end(&mut run(&files("reference.txt")), "the reference run")?;
-    let ref_time = t.elapsed();
-    let reference = std::fs::read(files("reference.txt"))?;
-    println!(
-        "      {} bytes of console output in {:.2?}",
-        reference.len(),
-        ref_time
-    );
+    let (reference, ref_time) =
+        reference_run(run(&files("reference.txt")), &files("reference.txt"))?;
 
     println!(
         "[2/4] standby and protected primary (separate processes, loopback, epoch every {} ms)...",
@@ -363,15 +371,8 @@ pub fn demo(a: DemoArgs) -> anyhow::Result<i32> {
 
     println!("hotspare demo: working in {}", dir.display());
     println!("[1/3] reference run (no checkpoints)...");
-    let t = Instant::now();
-    run_to_end(&mut base(&files("reference.txt")), "the reference run")?;
-    let ref_time = t.elapsed();
-    let reference = std::fs::read(files("reference.txt"))?;
-    println!(
-        "      {} bytes of console output in {:.2?}",
-        reference.len(),
-        ref_time
-    );
+    let (reference, ref_time) =
+        reference_run(base(&files("reference.txt")), &files("reference.txt"))?;
 
     let kill_after = a.kill_after_ms.unwrap_or_else(|| {
         random_ms(
