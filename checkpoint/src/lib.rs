@@ -12,6 +12,7 @@
 //! - [`pages`] holds the page records inside Memory sections
 //!   ([`MemoryEncoder`], [`decode_records`]);
 //! - [`delta`] is the XOR-delta cache of pages sent before;
+//! - [`devices`] holds the device records inside the `Devices` section;
 //! - [`dirty`] has dirty bitmaps and the [`DirtyLedger`] that never loses a
 //!   bit;
 //! - [`fingerprint`] defines [`MachineConfig`] and its [`Fingerprint`];
@@ -21,6 +22,7 @@
 //! module.
 
 pub mod delta;
+pub mod devices;
 pub mod dirty;
 pub mod error;
 pub mod fingerprint;
@@ -29,6 +31,7 @@ pub mod kvm_state;
 pub mod pages;
 pub mod verify;
 
+pub use devices::DeviceRecord;
 pub use dirty::{DirtyBitmap, DirtyLedger, Harvest};
 pub use error::{CheckpointError, Result};
 pub use fingerprint::{Fingerprint, MachineConfig, MemRegion};

@@ -9,7 +9,7 @@ use std::io::Read;
 use crate::error::{CheckpointError, Result};
 use crate::fingerprint::{Fingerprint, MachineConfig};
 use crate::format::{read_full, CheckpointReader, Header, Limits, SectionId};
-use crate::pages;
+use crate::{devices, pages};
 
 /// Reads a whole checkpoint and checks everything that can be checked
 /// without a VM, so a file can be validated before anything is applied:
@@ -20,9 +20,11 @@ use crate::pages;
 /// - `Config`: decodes as [`MachineConfig`] whose fingerprint equals the
 ///   header's;
 /// - `Memory`: every page record is valid (see [`pages::decode_records`]);
+/// - `Devices`: a valid list of device records (see [`devices::decode`]);
 /// - `Console`: exactly 8 bytes.
 ///
-/// `Vcpus`, `Vm` and `Devices` payloads are only checked by CRC here.
+/// `Vcpus` and `Vm` payloads, and each device record's own bytes, are only
+/// checked by CRC here.
 pub fn verify<R: Read>(r: R, limits: &Limits, expected: Option<&Fingerprint>) -> Result<Header> {
     verify_with(r, limits, expected, |id, payload| match id {
         SectionId::Memory => {
@@ -62,6 +64,9 @@ pub fn verify_with<R: Read>(
                         ),
                     });
                 }
+            }
+            SectionId::Devices => {
+                devices::decode(&payload)?;
             }
             SectionId::Console if payload.len() != 8 => {
                 return Err(CheckpointError::BadPayload {

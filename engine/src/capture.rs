@@ -11,19 +11,12 @@ use std::time::{Duration, Instant};
 
 use checkpoint::dirty::{DirtyBitmap, DirtyLedger, Harvest};
 use checkpoint::kvm_state::{VcpuState, VmState};
-use serde::{Deserialize, Serialize};
+use checkpoint::DeviceRecord;
 
-use crate::devices::serial::UartState;
 use crate::error::{EngineError, Result};
 use crate::memory::PAGE_SIZE;
+use crate::snapshot::EpochState;
 use crate::vm::{PauseGuard, Vm};
-
-/// Device state carried in the `Devices` section.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeviceState {
-    /// COM1 registers.
-    pub uart: UartState,
-}
 
 /// Copied page contents: runs of consecutive pages and their bytes.
 #[derive(Clone, Debug, Default)]
@@ -77,8 +70,8 @@ pub struct Epoch {
     pub vcpus: Vec<VcpuState>,
     /// In-kernel irqchip, PIT, clock.
     pub vm: VmState,
-    /// Emulated devices.
-    pub devices: DeviceState,
+    /// Every emulated device's record.
+    pub devices: Vec<DeviceRecord>,
     /// Console bytes emitted up to this point.
     pub console_pos: u64,
     /// The console bytes emitted during this epoch: (start position, bytes).
@@ -111,14 +104,29 @@ fn fresh_dirty(vm: &Vm) -> Result<(Vec<DirtyBitmap>, Option<EngineError>)> {
     Ok((out, err))
 }
 
-/// Captures an epoch from a paused VM. On success the returned [`Harvest`]
-/// must be committed (once the epoch is durable) or put back.
+impl Epoch {
+    /// The non-memory part.
+    pub fn state(&self) -> EpochState {
+        EpochState {
+            vcpus: self.vcpus.clone(),
+            vm: self.vm.clone(),
+            devices: self.devices.clone(),
+            console_pos: self.console_pos,
+        }
+    }
+}
+
+/// Captures epoch `seq` from a paused VM: its state, its dirty pages, and
+/// the seal of every device's held output as `seq`'s. On success the
+/// returned [`Harvest`] must be committed (once the epoch is durable) or
+/// put back.
 pub fn capture(
     guard: &PauseGuard<'_>,
     ledger: &mut DirtyLedger,
     full: bool,
+    seq: u64,
 ) -> Result<(Epoch, Harvest)> {
-    capture_into(guard, ledger, full, Vec::new())
+    capture_into(guard, ledger, full, seq, Vec::new())
 }
 
 /// [`capture`] copying the pages into `buf` (a recycled buffer: its pages
@@ -127,20 +135,24 @@ pub fn capture_into(
     guard: &PauseGuard<'_>,
     ledger: &mut DirtyLedger,
     full: bool,
+    seq: u64,
     buf: Vec<u8>,
 ) -> Result<(Epoch, Harvest)> {
     let stop = guard.paused_at().elapsed();
     let t = Instant::now();
     let vcpus = guard.capture_vcpus()?;
     let vmstate = guard.capture_vm()?;
-    let devices = DeviceState {
-        uart: guard.capture_uart(),
-    };
+    let devices = guard.capture_devices();
     let (console_pos, output) = {
-        let gate = guard.vm().console_gate();
-        let mut g = gate.lock().unwrap_or_else(|e| e.into_inner());
+        let mut g = guard
+            .vm()
+            .devices
+            .console()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         (g.position(), g.take_epoch_output())
     };
+    guard.vm().devices.seal_outputs(seq);
     let state_t = t.elapsed();
 
     let t = Instant::now();

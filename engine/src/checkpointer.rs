@@ -57,7 +57,12 @@ impl LocalCheckpointer {
     pub fn checkpoint(&mut self, vm: &Vm) -> Result<u64> {
         let full = self.store.last_seq().is_none();
         let guard = vm.pause()?;
-        let (epoch, harvest) = capture::capture(&guard, &mut self.ledger, full)?;
+        let (epoch, harvest) = capture::capture(
+            &guard,
+            &mut self.ledger,
+            full,
+            self.store.last_seq().map_or(1, |s| s + 1),
+        )?;
         let pause = guard.paused_at().elapsed();
         drop(guard);
         match self.store.write_epoch(&epoch) {

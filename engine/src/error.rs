@@ -56,14 +56,9 @@ pub enum EngineError {
         /// What is wrong.
         msg: String,
     },
-    /// A device could not be created or restored.
-    #[error("device {device}: {msg}")]
-    Device {
-        /// Which device.
-        device: &'static str,
-        /// What is wrong.
-        msg: String,
-    },
+    /// A device could not be created, or a device record was refused.
+    #[error(transparent)]
+    Devices(#[from] crate::devices::DeviceError),
     /// The replication stream failed or a peer was refused.
     #[error(transparent)]
     Transport(#[from] transport::TransportError),

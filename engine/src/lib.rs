@@ -11,6 +11,7 @@ pub mod memory;
 pub mod replication;
 pub mod restore;
 pub mod runner;
+pub mod snapshot;
 pub mod staged;
 pub mod store;
 pub mod vcpu;

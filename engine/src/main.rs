@@ -275,7 +275,7 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
         log_dirty: a.ckpt.checkpoint_dir.is_some() || replica.is_some(),
         vcpu_cpus: pin_engine(!a.pin),
     };
-    let mut vm = Vm::create(&cfg, open_console(&a.console)?, 0, None, None)?;
+    let mut vm = Vm::create(&cfg, open_console(&a.console)?, None)?;
     let kind = vm.boot(&BootSpec {
         kernel: a.kernel,
         cmdline: a.cmdline,

@@ -39,13 +39,9 @@ pub fn restore(
         log_dirty,
         vcpu_cpus: None,
     };
-    let mut vm = Vm::create(
-        &cfg,
-        console,
-        state.console_pos,
-        Some(&state.devices.uart),
-        Some(ram),
-    )?;
+    let mut vm = Vm::create(&cfg, Box::new(std::io::sink()), Some(ram))?;
+    vm.restore_devices(&state.devices)?;
+    vm.set_console(console, state.console_pos);
     if vm.machine.cpuid != chain.machine.cpuid {
         tracing::warn!("this host's CPUID differs from the checkpoint's; the guest keeps the checkpoint's CPUID");
     }

@@ -9,13 +9,11 @@
 
 use checkpoint::fingerprint::{Fingerprint, MachineConfig};
 use checkpoint::format::{Header, Limits, SectionId};
-use checkpoint::kvm_state::{VcpuState, VmState};
 use checkpoint::{pages, CheckpointError};
 
-use crate::capture::DeviceState;
 use crate::error::{EngineError, Result};
 use crate::memory::Ram;
-use crate::store::EpochState;
+use crate::snapshot::{EpochState, StateSections};
 
 /// One memory operation, in record order.
 enum Op {
@@ -32,12 +30,7 @@ enum Op {
 pub struct StagedEpoch {
     ops: Vec<Op>,
     arena: Vec<u8>,
-    /// The Config section, if present.
-    pub config: Option<MachineConfig>,
-    vcpus: Option<Vec<VcpuState>>,
-    vm: Option<VmState>,
-    devices: Option<DeviceState>,
-    console: Option<u64>,
+    sections: StateSections,
 }
 
 /// Refuses to stage `more` bytes on top of `have` past `cap`.
@@ -48,10 +41,6 @@ fn over_cap(have: usize, more: usize, cap: u64) -> std::result::Result<(), Check
         )));
     }
     Ok(())
-}
-
-fn decode_err(what: &str, e: postcard::Error) -> CheckpointError {
-    CheckpointError::Decode(format!("{what} section does not decode: {e}"))
 }
 
 impl StagedEpoch {
@@ -72,8 +61,7 @@ impl StagedEpoch {
     ) -> Result<Header> {
         self.ops.clear();
         self.arena.clear();
-        (self.config, self.vcpus, self.vm, self.devices, self.console) =
-            (None, None, None, None, None);
+        self.sections = StateSections::default();
         let header = checkpoint::verify::verify_with(bytes, limits, expected, |id, payload| {
             match id {
                 SectionId::Memory => {
@@ -110,25 +98,9 @@ impl StagedEpoch {
                         },
                     )?;
                 }
-                SectionId::Config => self.config = Some(MachineConfig::decode(payload)?),
-                SectionId::Vcpus => {
-                    self.vcpus =
-                        Some(postcard::from_bytes(payload).map_err(|e| decode_err("Vcpus", e))?)
+                other => {
+                    self.sections.take(other, payload)?;
                 }
-                SectionId::Vm => {
-                    self.vm = Some(postcard::from_bytes(payload).map_err(|e| decode_err("Vm", e))?)
-                }
-                SectionId::Devices => {
-                    self.devices =
-                        Some(postcard::from_bytes(payload).map_err(|e| decode_err("Devices", e))?)
-                }
-                SectionId::Console => {
-                    // verify_with has checked the length.
-                    let mut b = [0u8; 8];
-                    b.copy_from_slice(payload);
-                    self.console = Some(u64::from_le_bytes(b));
-                }
-                SectionId::End => {}
             }
             Ok(())
         })?;
@@ -137,14 +109,12 @@ impl StagedEpoch {
 
     /// The vCPU, VM and device state (an epoch; pre-copy chunks have none).
     pub fn state(&self) -> Result<EpochState> {
-        let missing =
-            |s: &str| EngineError::Checkpoint(CheckpointError::Decode(format!("no {s} section")));
-        Ok(EpochState {
-            vcpus: self.vcpus.clone().ok_or_else(|| missing("Vcpus"))?,
-            vm: self.vm.clone().ok_or_else(|| missing("Vm"))?,
-            devices: self.devices.clone().ok_or_else(|| missing("Devices"))?,
-            console_pos: self.console.ok_or_else(|| missing("Console"))?,
-        })
+        self.sections.state()
+    }
+
+    /// The Config section, if present.
+    pub fn config(&self) -> Option<&MachineConfig> {
+        self.sections.config.as_ref()
     }
 
     /// Checks that every memory operation lies inside one region of `ram`,

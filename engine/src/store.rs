@@ -23,12 +23,12 @@ use checkpoint::fingerprint::{Fingerprint, MachineConfig};
 use checkpoint::format::{
     self, CheckpointKind, CheckpointReader, CheckpointWriter, Header, Limits, SectionId,
 };
-use checkpoint::kvm_state::{VcpuState, VmState};
 use checkpoint::pages::{self, Compression, MemoryEncoder, MemoryStats};
 
-use crate::capture::{DeviceState, Epoch};
+use crate::capture::Epoch;
 use crate::error::{EngineError, Result};
 use crate::memory::{Ram, PAGE_SIZE};
+use crate::snapshot::{write_state, StateSections};
 
 /// Raw page bytes per Memory section.
 const SECTION_RAW_BYTES: usize = 8 << 20;
@@ -88,48 +88,7 @@ fn fsync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| store_err(dir, format!("fsync: {e}")))
 }
 
-/// Encodes an epoch's state sections and pages into a checkpoint writer.
-fn write_state<W: Write>(
-    w: &mut CheckpointWriter<W>,
-    machine: &MachineConfig,
-    ep: &EpochState,
-) -> Result<()> {
-    w.write_section(SectionId::Config, &machine.encode())?;
-    w.write_section(SectionId::Vcpus, &enc(&ep.vcpus))?;
-    w.write_section(SectionId::Vm, &enc(&ep.vm))?;
-    w.write_section(SectionId::Devices, &enc(&ep.devices))?;
-    w.write_section(SectionId::Console, &ep.console_pos.to_le_bytes())?;
-    Ok(())
-}
-
-fn enc<T: serde::Serialize>(v: &T) -> Vec<u8> {
-    // Encoding plain data into a growable Vec has no failure mode.
-    postcard::to_stdvec(v).expect("postcard encoding into a Vec cannot fail")
-}
-
-/// The non-memory part of a checkpoint.
-#[derive(Clone, Debug)]
-pub struct EpochState {
-    /// vCPU states.
-    pub vcpus: Vec<VcpuState>,
-    /// VM state.
-    pub vm: VmState,
-    /// Devices.
-    pub devices: DeviceState,
-    /// Console position.
-    pub console_pos: u64,
-}
-
-impl From<&Epoch> for EpochState {
-    fn from(e: &Epoch) -> Self {
-        EpochState {
-            vcpus: e.vcpus.clone(),
-            vm: e.vm.clone(),
-            devices: e.devices.clone(),
-            console_pos: e.console_pos,
-        }
-    }
-}
+pub use crate::snapshot::EpochState;
 
 /// Writes page runs as Memory sections of bounded size.
 fn write_pages<'a, W: Write>(
@@ -284,7 +243,7 @@ impl DirStore {
                 ))
             }
         };
-        let state = EpochState::from(ep);
+        let state = ep.state();
         let mut enc = MemoryEncoder::new(self.compression)?;
         let machine = &self.machine;
         self.publish(&file_name(seq, ep.full), |w| {
@@ -480,70 +439,25 @@ impl Chain {
 /// checkpoint must have been verified first (`checkpoint::verify`): a stream
 /// that fails halfway leaves `ram` partly written.
 pub fn apply_checkpoint<R: std::io::Read>(r: R, ram: &Ram, fp: &Fingerprint) -> Result<EpochState> {
-    let (vcpus, vm, devices, console) = apply_sections(r, ram, fp)?;
-    let bad = |msg: String| EngineError::Checkpoint(checkpoint::CheckpointError::Decode(msg));
-    let missing = |s: &str| bad(format!("no {s} section"));
-    Ok(EpochState {
-        vcpus: vcpus.ok_or_else(|| missing("Vcpus"))?,
-        vm: vm.ok_or_else(|| missing("Vm"))?,
-        devices: devices.ok_or_else(|| missing("Devices"))?,
-        console_pos: console.ok_or_else(|| missing("Console"))?,
-    })
-}
-
-type Sections = (
-    Option<Vec<VcpuState>>,
-    Option<VmState>,
-    Option<DeviceState>,
-    Option<u64>,
-);
-
-fn apply_sections<R: std::io::Read>(r: R, ram: &Ram, fp: &Fingerprint) -> Result<Sections> {
     let mut rd = CheckpointReader::new(r, &Limits::default(), Some(fp))?;
-    let (mut vcpus, mut vm, mut devices, mut console) = (None, None, None, None);
-    let bad = |msg: String| EngineError::Checkpoint(checkpoint::CheckpointError::Decode(msg));
+    let mut state = StateSections::default();
     let mut xor_buf = Vec::new();
+    let mem_err = |e: EngineError| checkpoint::CheckpointError::Decode(e.to_string());
     while let Some((id, payload)) = rd.next_section()? {
-        let dec_err =
-            |what: &str, e: postcard::Error| bad(format!("{what} section does not decode: {e}"));
-        match id {
-            SectionId::Config | SectionId::End => {}
-            SectionId::Vcpus => {
-                vcpus = Some(postcard::from_bytes(&payload).map_err(|e| dec_err("Vcpus", e))?)
-            }
-            SectionId::Vm => {
-                vm = Some(postcard::from_bytes(&payload).map_err(|e| dec_err("Vm", e))?)
-            }
-            SectionId::Devices => {
-                devices = Some(postcard::from_bytes(&payload).map_err(|e| dec_err("Devices", e))?)
-            }
-            SectionId::Console => {
-                let b: [u8; 8] = payload
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| bad("Console section is not 8 bytes".into()))?;
-                console = Some(u64::from_le_bytes(b));
-            }
-            SectionId::Memory => pages::decode_records_with_deltas(
-                &payload,
-                |gpa, data| {
-                    ram.write(gpa, data)
-                        .map_err(|e| checkpoint::CheckpointError::Decode(e.to_string()))
-                },
-                // Zero runs drop the memory instead of writing zeros into it.
-                |gpa, len| {
-                    ram.zero_range(gpa, len)
-                        .map_err(|e| checkpoint::CheckpointError::Decode(e.to_string()))
-                },
-                // Deltas are XORed into what the pages hold now.
-                |gpa, delta| {
-                    ram.xor(gpa, delta, &mut xor_buf)
-                        .map_err(|e| checkpoint::CheckpointError::Decode(e.to_string()))
-                },
-            )?,
+        if id != SectionId::Memory {
+            state.take(id, &payload)?;
+            continue;
         }
+        pages::decode_records_with_deltas(
+            &payload,
+            |gpa, data| ram.write(gpa, data).map_err(mem_err),
+            // Zero runs drop the memory instead of writing zeros into it.
+            |gpa, len| ram.zero_range(gpa, len).map_err(mem_err),
+            // Deltas are XORed into what the pages hold now.
+            |gpa, delta| ram.xor(gpa, delta, &mut xor_buf).map_err(mem_err),
+        )?;
     }
-    Ok((vcpus, vm, devices, console))
+    state.state()
 }
 
 /// Encodes zero runs and page runs as a memory-only checkpoint (a pre-copy
@@ -578,7 +492,7 @@ pub fn encode_checkpoint(
     out.clear();
     out.reserve(ep.pages.data.len() / 2 + 4096);
     let mut cw = CheckpointWriter::new(out, header)?;
-    write_state(&mut cw, machine, &EpochState::from(ep))?;
+    write_state(&mut cw, machine, &ep.state())?;
     write_pages(
         &mut cw,
         enc,

@@ -31,7 +31,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
-use crate::devices::{BusAction, PioBus};
+use crate::devices::{BusAction, DeviceManager};
 use crate::memory::Ram;
 
 /// Why the VM stopped.
@@ -282,8 +282,8 @@ pub struct VcpuThread {
     pub msr_list: Arc<Vec<u32>>,
     /// Shared control state.
     pub shared: Arc<Shared>,
-    /// Port-I/O devices.
-    pub bus: Arc<Mutex<PioBus>>,
+    /// The devices.
+    pub devices: Arc<DeviceManager>,
     /// Guest RAM (to inspect the instruction before RIP).
     pub ram: Arc<Ram>,
     /// Commands while parked.
@@ -336,7 +336,7 @@ impl VcpuThread {
                 must_run = false;
             }
             let action = match self.fd.run() {
-                Ok(exit) => handle_exit(self.id, &self.bus, exit),
+                Ok(exit) => handle_exit(self.id, &self.devices, exit),
                 Err(e) if e.errno() == libc::EINTR => {
                     self.fd.set_kvm_immediate_exit(0);
                     None
@@ -380,7 +380,7 @@ impl VcpuThread {
                 }
                 Ok(exit) => {
                     // A string I/O instruction can need another round trip.
-                    if let Some(r) = handle_exit(self.id, &self.bus, exit) {
+                    if let Some(r) = handle_exit(self.id, &self.devices, exit) {
                         self.shared.request_stop(self.with_rip(r));
                         return Parked::Exit;
                     }
@@ -465,30 +465,23 @@ impl VcpuThread {
 }
 
 /// Handles one exit; returns a stop reason if the VM must stop.
-fn handle_exit(id: u32, bus: &Mutex<PioBus>, exit: VcpuExit<'_>) -> Option<StopReason> {
+fn handle_exit(id: u32, devices: &DeviceManager, exit: VcpuExit<'_>) -> Option<StopReason> {
+    let action = |a: BusAction| match a {
+        BusAction::Continue => None,
+        BusAction::Exit(code) => Some(StopReason::GuestExit(code)),
+        BusAction::Reset => Some(StopReason::Reset),
+    };
     match exit {
-        VcpuExit::IoOut(port, data) => {
-            let action =
-                bus.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .write(port, data, io_access_size());
-            match action {
-                BusAction::Continue => None,
-                BusAction::Exit(code) => Some(StopReason::GuestExit(code)),
-                BusAction::Reset => Some(StopReason::Reset),
-            }
-        }
+        VcpuExit::IoOut(port, data) => action(devices.pio_write(port, data, io_access_size())),
         VcpuExit::IoIn(port, data) => {
-            bus.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .read(port, data, io_access_size());
+            devices.pio_read(port, data, io_access_size());
             None
         }
-        VcpuExit::MmioRead(_, data) => {
-            data.fill(0xff);
+        VcpuExit::MmioRead(addr, data) => {
+            devices.mmio_read(addr, data);
             None
         }
-        VcpuExit::MmioWrite(..) => None,
+        VcpuExit::MmioWrite(addr, data) => action(devices.mmio_write(addr, data)),
         VcpuExit::Hlt => Some(StopReason::Halted),
         VcpuExit::Shutdown => Some(StopReason::TripleFault { vcpu: id, rip: 0 }),
         VcpuExit::SystemEvent(t, _) => {

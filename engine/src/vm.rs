@@ -17,9 +17,9 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::Killable;
 
 use crate::boot::{self, BootSpec};
-use crate::devices::console::{ConsoleSink, OutputGate};
-use crate::devices::serial::{self, UartState};
-use crate::devices::PioBus;
+use crate::devices::console::OutputGate;
+use crate::devices::manager::COM1_GSI;
+use crate::devices::{DeviceManager, DeviceRecord};
 use crate::error::{EngineError, Result};
 use crate::memory::Ram;
 use crate::vcpu::{self, Shared, StopReason, VcpuCmd, VcpuThread};
@@ -59,8 +59,8 @@ pub struct Vm {
     pub fd: Arc<VmFd>,
     /// Guest RAM.
     pub ram: Arc<Ram>,
-    /// Port-I/O devices.
-    pub bus: Arc<Mutex<PioBus>>,
+    /// Every emulated device, on its bus.
+    pub devices: Arc<DeviceManager>,
     /// Shared vCPU control.
     pub shared: Arc<Shared>,
     /// MSRs captured per vCPU.
@@ -70,8 +70,6 @@ pub struct Vm {
     /// Whether dirty logging is on.
     pub log_dirty: bool,
     vcpu_cpus: Option<Vec<usize>>,
-    gate: Arc<Mutex<OutputGate>>,
-    uart_irq: EventFd,
     vcpus: Vec<VcpuSlot>,
     senders: Vec<Sender<VcpuCmd>>,
 }
@@ -157,13 +155,11 @@ fn cpuid_bytes(entries: &[kvm_cpuid_entry2]) -> Vec<u8> {
 }
 
 impl Vm {
-    /// Creates the VM, its devices and vCPUs (not started). `uart` restores a
-    /// saved UART; `console_pos` is the byte position the console starts at.
+    /// Creates the VM, its devices and vCPUs (not started), with the
+    /// console writing to `console` from byte 0 (see [`Vm::set_console`]).
     pub fn create(
         cfg: &VmConfig,
         console: Box<dyn std::io::Write + Send>,
-        console_pos: u64,
-        uart: Option<&UartState>,
         ram: Option<Ram>,
     ) -> Result<Vm> {
         if cfg.vcpus == 0 || cfg.vcpus > 64 {
@@ -211,15 +207,9 @@ impl Vm {
         ram.register(&fd, cfg.log_dirty)?;
 
         let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(EngineError::io("eventfd for COM1"))?;
-        fd.register_irqfd(&irq, serial::COM1_GSI)
+        fd.register_irqfd(&irq, COM1_GSI)
             .map_err(EngineError::kvm("KVM_IRQFD (COM1)"))?;
-        let sink = ConsoleSink::new(console, console_pos);
-        let gate = sink.gate();
-        let uart_irq = irq
-            .try_clone()
-            .map_err(EngineError::io("eventfd for COM1"))?;
-        let uart = serial::new_uart(irq, sink, uart)?;
-        let bus = Arc::new(Mutex::new(PioBus { uart }));
+        let devices = Arc::new(DeviceManager::new(irq, console)?);
 
         let base = base_cpuid(&kvm)?;
         let mut vcpus = Vec::new();
@@ -249,14 +239,12 @@ impl Vm {
             kvm,
             fd: Arc::new(fd),
             ram,
-            bus,
+            devices,
             shared: Shared::new(cfg.vcpus as usize),
             msr_list: Arc::new(msr_list),
             machine,
             log_dirty: cfg.log_dirty,
             vcpu_cpus: cfg.vcpu_cpus.clone(),
-            gate,
-            uart_irq,
             vcpus,
             senders,
         })
@@ -300,7 +288,7 @@ impl Vm {
                 fd: slot.fd.take().expect("vCPU started twice"),
                 msr_list: self.msr_list.clone(),
                 shared: self.shared.clone(),
-                bus: self.bus.clone(),
+                devices: self.devices.clone(),
                 ram: self.ram.clone(),
                 cmds: slot.rx.take().expect("vCPU started twice"),
                 pin: self.vcpu_cpus.clone(),
@@ -344,7 +332,7 @@ impl Vm {
 
     /// Bytes the guest has written to its console so far.
     pub fn console_position(&self) -> u64 {
-        self.gate
+        self.console_gate()
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .position()
@@ -352,27 +340,21 @@ impl Vm {
 
     /// The console's output-commit gate.
     pub fn console_gate(&self) -> Arc<Mutex<OutputGate>> {
-        self.gate.clone()
+        self.devices.console().clone()
     }
 
-    /// Replaces COM1 with one restored from `uart`, writing to `console`
-    /// from byte `position` on (a standby taking over). Call before `start`.
-    pub fn restore_devices(
-        &mut self,
-        uart: &UartState,
-        console: Box<dyn std::io::Write + Send>,
-        position: u64,
-    ) -> Result<()> {
-        let sink = ConsoleSink::new(console, position);
-        let gate = sink.gate();
-        let irq = self
-            .uart_irq
-            .try_clone()
-            .map_err(EngineError::io("eventfd for COM1"))?;
-        let new = serial::new_uart(irq, sink, Some(uart))?;
-        self.bus.lock().unwrap_or_else(|e| e.into_inner()).uart = new;
-        self.gate = gate;
-        Ok(())
+    /// Points the console at `console`, continuing the guest's output at
+    /// byte `position` (a restored guest, or a standby taking over).
+    pub fn set_console(&self, console: Box<dyn std::io::Write + Send>, position: u64) {
+        self.console_gate()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .reopen(console, position);
+    }
+
+    /// Restores every device from its record (before `start`).
+    pub fn restore_devices(&self, records: &[DeviceRecord]) -> Result<()> {
+        Ok(self.devices.restore(records)?)
     }
 
     fn kick(&self, id: usize) {
@@ -406,6 +388,7 @@ impl Vm {
                 ));
             }
         }
+        self.devices.quiesce();
         Ok(PauseGuard {
             vm: self,
             paused_at: start,
@@ -492,16 +475,9 @@ impl PauseGuard<'_> {
         Ok(kvm_state::save_vm(&self.vm.fd)?)
     }
 
-    /// Captures the UART registers.
-    pub fn capture_uart(&self) -> UartState {
-        UartState::from(
-            self.vm
-                .bus
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .uart
-                .state(),
-        )
+    /// Captures every device's record.
+    pub fn capture_devices(&self) -> Vec<DeviceRecord> {
+        self.vm.devices.save()
     }
 
     /// True when every vCPU is halted with interrupts off or was never started.
@@ -516,6 +492,7 @@ impl PauseGuard<'_> {
 
 impl Drop for PauseGuard<'_> {
     fn drop(&mut self) {
+        self.vm.devices.wake();
         self.vm.shared.resume_all(&self.vm.senders);
     }
 }

@@ -82,7 +82,7 @@ fn roundtrip(guest: &str, cmdline: &str, vcpus: u32, run_for: Duration) {
         log_dirty: true,
         vcpu_cpus: None,
     };
-    let mut vm = Vm::create(&cfg, Box::new(std::io::sink()), 0, None, None).unwrap();
+    let mut vm = Vm::create(&cfg, Box::new(std::io::sink()), None).unwrap();
     vm.boot(&BootSpec {
         kernel: hw_tests::guest_path(guest),
         cmdline: cmdline.into(),
@@ -94,7 +94,7 @@ fn roundtrip(guest: &str, cmdline: &str, vcpus: u32, run_for: Duration) {
     let mut l = ledger(&vm);
     let a = {
         let guard = vm.pause().unwrap();
-        let (a, h) = capture::capture(&guard, &mut l, true).unwrap();
+        let (a, h) = capture::capture(&guard, &mut l, true, 1).unwrap();
         l.commit(h);
         // In a single-vCPU VM the first capture used the state the vCPU
         // thread took as it parked; a second one in the same pause asks the
@@ -121,7 +121,7 @@ fn roundtrip(guest: &str, cmdline: &str, vcpus: u32, run_for: Duration) {
     let mut r = engine::restore::restore(&ckpt, Box::new(std::io::sink()), true).unwrap();
     let mut l2 = ledger(&r.vm);
     let guard = r.vm.start_paused().unwrap();
-    let (b, h) = capture::capture(&guard, &mut l2, true).unwrap();
+    let (b, h) = capture::capture(&guard, &mut l2, true, 1).unwrap();
     l2.commit(h);
     drop(guard);
     compare(&a, &b);
@@ -169,7 +169,7 @@ fn failed_epoch_puts_its_dirty_bits_back() {
         log_dirty: true,
         vcpu_cpus: None,
     };
-    let mut vm = Vm::create(&cfg, Box::new(std::io::sink()), 0, None, None).unwrap();
+    let mut vm = Vm::create(&cfg, Box::new(std::io::sink()), None).unwrap();
     vm.boot(&BootSpec {
         kernel: hw_tests::guest_path("memtest"),
         cmdline: "rounds=100000 writes=30000 pattern=sweep".into(),
@@ -182,7 +182,7 @@ fn failed_epoch_puts_its_dirty_bits_back() {
     let mut store = DirStore::open(&ckpt, &vm.machine, None).unwrap();
     {
         let g = vm.pause().unwrap();
-        let (a, h) = capture::capture(&g, &mut l, true).unwrap();
+        let (a, h) = capture::capture(&g, &mut l, true, 1).unwrap();
         store.write_epoch(&a).unwrap();
         l.commit(h);
     }
@@ -200,7 +200,7 @@ fn failed_epoch_puts_its_dirty_bits_back() {
     }
     let failed_pages = {
         let g = vm.pause().unwrap();
-        let (b, h) = capture::capture(&g, &mut l, false).unwrap();
+        let (b, h) = capture::capture(&g, &mut l, false, 2).unwrap();
         // The write of b "fails": its bits go back.
         l.put_back(h).unwrap();
         b.pages.runs.clone()
@@ -219,7 +219,7 @@ fn failed_epoch_puts_its_dirty_bits_back() {
     );
     std::thread::sleep(Duration::from_millis(20));
     let g = vm.pause().unwrap();
-    let (c, h) = capture::capture(&g, &mut l, false).unwrap();
+    let (c, h) = capture::capture(&g, &mut l, false, 2).unwrap();
     let covered = |gpa: u64| {
         c.pages
             .runs

@@ -5,15 +5,16 @@
 //! be lined up with what the original already printed.
 //!
 //! When the VM is protected by a shadow, output is *held*: bytes produced in
-//! epoch e become visible only once the shadow has acknowledged checkpoint e
-//! ([`OutputGate::release_to`]). Unprotected, bytes pass straight through.
-//! The gate is the general output-commit mechanism: anything the outside
-//! world can see (console bytes now; network packets and disk completions
-//! later) is queued with its position and released by commit position.
+//! epoch e become visible only once the shadow has acknowledged checkpoint e.
+//! The gate is the console's [`OutputCommit`]: an epoch's seal is the
+//! output position at its capture, and releasing the epoch releases every
+//! byte before that position. Unprotected, bytes pass straight through.
 
 use std::collections::VecDeque;
 use std::io::Write;
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::output::OutputCommit;
 
 /// Shared state of the console output.
 pub struct OutputGate {
@@ -28,7 +29,13 @@ pub struct OutputGate {
     /// Bytes kept for the next epoch's trailer (even if released), starting at `epoch_start`.
     epoch_bytes: Vec<u8>,
     epoch_start: u64,
+    /// (epoch, output position at its capture), oldest first.
+    seals: VecDeque<(u64, u64)>,
 }
+
+/// Most sealed epochs remembered; older seals merge into the next (a link
+/// that never acks is declared lost long before this).
+const MAX_SEALS: usize = 4096;
 
 impl OutputGate {
     fn write_out(&mut self, bytes: &[u8]) {
@@ -93,9 +100,61 @@ impl OutputGate {
         self.held_start = self.position;
         self.write_out(bytes);
     }
+
+    /// Points the console at `out`, continuing the guest's output at byte
+    /// `position` (a restored or taken-over guest). Anything held is dropped:
+    /// it belonged to the run this one replaces.
+    pub fn reopen(&mut self, out: Box<dyn Write + Send>, position: u64) {
+        self.out = out;
+        self.position = position;
+        self.held.clear();
+        self.held_start = position;
+        self.epoch_bytes.clear();
+        self.epoch_start = position;
+        self.seals.clear();
+    }
+}
+
+impl OutputCommit for OutputGate {
+    fn seal(&mut self, seq: u64) {
+        let pos = self.position;
+        match self.seals.back_mut() {
+            Some(last) if last.0 >= seq => last.1 = pos,
+            _ => self.seals.push_back((seq, pos)),
+        }
+        if self.seals.len() > MAX_SEALS {
+            self.seals.pop_front();
+        }
+    }
+
+    fn release(&mut self, seq: u64) {
+        let mut upto = None;
+        while let Some(&(s, pos)) = self.seals.front() {
+            if s > seq {
+                break;
+            }
+            upto = Some(pos);
+            self.seals.pop_front();
+        }
+        if let Some(pos) = upto {
+            self.release_to(pos);
+        }
+    }
+
+    fn set_holding(&mut self, hold: bool) {
+        OutputGate::set_holding(self, hold);
+        if !hold {
+            self.seals.clear();
+        }
+    }
+
+    fn holding(&self) -> bool {
+        self.holding
+    }
 }
 
 /// The writer given to the UART: counts, holds and forwards bytes.
+#[derive(Clone)]
 pub struct ConsoleSink {
     gate: Arc<Mutex<OutputGate>>,
 }
@@ -112,8 +171,14 @@ impl ConsoleSink {
                 holding: false,
                 epoch_bytes: Vec::new(),
                 epoch_start: position,
+                seals: VecDeque::new(),
             })),
         }
+    }
+
+    /// A sink on an existing gate.
+    pub fn on(gate: Arc<Mutex<OutputGate>>) -> Self {
+        ConsoleSink { gate }
     }
 
     /// A shared handle on the gate.
@@ -196,5 +261,35 @@ mod tests {
         sink.write_all(b"x").unwrap();
         assert_eq!(out(&buf), b"free epoch1 epoch2 x");
         assert_eq!(gate.lock().unwrap().released(), 20);
+    }
+
+    #[test]
+    fn output_is_released_by_acknowledged_epoch() {
+        let buf = Shared::default();
+        let mut sink = ConsoleSink::new(Box::new(buf.clone()), 0);
+        let gate = sink.gate();
+        let out = |b: &Shared| b.0.lock().unwrap().clone();
+        OutputCommit::set_holding(&mut *gate.lock().unwrap(), true);
+        sink.write_all(b"a").unwrap();
+        gate.lock().unwrap().seal(1);
+        sink.write_all(b"b").unwrap();
+        gate.lock().unwrap().seal(2);
+        sink.write_all(b"c").unwrap();
+        // A retried capture of epoch 3 seals it twice: the later end wins.
+        gate.lock().unwrap().seal(3);
+        sink.write_all(b"d").unwrap();
+        gate.lock().unwrap().seal(3);
+        sink.write_all(b"e").unwrap();
+        gate.lock().unwrap().release(0);
+        assert_eq!(out(&buf), b"", "nothing sealed at or before epoch 0");
+        gate.lock().unwrap().release(2);
+        assert_eq!(out(&buf), b"ab");
+        // An ack for an older epoch after a newer one changes nothing.
+        gate.lock().unwrap().release(1);
+        assert_eq!(out(&buf), b"ab");
+        gate.lock().unwrap().release(3);
+        assert_eq!(out(&buf), b"abcd", "unsealed output is still held");
+        OutputCommit::set_holding(&mut *gate.lock().unwrap(), false);
+        assert_eq!(out(&buf), b"abcde");
     }
 }

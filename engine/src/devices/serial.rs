@@ -1,4 +1,5 @@
-//! COM1: a 16550A-compatible 8250 UART from vm-superio at port 0x3f8, IRQ 4.
+//! COM1: a 16550A-compatible 8250 UART from vm-superio at port 0x3f8, IRQ 4,
+//! as the `serial.com1` device.
 //!
 //! The interrupt line is an eventfd registered with KVM as an irqfd on GSI 4,
 //! so the in-kernel PIC/IOAPIC deliver it. The register state (including LCR
@@ -11,7 +12,7 @@ use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::console::ConsoleSink;
-use crate::error::{EngineError, Result};
+use super::{open_record, record, BusAction, Device, DeviceError, DeviceRecord};
 
 /// I/O port base of COM1.
 pub const COM1_BASE: u16 = 0x3f8;
@@ -92,16 +93,79 @@ impl From<&UartState> for SerialState {
     }
 }
 
-/// Creates the UART, fresh or from a saved state.
-pub fn new_uart(irq: EventFd, sink: ConsoleSink, state: Option<&UartState>) -> Result<Uart> {
-    let trigger = IrqFdTrigger(irq);
-    match state {
-        None => Ok(Serial::new(trigger, sink)),
-        Some(s) => Serial::from_state(&s.into(), trigger, vm_superio::serial::NoEvents, sink)
-            .map_err(|e| EngineError::Device {
-                device: "serial",
-                msg: format!("restoring state: {e:?}"),
-            }),
+/// COM1 as a [`Device`]: the UART, its interrupt line and its console.
+pub struct SerialDevice {
+    id: String,
+    uart: Uart,
+    irq: EventFd,
+    sink: ConsoleSink,
+}
+
+/// The record layout version of [`UartState`].
+const RECORD_VERSION: u32 = 1;
+
+impl SerialDevice {
+    /// A fresh UART raising `irq` and writing to `sink`.
+    pub fn new(id: &str, irq: EventFd, sink: ConsoleSink) -> Result<SerialDevice, DeviceError> {
+        let trigger = IrqFdTrigger(irq.try_clone().map_err(|e| DeviceError::Setup {
+            id: id.to_owned(),
+            msg: format!("eventfd: {e}"),
+        })?);
+        Ok(SerialDevice {
+            id: id.to_owned(),
+            uart: Serial::new(trigger, sink.clone()),
+            irq,
+            sink,
+        })
+    }
+}
+
+impl Device for SerialDevice {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = self.uart.read(offset.wrapping_add(i as u64) as u8);
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) -> BusAction {
+        for (i, &b) in data.iter().enumerate() {
+            if let Err(e) = self.uart.write(offset.wrapping_add(i as u64) as u8, b) {
+                tracing::warn!("{}: write failed: {e:?}", self.id);
+            }
+        }
+        BusAction::Continue
+    }
+
+    fn save(&self) -> DeviceRecord {
+        record(
+            &self.id,
+            RECORD_VERSION,
+            &UartState::from(self.uart.state()),
+        )
+    }
+
+    fn restore(&mut self, rec: &DeviceRecord) -> Result<(), DeviceError> {
+        let st: UartState = open_record(&self.id, RECORD_VERSION, rec)?;
+        let err = |msg: String| DeviceError::BadRecord {
+            id: self.id.clone(),
+            msg,
+        };
+        let irq = self
+            .irq
+            .try_clone()
+            .map_err(|e| err(format!("eventfd: {e}")))?;
+        self.uart = Serial::from_state(
+            &(&st).into(),
+            IrqFdTrigger(irq),
+            vm_superio::serial::NoEvents,
+            self.sink.clone(),
+        )
+        .map_err(|e| err(format!("{e:?}")))?;
+        Ok(())
     }
 }
 
@@ -109,29 +173,46 @@ pub fn new_uart(irq: EventFd, sink: ConsoleSink, state: Option<&UartState>) -> R
 mod tests {
     use super::*;
 
+    use crate::devices::conformance::device_conformance_tests;
     use crate::devices::test_util::SharedBuf as Buf;
 
-    fn uart(buf: &Buf, state: Option<&UartState>) -> Uart {
+    fn uart(buf: &Buf) -> SerialDevice {
         let efd = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        new_uart(efd, ConsoleSink::new(Box::new(buf.clone()), 0), state).unwrap()
+        SerialDevice::new(
+            "serial.com1",
+            efd,
+            ConsoleSink::new(Box::new(buf.clone()), 0),
+        )
+        .unwrap()
     }
+
+    device_conformance_tests!(
+        conformance,
+        uart(&Buf::default()),
+        |d: &mut SerialDevice| {
+            d.write(3, &[0x80]); // DLAB on
+            d.write(0, &[0x0c]); // divisor low
+            d.write(7, &[0x5a]); // scratch
+        }
+    );
 
     #[test]
     fn dlab_state_survives_save_and_restore() {
         let buf = Buf::default();
-        let mut u = uart(&buf, None);
-        u.write(3, 0x80).unwrap(); // LCR: DLAB on
-        let saved = UartState::from(u.state());
-        let mut r = uart(&buf, Some(&saved));
+        let mut u = uart(&buf);
+        u.write(3, &[0x80]); // LCR: DLAB on
+        let saved = u.save();
+        let mut r = uart(&buf);
+        r.restore(&saved).unwrap();
         // With DLAB restored, offset 0 is the divisor latch, not THR.
-        r.write(0, 0x01).unwrap();
+        r.write(0, &[0x01]);
         assert!(
             buf.0.lock().unwrap().is_empty(),
             "divisor write leaked to the console"
         );
-        r.write(3, 0x03).unwrap(); // DLAB off, 8N1
-        r.write(0, b'A').unwrap();
+        r.write(3, &[0x03]); // DLAB off, 8N1
+        r.write(0, b"A");
         assert_eq!(&*buf.0.lock().unwrap(), b"A");
-        assert_eq!(UartState::from(r.state()).baud_divisor_low, 1);
+        assert_eq!(UartState::from(r.uart.state()).baud_divisor_low, 1);
     }
 }

@@ -17,7 +17,7 @@ use super::liveness::{ShadowDecision, ShadowMonitor};
 use super::wire::{self, Ack, EpochBegin, EpochEnd, Heartbeat, Nack};
 use super::Timing;
 use crate::capture;
-use crate::devices::console::OutputGate;
+use crate::devices::DeviceManager;
 use crate::error::{EngineError, Result};
 use crate::store;
 
@@ -52,23 +52,24 @@ pub(super) struct Encoded {
 pub(super) struct LinkShared {
     pub(super) lost: AtomicBool,
     pub(super) acked: AtomicU64,
-    /// (seq, console position at the end of the epoch, send time).
-    pub(super) inflight: Mutex<VecDeque<(u64, u64, Instant)>>,
+    /// (seq, send time) of the epochs sent and not acked yet.
+    pub(super) inflight: Mutex<VecDeque<(u64, Instant)>>,
     pub(super) ack_latency: Mutex<Vec<Duration>>,
-    pub(super) gate: Arc<Mutex<OutputGate>>,
+    /// Whose held output an ack releases.
+    pub(super) devices: Arc<DeviceManager>,
     pub(super) reason: Mutex<Option<String>>,
     /// Figures of the epochs the sender encoded.
     pub(super) encoded: Mutex<Vec<Encoded>>,
 }
 
 impl LinkShared {
-    /// Records epoch `seq`, ending at console position `pos`, as sent now
-    /// (its ack releases output up to `pos` and gives its latency).
-    pub(super) fn track(&self, seq: u64, pos: u64) {
+    /// Records epoch `seq` as sent now (its ack releases the output sealed
+    /// in it and gives its latency).
+    pub(super) fn track(&self, seq: u64) {
         self.inflight
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push_back((seq, pos, Instant::now()));
+            .push_back((seq, Instant::now()));
     }
 
     pub(super) fn lose(&self, why: String) {
@@ -217,24 +218,21 @@ pub(super) fn acker(mut conn: transport::Receiver, shared: Arc<LinkShared>) {
                 let mut inflight = shared.inflight.lock().unwrap_or_else(|e| e.into_inner());
                 let mut release = None;
                 while inflight.front().is_some_and(|f| f.0 <= ack.seq) {
-                    if let Some((seq, pos, sent)) = inflight.pop_front() {
+                    if let Some((seq, sent)) = inflight.pop_front() {
                         if seq == ack.seq {
                             super::push_bounded(
                                 &mut shared.ack_latency.lock().unwrap_or_else(|e| e.into_inner()),
                                 sent.elapsed(),
                             );
                         }
-                        release = Some(pos);
+                        // Only epochs this primary sent are released.
+                        release = Some(seq);
                     }
                 }
                 drop(inflight);
                 shared.acked.store(ack.seq, Ordering::SeqCst);
-                if let Some(pos) = release {
-                    shared
-                        .gate
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .release_to(pos);
+                if let Some(seq) = release {
+                    shared.devices.release_outputs(seq);
                 }
             }
             FrameKind::Nack => {

@@ -25,7 +25,7 @@ use super::policy::EpochPolicy;
 use super::wire::{self, EpochEnd};
 use super::Timing;
 use crate::capture;
-use crate::devices::console::OutputGate;
+use crate::devices::DeviceManager;
 use crate::error::{EngineError, Result};
 use crate::memory::PAGE_SIZE;
 use crate::runner::Periodic;
@@ -166,7 +166,7 @@ pub struct Replicator {
     pending: VecDeque<(u64, Harvest)>,
     /// The next epoch is the first committed one after a sync: start holding output.
     first_commit: bool,
-    gate: Arc<Mutex<OutputGate>>,
+    devices: Arc<DeviceManager>,
     /// Page buffers the sender thread hands back once an epoch is encoded.
     pool: (channel::Sender<Vec<u8>>, channel::Receiver<Vec<u8>>),
     /// Figures so far.
@@ -201,7 +201,7 @@ impl Replicator {
             need_full: true,
             pending: VecDeque::new(),
             first_commit: false,
-            gate: vm.console_gate(),
+            devices: vm.devices.clone(),
             pool: channel::bounded(PAGE_POOL),
             stats: ReplicationStats::default(),
             announced_unprotected: false,
@@ -233,7 +233,7 @@ impl Replicator {
             acked: AtomicU64::new(0),
             inflight: Mutex::new(VecDeque::new()),
             ack_latency: Mutex::new(Vec::new()),
-            gate: self.gate.clone(),
+            devices: self.devices.clone(),
             reason: Mutex::new(None),
             encoded: Mutex::new(Vec::new()),
         });
@@ -306,10 +306,7 @@ impl Replicator {
                 tracing::error!("putting dirty bits back failed: {e}");
             }
         }
-        self.gate
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .set_holding(false);
+        self.devices.hold_outputs(false);
         self.need_full = true;
         self.stats.shadow_losses += 1;
         tracing::error!(
@@ -380,13 +377,10 @@ impl Replicator {
             let paused_at = guard.paused_at();
             if full || self.first_commit {
                 // From here on, output is held until its epoch is acked.
-                self.gate
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .set_holding(true);
+                self.devices.hold_outputs(true);
             }
             let buf = self.pool.1.try_recv().unwrap_or_default();
-            let (ep, h) = capture::capture_into(&guard, &mut self.ledger, full, buf)?;
+            let (ep, h) = capture::capture_into(&guard, &mut self.ledger, full, self.seq + 1, buf)?;
             let hash = self.cfg.verify_memory.then(|| wire::memory_hash(&vm.ram));
             let t = Instant::now();
             if stay_paused {
@@ -430,9 +424,10 @@ impl Replicator {
             "epoch captured"
         );
         let link = self.link.as_ref().expect("epoch without a link");
-        link.shared.track(seq, ep.console_pos);
+        link.shared.track(seq);
         let released = self
-            .gate
+            .devices
+            .console()
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .released();
@@ -650,7 +645,7 @@ impl Replicator {
         let len = container.len() as u64;
         let pos = vm.console_position();
         let link = self.link.as_ref().expect("sync without a link");
-        link.shared.track(seq, pos);
+        link.shared.track(seq);
         let out = Outgoing {
             seq,
             precopy: true,
@@ -711,10 +706,7 @@ impl Replicator {
             }
             self.collect(&link.shared);
         }
-        self.gate
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .set_holding(false);
+        self.devices.hold_outputs(false);
     }
 }
 

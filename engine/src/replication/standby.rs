@@ -210,7 +210,8 @@ fn take_over(
         .ok_or_else(|| EngineError::Config("takeover without a prepared VM".into()))?;
     drop(sh);
     vm.restore_state(&state.vcpus, &state.vm)?;
-    vm.restore_devices(&state.devices.uart, console, out_start)?;
+    vm.restore_devices(&state.devices)?;
+    vm.set_console(console, out_start);
     if out_start + out.len() as u64 != state.console_pos {
         return Err(EngineError::Config(format!(
             "epoch {seq}: output ends at {} but the checkpoint's console is at {}",
@@ -498,8 +499,8 @@ fn commit(
     if header.kind == CheckpointKind::Full && sh.vm.is_none() {
         // The first full epoch: learn the VM configuration, build the VM.
         let machine = stage
-            .config
-            .clone()
+            .config()
+            .cloned()
             .ok_or("full epoch without a Config section")?;
         let bytes = machine.mem_regions.iter().map(|r| r.size).sum();
         let ram = Ram::new(bytes).map_err(|e| e.to_string())?;
@@ -512,8 +513,8 @@ fn commit(
             log_dirty: sh.log_dirty,
             vcpu_cpus: None,
         };
-        let mut vm = Vm::create(&cfg, Box::new(std::io::sink()), 0, None, Some(ram))
-            .map_err(|e| e.to_string())?;
+        let mut vm =
+            Vm::create(&cfg, Box::new(std::io::sink()), Some(ram)).map_err(|e| e.to_string())?;
         vm.machine = machine.clone();
         sh.vm = Some(vm);
         sh.machine = Some(machine);

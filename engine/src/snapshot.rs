@@ -1,0 +1,105 @@
+//! The one codec of an epoch's state sections (Config, Vcpus, Vm, Devices,
+//! Console), shared by local checkpoints, the replication stream and
+//! restore. Memory sections are the page codec's (`checkpoint::pages`).
+
+use std::io::Write;
+
+use checkpoint::fingerprint::MachineConfig;
+use checkpoint::format::{CheckpointWriter, SectionId};
+use checkpoint::kvm_state::{VcpuState, VmState};
+use checkpoint::{devices, CheckpointError, DeviceRecord};
+
+use crate::error::{EngineError, Result};
+
+/// The non-memory part of a checkpoint.
+#[derive(Clone, Debug)]
+pub struct EpochState {
+    /// vCPU states.
+    pub vcpus: Vec<VcpuState>,
+    /// In-kernel irqchip, PIT, clock.
+    pub vm: VmState,
+    /// Every emulated device's record.
+    pub devices: Vec<DeviceRecord>,
+    /// Console bytes emitted up to this point.
+    pub console_pos: u64,
+}
+
+fn enc<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    // Encoding plain data into a growable Vec has no failure mode.
+    postcard::to_stdvec(v).expect("postcard encoding into a Vec cannot fail")
+}
+
+/// Writes the Config section and the state sections of `state`.
+pub fn write_state<W: Write>(
+    w: &mut CheckpointWriter<W>,
+    machine: &MachineConfig,
+    state: &EpochState,
+) -> Result<()> {
+    w.write_section(SectionId::Config, &machine.encode())?;
+    w.write_section(SectionId::Vcpus, &enc(&state.vcpus))?;
+    w.write_section(SectionId::Vm, &enc(&state.vm))?;
+    w.write_section(SectionId::Devices, &devices::encode(&state.devices)?)?;
+    w.write_section(SectionId::Console, &state.console_pos.to_le_bytes())?;
+    Ok(())
+}
+
+/// The state sections of one checkpoint as they are read.
+#[derive(Default)]
+pub struct StateSections {
+    /// The Config section, if present.
+    pub config: Option<MachineConfig>,
+    vcpus: Option<Vec<VcpuState>>,
+    vm: Option<VmState>,
+    devices: Option<Vec<DeviceRecord>>,
+    console: Option<u64>,
+}
+
+fn decode_err(what: &str, e: postcard::Error) -> CheckpointError {
+    CheckpointError::Decode(format!("{what} section does not decode: {e}"))
+}
+
+impl StateSections {
+    /// Decodes a state section into `self`. Memory and End sections are not
+    /// state: they are left to the caller, and `false` says so.
+    pub fn take(
+        &mut self,
+        id: SectionId,
+        payload: &[u8],
+    ) -> std::result::Result<bool, CheckpointError> {
+        match id {
+            SectionId::Config => self.config = Some(MachineConfig::decode(payload)?),
+            SectionId::Vcpus => {
+                self.vcpus =
+                    Some(postcard::from_bytes(payload).map_err(|e| decode_err("Vcpus", e))?)
+            }
+            SectionId::Vm => {
+                self.vm = Some(postcard::from_bytes(payload).map_err(|e| decode_err("Vm", e))?)
+            }
+            SectionId::Devices => self.devices = Some(devices::decode(payload)?),
+            SectionId::Console => {
+                let b: [u8; 8] = payload.try_into().map_err(|_| {
+                    CheckpointError::Decode(format!(
+                        "Console section is {} bytes, not 8",
+                        payload.len()
+                    ))
+                })?;
+                self.console = Some(u64::from_le_bytes(b));
+            }
+            SectionId::Memory | SectionId::End => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// The complete state; an error names the first missing section (a
+    /// memory-only pre-copy container has none).
+    pub fn state(&self) -> Result<EpochState> {
+        let missing =
+            |s: &str| EngineError::Checkpoint(CheckpointError::Decode(format!("no {s} section")));
+        Ok(EpochState {
+            vcpus: self.vcpus.clone().ok_or_else(|| missing("Vcpus"))?,
+            vm: self.vm.clone().ok_or_else(|| missing("Vm"))?,
+            devices: self.devices.clone().ok_or_else(|| missing("Devices"))?,
+            console_pos: self.console.ok_or_else(|| missing("Console"))?,
+        })
+    }
+}
