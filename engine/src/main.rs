@@ -185,6 +185,11 @@ struct RunArgs {
     /// Console output file ('-' for stdout).
     #[arg(long, default_value = "-")]
     console: String,
+    /// A raw disk image as a virtio-blk device (virtio-mmio, announced on
+    /// the command line as `virtio_mmio.device=`): `PATH[,readonly]`.
+    /// Repeatable; the first is `virtio-blk.0`.
+    #[arg(long = "disk", value_name = "PATH[,readonly]")]
+    disks: Vec<engine::devices::virtio::block::DiskSpec>,
     #[command(flatten)]
     ckpt: CheckpointArgs,
     #[command(flatten)]
@@ -269,11 +274,20 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
         (None, Some(_)) => anyhow::bail!("--key-file is only used with --shadow"),
         (None, None) => None,
     };
+    if !a.disks.is_empty() && (replica.is_some() || a.ckpt.checkpoint_dir.is_some()) {
+        // A shadow or a checkpoint without the disk's contents would restore
+        // a guest whose disk is out of step with its memory.
+        anyhow::bail!(
+            "--disk cannot be combined with --shadow or --checkpoint-dir yet: \
+             disk replication and disk checkpoints are not implemented in this version"
+        );
+    }
     let cfg = VmConfig {
         mem_bytes: a.mem_mib << 20,
         vcpus: a.vcpus,
         log_dirty: a.ckpt.checkpoint_dir.is_some() || replica.is_some(),
         vcpu_cpus: pin_engine(!a.pin),
+        disks: a.disks,
     };
     let mut vm = Vm::create(&cfg, open_console(&a.console)?, None)?;
     let kind = vm.boot(&BootSpec {

@@ -38,6 +38,7 @@ pub fn restore(
         vcpus: chain.machine.vcpus,
         log_dirty,
         vcpu_cpus: None,
+        disks: Vec::new(),
     };
     let mut vm = Vm::create(&cfg, Box::new(std::io::sink()), Some(ram))?;
     vm.restore_devices(&state.devices)?;

@@ -12,14 +12,15 @@ use crossbeam::channel::{self, Sender};
 use kvm_bindings::{
     kvm_cpuid_entry2, kvm_pit_config, CpuId, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
-use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, NoDatamatch, VcpuFd, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::Killable;
 
 use crate::boot::{self, BootSpec};
 use crate::devices::console::OutputGate;
 use crate::devices::manager::COM1_GSI;
-use crate::devices::{DeviceManager, DeviceRecord};
+use crate::devices::virtio::block::{Block, DiskImage, DiskSpec};
+use crate::devices::{DeviceError, DeviceManager, DeviceRecord};
 use crate::error::{EngineError, Result};
 use crate::memory::Ram;
 use crate::vcpu::{self, Shared, StopReason, VcpuCmd, VcpuThread};
@@ -42,6 +43,8 @@ pub struct VmConfig {
     pub log_dirty: bool,
     /// Pin the vCPU threads to these host CPUs (see `cpu::placement`).
     pub vcpu_cpus: Option<Vec<usize>>,
+    /// virtio-blk disks, in order (`virtio-blk.0`, `virtio-blk.1`, ...).
+    pub disks: Vec<DiskSpec>,
 }
 
 struct VcpuSlot {
@@ -154,6 +157,36 @@ fn cpuid_bytes(entries: &[kvm_cpuid_entry2]) -> Vec<u8> {
     out
 }
 
+/// Builds `virtio-blk.<i>` on `spec`: an MMIO window, an irqfd on its GSI
+/// and an ioeventfd on its QueueNotify register.
+fn add_disk(
+    fd: &VmFd,
+    devices: &mut DeviceManager,
+    ram: &Arc<Ram>,
+    i: usize,
+    spec: &DiskSpec,
+) -> Result<()> {
+    let id = format!("virtio-blk.{i}");
+    let setup = |msg: String| {
+        EngineError::Devices(DeviceError::Setup {
+            id: id.clone(),
+            msg,
+        })
+    };
+    let disk = DiskImage::open(spec).map_err(setup)?;
+    let slot = devices.allocate_mmio(&id)?;
+    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| setup(format!("eventfd: {e}")))?;
+    fd.register_irqfd(&irq, slot.irq)
+        .map_err(|e| setup(format!("KVM_IRQFD on GSI {}: {e}", slot.irq)))?;
+    let notify = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| setup(format!("eventfd: {e}")))?;
+    let notify_reg = slot.base + u64::from(virtio_bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_NOTIFY);
+    fd.register_ioevent(&notify, &IoEventAddress::Mmio(notify_reg), NoDatamatch)
+        .map_err(|e| setup(format!("KVM_IOEVENTFD at {notify_reg:#x}: {e}")))?;
+    let serial = format!("hotspare-disk{i}");
+    let blk = Block::new(&id, disk, &serial, ram.clone(), irq, notify)?;
+    devices.add_virtio_mmio(slot, Arc::new(Mutex::new(blk)))
+}
+
 impl Vm {
     /// Creates the VM, its devices and vCPUs (not started), with the
     /// console writing to `console` from byte 0 (see [`Vm::set_console`]).
@@ -209,7 +242,11 @@ impl Vm {
         let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(EngineError::io("eventfd for COM1"))?;
         fd.register_irqfd(&irq, COM1_GSI)
             .map_err(EngineError::kvm("KVM_IRQFD (COM1)"))?;
-        let devices = Arc::new(DeviceManager::new(irq, console)?);
+        let mut devices = DeviceManager::new(irq, console)?;
+        for (i, spec) in cfg.disks.iter().enumerate() {
+            add_disk(&fd, &mut devices, &ram, i, spec)?;
+        }
+        let devices = Arc::new(devices);
 
         let base = base_cpuid(&kvm)?;
         let mut vcpus = Vec::new();
@@ -250,9 +287,20 @@ impl Vm {
         })
     }
 
-    /// Loads a kernel and sets the boot vCPU's registers (fresh boot).
+    /// Loads a kernel and sets the boot vCPU's registers (fresh boot). The
+    /// devices' additions (`virtio_mmio.device=...`) are appended to the
+    /// command line.
     pub fn boot(&mut self, spec: &BootSpec) -> Result<boot::ImageKind> {
-        let boot = boot::load(&self.ram, spec)?;
+        let mut spec = spec.clone();
+        let extra = self.devices.cmdline();
+        if !extra.is_empty() {
+            spec.cmdline = if spec.cmdline.is_empty() {
+                extra
+            } else {
+                format!("{} {extra}", spec.cmdline)
+            };
+        }
+        let boot = boot::load(&self.ram, &spec)?;
         let vfd = self.vcpus[0].fd.as_ref().expect("vCPU not started yet");
         let mut sregs = vfd.get_sregs().map_err(EngineError::kvm("KVM_GET_SREGS"))?;
         boot.apply_sregs(&self.ram, &mut sregs)?;
@@ -388,7 +436,10 @@ impl Vm {
                 ));
             }
         }
-        self.devices.quiesce();
+        if let Err(e) = self.devices.quiesce() {
+            self.shared.resume_all(&self.senders);
+            return Err(e.into());
+        }
         Ok(PauseGuard {
             vm: self,
             paused_at: start,

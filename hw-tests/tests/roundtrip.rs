@@ -81,6 +81,7 @@ fn roundtrip(guest: &str, cmdline: &str, vcpus: u32, run_for: Duration) {
         vcpus,
         log_dirty: true,
         vcpu_cpus: None,
+        disks: Vec::new(),
     };
     let mut vm = Vm::create(&cfg, Box::new(std::io::sink()), None).unwrap();
     vm.boot(&BootSpec {
@@ -168,6 +169,7 @@ fn failed_epoch_puts_its_dirty_bits_back() {
         vcpus: 1,
         log_dirty: true,
         vcpu_cpus: None,
+        disks: Vec::new(),
     };
     let mut vm = Vm::create(&cfg, Box::new(std::io::sink()), None).unwrap();
     vm.boot(&BootSpec {

@@ -259,11 +259,18 @@ impl DeviceManager {
         Ok(())
     }
 
-    /// Quiesces every device (after the vCPUs parked).
-    pub fn quiesce(&self) {
-        for d in &self.devices {
-            d.lock().unwrap_or_else(|e| e.into_inner()).quiesce();
+    /// Quiesces every device (after the vCPUs parked). If one cannot be,
+    /// the ones already quiesced are woken again and the error returned.
+    pub fn quiesce(&self) -> std::result::Result<(), DeviceError> {
+        for (i, d) in self.devices.iter().enumerate() {
+            if let Err(e) = d.lock().unwrap_or_else(|e| e.into_inner()).quiesce() {
+                for d in &self.devices[..i] {
+                    d.lock().unwrap_or_else(|e| e.into_inner()).wake();
+                }
+                return Err(e);
+            }
         }
+        Ok(())
     }
 
     /// Wakes every device (the pause ends).

@@ -16,6 +16,7 @@ pub mod manager;
 pub mod output;
 pub mod platform;
 pub mod serial;
+pub mod virtio;
 
 pub use bus::Bus;
 pub use checkpoint::devices::DeviceRecord;
@@ -97,6 +98,14 @@ pub enum DeviceError {
         /// What ran out.
         what: String,
     },
+    /// A device could not finish its work in flight for a capture.
+    #[error("device {id:?} cannot be quiesced: {msg}")]
+    Quiesce {
+        /// The device id.
+        id: String,
+        /// Why.
+        msg: String,
+    },
     /// A device could not be set up (file descriptors, threads, files).
     #[error("device {id:?}: {msg}")]
     Setup {
@@ -129,8 +138,12 @@ pub trait Device: Send {
     /// it was.
     fn restore(&mut self, record: &DeviceRecord) -> Result<(), DeviceError>;
 
-    /// Called after every vCPU has parked: stop touching guest memory.
-    fn quiesce(&mut self) {}
+    /// Called after every vCPU has parked: finish what is in flight and
+    /// stop touching guest memory. A device that cannot (a hung disk) says
+    /// so, and the pause fails instead of capturing a half-done device.
+    fn quiesce(&mut self) -> Result<(), DeviceError> {
+        Ok(())
+    }
 
     /// Called when the pause ends.
     fn wake(&mut self) {}

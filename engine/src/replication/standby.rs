@@ -512,6 +512,7 @@ fn commit(
             vcpus: machine.vcpus,
             log_dirty: sh.log_dirty,
             vcpu_cpus: None,
+            disks: Vec::new(),
         };
         let mut vm =
             Vm::create(&cfg, Box::new(std::io::sink()), Some(ram)).map_err(|e| e.to_string())?;

@@ -1,0 +1,334 @@
+//! virtio-blk (virtio 1.x §5.2) over virtio-mmio: a raw image, requests
+//! served by a device thread through io_uring.
+
+pub mod disk;
+pub mod request;
+mod worker;
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use virtio_bindings::virtio_blk::*;
+use virtio_queue::QueueT;
+use vmm_sys_util::eventfd::EventFd;
+
+use super::mmio::{Event, MmioTransport, TransportState, VirtioBackend};
+use super::{F_INDIRECT_DESC, F_VERSION_1};
+use crate::devices::{open_record, record, BusAction, Device, DeviceError, DeviceRecord};
+use crate::memory::Ram;
+pub use disk::{DiskImage, DiskSpec};
+use request::Limits;
+use worker::{Inner, Shared, Worker};
+
+/// virtio device type of a block device.
+pub const DEVICE_TYPE: u32 = 2;
+/// Queue size offered.
+pub const QUEUE_SIZE: u16 = 256;
+/// Most data segments per request (SEG_MAX): the queue size less header and status.
+pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
+/// Most sectors one discard or write-zeroes range may cover.
+const MAX_RANGE_SECTORS: u32 = u32::MAX / 512;
+/// How long a pause or a reset waits for requests in flight.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Layout version of [`BlockState`].
+const RECORD_VERSION: u32 = 1;
+
+/// What the guest sees of the disk, fixed when the device is built.
+pub struct BlockConfig {
+    features: u64,
+    config: [u8; 60],
+    limits: Limits,
+    /// The GET_ID string (NUL padded).
+    id: [u8; request::ID_LEN as usize],
+    sectors: u64,
+    read_only: bool,
+}
+
+impl BlockConfig {
+    fn new(disk: &DiskImage, serial: &str) -> BlockConfig {
+        let mut features = F_VERSION_1
+            | F_INDIRECT_DESC
+            | 1 << VIRTIO_BLK_F_SEG_MAX
+            | 1 << VIRTIO_BLK_F_BLK_SIZE
+            | 1 << VIRTIO_BLK_F_FLUSH
+            | 1 << VIRTIO_BLK_F_DISCARD
+            | 1 << VIRTIO_BLK_F_WRITE_ZEROES;
+        if disk.read_only {
+            features |= 1 << VIRTIO_BLK_F_RO;
+        }
+        // struct virtio_blk_config (§5.2.4), little-endian.
+        let mut c = [0u8; 60];
+        let mut put = |at: usize, v: &[u8]| c[at..at + v.len()].copy_from_slice(v);
+        put(0, &disk.sectors().to_le_bytes()); // capacity
+        put(12, &SEG_MAX.to_le_bytes()); // seg_max
+        put(20, &512u32.to_le_bytes()); // blk_size
+        put(36, &MAX_RANGE_SECTORS.to_le_bytes()); // max_discard_sectors
+        put(40, &1u32.to_le_bytes()); // max_discard_seg
+        put(44, &8u32.to_le_bytes()); // discard_sector_alignment (4 KiB)
+        put(48, &MAX_RANGE_SECTORS.to_le_bytes()); // max_write_zeroes_sectors
+        put(52, &1u32.to_le_bytes()); // max_write_zeroes_seg
+        put(56, &[1]); // write_zeroes_may_unmap
+        let mut id = [0u8; request::ID_LEN as usize];
+        let n = serial.len().min(id.len());
+        id[..n].copy_from_slice(&serial.as_bytes()[..n]);
+        BlockConfig {
+            features,
+            config: c,
+            limits: Limits {
+                seg_max: SEG_MAX,
+                max_ranges: 1,
+            },
+            id,
+            sectors: disk.sectors(),
+            read_only: disk.read_only,
+        }
+    }
+}
+
+impl VirtioBackend for BlockConfig {
+    fn device_type(&self) -> u32 {
+        DEVICE_TYPE
+    }
+
+    fn device_features(&self) -> u64 {
+        self.features
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = usize::try_from(offset)
+                .ok()
+                .and_then(|o| self.config.get(o + i))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+}
+
+/// The record of a virtio-blk device.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockState {
+    /// Registers and queues.
+    pub transport: TransportState,
+    /// The capacity the guest saw, in sectors.
+    pub sectors: u64,
+    /// Whether the guest saw a read-only disk.
+    pub read_only: bool,
+}
+
+/// A virtio-blk device on virtio-mmio (`virtio-blk.N`).
+pub struct Block {
+    id: String,
+    cfg: Arc<BlockConfig>,
+    shared: Arc<Shared>,
+    notify: EventFd,
+    ctl: EventFd,
+    ram: Arc<Ram>,
+    thread: Option<JoinHandle<()>>,
+}
+
+fn setup_err(id: &str) -> impl Fn(std::io::Error) -> DeviceError + '_ {
+    move |e| DeviceError::Setup {
+        id: id.to_owned(),
+        msg: e.to_string(),
+    }
+}
+
+impl Block {
+    /// A device serving `disk`, raising `irq` (an irqfd), woken by `notify`
+    /// (the QueueNotify ioeventfd). `serial` is the GET_ID string: it must
+    /// be the same on a primary and its shadows.
+    pub fn new(
+        id: &str,
+        disk: DiskImage,
+        serial: &str,
+        ram: Arc<Ram>,
+        irq: EventFd,
+        notify: EventFd,
+    ) -> Result<Block, DeviceError> {
+        let cfg = Arc::new(BlockConfig::new(&disk, serial));
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner {
+                transport: MmioTransport::new(&*cfg, &[QUEUE_SIZE]),
+                paused: false,
+                stop: false,
+                inflight: 0,
+                generation: 0,
+                errors: 0,
+            }),
+            idle: Condvar::new(),
+        });
+        let ctl = EventFd::new(libc::EFD_NONBLOCK).map_err(setup_err(id))?;
+        let worker = Worker {
+            shared: shared.clone(),
+            cfg: cfg.clone(),
+            disk: Arc::new(disk),
+            ram: ram.clone(),
+            notify: notify.try_clone().map_err(setup_err(id))?,
+            ctl: ctl.try_clone().map_err(setup_err(id))?,
+            irq,
+            name: id.to_owned(),
+        };
+        let thread = std::thread::Builder::new()
+            .name(id.to_owned())
+            .spawn(move || worker.run())
+            .map_err(setup_err(id))?;
+        Ok(Block {
+            id: id.to_owned(),
+            cfg,
+            shared,
+            notify,
+            ctl,
+            ram,
+            thread: Some(thread),
+        })
+    }
+
+    fn kick(&self) {
+        if let Err(e) = self.ctl.write(1) {
+            tracing::warn!("{}: waking the device thread: {e}", self.id);
+        }
+    }
+
+    /// Requests completed with an error so far.
+    pub fn errors(&self) -> u64 {
+        self.shared.lock().errors
+    }
+
+    /// Waits (up to the drain timeout) until no request is in flight.
+    fn drain<'a>(
+        &'a self,
+        inner: std::sync::MutexGuard<'a, Inner>,
+    ) -> (std::sync::MutexGuard<'a, Inner>, bool) {
+        let (g, t) = self
+            .shared
+            .idle
+            .wait_timeout_while(inner, DRAIN_TIMEOUT, |i| i.inflight > 0)
+            .unwrap_or_else(|e| e.into_inner());
+        (g, !t.timed_out())
+    }
+}
+
+impl Device for Block {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        self.shared.lock().transport.read(&*self.cfg, offset, data);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) -> BusAction {
+        let mut inner = self.shared.lock();
+        match inner.transport.write(offset, data) {
+            Event::None => {}
+            Event::Activate => {
+                if !inner.transport.queues[0].is_valid(&self.ram.mem) {
+                    tracing::warn!("{}: driver set DRIVER_OK with an invalid queue", self.id);
+                    inner.transport.fail();
+                }
+                drop(inner);
+                self.kick();
+            }
+            Event::Reset => {
+                inner.generation += 1;
+                self.kick();
+                let (_inner, drained) = self.drain(inner);
+                if !drained {
+                    tracing::error!("{}: reset with requests still in flight", self.id);
+                }
+            }
+            Event::Notify(_) => {
+                drop(inner);
+                if let Err(e) = self.notify.write(1) {
+                    tracing::warn!("{}: queue notify: {e}", self.id);
+                }
+            }
+        }
+        BusAction::Continue
+    }
+
+    fn save(&self) -> DeviceRecord {
+        let inner = self.shared.lock();
+        debug_assert_eq!(inner.inflight, 0, "saved with requests in flight");
+        record(
+            &self.id,
+            RECORD_VERSION,
+            &BlockState {
+                transport: inner.transport.state(),
+                sectors: self.cfg.sectors,
+                read_only: self.cfg.read_only,
+            },
+        )
+    }
+
+    fn restore(&mut self, rec: &DeviceRecord) -> Result<(), DeviceError> {
+        let st: BlockState = open_record(&self.id, RECORD_VERSION, rec)?;
+        if (st.sectors, st.read_only) != (self.cfg.sectors, self.cfg.read_only) {
+            return Err(DeviceError::BadRecord {
+                id: self.id.clone(),
+                msg: format!(
+                    "the record is of a {} disk of {} sectors; this one is {} with {} sectors",
+                    if st.read_only {
+                        "read-only"
+                    } else {
+                        "writable"
+                    },
+                    st.sectors,
+                    if self.cfg.read_only {
+                        "read-only"
+                    } else {
+                        "writable"
+                    },
+                    self.cfg.sectors
+                ),
+            });
+        }
+        let mut inner = self.shared.lock();
+        inner.transport.set_state(&self.id, &st.transport)?;
+        inner.generation += 1;
+        drop(inner);
+        // Requests the guest posted before the capture but the device had
+        // not popped yet: their notification belonged to the old device.
+        self.kick();
+        Ok(())
+    }
+
+    fn quiesce(&mut self) -> Result<(), DeviceError> {
+        let mut inner = self.shared.lock();
+        inner.paused = true;
+        self.kick();
+        let (mut inner, drained) = self.drain(inner);
+        if drained {
+            return Ok(());
+        }
+        inner.paused = false;
+        Err(DeviceError::Quiesce {
+            id: self.id.clone(),
+            msg: format!(
+                "{} requests still in flight after {DRAIN_TIMEOUT:?}",
+                inner.inflight
+            ),
+        })
+    }
+
+    fn wake(&mut self) {
+        self.shared.lock().paused = false;
+        self.kick();
+    }
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        self.shared.lock().stop = true;
+        self.kick();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
