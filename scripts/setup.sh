@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian/Ubuntu machine lacks to build and test hotspare:
-# a C toolchain and make (the test guests are built from source with GNU as/gcc/ld).
+# a C toolchain and make (the test guests are built from source with GNU as/gcc/ld),
+# and QEMU (the disk tests cross-check the test guest against QEMU's virtio-blk).
 # Rust itself comes from rustup (https://rustup.rs); this script checks for it.
 set -euo pipefail
 
@@ -14,6 +15,29 @@ if [ ${#need[@]} -gt 0 ]; then
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     $SUDO apt-get update -q
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q build-essential
+fi
+if ! command -v qemu-system-x86_64 >/dev/null 2>&1; then
+    # The disk tests run the diskcheck guest against QEMU's own virtio-blk
+    # (microvm) too, so the guest and hotspare's device each follow the
+    # virtio standard, not each other. On Debian bookworm QEMU comes from
+    # bookworm-backports (10.x; bookworm's 7.2 conflicts with the newer
+    # qemu-utils some images carry), with the machine's own Debian mirror.
+    echo "setup: installing QEMU (qemu-system-x86)"
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    target=()
+    src=/etc/apt/sources.list.d/debian.sources
+    if grep -q 'VERSION_CODENAME=bookworm' /etc/os-release 2>/dev/null && [ -f "$src" ]; then
+        bp=/etc/apt/sources.list.d/peers-backports.sources
+        if [ ! -f "$bp" ]; then
+            awk 'BEGIN{RS=""} NR==1' "$src" | grep -v '^#' \
+                | sed 's/^Suites: .*/Suites: bookworm-backports/' | $SUDO tee "$bp" >/dev/null
+        fi
+        target=(-t bookworm-backports)
+    fi
+    $SUDO apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends \
+        "${target[@]}" qemu-system-x86
 fi
 if ! command -v cargo >/dev/null 2>&1; then
     echo "setup: cargo not found: install Rust with rustup (https://rustup.rs) first" >&2

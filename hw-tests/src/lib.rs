@@ -14,6 +14,7 @@ pub const GUESTS: &[&str] = &[
     "smp",
     "timer",
     "sse",
+    "diskcheck",
     "hello32",
     "memtest32",
 ];

@@ -3,7 +3,8 @@
  *
  * PVH entry (32-bit, paging off, ebx = struct hvm_start_info *)
  *   -> own GDT, identity page tables (first 1 GiB, 2 MiB pages, user
- *      accessible; plus the IOAPIC/LAPIC 2 MiB page at 0xfee00000)
+ *      accessible; 3-4 GiB uncached and user accessible for MMIO, except
+ *      the IOAPIC and LAPIC pages, which are supervisor only)
  *   -> long mode -> IDT + TSS -> iretq to ring 3: user_main(cmdline).
  *
  * Ring-0 code runs in KVM's instruction emulator on the development hosts
@@ -653,7 +654,7 @@ pdpt:
         .quad   pd0 + 0x7               /* 0 - 1 GiB */
         .quad   0
         .quad   0
-        .quad   pd3 + 0x3               /* 3 - 4 GiB: supervisor only */
+        .quad   pd3 + 0x7               /* 3 - 4 GiB: MMIO, see pd3 */
         .fill   508, 8, 0
 pd0:
         .set    i, 0
@@ -662,10 +663,22 @@ pd0:
         .set    i, i + 1
         .endr
 pd3:
-        .fill   502, 8, 0
+        /* The MMIO gap, uncached and user accessible, so ring-3 drivers can
+         * reach device windows (virtio-mmio at 0xd0000000 under hotspare,
+         * 0xfeb00000 under QEMU's microvm); the IOAPIC and LAPIC pages stay
+         * supervisor only. */
+        .set    i, 0
+        .rept   502
+        .quad   (0xc0000000 + (i << 21)) | 0x9f /* P | RW | US | PWT | PCD | PS */
+        .set    i, i + 1
+        .endr
         .quad   0xfec00000 | 0x9b       /* IOAPIC: P | RW | PWT | PCD | PS */
         .quad   0xfee00000 | 0x9b       /* LAPIC */
-        .fill   8, 8, 0
+        .set    i, 504
+        .rept   8
+        .quad   (0xc0000000 + (i << 21)) | 0x9f
+        .set    i, i + 1
+        .endr
 
         .data
         .p2align 4

@@ -9,6 +9,7 @@
 
 typedef uint64_t u64;
 typedef uint32_t u32;
+typedef uint16_t u16;
 typedef uint8_t u8;
 
 /* Provided by the ring-0 runtime (entry.S). */
