@@ -1,4 +1,4 @@
-//! Builds the bundled demo guest from source (hw-tests/guests) so that
+//! Builds the bundled demo guests from source (hw-tests/guests) so that
 //! `hotspare demo` needs nothing but what this repository builds.
 
 use std::path::PathBuf;
@@ -17,6 +17,7 @@ fn main() {
         .arg(&src)
         .arg(format!("O={}", out.display()))
         .arg("memtest")
+        .arg("diskcheck")
         .status()
         .expect("running make for the demo guest (needs make, gcc and binutils)");
     assert!(status.success(), "building the demo guest failed");

@@ -38,6 +38,7 @@ fn machine() -> MachineConfig {
         vcpus: 2,
         // Stand-in for a CPUID table of ~80 entries.
         cpuid: (0..80 * 40).map(|i| (i * 7) as u8).collect(),
+        disks: Vec::new(),
     }
 }
 

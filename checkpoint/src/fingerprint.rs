@@ -21,6 +21,15 @@ pub struct MemRegion {
     pub size: u64,
 }
 
+/// One virtio-blk disk as the guest sees it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DiskLayout {
+    /// Size in bytes (a whole number of 512-byte sectors).
+    pub bytes: u64,
+    /// Whether the guest sees it read-only.
+    pub read_only: bool,
+}
+
 /// The parts of a VM's configuration a checkpoint depends on.
 ///
 /// Its postcard encoding is the payload of the `Config` section and the
@@ -35,6 +44,8 @@ pub struct MachineConfig {
     pub vcpus: u32,
     /// Opaque canonical bytes of the CPUID table given to the vCPUs.
     pub cpuid: Vec<u8>,
+    /// The virtio-blk disks, in device order (`virtio-blk.0`, ...).
+    pub disks: Vec<DiskLayout>,
 }
 
 impl MachineConfig {
@@ -130,6 +141,10 @@ mod tests {
             ],
             vcpus: 2,
             cpuid: vec![1, 2, 3, 4],
+            disks: vec![DiskLayout {
+                bytes: 1 << 30,
+                read_only: false,
+            }],
         }
     }
 
@@ -155,6 +170,15 @@ mod tests {
         assert_ne!(c.fingerprint(), base);
         let mut c = cfg();
         c.mem_regions.swap(0, 1);
+        assert_ne!(c.fingerprint(), base);
+        let mut c = cfg();
+        c.disks[0].bytes += 512;
+        assert_ne!(c.fingerprint(), base);
+        let mut c = cfg();
+        c.disks[0].read_only = true;
+        assert_ne!(c.fingerprint(), base);
+        let mut c = cfg();
+        c.disks.push(c.disks[0]);
         assert_ne!(c.fingerprint(), base);
     }
 

@@ -193,6 +193,9 @@ pub enum SectionId {
     Memory = 5,
     /// `u64` byte offset of the console output.
     Console = 6,
+    /// `u32` disk index, then page records whose addresses are byte
+    /// offsets in that disk (see `docs/checkpoint-format.md`); may repeat.
+    Disk = 7,
     /// Terminates the stream: section count and CRC of section CRCs.
     End = 0xFFFF_FFFF,
 }
@@ -203,9 +206,9 @@ impl SectionId {
         self as u32
     }
 
-    /// Whether the section may appear more than once (only `Memory`).
+    /// Whether the section may appear more than once (`Memory`, `Disk`).
     pub const fn repeatable(self) -> bool {
-        matches!(self, SectionId::Memory)
+        matches!(self, SectionId::Memory | SectionId::Disk)
     }
 
     /// Bit used to track "seen" for non-repeatable sections.
@@ -228,6 +231,7 @@ impl TryFrom<u32> for SectionId {
             4 => SectionId::Devices,
             5 => SectionId::Memory,
             6 => SectionId::Console,
+            7 => SectionId::Disk,
             0xFFFF_FFFF => SectionId::End,
             other => return Err(CheckpointError::UnknownSection(other)),
         })
@@ -639,11 +643,12 @@ mod tests {
             SectionId::Devices,
             SectionId::Memory,
             SectionId::Console,
+            SectionId::Disk,
             SectionId::End,
         ] {
             assert_eq!(SectionId::try_from(id.as_u32()).unwrap(), id);
         }
-        for bad in [0, 7, 0xFFFF_FFFE] {
+        for bad in [0, 8, 0xFFFF_FFFE] {
             let e = SectionId::try_from(bad).unwrap_err();
             assert!(matches!(e, CheckpointError::UnknownSection(n) if n == bad));
         }

@@ -13,6 +13,7 @@
 //!   ([`MemoryEncoder`], [`decode_records`]);
 //! - [`delta`] is the XOR-delta cache of pages sent before;
 //! - [`devices`] holds the device records inside the `Devices` section;
+//! - [`disk`] frames the disk blocks inside `Disk` sections;
 //! - [`dirty`] has dirty bitmaps and the [`DirtyLedger`] that never loses a
 //!   bit;
 //! - [`fingerprint`] defines [`MachineConfig`] and its [`Fingerprint`];
@@ -24,6 +25,7 @@
 pub mod delta;
 pub mod devices;
 pub mod dirty;
+pub mod disk;
 pub mod error;
 pub mod fingerprint;
 pub mod format;
@@ -34,7 +36,7 @@ pub mod verify;
 pub use devices::DeviceRecord;
 pub use dirty::{DirtyBitmap, DirtyLedger, Harvest};
 pub use error::{CheckpointError, Result};
-pub use fingerprint::{Fingerprint, MachineConfig, MemRegion};
+pub use fingerprint::{DiskLayout, Fingerprint, MachineConfig, MemRegion};
 pub use format::{
     verify, CheckpointKind, CheckpointReader, CheckpointWriter, Header, Limits, SectionId,
     FORMAT_VERSION,

@@ -9,7 +9,7 @@ use std::io::Read;
 use crate::error::{CheckpointError, Result};
 use crate::fingerprint::{Fingerprint, MachineConfig};
 use crate::format::{read_full, CheckpointReader, Header, Limits, SectionId};
-use crate::{devices, pages};
+use crate::{devices, disk, pages};
 
 /// Reads a whole checkpoint and checks everything that can be checked
 /// without a VM, so a file can be validated before anything is applied:
@@ -20,6 +20,7 @@ use crate::{devices, pages};
 /// - `Config`: decodes as [`MachineConfig`] whose fingerprint equals the
 ///   header's;
 /// - `Memory`: every page record is valid (see [`pages::decode_records`]);
+/// - `Disk`: a disk index, then valid page records and no XOR deltas;
 /// - `Devices`: a valid list of device records (see [`devices::decode`]);
 /// - `Console`: exactly 8 bytes.
 ///
@@ -30,6 +31,7 @@ pub fn verify<R: Read>(r: R, limits: &Limits, expected: Option<&Fingerprint>) ->
         SectionId::Memory => {
             pages::decode_records_with_deltas(payload, |_, _| Ok(()), |_, _| Ok(()), |_, _| Ok(()))
         }
+        SectionId::Disk => disk::decode(payload, |_, _| Ok(()), |_, _| Ok(())).map(|_| ()),
         _ => Ok(()),
     })
 }
@@ -67,6 +69,9 @@ pub fn verify_with<R: Read>(
             }
             SectionId::Devices => {
                 devices::decode(&payload)?;
+            }
+            SectionId::Disk => {
+                disk::split(&payload)?;
             }
             SectionId::Console if payload.len() != 8 => {
                 return Err(CheckpointError::BadPayload {

@@ -18,6 +18,7 @@ fn config() -> MachineConfig {
         }],
         vcpus: 2,
         cpuid: vec![0xaa; 16],
+        disks: Vec::new(),
     }
 }
 

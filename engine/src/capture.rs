@@ -13,6 +13,7 @@ use checkpoint::dirty::{DirtyBitmap, DirtyLedger, Harvest};
 use checkpoint::kvm_state::{VcpuState, VmState};
 use checkpoint::DeviceRecord;
 
+use crate::devices::virtio::block::disk::BLOCK;
 use crate::error::{EngineError, Result};
 use crate::memory::PAGE_SIZE;
 use crate::snapshot::EpochState;
@@ -79,6 +80,10 @@ pub struct Epoch {
     pub output: (u64, Vec<u8>),
     /// Page contents.
     pub pages: PageBatch,
+    /// Per disk (in device order): the blocks written since the previous
+    /// capture, as read at this one. `runs` and `zero_runs` hold byte
+    /// offsets in the disk and counts of 4 KiB blocks.
+    pub disks: Vec<PageBatch>,
     /// Pause timings.
     pub times: PauseTimes,
 }
@@ -88,7 +93,7 @@ pub struct Epoch {
 /// caller can put them back: `KVM_GET_DIRTY_LOG` cleared them in KVM.
 fn fresh_dirty(vm: &Vm) -> Result<(Vec<DirtyBitmap>, Option<EngineError>)> {
     let vmm = vm.ram.take_vmm_dirty();
-    let mut out = Vec::with_capacity(vm.ram.regions.len());
+    let mut out = Vec::with_capacity(vm.ram.regions.len() + vm.disks.len());
     let mut err = None;
     for (slot, r) in vm.ram.regions.iter().enumerate() {
         let npages = (r.size / PAGE_SIZE) as usize;
@@ -100,6 +105,10 @@ fn fresh_dirty(vm: &Vm) -> Result<(Vec<DirtyBitmap>, Option<EngineError>)> {
             }
         }
         out.push(bm);
+    }
+    // Then one region per disk: the blocks the device wrote.
+    for d in &vm.disks {
+        out.push(DirtyBitmap::from_words(d.take_written(), d.blocks())?);
     }
     Ok((out, err))
 }
@@ -163,10 +172,13 @@ pub fn capture_into(
         ledger.put_back(h)?;
         return Err(e);
     }
-    let zero_runs = if full {
-        mark_all(&mut fresh, ram)
+    let (zero_runs, disk_zero) = if full {
+        (
+            mark_all(&mut fresh, ram),
+            mark_all_disks(&mut fresh, guard.vm()),
+        )
     } else {
-        Vec::new()
+        (Vec::new(), vec![Vec::new(); guard.vm().disks.len()])
     };
     let harvest = ledger.harvest(fresh)?;
     let harvest_t = t.elapsed();
@@ -174,6 +186,14 @@ pub fn capture_into(
     let t = Instant::now();
     let mut pages = copy_pages(&harvest, ram, buf);
     pages.zero_runs = zero_runs;
+    // The device is drained: the disk holds exactly what goes with memory.
+    let disks = match copy_blocks(&harvest, guard.vm(), disk_zero) {
+        Ok(d) => d,
+        Err(e) => {
+            ledger.put_back(harvest)?;
+            return Err(e);
+        }
+    };
     let copy_t = t.elapsed();
     Ok((
         Epoch {
@@ -184,6 +204,7 @@ pub fn capture_into(
             console_pos,
             output,
             pages,
+            disks,
             times: PauseTimes {
                 stop,
                 state: state_t,
@@ -211,27 +232,117 @@ pub fn precopy_round(
         ledger.put_back(h)?;
         return Err(e);
     }
-    let zero_runs = if all {
-        mark_all(&mut fresh, &vm.ram)
+    let (zero_runs, disk_zero) = if all {
+        (
+            mark_all(&mut fresh, &vm.ram),
+            mark_all_disks(&mut fresh, vm),
+        )
     } else {
-        Vec::new()
+        (Vec::new(), vec![Vec::new(); vm.disks.len()])
     };
     let harvest = ledger.harvest(fresh)?;
     let runs = dirty_runs(&harvest, &vm.ram)
         .map(|(r, range)| (r.gpa + range.start as u64 * PAGE_SIZE, range.len() as u64))
         .collect();
-    Ok((PrecopyRound { runs, zero_runs }, harvest))
+    let nmem = vm.ram.regions.len();
+    let disks = harvest.regions()[nmem..]
+        .iter()
+        .zip(disk_zero)
+        .map(|(bm, zero_runs)| DiskRound {
+            runs: bm
+                .ranges()
+                .map(|r| (r.start as u64 * BLOCK, r.len() as u64))
+                .collect(),
+            zero_runs,
+        })
+        .collect();
+    Ok((
+        PrecopyRound {
+            runs,
+            zero_runs,
+            disks,
+        },
+        harvest,
+    ))
+}
+
+/// One disk's part of a pre-copy round: (byte offset, blocks) of the
+/// blocks to read from the running disk, and of the holes.
+#[derive(Clone, Debug, Default)]
+pub struct DiskRound {
+    /// Dirty block runs.
+    pub runs: Vec<(u64, u64)>,
+    /// Holes (never written): sent as zero markers.
+    pub zero_runs: Vec<(u64, u64)>,
+}
+
+/// Marks every allocated block of every disk for a full capture, and
+/// returns per disk the holes, which read as zeros and go out as markers.
+fn mark_all_disks(fresh: &mut [DirtyBitmap], vm: &Vm) -> Vec<Vec<(u64, u64)>> {
+    let nmem = vm.ram.regions.len();
+    vm.disks
+        .iter()
+        .zip(&mut fresh[nmem..])
+        .map(|(d, bm)| {
+            let mut holes = Vec::new();
+            let mut next = 0usize;
+            for range in d.allocated_blocks() {
+                if range.start > next {
+                    holes.push((next as u64 * BLOCK, (range.start - next) as u64));
+                }
+                bm.set_range(range.clone());
+                next = range.end;
+            }
+            if next < d.blocks() {
+                holes.push((next as u64 * BLOCK, (d.blocks() - next) as u64));
+            }
+            holes
+        })
+        .collect()
+}
+
+/// Reads the blocks named by the disk regions of `harvest` from the disks.
+fn copy_blocks(
+    harvest: &Harvest,
+    vm: &Vm,
+    zero_runs: Vec<Vec<(u64, u64)>>,
+) -> Result<Vec<PageBatch>> {
+    let nmem = vm.ram.regions.len();
+    let mut out = Vec::with_capacity(vm.disks.len());
+    for ((bm, d), zero_runs) in harvest.regions()[nmem..]
+        .iter()
+        .zip(&vm.disks)
+        .zip(zero_runs)
+    {
+        let mut b = PageBatch {
+            zero_runs,
+            ..PageBatch::default()
+        };
+        for r in bm.ranges() {
+            d.read_blocks(r.start as u64, r.len() as u64, &mut b.data)
+                .map_err(EngineError::io(format!(
+                    "reading written blocks of {} for the epoch",
+                    d.path.display()
+                )))?;
+            b.runs.push((r.start as u64 * BLOCK, r.len() as u32));
+        }
+        out.push(b);
+    }
+    Ok(out)
 }
 
 /// What a pre-copy round sends: the pages are read from the running guest
 /// while they are encoded (a page written meanwhile is dirty again and goes
-/// out in a later round or in the paused epoch that ends the sync).
+/// out in a later round or in the paused epoch that ends the sync); the
+/// same for disk blocks.
 #[derive(Clone, Debug, Default)]
 pub struct PrecopyRound {
     /// (guest physical address, pages) of the dirty runs, in address order.
     pub runs: Vec<(u64, u64)>,
     /// Runs known to be zero (never written), sent as markers.
     pub zero_runs: Vec<(u64, u64)>,
+    /// Per disk.
+    pub disks: Vec<DiskRound>,
 }
 
 impl PrecopyRound {

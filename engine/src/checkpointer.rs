@@ -6,7 +6,6 @@ use checkpoint::dirty::DirtyLedger;
 
 use crate::capture;
 use crate::error::Result;
-use crate::memory::PAGE_SIZE;
 use crate::runner::Periodic;
 use crate::store::DirStore;
 use crate::vm::Vm;
@@ -38,15 +37,9 @@ impl LocalCheckpointer {
     /// A checkpointer for `vm` into `store`. If the store has no base yet the
     /// first checkpoint is full.
     pub fn new(vm: &Vm, store: DirStore, interval: Duration) -> LocalCheckpointer {
-        let npages: Vec<usize> = vm
-            .ram
-            .regions
-            .iter()
-            .map(|r| (r.size / PAGE_SIZE) as usize)
-            .collect();
         LocalCheckpointer {
             store,
-            ledger: DirtyLedger::new(&npages),
+            ledger: DirtyLedger::new(&vm.ledger_regions()),
             interval,
             next: Instant::now(),
             stats: CheckpointStats::default(),

@@ -21,6 +21,7 @@ const DEFAULT_DELTA_CACHE_MIB: u64 = 64;
 
 mod bench;
 mod demo;
+mod demo_disk;
 mod plot;
 
 #[derive(Parser)]
@@ -140,6 +141,16 @@ struct StandbyArgs {
     /// says why). Default: the guest's memory plus 10% and 64 MiB.
     #[arg(long)]
     max_epoch_mib: Option<u64>,
+    /// A replica image for the primary's disk of the same position
+    /// (repeatable, in the primary's --disk order): the same size as the
+    /// primary's disk. After a takeover it is the VM's disk.
+    #[arg(long = "disk", value_name = "PATH")]
+    disks: Vec<PathBuf>,
+    /// When an epoch that writes the disks is acknowledged: `memory` (once
+    /// staged; blocks reach the replicas right after: Remus, DRBD protocol
+    /// B) or `durable` (once written and fdatasynced: DRBD protocol C).
+    #[arg(long, default_value = "memory")]
+    disk_ack: engine::replication::standby::DiskAck,
 }
 
 #[derive(clap::Args)]
@@ -274,12 +285,12 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
         (None, Some(_)) => anyhow::bail!("--key-file is only used with --shadow"),
         (None, None) => None,
     };
-    if !a.disks.is_empty() && (replica.is_some() || a.ckpt.checkpoint_dir.is_some()) {
-        // A shadow or a checkpoint without the disk's contents would restore
-        // a guest whose disk is out of step with its memory.
+    if !a.disks.is_empty() && a.ckpt.checkpoint_dir.is_some() {
+        // A checkpoint without the disk's contents would restore a guest
+        // whose disk is out of step with its memory.
         anyhow::bail!(
-            "--disk cannot be combined with --shadow or --checkpoint-dir yet: \
-             disk replication and disk checkpoints are not implemented in this version"
+            "--disk cannot be combined with --checkpoint-dir yet: \
+             local checkpoints of disks are not implemented in this version"
         );
     }
     let cfg = VmConfig {
@@ -379,6 +390,8 @@ fn standby(a: StandbyArgs) -> anyhow::Result<i32> {
             Some(0) => anyhow::bail!("--max-epoch-mib must be at least 1"),
             m => m.map(|m| m << 20),
         },
+        disks: a.disks,
+        disk_ack: a.disk_ack,
     };
     Ok(engine::replication::standby::run(cfg)?)
 }

@@ -59,8 +59,8 @@ fn decode_err(what: &str, e: postcard::Error) -> CheckpointError {
 }
 
 impl StateSections {
-    /// Decodes a state section into `self`. Memory and End sections are not
-    /// state: they are left to the caller, and `false` says so.
+    /// Decodes a state section into `self`. Memory, Disk and End sections
+    /// are not state: they are left to the caller, and `false` says so.
     pub fn take(
         &mut self,
         id: SectionId,
@@ -85,7 +85,7 @@ impl StateSections {
                 })?;
                 self.console = Some(u64::from_le_bytes(b));
             }
-            SectionId::Memory | SectionId::End => return Ok(false),
+            SectionId::Memory | SectionId::Disk | SectionId::End => return Ok(false),
         }
         Ok(true)
     }

@@ -11,6 +11,7 @@ use checkpoint::fingerprint::{Fingerprint, MachineConfig};
 use checkpoint::format::{Header, Limits, SectionId};
 use checkpoint::{pages, CheckpointError};
 
+use crate::devices::virtio::block::disk::{DiskImage, BLOCK};
 use crate::error::{EngineError, Result};
 use crate::memory::Ram;
 use crate::snapshot::{EpochState, StateSections};
@@ -25,10 +26,33 @@ enum Op {
     Xor { gpa: u64, at: usize, len: usize },
 }
 
+/// One disk operation, in record order.
+enum DiskOp {
+    /// Write `arena[at..at + len]` at byte `off` of disk `disk`.
+    Data {
+        disk: u32,
+        off: u64,
+        at: usize,
+        len: usize,
+    },
+    /// `len` bytes at `off` of disk `disk` become a hole (read as zeros).
+    Zero { disk: u32, off: u64, len: u64 },
+}
+
+impl DiskOp {
+    fn span(&self) -> (u32, u64, u64) {
+        match *self {
+            DiskOp::Data { disk, off, len, .. } => (disk, off, len as u64),
+            DiskOp::Zero { disk, off, len } => (disk, off, len),
+        }
+    }
+}
+
 /// A verified checkpoint, decoded, not yet applied.
 #[derive(Default)]
 pub struct StagedEpoch {
     ops: Vec<Op>,
+    disk_ops: Vec<DiskOp>,
     arena: Vec<u8>,
     sections: StateSections,
 }
@@ -60,6 +84,7 @@ impl StagedEpoch {
         max_decoded: u64,
     ) -> Result<Header> {
         self.ops.clear();
+        self.disk_ops.clear();
         self.arena.clear();
         self.sections = StateSections::default();
         let header = checkpoint::verify::verify_with(bytes, limits, expected, |id, payload| {
@@ -94,6 +119,29 @@ impl StagedEpoch {
                                 len: delta.len(),
                             });
                             arena.extend_from_slice(delta);
+                            Ok(())
+                        },
+                    )?;
+                }
+                SectionId::Disk => {
+                    let cell = std::cell::RefCell::new((&mut self.disk_ops, &mut self.arena));
+                    let (disk, _) = checkpoint::disk::split(payload)?;
+                    checkpoint::disk::decode(
+                        payload,
+                        |off, data| {
+                            let (ops, arena) = &mut *cell.borrow_mut();
+                            over_cap(arena.len(), data.len(), max_decoded)?;
+                            ops.push(DiskOp::Data {
+                                disk,
+                                off,
+                                at: arena.len(),
+                                len: data.len(),
+                            });
+                            arena.extend_from_slice(data);
+                            Ok(())
+                        },
+                        |off, len| {
+                            cell.borrow_mut().0.push(DiskOp::Zero { disk, off, len });
                             Ok(())
                         },
                     )?;
@@ -135,6 +183,67 @@ impl StagedEpoch {
         Ok(())
     }
 
+    /// Whether the epoch carries disk blocks.
+    pub fn has_disk_ops(&self) -> bool {
+        !self.disk_ops.is_empty()
+    }
+
+    /// Checks that every disk operation names one of `disks` and starts
+    /// inside it (a block may run past the end of a disk whose size is not
+    /// a multiple of 4 KiB: only the part inside is written), so
+    /// [`apply_disks`](Self::apply_disks) cannot fail on an address.
+    pub fn check_disks(&self, disks: &[u64]) -> Result<()> {
+        for op in &self.disk_ops {
+            let (disk, off, len) = op.span();
+            let Some(&size) = disks.get(disk as usize) else {
+                return Err(EngineError::Config(format!(
+                    "the epoch writes disk {disk}, but this standby has {} replica disks",
+                    disks.len()
+                )));
+            };
+            if off >= size || !off.is_multiple_of(BLOCK) || len.div_ceil(BLOCK) * BLOCK != len {
+                return Err(EngineError::Config(format!(
+                    "the epoch writes {len} bytes at offset {off:#x} of disk {disk}, \
+                     which has {size} bytes"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the disk operations to the replicas, in record order, and
+    /// with `durable`, flushes every replica written to its disk
+    /// (`fdatasync`). Returns the bytes written.
+    pub fn apply_disks(&self, disks: &[std::sync::Arc<DiskImage>], durable: bool) -> Result<u64> {
+        use std::os::unix::fs::FileExt;
+        let mut touched = vec![false; disks.len()];
+        let mut bytes = 0;
+        for op in &self.disk_ops {
+            let (disk, off, len) = op.span();
+            let d = &disks[disk as usize];
+            let len = len.min(d.bytes.saturating_sub(off));
+            let ctx = || format!("replica {} at offset {off:#x}", d.path.display());
+            match *op {
+                DiskOp::Data { at, .. } => d
+                    .file
+                    .write_all_at(&self.arena[at..at + len as usize], off)
+                    .map_err(EngineError::io(ctx()))?,
+                DiskOp::Zero { .. } => d.punch(off, len).map_err(EngineError::io(ctx()))?,
+            }
+            touched[disk as usize] = true;
+            bytes += len;
+        }
+        if durable {
+            for (d, _) in disks.iter().zip(&touched).filter(|(_, &t)| t) {
+                d.file.sync_data().map_err(EngineError::io(format!(
+                    "fdatasync of replica {}",
+                    d.path.display()
+                )))?;
+            }
+        }
+        Ok(bytes)
+    }
+
     /// Applies the memory operations to `ram`, in record order.
     pub fn apply(&self, ram: &Ram) -> Result<()> {
         let mut tmp = Vec::new();
@@ -164,6 +273,7 @@ mod tests {
             vcpus: 1,
             mem_regions: ram.layout(),
             cpuid: Vec::new(),
+            disks: Vec::new(),
         }
     }
 
@@ -277,5 +387,119 @@ mod tests {
             e.to_string().contains("not inside one guest memory region"),
             "{e}"
         );
+    }
+
+    /// A container with one Disk section for disk `index`: `blocks` at
+    /// byte offsets, then `holes`.
+    fn disk_container(
+        m: &MachineConfig,
+        index: u32,
+        blocks: &[(u64, &[u8])],
+        holes: &[(u64, u64)],
+    ) -> Vec<u8> {
+        let mut enc = MemoryEncoder::new(Compression::Zstd { level: 1 }).unwrap();
+        let mut w = CheckpointWriter::new(Vec::new(), &Header::full(1, m.fingerprint())).unwrap();
+        w.write_section(SectionId::Config, &m.encode()).unwrap();
+        let mut payload = Vec::new();
+        crate::store::write_disk(
+            &mut w,
+            index,
+            &mut enc,
+            holes,
+            blocks.iter().copied(),
+            &mut payload,
+        )
+        .unwrap();
+        w.finish().unwrap()
+    }
+
+    fn replica(tag: &str, bytes: u64) -> std::sync::Arc<DiskImage> {
+        let path = std::env::temp_dir().join(format!("hs-staged-{tag}-{}.img", std::process::id()));
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(bytes)
+            .unwrap();
+        let spec = crate::devices::virtio::block::DiskSpec {
+            path: path.clone(),
+            read_only: false,
+        };
+        let d = std::sync::Arc::new(DiskImage::open(&spec).unwrap());
+        std::fs::remove_file(path).unwrap(); // the open file lives on
+        d
+    }
+
+    #[test]
+    fn disk_blocks_stage_and_apply_only_to_matching_replicas() {
+        use std::os::unix::fs::FileExt;
+        let m = machine();
+        let (a, b) = (page(3), page(9));
+        let mut two = a.clone();
+        two.extend_from_slice(&b);
+        let c = disk_container(&m, 1, &[(8192, &two)], &[(0, 2)]);
+        let mut st = StagedEpoch::default();
+        st.parse(&c, &Limits::default(), Some(&m.fingerprint()), u64::MAX)
+            .unwrap();
+        assert!(st.has_disk_ops());
+        // Disk 1 must exist, and the blocks must start inside it.
+        let e = st.check_disks(&[MIB]).unwrap_err().to_string();
+        assert!(e.contains("disk 1") && e.contains("1 replica disks"), "{e}");
+        let e = st.check_disks(&[MIB, 8192]).unwrap_err().to_string();
+        assert!(e.contains("offset 0x2000 of disk 1"), "{e}");
+        st.check_disks(&[MIB, MIB]).unwrap();
+        let disks = [replica("d0", MIB), replica("d1", MIB)];
+        disks[1].file.write_all_at(&[0x77; 8192], 0).unwrap();
+        assert_eq!(st.apply_disks(&disks, true).unwrap(), 4 * PAGE_SIZE as u64);
+        let mut got = vec![0u8; 4 * PAGE_SIZE];
+        disks[1].file.read_exact_at(&mut got, 0).unwrap();
+        assert!(
+            got[..8192].iter().all(|&x| x == 0),
+            "the hole was not punched"
+        );
+        assert_eq!(&got[8192..], &two[..]);
+        // A disk whose size is not a multiple of 4 KiB: the last block is
+        // written only up to the end.
+        let odd = replica("odd", 8192 + 512);
+        let c = disk_container(&m, 0, &[(8192, &a)], &[]);
+        st.parse(&c, &Limits::default(), Some(&m.fingerprint()), u64::MAX)
+            .unwrap();
+        st.check_disks(&[odd.bytes]).unwrap();
+        assert_eq!(
+            st.apply_disks(std::slice::from_ref(&odd), false).unwrap(),
+            512
+        );
+        assert_eq!(
+            odd.file.metadata().unwrap().len(),
+            8192 + 512,
+            "the replica grew"
+        );
+    }
+
+    #[test]
+    fn damaged_disk_sections_are_refused_before_anything_is_staged() {
+        let m = machine();
+        let a = page(5);
+        let good = disk_container(&m, 0, &[(0, &a)], &[]);
+        let mut st = StagedEpoch::default();
+        for cut in [good.len() - 1, good.len() - 30, 100] {
+            assert!(st
+                .parse(
+                    &good[..cut],
+                    &Limits::default(),
+                    Some(&m.fingerprint()),
+                    u64::MAX
+                )
+                .is_err());
+        }
+        let mut bad = good.clone();
+        let n = bad.len();
+        bad[n - 40] ^= 0x10;
+        assert!(st
+            .parse(&bad, &Limits::default(), Some(&m.fingerprint()), u64::MAX)
+            .is_err());
+        // Decoding past the staging cap is refused too.
+        let e = st
+            .parse(&good, &Limits::default(), Some(&m.fingerprint()), 100)
+            .unwrap_err();
+        assert!(e.to_string().contains("bytes of staging allowed"), "{e}");
     }
 }

@@ -98,7 +98,36 @@ fn write_pages<'a, W: Write>(
     runs: impl Iterator<Item = (u64, &'a [u8])>,
     payload: &mut Vec<u8>,
 ) -> Result<()> {
+    write_records(w, SectionId::Memory, &[], enc, zero_runs, runs, payload)
+}
+
+/// Writes one disk's blocks as Disk sections of bounded size (`runs` and
+/// `zero_runs` in byte offsets and 4 KiB blocks).
+pub fn write_disk<'a, W: Write>(
+    w: &mut CheckpointWriter<W>,
+    index: u32,
+    enc: &mut MemoryEncoder,
+    zero_runs: &[(u64, u64)],
+    runs: impl Iterator<Item = (u64, &'a [u8])>,
+    payload: &mut Vec<u8>,
+) -> Result<()> {
+    let header = checkpoint::disk::header(index);
+    write_records(w, SectionId::Disk, &header, enc, zero_runs, runs, payload)
+}
+
+/// Writes page records as `id` sections of bounded size, each payload
+/// starting with `prefix`.
+fn write_records<'a, W: Write>(
+    w: &mut CheckpointWriter<W>,
+    id: SectionId,
+    prefix: &[u8],
+    enc: &mut MemoryEncoder,
+    zero_runs: &[(u64, u64)],
+    runs: impl Iterator<Item = (u64, &'a [u8])>,
+    payload: &mut Vec<u8>,
+) -> Result<()> {
     payload.clear();
+    payload.extend_from_slice(prefix);
     let mut raw_in_section = 0usize;
     // Known-zero runs first (markers only), so data for the same pages, if
     // any, is applied after them.
@@ -115,15 +144,36 @@ fn write_pages<'a, W: Write>(
             raw_in_section += chunk.len();
             if raw_in_section >= SECTION_RAW_BYTES {
                 enc.flush(payload)?;
-                w.write_section(SectionId::Memory, payload)?;
+                w.write_section(id, payload)?;
                 payload.clear();
+                payload.extend_from_slice(prefix);
                 raw_in_section = 0;
             }
         }
     }
     enc.flush(payload)?;
-    if !payload.is_empty() {
-        w.write_section(SectionId::Memory, payload)?;
+    if payload.len() > prefix.len() || (id == SectionId::Memory && !payload.is_empty()) {
+        w.write_section(id, payload)?;
+    }
+    Ok(())
+}
+
+/// Writes every disk's blocks of an epoch.
+fn write_disks<W: Write>(
+    w: &mut CheckpointWriter<W>,
+    disks: &[crate::capture::PageBatch],
+    bufs: &mut EncodeBuffers,
+    compression: pages::Compression,
+) -> Result<()> {
+    for (i, b) in disks.iter().enumerate() {
+        if b.runs.is_empty() && b.zero_runs.is_empty() {
+            continue;
+        }
+        let mut payload = std::mem::take(&mut bufs.payload);
+        let enc = bufs.disk_encoder(compression)?;
+        let res = write_disk(w, i as u32, enc, &b.zero_runs, b.iter(), &mut payload);
+        bufs.payload = payload;
+        res?;
     }
     Ok(())
 }
@@ -138,6 +188,24 @@ pub struct EncodeBuffers {
     pub container: Vec<u8>,
     /// Memory-section payload under construction.
     pub payload: Vec<u8>,
+    /// The encoder of disk blocks (no XOR deltas), made on first use.
+    disk: Option<MemoryEncoder>,
+}
+
+impl EncodeBuffers {
+    /// The disk-block encoder, with `compression`.
+    pub fn disk_encoder(&mut self, compression: pages::Compression) -> Result<&mut MemoryEncoder> {
+        if self
+            .disk
+            .as_ref()
+            .is_none_or(|e| e.compression() != compression)
+        {
+            let mut e = MemoryEncoder::new(compression)?;
+            e.set_batching(true);
+            self.disk = Some(e);
+        }
+        Ok(self.disk.as_mut().expect("made above"))
+    }
 }
 
 /// Writer side: publishes checkpoints into a directory.
@@ -232,6 +300,12 @@ impl DirStore {
     /// Writes an epoch durably. A full epoch starts a new chain; an
     /// incremental one goes on top of the last published checkpoint.
     pub fn write_epoch(&mut self, ep: &Epoch) -> Result<u64> {
+        if !ep.disks.is_empty() {
+            return Err(store_err(
+                &self.dir,
+                "local checkpoints of VMs with disks are not supported yet",
+            ));
+        }
         let seq = self.last_seq.map_or(1, |s| s + 1);
         let header = match (ep.full, self.last_seq) {
             (true, _) => Header::full(seq, self.fingerprint),
@@ -444,6 +518,12 @@ pub fn apply_checkpoint<R: std::io::Read>(r: R, ram: &Ram, fp: &Fingerprint) -> 
     let mut xor_buf = Vec::new();
     let mem_err = |e: EngineError| checkpoint::CheckpointError::Decode(e.to_string());
     while let Some((id, payload)) = rd.next_section()? {
+        if id == SectionId::Disk {
+            return Err(EngineError::Config(
+                "this checkpoint holds disk blocks; local checkpoints of disks are not supported yet"
+                    .into(),
+            ));
+        }
         if id != SectionId::Memory {
             state.take(id, &payload)?;
             continue;
@@ -478,6 +558,29 @@ pub fn encode_memory_only<'a>(
     Ok(cw.finish()?)
 }
 
+/// Encodes one disk's blocks as a pre-copy container (Config and Disk
+/// sections) into `bufs.container`.
+pub fn encode_disk_only<'a>(
+    header: &Header,
+    machine: &MachineConfig,
+    index: u32,
+    zero_runs: &[(u64, u64)],
+    runs: impl Iterator<Item = (u64, &'a [u8])>,
+    compression: pages::Compression,
+    bufs: &mut EncodeBuffers,
+) -> Result<Vec<u8>> {
+    let mut out = std::mem::take(&mut bufs.container);
+    out.clear();
+    let mut cw = CheckpointWriter::new(out, header)?;
+    cw.write_section(SectionId::Config, &machine.encode())?;
+    let mut payload = std::mem::take(&mut bufs.payload);
+    let enc = bufs.disk_encoder(compression)?;
+    let res = write_disk(&mut cw, index, enc, zero_runs, runs, &mut payload);
+    bufs.payload = payload;
+    res?;
+    Ok(cw.finish()?)
+}
+
 /// Encodes an epoch as a complete checkpoint container in memory (for the
 /// replication stream) into `bufs.container`. Returns the bytes and the
 /// memory encoding figures.
@@ -500,5 +603,7 @@ pub fn encode_checkpoint(
         ep.pages.iter(),
         &mut bufs.payload,
     )?;
-    Ok((cw.finish()?, enc.take_stats()))
+    let stats = enc.take_stats();
+    write_disks(&mut cw, &ep.disks, bufs, enc.compression())?;
+    Ok((cw.finish()?, stats))
 }

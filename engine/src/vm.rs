@@ -64,6 +64,8 @@ pub struct Vm {
     pub ram: Arc<Ram>,
     /// Every emulated device, on its bus.
     pub devices: Arc<DeviceManager>,
+    /// The disk images behind the virtio-blk devices, in device order.
+    pub disks: Vec<Arc<DiskImage>>,
     /// Shared vCPU control.
     pub shared: Arc<Shared>,
     /// MSRs captured per vCPU.
@@ -165,7 +167,7 @@ fn add_disk(
     ram: &Arc<Ram>,
     i: usize,
     spec: &DiskSpec,
-) -> Result<()> {
+) -> Result<Arc<DiskImage>> {
     let id = format!("virtio-blk.{i}");
     let setup = |msg: String| {
         EngineError::Devices(DeviceError::Setup {
@@ -173,7 +175,7 @@ fn add_disk(
             msg,
         })
     };
-    let disk = DiskImage::open(spec).map_err(setup)?;
+    let disk = Arc::new(DiskImage::open(spec).map_err(setup)?);
     let slot = devices.allocate_mmio(&id)?;
     let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| setup(format!("eventfd: {e}")))?;
     fd.register_irqfd(&irq, slot.irq)
@@ -183,8 +185,9 @@ fn add_disk(
     fd.register_ioevent(&notify, &IoEventAddress::Mmio(notify_reg), NoDatamatch)
         .map_err(|e| setup(format!("KVM_IOEVENTFD at {notify_reg:#x}: {e}")))?;
     let serial = format!("hotspare-disk{i}");
-    let blk = Block::new(&id, disk, &serial, ram.clone(), irq, notify)?;
-    devices.add_virtio_mmio(slot, Arc::new(Mutex::new(blk)))
+    let blk = Block::new(&id, disk.clone(), &serial, ram.clone(), irq, notify)?;
+    devices.add_virtio_mmio(slot, Arc::new(Mutex::new(blk)))?;
+    Ok(disk)
 }
 
 impl Vm {
@@ -243,8 +246,9 @@ impl Vm {
         fd.register_irqfd(&irq, COM1_GSI)
             .map_err(EngineError::kvm("KVM_IRQFD (COM1)"))?;
         let mut devices = DeviceManager::new(irq, console)?;
+        let mut disks = Vec::new();
         for (i, spec) in cfg.disks.iter().enumerate() {
-            add_disk(&fd, &mut devices, &ram, i, spec)?;
+            disks.push(add_disk(&fd, &mut devices, &ram, i, spec)?);
         }
         let devices = Arc::new(devices);
 
@@ -271,12 +275,14 @@ impl Vm {
             mem_regions: ram.layout(),
             vcpus: cfg.vcpus,
             cpuid: cpuid_bytes(&base),
+            disks: disks.iter().map(|d| d.layout()).collect(),
         };
         Ok(Vm {
             kvm,
             fd: Arc::new(fd),
             ram,
             devices,
+            disks,
             shared: Shared::new(cfg.vcpus as usize),
             msr_list: Arc::new(msr_list),
             machine,
@@ -285,6 +291,17 @@ impl Vm {
             vcpus,
             senders,
         })
+    }
+
+    /// The regions of this VM's dirty ledger: pages of each memory region,
+    /// then 4 KiB blocks of each disk.
+    pub fn ledger_regions(&self) -> Vec<usize> {
+        let mem = self
+            .ram
+            .regions
+            .iter()
+            .map(|r| (r.size / crate::memory::PAGE_SIZE) as usize);
+        mem.chain(self.disks.iter().map(|d| d.blocks())).collect()
     }
 
     /// Loads a kernel and sets the boot vCPU's registers (fresh boot). The

@@ -160,21 +160,20 @@ fn bad_disk_options_are_clear_errors() {
     let o = run(&format!("{},rw", odd.display()), "");
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("unknown option \"rw\""), "{err}");
-    // Until disks replicate, a disk with a shadow is refused, not ignored.
+    // Until local checkpoints hold disks, a disk with one is refused, not ignored.
     let img = image(&dir, "d.img", 4 << 20);
-    let key = common::key_file(&dir, "key", 1);
     let o = Command::new(common::hotspare())
         .args(["run", "--kernel"])
         .arg(hw_tests::guest_path("diskcheck"))
         .arg("--disk")
         .arg(&img)
-        .args(["--shadow", "127.0.0.1:9", "--key-file"])
-        .arg(&key)
+        .arg("--checkpoint-dir")
+        .arg(dir.path("ckpt"))
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        !o.status.success() && err.contains("--disk cannot be combined with --shadow"),
+        !o.status.success() && err.contains("--disk cannot be combined with --checkpoint-dir"),
         "{err}"
     );
 }

@@ -31,6 +31,8 @@ pub struct OutputGate {
     epoch_start: u64,
     /// (epoch, output position at its capture), oldest first.
     seals: VecDeque<(u64, u64)>,
+    /// The last write to `out` failed (reported once).
+    write_failed: bool,
 }
 
 /// Most sealed epochs remembered; older seals merge into the next (a link
@@ -41,8 +43,14 @@ impl OutputGate {
     fn write_out(&mut self, bytes: &[u8]) {
         // A console that cannot be written (closed pipe, full disk) must not
         // stop the guest; the bytes stay accounted in `position`.
-        if let Err(e) = self.out.write_all(bytes).and_then(|_| self.out.flush()) {
-            tracing::warn!("console write failed: {e}");
+        match self.out.write_all(bytes).and_then(|_| self.out.flush()) {
+            // Said once, not once per byte: the bytes stay accounted.
+            Err(e) if !self.write_failed => {
+                self.write_failed = true;
+                tracing::warn!("console write failed: {e}; further output is counted but dropped");
+            }
+            Err(_) => {}
+            Ok(()) => self.write_failed = false,
         }
     }
 
@@ -172,6 +180,7 @@ impl ConsoleSink {
                 epoch_bytes: Vec::new(),
                 epoch_start: position,
                 seals: VecDeque::new(),
+                write_failed: false,
             })),
         }
     }

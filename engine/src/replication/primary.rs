@@ -25,6 +25,7 @@ use super::policy::EpochPolicy;
 use super::wire::{self, EpochEnd};
 use super::Timing;
 use crate::capture;
+use crate::devices::virtio::block::disk::BLOCK;
 use crate::devices::DeviceManager;
 use crate::error::{EngineError, Result};
 use crate::memory::PAGE_SIZE;
@@ -181,16 +182,10 @@ fn terr(e: TransportError) -> EngineError {
 impl Replicator {
     /// A replicator for `vm` (not connected yet: the first tick connects).
     pub fn new(vm: &Vm, cfg: PrimaryConfig) -> Replicator {
-        let npages: Vec<usize> = vm
-            .ram
-            .regions
-            .iter()
-            .map(|r| (r.size / PAGE_SIZE) as usize)
-            .collect();
         let policy = EpochPolicy::new(cfg.interval, cfg.max_interval);
         Replicator {
             cfg,
-            ledger: DirtyLedger::new(&npages),
+            ledger: DirtyLedger::new(&vm.ledger_regions()),
             link: None,
             next_epoch: Instant::now(),
             next_connect: Instant::now(),
@@ -520,6 +515,24 @@ impl Replicator {
         };
         drop(guard);
         self.next_epoch = Instant::now() + self.policy.interval();
+        if !acked {
+            // Say why now: a short guest may end before the next tick would.
+            let why = self
+                .link
+                .as_ref()
+                .and_then(|l| {
+                    l.shared
+                        .reason
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clone()
+                })
+                .unwrap_or_else(|| "no ack for the initial state".into());
+            eprintln!(
+                "hotspare: the shadow did not take the initial state ({why}): the guest starts UNPROTECTED"
+            );
+            self.drop_link(&why);
+        }
         if acked {
             let pages = self.stats.epochs.last().map_or(0, |e| e.pages);
             self.stats.protected_before_start = Some((t0.elapsed(), pages * PAGE_SIZE));
@@ -565,11 +578,28 @@ impl Replicator {
                 wire_bytes +=
                     self.send_sync_chunk(vm, full, zero, chunk, &mut scratch, &mut enc, &mut bufs)?;
             }
+            // Then the disks: blocks read from the running disk (a block
+            // written meanwhile is marked again and goes out later).
+            let mut disk_blocks = 0;
+            for (i, d) in pr.disks.iter().enumerate() {
+                let mut chunks = sync_chunks(&d.runs);
+                if chunks.is_empty() && !d.zero_runs.is_empty() {
+                    chunks.push(Vec::new());
+                }
+                for (j, chunk) in chunks.iter().enumerate() {
+                    let zero = if j == 0 { &d.zero_runs[..] } else { &[] };
+                    wire_bytes +=
+                        self.send_disk_chunk(vm, i, zero, chunk, &mut scratch, &mut bufs)?;
+                }
+                disk_blocks += d.runs.iter().map(|r| r.1).sum::<u64>();
+            }
+            let n = n + disk_blocks;
             total_pages += n;
             rounds += 1;
             eprintln!(
-                "hotspare: full sync round {round}: {n} pages ({:.1} MiB) in {:.1} ms",
+                "hotspare: full sync round {round}: {n} pages and disk blocks ({:.1} MiB, {:.1} MiB of disk) in {:.1} ms",
                 (n * PAGE_SIZE) as f64 / (1 << 20) as f64,
+                (disk_blocks * BLOCK) as f64 / (1 << 20) as f64,
                 t.elapsed().as_secs_f64() * 1e3
             );
             if round > 0 && (n < PRECOPY_SMALL || n as f64 > prev as f64 * PRECOPY_SHRINK) {
@@ -642,6 +672,58 @@ impl Replicator {
             bufs.container = self.pool.1.try_recv().unwrap_or_default();
         }
         let container = store::encode_memory_only(&header, &vm.machine, zero, runs, enc, bufs)?;
+        self.send_precopy(vm, seq, container)
+    }
+
+    /// Reads the blocks of `chunk` (byte offset, blocks) from the running
+    /// disk `index`, encodes them (with `zero` holes first) as one pre-copy
+    /// container and hands it to the sender. Returns the container's size.
+    fn send_disk_chunk(
+        &mut self,
+        vm: &Vm,
+        index: usize,
+        zero: &[(u64, u64)],
+        chunk: &[(u64, u64)],
+        scratch: &mut Vec<u8>,
+        bufs: &mut store::EncodeBuffers,
+    ) -> Result<u64> {
+        let disk = &vm.disks[index];
+        scratch.clear();
+        for &(off, n) in chunk {
+            disk.read_blocks(off / BLOCK, n, scratch)
+                .map_err(EngineError::io(format!(
+                    "reading {} for the sync",
+                    disk.path.display()
+                )))?;
+        }
+        let mut at = 0usize;
+        let runs = chunk.iter().map(|&(off, n)| {
+            let len = (n * BLOCK) as usize;
+            let s = &scratch[at..at + len];
+            at += len;
+            (off, s)
+        });
+        self.seq += 1;
+        let seq = self.seq;
+        let header = Header::incremental(seq, seq - 1, vm.machine.fingerprint());
+        if bufs.container.capacity() == 0 {
+            bufs.container = self.pool.1.try_recv().unwrap_or_default();
+        }
+        let container = store::encode_disk_only(
+            &header,
+            &vm.machine,
+            index as u32,
+            zero,
+            runs,
+            self.cfg.compression,
+            bufs,
+        )?;
+        self.send_precopy(vm, seq, container)
+    }
+
+    /// Hands a pre-copy container to the sender, waiting for room; returns
+    /// its size.
+    fn send_precopy(&mut self, vm: &Vm, seq: u64, container: Vec<u8>) -> Result<u64> {
         let len = container.len() as u64;
         let pos = vm.console_position();
         let link = self.link.as_ref().expect("sync without a link");

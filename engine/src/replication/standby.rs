@@ -24,6 +24,7 @@ use transport::{Channel, FrameKind, FramedConn, HandshakeParams, Listener, Psk, 
 use super::liveness::{StandbyDecision, StandbyFsm, StandbyInput, TICK};
 use super::wire::{self, Ack, EpochBegin, EpochEnd, Heartbeat, Nack};
 use super::Timing;
+use crate::devices::virtio::block::{DiskImage, DiskSpec};
 use crate::error::{EngineError, Result};
 use crate::memory::Ram;
 use crate::runner;
@@ -49,6 +50,34 @@ pub struct StandbyConfig {
     /// separately, its decoded pages (`None`: the guest's memory size plus
     /// 10% and 64 MiB, enough for any full epoch).
     pub max_epoch_bytes: Option<u64>,
+    /// The replica images, in the primary's disk order.
+    pub disks: Vec<std::path::PathBuf>,
+    /// When epochs with disk writes are acknowledged.
+    pub disk_ack: DiskAck,
+}
+
+/// When the standby acknowledges an epoch that writes its disks
+/// (`docs/disk-replication.md`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DiskAck {
+    /// Once the epoch is staged in memory; the blocks are written to the
+    /// replicas right after the ack (Remus; DRBD protocol B).
+    #[default]
+    Memory,
+    /// Once the blocks are written to the replicas and flushed to their
+    /// disks (`fdatasync`; DRBD protocol C).
+    Durable,
+}
+
+impl std::str::FromStr for DiskAck {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "memory" => Ok(DiskAck::Memory),
+            "durable" => Ok(DiskAck::Durable),
+            other => Err(format!("--disk-ack {other:?}: expected memory or durable")),
+        }
+    }
 }
 
 /// The committed shadow state.
@@ -76,6 +105,9 @@ struct Shadow {
     diverged: Option<u64>,
     /// Build the VM with dirty logging (it will replicate after a takeover).
     log_dirty: bool,
+    /// The replica images, opened for writing.
+    replicas: Vec<Arc<DiskImage>>,
+    disk_ack: DiskAck,
 }
 
 enum Event {
@@ -104,12 +136,28 @@ pub fn run(cfg: StandbyConfig) -> Result<i32> {
         console,
         reprotect,
         max_epoch_bytes,
+        disks,
+        disk_ack,
     } = cfg;
+    let replicas = disks
+        .iter()
+        .map(|path| {
+            let spec = DiskSpec {
+                path: path.clone(),
+                read_only: false,
+            };
+            DiskImage::open(&spec)
+                .map(Arc::new)
+                .map_err(|e| EngineError::Config(format!("replica {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let listener = Listener::bind(&listen).map_err(EngineError::Transport)?;
     eprintln!("hotspare: standby listening on {}", listener.local_addr());
     let shadow = Arc::new(Mutex::new(Shadow {
         log_dirty: reprotect.is_some(),
         max_epoch: max_epoch_bytes,
+        replicas,
+        disk_ack,
         ..Shadow::default()
     }));
     let (ev_tx, ev_rx) = channel::unbounded::<Event>();
@@ -441,8 +489,12 @@ fn shadow_limit(shadow: &Arc<Mutex<Shadow>>) -> (u64, &'static str) {
 /// [`shadow_limit`] with the shadow already locked.
 fn staging_limit(sh: &Shadow) -> (u64, &'static str) {
     let derived = match &sh.machine {
-        // A full checkpoint is at most the memory plus record headers and state.
-        Some(m) => m.mem_regions.iter().map(|r| r.size).sum::<u64>() * 11 / 10 + (64 << 20),
+        // A full checkpoint is at most the memory and the disks plus
+        // record headers and state.
+        Some(m) => {
+            let disks: u64 = m.disks.iter().map(|d| d.bytes).sum();
+            (m.mem_regions.iter().map(|r| r.size).sum::<u64>() + disks) * 11 / 10 + (64 << 20)
+        }
         // Before the first full epoch: up to 64 GiB of guest memory.
         None => 70 << 30,
     };
@@ -507,12 +559,21 @@ fn commit(
         if ram.layout() != machine.mem_regions {
             return Err("the primary's memory layout is not one this engine builds".into());
         }
+        check_replicas(&machine, &sh.replicas)?;
         let cfg = VmConfig {
             mem_bytes: bytes,
             vcpus: machine.vcpus,
             log_dirty: sh.log_dirty,
             vcpu_cpus: None,
-            disks: Vec::new(),
+            disks: sh
+                .replicas
+                .iter()
+                .zip(&machine.disks)
+                .map(|(r, l)| DiskSpec {
+                    path: r.path.clone(),
+                    read_only: l.read_only,
+                })
+                .collect(),
         };
         let mut vm =
             Vm::create(&cfg, Box::new(std::io::sink()), Some(ram)).map_err(|e| e.to_string())?;
@@ -525,6 +586,21 @@ fn commit(
     stage
         .check_fits(&ram)
         .map_err(|e| format!("epoch {}: {e}", end.seq))?;
+    let sizes: Vec<u64> = sh.replicas.iter().map(|r| r.bytes).collect();
+    stage
+        .check_disks(&sizes)
+        .map_err(|e| format!("epoch {}: {e}", end.seq))?;
+    let replicas = sh.replicas.clone();
+    let what = if precopy { "pre-copy round" } else { "epoch" };
+    if sh.disk_ack == DiskAck::Durable && stage.has_disk_ops() {
+        // Protocol C: the blocks are on the replicas' disks before the ack.
+        if let Err(e) = stage.apply_disks(&replicas, true) {
+            return Err(poison(
+                &mut sh,
+                format!("writing verified {what} {} to the replicas: {e}", end.seq),
+            ));
+        }
+    }
     let state = if precopy {
         None
     } else {
@@ -538,11 +614,18 @@ fn commit(
     conn.send(FrameKind::Ack, term, &wire::encode(&Ack { seq: end.seq }))
         .map_err(|e| format!("sending ack: {e}"))?;
     if let Err(e) = stage.apply(&ram) {
-        let what = if precopy { "pre-copy round" } else { "epoch" };
         return Err(poison(
             &mut sh,
             format!("applying verified {what} {}: {e}", end.seq),
         ));
+    }
+    if sh.disk_ack == DiskAck::Memory && stage.has_disk_ops() {
+        if let Err(e) = stage.apply_disks(&replicas, false) {
+            return Err(poison(
+                &mut sh,
+                format!("writing verified {what} {} to the replicas: {e}", end.seq),
+            ));
+        }
     }
     let Some(state) = state else {
         // A pre-copy round: memory only, not a consistent state: applied,
@@ -603,6 +686,32 @@ fn commit(
     sh.term = term;
     drop(sh);
     let _ = ev.send(Event::Input(StandbyInput::Committed { term, seq: end.seq }));
+    Ok(())
+}
+
+/// Checks the replicas match the primary's disks: as many, each of the
+/// same size (the error names the disk).
+fn check_replicas(
+    machine: &MachineConfig,
+    replicas: &[Arc<DiskImage>],
+) -> std::result::Result<(), String> {
+    if machine.disks.len() != replicas.len() {
+        return Err(format!(
+            "the primary's VM has {} disks but this standby was given {} replicas (--disk)",
+            machine.disks.len(),
+            replicas.len()
+        ));
+    }
+    for (i, (l, r)) in machine.disks.iter().zip(replicas).enumerate() {
+        if l.bytes != r.bytes {
+            return Err(format!(
+                "disk {i}: the primary's disk has {} bytes but replica {} has {}",
+                l.bytes,
+                r.path.display(),
+                r.bytes
+            ));
+        }
+    }
     Ok(())
 }
 

@@ -4,12 +4,20 @@
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileTypeExt;
+
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use checkpoint::DiskLayout;
 use nix::fcntl::{fallocate, FallocateFlags};
+use nix::unistd::{lseek, Whence};
+use vm_memory::bitmap::AtomicBitmap;
 
 use super::request::SECTOR;
+
+/// The unit of disk replication: blocks of 4 KiB (one bit each in the
+/// written-bitmap, one page record each on the wire).
+pub const BLOCK: u64 = 4096;
 
 /// `--disk PATH[,readonly]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,6 +66,10 @@ pub struct DiskImage {
     pub bytes: u64,
     /// Whether guest writes are refused.
     pub read_only: bool,
+    /// Blocks written since the last capture took them (completed guest
+    /// writes, discards and write-zeroes; failed ones too: their content
+    /// is whatever the disk now holds).
+    written: AtomicBitmap,
 }
 
 impl DiskImage {
@@ -90,12 +102,83 @@ impl DiskImage {
                 "disk image {p}: size {bytes} bytes is not a non-zero multiple of {SECTOR}"
             ));
         }
+        let written = AtomicBitmap::new(
+            bytes.div_ceil(BLOCK) as usize * BLOCK as usize,
+            std::num::NonZeroUsize::new(BLOCK as usize).expect("non-zero"),
+        );
         Ok(DiskImage {
             file,
             path: spec.path.clone(),
             bytes,
             read_only: spec.read_only,
+            written,
         })
+    }
+
+    /// What the guest sees: size and mode (part of the VM's fingerprint).
+    pub fn layout(&self) -> DiskLayout {
+        DiskLayout {
+            bytes: self.bytes,
+            read_only: self.read_only,
+        }
+    }
+
+    /// Number of 4 KiB blocks (the last one may be partial).
+    pub fn blocks(&self) -> usize {
+        self.bytes.div_ceil(BLOCK) as usize
+    }
+
+    /// Records that `len` bytes at `offset` changed.
+    pub fn mark_written(&self, offset: u64, len: u64) {
+        if len > 0 && offset < self.bytes {
+            let len = len.min(self.bytes - offset);
+            self.written.set_addr_range(offset as usize, len as usize);
+        }
+    }
+
+    /// Takes and clears the written-bitmap (one bit per block).
+    pub fn take_written(&self) -> Vec<u64> {
+        self.written.get_and_reset()
+    }
+
+    /// The block ranges that hold data (everything else is a hole, which
+    /// reads as zeros), from `SEEK_DATA`/`SEEK_HOLE`; the whole disk where
+    /// the file system cannot tell.
+    pub fn allocated_blocks(&self) -> Vec<std::ops::Range<usize>> {
+        let fd = self.file.as_raw_fd();
+        let size = self.bytes as i64;
+        let mut out: Vec<std::ops::Range<usize>> = Vec::new();
+        let mut at = 0i64;
+        while at < size {
+            let data = match lseek(fd, at, Whence::SeekData) {
+                Ok(d) => d,
+                Err(nix::errno::Errno::ENXIO) => break, // only a hole is left
+                Err(_) => return std::iter::once(0..self.blocks()).collect(),
+            };
+            let hole = lseek(fd, data, Whence::SeekHole).unwrap_or(size).min(size);
+            let (a, b) = (
+                (data as u64 / BLOCK) as usize,
+                (hole as u64).div_ceil(BLOCK) as usize,
+            );
+            match out.last_mut() {
+                Some(r) if a <= r.end => r.end = r.end.max(b),
+                _ => out.push(a..b),
+            }
+            at = hole;
+        }
+        out
+    }
+
+    /// Reads `n` blocks from block `first` and appends them to `out`,
+    /// zero-padding the partial block at the end of the disk.
+    pub fn read_blocks(&self, first: u64, n: u64, out: &mut Vec<u8>) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let off = first * BLOCK;
+        let want = (n * BLOCK) as usize;
+        let have = self.bytes.saturating_sub(off).min(n * BLOCK) as usize;
+        let start = out.len();
+        out.resize(start + want, 0);
+        self.file.read_exact_at(&mut out[start..start + have], off)
     }
 
     /// Capacity in 512-byte sectors.
@@ -190,5 +273,45 @@ mod tests {
         d.file.read_exact_at(&mut b, 4096).unwrap();
         assert!(b[..4096].iter().all(|&x| x == 0) && b[4096..].iter().all(|&x| x == 7));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn written_blocks_allocated_extents_and_block_reads() {
+        use std::os::unix::fs::FileExt;
+        let path = std::env::temp_dir().join(format!("hs-disk-ext-{}.img", std::process::id()));
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(64 * BLOCK + 512)
+            .unwrap();
+        let d = DiskImage::open(&DiskSpec {
+            path: path.clone(),
+            read_only: false,
+        })
+        .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(d.blocks(), 65, "the partial last block counts");
+        assert!(
+            d.allocated_blocks().is_empty(),
+            "a fresh sparse image has no data"
+        );
+        d.file.write_all_at(&[1u8; 4096], 10 * BLOCK).unwrap();
+        d.file.write_all_at(&[2u8; 512], 64 * BLOCK).unwrap();
+        let alloc = d.allocated_blocks();
+        assert!(
+            alloc.iter().any(|r| r.contains(&10)) && alloc.iter().any(|r| r.contains(&64)),
+            "{alloc:?}"
+        );
+        assert!(!alloc.iter().any(|r| r.contains(&30)), "{alloc:?}");
+        // A write that straddles blocks marks both; one past the end nothing.
+        d.mark_written(3 * BLOCK + 4000, 200);
+        d.mark_written(100 * BLOCK, 4096);
+        let w = d.take_written();
+        assert_eq!(w[0], 0b11000, "{:#b}", w[0]);
+        assert!(d.take_written().iter().all(|&x| x == 0), "taking clears");
+        // The last, partial block reads zero-padded.
+        let mut out = vec![9u8; 3];
+        d.read_blocks(64, 1, &mut out).unwrap();
+        assert_eq!(out.len(), 3 + 4096);
+        assert!(out[3..515].iter().all(|&x| x == 2) && out[515..].iter().all(|&x| x == 0));
     }
 }

@@ -142,7 +142,7 @@ impl Block {
     /// be the same on a primary and its shadows.
     pub fn new(
         id: &str,
-        disk: DiskImage,
+        disk: Arc<DiskImage>,
         serial: &str,
         ram: Arc<Ram>,
         irq: EventFd,
@@ -164,7 +164,7 @@ impl Block {
         let worker = Worker {
             shared: shared.clone(),
             cfg: cfg.clone(),
-            disk: Arc::new(disk),
+            disk,
             ram: ram.clone(),
             notify: notify.try_clone().map_err(setup_err(id))?,
             ctl: ctl.try_clone().map_err(setup_err(id))?,

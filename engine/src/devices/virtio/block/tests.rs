@@ -61,7 +61,7 @@ fn env(tag: &str, read_only: bool) -> Env {
     let notify = EventFd::new(libc::EFD_NONBLOCK).unwrap();
     let dev = Block::new(
         "virtio-blk.0",
-        disk,
+        Arc::new(disk),
         "hotspare-disk0",
         ram.clone(),
         irq.try_clone().unwrap(),
@@ -405,7 +405,7 @@ fn a_record_of_another_disk_size_is_refused() {
     .unwrap();
     let ram = Arc::new(Ram::new(2 << 20).unwrap());
     let fd = || EventFd::new(libc::EFD_NONBLOCK).unwrap();
-    let mut other = Block::new("virtio-blk.0", disk, "x", ram, fd(), fd()).unwrap();
+    let mut other = Block::new("virtio-blk.0", Arc::new(disk), "x", ram, fd(), fd()).unwrap();
     let err = other.restore(&rec).unwrap_err().to_string();
     assert!(
         err.contains("2048 sectors") && err.contains("4096 sectors"),
@@ -425,7 +425,15 @@ fn conformance_dev() -> Block {
     .unwrap();
     std::fs::remove_file(path).unwrap();
     let fd = || EventFd::new(libc::EFD_NONBLOCK).unwrap();
-    Block::new("virtio-blk.0", disk, "c", e.ram.clone(), fd(), fd()).unwrap()
+    Block::new(
+        "virtio-blk.0",
+        Arc::new(disk),
+        "c",
+        e.ram.clone(),
+        fd(),
+        fd(),
+    )
+    .unwrap()
 }
 
 device_conformance_tests!(conformance, conformance_dev(), |d: &mut Block| bring_up(d));

@@ -391,7 +391,9 @@ impl Run {
                         );
                         return ioerr(req, &why);
                     };
-                    if let Err(e) = self.w.disk.punch(off, n * SECTOR) {
+                    let punched = self.w.disk.punch(off, n * SECTOR);
+                    self.w.disk.mark_written(off, n * SECTOR);
+                    if let Err(e) = punched {
                         let why = format!("punching a hole: {e}");
                         return ioerr(req, &why);
                     }
@@ -437,6 +439,13 @@ impl Run {
         inner.inflight -= 1;
         if p.generation != inner.generation {
             return false; // the device was reset meanwhile
+        }
+        if p.req.kind == Kind::Out {
+            // Marked whatever the result: after a failed write the disk holds
+            // something, and the next epoch must carry what it holds.
+            self.w
+                .disk
+                .mark_written(p.req.sector * SECTOR, p.req.data_len);
         }
         let expect = if p.req.kind == Kind::Flush {
             0

@@ -1,0 +1,224 @@
+//! Disk replication with failover: the `diskcheck` guest (which checks every
+//! block it reads against the version its memory recorded) runs protected
+//! with a virtio-blk disk; the primary is SIGKILLed at random moments; the
+//! standby takes over on its replica. The console must stay byte-exact, no
+//! block may fall out of step with memory (the guest would print FAIL), and
+//! the replica must then boot with every block at the version the guest's
+//! memory ended with.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Proc, TempDir};
+
+const CMDLINE: &str = "blocks=256 ops=12000 every=250";
+const DISK_BYTES: u64 = 8 << 20;
+
+fn image(dir: &TempDir, name: &str) -> PathBuf {
+    let p = dir.path(name);
+    std::fs::File::create(&p)
+        .unwrap()
+        .set_len(DISK_BYTES)
+        .unwrap();
+    p
+}
+
+fn run_cmd(disk: &Path, console: &Path, cmdline: &str) -> Command {
+    let mut c = Command::new(common::hotspare());
+    c.args(["run", "--kernel"])
+        .arg(hw_tests::guest_path("diskcheck"))
+        .args(["--mem-mib", "64", "--disk"])
+        .arg(disk)
+        .args(["--cmdline", cmdline, "--console"])
+        .arg(console)
+        .stdin(Stdio::null());
+    c
+}
+
+/// The final digest line of a diskcheck output.
+fn done_digest(out: &str) -> &str {
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("diskcheck done"))
+        .unwrap_or_else(|| panic!("no done line in:\n{out}"));
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("digest="))
+        .expect("digest")
+}
+
+/// Boots the replica and returns its scan digest (every block verified).
+fn scan_digest(disk: &Path, dir: &TempDir) -> String {
+    let con = dir.path("verify.txt");
+    let st = run_cmd(disk, &con, "blocks=256 ops=0").status().unwrap();
+    let out = String::from_utf8_lossy(&std::fs::read(&con).unwrap()).into_owned();
+    assert!(st.success(), "the replica does not boot cleanly:\n{out}");
+    out.lines()
+        .find(|l| l.starts_with("diskcheck scan"))
+        .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("digest=")))
+        .unwrap_or_else(|| panic!("no scan line:\n{out}"))
+        .to_string()
+}
+
+struct Trial {
+    killed: bool,
+    repeated: u64,
+}
+
+fn trial(reference: &[u8], ack: &str, rng: &mut common::Rng) -> Trial {
+    let dir = TempDir::new("disk-failover");
+    let key = common::key_file(&dir, "key", rng.next());
+    let (pdisk, rdisk) = (image(&dir, "primary.img"), image(&dir, "replica.img"));
+    let (pcon, scon) = (dir.path("primary.txt"), dir.path("shadow.txt"));
+    let (mut standby, addr) = common::spawn_standby_with(
+        &key,
+        &scon,
+        "127.0.0.1:0",
+        &["--disk", rdisk.to_str().unwrap(), "--disk-ack", ack],
+    );
+    let mut c = run_cmd(&pdisk, &pcon, CMDLINE);
+    c.arg("--shadow").arg(&addr).arg("--key-file").arg(&key);
+    c.args(["--interval-ms", "20"]);
+    let mut primary = Proc::spawn(c);
+    standby
+        .wait_line("standby in sync", Duration::from_secs(30))
+        .unwrap_or_else(|| {
+            panic!(
+                "never synced\nprimary:\n{}\nstandby:\n{}",
+                primary.stderr(),
+                standby.stderr()
+            )
+        });
+    // Kill when the released output reaches a random point of the run, so
+    // kills land mid-run whatever the machine's speed.
+    let target = rng.range(0, reference.len() as u64 * 9 / 10);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while primary.child.try_wait().unwrap().is_none()
+        && std::fs::metadata(&pcon).map_or(0, |m| m.len()) < target
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    if primary.child.try_wait().unwrap().is_some() {
+        // It finished first: its output and disk are the reference's.
+        let st = primary.wait(Duration::from_secs(5), "primary");
+        assert!(st.success(), "primary failed:\n{}", primary.stderr());
+        assert_eq!(std::fs::read(&pcon).unwrap(), reference);
+        standby.wait(Duration::from_secs(10), "standby");
+        return Trial {
+            killed: false,
+            repeated: 0,
+        };
+    }
+    primary.child.kill().unwrap();
+    primary.child.wait().unwrap();
+    let (_err, at) = common::finished_takeover(&mut standby, "diskcheck");
+    let first = std::fs::read(&pcon).unwrap_or_default();
+    let second = std::fs::read(&scon).unwrap_or_default();
+    let repeated = common::check_failover_output("diskcheck", reference, &first, at, &second);
+    // The replica is the VM's disk now: it boots, every block verified, at
+    // exactly the versions the guest's memory ended with.
+    let want = done_digest(std::str::from_utf8(reference).unwrap());
+    assert_eq!(
+        scan_digest(&rdisk, &dir),
+        want,
+        "the replica is out of step"
+    );
+    Trial {
+        killed: true,
+        repeated,
+    }
+}
+
+fn reference() -> Vec<u8> {
+    let dir = TempDir::new("disk-ref");
+    let disk = image(&dir, "ref.img");
+    let con = dir.path("ref.txt");
+    let st = run_cmd(&disk, &con, CMDLINE).status().unwrap();
+    let out = std::fs::read(&con).unwrap();
+    assert!(
+        st.success(),
+        "reference run failed:\n{}",
+        String::from_utf8_lossy(&out)
+    );
+    out
+}
+
+fn trials(n: usize, ack: &str) {
+    if !common::kvm_available() {
+        return;
+    }
+    let mut rng = common::Rng::from_env(&format!("disk-failover-{ack}"));
+    let reference = reference();
+    let mut killed = 0;
+    for i in 0..n {
+        let t = trial(&reference, ack, &mut rng);
+        killed += usize::from(t.killed);
+        eprintln!("trial {i}: killed={} repeated={}", t.killed, t.repeated);
+    }
+    assert!(
+        killed * 2 >= n,
+        "only {killed} of {n} trials killed the primary mid-run"
+    );
+}
+
+#[test]
+fn diskcheck_failover_20_random_kills() {
+    trials(20, "memory");
+}
+
+#[test]
+fn diskcheck_failover_durable_acks() {
+    trials(4, "durable");
+}
+
+#[test]
+fn a_replica_of_the_wrong_size_is_refused_clearly() {
+    if !common::kvm_available() {
+        return;
+    }
+    let dir = TempDir::new("disk-wrong");
+    let key = common::key_file(&dir, "key", 7);
+    let small = dir.path("small.img");
+    std::fs::File::create(&small)
+        .unwrap()
+        .set_len(DISK_BYTES / 2)
+        .unwrap();
+    let (mut standby, addr) = common::spawn_standby_with(
+        &key,
+        &dir.path("s.txt"),
+        "127.0.0.1:0",
+        &["--disk", small.to_str().unwrap()],
+    );
+    let pdisk = image(&dir, "p.img");
+    let mut c = run_cmd(&pdisk, &dir.path("p.txt"), "blocks=16 ops=10");
+    c.arg("--shadow").arg(&addr).arg("--key-file").arg(&key);
+    c.args(["--wait-shadow-ms", "3000"]);
+    let mut primary = Proc::spawn(c);
+    let st = primary.wait(Duration::from_secs(30), "primary");
+    let err = primary.stderr();
+    // The guest still runs (unprotected), and the primary says why.
+    assert!(st.success(), "{err}");
+    assert!(
+        err.contains("disk 0: the primary's disk has 8388608 bytes but replica")
+            && err.contains("4194304"),
+        "{err}\nstandby:\n{}",
+        standby.stderr()
+    );
+    let _ = standby.child.kill();
+    // A missing replica is refused when the standby starts.
+    let o = Command::new(common::hotspare())
+        .args(["standby", "--listen", "127.0.0.1:0", "--key-file"])
+        .arg(&key)
+        .arg("--disk")
+        .arg(dir.path("missing.img"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("missing.img") && err.contains("cannot open"),
+        "{err}"
+    );
+}
