@@ -59,6 +59,11 @@ pub enum EngineError {
     /// A device could not be created, or a device record was refused.
     #[error(transparent)]
     Devices(#[from] crate::devices::DeviceError),
+    /// The primary's disk failed while a shadow holds a committed state:
+    /// the process must end without telling the shadow the guest stopped,
+    /// so that the shadow takes over (its disk is healthy).
+    #[error("the primary's disk failed ({0}); handing the VM over to the shadow")]
+    HandOver(String),
     /// The replication stream failed or a peer was refused.
     #[error(transparent)]
     Transport(#[from] transport::TransportError),

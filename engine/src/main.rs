@@ -16,6 +16,10 @@ use engine::store::DirStore;
 use engine::vm::{Vm, VmConfig};
 use std::time::Duration;
 
+/// Exit status of a primary that handed its VM over to the shadow because
+/// its own disk failed (EX_TEMPFAIL).
+const HANDOVER_EXIT: i32 = 75;
+
 /// Default size of the primary's XOR-delta cache, MiB.
 const DEFAULT_DELTA_CACHE_MIB: u64 = 64;
 
@@ -326,6 +330,16 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
         vm.start_parked()?;
         rep.protect_before_start(&vm, Duration::from_millis(wait))?;
         let res = engine::runner::supervise(&mut vm, Some(&mut rep as &mut dyn Periodic));
+        if let Some(why) = vm.io_failover.failure() {
+            // No goodbye, no release of held output: the shadow, whose disk
+            // is healthy, takes over from its last commit as from a crash.
+            eprintln!(
+                "hotspare: the primary's disk failed ({why}); handing the VM over to the shadow at {} \
+                 (this process ends without releasing uncommitted output)",
+                a.replica.shadow.as_deref().unwrap_or("?")
+            );
+            std::process::exit(HANDOVER_EXIT);
+        }
         rep.finish();
         eprintln!(
             "hotspare: {}",

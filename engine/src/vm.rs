@@ -19,7 +19,7 @@ use vmm_sys_util::signal::Killable;
 use crate::boot::{self, BootSpec};
 use crate::devices::console::OutputGate;
 use crate::devices::manager::COM1_GSI;
-use crate::devices::virtio::block::{Block, DiskImage, DiskSpec};
+use crate::devices::virtio::block::{Block, DiskImage, DiskSpec, IoFailover};
 use crate::devices::{DeviceError, DeviceManager, DeviceRecord};
 use crate::error::{EngineError, Result};
 use crate::memory::Ram;
@@ -66,6 +66,9 @@ pub struct Vm {
     pub devices: Arc<DeviceManager>,
     /// The disk images behind the virtio-blk devices, in device order.
     pub disks: Vec<Arc<DiskImage>>,
+    /// What a disk I/O error does: IOERR to the guest, or a handover to
+    /// the shadow (the replicator decides).
+    pub io_failover: Arc<IoFailover>,
     /// Shared vCPU control.
     pub shared: Arc<Shared>,
     /// MSRs captured per vCPU.
@@ -167,6 +170,7 @@ fn add_disk(
     ram: &Arc<Ram>,
     i: usize,
     spec: &DiskSpec,
+    failover: &Arc<IoFailover>,
 ) -> Result<Arc<DiskImage>> {
     let id = format!("virtio-blk.{i}");
     let setup = |msg: String| {
@@ -185,7 +189,15 @@ fn add_disk(
     fd.register_ioevent(&notify, &IoEventAddress::Mmio(notify_reg), NoDatamatch)
         .map_err(|e| setup(format!("KVM_IOEVENTFD at {notify_reg:#x}: {e}")))?;
     let serial = format!("hotspare-disk{i}");
-    let blk = Block::new(&id, disk.clone(), &serial, ram.clone(), irq, notify)?;
+    let blk = Block::new(
+        &id,
+        disk.clone(),
+        &serial,
+        ram.clone(),
+        irq,
+        notify,
+        failover.clone(),
+    )?;
     devices.add_virtio_mmio(slot, Arc::new(Mutex::new(blk)))?;
     Ok(disk)
 }
@@ -247,8 +259,9 @@ impl Vm {
             .map_err(EngineError::kvm("KVM_IRQFD (COM1)"))?;
         let mut devices = DeviceManager::new(irq, console)?;
         let mut disks = Vec::new();
+        let io_failover = Arc::new(IoFailover::default());
         for (i, spec) in cfg.disks.iter().enumerate() {
-            disks.push(add_disk(&fd, &mut devices, &ram, i, spec)?);
+            disks.push(add_disk(&fd, &mut devices, &ram, i, spec, &io_failover)?);
         }
         let devices = Arc::new(devices);
 
@@ -283,6 +296,7 @@ impl Vm {
             ram,
             devices,
             disks,
+            io_failover,
             shared: Shared::new(cfg.vcpus as usize),
             msr_list: Arc::new(msr_list),
             machine,

@@ -50,9 +50,9 @@ fn done_digest(out: &str) -> &str {
 }
 
 /// Boots the replica and returns its scan digest (every block verified).
-fn scan_digest(disk: &Path, dir: &TempDir) -> String {
+fn scan_digest(disk: &Path, dir: &TempDir, blocks: u64) -> String {
     let con = dir.path("verify.txt");
-    let st = run_cmd(disk, &con, "blocks=256 ops=0").status().unwrap();
+    let st = run_cmd(disk, &con, &format!("blocks={blocks} ops=0")).status().unwrap();
     let out = String::from_utf8_lossy(&std::fs::read(&con).unwrap()).into_owned();
     assert!(st.success(), "the replica does not boot cleanly:\n{out}");
     out.lines()
@@ -122,7 +122,7 @@ fn trial(reference: &[u8], ack: &str, rng: &mut common::Rng) -> Trial {
     // exactly the versions the guest's memory ended with.
     let want = done_digest(std::str::from_utf8(reference).unwrap());
     assert_eq!(
-        scan_digest(&rdisk, &dir),
+        scan_digest(&rdisk, &dir, 256),
         want,
         "the replica is out of step"
     );
@@ -219,6 +219,129 @@ fn a_replica_of_the_wrong_size_is_refused_clearly() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         !o.status.success() && err.contains("missing.img") && err.contains("cannot open"),
+        "{err}"
+    );
+}
+
+/// A tmpfs of `mib` MiB mounted at `dir`/`name` (root only), unmounted on drop.
+struct SmallFs(PathBuf);
+
+impl SmallFs {
+    fn mount(dir: &TempDir, name: &str, mib: u64) -> Option<SmallFs> {
+        use std::os::unix::fs::MetadataExt;
+        // /proc/self belongs to the process's effective user.
+        if std::fs::metadata("/proc/self").map_or(1, |m| m.uid()) != 0 {
+            eprintln!("!!!!!!!! SKIPPED: mounting a tmpfs to fill needs root: the disk-failure test did NOT run !!!!!!!!");
+            return None;
+        }
+        let p = dir.path(name);
+        std::fs::create_dir_all(&p).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(&p)
+            .status()
+            .unwrap();
+        assert!(
+            st.success(),
+            "mounting a {mib} MiB tmpfs at {} failed",
+            p.display()
+        );
+        Some(SmallFs(p))
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+const FILL_CMDLINE: &str = "blocks=4096 ops=6000 every=250";
+
+#[test]
+fn a_full_primary_disk_hands_over_to_the_shadow() {
+    if !common::kvm_available() {
+        return;
+    }
+    let dir = TempDir::new("disk-full");
+    let Some(fs) = SmallFs::mount(&dir, "small", 6) else {
+        return;
+    };
+    // The reference, on an ordinary image.
+    let rdisk = dir.path("ref.img");
+    std::fs::File::create(&rdisk)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    let con = dir.path("ref.txt");
+    assert!(run_cmd(&rdisk, &con, FILL_CMDLINE)
+        .status()
+        .unwrap()
+        .success());
+    let reference = std::fs::read(&con).unwrap();
+
+    // The primary's 32 MiB image lives on a 6 MiB tmpfs: it fills mid-run.
+    let pdisk = fs.0.join("primary.img");
+    std::fs::File::create(&pdisk)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    let replica = dir.path("replica.img");
+    std::fs::File::create(&replica)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    let key = common::key_file(&dir, "key", 11);
+    let (pcon, scon) = (dir.path("p.txt"), dir.path("s.txt"));
+    let (mut standby, addr) = common::spawn_standby_with(
+        &key,
+        &scon,
+        "127.0.0.1:0",
+        &["--disk", replica.to_str().unwrap()],
+    );
+    let mut c = run_cmd(&pdisk, &pcon, FILL_CMDLINE);
+    c.arg("--shadow").arg(&addr).arg("--key-file").arg(&key);
+    let mut primary = Proc::spawn(c);
+    let st = primary.wait(Duration::from_secs(60), "primary");
+    let perr = primary.stderr();
+    assert_eq!(
+        st.code(),
+        Some(75),
+        "the primary did not hand over:\n{perr}"
+    );
+    assert!(
+        perr.contains("No space left on device") && perr.contains("handing the VM over"),
+        "{perr}"
+    );
+    let (_err, at) = common::finished_takeover(&mut standby, "diskcheck");
+    let first = std::fs::read(&pcon).unwrap_or_default();
+    let second = std::fs::read(&scon).unwrap_or_default();
+    // The guest never saw the error: its output is the reference's.
+    common::check_failover_output("diskcheck", &reference, &first, at, &second);
+    let want = done_digest(std::str::from_utf8(&reference).unwrap());
+    assert_eq!(scan_digest(&replica, &dir, 4096), want);
+
+    // Unprotected, the same failure reaches the guest as IOERR, and the log
+    // names the image and the errno.
+    let pdisk2 = fs.0.join("unprotected.img");
+    std::fs::remove_file(&pdisk).unwrap();
+    std::fs::File::create(&pdisk2)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    let con2 = dir.path("u.txt");
+    let o = run_cmd(&pdisk2, &con2, FILL_CMDLINE).output().unwrap();
+    let out = String::from_utf8_lossy(&std::fs::read(&con2).unwrap()).into_owned();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{out}\n{err}");
+    assert!(
+        out.contains("what=status") && out.contains("got=0000000000000001"),
+        "{out}"
+    );
+    assert!(
+        err.contains("unprotected.img")
+            && err.contains("No space left on device")
+            && err.contains("IOERR"),
         "{err}"
     );
 }

@@ -167,6 +167,9 @@ pub struct Replicator {
     pending: VecDeque<(u64, Harvest)>,
     /// The next epoch is the first committed one after a sync: start holding output.
     first_commit: bool,
+    /// The shadow has committed an epoch of the current sync: a failure of
+    /// the primary's disk can be handed over to it.
+    shadow_committed: bool,
     devices: Arc<DeviceManager>,
     /// Page buffers the sender thread hands back once an epoch is encoded.
     pool: (channel::Sender<Vec<u8>>, channel::Receiver<Vec<u8>>),
@@ -196,6 +199,7 @@ impl Replicator {
             need_full: true,
             pending: VecDeque::new(),
             first_commit: false,
+            shadow_committed: false,
             devices: vm.devices.clone(),
             pool: channel::bounded(PAGE_POOL),
             stats: ReplicationStats::default(),
@@ -303,6 +307,7 @@ impl Replicator {
         }
         self.devices.hold_outputs(false);
         self.need_full = true;
+        self.shadow_committed = false;
         self.stats.shadow_losses += 1;
         tracing::error!(
             "SHADOW LOST ({why}): the VM now runs UNPROTECTED; reconnecting to {}",
@@ -348,6 +353,8 @@ impl Replicator {
         while self.pending.front().is_some_and(|(s, _)| *s <= acked) {
             if let Some((_, h)) = self.pending.pop_front() {
                 self.ledger.commit(h);
+                // An epoch (never a pre-copy round) is committed on the shadow.
+                self.shadow_committed = true;
             }
         }
     }
@@ -813,6 +820,19 @@ impl Periodic for Replicator {
     }
 
     fn tick(&mut self, vm: &Vm) -> Result<()> {
+        let res = self.tick_inner(vm);
+        // A disk error with a shadow to hand over to ends the primary, whatever
+        // the epoch machinery was doing (a pause fails once the disk failed).
+        if let Some(why) = vm.io_failover.failure() {
+            return Err(EngineError::HandOver(why));
+        }
+        vm.io_failover.set_enabled(self.shadow_committed);
+        res
+    }
+}
+
+impl Replicator {
+    fn tick_inner(&mut self, vm: &Vm) -> Result<()> {
         if let Some(link) = &self.link {
             if link.shared.lost.load(Ordering::SeqCst) {
                 let why = link

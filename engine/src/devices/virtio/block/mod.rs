@@ -19,6 +19,7 @@ use super::{F_INDIRECT_DESC, F_VERSION_1};
 use crate::devices::{open_record, record, BusAction, Device, DeviceError, DeviceRecord};
 use crate::memory::Ram;
 pub use disk::{DiskImage, DiskSpec};
+
 use request::Limits;
 use worker::{Inner, Shared, Worker};
 
@@ -34,6 +35,45 @@ const MAX_RANGE_SECTORS: u32 = u32::MAX / 512;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Layout version of [`BlockState`].
 const RECORD_VERSION: u32 = 1;
+
+/// What a disk I/O error does, shared by every disk of a VM and its
+/// replicator (`docs/disk-replication.md`, "The primary's disk fails").
+#[derive(Default)]
+pub struct IoFailover {
+    /// A shadow holds a committed state: hand the VM over to it instead
+    /// of showing the guest the error.
+    enabled: std::sync::atomic::AtomicBool,
+    /// The first error that called for a handover.
+    failure: Mutex<Option<String>>,
+}
+
+impl IoFailover {
+    /// Whether an I/O error hands the VM over (set by the replicator).
+    pub fn set_enabled(&self, on: bool) {
+        self.enabled.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The failure that calls for a handover, if one happened.
+    pub fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Reports an I/O error: true if it is to be handed over (the request
+    /// must then never complete), false if the guest gets `IOERR`.
+    fn report(&self, why: &str) -> bool {
+        if !self.enabled.load(std::sync::atomic::Ordering::SeqCst) {
+            return false;
+        }
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(|| why.to_owned());
+        true
+    }
+}
 
 /// What the guest sees of the disk, fixed when the device is built.
 pub struct BlockConfig {
@@ -126,6 +166,7 @@ pub struct Block {
     notify: EventFd,
     ctl: EventFd,
     ram: Arc<Ram>,
+    failover: Arc<IoFailover>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -147,6 +188,7 @@ impl Block {
         ram: Arc<Ram>,
         irq: EventFd,
         notify: EventFd,
+        failover: Arc<IoFailover>,
     ) -> Result<Block, DeviceError> {
         let cfg = Arc::new(BlockConfig::new(&disk, serial));
         let shared = Arc::new(Shared {
@@ -157,6 +199,7 @@ impl Block {
                 inflight: 0,
                 generation: 0,
                 errors: 0,
+                halted: false,
             }),
             idle: Condvar::new(),
         });
@@ -170,6 +213,7 @@ impl Block {
             ctl: ctl.try_clone().map_err(setup_err(id))?,
             irq,
             name: id.to_owned(),
+            failover: failover.clone(),
         };
         let thread = std::thread::Builder::new()
             .name(id.to_owned())
@@ -182,6 +226,7 @@ impl Block {
             notify,
             ctl,
             ram,
+            failover,
             thread: Some(thread),
         })
     }
@@ -297,6 +342,14 @@ impl Device for Block {
     }
 
     fn quiesce(&mut self) -> Result<(), DeviceError> {
+        if let Some(why) = self.failover.failure() {
+            // Nothing after the failure may be captured: the shadow takes
+            // over from the last commit instead.
+            return Err(DeviceError::Quiesce {
+                id: self.id.clone(),
+                msg: format!("the disk failed ({why}); the VM is being handed over"),
+            });
+        }
         let mut inner = self.shared.lock();
         inner.paused = true;
         self.kick();
@@ -315,7 +368,9 @@ impl Device for Block {
     }
 
     fn wake(&mut self) {
-        self.shared.lock().paused = false;
+        let mut inner = self.shared.lock();
+        inner.paused = inner.halted;
+        drop(inner);
         self.kick();
     }
 }

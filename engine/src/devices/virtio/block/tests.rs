@@ -66,6 +66,7 @@ fn env(tag: &str, read_only: bool) -> Env {
         ram.clone(),
         irq.try_clone().unwrap(),
         notify,
+        Arc::new(IoFailover::default()),
     )
     .unwrap();
     Env {
@@ -405,7 +406,16 @@ fn a_record_of_another_disk_size_is_refused() {
     .unwrap();
     let ram = Arc::new(Ram::new(2 << 20).unwrap());
     let fd = || EventFd::new(libc::EFD_NONBLOCK).unwrap();
-    let mut other = Block::new("virtio-blk.0", Arc::new(disk), "x", ram, fd(), fd()).unwrap();
+    let mut other = Block::new(
+        "virtio-blk.0",
+        Arc::new(disk),
+        "x",
+        ram,
+        fd(),
+        fd(),
+        Default::default(),
+    )
+    .unwrap();
     let err = other.restore(&rec).unwrap_err().to_string();
     assert!(
         err.contains("2048 sectors") && err.contains("4096 sectors"),
@@ -432,6 +442,7 @@ fn conformance_dev() -> Block {
         e.ram.clone(),
         fd(),
         fd(),
+        Default::default(),
     )
     .unwrap()
 }

@@ -50,6 +50,8 @@ pub struct Inner {
     pub generation: u64,
     /// Requests completed with an error (for the log and tests).
     pub errors: u64,
+    /// The disk failed and the VM is handed over: serve nothing more.
+    pub halted: bool,
 }
 
 /// [`Inner`] and the condition "no request in flight".
@@ -90,6 +92,7 @@ pub struct Worker {
     pub(super) ctl: EventFd,
     pub(super) irq: EventFd,
     pub(super) name: String,
+    pub(super) failover: Arc<super::IoFailover>,
 }
 
 struct Run {
@@ -177,7 +180,7 @@ impl Run {
                 }
                 continue;
             }
-            if !inner.paused && inner.transport.active() {
+            if !inner.paused && !inner.halted && inner.transport.active() {
                 interrupt |= self.pop(&mut inner);
             }
             if inner.inflight == 0 {
@@ -259,6 +262,11 @@ impl Run {
             };
             match self.start(inner, slot, head, req) {
                 Started::Submitted => inner.inflight += 1,
+                Started::Held => {
+                    inner.paused = true;
+                    inner.halted = true;
+                    break;
+                }
                 Started::Done(req, st, written) => {
                     if st != VIRTIO_BLK_S_OK {
                         inner.errors += 1;
@@ -394,7 +402,15 @@ impl Run {
                     let punched = self.w.disk.punch(off, n * SECTOR);
                     self.w.disk.mark_written(off, n * SECTOR);
                     if let Err(e) = punched {
-                        let why = format!("punching a hole: {e}");
+                        let why = format!(
+                            "{name}: {:?} on {} failed: {e}",
+                            req.kind,
+                            self.w.disk.path.display()
+                        );
+                        if self.w.failover.report(&why) {
+                            tracing::error!("{why}: handing the VM over to the shadow");
+                            return Started::Held;
+                        }
                         return ioerr(req, &why);
                     }
                 }
@@ -454,19 +470,29 @@ impl Run {
         };
         let ok = res >= 0 && res as u64 == expect;
         if !ok {
-            inner.errors += 1;
             let why = if res < 0 {
                 std::io::Error::from_raw_os_error(-res).to_string()
             } else {
                 format!("short transfer of {res} of {expect} bytes")
             };
-            tracing::error!(
+            let what = format!(
                 "{}: {:?} at sector {} failed on {}: {why}",
                 self.w.name,
                 p.req.kind,
                 p.req.sector,
                 self.w.disk.path.display()
             );
+            if self.w.failover.report(&what) {
+                // A shadow holds a committed state without this request
+                // completed: it will serve it on its own disk. The guest
+                // never sees the error; the device stops here.
+                tracing::error!("{what}: handing the VM over to the shadow");
+                inner.paused = true;
+                inner.halted = true;
+                return false;
+            }
+            inner.errors += 1;
+            tracing::error!("{what}: the guest gets IOERR (no shadow to hand over to)");
         }
         let mut written = 0;
         if p.req.kind == Kind::In {
@@ -491,6 +517,8 @@ impl Run {
 
 enum Started {
     Submitted,
+    /// Never answered: the disk failed and the VM is handed over.
+    Held,
     /// Answered at once: status and bytes written into the data buffers.
     Done(Request, u32, u32),
 }
