@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use common::{Proc, TempDir};
 
 const CMDLINE: &str = "blocks=256 ops=12000 every=250";
+/// Shorter: with --verify-memory every epoch hashes memory and disk while paused.
+const VERIFY_CMDLINE: &str = "blocks=256 ops=2000 every=50";
 const DISK_BYTES: u64 = 8 << 20;
 
 fn image(dir: &TempDir, name: &str) -> PathBuf {
@@ -52,7 +54,9 @@ fn done_digest(out: &str) -> &str {
 /// Boots the replica and returns its scan digest (every block verified).
 fn scan_digest(disk: &Path, dir: &TempDir, blocks: u64) -> String {
     let con = dir.path("verify.txt");
-    let st = run_cmd(disk, &con, &format!("blocks={blocks} ops=0")).status().unwrap();
+    let st = run_cmd(disk, &con, &format!("blocks={blocks} ops=0"))
+        .status()
+        .unwrap();
     let out = String::from_utf8_lossy(&std::fs::read(&con).unwrap()).into_owned();
     assert!(st.success(), "the replica does not boot cleanly:\n{out}");
     out.lines()
@@ -78,9 +82,18 @@ fn trial(reference: &[u8], ack: &str, rng: &mut common::Rng) -> Trial {
         "127.0.0.1:0",
         &["--disk", rdisk.to_str().unwrap(), "--disk-ack", ack],
     );
-    let mut c = run_cmd(&pdisk, &pcon, CMDLINE);
+    let cmdline = if ack == "durable" {
+        VERIFY_CMDLINE
+    } else {
+        CMDLINE
+    };
+    let mut c = run_cmd(&pdisk, &pcon, cmdline);
     c.arg("--shadow").arg(&addr).arg("--key-file").arg(&key);
     c.args(["--interval-ms", "20"]);
+    if ack == "durable" {
+        // Test mode: memory and disk hashed at every epoch on both sides.
+        c.arg("--verify-memory");
+    }
     let mut primary = Proc::spawn(c);
     standby
         .wait_line("standby in sync", Duration::from_secs(30))
@@ -114,7 +127,14 @@ fn trial(reference: &[u8], ack: &str, rng: &mut common::Rng) -> Trial {
     }
     primary.child.kill().unwrap();
     primary.child.wait().unwrap();
-    let (_err, at) = common::finished_takeover(&mut standby, "diskcheck");
+    let (err, at) = common::finished_takeover(&mut standby, "diskcheck");
+    if ack == "durable" {
+        let v = err
+            .lines()
+            .find(|l| l.contains("shadow memory matched"))
+            .unwrap_or_else(|| panic!("no verification reported:\n{err}"));
+        assert!(!v.contains("DIVERGED"), "{v}");
+    }
     let first = std::fs::read(&pcon).unwrap_or_default();
     let second = std::fs::read(&scon).unwrap_or_default();
     let repeated = common::check_failover_output("diskcheck", reference, &first, at, &second);
@@ -132,11 +152,11 @@ fn trial(reference: &[u8], ack: &str, rng: &mut common::Rng) -> Trial {
     }
 }
 
-fn reference() -> Vec<u8> {
+fn reference(cmdline: &str) -> Vec<u8> {
     let dir = TempDir::new("disk-ref");
     let disk = image(&dir, "ref.img");
     let con = dir.path("ref.txt");
-    let st = run_cmd(&disk, &con, CMDLINE).status().unwrap();
+    let st = run_cmd(&disk, &con, cmdline).status().unwrap();
     let out = std::fs::read(&con).unwrap();
     assert!(
         st.success(),
@@ -151,7 +171,11 @@ fn trials(n: usize, ack: &str) {
         return;
     }
     let mut rng = common::Rng::from_env(&format!("disk-failover-{ack}"));
-    let reference = reference();
+    let reference = reference(if ack == "durable" {
+        VERIFY_CMDLINE
+    } else {
+        CMDLINE
+    });
     let mut killed = 0;
     for i in 0..n {
         let t = trial(&reference, ack, &mut rng);
@@ -169,9 +193,11 @@ fn diskcheck_failover_20_random_kills() {
     trials(20, "memory");
 }
 
+/// `--disk-ack durable`, with `--verify-memory`: at every commit the
+/// shadow's memory and replica hash to what the primary's did.
 #[test]
 fn diskcheck_failover_durable_acks() {
-    trials(4, "durable");
+    trials(3, "durable");
 }
 
 #[test]

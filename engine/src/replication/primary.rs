@@ -383,7 +383,10 @@ impl Replicator {
             }
             let buf = self.pool.1.try_recv().unwrap_or_default();
             let (ep, h) = capture::capture_into(&guard, &mut self.ledger, full, self.seq + 1, buf)?;
-            let hash = self.cfg.verify_memory.then(|| wire::memory_hash(&vm.ram));
+            let hash = self
+                .cfg
+                .verify_memory
+                .then(|| wire::memory_hash(&vm.ram, &vm.disks));
             let t = Instant::now();
             if stay_paused {
                 kept = Some(guard);

@@ -670,7 +670,7 @@ fn commit(
     }
     super::push_bounded(&mut sh.reports, (end.figures, staged.len() as u64));
     if let Some(want) = end.memory_hash {
-        if wire::memory_hash(&ram) == want {
+        if wire::memory_hash(&ram, &replicas) == want {
             sh.verified += 1;
         } else {
             eprintln!(

@@ -40,18 +40,38 @@ pub struct EpochEnd {
     pub released: u64,
     /// The primary's figures for this epoch (for reports on the shadow side).
     pub figures: EpochReport,
-    /// Test mode (`--verify-memory`): BLAKE3 of all guest memory at the
-    /// checkpoint, computed while paused. The shadow compares its own after
-    /// applying the epoch.
+    /// Test mode (`--verify-memory`): BLAKE3 of all guest memory and every
+    /// disk at the checkpoint, computed while paused. The shadow compares
+    /// its own (memory and replicas) after applying the epoch.
     pub memory_hash: Option<[u8; 32]>,
 }
 
-/// BLAKE3 of all guest memory, region by region.
-pub fn memory_hash(ram: &crate::memory::Ram) -> [u8; 32] {
+/// BLAKE3 of all guest memory, region by region, then of every disk's
+/// contents (the primary's images while paused and drained; the shadow's
+/// replicas once the epoch is applied). A read error hashes as a marker, so
+/// it can only make the two sides differ, never match by accident.
+pub fn memory_hash(
+    ram: &crate::memory::Ram,
+    disks: &[std::sync::Arc<crate::devices::virtio::block::DiskImage>],
+) -> [u8; 32] {
+    use std::os::unix::fs::FileExt;
     let mut h = blake3::Hasher::new();
     for r in &ram.regions {
         h.update(&r.gpa.to_le_bytes());
         h.update(r.as_slice());
+    }
+    let mut buf = vec![0u8; 1 << 20];
+    for (i, d) in disks.iter().enumerate() {
+        h.update(&(i as u64).to_le_bytes());
+        let mut off = 0u64;
+        while off < d.bytes {
+            let n = (d.bytes - off).min(buf.len() as u64) as usize;
+            match d.file.read_exact_at(&mut buf[..n], off) {
+                Ok(()) => h.update(&buf[..n]),
+                Err(_) => h.update(b"unreadable"),
+            };
+            off += n as u64;
+        }
     }
     *h.finalize().as_bytes()
 }
