@@ -22,7 +22,7 @@ use crate::{devices, disk, pages};
 /// - `Memory`: every page record is valid (see [`pages::decode_records`]);
 /// - `Disk`: a disk index, then valid page records and no XOR deltas;
 /// - `Devices`: a valid list of device records (see [`devices::decode`]);
-/// - `Console`: exactly 8 bytes.
+/// - `Console`: at least 8 bytes (the position, then the epoch's output).
 ///
 /// `Vcpus` and `Vm` payloads, and each device record's own bytes, are only
 /// checked by CRC here.
@@ -73,10 +73,10 @@ pub fn verify_with<R: Read>(
             SectionId::Disk => {
                 disk::split(&payload)?;
             }
-            SectionId::Console if payload.len() != 8 => {
+            SectionId::Console if payload.len() < 8 => {
                 return Err(CheckpointError::BadPayload {
                     id,
-                    reason: format!("expected 8 bytes, got {}", payload.len()),
+                    reason: format!("expected at least 8 bytes, got {}", payload.len()),
                 });
             }
             _ => {}

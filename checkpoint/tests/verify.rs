@@ -163,7 +163,7 @@ fn verify_refuses_a_bad_console_offset() {
     let err = verify(&bytes[..], &Limits::default(), None).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "invalid Console section payload: expected 8 bytes, got 7"
+        "invalid Console section payload: expected at least 8 bytes, got 7"
     );
 }
 

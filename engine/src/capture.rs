@@ -121,6 +121,7 @@ impl Epoch {
             vm: self.vm.clone(),
             devices: self.devices.clone(),
             console_pos: self.console_pos,
+            output: self.output.1.clone(),
         }
     }
 }

@@ -29,19 +29,26 @@ pub struct LocalCheckpointer {
     ledger: DirtyLedger,
     interval: Duration,
     next: Instant,
+    /// Output of epochs whose checkpoint failed: (start position, bytes),
+    /// carried into the next checkpoint so a restore can show it again.
+    carry: Option<(u64, Vec<u8>)>,
     /// Figures so far.
     pub stats: CheckpointStats,
 }
 
 impl LocalCheckpointer {
     /// A checkpointer for `vm` into `store`. If the store has no base yet the
-    /// first checkpoint is full.
+    /// first checkpoint is full. From here on the VM's output is held until
+    /// the checkpoint that produced it is durable (call before the guest
+    /// runs; [`LocalCheckpointer::finish`] releases the rest).
     pub fn new(vm: &Vm, store: DirStore, interval: Duration) -> LocalCheckpointer {
+        vm.devices.hold_outputs(true);
         LocalCheckpointer {
             store,
             ledger: DirtyLedger::new(&vm.ledger_regions()),
             interval,
             next: Instant::now(),
+            carry: None,
             stats: CheckpointStats::default(),
         }
     }
@@ -50,17 +57,19 @@ impl LocalCheckpointer {
     pub fn checkpoint(&mut self, vm: &Vm) -> Result<u64> {
         let full = self.store.last_seq().is_none();
         let guard = vm.pause()?;
-        let (epoch, harvest) = capture::capture(
-            &guard,
-            &mut self.ledger,
-            full,
-            self.store.last_seq().map_or(1, |s| s + 1),
-        )?;
+        let seq = self.store.last_seq().map_or(1, |s| s + 1);
+        let (mut epoch, harvest) = capture::capture(&guard, &mut self.ledger, full, seq)?;
         let pause = guard.paused_at().elapsed();
         drop(guard);
+        if let Some((start, mut bytes)) = self.carry.take() {
+            bytes.extend_from_slice(&epoch.output.1);
+            epoch.output = (start, bytes);
+        }
         match self.store.write_epoch(&epoch) {
             Ok(seq) => {
                 self.ledger.commit(harvest);
+                // Durable: its output may be seen.
+                vm.devices.release_outputs(seq);
                 self.stats.published += 1;
                 crate::replication::push_bounded(&mut self.stats.pauses, pause);
                 crate::replication::push_bounded(&mut self.stats.pages, epoch.pages.pages());
@@ -75,10 +84,17 @@ impl LocalCheckpointer {
             }
             Err(e) => {
                 self.stats.failed += 1;
+                self.carry = Some(std::mem::take(&mut epoch.output));
                 self.ledger.put_back(harvest)?;
                 Err(e)
             }
         }
+    }
+
+    /// The guest ended on its own: nothing will be restored, so the output
+    /// since the last checkpoint is released.
+    pub fn finish(&mut self, vm: &Vm) {
+        vm.devices.hold_outputs(false);
     }
 }
 

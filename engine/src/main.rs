@@ -410,8 +410,12 @@ fn standby(a: StandbyArgs) -> anyhow::Result<i32> {
     Ok(engine::replication::standby::run(cfg)?)
 }
 
-fn finish(vm: &mut Vm, ckpt: Option<&mut LocalCheckpointer>) -> anyhow::Result<i32> {
-    let reason = engine::runner::supervise(vm, ckpt.map(|c| c as &mut dyn Periodic))?;
+fn finish(vm: &mut Vm, mut ckpt: Option<&mut LocalCheckpointer>) -> anyhow::Result<i32> {
+    let reason =
+        engine::runner::supervise(vm, ckpt.as_deref_mut().map(|c| c as &mut dyn Periodic))?;
+    if let (Some(c), false) = (ckpt, matches!(reason, engine::vcpu::StopReason::Error(_))) {
+        c.finish(vm);
+    }
     exit_status(reason)
 }
 

@@ -13,7 +13,8 @@ pub struct Restored {
     pub vm: Vm,
     /// The sequence number it was restored from.
     pub seq: u64,
-    /// The console position the guest resumes at.
+    /// The console position the restored output starts at (the restore
+    /// re-emits the last epoch's output from there).
     pub console_pos: u64,
 }
 
@@ -42,7 +43,16 @@ pub fn restore(
     };
     let mut vm = Vm::create(&cfg, Box::new(std::io::sink()), Some(ram))?;
     vm.restore_devices(&state.devices)?;
-    vm.set_console(console, state.console_pos);
+    // The last epoch's output may never have been shown (the run held it
+    // until the checkpoint was durable and may have died before releasing
+    // it): continue from where that output starts and show it again; at
+    // worst a byte-identical repeat of what was already shown.
+    let resume = state.console_pos - state.output.len() as u64;
+    vm.set_console(console, resume);
+    vm.console_gate()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .emit(&state.output);
     if vm.machine.cpuid != chain.machine.cpuid {
         tracing::warn!("this host's CPUID differs from the checkpoint's; the guest keeps the checkpoint's CPUID");
     }
@@ -51,7 +61,7 @@ pub fn restore(
     Ok(Restored {
         vm,
         seq: chain.seq,
-        console_pos: state.console_pos,
+        console_pos: resume,
     })
 }
 

@@ -22,6 +22,11 @@ pub struct EpochState {
     pub devices: Vec<DeviceRecord>,
     /// Console bytes emitted up to this point.
     pub console_pos: u64,
+    /// The console bytes of this epoch (ending at `console_pos`) that may
+    /// not have been shown yet: a restore emits them again (local
+    /// checkpoints; empty on the replication stream, whose `EpochEnd`
+    /// carries them).
+    pub output: Vec<u8>,
 }
 
 fn enc<T: serde::Serialize>(v: &T) -> Vec<u8> {
@@ -39,8 +44,30 @@ pub fn write_state<W: Write>(
     w.write_section(SectionId::Vcpus, &enc(&state.vcpus))?;
     w.write_section(SectionId::Vm, &enc(&state.vm))?;
     w.write_section(SectionId::Devices, &devices::encode(&state.devices)?)?;
-    w.write_section(SectionId::Console, &state.console_pos.to_le_bytes())?;
+    let mut console = state.console_pos.to_le_bytes().to_vec();
+    console.extend_from_slice(&state.output);
+    w.write_section(SectionId::Console, &console)?;
     Ok(())
+}
+
+/// Splits a Console payload: the position, then the epoch's output bytes
+/// (which end at the position, so there cannot be more of them).
+pub fn decode_console(payload: &[u8]) -> std::result::Result<(u64, &[u8]), CheckpointError> {
+    if payload.len() < 8 {
+        return Err(CheckpointError::Decode(format!(
+            "Console section is {} bytes, at least 8 needed",
+            payload.len()
+        )));
+    }
+    let pos = u64::from_le_bytes(payload[..8].try_into().expect("8 bytes"));
+    let out = &payload[8..];
+    if out.len() as u64 > pos {
+        return Err(CheckpointError::Decode(format!(
+            "Console section holds {} output bytes ending at byte {pos}",
+            out.len()
+        )));
+    }
+    Ok((pos, out))
 }
 
 /// The state sections of one checkpoint as they are read.
@@ -51,7 +78,7 @@ pub struct StateSections {
     vcpus: Option<Vec<VcpuState>>,
     vm: Option<VmState>,
     devices: Option<Vec<DeviceRecord>>,
-    console: Option<u64>,
+    console: Option<(u64, Vec<u8>)>,
 }
 
 fn decode_err(what: &str, e: postcard::Error) -> CheckpointError {
@@ -77,13 +104,8 @@ impl StateSections {
             }
             SectionId::Devices => self.devices = Some(devices::decode(payload)?),
             SectionId::Console => {
-                let b: [u8; 8] = payload.try_into().map_err(|_| {
-                    CheckpointError::Decode(format!(
-                        "Console section is {} bytes, not 8",
-                        payload.len()
-                    ))
-                })?;
-                self.console = Some(u64::from_le_bytes(b));
+                let (pos, out) = decode_console(payload)?;
+                self.console = Some((pos, out.to_vec()));
             }
             SectionId::Memory | SectionId::Disk | SectionId::End => return Ok(false),
         }
@@ -99,7 +121,12 @@ impl StateSections {
             vcpus: self.vcpus.clone().ok_or_else(|| missing("Vcpus"))?,
             vm: self.vm.clone().ok_or_else(|| missing("Vm"))?,
             devices: self.devices.clone().ok_or_else(|| missing("Devices"))?,
-            console_pos: self.console.ok_or_else(|| missing("Console"))?,
+            console_pos: self.console.as_ref().ok_or_else(|| missing("Console"))?.0,
+            output: self
+                .console
+                .as_ref()
+                .map(|c| c.1.clone())
+                .unwrap_or_default(),
         })
     }
 }

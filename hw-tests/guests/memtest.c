@@ -25,6 +25,9 @@
  *               its rate, like the QEMU peer's guest, and leaves the CPU to
  *               the host in between) or spin (busy-waits on the TSC)
  *   spin=K      extra busy-loop iterations per write (slows the dirty rate)
+ *   tsc=1       append " tsc=<hex>" (the TSC when the line is printed) to
+ *               every round line: output that is not a function of the
+ *               inputs, for output-commit tests
  *   sleep=T     busy loop of T * 2^20 iterations after each round
  *
  * Memory: page p of the working set lives at B MiB + p * 4096; its words:
@@ -70,6 +73,7 @@ static int fill_text;
 /* rate= pacing: write i is due at pace_start + i * tsc_hz / rate ticks. */
 static u64 rate, tsc_hz, pace_start, pace_done, pace_slack;
 static int idle_hlt = 1;
+static int show_tsc;
 
 static inline u64 rdtsc(void)
 {
@@ -281,6 +285,7 @@ int user_main(const char *cmdline)
     u64 seed = arg_u64_or(cmdline, "seed", 1);
     u64 sleep = arg_u64_or(cmdline, "sleep", 0);
     spin_per_write = arg_u64_or(cmdline, "spin", 0);
+    show_tsc = arg_u64_or(cmdline, "tsc", 0) != 0;
     rate = arg_u64_or(cmdline, "rate", 0);
     tsc_hz = arg_u64_or(cmdline, "tsc_khz", 0) * 1000;
     if (rate && !tsc_hz)
@@ -380,6 +385,12 @@ int user_main(const char *cmdline)
         u_putu(total);
         u_puts(" digest=");
         u_puthex(vt_digest(), 16);
+        if (show_tsc) {
+            /* Output that is not a function of the inputs: re-executing
+             * this round prints another value. */
+            u_puts(" tsc=");
+            u_puthex(rdtsc(), 16);
+        }
         if (bad) {
             u_puts(" check=FAIL");
             print_bad(&b);

@@ -8,6 +8,7 @@
 mod common;
 
 use common::{kill_restore_trial, reference, GuestSpec, Rng};
+use std::time::Duration;
 
 fn trials(spec: GuestSpec, n: usize, interval_ms: u64, extra_kills: usize) {
     if !common::kvm_available() {
@@ -105,5 +106,85 @@ fn elf32_pvh_guest_survives_sigkill() {
         2,
         20,
         1,
+    );
+}
+
+/// Output that is not a function of the guest's inputs (each round line
+/// carries the TSC) must never be contradicted by a restore: a local
+/// checkpoint holds output until the checkpoint that produced it is
+/// durable, and the restore shows the last epoch's output again from where
+/// it starts, so what the killed run showed and what the restored run
+/// shows agree byte for byte where they overlap, and nothing is missing.
+#[test]
+fn clock_dependent_output_is_never_contradicted_by_a_restore() {
+    if !common::kvm_available() {
+        return;
+    }
+    let spec = GuestSpec::new("memtest", "rounds=80 pages=1024 writes=4000 tsc=1");
+    let mut rng = common::Rng::from_env("tsc-restore");
+    let mut kills = 0;
+    for trial in 0..6 {
+        let dir = common::TempDir::new("tsc");
+        let ckpt = dir.path("ckpt");
+        let (seg0, seg1) = (dir.path("seg0.txt"), dir.path("seg1.txt"));
+        let mut child = spec
+            .run_cmd(&seg0)
+            .arg("--checkpoint-dir")
+            .arg(&ckpt)
+            .args(["--checkpoint-interval-ms", "20"])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Kill once some output has been shown (so a checkpoint exists).
+        let target = rng.range(100, 3000);
+        let end = std::time::Instant::now() + Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none()
+            && std::fs::metadata(&seg0).map_or(0, |m| m.len()) < target
+            && std::time::Instant::now() < end
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if child.try_wait().unwrap().is_some() {
+            continue;
+        }
+        std::thread::sleep(Duration::from_millis(rng.range(0, 40)));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        kills += 1;
+        let shown = std::fs::read(&seg0).unwrap();
+        let out = std::process::Command::new(common::hotspare())
+            .args(["restore", "--checkpoint-dir"])
+            .arg(&ckpt)
+            .arg("--console")
+            .arg(&seg1)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "trial {trial}: restore failed: {err}");
+        let at = common::field(&err, "console resumes at byte ").expect("resume position") as usize;
+        let restored = std::fs::read(&seg1).unwrap();
+        assert!(
+            at <= shown.len(),
+            "trial {trial}: output lost: {} bytes were shown, the restore resumed at {at}",
+            shown.len()
+        );
+        let overlap = shown.len() - at;
+        assert!(
+            restored.len() >= overlap && shown[at..] == restored[..overlap],
+            "trial {trial}: the restore contradicts what was shown from byte {at}:\nshown:\n{}\nrestored:\n{}",
+            common::tail(&shown[at..]),
+            common::tail(&restored[..overlap.min(restored.len())])
+        );
+        assert!(
+            String::from_utf8_lossy(&restored)
+                .trim_end()
+                .ends_with("result=ok"),
+            "trial {trial}: {}",
+            common::tail(&restored)
+        );
+    }
+    assert!(
+        kills >= 3,
+        "only {kills} of 6 trials killed the run mid-way"
     );
 }
