@@ -14,6 +14,7 @@ pub mod runner;
 pub mod snapshot;
 pub mod staged;
 pub mod store;
+pub mod store_disks;
 pub mod vcpu;
 pub mod vm;
 

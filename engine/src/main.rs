@@ -289,20 +289,12 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
         (None, Some(_)) => anyhow::bail!("--key-file is only used with --shadow"),
         (None, None) => None,
     };
-    if !a.disks.is_empty() && a.ckpt.checkpoint_dir.is_some() {
-        // A checkpoint without the disk's contents would restore a guest
-        // whose disk is out of step with its memory.
-        anyhow::bail!(
-            "--disk cannot be combined with --checkpoint-dir yet: \
-             local checkpoints of disks are not implemented in this version"
-        );
-    }
     let cfg = VmConfig {
         mem_bytes: a.mem_mib << 20,
         vcpus: a.vcpus,
         log_dirty: a.ckpt.checkpoint_dir.is_some() || replica.is_some(),
         vcpu_cpus: pin_engine(!a.pin),
-        disks: a.disks,
+        disks: a.disks.clone(),
     };
     let mut vm = Vm::create(&cfg, open_console(&a.console)?, None)?;
     let kind = vm.boot(&BootSpec {
@@ -313,7 +305,7 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
     tracing::info!(?kind, "booting");
     let mut ckpt = match &a.ckpt.checkpoint_dir {
         Some(dir) => {
-            let store = DirStore::open(dir, &vm.machine, None)?;
+            let store = DirStore::open(dir, &vm.machine, None, &a.disks)?;
             Some(LocalCheckpointer::new(
                 &vm,
                 store,

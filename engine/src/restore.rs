@@ -2,9 +2,11 @@
 
 use std::path::Path;
 
+use crate::devices::virtio::block::DiskSpec;
 use crate::error::{EngineError, Result};
 use crate::memory::Ram;
 use crate::store::{self, DirStore};
+use crate::store_disks::DiskBases;
 use crate::vm::{Vm, VmConfig};
 
 /// A VM restored from a checkpoint directory, not started yet.
@@ -34,12 +36,13 @@ pub fn restore(
         });
     }
     let state = chain.apply(&ram)?;
+    let disks = restore_disks(dir, &chain)?;
     let cfg = VmConfig {
         mem_bytes: bytes,
         vcpus: chain.machine.vcpus,
         log_dirty,
         vcpu_cpus: None,
-        disks: Vec::new(),
+        disks,
     };
     let mut vm = Vm::create(&cfg, Box::new(std::io::sink()), Some(ram))?;
     vm.restore_devices(&state.devices)?;
@@ -72,5 +75,25 @@ pub fn continue_store(dir: &Path, r: &Restored) -> Result<DirStore> {
     for (src, dst) in r.vm.ram.regions.iter().zip(&image.regions) {
         dst.write(0, src.as_slice());
     }
-    DirStore::open(dir, &r.vm.machine, Some((r.seq, image)))
+    DirStore::open(dir, &r.vm.machine, Some((r.seq, image)), &[])
+}
+
+/// Brings the directory's disk bases up to the chain's newest checkpoint
+/// and copies them over the VM's images, so the restored disks go with the
+/// restored memory (never ahead of it). Returns the disks to attach.
+fn restore_disks(dir: &Path, chain: &store::Chain) -> Result<Vec<DiskSpec>> {
+    if chain.machine.disks.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (mut bases, specs) = DiskBases::open(dir, &chain.machine.disks)?;
+    let fp = chain.machine.fingerprint();
+    for (seq, path) in chain.files() {
+        if *seq > bases.seq() {
+            bases.apply_file(*seq, path, &fp)?;
+        }
+    }
+    for (i, spec) in specs.iter().enumerate() {
+        bases.copy_to(i, &spec.path)?;
+    }
+    Ok(specs)
 }

@@ -29,6 +29,7 @@ use crate::capture::Epoch;
 use crate::error::{EngineError, Result};
 use crate::memory::{Ram, PAGE_SIZE};
 use crate::snapshot::{write_state, StateSections};
+use crate::store_disks::DiskBases;
 
 /// Raw page bytes per Memory section.
 const SECTION_RAW_BYTES: usize = 8 << 20;
@@ -221,16 +222,21 @@ pub struct DirStore {
     compression: Compression,
     /// Memory encoding counters of the last write.
     pub last_stats: MemoryStats,
+    /// Base copies of the VM's disks (`store_disks.rs`), if it has any.
+    disks: Option<DiskBases>,
 }
 
 impl DirStore {
     /// Opens (creating if needed) a checkpoint directory for a VM with this
     /// configuration. `continue_from` continues an existing chain at
-    /// `(seq, image)` after a restore; otherwise the first epoch must be full.
+    /// `(seq, image)` after a restore (the disk bases are the directory's);
+    /// otherwise the first epoch must be full, and `disks` names the VM's
+    /// images (their bases are created).
     pub fn open(
         dir: &Path,
         machine: &MachineConfig,
         continue_from: Option<(u64, Ram)>,
+        disks: &[crate::devices::virtio::block::DiskSpec],
     ) -> Result<DirStore> {
         fs::create_dir_all(dir).map_err(|e| store_err(dir, format!("cannot create: {e}")))?;
         let rd = fs::read_dir(dir).map_err(|e| store_err(dir, format!("cannot read: {e}")))?;
@@ -239,6 +245,7 @@ impl DirStore {
                 let _ = fs::remove_file(ent.path());
             }
         }
+        let continuing = continue_from.is_some();
         let (last_seq, image) = match continue_from {
             Some((seq, image)) => (Some(seq), image),
             None => {
@@ -252,7 +259,13 @@ impl DirStore {
                 (None, Ram::new(bytes)?)
             }
         };
+        let disks = match (machine.disks.is_empty(), continuing) {
+            (true, _) => None,
+            (false, true) => Some(DiskBases::open(dir, &machine.disks)?.0),
+            (false, false) => Some(DiskBases::create(dir, disks, &machine.disks)?),
+        };
         Ok(DirStore {
+            disks,
             dir: dir.to_path_buf(),
             fingerprint: machine.fingerprint(),
             machine: machine.clone(),
@@ -300,12 +313,6 @@ impl DirStore {
     /// Writes an epoch durably. A full epoch starts a new chain; an
     /// incremental one goes on top of the last published checkpoint.
     pub fn write_epoch(&mut self, ep: &Epoch) -> Result<u64> {
-        if !ep.disks.is_empty() {
-            return Err(store_err(
-                &self.dir,
-                "local checkpoints of VMs with disks are not supported yet",
-            ));
-        }
         let seq = self.last_seq.map_or(1, |s| s + 1);
         let header = match (ep.full, self.last_seq) {
             (true, _) => Header::full(seq, self.fingerprint),
@@ -319,6 +326,7 @@ impl DirStore {
         };
         let state = ep.state();
         let mut enc = MemoryEncoder::new(self.compression)?;
+        let compression = self.compression;
         let machine = &self.machine;
         self.publish(&file_name(seq, ep.full), |w| {
             let mut cw = CheckpointWriter::new(w, &header)?;
@@ -329,6 +337,12 @@ impl DirStore {
                 &ep.pages.zero_runs,
                 ep.pages.iter(),
                 &mut Vec::new(),
+            )?;
+            write_disks(
+                &mut cw,
+                &ep.disks,
+                &mut EncodeBuffers::default(),
+                compression,
             )?;
             cw.finish()?;
             Ok(())
@@ -344,6 +358,11 @@ impl DirStore {
             r.write(off, data);
         }
         self.last_seq = Some(seq);
+        if let Some(b) = &mut self.disks {
+            // Published: its blocks go into the bases (a crash before this
+            // is caught up by the restore from the file itself).
+            b.apply_batches(seq, &ep.disks)?;
+        }
         if ep.full {
             self.remove_older_than(seq)?;
             self.incr_since_full = 0;
@@ -404,7 +423,8 @@ pub struct Chain {
     pub machine: MachineConfig,
     /// The newest sequence number.
     pub seq: u64,
-    files: Vec<PathBuf>,
+    /// (seq, path), oldest first.
+    files: Vec<(u64, PathBuf)>,
 }
 
 /// Finds and fully verifies the newest complete chain in `dir`.
@@ -458,7 +478,7 @@ pub fn find_chain(dir: &Path) -> Result<Chain> {
             ),
         ));
     }
-    let mut files = vec![full.path.clone()];
+    let mut files = vec![(full.seq, full.path.clone())];
     let mut seq = full.seq;
     for e in entries.iter().filter(|e| !e.full && e.seq > full.seq) {
         let h = verify(&e.path, Some(&head.fingerprint))?;
@@ -481,7 +501,7 @@ pub fn find_chain(dir: &Path) -> Result<Chain> {
                 ),
             ));
         }
-        files.push(e.path.clone());
+        files.push((e.seq, e.path.clone()));
         seq = e.seq;
     }
     Ok(Chain {
@@ -493,12 +513,17 @@ pub fn find_chain(dir: &Path) -> Result<Chain> {
 }
 
 impl Chain {
+    /// The chain's files, as (seq, path), oldest first.
+    pub fn files(&self) -> &[(u64, PathBuf)] {
+        &self.files
+    }
+
     /// Applies every file's memory to `ram` (oldest first) and returns the
     /// newest file's state.
     pub fn apply(&self, ram: &Ram) -> Result<EpochState> {
         let fp = self.machine.fingerprint();
         let mut last = None;
-        for path in &self.files {
+        for (_, path) in &self.files {
             let f = File::open(path)
                 .map_err(|e| store_err(&self.dir, format!("open {}: {e}", path.display())))?;
             let state = apply_checkpoint(BufReader::new(f), ram, &fp)
@@ -519,10 +544,8 @@ pub fn apply_checkpoint<R: std::io::Read>(r: R, ram: &Ram, fp: &Fingerprint) -> 
     let mem_err = |e: EngineError| checkpoint::CheckpointError::Decode(e.to_string());
     while let Some((id, payload)) = rd.next_section()? {
         if id == SectionId::Disk {
-            return Err(EngineError::Config(
-                "this checkpoint holds disk blocks; local checkpoints of disks are not supported yet"
-                    .into(),
-            ));
+            // Disks are restored from their bases (`store_disks.rs`).
+            continue;
         }
         if id != SectionId::Memory {
             state.take(id, &payload)?;

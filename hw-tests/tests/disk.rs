@@ -160,22 +160,6 @@ fn bad_disk_options_are_clear_errors() {
     let o = run(&format!("{},rw", odd.display()), "");
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("unknown option \"rw\""), "{err}");
-    // Until local checkpoints hold disks, a disk with one is refused, not ignored.
-    let img = image(&dir, "d.img", 4 << 20);
-    let o = Command::new(common::hotspare())
-        .args(["run", "--kernel"])
-        .arg(hw_tests::guest_path("diskcheck"))
-        .arg("--disk")
-        .arg(&img)
-        .arg("--checkpoint-dir")
-        .arg(dir.path("ckpt"))
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        !o.status.success() && err.contains("--disk cannot be combined with --checkpoint-dir"),
-        "{err}"
-    );
 }
 
 /// QEMU's microvm with its own virtio-blk-device, if QEMU is installed.
@@ -254,4 +238,48 @@ fn the_guest_and_the_device_agree_with_qemu() {
         digest(&q2, "diskcheck scan"),
         digest(&ours, "diskcheck done")
     );
+}
+
+/// Local checkpoints of a VM with a disk: SIGKILL at random moments (the
+/// restored process is killed too, every other trial), `hotspare restore`
+/// until the guest finishes. The console must continue the reference
+/// exactly, the guest checks every block it reads against its memory (a
+/// disk restored ahead of or behind its memory fails it), and the image
+/// then holds exactly the guest's final versions.
+#[test]
+fn local_checkpoints_restore_the_disk_with_the_memory() {
+    if !common::kvm_available() {
+        return;
+    }
+    let dir = TempDir::new("disk-local");
+    let cmdline = "blocks=256 ops=8000 every=200";
+    let ref_img = image(&dir, "ref.img", 8 << 20);
+    let mut refspec = common::GuestSpec::new("diskcheck", cmdline);
+    refspec.mem_mib = 64;
+    refspec.run_extra = vec!["--disk".into(), ref_img.to_string_lossy().into()];
+    let (reference, took) = common::reference(&refspec);
+    let want = digest(&String::from_utf8_lossy(&reference), "diskcheck done");
+    let img = dir.path("vm.img");
+    let mut spec = refspec.clone();
+    spec.run_extra = vec!["--disk".into(), img.to_string_lossy().into()];
+    let mut rng = common::Rng::from_env("disk-local");
+    let mut kills = 0;
+    for trial in 0..4 {
+        // A fresh image for each run of the guest.
+        let _ = std::fs::remove_file(&img);
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(8 << 20)
+            .unwrap();
+        let t =
+            common::kill_restore_trial(&spec, &reference, took * 3 / 2, 20, trial % 2, &mut rng);
+        kills += t.kills;
+        let out = ok_run(&img, "blocks=256 ops=0");
+        assert_eq!(
+            digest(&out, "diskcheck scan"),
+            want,
+            "trial {trial}: the image is out of step"
+        );
+    }
+    assert!(kills >= 2, "only {kills} kills in 4 trials");
 }

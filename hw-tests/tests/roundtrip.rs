@@ -108,7 +108,7 @@ fn roundtrip(guest: &str, cmdline: &str, vcpus: u32, run_for: Duration) {
                 x.id
             );
         }
-        let mut store = DirStore::open(&ckpt, &vm.machine, None).unwrap();
+        let mut store = DirStore::open(&ckpt, &vm.machine, None, &[]).unwrap();
         store.write_epoch(&a).unwrap();
         a
     };
@@ -181,7 +181,7 @@ fn failed_epoch_puts_its_dirty_bits_back() {
     vm.start().unwrap();
     std::thread::sleep(Duration::from_millis(100));
     let mut l = ledger(&vm);
-    let mut store = DirStore::open(&ckpt, &vm.machine, None).unwrap();
+    let mut store = DirStore::open(&ckpt, &vm.machine, None, &[]).unwrap();
     {
         let g = vm.pause().unwrap();
         let (a, h) = capture::capture(&g, &mut l, true, 1).unwrap();

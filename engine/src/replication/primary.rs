@@ -897,6 +897,11 @@ impl Replicator {
             if vm.shared.stop_reason().is_some() {
                 return Ok(());
             }
+            if let Some(why) = vm.io_failover.failure() {
+                // Keep the link as it is: dropping it would tell the shadow
+                // its committed state is stale, and it must take over.
+                return Err(EngineError::HandOver(why));
+            }
             tracing::error!("epoch failed: {e}");
             self.drop_link(&format!("epoch failed: {e}"));
         }

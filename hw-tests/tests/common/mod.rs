@@ -110,6 +110,8 @@ pub struct GuestSpec {
     pub vcpus: u32,
     /// Extra arguments for protected primaries only.
     pub primary_extra: Vec<&'static str>,
+    /// Extra arguments for every run (e.g. `--disk PATH`).
+    pub run_extra: Vec<String>,
 }
 
 impl GuestSpec {
@@ -120,6 +122,7 @@ impl GuestSpec {
             mem_mib: 128,
             vcpus: 1,
             primary_extra: Vec::new(),
+            run_extra: Vec::new(),
         }
     }
 
@@ -146,6 +149,7 @@ impl GuestSpec {
             .arg(&self.cmdline)
             .arg("--console")
             .arg(console)
+            .args(&self.run_extra)
             .stdin(Stdio::null());
         c
     }
