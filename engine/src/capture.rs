@@ -54,6 +54,8 @@ impl PageBatch {
 pub struct PauseTimes {
     /// Time to stop all vCPUs.
     pub stop: Duration,
+    /// Quiescing the devices (draining disk requests in flight).
+    pub quiesce: Duration,
     /// Capturing vCPU, VM and device state.
     pub state: Duration,
     /// Harvesting the dirty logs.
@@ -148,7 +150,7 @@ pub fn capture_into(
     seq: u64,
     buf: Vec<u8>,
 ) -> Result<(Epoch, Harvest)> {
-    let stop = guard.paused_at().elapsed();
+    let (stop, quiesce) = guard.stop_and_quiesce();
     let t = Instant::now();
     let vcpus = guard.capture_vcpus()?;
     let vmstate = guard.capture_vm()?;
@@ -208,6 +210,7 @@ pub fn capture_into(
             disks,
             times: PauseTimes {
                 stop,
+                quiesce,
                 state: state_t,
                 harvest: harvest_t,
                 copy: copy_t,

@@ -467,6 +467,8 @@ impl Vm {
                 ));
             }
         }
+        let stop = start.elapsed();
+        let t = Instant::now();
         if let Err(e) = self.devices.quiesce() {
             self.shared.resume_all(&self.senders);
             return Err(e.into());
@@ -474,6 +476,8 @@ impl Vm {
         Ok(PauseGuard {
             vm: self,
             paused_at: start,
+            stop,
+            quiesce: t.elapsed(),
         })
     }
 
@@ -506,6 +510,8 @@ impl Vm {
 pub struct PauseGuard<'a> {
     vm: &'a Vm,
     paused_at: Instant,
+    stop: Duration,
+    quiesce: Duration,
 }
 
 impl PauseGuard<'_> {
@@ -517,6 +523,12 @@ impl PauseGuard<'_> {
     /// When the pause began (for pause-time figures).
     pub fn paused_at(&self) -> Instant {
         self.paused_at
+    }
+
+    /// How long stopping the vCPUs took, and then quiescing the devices
+    /// (draining requests in flight).
+    pub fn stop_and_quiesce(&self) -> (Duration, Duration) {
+        (self.stop, self.quiesce)
     }
 
     /// Captures every vCPU's state. Each vCPU thread captured its own state

@@ -12,6 +12,7 @@ pub mod liveness;
 pub mod policy;
 pub mod primary;
 pub mod standby;
+pub mod stats;
 pub mod wire;
 
 use std::time::Duration;
