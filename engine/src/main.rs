@@ -24,6 +24,7 @@ const HANDOVER_EXIT: i32 = 75;
 const DEFAULT_DELTA_CACHE_MIB: u64 = 64;
 
 mod bench;
+mod bench_disk;
 mod demo;
 mod demo_disk;
 mod plot;
@@ -51,6 +52,9 @@ enum Cmd {
     Standby(StandbyArgs),
     /// Measure replication: pause, epoch rate, bytes per page, CPU, takeover.
     Bench(bench::BenchArgs),
+    /// Measure guest disk throughput unprotected vs protected, disk bytes
+    /// per epoch and pause phases (device quiesce included).
+    BenchDisk(bench_disk::BenchDiskArgs),
     /// Print this host's TSC frequency in kHz (what a guest paced by the
     /// TSC, like the memory tester's `rate=`, needs as `tsc_khz=`).
     TscKhz,
@@ -463,6 +467,7 @@ fn main() -> ExitCode {
         Cmd::Restore(a) => restore(a),
         Cmd::Demo(a) => demo::demo(a),
         Cmd::Standby(a) => standby(a),
+        Cmd::BenchDisk(a) => bench_disk::bench_disk(a),
         Cmd::Bench(a) => bench::bench(a),
         Cmd::TscKhz => {
             println!("{}", engine::cpu::tsc_khz());
