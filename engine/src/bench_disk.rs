@@ -9,13 +9,13 @@
 //! the whole run (VM creation, and when protected the initial sync).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
-use crate::demo::{guest_run, Child};
+use crate::demo::{guest_run, spawn_standby};
 
 #[derive(clap::Args)]
 pub struct BenchDiskArgs {
@@ -90,20 +90,17 @@ fn one(
         image(&replica, bytes)?;
         let key = work.join("key");
         std::fs::write(&key, [7u8; 32])?;
-        let mut s = Child::spawn(
-            Command::new(exe)
-                .args(["standby", "--listen", "127.0.0.1:0", "--key-file"])
-                .arg(&key)
-                .args(["--console", "/dev/null", "--disk-ack", ack, "--disk"])
-                .arg(&replica),
+        let (s, addr) = spawn_standby(
+            exe,
+            &key,
+            Path::new("/dev/null"),
+            &[
+                "--disk-ack".as_ref(),
+                ack.as_ref(),
+                "--disk".as_ref(),
+                replica.as_os_str(),
+            ],
         )?;
-        let line = s.wait_line("standby listening on ", std::time::Duration::from_secs(10))?;
-        let addr = line
-            .rsplit("listening on ")
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_string();
         cmd.arg("--shadow")
             .arg(addr)
             .arg("--key-file")

@@ -218,6 +218,32 @@ impl Drop for Child {
     }
 }
 
+/// Starts `hotspare standby` on an ephemeral loopback port with its console
+/// in `console` and `extra` arguments; returns it and its address.
+pub(crate) fn spawn_standby(
+    exe: &Path,
+    key: &Path,
+    console: &Path,
+    extra: &[&std::ffi::OsStr],
+) -> anyhow::Result<(Child, String)> {
+    let mut standby = Child::spawn(
+        Command::new(exe)
+            .args(["standby", "--listen", "127.0.0.1:0", "--key-file"])
+            .arg(key)
+            .arg("--console")
+            .arg(console)
+            .args(extra),
+    )?;
+    let line = standby.wait_line("standby listening on ", Duration::from_secs(10))?;
+    let addr = line
+        .rsplit("listening on ")
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    Ok((standby, addr))
+}
+
 fn number_after(line: &str, key: &str) -> Option<u64> {
     let i = line.find(key)? + key.len();
     line[i..]
@@ -260,20 +286,7 @@ fn failover_demo(a: DemoArgs, dir: PathBuf) -> anyhow::Result<i32> {
         "[2/7] standby and protected primary (separate processes, loopback, epoch every {} ms)...",
         a.interval_ms
     );
-    let mut standby = Child::spawn(
-        Command::new(&exe)
-            .args(["standby", "--listen", "127.0.0.1:0", "--key-file"])
-            .arg(&key)
-            .arg("--console")
-            .arg(files("shadow.txt")),
-    )?;
-    let line = standby.wait_line("standby listening on ", Duration::from_secs(10))?;
-    let addr = line
-        .rsplit("listening on ")
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_string();
+    let (mut standby, addr) = spawn_standby(&exe, &key, &files("shadow.txt"), &[])?;
     let t0 = Instant::now();
     let mut primary = Child::spawn(
         run(&files("primary.txt"))

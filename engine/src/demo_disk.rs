@@ -10,12 +10,11 @@
 //! version the guest's memory ended with.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::demo::{check_continuity, guest_run, Child};
+use crate::demo::{check_continuity, guest_run, spawn_standby, Child};
 
 /// The bundled disk-checking guest.
 pub const GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guests/diskcheck.elf"));
@@ -76,22 +75,13 @@ pub fn disk_demo(exe: &Path, dir: &Path, key: &Path, interval_ms: u64) -> anyhow
     );
     image(&f("disk.img"))?;
     image(&f("replica.img"))?;
-    let mut standby = Child::spawn(
-        Command::new(exe)
-            .args(["standby", "--listen", "127.0.0.1:0", "--key-file"])
-            .arg(key)
-            .arg("--console")
-            .arg(f("disk-shadow.txt"))
-            .arg("--disk")
-            .arg(f("replica.img")),
+    let replica = f("replica.img");
+    let (mut standby, addr) = spawn_standby(
+        exe,
+        key,
+        &f("disk-shadow.txt"),
+        &["--disk".as_ref(), replica.as_os_str()],
     )?;
-    let line = standby.wait_line("standby listening on ", Duration::from_secs(10))?;
-    let addr = line
-        .rsplit("listening on ")
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_string();
     let mut primary = Child::spawn(
         run(&f("disk.img"), &f("disk-primary.txt"), CMDLINE)
             .arg("--shadow")

@@ -573,12 +573,23 @@ pub fn encode_memory_only<'a>(
     enc: &mut MemoryEncoder,
     bufs: &mut EncodeBuffers,
 ) -> Result<Vec<u8>> {
+    let mut cw = precopy_writer(header, machine, bufs)?;
+    write_pages(&mut cw, enc, zero_runs, runs, &mut bufs.payload)?;
+    Ok(cw.finish()?)
+}
+
+/// A pre-copy container under construction in `bufs.container`, its
+/// Config section written.
+fn precopy_writer(
+    header: &Header,
+    machine: &MachineConfig,
+    bufs: &mut EncodeBuffers,
+) -> Result<CheckpointWriter<Vec<u8>>> {
     let mut out = std::mem::take(&mut bufs.container);
     out.clear();
     let mut cw = CheckpointWriter::new(out, header)?;
     cw.write_section(SectionId::Config, &machine.encode())?;
-    write_pages(&mut cw, enc, zero_runs, runs, &mut bufs.payload)?;
-    Ok(cw.finish()?)
+    Ok(cw)
 }
 
 /// Encodes one disk's blocks as a pre-copy container (Config and Disk
@@ -592,10 +603,7 @@ pub fn encode_disk_only<'a>(
     compression: pages::Compression,
     bufs: &mut EncodeBuffers,
 ) -> Result<Vec<u8>> {
-    let mut out = std::mem::take(&mut bufs.container);
-    out.clear();
-    let mut cw = CheckpointWriter::new(out, header)?;
-    cw.write_section(SectionId::Config, &machine.encode())?;
+    let mut cw = precopy_writer(header, machine, bufs)?;
     let mut payload = std::mem::take(&mut bufs.payload);
     let enc = bufs.disk_encoder(compression)?;
     let res = write_disk(&mut cw, index, enc, zero_runs, runs, &mut payload);

@@ -103,6 +103,21 @@ fn sync_chunks(runs: &[(u64, u64)]) -> Vec<Vec<(u64, u64)>> {
     chunks
 }
 
+/// The runs of `chunk` ((address, pages of 4 KiB)) as slices of `data`,
+/// which holds their bytes back to back.
+fn runs_in<'a>(
+    chunk: &'a [(u64, u64)],
+    data: &'a [u8],
+) -> impl Iterator<Item = (u64, &'a [u8])> + 'a {
+    let mut at = 0usize;
+    chunk.iter().map(move |&(addr, n)| {
+        let len = (n * PAGE_SIZE) as usize;
+        let s = &data[at..at + len];
+        at += len;
+        (addr, s)
+    })
+}
+
 /// The replication loop of a protected VM.
 pub struct Replicator {
     cfg: PrimaryConfig,
@@ -618,13 +633,7 @@ impl Replicator {
             })?;
             scratch.extend_from_slice(&r.as_slice()[off as usize..(off + len) as usize]);
         }
-        let mut at = 0usize;
-        let runs = chunk.iter().map(|&(gpa, np)| {
-            let len = (np * PAGE_SIZE) as usize;
-            let s = &scratch[at..at + len];
-            at += len;
-            (gpa, s)
-        });
+        let runs = runs_in(chunk, scratch);
         self.seq += 1;
         let seq = self.seq;
         let fp = vm.machine.fingerprint();
@@ -661,13 +670,7 @@ impl Replicator {
                     disk.path.display()
                 )))?;
         }
-        let mut at = 0usize;
-        let runs = chunk.iter().map(|&(off, n)| {
-            let len = (n * BLOCK) as usize;
-            let s = &scratch[at..at + len];
-            at += len;
-            (off, s)
-        });
+        let runs = runs_in(chunk, scratch);
         self.seq += 1;
         let seq = self.seq;
         let header = Header::incremental(seq, seq - 1, vm.machine.fingerprint());
