@@ -155,16 +155,6 @@ pub fn capture_into(
     let vcpus = guard.capture_vcpus()?;
     let vmstate = guard.capture_vm()?;
     let devices = guard.capture_devices();
-    let (console_pos, output) = {
-        let mut g = guard
-            .vm()
-            .devices
-            .console()
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        (g.position(), g.take_epoch_output())
-    };
-    guard.vm().devices.seal_outputs(seq);
     let state_t = t.elapsed();
 
     let t = Instant::now();
@@ -194,10 +184,26 @@ pub fn capture_into(
         Ok(d) => d,
         Err(e) => {
             ledger.put_back(harvest)?;
+            // A disk that cannot be read is a failing disk: hand the VM over
+            // if a shadow holds a committed state (the replicator checks).
+            guard.vm().io_failover.report(&e.to_string());
             return Err(e);
         }
     };
     let copy_t = t.elapsed();
+    // Last, once nothing can fail: the epoch's output, and the seal that
+    // ties what was emitted so far to this epoch (a failed capture leaves
+    // both for the next one).
+    let (console_pos, output) = {
+        let mut g = guard
+            .vm()
+            .devices
+            .console()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        (g.position(), g.take_epoch_output())
+    };
+    guard.vm().devices.seal_outputs(seq);
     Ok((
         Epoch {
             full,

@@ -45,7 +45,6 @@ pub fn restore(
         disks,
     };
     let mut vm = Vm::create(&cfg, Box::new(std::io::sink()), Some(ram))?;
-    vm.restore_devices(&state.devices)?;
     // The last epoch's output may never have been shown (the run held it
     // until the checkpoint was durable and may have died before releasing
     // it): continue from where that output starts and show it again; at
@@ -61,6 +60,9 @@ pub fn restore(
     }
     vm.machine = chain.machine.clone();
     vm.restore_state(&state.vcpus, &state.vm)?;
+    // After the irqchip and LAPICs: an interrupt a device raises as it
+    // restores must not be wiped by them.
+    vm.restore_devices(&state.devices)?;
     Ok(Restored {
         vm,
         seq: chain.seq,

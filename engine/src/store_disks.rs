@@ -223,7 +223,9 @@ impl DiskBases {
             .truncate(false)
             .open(target)
             .map_err(io)?;
-        t.set_len(b.bytes).map_err(io)?;
+        if t.metadata().map_err(io)?.is_file() {
+            t.set_len(b.bytes).map_err(io)?;
+        }
         let spec = DiskSpec {
             path: target.to_path_buf(),
             read_only: false,

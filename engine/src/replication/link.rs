@@ -57,6 +57,9 @@ pub(super) struct LinkShared {
     pub(super) ack_latency: Mutex<Vec<Duration>>,
     /// Whose held output an ack releases.
     pub(super) devices: Arc<DeviceManager>,
+    /// Disk-failure handover: off as soon as the link is lost (the shadow
+    /// may be gone), before the supervisor's next tick notices.
+    pub(super) io_failover: Arc<crate::devices::virtio::block::IoFailover>,
     pub(super) reason: Mutex<Option<String>>,
     /// Figures of the epochs the sender encoded.
     pub(super) encoded: Mutex<Vec<Encoded>>,
@@ -73,6 +76,7 @@ impl LinkShared {
     }
 
     pub(super) fn lose(&self, why: String) {
+        self.io_failover.set_enabled(false);
         let mut r = self.reason.lock().unwrap_or_else(|e| e.into_inner());
         if r.is_none() {
             *r = Some(why);

@@ -202,6 +202,7 @@ impl Replicator {
             inflight: Mutex::new(VecDeque::new()),
             ack_latency: Mutex::new(Vec::new()),
             devices: self.devices.clone(),
+            io_failover: vm.io_failover.clone(),
             reason: Mutex::new(None),
             encoded: Mutex::new(Vec::new()),
         });
@@ -787,7 +788,11 @@ impl Periodic for Replicator {
         if let Some(why) = vm.io_failover.failure() {
             return Err(EngineError::HandOver(why));
         }
-        vm.io_failover.set_enabled(self.shadow_committed);
+        let live = self
+            .link
+            .as_ref()
+            .is_some_and(|l| !l.shared.lost.load(Ordering::SeqCst));
+        vm.io_failover.set_enabled(self.shadow_committed && live);
         res
     }
 }

@@ -592,15 +592,6 @@ fn commit(
         .map_err(|e| format!("epoch {}: {e}", end.seq))?;
     let replicas = sh.replicas.clone();
     let what = if precopy { "pre-copy round" } else { "epoch" };
-    if sh.disk_ack == DiskAck::Durable && stage.has_disk_ops() {
-        // Protocol C: the blocks are on the replicas' disks before the ack.
-        if let Err(e) = stage.apply_disks(&replicas, true) {
-            return Err(poison(
-                &mut sh,
-                format!("writing verified {what} {} to the replicas: {e}", end.seq),
-            ));
-        }
-    }
     let state = if precopy {
         None
     } else {
@@ -610,9 +601,33 @@ fn commit(
                 .map_err(|e| format!("epoch {}: {e}", end.seq))?,
         )
     };
+    // Nothing can refuse the epoch from here on: once a replica holds its
+    // blocks, the epoch must be committed whole (memory and state too), or
+    // the shadow poisoned, never left with a disk ahead of its memory.
+    let mut disks_written = false;
+    if sh.disk_ack == DiskAck::Durable && stage.has_disk_ops() {
+        // Protocol C: the blocks are on the replicas' disks before the ack.
+        if let Err(e) = stage.apply_disks(&replicas, true) {
+            return Err(poison(
+                &mut sh,
+                format!("writing verified {what} {} to the replicas: {e}", end.seq),
+            ));
+        }
+        disks_written = true;
+    }
     // Staged and verified: acknowledge, then apply under the same lock.
-    conn.send(FrameKind::Ack, term, &wire::encode(&Ack { seq: end.seq }))
-        .map_err(|e| format!("sending ack: {e}"))?;
+    if let Err(e) = conn.send(FrameKind::Ack, term, &wire::encode(&Ack { seq: end.seq })) {
+        if !disks_written {
+            return Err(format!("sending ack: {e}"));
+        }
+        // The primary never learns of this commit, so it still holds the
+        // epoch's output: committing it is safe, and keeps disk and memory
+        // together.
+        tracing::warn!(
+            "sending ack for epoch {}: {e}; committing it anyway",
+            end.seq
+        );
+    }
     if let Err(e) = stage.apply(&ram) {
         return Err(poison(
             &mut sh,

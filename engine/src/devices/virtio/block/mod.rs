@@ -63,7 +63,7 @@ impl IoFailover {
 
     /// Reports an I/O error: true if it is to be handed over (the request
     /// must then never complete), false if the guest gets `IOERR`.
-    fn report(&self, why: &str) -> bool {
+    pub fn report(&self, why: &str) -> bool {
         if !self.enabled.load(std::sync::atomic::Ordering::SeqCst) {
             return false;
         }
@@ -165,6 +165,7 @@ pub struct Block {
     shared: Arc<Shared>,
     notify: EventFd,
     ctl: EventFd,
+    irq: EventFd,
     ram: Arc<Ram>,
     failover: Arc<IoFailover>,
     thread: Option<JoinHandle<()>>,
@@ -211,7 +212,7 @@ impl Block {
             ram: ram.clone(),
             notify: notify.try_clone().map_err(setup_err(id))?,
             ctl: ctl.try_clone().map_err(setup_err(id))?,
-            irq,
+            irq: irq.try_clone().map_err(setup_err(id))?,
             name: id.to_owned(),
             failover: failover.clone(),
         };
@@ -225,6 +226,7 @@ impl Block {
             shared,
             notify,
             ctl,
+            irq,
             ram,
             failover,
             thread: Some(thread),
@@ -334,7 +336,16 @@ impl Device for Block {
         let mut inner = self.shared.lock();
         inner.transport.set_state(&self.id, &st.transport)?;
         inner.generation += 1;
+        let pending = inner.transport.interrupt_status != 0;
         drop(inner);
+        if pending {
+            // The edge that raised it may have been lost with the old VM (a
+            // capture can fall between the interrupt and its delivery): raise
+            // it again; a spurious one is harmless to a virtio driver.
+            if let Err(e) = self.irq.write(1) {
+                tracing::warn!("{}: re-raising the interrupt: {e}", self.id);
+            }
+        }
         // Requests the guest posted before the capture but the device had
         // not popped yet: their notification belonged to the old device.
         self.kick();
@@ -354,6 +365,15 @@ impl Device for Block {
         inner.paused = true;
         self.kick();
         let (mut inner, drained) = self.drain(inner);
+        if let Some(why) = self.failover.failure() {
+            // A request failed while draining: it is held, unanswered, and
+            // must not be captured as popped.
+            inner.paused = true;
+            return Err(DeviceError::Quiesce {
+                id: self.id.clone(),
+                msg: format!("the disk failed ({why}); the VM is being handed over"),
+            });
+        }
         if drained {
             return Ok(());
         }

@@ -21,6 +21,9 @@ pub const RANGE_LEN: u32 = 16;
 pub const ID_LEN: u32 = VIRTIO_BLK_ID_BYTES;
 /// The sector size of the protocol.
 pub const SECTOR: u64 = 512;
+/// Most data bytes in one IN or OUT request (the host transfers at most
+/// about 2 GiB in one read or write; Linux's driver sends far less).
+pub const MAX_DATA: u64 = 1 << 30;
 
 /// One descriptor of a chain, as the device sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -193,6 +196,14 @@ pub fn parse(
         ));
     }
     match kind {
+        Kind::In | Kind::Out if data_len > MAX_DATA => {
+            return Err(bad(
+                Some(status),
+                format!(
+                    "{kind:?} of {data_len} bytes is over the {MAX_DATA}-byte limit of one request"
+                ),
+            ))
+        }
         Kind::In | Kind::Out if data_len == 0 || data_len % SECTOR != 0 => {
             return Err(bad(
                 Some(status),
@@ -371,6 +382,12 @@ mod tests {
                 VIRTIO_BLK_T_WRITE_ZEROES,
                 Some(0x9000),
                 "ranges",
+            ),
+            (
+                vec![r(0x1000, 16), w(0x8000, 1 << 31), w(0x9000, 1)],
+                VIRTIO_BLK_T_IN,
+                Some(0x9000),
+                "limit of one request",
             ),
             (
                 vec![r(0x1000, 16), w(0x9000, 1)],

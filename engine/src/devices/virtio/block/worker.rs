@@ -453,15 +453,25 @@ impl Run {
             return false;
         };
         inner.inflight -= 1;
-        if p.generation != inner.generation {
-            return false; // the device was reset meanwhile
-        }
+        // Marked whatever the result, and even for a device reset meanwhile:
+        // the disk and guest memory hold what the kernel did, and the next
+        // epoch must carry it.
         if p.req.kind == Kind::Out {
-            // Marked whatever the result: after a failed write the disk holds
-            // something, and the next epoch must carry what it holds.
             self.w
                 .disk
                 .mark_written(p.req.sector * SECTOR, p.req.data_len);
+        }
+        if p.req.kind == Kind::In {
+            // The kernel wrote guest memory behind vm-memory's back: record
+            // the pages in the VMM's dirty bitmap.
+            for &(addr, len) in &p.req.data {
+                if let Ok(s) = self.w.ram.mem.get_slice(GuestAddress(addr), len as usize) {
+                    s.bitmap().mark_dirty(0, len as usize);
+                }
+            }
+        }
+        if p.generation != inner.generation {
+            return false; // the device was reset meanwhile: no used entry
         }
         let expect = if p.req.kind == Kind::Flush {
             0
@@ -494,17 +504,11 @@ impl Run {
             inner.errors += 1;
             tracing::error!("{what}: the guest gets IOERR (no shadow to hand over to)");
         }
-        let mut written = 0;
-        if p.req.kind == Kind::In {
-            // The kernel wrote guest memory behind vm-memory's back: record
-            // the pages in the VMM's dirty bitmap so the next epoch carries them.
-            for &(addr, len) in &p.req.data {
-                if let Ok(s) = self.w.ram.mem.get_slice(GuestAddress(addr), len as usize) {
-                    s.bitmap().mark_dirty(0, len as usize);
-                }
-            }
-            written = p.req.data_len as u32;
-        }
+        let written = if p.req.kind == Kind::In {
+            p.req.data_len as u32
+        } else {
+            0
+        };
         let st = if ok {
             VIRTIO_BLK_S_OK
         } else {
