@@ -275,6 +275,10 @@ impl Device for Block {
                 if !inner.transport.queues[0].is_valid(&self.ram.mem) {
                     tracing::warn!("{}: driver set DRIVER_OK with an invalid queue", self.id);
                     inner.transport.fail();
+                    // Tell the driver (a configuration-change interrupt, §2.1.2).
+                    if let Err(e) = self.irq.write(1) {
+                        tracing::warn!("{}: raising the interrupt: {e}", self.id);
+                    }
                 }
                 drop(inner);
                 self.kick();

@@ -448,3 +448,28 @@ fn conformance_dev() -> Block {
 }
 
 device_conformance_tests!(conformance, conformance_dev(), |d: &mut Block| bring_up(d));
+
+#[test]
+fn an_invalid_queue_at_driver_ok_fails_the_device_and_interrupts() {
+    let mut e = env("badq", false);
+    let d = &mut e.dev;
+    wr32(d, VIRTIO_MMIO_STATUS, status::ACKNOWLEDGE | status::DRIVER);
+    wr32(d, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+    wr32(d, VIRTIO_MMIO_DRIVER_FEATURES, 1);
+    let s = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
+    wr32(d, VIRTIO_MMIO_STATUS, s);
+    wr32(d, VIRTIO_MMIO_QUEUE_NUM, u32::from(QSIZE));
+    // Rings outside the 2 MiB of guest memory.
+    wr32(d, VIRTIO_MMIO_QUEUE_DESC_LOW, 0x4000_0000);
+    wr32(d, VIRTIO_MMIO_QUEUE_AVAIL_LOW, AVAIL as u32);
+    wr32(d, VIRTIO_MMIO_QUEUE_USED_LOW, USED as u32);
+    wr32(d, VIRTIO_MMIO_QUEUE_READY, 1);
+    wr32(d, VIRTIO_MMIO_STATUS, s | status::DRIVER_OK);
+    assert_ne!(rd32(d, VIRTIO_MMIO_STATUS) & status::DEVICE_NEEDS_RESET, 0);
+    assert_eq!(
+        rd32(d, VIRTIO_MMIO_INTERRUPT_STATUS) & 2,
+        2,
+        "configuration change"
+    );
+    assert!(e.irq.read().unwrap() > 0, "no interrupt raised");
+}

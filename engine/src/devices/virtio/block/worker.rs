@@ -115,6 +115,8 @@ impl Worker {
                     self.name
                 );
                 self.shared.lock().transport.fail();
+                // Tell the driver (a configuration-change interrupt, §2.1.2).
+                let _ = self.irq.write(1);
                 return;
             }
         };
@@ -156,6 +158,7 @@ impl Run {
                 Err(e) => {
                     tracing::error!("{}: io_uring failed ({e}); the device fails", self.w.name);
                     self.w.shared.lock().transport.fail();
+                    let _ = self.w.irq.write(1);
                     return;
                 }
             }
