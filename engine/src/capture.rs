@@ -295,20 +295,37 @@ fn mark_all_disks(fresh: &mut [DirtyBitmap], vm: &Vm) -> Vec<Vec<(u64, u64)>> {
         .zip(&mut fresh[nmem..])
         .map(|(d, bm)| {
             let mut holes = Vec::new();
-            let mut next = 0usize;
-            for range in d.allocated_blocks() {
-                if range.start > next {
-                    holes.push((next as u64 * BLOCK, (range.start - next) as u64));
-                }
-                bm.set_range(range.clone());
-                next = range.end;
-            }
-            if next < d.blocks() {
-                holes.push((next as u64 * BLOCK, (d.blocks() - next) as u64));
-            }
+            mark_allocated(bm, d.allocated_blocks(), d.blocks(), 0, &mut holes);
             holes
         })
         .collect()
+}
+
+// Disk blocks and memory pages are the same 4 KiB unit: one dirty-bitmap
+// bit, one page record.
+const _: () = assert!(BLOCK == PAGE_SIZE);
+
+/// Marks the `allocated` ranges of 4 KiB units in `bm` and appends the
+/// gaps among the `units` (never-written memory, disk holes) to `zero` as
+/// (address of the unit at `base`, units).
+fn mark_allocated(
+    bm: &mut DirtyBitmap,
+    allocated: Vec<std::ops::Range<usize>>,
+    units: usize,
+    base: u64,
+    zero: &mut Vec<(u64, u64)>,
+) {
+    let mut next = 0usize;
+    for range in allocated {
+        if range.start > next {
+            zero.push((base + next as u64 * PAGE_SIZE, (range.start - next) as u64));
+        }
+        bm.set_range(range.clone());
+        next = range.end;
+    }
+    if next < units {
+        zero.push((base + next as u64 * PAGE_SIZE, (units - next) as u64));
+    }
 }
 
 /// Reads the blocks named by the disk regions of `harvest` from the disks.
@@ -398,18 +415,8 @@ fn dirty_runs<'a>(
 fn mark_all(fresh: &mut [DirtyBitmap], ram: &crate::memory::Ram) -> Vec<(u64, u64)> {
     let mut zero_runs = Vec::new();
     for (i, (bm, r)) in fresh.iter_mut().zip(&ram.regions).enumerate() {
-        let mut next = 0usize;
-        for range in ram.allocated_pages(i) {
-            if range.start > next {
-                zero_runs.push((r.gpa + next as u64 * PAGE_SIZE, (range.start - next) as u64));
-            }
-            bm.set_range(range.clone());
-            next = range.end;
-        }
         let npages = (r.size / PAGE_SIZE) as usize;
-        if next < npages {
-            zero_runs.push((r.gpa + next as u64 * PAGE_SIZE, (npages - next) as u64));
-        }
+        mark_allocated(bm, ram.allocated_pages(i), npages, r.gpa, &mut zero_runs);
     }
     zero_runs
 }

@@ -215,23 +215,18 @@ impl StagedEpoch {
     /// with `durable`, flushes every replica written to its disk
     /// (`fdatasync`). Returns the bytes written.
     pub fn apply_disks(&self, disks: &[std::sync::Arc<DiskImage>], durable: bool) -> Result<u64> {
-        use std::os::unix::fs::FileExt;
         let mut touched = vec![false; disks.len()];
         let mut bytes = 0;
         for op in &self.disk_ops {
             let (disk, off, len) = op.span();
             let d = &disks[disk as usize];
-            let len = len.min(d.bytes.saturating_sub(off));
             let ctx = || format!("replica {} at offset {off:#x}", d.path.display());
-            match *op {
-                DiskOp::Data { at, .. } => d
-                    .file
-                    .write_all_at(&self.arena[at..at + len as usize], off)
-                    .map_err(EngineError::io(ctx()))?,
-                DiskOp::Zero { .. } => d.punch(off, len).map_err(EngineError::io(ctx()))?,
+            bytes += match *op {
+                DiskOp::Data { at, len, .. } => d.write_blocks(off, &self.arena[at..at + len]),
+                DiskOp::Zero { .. } => d.punch_blocks(off, len),
             }
+            .map_err(EngineError::io(ctx()))?;
             touched[disk as usize] = true;
-            bytes += len;
         }
         if durable {
             for (d, _) in disks.iter().zip(&touched).filter(|(_, &t)| t) {

@@ -147,15 +147,13 @@ impl DiskBases {
     /// Writes checkpoint `seq`'s blocks (already published) into the
     /// bases, flushes them, and records `seq`.
     pub fn apply_batches(&mut self, seq: u64, disks: &[PageBatch]) -> Result<()> {
-        use std::os::unix::fs::FileExt;
         for (b, d) in disks.iter().zip(&self.bases) {
             let io = |e: std::io::Error| err(&self.dir, format!("{}: {e}", d.path.display()));
             for &(off, n) in &b.zero_runs {
-                d.punch(off, (n * BLOCK).min(d.bytes - off)).map_err(io)?;
+                d.punch_blocks(off, n * BLOCK).map_err(io)?;
             }
             for (off, data) in b.iter() {
-                let len = (data.len() as u64).min(d.bytes.saturating_sub(off)) as usize;
-                d.file.write_all_at(&data[..len], off).map_err(io)?;
+                d.write_blocks(off, data).map_err(io)?;
             }
             d.file.sync_data().map_err(io)?;
         }
@@ -171,7 +169,6 @@ impl DiskBases {
     /// Applies the `Disk` sections of a verified checkpoint file `seq` to
     /// the bases (a restore catching up), flushes them and records `seq`.
     pub fn apply_file(&mut self, seq: u64, path: &Path, fp: &Fingerprint) -> Result<()> {
-        use std::os::unix::fs::FileExt;
         let f = File::open(path).map_err(|e| err(&self.dir, format!("{}: {e}", path.display())))?;
         let mut rd = CheckpointReader::new(BufReader::new(f), &Limits::default(), Some(fp))?;
         while let Some((id, payload)) = rd.next_section()? {
@@ -193,14 +190,8 @@ impl DiskBases {
             };
             checkpoint::disk::decode(
                 &payload,
-                |off, data| {
-                    let len = (data.len() as u64).min(d.bytes.saturating_sub(off)) as usize;
-                    d.file.write_all_at(&data[..len], off).map_err(bad)
-                },
-                |off, len| {
-                    d.punch(off, len.min(d.bytes.saturating_sub(off)))
-                        .map_err(bad)
-                },
+                |off, data| d.write_blocks(off, data).map(|_| ()).map_err(bad),
+                |off, len| d.punch_blocks(off, len).map(|_| ()).map_err(bad),
             )?;
         }
         for d in &self.bases {
@@ -214,7 +205,6 @@ impl DiskBases {
     /// Makes `target` (the VM's image) a copy of base `i`: allocated
     /// extents copied, everything else punched (it stays sparse).
     pub fn copy_to(&self, i: usize, target: &Path) -> Result<()> {
-        use std::os::unix::fs::FileExt;
         let b = &self.bases[i];
         let io = |e: std::io::Error| err(&self.dir, format!("restoring {}: {e}", target.display()));
         let t = fs::OpenOptions::new()
@@ -239,9 +229,7 @@ impl DiskBases {
                 let n = (r.end as u64 - at).min(256);
                 buf.clear();
                 b.read_blocks(at, n, &mut buf).map_err(io)?;
-                let off = at * BLOCK;
-                let len = (buf.len() as u64).min(b.bytes - off) as usize;
-                tgt.file.write_all_at(&buf[..len], off).map_err(io)?;
+                tgt.write_blocks(at * BLOCK, &buf).map_err(io)?;
                 at += n;
             }
         }

@@ -169,6 +169,23 @@ impl DiskImage {
         out
     }
 
+    /// Writes block data at byte `off`, cut at the end of the disk (the
+    /// partial last block of a disk whose size is not a multiple of 4 KiB);
+    /// returns the bytes written.
+    pub fn write_blocks(&self, off: u64, data: &[u8]) -> std::io::Result<u64> {
+        use std::os::unix::fs::FileExt;
+        let len = (data.len() as u64).min(self.bytes.saturating_sub(off));
+        self.file.write_all_at(&data[..len as usize], off)?;
+        Ok(len)
+    }
+
+    /// [`punch`](Self::punch) cut at the end of the disk; returns the bytes.
+    pub fn punch_blocks(&self, off: u64, len: u64) -> std::io::Result<u64> {
+        let len = len.min(self.bytes.saturating_sub(off));
+        self.punch(off, len)?;
+        Ok(len)
+    }
+
     /// Reads `n` blocks from block `first` and appends them to `out`,
     /// zero-padding the partial block at the end of the disk.
     pub fn read_blocks(&self, first: u64, n: u64, out: &mut Vec<u8>) -> std::io::Result<()> {
