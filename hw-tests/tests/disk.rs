@@ -264,15 +264,17 @@ fn local_checkpoints_restore_the_disk_with_the_memory() {
     spec.run_extra = vec!["--disk".into(), img.to_string_lossy().into()];
     let mut rng = common::Rng::from_env("disk-local");
     let mut kills = 0;
-    for trial in 0..4 {
+    for trial in 0..5 {
         // A fresh image for each run of the guest.
         let _ = std::fs::remove_file(&img);
         std::fs::File::create(&img)
             .unwrap()
             .set_len(8 << 20)
             .unwrap();
-        let t =
-            common::kill_restore_trial(&spec, &reference, took * 3 / 2, 20, trial % 2, &mut rng);
+        // Kills are drawn from the first half of the reference's run time, so
+        // they land mid-run even when this run is faster than the reference
+        // was (which was measured while other tests ran).
+        let t = common::kill_restore_trial(&spec, &reference, took / 2, 20, trial % 2, &mut rng);
         kills += t.kills;
         let out = ok_run(&img, "blocks=256 ops=0");
         assert_eq!(
@@ -281,5 +283,5 @@ fn local_checkpoints_restore_the_disk_with_the_memory() {
             "trial {trial}: the image is out of step"
         );
     }
-    assert!(kills >= 2, "only {kills} kills in 4 trials");
+    assert!(kills >= 3, "only {kills} kills in 5 trials");
 }
