@@ -4,9 +4,13 @@
 //! - [`standby`]: the shadow: staging, verification, apply, takeover.
 //! - [`liveness`]: failure detection and the takeover decision (no I/O).
 //! - [`wire`]: the replication messages carried in transport frames.
+//! - [`arbiter`]: the record that says who is primary (etcd, a file).
+//! - [`fencing`]: who may change that record, and the primary's fence (no I/O).
 //!
-//! See `docs/protocol.md` and `docs/failover.md`.
+//! See `docs/protocol.md`, `docs/failover.md` and `docs/fencing.md`.
 
+pub mod arbiter;
+pub mod fencing;
 mod link;
 pub mod liveness;
 pub mod policy;

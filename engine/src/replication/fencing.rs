@@ -1,0 +1,376 @@
+//! Fencing: who may write the arbiter's record, and what the primary does
+//! while the record decides its fate. No sockets, no clocks.
+//!
+//! The rules (`docs/fencing.md`):
+//! - A primary starts a VM by writing term t+1 over a stopped record (or a
+//!   missing one, term 1); a running record is refused unless the operator
+//!   asks to supersede it.
+//! - A primary records its spares (`protect`, bumping `sync`) before it
+//!   syncs them, and records "unprotected" (`unprotect`) before it releases
+//!   any output after losing them. Both need the record to still be its
+//!   own: same term, same name.
+//! - A standby takes over only by writing term t+1 over the record of the
+//!   term t it followed, and only if that record says protected, names it
+//!   as a spare, and is of the sync its commit belongs to (`promote`).
+//! - Every write is a compare-and-swap on the version read, so of two
+//!   racing writers one wins and the other re-reads and re-decides.
+//!
+//! [`PrimaryFence`] is the primary's side: after losing its shadow it holds
+//! output until the arbiter says it still owns the VM (release) or not
+//! (stop); without an answer it keeps holding, and after a bound it pauses
+//! the guest.
+
+use super::arbiter::{Arbiter, ArbiterError, Record, Swap};
+
+/// What a rule makes of the current record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rule {
+    /// Write this record.
+    Write(Record),
+    /// The record already says what the writer wants (an earlier write
+    /// whose answer was lost): done, nothing to write.
+    Already(Record),
+    /// The writer may not change the record.
+    Refuse(Refusal),
+}
+
+/// Why a rule refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// Another primary holds the VM in a newer term (or the record names
+    /// another primary).
+    #[error("superseded: the VM's primary is {primary:?} in term {term}")]
+    Superseded {
+        /// The record's term.
+        term: u64,
+        /// The record's primary.
+        primary: String,
+    },
+    /// The VM already runs under another primary (starting it again would
+    /// fork it).
+    #[error("the VM already has a running primary {primary:?} in term {term} (if it is gone for good, start with --supersede)")]
+    Running {
+        /// The record's term.
+        term: u64,
+        /// The record's primary.
+        primary: String,
+    },
+    /// The arbiter has no record of the VM.
+    #[error("the arbiter has no record of this VM")]
+    NoRecord,
+    /// A standby may not take over; the reason names the record's field.
+    #[error("not eligible to take over: {0}")]
+    NotEligible(String),
+}
+
+/// The end of a transaction with the arbiter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The record is now (or already was) this.
+    Won(Record),
+    /// The rule refused; the record is unchanged.
+    Refused(Refusal),
+}
+
+/// Checks the record is `me`'s in `term` and still running.
+fn owned<'a>(cur: Option<&'a Record>, term: u64, me: &str) -> Result<&'a Record, Refusal> {
+    let r = cur.ok_or(Refusal::NoRecord)?;
+    if r.term != term || r.primary != me || r.stopped {
+        return Err(Refusal::Superseded {
+            term: r.term,
+            primary: r.primary.clone(),
+        });
+    }
+    Ok(r)
+}
+
+/// A primary starts the VM.
+pub fn start(cur: Option<&Record>, me: &str, supersede: bool) -> Rule {
+    let (term, sync) = match cur {
+        None => (1, 0),
+        Some(r) if r.stopped || supersede => (r.term + 1, r.sync),
+        Some(r) => {
+            return Rule::Refuse(Refusal::Running {
+                term: r.term,
+                primary: r.primary.clone(),
+            })
+        }
+    };
+    Rule::Write(Record {
+        term,
+        primary: me.into(),
+        spares: Vec::new(),
+        protected: false,
+        sync,
+        stopped: false,
+    })
+}
+
+/// A primary records `spares` as protecting it, before syncing them.
+pub fn protect(cur: Option<&Record>, term: u64, me: &str, spares: &[String]) -> Rule {
+    match owned(cur, term, me) {
+        Ok(r) => Rule::Write(Record {
+            spares: spares.to_vec(),
+            protected: true,
+            sync: r.sync + 1,
+            ..r.clone()
+        }),
+        Err(e) => Rule::Refuse(e),
+    }
+}
+
+/// A primary that lost its spares records that it runs unprotected, before
+/// releasing output.
+pub fn unprotect(cur: Option<&Record>, term: u64, me: &str) -> Rule {
+    match owned(cur, term, me) {
+        Ok(r) if !r.protected && r.spares.is_empty() => Rule::Already(r.clone()),
+        Ok(r) => Rule::Write(Record {
+            spares: Vec::new(),
+            protected: false,
+            ..r.clone()
+        }),
+        Err(e) => Rule::Refuse(e),
+    }
+}
+
+/// A primary whose guest ended marks the record stopped.
+pub fn finish(cur: Option<&Record>, term: u64, me: &str) -> Rule {
+    match owned(cur, term, me) {
+        Ok(r) => Rule::Write(Record {
+            spares: Vec::new(),
+            protected: false,
+            stopped: true,
+            ..r.clone()
+        }),
+        Err(e) => Rule::Refuse(e),
+    }
+}
+
+/// A standby named `me`, holding a commit of sync `sync` from the primary
+/// of term `followed`, takes the VM over in term `followed + 1`.
+pub fn promote(cur: Option<&Record>, followed: u64, sync: u64, me: &str) -> Rule {
+    let Some(r) = cur else {
+        return Rule::Refuse(Refusal::NoRecord);
+    };
+    if r.term == followed + 1 && r.primary == me && !r.stopped {
+        return Rule::Already(r.clone());
+    }
+    let not = |why: String| Rule::Refuse(Refusal::NotEligible(why));
+    if r.term != followed {
+        return Rule::Refuse(Refusal::Superseded {
+            term: r.term,
+            primary: r.primary.clone(),
+        });
+    }
+    if r.stopped {
+        return not("the guest stopped on its own".into());
+    }
+    if !r.protected {
+        return not(format!(
+            "the primary {:?} recorded that it runs unprotected (this spare's state is stale)",
+            r.primary
+        ));
+    }
+    if !r.spares.iter().any(|s| s == me) {
+        return not(format!("{me:?} is not among the spares {:?}", r.spares));
+    }
+    if r.sync != sync {
+        return not(format!(
+            "this spare holds a commit of sync {sync}, the record is at sync {}",
+            r.sync
+        ));
+    }
+    Rule::Write(Record {
+        term: followed + 1,
+        primary: me.into(),
+        spares: Vec::new(),
+        protected: false,
+        sync: r.sync,
+        stopped: false,
+    })
+}
+
+/// Reads `vm`'s record, applies `rule`, and swaps the result in; a lost
+/// race re-decides on the record that won. Errors only when the arbiter
+/// does not answer (nothing was decided).
+pub fn transact(
+    arb: &mut dyn Arbiter,
+    vm: &str,
+    rule: impl Fn(Option<&Record>) -> Rule,
+) -> Result<Outcome, ArbiterError> {
+    let mut cur = arb.read(vm)?;
+    // Each retry follows a write by someone else; a record does not
+    // change this often in one failover.
+    for _ in 0..32 {
+        match rule(cur.record.as_ref()) {
+            Rule::Already(r) => return Ok(Outcome::Won(r)),
+            Rule::Refuse(x) => return Ok(Outcome::Refused(x)),
+            Rule::Write(r) => match arb.swap(vm, cur.version, &r)? {
+                Swap::Done(_) => return Ok(Outcome::Won(r)),
+                Swap::Changed(now) => cur = now,
+            },
+        }
+    }
+    Err(ArbiterError::Unreachable {
+        what: arb.describe(),
+        why: format!("the record of {vm} kept changing under 32 attempts"),
+    })
+}
+
+/// What the arbiter said, as the primary's fence sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The record still (or again) names this primary.
+    Won,
+    /// The record refused this primary: it no longer owns the VM.
+    Refused(Refusal),
+    /// No answer.
+    Unreachable,
+}
+
+/// Inputs of the primary's fence.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FenceInput {
+    /// One fence tick ([`FENCE_TICK_MS`]) passed.
+    Tick,
+    /// The link to the (last) synchronous shadow was lost.
+    ShadowLost,
+    /// The arbiter recorded spares for this primary (it may hold output
+    /// only for epochs they acknowledge from now on).
+    Protected,
+    /// The arbiter's answer to an `unprotect`.
+    Verdict(Verdict),
+    /// A peer said, in an authenticated frame, that `term` took over.
+    SupersededBy(u64),
+}
+
+/// What the primary must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FenceAction {
+    /// Nothing (keep holding, if holding).
+    Continue,
+    /// Ask the arbiter to record this primary as unprotected.
+    Ask,
+    /// Release the held output and run unprotected (resume the guest first
+    /// if it was paused).
+    Release {
+        /// The guest was paused by [`FenceAction::Pause`].
+        resume: bool,
+    },
+    /// The hold bound passed without an answer: pause the guest.
+    Pause,
+    /// Another copy owns the VM: stop the guest without releasing anything.
+    Stop(String),
+}
+
+/// The period of [`FenceInput::Tick`], in milliseconds.
+pub const FENCE_TICK_MS: u64 = 50;
+
+/// The primary's fence state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FenceState {
+    /// The record names spares; output is released on their acks.
+    Protected,
+    /// The shadow was lost: output held until the arbiter answers.
+    Deciding {
+        /// Ticks since the loss.
+        ticks: u32,
+        /// The guest is paused (the hold bound passed).
+        paused: bool,
+    },
+    /// Recorded as unprotected: output flows.
+    Unprotected,
+    /// No longer the VM's primary.
+    Superseded,
+}
+
+/// The primary's fence: holds output from a shadow's loss until the arbiter
+/// answers.
+#[derive(Clone, Debug)]
+pub struct PrimaryFence {
+    term: u64,
+    hold_ticks: u32,
+    state: FenceState,
+}
+
+impl PrimaryFence {
+    /// A fence for the primary of `term` that pauses its guest after
+    /// `hold_ticks` ticks without an answer.
+    pub fn new(term: u64, hold_ticks: u32) -> PrimaryFence {
+        PrimaryFence {
+            term,
+            hold_ticks: hold_ticks.max(1),
+            state: FenceState::Unprotected,
+        }
+    }
+
+    /// The state.
+    pub fn state(&self) -> &FenceState {
+        &self.state
+    }
+
+    /// Feeds one input; returns what to do.
+    pub fn step(&mut self, input: FenceInput) -> FenceAction {
+        use FenceAction as A;
+        if self.state == FenceState::Superseded {
+            return A::Continue;
+        }
+        match input {
+            FenceInput::SupersededBy(t) if t > self.term => {
+                self.state = FenceState::Superseded;
+                A::Stop(format!(
+                    "a peer says term {t} took over (this primary is term {})",
+                    self.term
+                ))
+            }
+            FenceInput::SupersededBy(_) => A::Continue,
+            FenceInput::Protected => {
+                if matches!(self.state, FenceState::Unprotected) {
+                    self.state = FenceState::Protected;
+                }
+                A::Continue
+            }
+            FenceInput::ShadowLost => match self.state {
+                FenceState::Protected => {
+                    self.state = FenceState::Deciding {
+                        ticks: 0,
+                        paused: false,
+                    };
+                    A::Ask
+                }
+                _ => A::Continue,
+            },
+            FenceInput::Tick => match &mut self.state {
+                FenceState::Deciding { ticks, paused } => {
+                    *ticks += 1;
+                    if !*paused && *ticks >= self.hold_ticks {
+                        *paused = true;
+                        return A::Pause;
+                    }
+                    A::Ask
+                }
+                _ => A::Continue,
+            },
+            FenceInput::Verdict(v) => {
+                let FenceState::Deciding { paused, .. } = self.state else {
+                    return A::Continue;
+                };
+                match v {
+                    Verdict::Won => {
+                        self.state = FenceState::Unprotected;
+                        A::Release { resume: paused }
+                    }
+                    Verdict::Refused(r) => {
+                        self.state = FenceState::Superseded;
+                        A::Stop(r.to_string())
+                    }
+                    Verdict::Unreachable => A::Continue,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "fencing_tests.rs"]
+mod tests;
