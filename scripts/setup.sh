@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian/Ubuntu machine lacks to build and test hotspare:
 # a C toolchain and make (the test guests are built from source with GNU as/gcc/ld),
-# and QEMU (the disk tests cross-check the test guest against QEMU's virtio-blk).
+# QEMU (the disk tests cross-check the test guest against QEMU's virtio-blk),
+# and etcd, etcdctl and iptables (the fencing tests' arbiter and faults).
 # Rust itself comes from rustup (https://rustup.rs); this script checks for it.
 set -euo pipefail
 
@@ -38,6 +39,20 @@ if ! command -v qemu-system-x86_64 >/dev/null 2>&1; then
     $SUDO apt-get update -q
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends \
         "${target[@]}" qemu-system-x86
+fi
+need=()
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
+command -v iptables >/dev/null 2>&1 || need+=(iptables)
+if [ ${#need[@]} -gt 0 ]; then
+    # The fencing tests run a real etcd (the arbiter) on loopback and on a
+    # bridge between network namespaces, and inject partitions and TCP
+    # resets with iptables inside those namespaces.
+    echo "setup: installing ${need[*]}"
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${need[@]}"
 fi
 if ! command -v cargo >/dev/null 2>&1; then
     echo "setup: cargo not found: install Rust with rustup (https://rustup.rs) first" >&2

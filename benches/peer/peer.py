@@ -57,6 +57,7 @@ def livesync(a):
         pri = subprocess.Popen([a.hotspare, "run", "--kernel", a.guest, "--mem-mib", str(a.mem_mib),
                                 "--cmdline", a.cmdline, "--console", os.path.join(a.dir, f"console-{rep}.txt"),
                                 "--shadow", f"127.0.0.1:{port}", "--key-file", key,
+                                "--arbiter", f"file:{a.dir}/arbiter", "--vm-id", f"peer-{rep}",
                                 "--interval-ms", str(a.interval_ms), "--wait-shadow-ms", "0"],
                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(plog, "w"))
         sb = None
@@ -66,6 +67,7 @@ def livesync(a):
             if pri.poll() is not None:
                 raise RuntimeError(f"the guest ended within the {a.warmup} s warm-up; see {plog}")
             sb = subprocess.Popen([a.hotspare, "standby", "--listen", f"127.0.0.1:{port}", "--key-file", key,
+                                   "--arbiter", f"file:{a.dir}/arbiter",
                                    "--console", os.path.join(a.dir, f"shadow-{rep}.txt")],
                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(slog, "w"))
             end = time.monotonic() + 30

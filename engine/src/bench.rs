@@ -126,6 +126,9 @@ struct Setup {
     cmdline: String,
 }
 
+/// Every primary of a bench run gets its own VM id in the arbiter.
+static VM_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 impl Setup {
     fn run_cmd(&self, a: &BenchArgs, console: &Path) -> Command {
         crate::demo::guest_run(&self.exe, &self.guest, a.mem_mib, &self.cmdline, console)
@@ -137,6 +140,8 @@ impl Setup {
             Command::new(&self.exe)
                 .args(["standby", "--listen", "127.0.0.1:0", "--key-file"])
                 .arg(&self.key)
+                .arg("--arbiter")
+                .arg(crate::demo::arbiter_arg(&self.key))
                 .arg("--console")
                 .arg(self.dir.join(format!("shadow-{tag}.txt")))
                 .stderr(std::fs::File::create(&log)?),
@@ -167,6 +172,13 @@ impl Setup {
             .arg(addr)
             .arg("--key-file")
             .arg(&self.key)
+            .arg("--arbiter")
+            .arg(crate::demo::arbiter_arg(&self.key))
+            .arg("--vm-id")
+            .arg(format!(
+                "bench-{tag}-{}",
+                VM_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ))
             .arg("--interval-ms")
             .arg(a.interval_ms.to_string())
             .arg("--compress")

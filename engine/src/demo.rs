@@ -218,6 +218,12 @@ impl Drop for Child {
     }
 }
 
+/// The embedded arbiter of the demo's processes: a file beside the key
+/// (every process runs on this host, the one case a file arbiter is valid for).
+pub(crate) fn arbiter_arg(key: &Path) -> String {
+    format!("file:{}", key.with_file_name("arbiter").display())
+}
+
 /// Starts `hotspare standby` on an ephemeral loopback port with its console
 /// in `console` and `extra` arguments; returns it and its address.
 pub(crate) fn spawn_standby(
@@ -230,6 +236,8 @@ pub(crate) fn spawn_standby(
         Command::new(exe)
             .args(["standby", "--listen", "127.0.0.1:0", "--key-file"])
             .arg(key)
+            .arg("--arbiter")
+            .arg(arbiter_arg(key))
             .arg("--console")
             .arg(console)
             .args(extra),
@@ -294,6 +302,10 @@ fn failover_demo(a: DemoArgs, dir: PathBuf) -> anyhow::Result<i32> {
             .arg(&addr)
             .arg("--key-file")
             .arg(&key)
+            .arg("--arbiter")
+            .arg(arbiter_arg(&key))
+            .arg("--vm-id")
+            .arg("demo-memtest")
             .arg("--interval-ms")
             .arg(a.interval_ms.to_string()),
     )?;

@@ -88,6 +88,10 @@ pub fn disk_demo(exe: &Path, dir: &Path, key: &Path, interval_ms: u64) -> anyhow
             .arg(&addr)
             .arg("--key-file")
             .arg(key)
+            .arg("--arbiter")
+            .arg(crate::demo::arbiter_arg(key))
+            .arg("--vm-id")
+            .arg("demo-disk")
             .arg("--interval-ms")
             .arg(interval_ms.to_string()),
     )?;

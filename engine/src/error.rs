@@ -65,6 +65,11 @@ pub enum EngineError {
     #[error("the primary's disk failed ({0}); handing the VM over to the shadow")]
     HandOver(String),
     /// The replication stream failed or a peer was refused.
+    /// Another copy owns the VM now (the arbiter or the new primary said
+    /// so): the guest stops without releasing held output.
+    #[error("this primary was superseded ({0}); its guest stops without releasing held output")]
+    Superseded(String),
+
     #[error(transparent)]
     Transport(#[from] transport::TransportError),
     /// Plain I/O error with context.

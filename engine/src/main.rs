@@ -20,6 +20,10 @@ use std::time::Duration;
 /// its own disk failed (EX_TEMPFAIL).
 const HANDOVER_EXIT: i32 = 75;
 
+/// Exit status of a primary that another copy superseded (the arbiter or
+/// the new primary said so): its guest stopped, held output unreleased.
+const SUPERSEDED_EXIT: i32 = 76;
+
 /// Default size of the primary's XOR-delta cache, MiB.
 const DEFAULT_DELTA_CACHE_MIB: u64 = 64;
 
@@ -43,7 +47,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a guest standalone until it halts or is stopped.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Rebuild a VM from the newest complete checkpoint in a directory and resume it.
     Restore(RestoreArgs),
     /// Demonstrate local checkpointing: run a bundled guest, kill it, restore it.
@@ -96,6 +100,78 @@ struct ReplicaArgs {
     /// taken while paused).
     #[arg(long)]
     verify_memory: bool,
+    #[command(flatten)]
+    arbiter: ArbiterArgs,
+    /// The VM's id: the key of its record in the arbiter (unique per VM
+    /// sharing an arbiter).
+    #[arg(long, default_value = "vm")]
+    vm_id: String,
+    /// This primary's name in the arbiter's record (default: HOSTNAME/PID).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Start even though the arbiter's record names a running primary for
+    /// this VM id (only when that primary is gone for good: it is fenced).
+    #[arg(long)]
+    supersede: bool,
+}
+
+#[derive(clap::Args)]
+struct ArbiterArgs {
+    /// Who decides which copy is the VM's primary (required with --shadow
+    /// and for a standby): `etcd://HOST:PORT[,HOST:PORT...][/PREFIX]`
+    /// (etcd v3; hosts that do not share a machine), `file:PATH` (an
+    /// flock-protected file: primary and standby on ONE host only), or
+    /// `none` (no fencing: a network partition can leave two live copies).
+    #[arg(long)]
+    arbiter: Option<String>,
+    /// After the shadow is lost, how long output stays held waiting for the
+    /// arbiter before the guest is paused, in milliseconds.
+    #[arg(long, default_value_t = 3000)]
+    arbiter_hold_ms: u64,
+}
+
+impl ArbiterArgs {
+    /// Opens the arbiter; `None` for `none` (with a loud warning).
+    fn open(&self) -> anyhow::Result<Option<Box<dyn engine::replication::arbiter::Arbiter>>> {
+        let Some(spec) = &self.arbiter else {
+            anyhow::bail!(
+                "--arbiter is required with replication: etcd://HOST:PORT[,HOST:PORT...] \
+                 (see README), file:PATH when primary and standby share one host, \
+                 or none to accept that a network partition can fork the VM"
+            );
+        };
+        let a = engine::replication::arbiter::open(spec)?;
+        if a.is_none() {
+            eprintln!(
+                "hotspare: WARNING: --arbiter none: no fencing; a network partition can leave \
+                 two live copies of the VM releasing output"
+            );
+        }
+        Ok(a)
+    }
+
+    fn fencing(
+        &self,
+        vm: &str,
+        name: &str,
+        supersede: bool,
+    ) -> anyhow::Result<Option<engine::replication::arbitration::FenceConfig>> {
+        Ok(self
+            .open()?
+            .map(|arbiter| engine::replication::arbitration::FenceConfig {
+                arbiter,
+                vm: vm.to_string(),
+                name: name.to_string(),
+                hold: Duration::from_millis(self.arbiter_hold_ms.max(1)),
+                supersede,
+            }))
+    }
+}
+
+/// HOSTNAME/PID: a primary's default name in the arbiter's record.
+fn default_node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}/{}", host.trim(), std::process::id())
 }
 
 #[derive(clap::Args)]
@@ -159,6 +235,13 @@ struct StandbyArgs {
     /// B) or `durable` (once written and fdatasynced: DRBD protocol C).
     #[arg(long, default_value = "memory")]
     disk_ack: engine::replication::standby::DiskAck,
+    #[command(flatten)]
+    arbiter: ArbiterArgs,
+    /// At a takeover, write its figures here as JSON (term, epoch,
+    /// detection, arbiter and activation times, the wall-clock moment the
+    /// guest ran again).
+    #[arg(long)]
+    stats_json: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -272,6 +355,13 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
             if a.replica.interval_ms == 0 {
                 anyhow::bail!("--interval-ms must be positive");
             }
+            engine::replication::arbiter::check_vm_id(&a.replica.vm_id)
+                .map_err(anyhow::Error::msg)?;
+            let name = a
+                .replica
+                .node_name
+                .clone()
+                .unwrap_or_else(default_node_name);
             Some(PrimaryConfig {
                 shadow: shadow.clone(),
                 psk: load_key(key)?,
@@ -287,6 +377,10 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
                 term: 1,
                 verify_memory: a.replica.verify_memory,
                 wait_shadow: Duration::from_millis(a.replica.wait_shadow_ms),
+                fencing: a
+                    .replica
+                    .arbiter
+                    .fencing(&a.replica.vm_id, &name, a.replica.supersede)?,
             })
         }
         (Some(_), None) => anyhow::bail!("--shadow needs --key-file"),
@@ -324,8 +418,17 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
         let started = std::time::Instant::now();
         let wait = a.replica.wait_shadow_ms;
         vm.start_parked()?;
-        rep.protect_before_start(&vm, Duration::from_millis(wait))?;
-        let res = engine::runner::supervise(&mut vm, Some(&mut rep as &mut dyn Periodic));
+        let res = match rep.protect_before_start(&vm, Duration::from_millis(wait)) {
+            Ok(_) => engine::runner::supervise(&mut vm, Some(&mut rep as &mut dyn Periodic)),
+            Err(e) => Err(e),
+        };
+        if let Err(engine::error::EngineError::Superseded(why)) = &res {
+            // No goodbye, no release of held output: another copy owns the VM.
+            eprintln!(
+                "hotspare: SUPERSEDED: {why}; the guest stopped without releasing held output"
+            );
+            std::process::exit(SUPERSEDED_EXIT);
+        }
         if let Some(why) = vm.io_failover.failure() {
             // No goodbye, no release of held output: the shadow, whose disk
             // is healthy, takes over from its last commit as from a crash.
@@ -387,6 +490,9 @@ fn standby(a: StandbyArgs) -> anyhow::Result<i32> {
             term: 0,
             verify_memory: false,
             wait_shadow: Duration::ZERO,
+            // The VM id and this standby's name come from the primary's
+            // epochs at the takeover.
+            fencing: a.arbiter.fencing("", "", false)?,
         }),
         None => None,
     };
@@ -402,6 +508,8 @@ fn standby(a: StandbyArgs) -> anyhow::Result<i32> {
         },
         disks: a.disks,
         disk_ack: a.disk_ack,
+        arbiter: a.arbiter.open()?,
+        stats_json: a.stats_json,
     };
     Ok(engine::replication::standby::run(cfg)?)
 }
@@ -463,7 +571,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let res = match cli.cmd {
-        Cmd::Run(a) => run(a),
+        Cmd::Run(a) => run(*a),
         Cmd::Restore(a) => restore(a),
         Cmd::Demo(a) => demo::demo(a),
         Cmd::Standby(a) => standby(a),

@@ -25,9 +25,11 @@
  *               its rate, like the QEMU peer's guest, and leaves the CPU to
  *               the host in between) or spin (busy-waits on the TSC)
  *   spin=K      extra busy-loop iterations per write (slows the dirty rate)
- *   tsc=1       append " tsc=<hex>" (the TSC when the line is printed) to
- *               every round line: output that is not a function of the
- *               inputs, for output-commit tests
+ *   tsc=1       append " tsc=<hex> chain=<hex>" to every round line: the
+ *               TSC when the line is printed, and a hash chained over every
+ *               TSC printed so far. Output that is not a function of the
+ *               inputs, for output-commit tests: a re-executed line
+ *               differs, and so does every line after it
  *   sleep=T     busy loop of T * 2^20 iterations after each round
  *
  * Memory: page p of the working set lives at B MiB + p * 4096; its words:
@@ -74,6 +76,7 @@ static int fill_text;
 static u64 rate, tsc_hz, pace_start, pace_done, pace_slack;
 static int idle_hlt = 1;
 static int show_tsc;
+static u64 tsc_chain = 0x9e3779b97f4a7c15ULL;
 
 static inline u64 rdtsc(void)
 {
@@ -388,8 +391,13 @@ int user_main(const char *cmdline)
         if (show_tsc) {
             /* Output that is not a function of the inputs: re-executing
              * this round prints another value. */
+            u64 t = rdtsc();
             u_puts(" tsc=");
-            u_puthex(rdtsc(), 16);
+            u_puthex(t, 16);
+            tsc_chain = (tsc_chain ^ t) * 0xff51afd7ed558ccdULL;
+            tsc_chain ^= tsc_chain >> 33;
+            u_puts(" chain=");
+            u_puthex(tsc_chain, 16);
         }
         if (bad) {
             u_puts(" check=FAIL");

@@ -166,7 +166,9 @@ fn bad_disk_options_are_clear_errors() {
 fn qemu(img: &Path, cmdline: &str) -> Option<Output> {
     let q = "qemu-system-x86_64";
     if Command::new(q).arg("--version").output().is_err() {
-        eprintln!("!!!!!!!! SKIPPED: {q} is not installed (scripts/setup.sh installs it): the QEMU cross-check did NOT run !!!!!!!!");
+        common::skipped(&format!(
+            "{q} is not installed (scripts/setup.sh installs it): the QEMU cross-check did NOT run"
+        ));
         return None;
     }
     let accel = if Path::new("/dev/kvm").exists() {

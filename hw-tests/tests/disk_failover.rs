@@ -89,6 +89,7 @@ fn trial(reference: &[u8], ack: &str, rng: &mut common::Rng) -> Trial {
     };
     let mut c = run_cmd(&pdisk, &pcon, cmdline);
     c.arg("--shadow").arg(&addr).arg("--key-file").arg(&key);
+    c.arg("--arbiter").arg(common::arbiter_arg(&key));
     c.args(["--interval-ms", "20"]);
     if ack == "durable" {
         // Test mode: memory and disk hashed at every epoch on both sides.
@@ -221,6 +222,7 @@ fn a_replica_of_the_wrong_size_is_refused_clearly() {
     let pdisk = image(&dir, "p.img");
     let mut c = run_cmd(&pdisk, &dir.path("p.txt"), "blocks=16 ops=10");
     c.arg("--shadow").arg(&addr).arg("--key-file").arg(&key);
+    c.arg("--arbiter").arg(common::arbiter_arg(&key));
     c.args(["--wait-shadow-ms", "3000"]);
     let mut primary = Proc::spawn(c);
     let st = primary.wait(Duration::from_secs(30), "primary");
@@ -238,6 +240,8 @@ fn a_replica_of_the_wrong_size_is_refused_clearly() {
     let o = Command::new(common::hotspare())
         .args(["standby", "--listen", "127.0.0.1:0", "--key-file"])
         .arg(&key)
+        .arg("--arbiter")
+        .arg(common::arbiter_arg(&key))
         .arg("--disk")
         .arg(dir.path("missing.img"))
         .output()
@@ -257,7 +261,9 @@ impl SmallFs {
         use std::os::unix::fs::MetadataExt;
         // /proc/self belongs to the process's effective user.
         if std::fs::metadata("/proc/self").map_or(1, |m| m.uid()) != 0 {
-            eprintln!("!!!!!!!! SKIPPED: mounting a tmpfs to fill needs root: the disk-failure test did NOT run !!!!!!!!");
+            common::skipped(
+                "mounting a tmpfs to fill needs root: the disk-failure test did NOT run",
+            );
             return None;
         }
         let p = dir.path(name);
@@ -327,6 +333,7 @@ fn a_full_primary_disk_hands_over_to_the_shadow() {
     );
     let mut c = run_cmd(&pdisk, &pcon, FILL_CMDLINE);
     c.arg("--shadow").arg(&addr).arg("--key-file").arg(&key);
+    c.arg("--arbiter").arg(common::arbiter_arg(&key));
     let mut primary = Proc::spawn(c);
     let st = primary.wait(Duration::from_secs(60), "primary");
     let perr = primary.stderr();

@@ -391,6 +391,8 @@ fn takeover_reprotects_and_survives_a_second_failover() {
         "--key-file",
     ])
     .arg(&key)
+    .arg("--arbiter")
+    .arg(common::arbiter_arg(&key))
     .arg("--console")
     .arg(&a_con);
     let mut a = common::Proc::spawn(ac);
@@ -455,4 +457,70 @@ fn takeover_reprotects_and_survives_a_second_failover() {
         &bout[..],
         "B's output does not finish the reference"
     );
+}
+
+/// A guest whose output is not a function of its inputs (every line holds
+/// the TSC and a hash chained over every TSC so far): a reference run
+/// cannot be compared, so each takeover must instead agree, byte for byte,
+/// with everything the killed primary showed, and then finish the guest.
+/// Output released before its epoch committed, or a takeover from an older
+/// epoch, re-executes a stretch the world saw with other values and fails
+/// here (with a deterministic guest it would pass as an allowed repeat).
+/// Every trial kills mid-run: the kill comes once the primary's released
+/// output reaches a random point of the run, and a guest that finished
+/// first fails the test.
+#[test]
+fn clock_dependent_output_survives_10_random_kills_without_contradiction() {
+    if !common::kvm_available() {
+        return;
+    }
+    // About 2 s unprotected, ~125 KB of output.
+    let spec = GuestSpec::new("memtest", "rounds=800 pages=1024 writes=2000 tsc=1");
+    let mut rng = Rng::from_env("tsc-failover");
+    for trial in 0..10 {
+        let dir = TempDir::new("tsc-failover");
+        let key = common::key_file(&dir, "key", rng.next());
+        let (pcon, scon) = (dir.path("p.txt"), dir.path("s.txt"));
+        let (mut standby, addr) = spawn_standby(&key, &scon, "127.0.0.1:0");
+        let mut primary = spawn_primary(&spec, &pcon, &addr, &key, 20);
+        standby
+            .wait_line("standby in sync", Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("trial {trial}: never synced\n{}", standby.stderr()));
+        let target = rng.range(2_000, 100_000);
+        let end = std::time::Instant::now() + Duration::from_secs(60);
+        while primary.child.try_wait().unwrap().is_none()
+            && std::fs::metadata(&pcon).map_or(0, |m| m.len()) < target
+            && std::time::Instant::now() < end
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(
+            primary.child.try_wait().unwrap().is_none(),
+            "trial {trial}: the guest finished before the kill at byte {target}: the trial proves nothing"
+        );
+        primary.child.kill().unwrap();
+        primary.child.wait().unwrap();
+        let (err, at) = common::finished_takeover(&mut standby, "tsc memtest");
+        let first = std::fs::read(&pcon).unwrap_or_default();
+        let second = std::fs::read(&scon).unwrap_or_default();
+        assert!(
+            at <= first.len(),
+            "trial {trial}: output lost: {} bytes shown, the standby resumed at {at}\n{err}",
+            first.len()
+        );
+        let overlap = first.len() - at;
+        assert!(
+            second.len() >= overlap && first[at..] == second[..overlap],
+            "trial {trial}: the new primary contradicts what the old one showed from byte {at}:\nold:\n{}\nnew:\n{}",
+            common::tail(&first[at..]),
+            common::tail(&second[..overlap.min(second.len())])
+        );
+        assert!(
+            String::from_utf8_lossy(&second)
+                .trim_end()
+                .ends_with("result=ok"),
+            "trial {trial}: {}",
+            common::tail(&second)
+        );
+    }
 }

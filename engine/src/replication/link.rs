@@ -61,6 +61,8 @@ pub(super) struct LinkShared {
     /// may be gone), before the supervisor's next tick notices.
     pub(super) io_failover: Arc<crate::devices::virtio::block::IoFailover>,
     pub(super) reason: Mutex<Option<String>>,
+    /// The shadow said it took the VM over in this term (0: it did not).
+    pub(super) superseded: AtomicU64,
     /// Figures of the epochs the sender encoded.
     pub(super) encoded: Mutex<Vec<Encoded>>,
 }
@@ -203,6 +205,10 @@ pub(super) fn sender(
 pub(super) fn acker(mut conn: transport::Receiver, shared: Arc<LinkShared>) {
     loop {
         if shared.lost.load(Ordering::SeqCst) {
+            // Unblock a sender stuck writing to a peer that stopped
+            // reading (a partition): the link is torn down at once, not
+            // after the write timeout.
+            conn.shutdown();
             return;
         }
         let frame = match conn.recv() {
@@ -240,10 +246,7 @@ pub(super) fn acker(mut conn: transport::Receiver, shared: Arc<LinkShared>) {
                 }
             }
             FrameKind::Nack => {
-                let why = wire::decode::<Nack>("Nack", &frame.payload)
-                    .map(|n| format!("shadow refused epoch {}: {}", n.seq, n.reason))
-                    .unwrap_or_else(|e| e);
-                shared.lose(why);
+                nacked(&shared, &frame.payload);
                 return;
             }
             other => {
@@ -302,6 +305,10 @@ pub(super) fn heartbeat(
         }
         match conn.recv() {
             Ok(f) if f.kind == FrameKind::HeartbeatAck => monitor.heard(),
+            Ok(f) if f.kind == FrameKind::Nack => {
+                nacked(&shared, &f.payload);
+                return;
+            }
             Ok(f) => {
                 shared.lose(format!(
                     "unexpected {:?} frame on the heartbeat channel",
@@ -315,5 +322,19 @@ pub(super) fn heartbeat(
                 return;
             }
         }
+    }
+}
+
+/// A Nack: the link is lost, and if the shadow says it took the VM over,
+/// the primary is superseded.
+fn nacked(shared: &LinkShared, payload: &[u8]) {
+    match wire::decode::<Nack>("Nack", payload) {
+        Ok(n) => {
+            if let Some(t) = n.superseded_by {
+                shared.superseded.fetch_max(t, Ordering::SeqCst);
+            }
+            shared.lose(format!("shadow refused epoch {}: {}", n.seq, n.reason));
+        }
+        Err(e) => shared.lose(e),
     }
 }

@@ -4,7 +4,7 @@
 //! `Tick`s (one per [`TICK`]) and acts on the decisions they return, so
 //! partitions, delays and reordering can be tested in memory.
 //!
-//! Rules (two-node, no external fencing yet):
+//! Rules:
 //! - A standby never takes over while it still hears the primary: every
 //!   heartbeat resets the silence counter, and takeover needs
 //!   `timeout_ticks` consecutive silent ticks, or the heartbeat connection
@@ -14,11 +14,21 @@
 //!   commit there is nothing to resume.
 //! - Every frame carries a term. A standby that took over runs in term + 1
 //!   and refuses anything from an older term.
+//! - Silence or a close is a suspicion, not a verdict: the standby *claims*
+//!   the VM ([`StandbyDecision::Claim`]) and takes over only once the
+//!   arbiter grants it (`fencing::promote`). A refusal makes its state
+//!   stale; no answer keeps it a shadow, claiming again every
+//!   [`CLAIM_RETRY_TICKS`], until the primary is heard again or the arbiter
+//!   answers. Without an arbiter (`--arbiter none`) the caller grants every
+//!   claim at once.
 
 use std::time::Duration;
 
 /// The period of a `Tick`.
 pub const TICK: Duration = Duration::from_millis(5);
+
+/// Ticks between two claims while the arbiter does not answer.
+pub const CLAIM_RETRY_TICKS: u32 = 10;
 
 /// What happened, from the standby's point of view.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,6 +60,13 @@ pub enum StandbyInput {
         /// The sender's term.
         term: u64,
     },
+    /// The arbiter granted the claim: the VM is ours in term + 1.
+    ClaimGranted,
+    /// The arbiter refused the claim: another copy owns the VM, or the
+    /// primary recorded that it runs unprotected.
+    ClaimRefused,
+    /// The arbiter did not answer the claim.
+    ClaimUnanswered,
 }
 
 /// What the standby must do.
@@ -57,6 +74,16 @@ pub enum StandbyInput {
 pub enum StandbyDecision {
     /// Carry on.
     Continue,
+    /// The primary looks gone: ask the arbiter for term `term` (and answer
+    /// with `ClaimGranted`, `ClaimRefused` or `ClaimUnanswered`).
+    Claim {
+        /// The term to claim.
+        term: u64,
+        /// The committed epoch a takeover would resume from.
+        seq: u64,
+    },
+    /// The claim was refused: the committed state is stale; forget it.
+    Forget,
     /// Take over: resume the guest from `seq` in term `term`.
     TakeOver {
         /// The new term.
@@ -86,6 +113,8 @@ pub enum StandbyState {
     Waiting,
     /// Following a live primary.
     Following,
+    /// The primary looks gone; claiming the VM from the arbiter.
+    Claiming,
     /// Took over; now the primary of `term`.
     TookOver,
     /// Stopped (the guest ended on the primary).
@@ -100,6 +129,8 @@ pub struct StandbyFsm {
     silent: u32,
     committed: Option<u64>,
     state: StandbyState,
+    /// Silent ticks when the claim started; ticks since the last claim.
+    claim: (u32, u32),
 }
 
 impl StandbyFsm {
@@ -111,6 +142,7 @@ impl StandbyFsm {
             silent: 0,
             committed: None,
             state: StandbyState::Waiting,
+            claim: (0, 0),
         }
     }
 
@@ -144,12 +176,11 @@ impl StandbyFsm {
     fn lost(&mut self, silent_ticks: u32) -> StandbyDecision {
         match (self.state, self.committed) {
             (StandbyState::Following, Some(seq)) => {
-                self.state = StandbyState::TookOver;
-                self.term += 1;
-                StandbyDecision::TakeOver {
-                    term: self.term,
+                self.state = StandbyState::Claiming;
+                self.claim = (silent_ticks, 0);
+                StandbyDecision::Claim {
+                    term: self.term + 1,
                     seq,
-                    silent_ticks,
                 }
             }
             (StandbyState::Following, None) => {
@@ -173,7 +204,15 @@ impl StandbyFsm {
                 _ => StandbyDecision::Continue,
             };
         }
+        if self.state == StandbyState::Claiming {
+            if let Some(d) = self.claiming(input) {
+                return d;
+            }
+        }
         match input {
+            StandbyInput::ClaimGranted
+            | StandbyInput::ClaimRefused
+            | StandbyInput::ClaimUnanswered => StandbyDecision::Continue,
             StandbyInput::Tick => {
                 if self.state == StandbyState::Following {
                     self.silent += 1;
@@ -221,6 +260,49 @@ impl StandbyFsm {
                 StandbyDecision::Stop
             }
         }
+    }
+}
+
+impl StandbyFsm {
+    /// Inputs while claiming; `None` for those handled as when following
+    /// (a heartbeat or a commit: the primary is alive after all).
+    fn claiming(&mut self, input: StandbyInput) -> Option<StandbyDecision> {
+        let seq = self.committed?;
+        Some(match input {
+            StandbyInput::ClaimGranted => {
+                self.state = StandbyState::TookOver;
+                self.term += 1;
+                StandbyDecision::TakeOver {
+                    term: self.term,
+                    seq,
+                    silent_ticks: self.claim.0,
+                }
+            }
+            StandbyInput::ClaimRefused => {
+                self.state = StandbyState::Waiting;
+                self.committed = None;
+                self.silent = 0;
+                StandbyDecision::Forget
+            }
+            StandbyInput::ClaimUnanswered | StandbyInput::PeerClosed => StandbyDecision::Continue,
+            StandbyInput::Tick => {
+                self.claim.1 += 1;
+                if self.claim.1 >= CLAIM_RETRY_TICKS {
+                    self.claim.1 = 0;
+                    StandbyDecision::Claim {
+                        term: self.term + 1,
+                        seq,
+                    }
+                } else {
+                    StandbyDecision::Continue
+                }
+            }
+            // Heard again: back to following (handled below).
+            StandbyInput::Heartbeat { .. }
+            | StandbyInput::Committed { .. }
+            | StandbyInput::Stale { .. }
+            | StandbyInput::Goodbye { .. } => return None,
+        })
     }
 }
 
@@ -321,8 +403,10 @@ mod tests {
         for _ in 0..9 {
             assert_eq!(f.step(Tick), StandbyDecision::Continue);
         }
+        assert_eq!(f.step(Tick), StandbyDecision::Claim { term: 2, seq: 7 });
+        assert_eq!(f.state(), StandbyState::Claiming);
         assert_eq!(
-            f.step(Tick),
+            f.step(ClaimGranted),
             StandbyDecision::TakeOver {
                 term: 2,
                 seq: 7,
@@ -340,6 +424,7 @@ mod tests {
         for _ in 0..3 {
             f.step(Tick);
         }
+        f.step(ClaimGranted);
         assert_eq!(f.state(), StandbyState::TookOver);
         // The old primary's delayed (reordered) frames arrive after the takeover.
         assert_eq!(
@@ -360,8 +445,12 @@ mod tests {
     #[test]
     fn close_without_goodbye_takes_over_at_once_goodbye_stops() {
         let mut f = following(1000);
-        assert!(matches!(
+        assert_eq!(
             f.step(PeerClosed),
+            StandbyDecision::Claim { term: 2, seq: 1 }
+        );
+        assert!(matches!(
+            f.step(ClaimGranted),
             StandbyDecision::TakeOver {
                 silent_ticks: 0,
                 ..
@@ -418,8 +507,43 @@ mod tests {
         }
         assert!(matches!(
             f.step(Tick),
-            StandbyDecision::TakeOver { term: 4, .. }
+            StandbyDecision::Claim { term: 4, .. }
         ));
+    }
+
+    #[test]
+    fn a_refused_claim_forgets_the_commit_and_never_takes_over() {
+        let mut f = following(2);
+        f.step(Tick);
+        assert!(matches!(f.step(Tick), StandbyDecision::Claim { .. }));
+        assert_eq!(f.step(ClaimRefused), StandbyDecision::Forget);
+        assert_eq!((f.state(), f.committed()), (StandbyState::Waiting, None));
+        for _ in 0..100 {
+            assert_eq!(f.step(Tick), StandbyDecision::Continue);
+        }
+        // A grant arriving late (reordered) changes nothing.
+        assert_eq!(f.step(ClaimGranted), StandbyDecision::Continue);
+        assert_eq!(f.state(), StandbyState::Waiting);
+    }
+
+    #[test]
+    fn an_unanswered_claim_is_retried_until_the_primary_is_heard_again() {
+        let mut f = following(2);
+        f.step(Tick);
+        assert!(matches!(f.step(Tick), StandbyDecision::Claim { .. }));
+        assert_eq!(f.step(ClaimUnanswered), StandbyDecision::Continue);
+        let mut claims = 0;
+        for _ in 0..(CLAIM_RETRY_TICKS * 3) {
+            if matches!(f.step(Tick), StandbyDecision::Claim { .. }) {
+                claims += 1;
+            }
+        }
+        assert_eq!(claims, 3);
+        // The primary was only paused: hearing it ends the claim.
+        assert_eq!(f.step(Heartbeat { term: 1 }), StandbyDecision::Continue);
+        assert_eq!(f.state(), StandbyState::Following);
+        assert_eq!(f.step(ClaimGranted), StandbyDecision::Continue);
+        assert_eq!(f.state(), StandbyState::Following);
     }
 
     /// Random interleavings: a takeover happens iff the last `timeout`
@@ -461,7 +585,7 @@ mod tests {
                 if let Committed { seq, .. } = input {
                     committed = Some(committed.map_or(seq, |c: u64| c.max(seq)));
                 }
-                if let StandbyDecision::TakeOver { seq, .. } = d {
+                if let StandbyDecision::Claim { seq, .. } = d {
                     assert!(
                         input == PeerClosed || silent >= timeout,
                         "took over while hearing the primary"

@@ -6,10 +6,12 @@
 //! - [`wire`]: the replication messages carried in transport frames.
 //! - [`arbiter`]: the record that says who is primary (etcd, a file).
 //! - [`fencing`]: who may change that record, and the primary's fence (no I/O).
+//! - [`arbitration`]: the primary's fence run against the arbiter.
 //!
 //! See `docs/protocol.md`, `docs/failover.md` and `docs/fencing.md`.
 
 pub mod arbiter;
+pub mod arbitration;
 pub mod fencing;
 mod link;
 pub mod liveness;

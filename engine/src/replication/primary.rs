@@ -20,10 +20,12 @@ use checkpoint::pages::{Compression, MemoryEncoder};
 use crossbeam::channel;
 use transport::{Channel, FramedConn, HandshakeParams, Psk, TransportError};
 
+use super::arbitration::{Arbitration, FenceConfig};
+use super::fencing::{FenceAction, FenceInput};
 use super::link::{self, Body, Link, LinkShared, Outgoing};
 use super::policy::EpochPolicy;
 pub use super::stats::{percentile, stats_json, summary, EpochFigures, ReplicationStats};
-use super::wire::{self, EpochEnd};
+use super::wire::{self, EpochEnd, FenceInfo};
 use super::Timing;
 use crate::capture;
 use crate::devices::virtio::block::disk::BLOCK;
@@ -61,6 +63,8 @@ pub struct PrimaryConfig {
     pub verify_memory: bool,
     /// How long to wait for the shadow before starting the guest unprotected.
     pub wait_shadow: Duration,
+    /// The arbiter that fences this primary (`None`: `--arbiter none`).
+    pub fencing: Option<FenceConfig>,
 }
 
 /// Pre-copy stops after this many rounds...
@@ -145,6 +149,12 @@ pub struct Replicator {
     /// Figures so far.
     pub stats: ReplicationStats,
     announced_unprotected: bool,
+    /// The fence and its arbiter (`None`: `--arbiter none`).
+    fence: Option<Arbitration>,
+    /// What the shadow of the current sync needs to claim the VM.
+    fence_info: Option<FenceInfo>,
+    /// What the fence said last, for the supervisor's thread to act on.
+    fence_action: Option<FenceAction>,
 }
 
 fn terr(e: TransportError) -> EngineError {
@@ -154,6 +164,8 @@ fn terr(e: TransportError) -> EngineError {
 impl Replicator {
     /// A replicator for `vm` (not connected yet: the first tick connects).
     pub fn new(vm: &Vm, cfg: PrimaryConfig) -> Replicator {
+        let mut cfg = cfg;
+        let fence = cfg.fencing.take().map(|f| Arbitration::new(f, cfg.term));
         let policy = EpochPolicy::new(cfg.interval, cfg.max_interval);
         Replicator {
             cfg,
@@ -173,7 +185,15 @@ impl Replicator {
             pool: channel::bounded(PAGE_POOL),
             stats: ReplicationStats::default(),
             announced_unprotected: false,
+            fence,
+            fence_info: None,
+            fence_action: None,
         }
+    }
+
+    /// This primary's term (the arbiter's, once started under one).
+    pub fn term(&self) -> u64 {
+        self.cfg.term
     }
 
     /// Whether a shadow currently protects the VM.
@@ -196,6 +216,21 @@ impl Replicator {
             .map_err(terr)?;
         let (stream, _) = FramedConn::connect(&self.cfg.shadow, &params(Channel::Stream), timeout)
             .map_err(terr)?;
+        // The arbiter records the shadow as this primary's spare before the
+        // sync: from then on a spare holding a commit of this sync may take
+        // over, and output is released only on its acks or once the arbiter
+        // records this primary as unprotected again.
+        if let Some(f) = self.fence.as_mut() {
+            match f.protect(&self.cfg.shadow)? {
+                Some(info) => self.fence_info = Some(info),
+                None => {
+                    return Err(EngineError::Config(format!(
+                        "the arbiter {} did not answer: not syncing the shadow yet",
+                        f.describe()
+                    )))
+                }
+            }
+        }
         let shared = Arc::new(LinkShared {
             lost: AtomicBool::new(false),
             acked: AtomicU64::new(0),
@@ -204,6 +239,7 @@ impl Replicator {
             devices: self.devices.clone(),
             io_failover: vm.io_failover.clone(),
             reason: Mutex::new(None),
+            superseded: AtomicU64::new(0),
             encoded: Mutex::new(Vec::new()),
         });
         let (tx, rx) = channel::bounded::<Outgoing>(self.cfg.max_outstanding.max(1));
@@ -275,14 +311,28 @@ impl Replicator {
                 tracing::error!("putting dirty bits back failed: {e}");
             }
         }
-        self.devices.hold_outputs(false);
         self.need_full = true;
         self.shadow_committed = false;
         self.stats.shadow_losses += 1;
-        tracing::error!(
-            "SHADOW LOST ({why}): the VM now runs UNPROTECTED; reconnecting to {}",
-            self.cfg.shadow
-        );
+        match self.fence.as_mut() {
+            Some(f) => {
+                // Output stays held until the arbiter records this primary
+                // as unprotected: the shadow may be claiming the VM.
+                self.devices.hold_outputs(true);
+                eprintln!(
+                    "hotspare: SHADOW LOST ({why}): output HELD while the arbiter {} decides",
+                    f.describe()
+                );
+                self.fence_action = Some(f.step(FenceInput::ShadowLost));
+            }
+            None => {
+                self.devices.hold_outputs(false);
+                tracing::error!(
+                    "SHADOW LOST ({why}): the VM now runs UNPROTECTED; reconnecting to {}",
+                    self.cfg.shadow
+                );
+            }
+        }
         self.announced_unprotected = true;
         self.next_connect = Instant::now() + self.cfg.retry;
     }
@@ -434,6 +484,7 @@ impl Replicator {
                     last_ack_us,
                 },
                 memory_hash,
+                fence: self.fence_info.clone(),
             },
         };
         self.pending.push_back((seq, harvest));
@@ -460,10 +511,14 @@ impl Replicator {
     /// the replicator keeps retrying. Returns whether the VM is protected.
     /// The vCPUs must be parked (`Vm::start_parked`).
     pub fn protect_before_start(&mut self, vm: &Vm, wait: Duration) -> Result<bool> {
+        if let Some(f) = self.fence.as_mut() {
+            self.cfg.term = f.start()?;
+        }
         let deadline = Instant::now() + wait;
         loop {
             match self.connect(vm) {
                 Ok(()) => break,
+                Err(e @ EngineError::Superseded(_)) => return Err(e),
                 Err(e) if Instant::now() >= deadline => {
                     eprintln!(
                         "hotspare: no shadow at {} within {wait:?} ({e}): the guest starts UNPROTECTED; retrying",
@@ -513,6 +568,7 @@ impl Replicator {
                 "hotspare: the shadow did not take the initial state ({why}): the guest starts UNPROTECTED"
             );
             self.drop_link(&why);
+            self.act(vm)?;
         }
         if acked {
             let pages = self.stats.epochs.last().map_or(0, |e| e.pages);
@@ -708,6 +764,7 @@ impl Replicator {
                 released: pos,
                 figures: wire::EpochReport::default(),
                 memory_hash: None,
+                fence: self.fence_info.clone(),
             },
         };
         // The queue is usually full during a sync: wait for room, but give
@@ -757,7 +814,78 @@ impl Replicator {
             }
             self.collect(&link.shared);
         }
+        match self.fence.as_mut() {
+            Some(f) if f.deciding() => {
+                // The shadow was lost and the arbiter has not confirmed this
+                // primary: its held output may contradict a shadow that took
+                // over, so it is released only on the arbiter's word.
+                match f.decide_now() {
+                    FenceAction::Release { .. } => self.devices.hold_outputs(false),
+                    a => eprintln!(
+                        "hotspare: the guest ended with output held and no word from the arbiter ({a:?}): held output is dropped"
+                    ),
+                }
+            }
+            Some(f) => {
+                self.devices.hold_outputs(false);
+                f.finish();
+            }
+            None => self.devices.hold_outputs(false),
+        }
+    }
+
+    /// Acts, on the supervisor's thread, on what the fence said last.
+    fn act(&mut self, vm: &Vm) -> Result<()> {
+        match self.fence_action.take() {
+            None | Some(FenceAction::Continue) | Some(FenceAction::Ask) => Ok(()),
+            Some(FenceAction::Release { .. }) => {
+                self.release_unprotected();
+                Ok(())
+            }
+            Some(FenceAction::Stop(why)) => Err(EngineError::Superseded(why)),
+            Some(FenceAction::Pause) => self.paused_for_arbiter(vm),
+        }
+    }
+
+    fn release_unprotected(&mut self) {
         self.devices.hold_outputs(false);
+        eprintln!(
+            "hotspare: the arbiter recorded this primary (term {}) as UNPROTECTED: held output released; reconnecting to {}",
+            self.cfg.term, self.cfg.shadow
+        );
+    }
+
+    /// The hold bound passed without an answer from the arbiter: the guest
+    /// pauses (its output stays held) until the arbiter answers.
+    fn paused_for_arbiter(&mut self, vm: &Vm) -> Result<()> {
+        let guard = vm.pause()?;
+        eprintln!(
+            "hotspare: guest PAUSED: the shadow is lost and the arbiter has not answered;              output stays held; asking again every {} ms",
+            super::fencing::FENCE_TICK_MS
+        );
+        let t0 = Instant::now();
+        loop {
+            if vm.shared.stop_reason().is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(super::fencing::FENCE_TICK_MS));
+            let Some(f) = self.fence.as_mut() else {
+                return Ok(());
+            };
+            match f.step(FenceInput::Tick) {
+                FenceAction::Release { .. } => {
+                    drop(guard);
+                    eprintln!(
+                        "hotspare: the arbiter answered after the guest was paused for {:.1} s: guest resumed",
+                        t0.elapsed().as_secs_f64()
+                    );
+                    self.release_unprotected();
+                    return Ok(());
+                }
+                FenceAction::Stop(why) => return Err(EngineError::Superseded(why)),
+                _ => {}
+            }
+        }
     }
 }
 
@@ -808,7 +936,27 @@ impl Replicator {
                     .unwrap_or_else(|e| e.into_inner())
                     .clone()
                     .unwrap_or_default();
+                let by = link.shared.superseded.load(Ordering::SeqCst);
                 self.drop_link(&why);
+                if by > 0 {
+                    self.fence_action = Some(match self.fence.as_mut() {
+                        Some(f) => f.step(FenceInput::SupersededBy(by)),
+                        None if by > self.cfg.term => {
+                            FenceAction::Stop(format!("the shadow took the VM over in term {by}"))
+                        }
+                        None => FenceAction::Continue,
+                    });
+                }
+            }
+        }
+        self.act(vm)?;
+        if let Some(f) = self.fence.as_mut() {
+            if f.deciding() {
+                self.fence_action = Some(f.step(FenceInput::Tick));
+                self.act(vm)?;
+                if self.fence.as_ref().is_some_and(|f| f.deciding()) {
+                    return Ok(());
+                }
             }
         }
         self.settle_acks();
@@ -818,6 +966,9 @@ impl Replicator {
                 return Ok(());
             }
             if let Err(e) = self.connect(vm) {
+                if matches!(e, EngineError::Superseded(_)) {
+                    return Err(e);
+                }
                 if !self.announced_unprotected {
                     tracing::error!(
                         "no shadow at {} ({e}): the VM runs UNPROTECTED; retrying",
@@ -867,6 +1018,7 @@ impl Replicator {
             }
             tracing::error!("epoch failed: {e}");
             self.drop_link(&format!("epoch failed: {e}"));
+            self.act(vm)?;
         }
         Ok(())
     }

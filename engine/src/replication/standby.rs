@@ -13,6 +13,7 @@
 //! epoch is applied, so activation at takeover only loads state and starts
 //! the vCPU threads.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,8 +22,10 @@ use checkpoint::format::{CheckpointKind, Limits};
 use crossbeam::channel::{self, Sender};
 use transport::{Channel, FrameKind, FramedConn, HandshakeParams, Listener, Psk, TransportError};
 
+use super::arbiter::Arbiter;
+use super::fencing::{self, Outcome};
 use super::liveness::{StandbyDecision, StandbyFsm, StandbyInput, TICK};
-use super::wire::{self, Ack, EpochBegin, EpochEnd, Heartbeat, Nack};
+use super::wire::{self, Ack, EpochBegin, EpochEnd, FenceInfo, Heartbeat, Nack};
 use super::Timing;
 use crate::devices::virtio::block::{DiskImage, DiskSpec};
 use crate::error::{EngineError, Result};
@@ -54,6 +57,11 @@ pub struct StandbyConfig {
     pub disks: Vec<std::path::PathBuf>,
     /// When epochs with disk writes are acknowledged.
     pub disk_ack: DiskAck,
+    /// The arbiter a takeover must win (`None`: `--arbiter none`, a
+    /// takeover needs only the primary's silence).
+    pub arbiter: Option<Box<dyn Arbiter>>,
+    /// Write the takeover's figures here as JSON, once the guest runs.
+    pub stats_json: Option<std::path::PathBuf>,
 }
 
 /// When the standby acknowledges an epoch that writes its disks
@@ -108,6 +116,10 @@ struct Shadow {
     /// The replica images, opened for writing.
     replicas: Vec<Arc<DiskImage>>,
     disk_ack: DiskAck,
+    /// The arbiter's identity (`None`: no arbiter).
+    arbiter_id: Option<String>,
+    /// How the primary of the committed epoch is fenced.
+    fence: Option<FenceInfo>,
 }
 
 enum Event {
@@ -115,15 +127,20 @@ enum Event {
     Refused(String),
 }
 
-/// What the takeover measured.
-#[derive(Clone, Copy, Debug)]
-pub struct TakeoverFigures {
-    /// Last sign of life from the primary to the decision.
-    pub detection: Duration,
-    /// Decision to vCPUs running.
-    pub activation: Duration,
-    /// The epoch resumed from.
-    pub seq: u64,
+/// Everything a takeover needs besides the shadow.
+struct Takeover {
+    term: u64,
+    console: Box<dyn std::io::Write + Send>,
+    /// Last sign of life from the primary to the claim.
+    detection: Duration,
+    /// The claim to the arbiter's grant.
+    arbiter_time: Duration,
+    /// When the grant arrived.
+    decided: Instant,
+    reprotect: Option<super::primary::PrimaryConfig>,
+    arbiter: Option<Box<dyn Arbiter>>,
+    stats_json: Option<std::path::PathBuf>,
+    took_over: Arc<AtomicU64>,
 }
 
 /// Runs the standby until it takes over and the guest stops (returns the
@@ -138,7 +155,20 @@ pub fn run(cfg: StandbyConfig) -> Result<i32> {
         max_epoch_bytes,
         disks,
         disk_ack,
+        mut arbiter,
+        stats_json,
     } = cfg;
+    let arbiter_id = match arbiter.as_mut() {
+        Some(a) => Some(a.identity().map_err(|e| {
+            EngineError::Config(format!("the standby cannot reach its arbiter: {e}"))
+        })?),
+        None => {
+            eprintln!(
+                "hotspare: WARNING: --arbiter none: this standby takes over on silence alone;                  a network partition can leave two live copies of the VM"
+            );
+            None
+        }
+    };
     let replicas = disks
         .iter()
         .map(|path| {
@@ -158,18 +188,26 @@ pub fn run(cfg: StandbyConfig) -> Result<i32> {
         max_epoch: max_epoch_bytes,
         replicas,
         disk_ack,
+        arbiter_id,
         ..Shadow::default()
     }));
     let (ev_tx, ev_rx) = channel::unbounded::<Event>();
     let last_heard = Arc::new(Mutex::new(Instant::now()));
+    // The term this standby took the VM over in (0: it did not). Read by
+    // the heartbeat threads without the shadow lock, which a commit holds
+    // for as long as it applies an epoch.
+    let took_over = Arc::new(AtomicU64::new(0));
     {
         let (shadow, ev_tx, last_heard) = (shadow.clone(), ev_tx.clone(), last_heard.clone());
+        let took_over = took_over.clone();
         std::thread::Builder::new()
             .name("hs-accept".into())
-            .spawn(move || accept_loop(listener, psk, shadow, ev_tx, last_heard))
+            .spawn(move || accept_loop(listener, psk, shadow, ev_tx, last_heard, took_over))
             .map_err(EngineError::io("spawning the accept thread"))?;
     }
     let mut fsm = StandbyFsm::new(timing.timeout_ticks());
+    // When the current claim started (for the takeover's figures).
+    let mut claimed: Option<Instant> = None;
     loop {
         let input = match ev_rx.recv_timeout(TICK) {
             Ok(Event::Input(i)) => i,
@@ -182,8 +220,25 @@ pub fn run(cfg: StandbyConfig) -> Result<i32> {
                 return Err(EngineError::Config("standby accept loop ended".into()))
             }
         };
-        match fsm.step(input) {
-            StandbyDecision::Continue => {}
+        let mut decision = fsm.step(input);
+        while let StandbyDecision::Claim { term, seq } = decision {
+            claimed.get_or_insert_with(Instant::now);
+            let answer = claim(&shadow, &mut arbiter, term, seq);
+            decision = fsm.step(answer);
+        }
+        if fsm.state() != super::liveness::StandbyState::Claiming
+            && !matches!(decision, StandbyDecision::TakeOver { .. })
+        {
+            claimed = None;
+        }
+        match decision {
+            StandbyDecision::Continue | StandbyDecision::Claim { .. } => {}
+            StandbyDecision::Forget => {
+                let mut sh = shadow.lock().unwrap_or_else(|e| e.into_inner());
+                sh.state = None;
+                sh.fence = None;
+                eprintln!("hotspare: standby stays a shadow; its committed state is stale and forgotten until a primary resyncs it");
+            }
             StandbyDecision::RefuseStale { theirs, ours } => {
                 tracing::warn!("refused a frame of term {theirs}: this standby is at term {ours}");
             }
@@ -213,24 +268,90 @@ pub fn run(cfg: StandbyConfig) -> Result<i32> {
             }
             StandbyDecision::TakeOver { term, .. } => {
                 let decided = Instant::now();
-                let detection =
-                    decided.duration_since(*last_heard.lock().unwrap_or_else(|e| e.into_inner()));
-                return take_over(&shadow, term, console, detection, decided, reprotect);
+                let claim_at = claimed.unwrap_or(decided);
+                let heard = *last_heard.lock().unwrap_or_else(|e| e.into_inner());
+                return take_over(
+                    &shadow,
+                    Takeover {
+                        term,
+                        console,
+                        detection: claim_at.saturating_duration_since(heard),
+                        arbiter_time: decided.duration_since(claim_at),
+                        decided,
+                        reprotect,
+                        arbiter,
+                        stats_json,
+                        took_over,
+                    },
+                );
             }
         }
     }
 }
 
-fn take_over(
+/// Asks the arbiter for the VM in `term` (the primary of `term - 1` looks
+/// gone). Without an arbiter every claim is granted.
+fn claim(
     shadow: &Arc<Mutex<Shadow>>,
+    arbiter: &mut Option<Box<dyn Arbiter>>,
     term: u64,
-    console: Box<dyn std::io::Write + Send>,
-    detection: Duration,
-    decided: Instant,
-    reprotect: Option<super::primary::PrimaryConfig>,
-) -> Result<i32> {
+    seq: u64,
+) -> StandbyInput {
+    let Some(arb) = arbiter.as_deref_mut() else {
+        return StandbyInput::ClaimGranted;
+    };
+    let fence = shadow
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .fence
+        .clone();
+    let Some(f) = fence else {
+        eprintln!(
+            "hotspare: no fencing information with the committed epoch {seq}: not taking over"
+        );
+        return StandbyInput::ClaimRefused;
+    };
+    match fencing::transact(arb, &f.vm, |c| {
+        fencing::promote(c, term - 1, f.sync, &f.spare)
+    }) {
+        Ok(Outcome::Won(_)) => {
+            eprintln!(
+                "hotspare: the arbiter granted VM {:?} to this standby ({:?}) in term {term}",
+                f.vm, f.spare
+            );
+            StandbyInput::ClaimGranted
+        }
+        Ok(Outcome::Refused(r)) => {
+            eprintln!(
+                "hotspare: the arbiter refused the takeover of VM {:?}: {r}",
+                f.vm
+            );
+            StandbyInput::ClaimRefused
+        }
+        Err(e) => {
+            eprintln!("hotspare: primary silent but {e}: staying a shadow, asking again");
+            StandbyInput::ClaimUnanswered
+        }
+    }
+}
+
+fn take_over(shadow: &Arc<Mutex<Shadow>>, t: Takeover) -> Result<i32> {
+    let Takeover {
+        term,
+        console,
+        detection,
+        arbiter_time,
+        decided,
+        reprotect,
+        mut arbiter,
+        stats_json,
+        took_over,
+    } = t;
     let mut sh = shadow.lock().unwrap_or_else(|e| e.into_inner());
     sh.taken_over = true;
+    sh.term = term;
+    took_over.store(term, Ordering::SeqCst);
+    let fence = sh.fence.clone();
     let state = sh
         .state
         .take()
@@ -274,16 +395,44 @@ fn take_over(
         .emit(&out);
     let mut rep = reprotect.map(|mut cfg| {
         cfg.term = term;
+        match (&mut cfg.fencing, &fence) {
+            (Some(fc), Some(f)) => {
+                // The record now names this standby (by the name its
+                // primary gave it) as the primary of `term`.
+                fc.vm = f.vm.clone();
+                fc.name = f.spare.clone();
+            }
+            _ => cfg.fencing = None,
+        }
         super::primary::Replicator::new(&vm, cfg)
     });
     vm.start()?;
     let activation = decided.elapsed();
+    let running_at = std::time::SystemTime::now();
     eprintln!(
         "hotspare: standby TAKING OVER as primary of term {term} from epoch {seq}; console resumes at byte {out_start}; \
-         detection {:.1} ms, activation {:.2} ms",
+         detection {:.1} ms, arbiter {:.2} ms, activation {:.2} ms",
         detection.as_secs_f64() * 1e3,
+        arbiter_time.as_secs_f64() * 1e3,
         activation.as_secs_f64() * 1e3
     );
+    if let Some(path) = &stats_json {
+        let us = |d: Duration| d.as_micros() as u64;
+        let json = serde_json::json!({ "takeover": {
+            "term": term,
+            "seq": seq,
+            "console_resumes_at": out_start,
+            "detection_us": us(detection),
+            "arbiter_us": us(arbiter_time),
+            "activation_us": us(activation),
+            "running_at_unix_ns": running_at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
+        }});
+        if let Err(e) = std::fs::write(path, json.to_string()) {
+            eprintln!("hotspare: writing {}: {e}", path.display());
+        }
+    }
     eprintln!("hotspare: {}", report(&reports));
     let reason = match rep.as_mut() {
         Some(r) => {
@@ -294,7 +443,18 @@ fn take_over(
         }
         None => {
             tracing::warn!("the new primary runs UNPROTECTED (no spare configured)");
-            runner::supervise(&mut vm, None)?
+            let reason = runner::supervise(&mut vm, None)?;
+            if let (Some(arb), Some(f)) = (arbiter.as_deref_mut(), &fence) {
+                // The guest ended here: the VM may be started again.
+                match fencing::transact(arb, &f.vm, |c| fencing::finish(c, term, &f.spare)) {
+                    Ok(Outcome::Won(_)) => {}
+                    Ok(Outcome::Refused(r)) => {
+                        eprintln!("hotspare: not marking the VM stopped: {r}")
+                    }
+                    Err(e) => eprintln!("hotspare: could not mark the VM stopped: {e}"),
+                }
+            }
+            reason
         }
     };
     if let StopReason::Error(e) = &reason {
@@ -311,6 +471,7 @@ fn accept_loop(
     shadow: Arc<Mutex<Shadow>>,
     ev: Sender<Event>,
     last_heard: Arc<Mutex<Instant>>,
+    took_over: Arc<AtomicU64>,
 ) {
     loop {
         let fp = shadow.lock().unwrap_or_else(|e| e.into_inner()).fingerprint;
@@ -329,7 +490,10 @@ fn accept_loop(
                 let spawned = match peer.channel {
                     Channel::Heartbeat => std::thread::Builder::new()
                         .name("hs-heartbeat".into())
-                        .spawn(move || heartbeat_loop(conn, ev2, heard)),
+                        .spawn({
+                            let took_over = took_over.clone();
+                            move || heartbeat_loop(conn, took_over, ev2, heard)
+                        }),
                     Channel::Stream => std::thread::Builder::new()
                         .name("hs-stream".into())
                         .spawn(move || stream_loop(conn, term, shadow, ev2, heard)),
@@ -347,7 +511,19 @@ fn accept_loop(
     }
 }
 
-fn heartbeat_loop(mut conn: FramedConn, ev: Sender<Event>, heard: Arc<Mutex<Instant>>) {
+/// After a takeover, the term this standby now runs in; a frame of an older
+/// term comes from a superseded primary.
+fn superseded_by(shadow: &Arc<Mutex<Shadow>>, term: u64) -> Option<u64> {
+    let sh = shadow.lock().unwrap_or_else(|e| e.into_inner());
+    (sh.taken_over && term < sh.term).then_some(sh.term)
+}
+
+fn heartbeat_loop(
+    mut conn: FramedConn,
+    took_over: Arc<AtomicU64>,
+    ev: Sender<Event>,
+    heard: Arc<Mutex<Instant>>,
+) {
     let _ = conn.set_read_timeout(Some(Duration::from_millis(50)));
     loop {
         let f = match conn.recv() {
@@ -359,6 +535,17 @@ fn heartbeat_loop(mut conn: FramedConn, ev: Sender<Event>, heard: Arc<Mutex<Inst
                 return;
             }
         };
+        let by = took_over.load(Ordering::SeqCst);
+        if by > f.term {
+            // A primary this standby superseded: tell it, and close.
+            let nack = Nack {
+                seq: 0,
+                reason: format!("this standby took the VM over in term {by}"),
+                superseded_by: Some(by),
+            };
+            let _ = conn.send(FrameKind::Nack, f.term, &wire::encode(&nack));
+            return;
+        }
         let input = match f.kind {
             FrameKind::Heartbeat => {
                 *heard.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
@@ -463,7 +650,11 @@ fn stream_loop(
             let _ = conn.send(
                 FrameKind::Nack,
                 term,
-                &wire::encode(&Nack { seq, reason: why }),
+                &wire::encode(&Nack {
+                    seq,
+                    reason: why,
+                    superseded_by: superseded_by(&shadow, term),
+                }),
             );
             staging.clear();
         }
@@ -524,6 +715,7 @@ fn commit(
     if term < sh.term {
         return Err(format!("epoch of term {term} after term {}", sh.term));
     }
+    check_fence(&sh, end.fence.as_ref())?;
     // Verified and decoded in one pass; nothing is applied unless all of
     // it passed.
     let (max_decoded, why) = staging_limit(&sh);
@@ -696,12 +888,33 @@ fn commit(
         }
     }
     sh.state = Some(state);
+    sh.fence = end.fence.clone();
     sh.seq = end.seq;
     sh.memory_seq = Some(end.seq);
     sh.term = term;
     drop(sh);
     let _ = ev.send(Event::Input(StandbyInput::Committed { term, seq: end.seq }));
     Ok(())
+}
+
+/// Checks the primary and this standby are fenced by the same arbiter (or
+/// both by none): a pair that disagrees would decide a takeover apart.
+fn check_fence(sh: &Shadow, fence: Option<&FenceInfo>) -> std::result::Result<(), String> {
+    match (fence, &sh.arbiter_id) {
+        (None, None) => Ok(()),
+        (Some(f), Some(id)) if &f.arbiter == id => Ok(()),
+        (Some(f), Some(id)) => Err(format!(
+            "the primary is fenced by {} but this standby by {id}: give both the same --arbiter",
+            f.arbiter
+        )),
+        (Some(f), None) => Err(format!(
+            "the primary is fenced by {} but this standby runs with --arbiter none: give it the same --arbiter",
+            f.arbiter
+        )),
+        (None, Some(id)) => Err(format!(
+            "the primary runs with --arbiter none but this standby is fenced by {id}:              a takeover could fork the VM; give both the same --arbiter"
+        )),
+    }
 }
 
 /// Checks the replicas match the primary's disks: as many, each of the

@@ -44,6 +44,23 @@ pub struct EpochEnd {
     /// disk at the checkpoint, computed while paused. The shadow compares
     /// its own (memory and replicas) after applying the epoch.
     pub memory_hash: Option<[u8; 32]>,
+    /// How the primary is fenced (`docs/fencing.md`); `None` with
+    /// `--arbiter none`. The shadow refuses the epoch if it was given no
+    /// arbiter, or another one.
+    pub fence: Option<FenceInfo>,
+}
+
+/// What a shadow needs to claim the VM from the arbiter.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FenceInfo {
+    /// The VM's id (the record's key).
+    pub vm: String,
+    /// The arbiter's identity (`Arbiter::identity`).
+    pub arbiter: String,
+    /// The protection's generation this epoch belongs to.
+    pub sync: u64,
+    /// The shadow's name in the record's spares.
+    pub spare: String,
 }
 
 /// BLAKE3 of all guest memory, region by region, then of every disk's
@@ -105,6 +122,9 @@ pub struct Nack {
     pub seq: u64,
     /// Why.
     pub reason: String,
+    /// The shadow took the VM over in this term: the primary is superseded
+    /// and must stop its guest at once.
+    pub superseded_by: Option<u64>,
 }
 
 /// A primary's heartbeat.

@@ -3,6 +3,8 @@
 //! them, and checking that the console output is exactly continuous.
 #![allow(dead_code)]
 
+pub mod lab;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -16,13 +18,34 @@ pub fn kvm_available() -> bool {
         return true;
     }
     if std::env::var("HOTSPARE_SKIP_KVM_TESTS").as_deref() == Ok("1") {
-        eprintln!("!!!!!!!! SKIPPED: /dev/kvm is missing and HOTSPARE_SKIP_KVM_TESTS=1: this KVM test did NOT run !!!!!!!!");
+        skipped("/dev/kvm is missing and HOTSPARE_SKIP_KVM_TESTS=1: this KVM test did NOT run");
         return false;
     }
     panic!(
         "/dev/kvm is missing: the hw-tests run real guests on KVM. Run them on a KVM-capable Linux host \
          (root or the kvm group), or set HOTSPARE_SKIP_KVM_TESTS=1 to skip them (loudly)."
     );
+}
+
+/// Reports that the calling test did not (fully) run: loudly on stderr,
+/// and as a line in `$HOTSPARE_SKIP_LOG` (set by `scripts/test.sh`, which
+/// prints how many tests skipped, so a skip never passes for an ok).
+pub fn skipped(why: &str) {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("unnamed test")
+        .to_string();
+    eprintln!("!!!!!!!! SKIPPED: {test}: {why} !!!!!!!!");
+    if let Ok(path) = std::env::var("HOTSPARE_SKIP_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{test}: {why}");
+        }
+    }
 }
 
 /// The `hotspare` binary of this workspace (built on demand).
@@ -490,6 +513,12 @@ pub fn key_file(dir: &TempDir, name: &str, seed: u64) -> PathBuf {
     p
 }
 
+/// The embedded arbiter shared by the processes of one test: a file beside
+/// the key (both live in the test's own directory).
+pub fn arbiter_arg(key: &Path) -> String {
+    format!("file:{}", key.with_file_name("arbiter").display())
+}
+
 /// Starts a standby on an ephemeral loopback port; returns it and its address.
 pub fn spawn_standby(key: &Path, console: &Path, listen: &str) -> (Proc, String) {
     spawn_standby_with(key, console, listen, &[])
@@ -505,6 +534,8 @@ pub fn spawn_standby_with(
     let mut c = Command::new(hotspare());
     c.args(["standby", "--listen", listen, "--key-file"])
         .arg(key)
+        .arg("--arbiter")
+        .arg(arbiter_arg(key))
         .arg("--console")
         .arg(console)
         .args(extra)
@@ -535,6 +566,8 @@ pub fn spawn_primary(
         .arg(shadow)
         .arg("--key-file")
         .arg(key)
+        .arg("--arbiter")
+        .arg(arbiter_arg(key))
         .arg("--interval-ms")
         .arg(interval_ms.to_string())
         .args(&spec.primary_extra);

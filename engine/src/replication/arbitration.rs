@@ -1,0 +1,216 @@
+//! The primary's side of fencing, with I/O: it runs the rules of
+//! [`super::fencing`] against the configured arbiter and turns the
+//! [`PrimaryFence`]'s decisions into answers the replicator acts on.
+
+use std::time::{Duration, Instant};
+
+use super::arbiter::Arbiter;
+use super::fencing::{self, FenceAction, FenceInput, FenceState, Outcome, PrimaryFence, Verdict};
+use super::wire::FenceInfo;
+use crate::error::{EngineError, Result};
+
+/// How a primary is fenced.
+pub struct FenceConfig {
+    /// The arbiter.
+    pub arbiter: Box<dyn Arbiter>,
+    /// The VM's id (the record's key).
+    pub vm: String,
+    /// This primary's name in the record.
+    pub name: String,
+    /// How long output stays held without an answer from the arbiter
+    /// before the guest is paused.
+    pub hold: Duration,
+    /// Start even if the record names a running primary (it is gone for good).
+    pub supersede: bool,
+}
+
+/// The primary's fence and its arbiter.
+pub struct Arbitration {
+    cfg: FenceConfig,
+    identity: Option<String>,
+    term: u64,
+    fence: PrimaryFence,
+    next_tick: Instant,
+    /// The arbiter's last failure was reported.
+    announced: bool,
+}
+
+impl Arbitration {
+    /// A fence for the primary of `term` (replaced by [`Arbitration::start`]
+    /// for a fresh VM).
+    pub fn new(cfg: FenceConfig, term: u64) -> Arbitration {
+        let hold_ticks = (cfg.hold.as_millis() as u64 / fencing::FENCE_TICK_MS).max(1) as u32;
+        Arbitration {
+            cfg,
+            identity: None,
+            term,
+            fence: PrimaryFence::new(term, hold_ticks),
+            next_tick: Instant::now(),
+            announced: false,
+        }
+    }
+
+    /// What the arbiter is, for messages.
+    pub fn describe(&self) -> String {
+        self.cfg.arbiter.describe()
+    }
+
+    /// This primary's term.
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+
+    fn hold_ticks(&self) -> u32 {
+        (self.cfg.hold.as_millis() as u64 / fencing::FENCE_TICK_MS).max(1) as u32
+    }
+
+    /// Starts the VM under the arbiter: takes the next term. Returns it.
+    pub fn start(&mut self) -> Result<u64> {
+        let (name, sup) = (self.cfg.name.clone(), self.cfg.supersede);
+        let o = fencing::transact(&mut *self.cfg.arbiter, &self.cfg.vm, |c| {
+            fencing::start(c, &name, sup)
+        })
+        .map_err(|e| EngineError::Config(format!("cannot start the VM: {e}")))?;
+        match o {
+            Outcome::Won(r) => {
+                self.term = r.term;
+                self.fence = PrimaryFence::new(r.term, self.hold_ticks());
+                eprintln!(
+                    "hotspare: arbiter {}: VM {:?} is ours in term {} (primary {:?})",
+                    self.describe(),
+                    self.cfg.vm,
+                    r.term,
+                    name
+                );
+                Ok(r.term)
+            }
+            Outcome::Refused(r) => Err(EngineError::Config(format!(
+                "cannot start VM {:?}: {r}",
+                self.cfg.vm
+            ))),
+        }
+    }
+
+    /// Records `spare` as this primary's spare before it is synced.
+    /// `Ok(None)`: the arbiter did not answer (do not sync now).
+    /// `Err(Superseded)`: another copy owns the VM.
+    pub fn protect(&mut self, spare: &str) -> Result<Option<FenceInfo>> {
+        let identity = match &self.identity {
+            Some(i) => i.clone(),
+            None => match self.cfg.arbiter.identity() {
+                Ok(i) => {
+                    self.identity = Some(i.clone());
+                    i
+                }
+                Err(e) => {
+                    self.report(&e.to_string());
+                    return Ok(None);
+                }
+            },
+        };
+        let (name, term, spares) = (self.cfg.name.clone(), self.term, [spare.to_string()]);
+        match fencing::transact(&mut *self.cfg.arbiter, &self.cfg.vm, |c| {
+            fencing::protect(c, term, &name, &spares)
+        }) {
+            Ok(Outcome::Won(r)) => {
+                self.announced = false;
+                self.fence.step(FenceInput::Protected);
+                Ok(Some(FenceInfo {
+                    vm: self.cfg.vm.clone(),
+                    arbiter: identity,
+                    sync: r.sync,
+                    spare: spare.to_string(),
+                }))
+            }
+            Ok(Outcome::Refused(r)) => Err(EngineError::Superseded(r.to_string())),
+            Err(e) => {
+                self.report(&e.to_string());
+                Ok(None)
+            }
+        }
+    }
+
+    fn report(&mut self, why: &str) {
+        if !self.announced {
+            eprintln!("hotspare: {why}");
+            self.announced = true;
+        }
+    }
+
+    /// Whether output is held waiting for the arbiter.
+    pub fn deciding(&self) -> bool {
+        matches!(self.fence.state(), FenceState::Deciding { .. })
+    }
+
+    /// Feeds an input to the fence; asks the arbiter when it says so.
+    /// Returns what the replicator must do (never `Ask`).
+    pub fn step(&mut self, input: FenceInput) -> FenceAction {
+        let action = if matches!(input, FenceInput::Tick) {
+            // One fence tick per FENCE_TICK_MS of real time, however long
+            // the arbiter took to answer (or not) in between: the hold
+            // bound is a time, not a number of attempts.
+            let now = Instant::now();
+            let period = Duration::from_millis(fencing::FENCE_TICK_MS);
+            let mut action = FenceAction::Continue;
+            while self.next_tick <= now {
+                self.next_tick += period;
+                match self.fence.step(FenceInput::Tick) {
+                    FenceAction::Continue => {}
+                    FenceAction::Ask if action != FenceAction::Continue => {}
+                    a => action = a,
+                }
+            }
+            action
+        } else {
+            let a = self.fence.step(input);
+            if matches!(a, FenceAction::Ask) {
+                // Ticks count from the loss.
+                self.next_tick = Instant::now() + Duration::from_millis(fencing::FENCE_TICK_MS);
+            }
+            a
+        };
+        match action {
+            FenceAction::Ask => self.ask(),
+            a => a,
+        }
+    }
+
+    /// Asks the arbiter now, whatever the tick schedule (the guest ended).
+    pub fn decide_now(&mut self) -> FenceAction {
+        if self.deciding() {
+            self.ask()
+        } else {
+            FenceAction::Continue
+        }
+    }
+
+    /// Asks the arbiter to record this primary as unprotected.
+    fn ask(&mut self) -> FenceAction {
+        let (name, term) = (self.cfg.name.clone(), self.term);
+        let v = match fencing::transact(&mut *self.cfg.arbiter, &self.cfg.vm, |c| {
+            fencing::unprotect(c, term, &name)
+        }) {
+            Ok(Outcome::Won(_)) => Verdict::Won,
+            Ok(Outcome::Refused(r)) => Verdict::Refused(r),
+            Err(e) => {
+                self.report(&format!(
+                    "shadow lost and {e}: output stays HELD until the arbiter answers"
+                ));
+                Verdict::Unreachable
+            }
+        };
+        self.fence.step(FenceInput::Verdict(v))
+    }
+
+    /// Marks the record stopped (the guest ended on its own).
+    pub fn finish(&mut self) {
+        let (name, term) = (self.cfg.name.clone(), self.term);
+        match fencing::transact(&mut *self.cfg.arbiter, &self.cfg.vm, |c| {
+            fencing::finish(c, term, &name)
+        }) {
+            Ok(Outcome::Won(_)) => {}
+            Ok(Outcome::Refused(r)) => eprintln!("hotspare: not marking the VM stopped: {r}"),
+            Err(e) => eprintln!("hotspare: could not mark the VM stopped: {e}"),
+        }
+    }
+}
