@@ -29,6 +29,7 @@ const DEFAULT_DELTA_CACHE_MIB: u64 = 64;
 
 mod bench;
 mod bench_disk;
+mod bench_failover;
 mod demo;
 mod demo_disk;
 mod plot;
@@ -59,6 +60,9 @@ enum Cmd {
     /// Measure guest disk throughput unprotected vs protected, disk bytes
     /// per epoch and pause phases (device quiesce included).
     BenchDisk(bench_disk::BenchDiskArgs),
+    /// Measure failover: SIGKILL of the primary to the guest running on the
+    /// standby, with no arbiter, the file arbiter and etcd on loopback.
+    BenchFailover(bench_failover::BenchFailoverArgs),
     /// Print this host's TSC frequency in kHz (what a guest paced by the
     /// TSC, like the memory tester's `rate=`, needs as `tsc_khz=`).
     TscKhz,
@@ -576,6 +580,7 @@ fn main() -> ExitCode {
         Cmd::Demo(a) => demo::demo(a),
         Cmd::Standby(a) => standby(a),
         Cmd::BenchDisk(a) => bench_disk::bench_disk(a),
+        Cmd::BenchFailover(a) => bench_failover::bench_failover(a),
         Cmd::Bench(a) => bench::bench(a),
         Cmd::TscKhz => {
             println!("{}", engine::cpu::tsc_khz());
