@@ -7,6 +7,7 @@ pub mod checkpointer;
 pub mod cpu;
 pub mod devices;
 pub mod error;
+pub mod faults;
 pub mod memory;
 pub mod replication;
 pub mod restore;

@@ -574,6 +574,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    engine::faults::check_env();
     let res = match cli.cmd {
         Cmd::Run(a) => run(*a),
         Cmd::Restore(a) => restore(a),

@@ -294,6 +294,7 @@ impl DirStore {
             .map_err(|e| store_err(&self.dir, format!("create {}: {e}", tmp.display())))?;
         let mut w = BufWriter::with_capacity(1 << 20, f);
         let res = body(&mut w).and_then(|_| {
+            crate::faults::hit(crate::faults::Point::StoreMidWrite);
             let f = w.into_inner().map_err(|e| {
                 store_err(&self.dir, format!("write {}: {}", tmp.display(), e.error()))
             })?;

@@ -503,24 +503,6 @@ fn clock_dependent_output_survives_10_random_kills_without_contradiction() {
         let (err, at) = common::finished_takeover(&mut standby, "tsc memtest");
         let first = std::fs::read(&pcon).unwrap_or_default();
         let second = std::fs::read(&scon).unwrap_or_default();
-        assert!(
-            at <= first.len(),
-            "trial {trial}: output lost: {} bytes shown, the standby resumed at {at}\n{err}",
-            first.len()
-        );
-        let overlap = first.len() - at;
-        assert!(
-            second.len() >= overlap && first[at..] == second[..overlap],
-            "trial {trial}: the new primary contradicts what the old one showed from byte {at}:\nold:\n{}\nnew:\n{}",
-            common::tail(&first[at..]),
-            common::tail(&second[..overlap.min(second.len())])
-        );
-        assert!(
-            String::from_utf8_lossy(&second)
-                .trim_end()
-                .ends_with("result=ok"),
-            "trial {trial}: {}",
-            common::tail(&second)
-        );
+        common::check_agrees(&format!("trial {trial} ({err})"), &first, at, &second);
     }
 }

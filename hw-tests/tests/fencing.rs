@@ -145,6 +145,8 @@ fn trial(fault: Fault, etcd_members: usize, tag: &str) -> Outcome {
     }
     let st = primary.wait(Duration::from_secs(120), "primary after the fault");
     let perr = primary.stderr();
+    // Read once the fault has played out (after the primary ended);
+    // each branch reads it again once the standby is done too.
     let record = etcd.record(&vm);
     let first = std::fs::read(&pcon).unwrap_or_default();
     let winner = match st.code() {
@@ -170,25 +172,8 @@ fn trial(fault: Fault, etcd_members: usize, tag: &str) -> Outcome {
             // Everything the old primary ever showed is what the winner's
             // history holds at those positions: nothing it released
             // contradicts the copy that owns the VM now.
-            assert!(
-                at <= first.len(),
-                "{tag}: output lost: the primary showed {} bytes, the standby resumed at {at}",
-                first.len()
-            );
-            let overlap = first.len() - at;
-            assert!(
-                second.len() >= overlap && first[at..] == second[..overlap],
-                "{tag}: the old primary showed output the new one contradicts (from byte {at}):\nold:\n{}\nnew:\n{}",
-                common::tail(&first[at..]),
-                common::tail(&second[..overlap.min(second.len())])
-            );
-            assert!(
-                String::from_utf8_lossy(&second)
-                    .trim_end()
-                    .ends_with("result=ok"),
-                "{tag}: the new primary did not finish the guest:\n{}",
-                common::tail(&second)
-            );
+            common::check_agrees(tag, &first, at, &second);
+            let record = etcd.record(&vm);
             assert!(record.contains("\"term\":2"), "{tag}: record {record}");
             Outcome {
                 winner,
@@ -220,6 +205,7 @@ fn trial(fault: Fault, etcd_members: usize, tag: &str) -> Outcome {
                 std::fs::read(&scon).unwrap_or_default().is_empty(),
                 "{tag}: the standby showed output although it never took over"
             );
+            let record = etcd.record(&vm);
             assert!(record.contains("\"term\":1"), "{tag}: record {record}");
             Outcome {
                 winner,
@@ -230,37 +216,36 @@ fn trial(fault: Fault, etcd_members: usize, tag: &str) -> Outcome {
     }
 }
 
-#[test]
-fn partition_with_the_arbiter_reachable_from_both_leaves_one_owner() {
+/// A 3 s partition between the hosts, the arbiter reachable from the
+/// primary and the standby as given (`None` without KVM: skipped).
+fn partition(primary_reaches: bool, standby_reaches: bool, tag: &str) -> Option<Outcome> {
     if !common::kvm_available() {
-        return;
+        return None;
     }
-    let o = trial(
+    Some(trial(
         Fault::Partition {
-            primary_reaches_arbiter: true,
-            standby_reaches_arbiter: true,
+            primary_reaches_arbiter: primary_reaches,
+            standby_reaches_arbiter: standby_reaches,
             ms: 3000,
         },
         1,
-        "both",
-    );
+        tag,
+    ))
+}
+
+#[test]
+fn partition_with_the_arbiter_reachable_from_both_leaves_one_owner() {
+    let Some(o) = partition(true, true, "both") else {
+        return;
+    };
     eprintln!("partition, arbiter reachable from both: {:?} won", o.winner);
 }
 
 #[test]
 fn partition_with_the_arbiter_reachable_only_from_the_primary_keeps_the_primary() {
-    if !common::kvm_available() {
+    let Some(o) = partition(true, false, "ponly") else {
         return;
-    }
-    let o = trial(
-        Fault::Partition {
-            primary_reaches_arbiter: true,
-            standby_reaches_arbiter: false,
-            ms: 3000,
-        },
-        1,
-        "ponly",
-    );
+    };
     assert_eq!(o.winner, Winner::Primary, "{}", o.standby_err);
     assert!(
         o.primary_err
@@ -272,18 +257,9 @@ fn partition_with_the_arbiter_reachable_only_from_the_primary_keeps_the_primary(
 
 #[test]
 fn partition_with_the_arbiter_reachable_only_from_the_standby_moves_the_vm() {
-    if !common::kvm_available() {
+    let Some(o) = partition(false, true, "sonly") else {
         return;
-    }
-    let o = trial(
-        Fault::Partition {
-            primary_reaches_arbiter: false,
-            standby_reaches_arbiter: true,
-            ms: 3000,
-        },
-        1,
-        "sonly",
-    );
+    };
     assert_eq!(o.winner, Winner::Standby, "{}", o.primary_err);
     // Cut off from the arbiter past the hold bound, the primary paused its
     // guest (its output held) instead of running on.
@@ -292,18 +268,9 @@ fn partition_with_the_arbiter_reachable_only_from_the_standby_moves_the_vm() {
 
 #[test]
 fn partition_with_the_arbiter_reachable_from_neither_holds_then_one_owner() {
-    if !common::kvm_available() {
+    let Some(o) = partition(false, false, "neither") else {
         return;
-    }
-    let o = trial(
-        Fault::Partition {
-            primary_reaches_arbiter: false,
-            standby_reaches_arbiter: false,
-            ms: 3000,
-        },
-        1,
-        "neither",
-    );
+    };
     assert!(o.primary_err.contains("guest PAUSED"), "{}", o.primary_err);
     assert!(
         o.standby_err.contains("staying a shadow"),
@@ -427,18 +394,8 @@ fn a_pair_fenced_by_different_arbiters_refuses_to_replicate() {
         .arg("--console")
         .arg(&scon)
         .arg("--arbiter")
-        .arg(format!("file:{}", dir.path("other").display()))
-        .stdin(std::process::Stdio::null());
-    let mut standby = Proc::spawn(sc);
-    let line = standby
-        .wait_line("standby listening on ", Duration::from_secs(10))
-        .unwrap_or_else(|| panic!("standby did not start:\n{}", standby.stderr()));
-    let addr = line
-        .rsplit("listening on ")
-        .next()
-        .unwrap()
-        .trim()
-        .to_string();
+        .arg(format!("file:{}", dir.path("other").display()));
+    let (mut standby, addr) = common::start_standby(sc);
     let spec = GuestSpec::new("memtest", "rounds=60 pages=256 writes=1000 tsc=1");
     let mut c = spec.run_cmd(&pcon);
     c.args(["--shadow", &addr, "--key-file"])

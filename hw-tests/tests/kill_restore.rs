@@ -152,36 +152,9 @@ fn clock_dependent_output_is_never_contradicted_by_a_restore() {
         child.wait().unwrap();
         kills += 1;
         let shown = std::fs::read(&seg0).unwrap();
-        let out = std::process::Command::new(common::hotspare())
-            .args(["restore", "--checkpoint-dir"])
-            .arg(&ckpt)
-            .arg("--console")
-            .arg(&seg1)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "trial {trial}: restore failed: {err}");
-        let at = common::field(&err, "console resumes at byte ").expect("resume position") as usize;
+        let at = common::restore_to_end(&ckpt, &seg1, &format!("trial {trial}"));
         let restored = std::fs::read(&seg1).unwrap();
-        assert!(
-            at <= shown.len(),
-            "trial {trial}: output lost: {} bytes were shown, the restore resumed at {at}",
-            shown.len()
-        );
-        let overlap = shown.len() - at;
-        assert!(
-            restored.len() >= overlap && shown[at..] == restored[..overlap],
-            "trial {trial}: the restore contradicts what was shown from byte {at}:\nshown:\n{}\nrestored:\n{}",
-            common::tail(&shown[at..]),
-            common::tail(&restored[..overlap.min(restored.len())])
-        );
-        assert!(
-            String::from_utf8_lossy(&restored)
-                .trim_end()
-                .ends_with("result=ok"),
-            "trial {trial}: {}",
-            common::tail(&restored)
-        );
+        common::check_agrees(&format!("trial {trial}"), &shown, at, &restored);
     }
     assert!(
         kills >= 3,

@@ -186,8 +186,15 @@ pub(super) fn sender(
             conn.send(FrameKind::EpochBegin, term, &wire::encode(&begin))?;
             for chunk in container.chunks(wire::CHUNK) {
                 conn.send(FrameKind::EpochData, term, chunk)?;
+                if !out.precopy {
+                    crate::faults::hit(crate::faults::Point::PrimaryMidEpoch);
+                }
             }
-            conn.send(FrameKind::EpochEnd, term, &wire::encode(&out.end))
+            conn.send(FrameKind::EpochEnd, term, &wire::encode(&out.end))?;
+            if !out.precopy {
+                crate::faults::hit(crate::faults::Point::PrimaryBeforeAck);
+            }
+            Ok(())
         })();
         if let Err(e) = res {
             shared.lose(format!("sending epoch {}: {e}", out.seq));
@@ -225,6 +232,7 @@ pub(super) fn acker(mut conn: transport::Receiver, shared: Arc<LinkShared>) {
                     shared.lose("malformed ack".into());
                     return;
                 };
+                crate::faults::hit(crate::faults::Point::PrimaryBeforeRelease);
                 let mut inflight = shared.inflight.lock().unwrap_or_else(|e| e.into_inner());
                 let mut release = None;
                 while inflight.front().is_some_and(|f| f.0 <= ack.seq) {

@@ -820,6 +820,7 @@ fn commit(
             end.seq
         );
     }
+    crate::faults::hit(crate::faults::Point::StandbyBeforeApply);
     if let Err(e) = stage.apply(&ram) {
         return Err(poison(
             &mut sh,

@@ -538,8 +538,14 @@ pub fn spawn_standby_with(
         .arg(arbiter_arg(key))
         .arg("--console")
         .arg(console)
-        .args(extra)
-        .stdin(Stdio::null());
+        .args(extra);
+    start_standby(c)
+}
+
+/// Spawns a standby command and waits until it listens; returns it and
+/// its address.
+pub fn start_standby(mut c: Command) -> (Proc, String) {
+    c.stdin(Stdio::null());
     let mut p = Proc::spawn(c);
     let line = p
         .wait_line("standby listening on ", Duration::from_secs(10))
@@ -551,6 +557,49 @@ pub fn spawn_standby_with(
         .trim()
         .to_string();
     (p, addr)
+}
+
+/// Restores the newest checkpoint in `ckpt` in a new process that runs the
+/// guest to its end with its console in `console`; returns the console
+/// position it resumed at.
+pub fn restore_to_end(ckpt: &Path, console: &Path, what: &str) -> usize {
+    let out = Command::new(hotspare())
+        .args(["restore", "--checkpoint-dir"])
+        .arg(ckpt)
+        .arg("--console")
+        .arg(console)
+        .output()
+        .expect("spawn hotspare restore");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{what}: restore failed: {err}");
+    field(&err, "console resumes at byte ")
+        .unwrap_or_else(|| panic!("{what}: no resume position:\n{err}")) as usize
+}
+
+/// For guests whose output is not a function of their inputs (memtest
+/// `tsc=1`): the survivor's output `second`, which starts at console byte
+/// `at`, must agree with everything `first` showed where they overlap,
+/// lose nothing (`at` within what was shown), and finish the guest.
+pub fn check_agrees(what: &str, first: &[u8], at: usize, second: &[u8]) {
+    assert!(
+        at <= first.len(),
+        "{what}: output lost: {} bytes were shown, the survivor resumed at {at}",
+        first.len()
+    );
+    let overlap = first.len() - at;
+    assert!(
+        second.len() >= overlap && first[at..] == second[..overlap],
+        "{what}: the survivor contradicts what was shown from byte {at}:\nshown:\n{}\nsurvivor:\n{}",
+        tail(&first[at..]),
+        tail(&second[..overlap.min(second.len())])
+    );
+    assert!(
+        String::from_utf8_lossy(second)
+            .trim_end()
+            .ends_with("result=ok"),
+        "{what}: the guest did not finish: {}",
+        tail(second)
+    );
 }
 
 /// Starts a protected primary.
