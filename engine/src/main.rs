@@ -168,6 +168,7 @@ impl ArbiterArgs {
                 name: name.to_string(),
                 hold: Duration::from_millis(self.arbiter_hold_ms.max(1)),
                 supersede,
+                owned: false,
             }))
     }
 }
@@ -515,7 +516,19 @@ fn standby(a: StandbyArgs) -> anyhow::Result<i32> {
         arbiter: a.arbiter.open()?,
         stats_json: a.stats_json,
     };
-    Ok(engine::replication::standby::run(cfg)?)
+    match engine::replication::standby::run(cfg) {
+        Err(engine::error::EngineError::Superseded(why)) => {
+            eprintln!(
+                "hotspare: SUPERSEDED: {why}; the guest stopped without releasing held output"
+            );
+            Ok(SUPERSEDED_EXIT)
+        }
+        Err(engine::error::EngineError::HandOver(why)) => {
+            eprintln!("hotspare: the disk failed ({why}); handing the VM over to the spare");
+            Ok(HANDOVER_EXIT)
+        }
+        res => Ok(res?),
+    }
 }
 
 fn finish(vm: &mut Vm, mut ckpt: Option<&mut LocalCheckpointer>) -> anyhow::Result<i32> {

@@ -177,6 +177,13 @@ impl DeviceManager {
         }
     }
 
+    /// Whether any gate holds its output.
+    pub fn holding_outputs(&self) -> bool {
+        self.outputs
+            .iter()
+            .any(|o| o.lock().unwrap_or_else(|e| e.into_inner()).holding())
+    }
+
     /// Starts or stops holding output on every gate.
     pub fn hold_outputs(&self, hold: bool) {
         for o in &self.outputs {

@@ -22,6 +22,9 @@ pub struct FenceConfig {
     pub hold: Duration,
     /// Start even if the record names a running primary (it is gone for good).
     pub supersede: bool,
+    /// This process already holds the record's term (it won it by a
+    /// takeover); otherwise only [`Arbitration::start`] makes it the owner.
+    pub owned: bool,
 }
 
 /// The primary's fence and its arbiter.
@@ -33,6 +36,9 @@ pub struct Arbitration {
     next_tick: Instant,
     /// The arbiter's last failure was reported.
     announced: bool,
+    /// This process won the record's term (by `start` or a takeover): only
+    /// then may it mark the record stopped.
+    owned: bool,
 }
 
 impl Arbitration {
@@ -40,7 +46,9 @@ impl Arbitration {
     /// for a fresh VM).
     pub fn new(cfg: FenceConfig, term: u64) -> Arbitration {
         let hold_ticks = (cfg.hold.as_millis() as u64 / fencing::FENCE_TICK_MS).max(1) as u32;
+        let owned = cfg.owned;
         Arbitration {
+            owned,
             cfg,
             identity: None,
             term,
@@ -74,6 +82,7 @@ impl Arbitration {
         match o {
             Outcome::Won(r) => {
                 self.term = r.term;
+                self.owned = true;
                 self.fence = PrimaryFence::new(r.term, self.hold_ticks());
                 eprintln!(
                     "hotspare: arbiter {}: VM {:?} is ours in term {} (primary {:?})",
@@ -202,15 +211,36 @@ impl Arbitration {
         self.fence.step(FenceInput::Verdict(v))
     }
 
-    /// Marks the record stopped (the guest ended on its own).
-    pub fn finish(&mut self) {
+    /// Whether another copy owns the VM.
+    pub fn superseded(&self) -> bool {
+        matches!(self.fence.state(), FenceState::Superseded)
+    }
+
+    /// Marks the record stopped (the guest ended on its own), retrying for
+    /// up to the hold bound. Returns whether the record is now stopped in
+    /// this primary's term: only then may output still held be released
+    /// (no spare can take over a stopped record).
+    pub fn finish(&mut self) -> bool {
+        if !self.owned || self.superseded() {
+            return false;
+        }
         let (name, term) = (self.cfg.name.clone(), self.term);
-        match fencing::transact(&mut *self.cfg.arbiter, &self.cfg.vm, |c| {
-            fencing::finish(c, term, &name)
-        }) {
-            Ok(Outcome::Won(_)) => {}
-            Ok(Outcome::Refused(r)) => eprintln!("hotspare: not marking the VM stopped: {r}"),
-            Err(e) => eprintln!("hotspare: could not mark the VM stopped: {e}"),
+        let until = Instant::now() + self.cfg.hold;
+        loop {
+            match fencing::transact(&mut *self.cfg.arbiter, &self.cfg.vm, |c| {
+                fencing::finish(c, term, &name)
+            }) {
+                Ok(Outcome::Won(_)) => return true,
+                Ok(Outcome::Refused(r)) => {
+                    eprintln!("hotspare: not marking the VM stopped: {r}");
+                    return false;
+                }
+                Err(e) if Instant::now() >= until => {
+                    eprintln!("hotspare: could not mark the VM stopped: {e}");
+                    return false;
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(fencing::FENCE_TICK_MS)),
+            }
         }
     }
 }

@@ -88,6 +88,9 @@ fn owned<'a>(cur: Option<&'a Record>, term: u64, me: &str) -> Result<&'a Record,
 pub fn start(cur: Option<&Record>, me: &str, supersede: bool) -> Rule {
     let (term, sync) = match cur {
         None => (1, 0),
+        Some(r) if r.term == u64::MAX => {
+            return Rule::Refuse(Refusal::NotEligible("the record's term cannot grow".into()))
+        }
         Some(r) if r.stopped || supersede => (r.term + 1, r.sync),
         Some(r) => {
             return Rule::Refuse(Refusal::Running {
@@ -152,7 +155,10 @@ pub fn promote(cur: Option<&Record>, followed: u64, sync: u64, me: &str) -> Rule
     let Some(r) = cur else {
         return Rule::Refuse(Refusal::NoRecord);
     };
-    if r.term == followed + 1 && r.primary == me && !r.stopped {
+    let Some(next) = followed.checked_add(1) else {
+        return Rule::Refuse(Refusal::NotEligible("the followed term cannot grow".into()));
+    };
+    if r.term == next && r.primary == me && !r.stopped {
         return Rule::Already(r.clone());
     }
     let not = |why: String| Rule::Refuse(Refusal::NotEligible(why));
@@ -181,7 +187,7 @@ pub fn promote(cur: Option<&Record>, followed: u64, sync: u64, me: &str) -> Rule
         ));
     }
     Rule::Write(Record {
-        term: followed + 1,
+        term: next,
         primary: me.into(),
         spares: Vec::new(),
         protected: false,

@@ -236,3 +236,24 @@ fn a_refusal_or_a_newer_term_stops_the_primary_for_good() {
         FenceAction::Stop(_)
     ));
 }
+
+#[test]
+fn terms_at_the_top_of_the_range_are_refused_not_wrapped() {
+    let top = Record {
+        term: u64::MAX,
+        primary: "p".into(),
+        spares: vec!["s".into()],
+        protected: true,
+        sync: 1,
+        stopped: true,
+    };
+    assert!(matches!(start(Some(&top), "q", true), Rule::Refuse(_)));
+    let running = Record {
+        stopped: false,
+        ..top
+    };
+    assert!(matches!(
+        promote(Some(&running), u64::MAX, 1, "s"),
+        Rule::Refuse(_)
+    ));
+}

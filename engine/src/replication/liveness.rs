@@ -179,7 +179,7 @@ impl StandbyFsm {
                 self.state = StandbyState::Claiming;
                 self.claim = (silent_ticks, 0);
                 StandbyDecision::Claim {
-                    term: self.term + 1,
+                    term: self.term.saturating_add(1),
                     seq,
                 }
             }
@@ -271,7 +271,7 @@ impl StandbyFsm {
         Some(match input {
             StandbyInput::ClaimGranted => {
                 self.state = StandbyState::TookOver;
-                self.term += 1;
+                self.term = self.term.saturating_add(1);
                 StandbyDecision::TakeOver {
                     term: self.term,
                     seq,
@@ -290,7 +290,7 @@ impl StandbyFsm {
                 if self.claim.1 >= CLAIM_RETRY_TICKS {
                     self.claim.1 = 0;
                     StandbyDecision::Claim {
-                        term: self.term + 1,
+                        term: self.term.saturating_add(1),
                         seq,
                     }
                 } else {

@@ -557,23 +557,32 @@ impl Replicator {
             }
             self.collect(&link.shared);
         }
-        match self.fence.as_mut() {
-            Some(f) if f.deciding() => {
-                // The shadow was lost and the arbiter has not confirmed this
-                // primary: its held output may contradict a shadow that took
-                // over, so it is released only on the arbiter's word.
-                match f.decide_now() {
-                    FenceAction::Release { .. } => self.devices.hold_outputs(false),
-                    a => eprintln!(
-                        "hotspare: the guest ended with output held and no word from the arbiter ({a:?}): held output is dropped"
-                    ),
-                }
+        let Some(f) = self.fence.as_mut() else {
+            self.devices.hold_outputs(false);
+            return;
+        };
+        // Output still held (epochs not acked, bytes after the last seal)
+        // is released only once no spare can take over from an older
+        // epoch: the arbiter must record this primary unprotected (if its
+        // shadow was lost) and then the VM stopped, in this primary's term.
+        // A goodbye alone is not enough: the link may be partitioned.
+        if f.deciding() {
+            if let a @ (FenceAction::Stop(_) | FenceAction::Continue | FenceAction::Pause) =
+                f.decide_now()
+            {
+                eprintln!(
+                    "hotspare: the guest ended with output held and no release from the arbiter ({a:?}): held output is dropped"
+                );
+                return;
             }
-            Some(f) => {
-                self.devices.hold_outputs(false);
-                f.finish();
-            }
-            None => self.devices.hold_outputs(false),
+        }
+        if f.finish() {
+            self.devices.hold_outputs(false);
+        } else if self.devices.holding_outputs() {
+            eprintln!(
+                "hotspare: the arbiter did not record the VM stopped in term {}: output still held is dropped, not released",
+                self.cfg.term
+            );
         }
     }
 
@@ -603,7 +612,7 @@ impl Replicator {
     fn paused_for_arbiter(&mut self, vm: &Vm) -> Result<()> {
         let guard = vm.pause()?;
         eprintln!(
-            "hotspare: guest PAUSED: the shadow is lost and the arbiter has not answered;              output stays held; asking again every {} ms",
+            "hotspare: guest PAUSED: the shadow is lost and the arbiter has not answered; output stays held; asking again every {} ms",
             super::fencing::FENCE_TICK_MS
         );
         let t0 = Instant::now();

@@ -164,7 +164,7 @@ pub fn run(cfg: StandbyConfig) -> Result<i32> {
         })?),
         None => {
             eprintln!(
-                "hotspare: WARNING: --arbiter none: this standby takes over on silence alone;                  a network partition can leave two live copies of the VM"
+                "hotspare: WARNING: --arbiter none: this standby takes over on silence alone; a network partition can leave two live copies of the VM"
             );
             None
         }
@@ -311,8 +311,20 @@ fn claim(
         );
         return StandbyInput::ClaimRefused;
     };
+    {
+        // Never win the record without a state to resume: the old primary
+        // would stop and nobody would run the VM.
+        let sh = shadow.lock().unwrap_or_else(|e| e.into_inner());
+        if sh.state.is_none() || sh.vm.is_none() || sh.diverged.is_some() {
+            eprintln!("hotspare: this standby has no usable committed state: not claiming the VM");
+            return StandbyInput::ClaimRefused;
+        }
+    }
+    let Some(followed) = term.checked_sub(1) else {
+        return StandbyInput::ClaimRefused;
+    };
     match fencing::transact(arb, &f.vm, |c| {
-        fencing::promote(c, term - 1, f.sync, &f.spare)
+        fencing::promote(c, followed, f.sync, &f.spare)
     }) {
         Ok(Outcome::Won(_)) => {
             eprintln!(
@@ -398,9 +410,10 @@ fn take_over(shadow: &Arc<Mutex<Shadow>>, t: Takeover) -> Result<i32> {
         match (&mut cfg.fencing, &fence) {
             (Some(fc), Some(f)) => {
                 // The record now names this standby (by the name its
-                // primary gave it) as the primary of `term`.
+                // primary gave it) as the primary of `term`: it won it.
                 fc.vm = f.vm.clone();
                 fc.name = f.spare.clone();
+                fc.owned = true;
             }
             _ => cfg.fencing = None,
         }
@@ -438,6 +451,12 @@ fn take_over(shadow: &Arc<Mutex<Shadow>>, t: Takeover) -> Result<i32> {
         Some(r) => {
             eprintln!("hotspare: the new primary re-protects itself (term {term})");
             let res = runner::supervise(&mut vm, Some(r as &mut dyn runner::Periodic));
+            if let Err(e @ (EngineError::Superseded(_) | EngineError::HandOver(_))) = res {
+                // Superseded: another copy owns the VM; a failed disk: the
+                // spare takes over. Either way no goodbye and no release of
+                // held output (the caller exits 76 or 75).
+                return Err(e);
+            }
             r.finish();
             res?
         }
@@ -667,6 +686,7 @@ fn stream_loop(
 /// and the memory's position; only a new full sync makes it usable again.
 fn poison(sh: &mut Shadow, why: String) -> String {
     sh.state = None;
+    sh.fence = None;
     sh.memory_seq = None;
     format!("{why}; the shadow's memory is now inconsistent and it cannot take over until the primary resyncs it")
 }
@@ -913,7 +933,7 @@ fn check_fence(sh: &Shadow, fence: Option<&FenceInfo>) -> std::result::Result<()
             f.arbiter
         )),
         (None, Some(id)) => Err(format!(
-            "the primary runs with --arbiter none but this standby is fenced by {id}:              a takeover could fork the VM; give both the same --arbiter"
+            "the primary runs with --arbiter none but this standby is fenced by {id}: a takeover could fork the VM; give both the same --arbiter"
         )),
     }
 }

@@ -91,15 +91,16 @@ impl EtcdArbiter {
             let at = (self.current + i) % self.endpoints.len();
             let url = format!("{}{path}", self.endpoints[at]);
             match self.agent.post(&url).send_json(body.clone()) {
-                Ok(resp) => {
-                    self.current = at;
-                    return resp
-                        .into_json::<Value>()
-                        .map_err(|e| ArbiterError::Malformed {
-                            what: self.describe(),
-                            why: format!("{url}: {e}"),
-                        });
-                }
+                Ok(resp) => match resp.into_json::<Value>() {
+                    // Every etcd answer has a header; without one this is
+                    // not etcd (or not a whole answer): try the next member.
+                    Ok(v) if v.get("header").is_some() => {
+                        self.current = at;
+                        return Ok(v);
+                    }
+                    Ok(v) => last = format!("{url}: an answer without a header: {v}"),
+                    Err(e) => last = format!("{url}: {e}"),
+                },
                 // An answer that is an error (no leader, request timed
                 // out, …) decides nothing: try the next member.
                 Err(ureq::Error::Status(code, resp)) => {

@@ -20,6 +20,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{Arbiter, ArbiterError, Record, Swap, Versioned, MAX_RECORD_BYTES};
 
+/// The longest a caller waits for another process's lock.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(1500);
+
 /// Most VMs one file holds (a bound on what a read parses).
 const MAX_VMS: usize = 4096;
 
@@ -70,8 +73,29 @@ impl FileArbiter {
             .write(true)
             .open(&self.lock)
             .map_err(|e| self.err(format!("{}: {e}", self.lock.display())))?;
-        Flock::lock(f, FlockArg::LockExclusive)
-            .map_err(|(_, e)| self.err(format!("locking {}: {e}", self.lock.display())))
+        // Never wait on the lock forever: a holder that is frozen (SIGSTOP,
+        // a stalled host) must make this arbiter unreachable for a while,
+        // not block the caller's decision loop until it thaws.
+        let until = std::time::Instant::now() + LOCK_WAIT;
+        let mut f = f;
+        loop {
+            match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
+                Ok(l) => return Ok(l),
+                Err((back, nix::errno::Errno::EWOULDBLOCK)) => {
+                    if std::time::Instant::now() >= until {
+                        return Err(self.err(format!(
+                            "{} stayed locked for {LOCK_WAIT:?} (its holder may be frozen)",
+                            self.lock.display()
+                        )));
+                    }
+                    f = back;
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                Err((_, e)) => {
+                    return Err(self.err(format!("locking {}: {e}", self.lock.display())))
+                }
+            }
+        }
     }
 
     fn load(&self) -> Result<Table, ArbiterError> {
@@ -221,6 +245,24 @@ mod tests {
             c.read("vm").unwrap_err(),
             ArbiterError::Malformed { .. }
         ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_lock_held_by_a_frozen_process_makes_the_arbiter_unreachable_not_stuck() {
+        let dir = std::env::temp_dir().join(format!("hs-farb3-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let path = dir.join("arbiter");
+        let mut a = FileArbiter::open(&path).unwrap();
+        // Another holder that never lets go (a SIGSTOPped peer).
+        let held = a.locked().unwrap();
+        let t = std::time::Instant::now();
+        let e = a.read("vm").unwrap_err();
+        assert!(matches!(e, ArbiterError::Unreachable { .. }), "{e}");
+        assert!(e.to_string().contains("stayed locked"), "{e}");
+        assert!(t.elapsed() >= LOCK_WAIT, "gave up after {:?}", t.elapsed());
+        drop(held);
+        assert_eq!(a.read("vm").unwrap().version, 0);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
