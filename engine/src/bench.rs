@@ -77,7 +77,8 @@ pub struct BenchArgs {
     max_interval_ms: Option<u64>,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The middle value (0 for none); the benches' one median.
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return 0.0;
     }
@@ -85,7 +86,8 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn pct(mut v: Vec<f64>, p: f64) -> f64 {
+/// The `p` quantile, nearest rank (0 for none); the benches' one percentile.
+pub(crate) fn pct(mut v: Vec<f64>, p: f64) -> f64 {
     if v.is_empty() {
         return 0.0;
     }

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Instant;
 
+use crate::bench::{median, pct};
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
@@ -38,22 +39,6 @@ pub struct BenchDiskArgs {
     /// Output directory (bench-disk.json, bench-disk.md).
     #[arg(long, default_value = "bench-disk-out")]
     out: PathBuf,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn quantile(mut v: Vec<f64>, q: f64) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[((v.len() - 1) as f64 * q).round() as usize]
 }
 
 fn image(path: &Path, bytes: u64) -> anyhow::Result<()> {
@@ -186,12 +171,12 @@ pub fn bench_disk(a: BenchDiskArgs) -> anyhow::Result<i32> {
             "write_mib_s": ops * 4096.0 / wall / (1 << 20) as f64,
             "throughput_vs_unprotected": if wall > 0.0 { base_wall / wall } else { 0.0 },
             "disk_kib_per_epoch_p50": median(blocks.clone()) * 4.0,
-            "disk_kib_per_epoch_p99": quantile(blocks, 0.99) * 4.0,
+            "disk_kib_per_epoch_p99": pct(blocks, 0.99) * 4.0,
             "wire_kib_per_epoch_p50": median(wire) / 1024.0,
             "pause_ms_p50": median(pause.clone()),
-            "pause_ms_p99": quantile(pause, 0.99),
+            "pause_ms_p99": pct(pause, 0.99),
             "quiesce_ms_p50": median(quiesce.clone()),
-            "quiesce_ms_p99": quantile(quiesce, 0.99),
+            "quiesce_ms_p99": pct(quiesce, 0.99),
         });
         eprintln!("bench-disk: {name}: {row}");
         rows.push(row);

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
+use crate::bench::pct;
 use crate::demo::{guest_run, random_ms, Child, GUEST};
 
 #[derive(clap::Args)]
@@ -177,15 +178,6 @@ fn trial(
     }))
 }
 
-fn pct(v: &[f64], q: f64) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() {
-        return 0.0;
-    }
-    v[((v.len() - 1) as f64 * q).round() as usize]
-}
-
 pub fn bench_failover(a: BenchFailoverArgs) -> anyhow::Result<i32> {
     std::fs::create_dir_all(&a.out)?;
     let exe = std::env::current_exe()?;
@@ -221,46 +213,52 @@ pub fn bench_failover(a: BenchFailoverArgs) -> anyhow::Result<i32> {
         }
         println!("trial {}/{} done", n + 1, a.trials);
     }
-    let base = results.iter().find(|r| r.0 == "none").map(|r| {
-        pct(
-            &r.1.iter().map(|t| t.kill_to_running).collect::<Vec<_>>(),
-            0.5,
-        )
-    });
+    // Each arbiter's figures, computed once for both the table and the JSON.
+    let figures: Vec<(&String, usize, Value)> = results
+        .iter()
+        .map(|(name, trials)| {
+            let of = |f: fn(&Trial) -> f64| trials.iter().map(f).collect::<Vec<f64>>();
+            let (k, det, arb, act) = (
+                of(|t| t.kill_to_running),
+                of(|t| t.detection),
+                of(|t| t.arbiter),
+                of(|t| t.activation),
+            );
+            let v = json!({
+                "trials": k.len(),
+                "kill_to_running_ms": {"p50": pct(k.clone(), 0.5), "p99": pct(k.clone(), 0.99), "max": pct(k, 1.0)},
+                "detection_ms_p50": pct(det, 0.5),
+                "arbiter_ms": {"p50": pct(arb.clone(), 0.5), "p99": pct(arb, 0.99)},
+                "activation_ms_p50": pct(act, 0.5),
+            });
+            (name, trials.len(), v)
+        })
+        .collect();
+    let g = |v: &Value, p: &str| v.pointer(p).and_then(Value::as_f64).unwrap_or(0.0);
+    let base = figures
+        .iter()
+        .find(|f| f.0 == "none")
+        .map(|f| g(&f.2, "/kill_to_running_ms/p50"));
     let mut json = serde_json::Map::new();
     let mut md = String::from(
         "| arbiter | trials | kill to running p50 / p99 / max (ms) | vs none (p50) | detection p50 | arbiter p50 / p99 | activation p50 |\n\
          | --- | --- | --- | --- | --- | --- | --- |\n",
     );
-    for (name, trials) in &results {
-        let k: Vec<f64> = trials.iter().map(|t| t.kill_to_running).collect();
-        let arb: Vec<f64> = trials.iter().map(|t| t.arbiter).collect();
-        let det: Vec<f64> = trials.iter().map(|t| t.detection).collect();
-        let act: Vec<f64> = trials.iter().map(|t| t.activation).collect();
-        let ratio = base.map(|b| pct(&k, 0.5) / b.max(1e-9));
+    for (name, n, mut v) in figures {
+        let ratio = base.map(|b| g(&v, "/kill_to_running_ms/p50") / b.max(1e-9));
+        v["ratio_p50_vs_none"] = json!(ratio);
         md += &format!(
-            "| {name} | {} | {:.1} / {:.1} / {:.1} | {} | {:.1} ms | {:.2} / {:.2} ms | {:.2} ms |\n",
-            k.len(),
-            pct(&k, 0.5),
-            pct(&k, 0.99),
-            pct(&k, 1.0),
+            "| {name} | {n} | {:.1} / {:.1} / {:.1} | {} | {:.1} ms | {:.2} / {:.2} ms | {:.2} ms |\n",
+            g(&v, "/kill_to_running_ms/p50"),
+            g(&v, "/kill_to_running_ms/p99"),
+            g(&v, "/kill_to_running_ms/max"),
             ratio.map_or("-".into(), |r| format!("{r:.2}x")),
-            pct(&det, 0.5),
-            pct(&arb, 0.5),
-            pct(&arb, 0.99),
-            pct(&act, 0.5),
+            g(&v, "/detection_ms_p50"),
+            g(&v, "/arbiter_ms/p50"),
+            g(&v, "/arbiter_ms/p99"),
+            g(&v, "/activation_ms_p50"),
         );
-        json.insert(
-            name.clone(),
-            json!({
-                "trials": k.len(),
-                "kill_to_running_ms": {"p50": pct(&k, 0.5), "p99": pct(&k, 0.99), "max": pct(&k, 1.0)},
-                "ratio_p50_vs_none": ratio,
-                "detection_ms_p50": pct(&det, 0.5),
-                "arbiter_ms": {"p50": pct(&arb, 0.5), "p99": pct(&arb, 0.99)},
-                "activation_ms_p50": pct(&act, 0.5),
-            }),
-        );
+        json.insert(name.clone(), v);
     }
     std::fs::write(
         a.out.join("bench-failover.json"),

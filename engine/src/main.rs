@@ -24,6 +24,12 @@ const HANDOVER_EXIT: i32 = 75;
 /// the new primary said so): its guest stopped, held output unreleased.
 const SUPERSEDED_EXIT: i32 = 76;
 
+/// Says why a primary stops as superseded; returns its exit status.
+fn superseded(why: &str) -> i32 {
+    eprintln!("hotspare: SUPERSEDED: {why}; the guest stopped without releasing held output");
+    SUPERSEDED_EXIT
+}
+
 /// Default size of the primary's XOR-delta cache, MiB.
 const DEFAULT_DELTA_CACHE_MIB: u64 = 64;
 
@@ -145,11 +151,16 @@ impl ArbiterArgs {
             );
         };
         let a = engine::replication::arbiter::open(spec)?;
+        // Once per process, however many arbiters it opens (a standby with
+        // --reprotect opens one for itself and one for its next primary).
+        static WARNED: std::sync::Once = std::sync::Once::new();
         if a.is_none() {
-            eprintln!(
-                "hotspare: WARNING: --arbiter none: no fencing; a network partition can leave \
-                 two live copies of the VM releasing output"
-            );
+            WARNED.call_once(|| {
+                eprintln!(
+                    "hotspare: WARNING: --arbiter none: no fencing; a network partition can leave \
+                     two live copies of the VM releasing output"
+                )
+            });
         }
         Ok(a)
     }
@@ -429,10 +440,7 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
         };
         if let Err(engine::error::EngineError::Superseded(why)) = &res {
             // No goodbye, no release of held output: another copy owns the VM.
-            eprintln!(
-                "hotspare: SUPERSEDED: {why}; the guest stopped without releasing held output"
-            );
-            std::process::exit(SUPERSEDED_EXIT);
+            std::process::exit(superseded(why));
         }
         if let Some(why) = vm.io_failover.failure() {
             // No goodbye, no release of held output: the shadow, whose disk
@@ -517,12 +525,7 @@ fn standby(a: StandbyArgs) -> anyhow::Result<i32> {
         stats_json: a.stats_json,
     };
     match engine::replication::standby::run(cfg) {
-        Err(engine::error::EngineError::Superseded(why)) => {
-            eprintln!(
-                "hotspare: SUPERSEDED: {why}; the guest stopped without releasing held output"
-            );
-            Ok(SUPERSEDED_EXIT)
-        }
+        Err(engine::error::EngineError::Superseded(why)) => Ok(superseded(&why)),
         Err(engine::error::EngineError::HandOver(why)) => {
             eprintln!("hotspare: the disk failed ({why}); handing the VM over to the spare");
             Ok(HANDOVER_EXIT)

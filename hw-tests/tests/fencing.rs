@@ -328,7 +328,16 @@ fn replication_without_an_arbiter_or_with_a_bad_one_is_a_clear_error() {
     let key = common::key_file(&dir, "key", 5);
     let key = key.to_str().unwrap();
     // The check comes before the VM is built: no guest or KVM needed.
-    let (code, err) = hotspare_output(&["standby", "--listen", "127.0.0.1:0", "--key-file", key]);
+    let standby = |arbiter: &[&str]| {
+        hotspare_output(
+            &[
+                &["standby", "--listen", "127.0.0.1:0", "--key-file", key],
+                arbiter,
+            ]
+            .concat(),
+        )
+    };
+    let (code, err) = standby(&[]);
     assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains("--arbiter is required") && err.contains("etcd://") && err.contains("none"),
@@ -339,28 +348,12 @@ fn replication_without_an_arbiter_or_with_a_bad_one_is_a_clear_error() {
         ("etcd://hostonly", "is not HOST:PORT"),
         ("file:", "needs a path"),
     ] {
-        let (code, err) = hotspare_output(&[
-            "standby",
-            "--listen",
-            "127.0.0.1:0",
-            "--key-file",
-            key,
-            "--arbiter",
-            spec,
-        ]);
+        let (code, err) = standby(&["--arbiter", spec]);
         assert_eq!(code, Some(1), "{spec}: {err}");
         assert!(err.contains(want) && err.contains(spec), "{spec}: {err}");
     }
     // An etcd nobody answers at: the standby cannot check who it follows.
-    let (code, err) = hotspare_output(&[
-        "standby",
-        "--listen",
-        "127.0.0.1:0",
-        "--key-file",
-        key,
-        "--arbiter",
-        "etcd://127.0.0.1:1",
-    ]);
+    let (code, err) = standby(&["--arbiter", "etcd://127.0.0.1:1"]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("cannot reach its arbiter"), "{err}");
     let (code, err) = hotspare_output(&[

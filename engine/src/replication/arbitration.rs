@@ -36,23 +36,49 @@ pub struct Arbitration {
     next_tick: Instant,
     /// The arbiter's last failure was reported.
     announced: bool,
-    /// This process won the record's term (by `start` or a takeover): only
-    /// then may it mark the record stopped.
-    owned: bool,
+}
+
+/// Fence ticks in a hold bound (at least one).
+fn hold_ticks(hold: Duration) -> u32 {
+    (hold.as_millis() as u64 / fencing::FENCE_TICK_MS).max(1) as u32
+}
+
+/// Marks `vm`'s record stopped in `term` under `name` (the guest ended),
+/// asking again for up to `patience` while the arbiter does not answer.
+/// Returns whether the record is now stopped in that term; says why not.
+pub fn mark_stopped(
+    arb: &mut dyn Arbiter,
+    vm: &str,
+    term: u64,
+    name: &str,
+    patience: Duration,
+) -> bool {
+    let until = Instant::now() + patience;
+    loop {
+        match fencing::transact(arb, vm, |c| fencing::finish(c, term, name)) {
+            Ok(Outcome::Won(_)) => return true,
+            Ok(Outcome::Refused(r)) => {
+                eprintln!("hotspare: not marking the VM stopped: {r}");
+                return false;
+            }
+            Err(e) if Instant::now() >= until => {
+                eprintln!("hotspare: could not mark the VM stopped: {e}");
+                return false;
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(fencing::FENCE_TICK_MS)),
+        }
+    }
 }
 
 impl Arbitration {
     /// A fence for the primary of `term` (replaced by [`Arbitration::start`]
     /// for a fresh VM).
     pub fn new(cfg: FenceConfig, term: u64) -> Arbitration {
-        let hold_ticks = (cfg.hold.as_millis() as u64 / fencing::FENCE_TICK_MS).max(1) as u32;
-        let owned = cfg.owned;
         Arbitration {
-            owned,
+            fence: PrimaryFence::new(term, hold_ticks(cfg.hold)),
             cfg,
             identity: None,
             term,
-            fence: PrimaryFence::new(term, hold_ticks),
             next_tick: Instant::now(),
             announced: false,
         }
@@ -61,15 +87,6 @@ impl Arbitration {
     /// What the arbiter is, for messages.
     pub fn describe(&self) -> String {
         self.cfg.arbiter.describe()
-    }
-
-    /// This primary's term.
-    pub fn term(&self) -> u64 {
-        self.term
-    }
-
-    fn hold_ticks(&self) -> u32 {
-        (self.cfg.hold.as_millis() as u64 / fencing::FENCE_TICK_MS).max(1) as u32
     }
 
     /// Starts the VM under the arbiter: takes the next term. Returns it.
@@ -82,8 +99,8 @@ impl Arbitration {
         match o {
             Outcome::Won(r) => {
                 self.term = r.term;
-                self.owned = true;
-                self.fence = PrimaryFence::new(r.term, self.hold_ticks());
+                self.cfg.owned = true;
+                self.fence = PrimaryFence::new(r.term, hold_ticks(self.cfg.hold));
                 eprintln!(
                     "hotspare: arbiter {}: VM {:?} is ours in term {} (primary {:?})",
                     self.describe(),
@@ -221,26 +238,15 @@ impl Arbitration {
     /// this primary's term: only then may output still held be released
     /// (no spare can take over a stopped record).
     pub fn finish(&mut self) -> bool {
-        if !self.owned || self.superseded() {
+        if !self.cfg.owned || self.superseded() {
             return false;
         }
-        let (name, term) = (self.cfg.name.clone(), self.term);
-        let until = Instant::now() + self.cfg.hold;
-        loop {
-            match fencing::transact(&mut *self.cfg.arbiter, &self.cfg.vm, |c| {
-                fencing::finish(c, term, &name)
-            }) {
-                Ok(Outcome::Won(_)) => return true,
-                Ok(Outcome::Refused(r)) => {
-                    eprintln!("hotspare: not marking the VM stopped: {r}");
-                    return false;
-                }
-                Err(e) if Instant::now() >= until => {
-                    eprintln!("hotspare: could not mark the VM stopped: {e}");
-                    return false;
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(fencing::FENCE_TICK_MS)),
-            }
-        }
+        mark_stopped(
+            &mut *self.cfg.arbiter,
+            &self.cfg.vm,
+            self.term,
+            &self.cfg.name,
+            self.cfg.hold,
+        )
     }
 }

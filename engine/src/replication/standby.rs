@@ -23,6 +23,7 @@ use crossbeam::channel::{self, Sender};
 use transport::{Channel, FrameKind, FramedConn, HandshakeParams, Listener, Psk, TransportError};
 
 use super::arbiter::Arbiter;
+use super::arbitration::mark_stopped;
 use super::fencing::{self, Outcome};
 use super::liveness::{StandbyDecision, StandbyFsm, StandbyInput, TICK};
 use super::wire::{self, Ack, EpochBegin, EpochEnd, FenceInfo, Heartbeat, Nack};
@@ -162,12 +163,8 @@ pub fn run(cfg: StandbyConfig) -> Result<i32> {
         Some(a) => Some(a.identity().map_err(|e| {
             EngineError::Config(format!("the standby cannot reach its arbiter: {e}"))
         })?),
-        None => {
-            eprintln!(
-                "hotspare: WARNING: --arbiter none: this standby takes over on silence alone; a network partition can leave two live copies of the VM"
-            );
-            None
-        }
+        // `--arbiter none`: the command line warned already.
+        None => None,
     };
     let replicas = disks
         .iter()
@@ -226,9 +223,10 @@ pub fn run(cfg: StandbyConfig) -> Result<i32> {
             let answer = claim(&shadow, &mut arbiter, term, seq);
             decision = fsm.step(answer);
         }
-        if fsm.state() != super::liveness::StandbyState::Claiming
-            && !matches!(decision, StandbyDecision::TakeOver { .. })
-        {
+        if !matches!(
+            fsm.state(),
+            super::liveness::StandbyState::Claiming | super::liveness::StandbyState::TookOver
+        ) {
             claimed = None;
         }
         match decision {
@@ -300,26 +298,22 @@ fn claim(
     let Some(arb) = arbiter.as_deref_mut() else {
         return StandbyInput::ClaimGranted;
     };
-    let fence = shadow
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .fence
-        .clone();
-    let Some(f) = fence else {
-        eprintln!(
-            "hotspare: no fencing information with the committed epoch {seq}: not taking over"
-        );
-        return StandbyInput::ClaimRefused;
-    };
-    {
+    let f = {
+        let sh = shadow.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(f) = sh.fence.clone() else {
+            eprintln!(
+                "hotspare: no fencing information with the committed epoch {seq}: not taking over"
+            );
+            return StandbyInput::ClaimRefused;
+        };
         // Never win the record without a state to resume: the old primary
         // would stop and nobody would run the VM.
-        let sh = shadow.lock().unwrap_or_else(|e| e.into_inner());
         if sh.state.is_none() || sh.vm.is_none() || sh.diverged.is_some() {
             eprintln!("hotspare: this standby has no usable committed state: not claiming the VM");
             return StandbyInput::ClaimRefused;
         }
-    }
+        f
+    };
     let Some(followed) = term.checked_sub(1) else {
         return StandbyInput::ClaimRefused;
     };
@@ -465,13 +459,7 @@ fn take_over(shadow: &Arc<Mutex<Shadow>>, t: Takeover) -> Result<i32> {
             let reason = runner::supervise(&mut vm, None)?;
             if let (Some(arb), Some(f)) = (arbiter.as_deref_mut(), &fence) {
                 // The guest ended here: the VM may be started again.
-                match fencing::transact(arb, &f.vm, |c| fencing::finish(c, term, &f.spare)) {
-                    Ok(Outcome::Won(_)) => {}
-                    Ok(Outcome::Refused(r)) => {
-                        eprintln!("hotspare: not marking the VM stopped: {r}")
-                    }
-                    Err(e) => eprintln!("hotspare: could not mark the VM stopped: {e}"),
-                }
+                mark_stopped(arb, &f.vm, term, &f.spare, Duration::ZERO);
             }
             reason
         }
@@ -505,17 +493,15 @@ fn accept_loop(
         match listener.accept(&params, Duration::from_secs(2)) {
             Ok((conn, peer)) => {
                 let (shadow, ev2, heard) = (shadow.clone(), ev.clone(), last_heard.clone());
+                let took_over = took_over.clone();
                 let term = peer.peer_term;
                 let spawned = match peer.channel {
                     Channel::Heartbeat => std::thread::Builder::new()
                         .name("hs-heartbeat".into())
-                        .spawn({
-                            let took_over = took_over.clone();
-                            move || heartbeat_loop(conn, took_over, ev2, heard)
-                        }),
+                        .spawn(move || heartbeat_loop(conn, took_over, ev2, heard)),
                     Channel::Stream => std::thread::Builder::new()
                         .name("hs-stream".into())
-                        .spawn(move || stream_loop(conn, term, shadow, ev2, heard)),
+                        .spawn(move || stream_loop(conn, term, shadow, took_over, ev2, heard)),
                 };
                 if let Err(e) = spawned {
                     tracing::error!("cannot spawn a connection thread: {e}");
@@ -530,11 +516,11 @@ fn accept_loop(
     }
 }
 
-/// After a takeover, the term this standby now runs in; a frame of an older
-/// term comes from a superseded primary.
-fn superseded_by(shadow: &Arc<Mutex<Shadow>>, term: u64) -> Option<u64> {
-    let sh = shadow.lock().unwrap_or_else(|e| e.into_inner());
-    (sh.taken_over && term < sh.term).then_some(sh.term)
+/// After a takeover, the term this standby now runs in (`took_over`), if a
+/// frame of `term` comes from a primary it superseded.
+fn superseded_by(took_over: &AtomicU64, term: u64) -> Option<u64> {
+    let by = took_over.load(Ordering::SeqCst);
+    (by > term).then_some(by)
 }
 
 fn heartbeat_loop(
@@ -554,8 +540,7 @@ fn heartbeat_loop(
                 return;
             }
         };
-        let by = took_over.load(Ordering::SeqCst);
-        if by > f.term {
+        if let Some(by) = superseded_by(&took_over, f.term) {
             // A primary this standby superseded: tell it, and close.
             let nack = Nack {
                 seq: 0,
@@ -599,6 +584,7 @@ fn stream_loop(
     mut conn: FramedConn,
     term: u64,
     shadow: Arc<Mutex<Shadow>>,
+    took_over: Arc<AtomicU64>,
     ev: Sender<Event>,
     heard: Arc<Mutex<Instant>>,
 ) {
@@ -672,7 +658,7 @@ fn stream_loop(
                 &wire::encode(&Nack {
                     seq,
                     reason: why,
-                    superseded_by: superseded_by(&shadow, term),
+                    superseded_by: superseded_by(&took_over, term),
                 }),
             );
             staging.clear();
