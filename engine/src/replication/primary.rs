@@ -143,11 +143,6 @@ impl Replicator {
         }
     }
 
-    /// This primary's term (the arbiter's, once started under one).
-    pub fn term(&self) -> u64 {
-        self.cfg.term
-    }
-
     /// Whether a shadow currently protects the VM.
     pub fn protected(&self) -> bool {
         self.link.is_some() && !self.need_full
@@ -248,7 +243,10 @@ impl Replicator {
     /// Tears the link down; unacked epochs' dirty bits go back and held output is released.
     fn drop_link(&mut self, why: &str) {
         self.stall_poll = None;
+        // The term the shadow says it took the VM over in (0: it did not).
+        let mut superseded_by = 0;
         if let Some(mut link) = self.link.take() {
+            superseded_by = link.shared.superseded.load(Ordering::SeqCst);
             link.hb_protected.store(false, Ordering::SeqCst);
             link.shared.lose(why.to_string());
             link.tx.take();
@@ -275,7 +273,13 @@ impl Replicator {
                     "hotspare: SHADOW LOST ({why}): output HELD while the arbiter {} decides",
                     f.describe()
                 );
-                self.fence_action = Some(f.step(FenceInput::ShadowLost));
+                // A shadow that says it took over needs no question to
+                // the arbiter: the fence stops at once.
+                self.fence_action = Some(f.step(if superseded_by > self.cfg.term {
+                    FenceInput::SupersededBy(superseded_by)
+                } else {
+                    FenceInput::ShadowLost
+                }));
             }
             None => {
                 self.devices.hold_outputs(false);
@@ -283,6 +287,11 @@ impl Replicator {
                     "SHADOW LOST ({why}): the VM now runs UNPROTECTED; reconnecting to {}",
                     self.cfg.shadow
                 );
+                if superseded_by > self.cfg.term {
+                    self.fence_action = Some(FenceAction::Stop(format!(
+                        "the shadow took the VM over in term {superseded_by}"
+                    )));
+                }
             }
         }
         self.announced_unprotected = true;
@@ -688,17 +697,7 @@ impl Replicator {
                     .unwrap_or_else(|e| e.into_inner())
                     .clone()
                     .unwrap_or_default();
-                let by = link.shared.superseded.load(Ordering::SeqCst);
                 self.drop_link(&why);
-                if by > 0 {
-                    self.fence_action = Some(match self.fence.as_mut() {
-                        Some(f) => f.step(FenceInput::SupersededBy(by)),
-                        None if by > self.cfg.term => {
-                            FenceAction::Stop(format!("the shadow took the VM over in term {by}"))
-                        }
-                        None => FenceAction::Continue,
-                    });
-                }
             }
         }
         self.act(vm)?;
