@@ -226,36 +226,30 @@ pub fn capture_into(
     ))
 }
 
-/// Harvests the dirty pages of a *running* VM (a pre-copy round) and
-/// returns where they are; the caller reads them while encoding. Pages the
-/// guest writes meanwhile are logged again by KVM (their bits were cleared
-/// at the harvest) and go out in a later round. With `all`, every page
-/// ever written is taken and the rest become zero markers.
-pub fn precopy_round(
-    vm: &Vm,
-    ledger: &mut DirtyLedger,
-    all: bool,
-) -> Result<(PrecopyRound, Harvest)> {
-    let (mut fresh, err) = fresh_dirty(vm)?;
-    if let Some(e) = err {
-        let h = ledger.harvest(fresh)?;
-        ledger.put_back(h)?;
-        return Err(e);
+/// What a joining spare's live copy reads: every page and disk block ever
+/// written, and the never-written ranges as zero markers. Touches neither
+/// the dirty ledger nor KVM's dirty log: a page written after this plan is
+/// made is dirty in the next epoch, which the joiner receives after its copy.
+pub fn live_copy_plan(vm: &Vm) -> Result<PrecopyRound> {
+    let mut fresh = Vec::with_capacity(vm.ram.regions.len() + vm.disks.len());
+    for r in &vm.ram.regions {
+        fresh.push(DirtyBitmap::new((r.size / PAGE_SIZE) as usize));
     }
-    let (zero_runs, disk_zero) = if all {
-        (
-            mark_all(&mut fresh, &vm.ram),
-            mark_all_disks(&mut fresh, vm),
-        )
-    } else {
-        (Vec::new(), vec![Vec::new(); vm.disks.len()])
-    };
-    let harvest = ledger.harvest(fresh)?;
-    let runs = dirty_runs(&harvest, &vm.ram)
-        .map(|(r, range)| (r.gpa + range.start as u64 * PAGE_SIZE, range.len() as u64))
-        .collect();
+    for d in &vm.disks {
+        fresh.push(DirtyBitmap::new(d.blocks()));
+    }
+    let zero_runs = mark_all(&mut fresh, &vm.ram);
+    let disk_zero = mark_all_disks(&mut fresh, vm);
     let nmem = vm.ram.regions.len();
-    let disks = harvest.regions()[nmem..]
+    let runs = fresh[..nmem]
+        .iter()
+        .zip(&vm.ram.regions)
+        .flat_map(|(bm, r)| {
+            bm.ranges()
+                .map(move |range| (r.gpa + range.start as u64 * PAGE_SIZE, range.len() as u64))
+        })
+        .collect();
+    let disks = fresh[nmem..]
         .iter()
         .zip(disk_zero)
         .map(|(bm, zero_runs)| DiskRound {
@@ -266,14 +260,11 @@ pub fn precopy_round(
             zero_runs,
         })
         .collect();
-    Ok((
-        PrecopyRound {
-            runs,
-            zero_runs,
-            disks,
-        },
-        harvest,
-    ))
+    Ok(PrecopyRound {
+        runs,
+        zero_runs,
+        disks,
+    })
 }
 
 /// One disk's part of a pre-copy round: (byte offset, blocks) of the
@@ -358,10 +349,9 @@ fn copy_blocks(
     Ok(out)
 }
 
-/// What a pre-copy round sends: the pages are read from the running guest
-/// while they are encoded (a page written meanwhile is dirty again and goes
-/// out in a later round or in the paused epoch that ends the sync); the
-/// same for disk blocks.
+/// What a live copy sends: the pages are read from the running guest while
+/// they are encoded (a page written meanwhile is dirty again and goes out in
+/// a later epoch); the same for disk blocks.
 #[derive(Clone, Debug, Default)]
 pub struct PrecopyRound {
     /// (guest physical address, pages) of the dirty runs, in address order.

@@ -8,7 +8,7 @@ use checkpoint::pages::Compression;
 use clap::{Parser, Subcommand};
 use engine::boot::BootSpec;
 use engine::checkpointer::LocalCheckpointer;
-use engine::replication::primary::{PrimaryConfig, Replicator};
+use engine::replication::primary::{Kind, PrimaryConfig, Replicator, ShadowSpec};
 use engine::replication::standby::StandbyConfig;
 use engine::replication::Timing;
 use engine::runner::Periodic;
@@ -76,9 +76,18 @@ enum Cmd {
 
 #[derive(clap::Args)]
 struct ReplicaArgs {
-    /// Protect the VM with the standby at HOST:PORT.
-    #[arg(long)]
-    shadow: Option<String>,
+    /// Protect the VM with the synchronous spare (a `hotspare standby`) at
+    /// HOST:PORT. Repeatable: an epoch's output is released once every
+    /// synchronous spare acknowledged it; a lost one leaves the commit set
+    /// through the arbiter and the others go on.
+    #[arg(long = "shadow", value_name = "HOST:PORT")]
+    shadow: Vec<String>,
+    /// An asynchronous (distant) spare at HOST:PORT: it receives every epoch
+    /// but never holds output back, reports its lag, and takes over only
+    /// when no synchronous spare did (it may then lose the last moments).
+    /// Repeatable.
+    #[arg(long = "async-shadow", value_name = "HOST:PORT")]
+    async_shadow: Vec<String>,
     /// Pre-shared key file (at least 32 bytes, e.g. `head -c 32 /dev/urandom > key`).
     #[arg(long)]
     key_file: Option<PathBuf>,
@@ -229,10 +238,16 @@ struct StandbyArgs {
     console: String,
     #[command(flatten)]
     timing: TimingArgs,
-    /// After a takeover, protect the VM again with the standby at HOST:PORT.
-    #[arg(long)]
-    reprotect: Option<String>,
-    /// Epoch interval after a takeover with --reprotect, in milliseconds.
+    /// After a takeover, protect the VM again with the standby at HOST:PORT
+    /// (besides the other spares the old primary's record named, which the
+    /// new primary always takes over as its own). Repeatable.
+    #[arg(long = "reprotect", value_name = "HOST:PORT")]
+    reprotect: Vec<String>,
+    /// As an asynchronous spare, how long to let the synchronous spares
+    /// claim the VM after the primary is lost before claiming it, in ms.
+    #[arg(long, default_value_t = 1000)]
+    async_grace_ms: u64,
+    /// Epoch interval after a takeover, in milliseconds.
     #[arg(long, default_value_t = 25)]
     interval_ms: u64,
     /// Cap, in MiB, on one epoch's staging: the received container and,
@@ -363,11 +378,29 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
             a.mem_mib
         );
     }
-    if a.ckpt.checkpoint_dir.is_some() && a.replica.shadow.is_some() {
+    let mut shadows: Vec<ShadowSpec> = a
+        .replica
+        .shadow
+        .iter()
+        .map(|addr| ShadowSpec {
+            addr: addr.clone(),
+            kind: Kind::Sync,
+        })
+        .chain(a.replica.async_shadow.iter().map(|addr| ShadowSpec {
+            addr: addr.clone(),
+            kind: Kind::Async,
+        }))
+        .collect();
+    for (i, s) in shadows.iter().enumerate() {
+        if shadows[..i].iter().any(|o| o.addr == s.addr) {
+            anyhow::bail!("spare {} is named twice (--shadow, --async-shadow)", s.addr);
+        }
+    }
+    if a.ckpt.checkpoint_dir.is_some() && !shadows.is_empty() {
         anyhow::bail!("--checkpoint-dir and --shadow cannot be combined (yet)");
     }
-    let replica = match (&a.replica.shadow, &a.replica.key_file) {
-        (Some(shadow), Some(key)) => {
+    let replica = match (shadows.is_empty(), &a.replica.key_file) {
+        (false, Some(key)) => {
             if a.replica.interval_ms == 0 {
                 anyhow::bail!("--interval-ms must be positive");
             }
@@ -379,8 +412,8 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
                 .clone()
                 .unwrap_or_else(default_node_name);
             Some(PrimaryConfig {
-                shadow: shadow.clone(),
-                psk: load_key(key)?,
+                shadows: std::mem::take(&mut shadows),
+                psk: std::sync::Arc::new(load_key(key)?),
                 interval: Duration::from_millis(a.replica.interval_ms),
                 max_interval: Duration::from_millis(
                     a.replica.max_interval_ms.unwrap_or(a.replica.interval_ms),
@@ -397,11 +430,12 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
                     .replica
                     .arbiter
                     .fencing(&a.replica.vm_id, &name, a.replica.supersede)?,
+                async_max_queued: engine::replication::primary::ASYNC_MAX_QUEUED,
             })
         }
-        (Some(_), None) => anyhow::bail!("--shadow needs --key-file"),
-        (None, Some(_)) => anyhow::bail!("--key-file is only used with --shadow"),
-        (None, None) => None,
+        (false, None) => anyhow::bail!("--shadow and --async-shadow need --key-file"),
+        (true, Some(_)) => anyhow::bail!("--key-file is only used with --shadow or --async-shadow"),
+        (true, None) => None,
     };
     let cfg = VmConfig {
         mem_bytes: a.mem_mib << 20,
@@ -448,7 +482,7 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
             eprintln!(
                 "hotspare: the primary's disk failed ({why}); handing the VM over to the shadow at {} \
                  (this process ends without releasing uncommitted output)",
-                a.replica.shadow.as_deref().unwrap_or("?")
+                a.replica.shadow.join(", ")
             );
             std::process::exit(HANDOVER_EXIT);
         }
@@ -489,25 +523,32 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
 
 fn standby(a: StandbyArgs) -> anyhow::Result<i32> {
     let timing = a.timing.timing()?;
-    let reprotect = match &a.reprotect {
-        Some(addr) => Some(PrimaryConfig {
-            shadow: addr.clone(),
-            psk: load_key(&a.key_file)?,
-            interval: Duration::from_millis(a.interval_ms.max(1)),
-            max_interval: Duration::from_millis(a.interval_ms.max(1)),
-            timing,
-            compression: Compression::Zstd { level: 1 },
-            delta_cache_bytes: DEFAULT_DELTA_CACHE_MIB << 20,
-            max_outstanding: engine::replication::primary::MAX_OUTSTANDING,
-            retry: Duration::from_millis(200),
-            term: 0,
-            verify_memory: false,
-            wait_shadow: Duration::ZERO,
-            // The VM id and this standby's name come from the primary's
-            // epochs at the takeover.
-            fencing: a.arbiter.fencing("", "", false)?,
-        }),
-        None => None,
+    // The next primary's configuration: this standby becomes it at a
+    // takeover, with the --reprotect spares and the record's other spares.
+    let reprotect = PrimaryConfig {
+        shadows: a
+            .reprotect
+            .iter()
+            .map(|addr| ShadowSpec {
+                addr: addr.clone(),
+                kind: Kind::Sync,
+            })
+            .collect(),
+        psk: std::sync::Arc::new(load_key(&a.key_file)?),
+        interval: Duration::from_millis(a.interval_ms.max(1)),
+        max_interval: Duration::from_millis(a.interval_ms.max(1)),
+        timing,
+        compression: Compression::Zstd { level: 1 },
+        delta_cache_bytes: DEFAULT_DELTA_CACHE_MIB << 20,
+        max_outstanding: engine::replication::primary::MAX_OUTSTANDING,
+        retry: Duration::from_millis(200),
+        term: 0,
+        verify_memory: false,
+        wait_shadow: Duration::ZERO,
+        // The VM id and this standby's name come from the primary's
+        // epochs at the takeover.
+        fencing: a.arbiter.fencing("", "", false)?,
+        async_max_queued: engine::replication::primary::ASYNC_MAX_QUEUED,
     };
     let cfg = StandbyConfig {
         listen: a.listen,
@@ -515,6 +556,7 @@ fn standby(a: StandbyArgs) -> anyhow::Result<i32> {
         timing,
         console: open_console(&a.console)?,
         reprotect,
+        async_grace: Duration::from_millis(a.async_grace_ms),
         max_epoch_bytes: match a.max_epoch_mib {
             Some(0) => anyhow::bail!("--max-epoch-mib must be at least 1"),
             m => m.map(|m| m << 20),

@@ -34,6 +34,8 @@ pub struct Arbitration {
     term: u64,
     fence: PrimaryFence,
     next_tick: Instant,
+    /// The record as this primary last wrote it.
+    record: Option<super::arbiter::Record>,
     /// The arbiter's last failure was reported.
     announced: bool,
 }
@@ -80,6 +82,7 @@ impl Arbitration {
             identity: None,
             term,
             next_tick: Instant::now(),
+            record: None,
             announced: false,
         }
     }
@@ -99,6 +102,7 @@ impl Arbitration {
         match o {
             Outcome::Won(r) => {
                 self.term = r.term;
+                self.record = Some(r.clone());
                 self.cfg.owned = true;
                 self.fence = PrimaryFence::new(r.term, hold_ticks(self.cfg.hold));
                 eprintln!(
@@ -117,10 +121,10 @@ impl Arbitration {
         }
     }
 
-    /// Records `spare` as this primary's spare before it is synced.
+    /// What every epoch tells the spares about their fence, without the
+    /// receiving spare's own name and kind (each link fills those in).
     /// `Ok(None)`: the arbiter did not answer (do not sync now).
-    /// `Err(Superseded)`: another copy owns the VM.
-    pub fn protect(&mut self, spare: &str) -> Result<Option<FenceInfo>> {
+    pub fn fence_info(&mut self) -> Result<Option<FenceInfo>> {
         let identity = match &self.identity {
             Some(i) => i.clone(),
             None => match self.cfg.arbiter.identity() {
@@ -134,26 +138,78 @@ impl Arbitration {
                 }
             },
         };
-        let (name, term, spares) = (self.cfg.name.clone(), self.term, [spare.to_string()]);
-        match fencing::transact(&mut *self.cfg.arbiter, &self.cfg.vm, |c| {
-            fencing::protect(c, term, &name, &spares)
-        }) {
+        let (sync, peers, async_peers) = match &self.record {
+            Some(r) => (r.sync, r.spares.clone(), r.async_spares.clone()),
+            None => (0, Vec::new(), Vec::new()),
+        };
+        Ok(Some(FenceInfo {
+            vm: self.cfg.vm.clone(),
+            arbiter: identity,
+            sync,
+            spare: String::new(),
+            async_spare: false,
+            peers,
+            async_peers,
+        }))
+    }
+
+    /// Records synchronous `spares` (each holds a commit at least as new as
+    /// any output released) in the record. `Ok(false)`: the arbiter did not
+    /// answer (ask again later). `Err(Superseded)`: another copy owns the VM.
+    pub fn protect(&mut self, spares: &[String]) -> Result<bool> {
+        let (name, term) = (self.cfg.name.clone(), self.term);
+        let o = fencing::transact(&mut *self.cfg.arbiter, &self.cfg.vm, |c| {
+            fencing::protect(c, term, &name, spares)
+        });
+        self.recorded(o, |f| {
+            f.step(FenceInput::Protected(spares.to_vec()));
+        })
+    }
+
+    /// Records `spare` as an asynchronous spare (like [`Arbitration::protect`]).
+    pub fn add_async(&mut self, spare: &str) -> Result<bool> {
+        let (name, term) = (self.cfg.name.clone(), self.term);
+        let o = fencing::transact(&mut *self.cfg.arbiter, &self.cfg.vm, |c| {
+            fencing::add_async(c, term, &name, spare)
+        });
+        self.recorded(o, |_| {})
+    }
+
+    /// Drops lost asynchronous spares from the record (they gate no output,
+    /// so nothing waits for this; it keeps a stale distant copy from
+    /// claiming the VM later). Returns whether the record no longer names them.
+    pub fn drop_async(&mut self, gone: &[String]) -> Result<bool> {
+        let (name, term) = (self.cfg.name.clone(), self.term);
+        let o = fencing::transact(&mut *self.cfg.arbiter, &self.cfg.vm, |c| {
+            fencing::drop_spares(c, term, &name, gone)
+        });
+        self.recorded(o, |_| {})
+    }
+
+    /// Keeps a won record; a refusal means another copy owns the VM.
+    fn recorded(
+        &mut self,
+        o: std::result::Result<Outcome, super::arbiter::ArbiterError>,
+        then: impl FnOnce(&mut PrimaryFence),
+    ) -> Result<bool> {
+        match o {
             Ok(Outcome::Won(r)) => {
                 self.announced = false;
-                self.fence.step(FenceInput::Protected);
-                Ok(Some(FenceInfo {
-                    vm: self.cfg.vm.clone(),
-                    arbiter: identity,
-                    sync: r.sync,
-                    spare: spare.to_string(),
-                }))
+                self.record = Some(r);
+                then(&mut self.fence);
+                Ok(true)
             }
             Ok(Outcome::Refused(r)) => Err(EngineError::Superseded(r.to_string())),
             Err(e) => {
                 self.report(&e.to_string());
-                Ok(None)
+                Ok(false)
             }
         }
+    }
+
+    /// The synchronous spares the record names (as last written by this primary).
+    pub fn recorded_spares(&self) -> &[String] {
+        self.fence.recorded()
     }
 
     fn report(&mut self, why: &str) {
@@ -210,17 +266,21 @@ impl Arbitration {
         }
     }
 
-    /// Asks the arbiter to record this primary as unprotected.
+    /// Asks the arbiter to drop the lost spares from the record.
     fn ask(&mut self) -> FenceAction {
         let (name, term) = (self.cfg.name.clone(), self.term);
+        let gone = self.fence.leaving().to_vec();
         let v = match fencing::transact(&mut *self.cfg.arbiter, &self.cfg.vm, |c| {
-            fencing::unprotect(c, term, &name)
+            fencing::drop_spares(c, term, &name, &gone)
         }) {
-            Ok(Outcome::Won(_)) => Verdict::Won,
+            Ok(Outcome::Won(r)) => {
+                self.record = Some(r);
+                Verdict::Won
+            }
             Ok(Outcome::Refused(r)) => Verdict::Refused(r),
             Err(e) => {
                 self.report(&format!(
-                    "shadow lost and {e}: output stays HELD until the arbiter answers"
+                    "spare lost and {e}: output stays HELD until the arbiter answers"
                 ));
                 Verdict::Unreachable
             }

@@ -5,20 +5,25 @@
 //! - A primary starts a VM by writing term t+1 over a stopped record (or a
 //!   missing one, term 1); a running record is refused unless the operator
 //!   asks to supersede it.
-//! - A primary records its spares (`protect`, bumping `sync`) before it
-//!   syncs them, and records "unprotected" (`unprotect`) before it releases
-//!   any output after losing them. Both need the record to still be its
-//!   own: same term, same name.
+//! - A primary records a synchronous spare (`protect`) once the spare holds
+//!   a commit at least as new as any output released, and drops a lost one
+//!   (`drop_spares`) before releasing any output that spare did not
+//!   acknowledge; with none left the record says unprotected. Both need the
+//!   record to still be its own: same term, same name. Asynchronous spares
+//!   are recorded apart (`add_async`) and never gate output.
 //! - A standby takes over only by writing term t+1 over the record of the
 //!   term t it followed, and only if that record says protected, names it
-//!   as a spare, and is of the sync its commit belongs to (`promote`).
+//!   as a spare, and is of the sync its commit belongs to (`promote`). An
+//!   asynchronous spare needs only the followed term and its name
+//!   (`promote_async`), and asks only after a grace period.
 //! - Every write is a compare-and-swap on the version read, so of two
 //!   racing writers one wins and the other re-reads and re-decides.
 //!
-//! [`PrimaryFence`] is the primary's side: after losing its shadow it holds
-//! output until the arbiter says it still owns the VM (release) or not
-//! (stop); without an answer it keeps holding, and after a bound it pauses
-//! the guest.
+//! [`PrimaryFence`] is the primary's side: after losing a synchronous spare
+//! it holds output until the arbiter has dropped that spare from the record
+//! (release: the spares left, if any, gate output from then on) or says the
+//! primary no longer owns the VM (stop); without an answer it keeps holding,
+//! and after a bound it pauses the guest.
 
 use super::arbiter::{Arbiter, ArbiterError, Record, Swap};
 
@@ -103,21 +108,96 @@ pub fn start(cur: Option<&Record>, me: &str, supersede: bool) -> Rule {
         term,
         primary: me.into(),
         spares: Vec::new(),
+        async_spares: Vec::new(),
         protected: false,
         sync,
         stopped: false,
     })
 }
 
-/// A primary records `spares` as protecting it, before syncing them.
+/// A primary records `spares` as synchronous spares protecting it, once
+/// they hold a commit at least as new as any output it released. Spares
+/// already recorded stay; `sync` is bumped only when the record goes from
+/// unprotected to protected (the spares already recorded keep their
+/// commits valid).
 pub fn protect(cur: Option<&Record>, term: u64, me: &str, spares: &[String]) -> Rule {
     match owned(cur, term, me) {
-        Ok(r) => Rule::Write(Record {
-            spares: spares.to_vec(),
-            protected: true,
-            sync: r.sync + 1,
-            ..r.clone()
-        }),
+        Ok(r) if r.protected && spares.iter().all(|s| r.spares.contains(s)) => {
+            Rule::Already(r.clone())
+        }
+        Ok(r) => {
+            let mut all = r.spares.clone();
+            for s in spares {
+                if !all.contains(s) {
+                    all.push(s.clone());
+                }
+            }
+            let async_spares = r
+                .async_spares
+                .iter()
+                .filter(|a| !spares.contains(a))
+                .cloned()
+                .collect();
+            Rule::Write(Record {
+                spares: all,
+                async_spares,
+                protected: true,
+                sync: if r.protected { r.sync } else { r.sync + 1 },
+                ..r.clone()
+            })
+        }
+        Err(e) => Rule::Refuse(e),
+    }
+}
+
+/// A primary records `name` as an asynchronous (distant) spare: it may take
+/// over only after a grace period in which no synchronous spare did, and
+/// may lose the last moments (`promote_async`).
+pub fn add_async(cur: Option<&Record>, term: u64, me: &str, name: &str) -> Rule {
+    match owned(cur, term, me) {
+        Ok(r) if r.async_spares.iter().any(|a| a == name) => Rule::Already(r.clone()),
+        Ok(r) => {
+            let mut async_spares = r.async_spares.clone();
+            async_spares.push(name.to_string());
+            Rule::Write(Record {
+                spares: r.spares.iter().filter(|s| *s != name).cloned().collect(),
+                async_spares,
+                ..r.clone()
+            })
+        }
+        Err(e) => Rule::Refuse(e),
+    }
+}
+
+/// A primary that lost the spares `gone` removes them (synchronous or not)
+/// before releasing output they did not acknowledge. Once no synchronous
+/// spare is left the record says unprotected.
+pub fn drop_spares(cur: Option<&Record>, term: u64, me: &str, gone: &[String]) -> Rule {
+    match owned(cur, term, me) {
+        Ok(r) => {
+            let spares: Vec<String> = r
+                .spares
+                .iter()
+                .filter(|s| !gone.contains(s))
+                .cloned()
+                .collect();
+            let async_spares: Vec<String> = r
+                .async_spares
+                .iter()
+                .filter(|s| !gone.contains(s))
+                .cloned()
+                .collect();
+            let protected = r.protected && !spares.is_empty();
+            if spares == r.spares && async_spares == r.async_spares && protected == r.protected {
+                return Rule::Already(r.clone());
+            }
+            Rule::Write(Record {
+                spares,
+                async_spares,
+                protected,
+                ..r.clone()
+            })
+        }
         Err(e) => Rule::Refuse(e),
     }
 }
@@ -141,6 +221,7 @@ pub fn finish(cur: Option<&Record>, term: u64, me: &str) -> Rule {
     match owned(cur, term, me) {
         Ok(r) => Rule::Write(Record {
             spares: Vec::new(),
+            async_spares: Vec::new(),
             protected: false,
             stopped: true,
             ..r.clone()
@@ -190,6 +271,48 @@ pub fn promote(cur: Option<&Record>, followed: u64, sync: u64, me: &str) -> Rule
         term: next,
         primary: me.into(),
         spares: Vec::new(),
+        async_spares: Vec::new(),
+        protected: false,
+        sync: r.sync,
+        stopped: false,
+    })
+}
+
+/// The asynchronous spare `me`, after its grace period, takes the VM over
+/// from the primary of term `followed`: only if the record still names that
+/// term (no synchronous spare took over meanwhile) and lists `me` as an
+/// asynchronous spare. It does not need `protected`: a distant spare never
+/// held output back, so it may lose the last moments, and says how many.
+pub fn promote_async(cur: Option<&Record>, followed: u64, me: &str) -> Rule {
+    let Some(r) = cur else {
+        return Rule::Refuse(Refusal::NoRecord);
+    };
+    let Some(next) = followed.checked_add(1) else {
+        return Rule::Refuse(Refusal::NotEligible("the followed term cannot grow".into()));
+    };
+    if r.term == next && r.primary == me && !r.stopped {
+        return Rule::Already(r.clone());
+    }
+    if r.term != followed {
+        return Rule::Refuse(Refusal::Superseded {
+            term: r.term,
+            primary: r.primary.clone(),
+        });
+    }
+    if r.stopped {
+        return Rule::Refuse(Refusal::NotEligible("the guest stopped on its own".into()));
+    }
+    if !r.async_spares.iter().any(|s| s == me) {
+        return Rule::Refuse(Refusal::NotEligible(format!(
+            "{me:?} is not among the asynchronous spares {:?}",
+            r.async_spares
+        )));
+    }
+    Rule::Write(Record {
+        term: next,
+        primary: me.into(),
+        spares: Vec::new(),
+        async_spares: Vec::new(),
         protected: false,
         sync: r.sync,
         stopped: false,
@@ -239,12 +362,13 @@ pub enum Verdict {
 pub enum FenceInput {
     /// One fence tick ([`FENCE_TICK_MS`]) passed.
     Tick,
-    /// The link to the (last) synchronous shadow was lost.
-    ShadowLost,
-    /// The arbiter recorded spares for this primary (it may hold output
-    /// only for epochs they acknowledge from now on).
-    Protected,
-    /// The arbiter's answer to an `unprotect`.
+    /// The link to a synchronous spare that gates output (a member of the
+    /// commit set) was lost: it must leave the record before any output
+    /// it did not acknowledge is released.
+    SpareLost(String),
+    /// The arbiter recorded these synchronous spares for this primary.
+    Protected(Vec<String>),
+    /// The arbiter's answer to dropping the lost spares ([`PrimaryFence::leaving`]).
     Verdict(Verdict),
     /// A peer said, in an authenticated frame, that `term` took over.
     SupersededBy(u64),
@@ -255,13 +379,16 @@ pub enum FenceInput {
 pub enum FenceAction {
     /// Nothing (keep holding, if holding).
     Continue,
-    /// Ask the arbiter to record this primary as unprotected.
+    /// Ask the arbiter to drop the lost spares ([`PrimaryFence::leaving`]).
     Ask,
-    /// Release the held output and run unprotected (resume the guest first
-    /// if it was paused).
+    /// The lost spares left the record: output they gated flows again (on
+    /// the acks of the spares left, or freely if none is left). Resume the
+    /// guest first if it was paused.
     Release {
         /// The guest was paused by [`FenceAction::Pause`].
         resume: bool,
+        /// The spares that left the record.
+        dropped: Vec<String>,
     },
     /// The hold bound passed without an answer: pause the guest.
     Pause,
@@ -275,11 +402,11 @@ pub const FENCE_TICK_MS: u64 = 50;
 /// The primary's fence state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FenceState {
-    /// The record names spares; output is released on their acks.
+    /// The record names synchronous spares; output is released on their acks.
     Protected,
-    /// The shadow was lost: output held until the arbiter answers.
+    /// A spare was lost: output held until the arbiter drops it.
     Deciding {
-        /// Ticks since the loss.
+        /// Ticks since the (first) loss.
         ticks: u32,
         /// The guest is paused (the hold bound passed).
         paused: bool,
@@ -290,13 +417,17 @@ pub enum FenceState {
     Superseded,
 }
 
-/// The primary's fence: holds output from a shadow's loss until the arbiter
-/// answers.
+/// The primary's fence: holds output from a spare's loss until the arbiter
+/// has dropped it from the record.
 #[derive(Clone, Debug)]
 pub struct PrimaryFence {
     term: u64,
     hold_ticks: u32,
     state: FenceState,
+    /// Synchronous spares the record names.
+    recorded: Vec<String>,
+    /// Lost spares not yet dropped from the record.
+    leaving: Vec<String>,
 }
 
 impl PrimaryFence {
@@ -307,12 +438,24 @@ impl PrimaryFence {
             term,
             hold_ticks: hold_ticks.max(1),
             state: FenceState::Unprotected,
+            recorded: Vec::new(),
+            leaving: Vec::new(),
         }
     }
 
     /// The state.
     pub fn state(&self) -> &FenceState {
         &self.state
+    }
+
+    /// The lost spares the next [`FenceAction::Ask`] must drop.
+    pub fn leaving(&self) -> &[String] {
+        &self.leaving
+    }
+
+    /// The synchronous spares the record names.
+    pub fn recorded(&self) -> &[String] {
+        &self.recorded
     }
 
     /// Feeds one input; returns what to do.
@@ -330,22 +473,32 @@ impl PrimaryFence {
                 ))
             }
             FenceInput::SupersededBy(_) => A::Continue,
-            FenceInput::Protected => {
-                if matches!(self.state, FenceState::Unprotected) {
+            FenceInput::Protected(names) => {
+                for n in names {
+                    if !self.recorded.contains(&n) {
+                        self.recorded.push(n);
+                    }
+                }
+                if matches!(self.state, FenceState::Unprotected) && !self.recorded.is_empty() {
                     self.state = FenceState::Protected;
                 }
                 A::Continue
             }
-            FenceInput::ShadowLost => match self.state {
-                FenceState::Protected => {
-                    self.state = FenceState::Deciding {
-                        ticks: 0,
-                        paused: false,
-                    };
-                    A::Ask
+            FenceInput::SpareLost(name) => {
+                if !self.leaving.contains(&name) {
+                    self.leaving.push(name);
                 }
-                _ => A::Continue,
-            },
+                match self.state {
+                    FenceState::Deciding { .. } => A::Continue,
+                    _ => {
+                        self.state = FenceState::Deciding {
+                            ticks: 0,
+                            paused: false,
+                        };
+                        A::Ask
+                    }
+                }
+            }
             FenceInput::Tick => match &mut self.state {
                 FenceState::Deciding { ticks, paused } => {
                     *ticks += 1;
@@ -363,8 +516,17 @@ impl PrimaryFence {
                 };
                 match v {
                     Verdict::Won => {
-                        self.state = FenceState::Unprotected;
-                        A::Release { resume: paused }
+                        let dropped = std::mem::take(&mut self.leaving);
+                        self.recorded.retain(|r| !dropped.contains(r));
+                        self.state = if self.recorded.is_empty() {
+                            FenceState::Unprotected
+                        } else {
+                            FenceState::Protected
+                        };
+                        A::Release {
+                            resume: paused,
+                            dropped,
+                        }
                     }
                     Verdict::Refused(r) => {
                         self.state = FenceState::Superseded;

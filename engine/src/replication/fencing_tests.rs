@@ -129,8 +129,11 @@ fn random_interleavings_never_fork_the_vm() {
     for _ in 0..3000 {
         let (mut p, mut s) = protected_vm();
         let mut fence = PrimaryFence::new(1, 6);
-        fence.step(FenceInput::Protected);
-        assert_eq!(fence.step(FenceInput::ShadowLost), FenceAction::Ask);
+        fence.step(FenceInput::Protected(vec!["s".into()]));
+        assert_eq!(
+            fence.step(FenceInput::SpareLost("s".into())),
+            FenceAction::Ask
+        );
         let mut released = false;
         let mut stopped = false;
         let mut took_over = false;
@@ -146,7 +149,7 @@ fn random_interleavings_never_fork_the_vm() {
                     if a != FenceAction::Ask {
                         continue;
                     }
-                    let v = match transact(&mut p, VM, |c| unprotect(c, 1, "p")) {
+                    let v = match transact(&mut p, VM, |c| drop_spares(c, 1, "p", &["s".into()])) {
                         Ok(Outcome::Won(_)) => Verdict::Won,
                         Ok(Outcome::Refused(r)) => Verdict::Refused(r),
                         Err(_) => Verdict::Unreachable,
@@ -188,8 +191,8 @@ fn random_interleavings_never_fork_the_vm() {
 #[test]
 fn the_fence_holds_until_an_answer_then_pauses_after_the_bound() {
     let mut f = PrimaryFence::new(3, 4);
-    f.step(FenceInput::Protected);
-    assert_eq!(f.step(FenceInput::ShadowLost), FenceAction::Ask);
+    f.step(FenceInput::Protected(vec!["s".into()]));
+    assert_eq!(f.step(FenceInput::SpareLost("s".into())), FenceAction::Ask);
     // Unreachable: keep asking, never release.
     for _ in 0..3 {
         assert_eq!(
@@ -202,18 +205,20 @@ fn the_fence_holds_until_an_answer_then_pauses_after_the_bound() {
     assert_eq!(f.step(FenceInput::Tick), FenceAction::Ask);
     assert_eq!(
         f.step(FenceInput::Verdict(Verdict::Won)),
-        FenceAction::Release { resume: true }
+        FenceAction::Release {
+            resume: true,
+            dropped: vec!["s".into()]
+        }
     );
     assert_eq!(f.state(), &FenceState::Unprotected);
-    // A later loss while unprotected holds nothing new.
-    assert_eq!(f.step(FenceInput::ShadowLost), FenceAction::Continue);
+    assert!(f.recorded().is_empty() && f.leaving().is_empty());
 }
 
 #[test]
 fn a_refusal_or_a_newer_term_stops_the_primary_for_good() {
     let mut f = PrimaryFence::new(3, 4);
-    f.step(FenceInput::Protected);
-    f.step(FenceInput::ShadowLost);
+    f.step(FenceInput::Protected(vec!["s".into()]));
+    f.step(FenceInput::SpareLost("s".into()));
     let a = f.step(FenceInput::Verdict(Verdict::Refused(Refusal::Superseded {
         term: 4,
         primary: "s".into(),
@@ -228,7 +233,7 @@ fn a_refusal_or_a_newer_term_stops_the_primary_for_good() {
     );
     assert_eq!(f.state(), &FenceState::Superseded);
     let mut g = PrimaryFence::new(3, 4);
-    g.step(FenceInput::Protected);
+    g.step(FenceInput::Protected(vec!["s".into()]));
     // An older or equal term is not a supersession.
     assert_eq!(g.step(FenceInput::SupersededBy(3)), FenceAction::Continue);
     assert!(matches!(
@@ -243,6 +248,7 @@ fn terms_at_the_top_of_the_range_are_refused_not_wrapped() {
         term: u64::MAX,
         primary: "p".into(),
         spares: vec!["s".into()],
+        async_spares: vec![],
         protected: true,
         sync: 1,
         stopped: true,
@@ -256,4 +262,118 @@ fn terms_at_the_top_of_the_range_are_refused_not_wrapped() {
         promote(Some(&running), u64::MAX, 1, "s"),
         Rule::Refuse(_)
     ));
+}
+
+#[test]
+fn losing_one_of_two_spares_keeps_the_primary_protected_by_the_other() {
+    let mut f = PrimaryFence::new(1, 4);
+    f.step(FenceInput::Protected(vec!["a".into(), "b".into()]));
+    assert_eq!(f.step(FenceInput::SpareLost("a".into())), FenceAction::Ask);
+    // A second loss while deciding joins the same question.
+    assert_eq!(
+        f.step(FenceInput::SpareLost("b".into())),
+        FenceAction::Continue
+    );
+    assert_eq!(f.leaving(), ["a".to_string(), "b".to_string()]);
+    assert_eq!(
+        f.step(FenceInput::Verdict(Verdict::Won)),
+        FenceAction::Release {
+            resume: false,
+            dropped: vec!["a".into(), "b".into()]
+        }
+    );
+    assert_eq!(f.state(), &FenceState::Unprotected);
+    let mut g = PrimaryFence::new(1, 4);
+    g.step(FenceInput::Protected(vec!["a".into(), "b".into()]));
+    g.step(FenceInput::SpareLost("a".into()));
+    g.step(FenceInput::Verdict(Verdict::Won));
+    assert_eq!(g.state(), &FenceState::Protected);
+    assert_eq!(g.recorded(), ["b".to_string()]);
+}
+
+#[test]
+fn membership_rules_add_drop_and_keep_the_sync_generation() {
+    let (mut p, _) = protected_vm();
+    // A second synchronous spare joins a protected record: same sync.
+    let r = won(transact(&mut p, VM, |c| protect(c, 1, "p", &["t".into()])).unwrap());
+    assert_eq!(
+        (r.spares.clone(), r.sync),
+        (vec!["s".into(), "t".into()], 1)
+    );
+    let r = won(transact(&mut p, VM, |c| add_async(c, 1, "p", "z")).unwrap());
+    assert_eq!(r.async_spares, vec!["z".to_string()]);
+    // Dropping one keeps the record protected; dropping all does not.
+    let r = won(transact(&mut p, VM, |c| drop_spares(c, 1, "p", &["s".into()])).unwrap());
+    assert!(r.protected && r.spares == ["t".to_string()]);
+    let r = won(transact(&mut p, VM, |c| {
+        drop_spares(c, 1, "p", &["t".into(), "z".into()])
+    })
+    .unwrap());
+    assert!(!r.protected && r.spares.is_empty() && r.async_spares.is_empty());
+    // Protected again: a new generation, so no old commit can claim.
+    let r = won(transact(&mut p, VM, |c| protect(c, 1, "p", &["s".into()])).unwrap());
+    assert_eq!((r.sync, r.protected), (2, true));
+    assert!(matches!(promote(Some(&r), 1, 1, "s"), Rule::Refuse(_)));
+}
+
+/// Two synchronous spares and one asynchronous spare race for the record
+/// after the primary died, in random orders, some of them dropped first:
+/// exactly one wins, a dropped spare never does, and the asynchronous one
+/// wins only when it asks while the record still names the dead term.
+#[test]
+fn several_spares_racing_exactly_one_wins_and_a_dropped_one_never_does() {
+    let mut seed = 0x1234_5678_9abc_def1u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for _ in 0..2000 {
+        let mut arb = MemoryArbiter::default();
+        won(transact(&mut arb, VM, |c| start(c, "p", false)).unwrap());
+        won(transact(&mut arb, VM, |c| {
+            protect(c, 1, "p", &["a".into(), "b".into()])
+        })
+        .unwrap());
+        won(transact(&mut arb, VM, |c| add_async(c, 1, "p", "z")).unwrap());
+        let dropped: Vec<String> = ["a", "b", "z"]
+            .iter()
+            .filter(|_| next() % 4 == 0)
+            .map(|s| s.to_string())
+            .collect();
+        if !dropped.is_empty() {
+            won(transact(&mut arb, VM, |c| drop_spares(c, 1, "p", &dropped)).unwrap());
+        }
+        let mut order = vec!["a", "b", "z"];
+        for i in (1..order.len()).rev() {
+            order.swap(i, (next() % (i as u64 + 1)) as usize);
+        }
+        let mut winners = Vec::new();
+        for who in order {
+            let o = if who == "z" {
+                transact(&mut arb, VM, |c| promote_async(c, 1, who)).unwrap()
+            } else {
+                transact(&mut arb, VM, |c| promote(c, 1, 1, who)).unwrap()
+            };
+            if let Outcome::Won(r) = o {
+                assert_eq!((r.term, r.primary.as_str()), (2, who));
+                winners.push(who);
+            }
+        }
+        assert!(winners.len() <= 1, "two owners: {winners:?}");
+        for w in &winners {
+            assert!(!dropped.iter().any(|d| d == w), "dropped {w} won");
+        }
+        let eligible = ["a", "b", "z"]
+            .iter()
+            .any(|s| !dropped.iter().any(|d| d == s));
+        let protected = ["a", "b"].iter().any(|s| !dropped.iter().any(|d| d == s));
+        // With every spare dropped nobody wins; the async spare alone (every
+        // sync spare dropped) still can.
+        assert_eq!(
+            winners.len(),
+            usize::from(eligible && (protected || !dropped.iter().any(|d| d == "z")))
+        );
+    }
 }

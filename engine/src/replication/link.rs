@@ -1,6 +1,8 @@
-//! The primary's link threads: the sender (encodes and writes epochs), the
-//! acker (reads acks, releases held output) and the heartbeat thread (its
-//! own connection, so heartbeats never queue behind page traffic).
+//! The primary's links, one per spare: the sender (a joiner's live copy,
+//! then the encoded epochs it is handed), the acker (reads acks, feeds the
+//! commit set, which releases held output) and the heartbeat thread (its
+//! own connection, so heartbeats never queue behind page traffic). Also the
+//! encoder thread, which encodes each epoch once for every link (fan-out).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,9 +12,11 @@ use std::time::{Duration, Instant};
 
 use checkpoint::format::Header;
 use checkpoint::pages::Compression;
-use crossbeam::channel::{Receiver, Sender};
+use crossbeam::channel::{Receiver, Sender, TrySendError};
 use transport::{FrameKind, FramedConn, TransportError};
 
+use super::commit::{CommitSet, Kind, SpareId};
+use super::livecopy::{CopyFigures, LiveCopy};
 use super::liveness::{ShadowDecision, ShadowMonitor};
 use super::wire::{self, Ack, EpochBegin, EpochEnd, Heartbeat, Nack};
 use super::Timing;
@@ -21,55 +25,91 @@ use crate::devices::DeviceManager;
 use crate::error::{EngineError, Result};
 use crate::store;
 
-/// One epoch (or pre-copy round) for the sender thread.
-pub(super) struct Outgoing {
+/// One captured epoch for the encoder thread.
+pub(super) struct EncodeJob {
     pub seq: u64,
-    pub precopy: bool,
-    pub body: Body,
+    pub header: Header,
+    pub epoch: Box<capture::Epoch>,
     pub end: EpochEnd,
+    /// A spare joined since the last epoch: its base is its live copy, not
+    /// what the delta cache remembers, so the cache starts empty.
+    pub reset_delta: bool,
 }
 
-/// What the sender thread ships: an encoded container (pre-copy rounds), or
-/// a captured epoch it encodes itself, so the supervisor can start the next
-/// epoch while this one is compressed and sent (pipelining).
-pub(super) enum Body {
-    Encoded(Vec<u8>),
-    Epoch(Header, Box<capture::Epoch>),
+/// One encoded epoch, shared by every link it goes to.
+pub(super) struct Shipment {
+    pub seq: u64,
+    pub container: Arc<Vec<u8>>,
+    pub end: Arc<EpochEnd>,
 }
 
-/// What the sender thread reports of an epoch it encoded.
+/// What the encoder reports of an epoch.
 pub(super) struct Encoded {
     pub seq: u64,
     pub raw_bytes: u64,
-    /// The container's size: bytes on the wire.
+    /// The container's size: bytes on the wire (per spare).
     pub wire_bytes: u64,
     pub encode: Duration,
     /// Pages sent as XOR deltas.
     pub delta_pages: u64,
 }
 
-/// State shared with the link threads.
+/// The commit set and the output it releases, shared by the ackers.
+pub(super) struct Commit {
+    pub set: Mutex<CommitSet>,
+    pub devices: Arc<DeviceManager>,
+}
+
+impl Commit {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, CommitSet> {
+        self.set.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Spare `id` acked `seq`: release what the commit set allows (under
+    /// its lock, so releases stay in order). Returns whether it joined.
+    fn ack(&self, id: SpareId, seq: u64) -> bool {
+        let mut set = self.lock();
+        let o = set.ack(id, seq);
+        if let Some(r) = o.release {
+            self.devices.release_outputs(r);
+        }
+        o.joined
+    }
+}
+
+/// State shared with one link's threads.
 pub(super) struct LinkShared {
+    pub(super) id: SpareId,
+    /// The spare's name in the arbiter's record (its address).
+    pub(super) name: String,
+    pub(super) kind: Kind,
     pub(super) lost: AtomicBool,
     pub(super) acked: AtomicU64,
     /// (seq, send time) of the epochs sent and not acked yet.
     pub(super) inflight: Mutex<VecDeque<(u64, Instant)>>,
     pub(super) ack_latency: Mutex<Vec<Duration>>,
-    /// Whose held output an ack releases.
-    pub(super) devices: Arc<DeviceManager>,
-    /// Disk-failure handover: off as soon as the link is lost (the shadow
+    pub(super) commit: Arc<Commit>,
+    /// Disk-failure handover: off as soon as a link is lost (the shadow
     /// may be gone), before the supervisor's next tick notices.
     pub(super) io_failover: Arc<crate::devices::virtio::block::IoFailover>,
     pub(super) reason: Mutex<Option<String>>,
     /// The shadow said it took the VM over in this term (0: it did not).
     pub(super) superseded: AtomicU64,
-    /// Figures of the epochs the sender encoded.
-    pub(super) encoded: Mutex<Vec<Encoded>>,
+    /// It became a member of the commit set (the supervisor records it).
+    pub(super) joined: AtomicBool,
+    /// Epochs from this one on are sent as commits; those before it as
+    /// pre-copy (applied, never committed: a synchronous joiner of an
+    /// unprotected VM must not hold a commit older than output released
+    /// freely). `u64::MAX`: none yet.
+    pub(super) commit_from: AtomicU64,
+    /// Container bytes queued for the sender.
+    pub(super) queued: AtomicU64,
+    /// Its live copy, once sent.
+    pub(super) copy: Mutex<Option<CopyFigures>>,
 }
 
 impl LinkShared {
-    /// Records epoch `seq` as sent now (its ack releases the output sealed
-    /// in it and gives its latency).
+    /// Records epoch `seq` as sent now (for its ack latency).
     pub(super) fn track(&self, seq: u64) {
         self.inflight
             .lock()
@@ -78,18 +118,40 @@ impl LinkShared {
     }
 
     pub(super) fn lose(&self, why: String) {
-        self.io_failover.set_enabled(false);
+        if self.kind == Kind::Sync {
+            self.io_failover.set_enabled(false);
+        }
         let mut r = self.reason.lock().unwrap_or_else(|e| e.into_inner());
         if r.is_none() {
             *r = Some(why);
         }
         self.lost.store(true, Ordering::SeqCst);
     }
+
+    pub(super) fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
+
+    pub(super) fn why(&self) -> String {
+        self.reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_default()
+    }
+
+    /// How long the oldest unacknowledged epoch has waited.
+    pub(super) fn oldest_unacked(&self) -> Duration {
+        self.inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .front()
+            .map_or(Duration::ZERO, |f| f.1.elapsed())
+    }
 }
 
 pub(super) struct Link {
     pub(super) shared: Arc<LinkShared>,
-    pub(super) tx: Option<Sender<Outgoing>>,
     pub(super) threads: Vec<JoinHandle<()>>,
     pub(super) hb_stop: Arc<AtomicBool>,
     pub(super) hb_goodbye: Arc<AtomicBool>,
@@ -103,7 +165,7 @@ pub(super) fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<Joi
         .map_err(EngineError::io(format!("spawning thread {name}")))
 }
 
-/// How the sender thread encodes epochs.
+/// How the encoder thread encodes epochs.
 #[derive(Clone, Copy)]
 pub(super) struct EncoderConfig {
     pub compression: Compression,
@@ -111,24 +173,84 @@ pub(super) struct EncoderConfig {
     pub delta_cache_bytes: u64,
 }
 
-pub(super) fn sender(
-    mut conn: transport::Sender,
-    rx: Receiver<Outgoing>,
-    term: u64,
-    shared: Arc<LinkShared>,
+/// A link's inbox, as the encoder sees it.
+pub(super) struct Port {
+    pub shared: Arc<LinkShared>,
+    pub tx: Sender<Shipment>,
+    /// Epochs after this one go to it (its join point).
+    pub from: u64,
+    /// Most container bytes queued before the link is dropped as too far
+    /// behind (it then rejoins with a fresh live copy).
+    pub max_queued: u64,
+}
+
+/// The links the encoder fans out to, and its figures.
+#[derive(Default)]
+pub(super) struct Fanout {
+    pub ports: Mutex<Vec<Port>>,
+    pub encoded: Mutex<Vec<Encoded>>,
+}
+
+impl Fanout {
+    pub(super) fn ports(&self) -> std::sync::MutexGuard<'_, Vec<Port>> {
+        self.ports.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hands one encoded epoch to every link past its join point.
+    fn deliver(&self, seq: u64, container: Arc<Vec<u8>>, end: Arc<EpochEnd>) {
+        let len = container.len() as u64;
+        for p in self.ports().iter() {
+            if seq <= p.from || p.shared.is_lost() {
+                continue;
+            }
+            let queued = p.shared.queued.fetch_add(len, Ordering::SeqCst) + len;
+            if queued > p.max_queued {
+                p.shared.lose(format!(
+                    "{:?} spare {} is too far behind ({} MiB queued, {} epochs unacknowledged):                      dropped; it rejoins with a fresh live copy",
+                    p.shared.kind,
+                    p.shared.name,
+                    queued >> 20,
+                    seq.saturating_sub(p.shared.acked.load(Ordering::SeqCst))
+                ));
+                continue;
+            }
+            let s = Shipment {
+                seq,
+                container: container.clone(),
+                end: end.clone(),
+            };
+            match p.tx.try_send(s) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => p.shared.lose(format!(
+                    "spare {} has {} epochs queued: dropped; it rejoins with a fresh live copy",
+                    p.shared.name,
+                    p.tx.len()
+                )),
+                Err(TrySendError::Disconnected(_)) => p.shared.lose("sender thread gone".into()),
+            }
+        }
+    }
+
+    fn lose_all(&self, why: &str) {
+        for p in self.ports().iter() {
+            p.shared.lose(why.to_string());
+        }
+    }
+}
+
+/// The encoder thread: one page encoder and one delta cache for all links,
+/// so the primary's CPU per dirty page does not grow with the spares.
+pub(super) fn encoder(
+    rx: Receiver<EncodeJob>,
+    fanout: Arc<Fanout>,
     machine: checkpoint::fingerprint::MachineConfig,
     cfg: EncoderConfig,
     pool: Sender<Vec<u8>>,
 ) {
-    // One encoder for the whole connection: its adaptive compression policy
-    // (stop trying on incompressible memory) carries over between epochs,
-    // and its delta cache holds what this shadow was sent. A new connection
-    // means a new sender thread, so a new shadow never gets a delta against
-    // pages it was not sent.
     let mut enc = match checkpoint::pages::MemoryEncoder::new(cfg.compression) {
         Ok(e) => e,
         Err(e) => {
-            shared.lose(format!("creating the page encoder: {e}"));
+            fanout.lose_all(&format!("creating the page encoder: {e}"));
             return;
         }
     };
@@ -140,78 +262,127 @@ pub(super) fn sender(
         )));
     }
     let mut bufs = store::EncodeBuffers::default();
-    for mut out in rx.iter() {
-        let (container, recycle) = match out.body {
-            // Encoded elsewhere (pre-copy rounds): pages this encoder did
-            // not see, so its cache no longer matches the shadow. The
-            // buffer goes back to the supervisor's pool once sent.
-            Body::Encoded(c) => {
-                enc.reset_delta();
-                (c, true)
-            }
-            Body::Epoch(header, mut ep) => {
-                let t = Instant::now();
-                let res = store::encode_checkpoint(&header, &machine, &ep, &mut enc, &mut bufs);
-                // Hand the page buffer back for the next capture (pages
-                // already faulted in); drop it if the pool is full.
-                let _ = pool.try_send(std::mem::take(&mut ep.pages.data));
-                match res {
-                    Ok((c, stats)) => {
-                        out.end.figures.raw_bytes = stats.raw_bytes;
-                        super::push_bounded(
-                            &mut shared.encoded.lock().unwrap_or_else(|e| e.into_inner()),
-                            Encoded {
-                                seq: out.seq,
-                                raw_bytes: stats.raw_bytes,
-                                wire_bytes: c.len() as u64,
-                                encode: t.elapsed(),
-                                delta_pages: stats.delta_pages,
-                            },
-                        );
-                        (c, false)
-                    }
-                    Err(e) => {
-                        shared.lose(format!("encoding epoch {}: {e}", out.seq));
-                        return;
-                    }
+    // Containers sent lately: once every link dropped one, it is reused.
+    let mut recent: VecDeque<Arc<Vec<u8>>> = VecDeque::new();
+    for mut job in rx.iter() {
+        if job.reset_delta {
+            enc.reset_delta();
+        }
+        if bufs.container.capacity() == 0 {
+            // The oldest container, if every link is done with it.
+            if let Some(a) = recent.pop_front() {
+                match Arc::try_unwrap(a) {
+                    Ok(v) => bufs.container = v,
+                    Err(a) => recent.push_front(a),
                 }
             }
-        };
+        }
+        let t = Instant::now();
+        let res = store::encode_checkpoint(&job.header, &machine, &job.epoch, &mut enc, &mut bufs);
+        // Hand the page buffer back for the next capture (pages already
+        // faulted in); drop it if the pool is full.
+        let _ = pool.try_send(std::mem::take(&mut job.epoch.pages.data));
+        match res {
+            Ok((c, stats)) => {
+                job.end.figures.raw_bytes = stats.raw_bytes;
+                super::push_bounded(
+                    &mut fanout.encoded.lock().unwrap_or_else(|e| e.into_inner()),
+                    Encoded {
+                        seq: job.seq,
+                        raw_bytes: stats.raw_bytes,
+                        wire_bytes: c.len() as u64,
+                        encode: t.elapsed(),
+                        delta_pages: stats.delta_pages,
+                    },
+                );
+                let c = Arc::new(c);
+                fanout.deliver(job.seq, c.clone(), Arc::new(job.end));
+                recent.push_back(c);
+                if recent.len() > 8 {
+                    recent.pop_front();
+                }
+            }
+            Err(e) => {
+                // The delta cache may now describe pages no link received:
+                // every link rejoins with a fresh copy.
+                fanout.lose_all(&format!("encoding epoch {}: {e}", job.seq));
+                enc.reset_delta();
+            }
+        }
+    }
+}
+
+/// A link's sender: its live copy first (a joiner), then every epoch the
+/// encoder hands it, with its own fence information in the end frame.
+pub(super) fn sender(
+    mut conn: transport::Sender,
+    rx: Receiver<Shipment>,
+    term: u64,
+    shared: Arc<LinkShared>,
+    copy: Option<LiveCopy>,
+) {
+    if let Some(copy) = copy {
+        match copy.send(&mut conn, term, &|seq| shared.track(seq)) {
+            Ok(f) => {
+                eprintln!(
+                    "hotspare: live copy to spare {}: {} pages and disk blocks ({:.1} MiB, {:.1} MiB on the wire) in {:.3} s",
+                    shared.name,
+                    f.units,
+                    (f.units * crate::memory::PAGE_SIZE) as f64 / (1 << 20) as f64,
+                    f.wire_bytes as f64 / (1 << 20) as f64,
+                    f.secs
+                );
+                *shared.copy.lock().unwrap_or_else(|e| e.into_inner()) = Some(f);
+            }
+            Err(e) => {
+                shared.lose(format!("live copy: {e}"));
+                return;
+            }
+        }
+    }
+    for sh in rx.iter() {
+        shared
+            .queued
+            .fetch_sub(sh.container.len() as u64, Ordering::SeqCst);
+        if shared.is_lost() {
+            return;
+        }
+        let mut end = (*sh.end).clone();
+        if let Some(f) = end.fence.as_mut() {
+            f.spare = shared.name.clone();
+            f.async_spare = shared.kind == Kind::Async;
+        }
+        shared.track(sh.seq);
+        let precopy = sh.seq < shared.commit_from.load(Ordering::SeqCst);
         let res = (|| -> std::result::Result<(), TransportError> {
             let begin = EpochBegin {
-                seq: out.seq,
-                len: container.len() as u64,
-                precopy: out.precopy,
+                seq: sh.seq,
+                len: sh.container.len() as u64,
+                precopy,
             };
             conn.send(FrameKind::EpochBegin, term, &wire::encode(&begin))?;
-            for chunk in container.chunks(wire::CHUNK) {
+            for chunk in sh.container.chunks(wire::CHUNK) {
                 conn.send(FrameKind::EpochData, term, chunk)?;
-                if !out.precopy {
+                if !precopy {
                     crate::faults::hit(crate::faults::Point::PrimaryMidEpoch);
                 }
             }
-            conn.send(FrameKind::EpochEnd, term, &wire::encode(&out.end))?;
-            if !out.precopy {
+            conn.send(FrameKind::EpochEnd, term, &wire::encode(&end))?;
+            if !precopy {
                 crate::faults::hit(crate::faults::Point::PrimaryBeforeAck);
             }
             Ok(())
         })();
         if let Err(e) = res {
-            shared.lose(format!("sending epoch {}: {e}", out.seq));
+            shared.lose(format!("sending epoch {}: {e}", sh.seq));
             return;
-        }
-        if recycle {
-            let _ = pool.try_send(container);
-        } else {
-            // The next epoch's container is written into this one.
-            bufs.container = container;
         }
     }
 }
 
 pub(super) fn acker(mut conn: transport::Receiver, shared: Arc<LinkShared>) {
     loop {
-        if shared.lost.load(Ordering::SeqCst) {
+        if shared.is_lost() {
             // Unblock a sender stuck writing to a peer that stopped
             // reading (a partition): the link is torn down at once, not
             // after the write timeout.
@@ -234,23 +405,26 @@ pub(super) fn acker(mut conn: transport::Receiver, shared: Arc<LinkShared>) {
                 };
                 crate::faults::hit(crate::faults::Point::PrimaryBeforeRelease);
                 let mut inflight = shared.inflight.lock().unwrap_or_else(|e| e.into_inner());
-                let mut release = None;
+                let mut sent = false;
                 while inflight.front().is_some_and(|f| f.0 <= ack.seq) {
-                    if let Some((seq, sent)) = inflight.pop_front() {
+                    if let Some((seq, at)) = inflight.pop_front() {
                         if seq == ack.seq {
                             super::push_bounded(
                                 &mut shared.ack_latency.lock().unwrap_or_else(|e| e.into_inner()),
-                                sent.elapsed(),
+                                at.elapsed(),
                             );
                         }
-                        // Only epochs this primary sent are released.
-                        release = Some(seq);
+                        sent = true;
                     }
                 }
                 drop(inflight);
-                shared.acked.store(ack.seq, Ordering::SeqCst);
-                if let Some(seq) = release {
-                    shared.devices.release_outputs(seq);
+                if !sent {
+                    // Only epochs this primary sent on this link count.
+                    continue;
+                }
+                shared.acked.fetch_max(ack.seq, Ordering::SeqCst);
+                if shared.commit.ack(shared.id, ack.seq) {
+                    shared.joined.store(true, Ordering::SeqCst);
                 }
             }
             FrameKind::Nack => {

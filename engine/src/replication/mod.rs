@@ -1,6 +1,7 @@
 //! Continuous replication to a shadow VM, output commit and failover.
 //!
 //! - [`primary`]: the protected VM's side: epochs, the stream, output release.
+//! - [`commit`]: which spares gate output and how far it is released (no I/O).
 //! - [`standby`]: the shadow: staging, verification, apply, takeover.
 //! - [`liveness`]: failure detection and the takeover decision (no I/O).
 //! - [`wire`]: the replication messages carried in transport frames.
@@ -12,8 +13,10 @@
 
 pub mod arbiter;
 pub mod arbitration;
+pub mod commit;
 pub mod fencing;
 mod link;
+mod livecopy;
 pub mod liveness;
 pub mod policy;
 pub mod primary;

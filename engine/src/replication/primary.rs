@@ -1,28 +1,31 @@
-//! The primary: checkpoints the running VM every interval and streams the
-//! epochs to the shadow; releases console output when its epoch is acked.
+//! The primary: checkpoints the running VM every interval and streams each
+//! epoch, encoded once, to every spare; releases held output once every
+//! synchronous spare of the commit set acknowledged its epoch.
 //!
 //! Threads: the supervisor calls [`Replicator::tick`] (pause, capture,
-//! resume, encode, hand over); a sender thread writes epoch frames; an ack
-//! thread reads acks and releases held output; a heartbeat thread runs its
-//! own connection so heartbeats never queue behind page traffic.
+//! resume, hand over); the encoder thread encodes each epoch once and fans
+//! it out; per spare, a sender thread writes epoch frames (after a joiner's
+//! live copy), an ack thread feeds the commit set, and a heartbeat thread
+//! runs its own connection. `spares.rs` connects, joins and loses spares.
 //!
 //! The guest runs speculatively ahead: epoch e+1 executes while e is sent
 //! and acknowledged (up to `max_outstanding` epochs in flight).
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use checkpoint::dirty::{DirtyLedger, Harvest};
+use checkpoint::dirty::DirtyLedger;
 use checkpoint::format::Header;
 use checkpoint::pages::Compression;
 use crossbeam::channel;
-use transport::{Channel, FramedConn, HandshakeParams, Psk, TransportError};
+use transport::Psk;
 
 use super::arbitration::{Arbitration, FenceConfig};
+pub use super::commit::Kind;
+use super::commit::{AfterDrop, CommitSet};
 use super::fencing::{FenceAction, FenceInput};
-use super::link::{self, Body, Link, LinkShared, Outgoing};
+use super::link::{self, Commit, EncodeJob, Fanout};
 use super::policy::EpochPolicy;
 pub use super::stats::{percentile, stats_json, summary, EpochFigures, ReplicationStats};
 use super::wire::{self, EpochEnd, FenceInfo};
@@ -34,12 +37,21 @@ use crate::memory::PAGE_SIZE;
 use crate::runner::Periodic;
 use crate::vm::{PauseGuard, Vm};
 
+/// A spare the primary streams to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShadowSpec {
+    /// The standby's address (also its name in the arbiter's record).
+    pub addr: String,
+    /// Synchronous (gates output) or asynchronous (distant).
+    pub kind: Kind,
+}
+
 /// How a protected VM replicates.
 pub struct PrimaryConfig {
-    /// The standby's address.
-    pub shadow: String,
+    /// The spares.
+    pub shadows: Vec<ShadowSpec>,
     /// The pre-shared key.
-    pub psk: Psk,
+    pub psk: Arc<Psk>,
     /// Epoch interval.
     pub interval: Duration,
     /// Longest interval the epoch policy may stretch to while the shadow
@@ -53,16 +65,19 @@ pub struct PrimaryConfig {
     pub delta_cache_bytes: u64,
     /// Epochs in flight before the next one waits.
     pub max_outstanding: usize,
-    /// Time between reconnection attempts while unprotected.
+    /// Time between reconnection attempts to a lost spare.
     pub retry: Duration,
     /// This primary's term.
     pub term: u64,
     /// Test mode: hash all guest memory at every epoch for the shadow to compare.
     pub verify_memory: bool,
-    /// How long to wait for the shadow before starting the guest unprotected.
+    /// How long to wait for the spares before starting the guest unprotected.
     pub wait_shadow: Duration,
     /// The arbiter that fences this primary (`None`: `--arbiter none`).
     pub fencing: Option<FenceConfig>,
+    /// Most container bytes queued for an asynchronous spare before it is
+    /// dropped as too far behind (it then rejoins with a fresh live copy).
+    pub async_max_queued: u64,
 }
 
 /// Page and container buffers kept for reuse between captures and sends.
@@ -71,13 +86,27 @@ pub const PAGE_POOL: usize = 4;
 /// Epochs in flight (sent, not yet acknowledged) by default.
 pub const MAX_OUTSTANDING: usize = 2;
 
+/// Default bound of an asynchronous spare's queue.
+pub const ASYNC_MAX_QUEUED: u64 = 256 << 20;
+
+/// The encoder thread and its inbox.
+struct Encoder {
+    tx: Option<channel::Sender<EncodeJob>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
 /// The replication loop of a protected VM.
 pub struct Replicator {
     cfg: PrimaryConfig,
+    psk: Arc<Psk>,
+    fingerprint: checkpoint::fingerprint::Fingerprint,
     ledger: DirtyLedger,
-    link: Option<Link>,
+    spares: Vec<spares::Spare>,
+    commit: Arc<Commit>,
+    fanout: Arc<Fanout>,
+    encoder: Encoder,
+    next_id: u64,
     next_epoch: Instant,
-    next_connect: Instant,
     /// When this replicator was made (the origin of `EpochFigures::at`).
     created: Instant,
     /// While an epoch is due but waits for an ack: when to tick again.
@@ -85,33 +114,34 @@ pub struct Replicator {
     /// The epoch interval in force.
     policy: EpochPolicy,
     seq: u64,
-    need_full: bool,
-    pending: VecDeque<(u64, Harvest)>,
-    /// The next epoch is the first committed one after a sync: start holding output.
-    first_commit: bool,
-    /// The shadow has committed an epoch of the current sync: a failure of
-    /// the primary's disk can be handed over to it.
-    shadow_committed: bool,
+    /// A spare joined since the last capture: the delta cache restarts.
+    reset_delta: bool,
+    /// The next capture is the first of the VM's life (the parked start):
+    /// output is held from it on.
+    initial: bool,
     devices: Arc<DeviceManager>,
-    /// Page buffers the sender thread hands back once an epoch is encoded.
+    io_failover: Arc<crate::devices::virtio::block::IoFailover>,
+    /// Page buffers the encoder hands back once an epoch is encoded.
     pool: (channel::Sender<Vec<u8>>, channel::Receiver<Vec<u8>>),
     /// Figures so far.
     pub stats: ReplicationStats,
-    announced_unprotected: bool,
     /// The fence and its arbiter (`None`: `--arbiter none`).
     fence: Option<Arbitration>,
-    /// What the shadow of the current sync needs to claim the VM.
-    fence_info: Option<FenceInfo>,
-    /// What the fence said last, for the supervisor's thread to act on.
-    fence_action: Option<FenceAction>,
+    /// What every epoch tells the spares about their fence.
+    fence_base: Option<FenceInfo>,
+    /// What the fence said, for the supervisor's thread to act on.
+    fence_actions: Vec<FenceAction>,
+    /// Members of the commit set the arbiter does not name yet.
+    unrecorded: Vec<String>,
+    /// Asynchronous spares to add to, or drop from, the record.
+    async_add: Vec<String>,
+    async_drop: Vec<String>,
+    next_record: Instant,
+    announced_unprotected: bool,
 }
 
-fn terr(e: TransportError) -> EngineError {
-    EngineError::Transport(e)
-}
-
-#[path = "primary_sync.rs"]
-mod sync;
+#[path = "spares.rs"]
+mod spares;
 
 impl Replicator {
     /// A replicator for `vm` (not connected yet: the first tick connects).
@@ -119,231 +149,130 @@ impl Replicator {
         let mut cfg = cfg;
         let fence = cfg.fencing.take().map(|f| Arbitration::new(f, cfg.term));
         let policy = EpochPolicy::new(cfg.interval, cfg.max_interval);
+        let psk = cfg.psk.clone();
+        let spares = cfg
+            .shadows
+            .iter()
+            .map(|s| spares::Spare::new(s.clone()))
+            .collect();
         Replicator {
-            cfg,
+            psk,
+            fingerprint: vm.machine.fingerprint(),
             ledger: DirtyLedger::new(&vm.ledger_regions()),
-            link: None,
+            spares,
+            commit: Arc::new(Commit {
+                set: Mutex::new(CommitSet::new()),
+                devices: vm.devices.clone(),
+            }),
+            fanout: Arc::new(Fanout::default()),
+            encoder: Encoder {
+                tx: None,
+                thread: None,
+            },
+            next_id: 1,
             next_epoch: Instant::now(),
-            next_connect: Instant::now(),
             created: Instant::now(),
             stall_poll: None,
             policy,
             seq: 0,
-            need_full: true,
-            pending: VecDeque::new(),
-            first_commit: false,
-            shadow_committed: false,
+            reset_delta: false,
+            initial: false,
             devices: vm.devices.clone(),
+            io_failover: vm.io_failover.clone(),
             pool: channel::bounded(PAGE_POOL),
             stats: ReplicationStats::default(),
-            announced_unprotected: false,
             fence,
-            fence_info: None,
-            fence_action: None,
+            fence_base: None,
+            fence_actions: Vec::new(),
+            unrecorded: Vec::new(),
+            async_add: Vec::new(),
+            async_drop: Vec::new(),
+            next_record: Instant::now(),
+            announced_unprotected: false,
+            cfg,
         }
     }
 
-    /// Whether a shadow currently protects the VM.
+    /// Whether a synchronous spare currently protects the VM.
     pub fn protected(&self) -> bool {
-        self.link.is_some() && !self.need_full
+        self.commit.lock().protected()
     }
 
-    fn connect(&mut self, vm: &Vm) -> Result<()> {
-        let fp = *vm.machine.fingerprint().as_bytes();
-        let params = |channel| HandshakeParams {
-            psk: &self.cfg.psk,
-            protocol_version: transport::PROTOCOL_VERSION,
-            fingerprint: Some(fp),
-            channel,
-            term: self.cfg.term,
-            any_channel: false,
-        };
-        let timeout = Duration::from_millis(500);
-        let (hb, _) = FramedConn::connect(&self.cfg.shadow, &params(Channel::Heartbeat), timeout)
-            .map_err(terr)?;
-        let (stream, _) = FramedConn::connect(&self.cfg.shadow, &params(Channel::Stream), timeout)
-            .map_err(terr)?;
-        // The arbiter records the shadow as this primary's spare before the
-        // sync: from then on a spare holding a commit of this sync may take
-        // over, and output is released only on its acks or once the arbiter
-        // records this primary as unprotected again.
-        if let Some(f) = self.fence.as_mut() {
-            match f.protect(&self.cfg.shadow)? {
-                Some(info) => self.fence_info = Some(info),
-                None => {
-                    return Err(EngineError::Config(format!(
-                        "the arbiter {} did not answer: not syncing the shadow yet",
-                        f.describe()
-                    )))
-                }
-            }
+    /// The configured spares, for messages.
+    pub fn spare_names(&self) -> String {
+        self.names()
+    }
+
+    /// The spares' names, for messages.
+    fn names(&self) -> String {
+        self.cfg
+            .shadows
+            .iter()
+            .map(|s| s.addr.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Starts the encoder thread if it is not running.
+    fn ensure_encoder(&mut self, vm: &Vm) -> Result<()> {
+        if self.encoder.tx.is_some() {
+            return Ok(());
         }
-        let shared = Arc::new(LinkShared {
-            lost: AtomicBool::new(false),
-            acked: AtomicU64::new(0),
-            inflight: Mutex::new(VecDeque::new()),
-            ack_latency: Mutex::new(Vec::new()),
-            devices: self.devices.clone(),
-            io_failover: vm.io_failover.clone(),
-            reason: Mutex::new(None),
-            superseded: AtomicU64::new(0),
-            encoded: Mutex::new(Vec::new()),
-        });
-        let (tx, rx) = channel::bounded::<Outgoing>(self.cfg.max_outstanding.max(1));
-        let (send_half, recv_half) = stream.split();
-        // A shadow that stops reading (host gone without a reset) must not
-        // block the sender, and with it a link teardown, for TCP's retry
-        // time: a send that waits this long fails and loses the link.
-        send_half
-            .set_write_timeout(Some(
-                (self.cfg.timing.timeout * 4).max(Duration::from_secs(1)),
-            ))
-            .map_err(terr)?;
-        recv_half
-            .set_read_timeout(Some(Duration::from_millis(20)))
-            .map_err(terr)?;
-        let term = self.cfg.term;
-        let mut threads = Vec::new();
-        let s = shared.clone();
+        let (tx, rx) = channel::bounded::<EncodeJob>(self.cfg.max_outstanding.max(1));
         let enc = link::EncoderConfig {
             compression: self.cfg.compression,
             delta_cache_bytes: self.cfg.delta_cache_bytes,
         };
-        let (machine, pool) = (vm.machine.clone(), self.pool.0.clone());
-        threads.push(link::spawn("hs-send", move || {
-            link::sender(send_half, rx, term, s, machine, enc, pool)
+        let (fanout, machine, pool) =
+            (self.fanout.clone(), vm.machine.clone(), self.pool.0.clone());
+        self.encoder.thread = Some(link::spawn("hs-encode", move || {
+            link::encoder(rx, fanout, machine, enc, pool)
         })?);
-        let s = shared.clone();
-        threads.push(link::spawn("hs-ack", move || link::acker(recv_half, s))?);
-        let hb_stop = Arc::new(AtomicBool::new(false));
-        let hb_goodbye = Arc::new(AtomicBool::new(false));
-        let hb_protected = Arc::new(AtomicBool::new(true));
-        let (s, stop, bye, prot, timing) = (
-            shared.clone(),
-            hb_stop.clone(),
-            hb_goodbye.clone(),
-            hb_protected.clone(),
-            self.cfg.timing,
-        );
-        threads.push(link::spawn("hs-heartbeat", move || {
-            link::heartbeat(hb, term, timing, s, stop, bye, prot)
-        })?);
-        self.link = Some(Link {
-            shared,
-            tx: Some(tx),
-            threads,
-            hb_stop,
-            hb_goodbye,
-            hb_protected,
-        });
-        self.need_full = true;
+        self.encoder.tx = Some(tx);
         Ok(())
     }
 
-    /// Tears the link down; unacked epochs' dirty bits go back and held output is released.
-    fn drop_link(&mut self, why: &str) {
-        self.stall_poll = None;
-        // The term the shadow says it took the VM over in (0: it did not).
-        let mut superseded_by = 0;
-        if let Some(mut link) = self.link.take() {
-            superseded_by = link.shared.superseded.load(Ordering::SeqCst);
-            link.hb_protected.store(false, Ordering::SeqCst);
-            link.shared.lose(why.to_string());
-            link.tx.take();
-            link.hb_stop.store(true, Ordering::SeqCst);
-            for t in link.threads.drain(..) {
-                let _ = t.join();
+    /// Releases what dropping `names` from the commit set allows; with no
+    /// member left, everything held flows and the VM runs unprotected.
+    fn apply_drop(&mut self, names: &[String]) {
+        let after = {
+            let mut set = self.commit.lock();
+            let after = set.dropped(names);
+            if let AfterDrop::Protected(Some(r)) = after {
+                self.devices.release_outputs(r);
             }
-            self.collect(&link.shared);
-        }
-        while let Some((_, h)) = self.pending.pop_front() {
-            if let Err(e) = self.ledger.put_back(h) {
-                tracing::error!("putting dirty bits back failed: {e}");
-            }
-        }
-        self.need_full = true;
-        self.shadow_committed = false;
-        self.stats.shadow_losses += 1;
-        match self.fence.as_mut() {
-            Some(f) => {
-                // Output stays held until the arbiter records this primary
-                // as unprotected: the shadow may be claiming the VM.
-                self.devices.hold_outputs(true);
-                eprintln!(
-                    "hotspare: SHADOW LOST ({why}): output HELD while the arbiter {} decides",
-                    f.describe()
-                );
-                // A shadow that says it took over needs no question to
-                // the arbiter: the fence stops at once.
-                self.fence_action = Some(f.step(if superseded_by > self.cfg.term {
-                    FenceInput::SupersededBy(superseded_by)
-                } else {
-                    FenceInput::ShadowLost
-                }));
-            }
-            None => {
-                self.devices.hold_outputs(false);
-                tracing::error!(
-                    "SHADOW LOST ({why}): the VM now runs UNPROTECTED; reconnecting to {}",
-                    self.cfg.shadow
-                );
-                if superseded_by > self.cfg.term {
-                    self.fence_action = Some(FenceAction::Stop(format!(
-                        "the shadow took the VM over in term {superseded_by}"
-                    )));
-                }
-            }
-        }
-        self.announced_unprotected = true;
-        self.next_connect = Instant::now() + self.cfg.retry;
-    }
-
-    /// Moves a link's ack latencies and encode figures into the run's stats.
-    fn collect(&mut self, shared: &LinkShared) {
-        self.stats.ack_latency.extend(
-            shared
-                .ack_latency
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .drain(..),
-        );
-        let n = self.stats.ack_latency.len();
-        if n > super::FIGURES_KEPT {
-            self.stats.ack_latency.drain(..n - super::FIGURES_KEPT);
-        }
-        for x in shared
-            .encoded
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-        {
-            if let Some(e) = self.stats.epochs.iter_mut().rev().find(|e| e.seq == x.seq) {
-                e.raw_bytes = x.raw_bytes;
-                e.wire_bytes = x.wire_bytes;
-                e.encode = x.encode;
-                e.delta_pages = x.delta_pages;
-            }
-        }
-    }
-
-    fn settle_acks(&mut self) {
-        let Some(link) = &self.link else {
-            return;
+            after
         };
-        let acked = link.shared.acked.load(Ordering::SeqCst);
-        while self.pending.front().is_some_and(|(s, _)| *s <= acked) {
-            if let Some((_, h)) = self.pending.pop_front() {
-                self.ledger.commit(h);
-                // An epoch (never a pre-copy round) is committed on the shadow.
-                self.shadow_committed = true;
+        if after == AfterDrop::Unprotected {
+            self.devices.hold_outputs(false);
+            match &self.fence {
+                Some(_) => eprintln!(
+                    "hotspare: the arbiter recorded this primary (term {}) as UNPROTECTED: held output released; reconnecting to {}",
+                    self.cfg.term,
+                    self.names()
+                ),
+                None => tracing::error!(
+                    "the VM now runs UNPROTECTED; reconnecting to {}",
+                    self.names()
+                ),
             }
+            self.announced_unprotected = true;
+        } else {
+            eprintln!(
+                "hotspare: spares {names:?} left the record; output is committed by {:?}",
+                self.commit.lock().members()
+            );
         }
     }
 
     /// Captures and ships one epoch.
     fn epoch(&mut self, vm: &Vm) -> Result<()> {
+        // Unprotected with a synchronous spare ready: the arbiter records
+        // it before its first commit (before the pause: no arbiter round
+        // trip inside it), and output is held from this capture on.
+        let protect = self.begin_protection(self.seq + 1)?;
         let guard = vm.pause()?;
-        self.epoch_with(vm, guard, false).map(|_| ())
+        self.epoch_with(vm, guard, false, protect).map(|_| ())
     }
 
     /// Captures and ships one epoch from a paused VM. With `stay_paused`
@@ -353,17 +282,29 @@ impl Replicator {
         vm: &'v Vm,
         guard: PauseGuard<'v>,
         stay_paused: bool,
+        protect: bool,
     ) -> Result<Option<PauseGuard<'v>>> {
-        let full = self.need_full;
+        self.ensure_encoder(vm)?;
+        let full = self.initial;
+        let seq = self.seq + 1;
+        let protect = protect || full;
         let mut kept = None;
-        let (ep, harvest, pause, resume, memory_hash) = {
+        let (ep, pause, resume, memory_hash) = {
             let paused_at = guard.paused_at();
-            if full || self.first_commit {
-                // From here on, output is held until its epoch is acked.
+            if protect {
+                // From here on, output is held until its epoch commits.
                 self.devices.hold_outputs(true);
             }
             let buf = self.pool.1.try_recv().unwrap_or_default();
-            let (ep, h) = capture::capture_into(&guard, &mut self.ledger, full, self.seq + 1, buf)?;
+            let (ep, harvest) = capture::capture_into(&guard, &mut self.ledger, full, seq, buf)?;
+            // The epoch goes, in order, to every link; a link that fails to
+            // deliver it is dropped and its spare rejoins with a full live
+            // copy, so no one needs these dirty bits again.
+            self.ledger.commit(harvest);
+            if protect {
+                let joined = self.commit.lock().hold_from(seq);
+                self.unrecorded.retain(|n| !joined.contains(n));
+            }
             let hash = self
                 .cfg
                 .verify_memory
@@ -374,17 +315,17 @@ impl Replicator {
             } else {
                 drop(guard);
             }
-            (ep, h, paused_at.elapsed(), t.elapsed(), hash)
+            (ep, paused_at.elapsed(), t.elapsed(), hash)
         };
-        self.seq += 1;
-        let seq = self.seq;
+        self.seq = seq;
+        self.initial = false;
         let header = if full {
             Header::full(seq, vm.machine.fingerprint())
         } else {
             Header::incremental(seq, seq - 1, vm.machine.fingerprint())
         };
-        // Raw/wire bytes and the encode time are filled in from the sender
-        // thread's records (`merge_encoded`).
+        // Raw/wire bytes and the encode time are filled in from the
+        // encoder's records (`collect`).
         super::push_bounded(
             &mut self.stats.epochs,
             EpochFigures {
@@ -410,28 +351,24 @@ impl Replicator {
             pause_us = pause.as_micros() as u64,
             "epoch captured"
         );
-        let link = self.link.as_ref().expect("epoch without a link");
-        link.shared.track(seq);
         let released = self
             .devices
             .console()
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .released();
-        let last_ack_us = link
-            .shared
+        let last_ack_us = self
+            .stats
             .ack_latency
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .last()
             .map_or(0, |d| d.as_micros() as u64);
         let mut ep = ep;
         let (output_start, output) = std::mem::take(&mut ep.output);
         let pages = ep.pages.pages();
-        let out = Outgoing {
+        let job = EncodeJob {
             seq,
-            precopy: false,
-            body: Body::Epoch(header, Box::new(ep)),
+            header,
+            epoch: Box::new(ep),
             end: EpochEnd {
                 seq,
                 output_start,
@@ -445,136 +382,159 @@ impl Replicator {
                     last_ack_us,
                 },
                 memory_hash,
-                fence: self.fence_info.clone(),
+                fence: self.fence_base.clone(),
             },
+            reset_delta: std::mem::take(&mut self.reset_delta),
         };
-        self.pending.push_back((seq, harvest));
-        if link.tx.as_ref().is_none_or(|tx| tx.send(out).is_err()) {
-            link.shared.lose("sender thread gone".into());
-        }
-        self.need_full = false;
-        self.first_commit = false;
-        if full {
-            tracing::info!(
-                "protected: full state sent to shadow {} (epoch {seq})",
-                self.cfg.shadow
-            );
-            self.announced_unprotected = false;
+        if self
+            .encoder
+            .tx
+            .as_ref()
+            .is_none_or(|tx| tx.send(job).is_err())
+        {
+            for p in self.fanout.ports().iter() {
+                p.shared.lose("the encoder thread is gone".into());
+            }
         }
         Ok(kept)
     }
 
     /// Protects the VM before its guest runs a single instruction: connects
-    /// to the shadow (retrying up to `wait`), ships the parked VM's complete
-    /// state, and waits for the ack before letting the vCPUs go, so a kill
-    /// at any moment after the guest starts leaves a shadow that can resume
-    /// it. Without a shadow within `wait` the guest starts unprotected and
-    /// the replicator keeps retrying. Returns whether the VM is protected.
-    /// The vCPUs must be parked (`Vm::start_parked`).
+    /// to the spares (retrying up to `wait`), records them in the arbiter,
+    /// ships the parked VM's complete state and waits for their acks before
+    /// letting the vCPUs go, so a kill at any moment after the guest starts
+    /// leaves spares that can resume it. Without any spare within `wait`
+    /// the guest starts unprotected and the replicator keeps retrying.
+    /// Returns whether the VM is protected. The vCPUs must be parked
+    /// (`Vm::start_parked`).
     pub fn protect_before_start(&mut self, vm: &Vm, wait: Duration) -> Result<bool> {
         if let Some(f) = self.fence.as_mut() {
             self.cfg.term = f.start()?;
         }
         let deadline = Instant::now() + wait;
+        let mut last_err = String::new();
         loop {
-            match self.connect(vm) {
-                Ok(()) => break,
-                Err(e @ EngineError::Superseded(_)) => return Err(e),
-                Err(e) if Instant::now() >= deadline => {
-                    eprintln!(
-                        "hotspare: no shadow at {} within {wait:?} ({e}): the guest starts UNPROTECTED; retrying",
-                        self.cfg.shadow
-                    );
-                    self.announced_unprotected = true;
-                    self.next_connect = Instant::now() + self.cfg.retry;
-                    // Let the parked vCPUs go.
-                    drop(vm.pause()?);
-                    return Ok(false);
+            for i in 0..self.spares.len() {
+                if self.spares[i].link.is_some() {
+                    continue;
                 }
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                match self.dial_now(i).and_then(|c| self.join(vm, i, c, true)) {
+                    Ok(()) => {}
+                    Err(e @ EngineError::Superseded(_)) => return Err(e),
+                    Err(e) => last_err = e.to_string(),
+                }
+            }
+            let connected = self.spares.iter().filter(|s| s.link.is_some()).count();
+            if connected == self.spares.len() || Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let joined: Vec<String> = self
+            .spares
+            .iter()
+            .filter(|s| s.link.is_some() && s.spec.kind == Kind::Sync)
+            .map(|s| s.spec.addr.clone())
+            .collect();
+        if self.spares.iter().all(|s| s.link.is_none()) {
+            eprintln!(
+                "hotspare: no shadow at {} within {wait:?} ({last_err}): the guest starts UNPROTECTED; retrying",
+                self.names()
+            );
+            self.announced_unprotected = true;
+            // Let the parked vCPUs go.
+            drop(vm.pause()?);
+            return Ok(false);
+        }
+        // The synchronous spares are recorded before their first commit.
+        if !joined.is_empty() {
+            if let Some(f) = self.fence.as_mut() {
+                if !f.protect(&joined)? {
+                    return self.start_unprotected(vm, "the arbiter did not answer");
+                }
+                self.fence_base = f.fence_info()?;
             }
         }
         let t0 = Instant::now();
-        self.need_full = true;
+        self.initial = true;
         let guard = vm.pause()?;
-        let guard = self.epoch_with(vm, guard, true)?;
+        let guard = self.epoch_with(vm, guard, true, true)?;
         let seq = self.seq;
-        let acked = {
-            let link = self.link.as_ref().expect("connected above");
-            let until = Instant::now() + Duration::from_secs(60);
-            while link.shared.acked.load(Ordering::SeqCst) < seq
-                && !link.shared.lost.load(Ordering::SeqCst)
-                && Instant::now() < until
-            {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            link.shared.acked.load(Ordering::SeqCst) >= seq
+        let until = Instant::now() + Duration::from_secs(60);
+        let pending = || {
+            self.spares.iter().any(|s| {
+                s.link.as_ref().is_some_and(|l| {
+                    !l.shared.is_lost() && l.shared.acked.load(Ordering::SeqCst) < seq
+                })
+            })
         };
+        while pending() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         drop(guard);
         self.next_epoch = Instant::now() + self.policy.interval();
-        if !acked {
-            // Say why now: a short guest may end before the next tick would.
-            let why = self
-                .link
-                .as_ref()
-                .and_then(|l| {
-                    l.shared
-                        .reason
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .clone()
-                })
-                .unwrap_or_else(|| "no ack for the initial state".into());
-            eprintln!(
-                "hotspare: the shadow did not take the initial state ({why}): the guest starts UNPROTECTED"
-            );
-            self.drop_link(&why);
-            self.act(vm)?;
-        }
+        self.settle()?;
+        let acked = self.protected();
         if acked {
             let pages = self.stats.epochs.last().map_or(0, |e| e.pages);
             self.stats.protected_before_start = Some((t0.elapsed(), pages * PAGE_SIZE));
             eprintln!(
                 "hotspare: protected by shadow {} before the guest started (epoch {seq}, {:.1} ms)",
-                self.cfg.shadow,
+                self.commit.lock().members().join(", "),
                 t0.elapsed().as_secs_f64() * 1e3
             );
+        } else {
+            eprintln!(
+                "hotspare: no synchronous shadow took the initial state: the guest starts UNPROTECTED"
+            );
+            self.act(vm)?;
         }
         Ok(acked)
     }
 
-    /// Ends replication: releases held output and tells the shadow the guest stopped.
-    pub fn finish(&mut self) {
-        if let Some(mut link) = self.link.take() {
-            // Let in-flight epochs drain so their acks release their output.
-            let deadline = Instant::now() + Duration::from_millis(500);
-            while !link.shared.lost.load(Ordering::SeqCst)
-                && link.shared.acked.load(Ordering::SeqCst) < self.seq
-                && Instant::now() < deadline
-            {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            link.hb_goodbye.store(true, Ordering::SeqCst);
-            link.tx.take();
-            let deadline = Instant::now() + Duration::from_millis(200);
-            while !link.threads.iter().all(|t| t.is_finished()) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            link.hb_stop.store(true, Ordering::SeqCst);
-            for t in link.threads.drain(..) {
-                let _ = t.join();
-            }
-            self.collect(&link.shared);
+    /// Starts the parked guest unprotected, dropping the links made.
+    fn start_unprotected(&mut self, vm: &Vm, why: &str) -> Result<bool> {
+        for i in 0..self.spares.len() {
+            self.lose_spare(i, why);
         }
+        eprintln!("hotspare: {why}: the guest starts UNPROTECTED; retrying");
+        self.announced_unprotected = true;
+        drop(vm.pause()?);
+        Ok(false)
+    }
+
+    /// Ends replication: releases held output and tells the spares the guest stopped.
+    pub fn finish(&mut self) {
+        // Let in-flight epochs drain so their acks release their output.
+        let deadline = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < deadline {
+            let done = {
+                let set = self.commit.lock();
+                !set.protected() || set.committed().is_some_and(|c| c >= self.seq)
+            };
+            let lost = self
+                .spares
+                .iter()
+                .any(|s| s.link.as_ref().is_some_and(|l| l.shared.is_lost()));
+            if done || lost {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.encoder.tx.take();
+        if let Some(t) = self.encoder.thread.take() {
+            let _ = t.join();
+        }
+        self.goodbye_all();
         let Some(f) = self.fence.as_mut() else {
             self.devices.hold_outputs(false);
             return;
         };
         // Output still held (epochs not acked, bytes after the last seal)
         // is released only once no spare can take over from an older
-        // epoch: the arbiter must record this primary unprotected (if its
-        // shadow was lost) and then the VM stopped, in this primary's term.
-        // A goodbye alone is not enough: the link may be partitioned.
+        // epoch: the arbiter must drop lost spares (if any) and then record
+        // the VM stopped, in this primary's term. A goodbye alone is not
+        // enough: a link may be partitioned.
         if f.deciding() {
             if let a @ (FenceAction::Stop(_) | FenceAction::Continue | FenceAction::Pause) =
                 f.decide_now()
@@ -595,25 +555,17 @@ impl Replicator {
         }
     }
 
-    /// Acts, on the supervisor's thread, on what the fence said last.
+    /// Acts, on the supervisor's thread, on what the fence said.
     fn act(&mut self, vm: &Vm) -> Result<()> {
-        match self.fence_action.take() {
-            None | Some(FenceAction::Continue) | Some(FenceAction::Ask) => Ok(()),
-            Some(FenceAction::Release { .. }) => {
-                self.release_unprotected();
-                Ok(())
+        for a in std::mem::take(&mut self.fence_actions) {
+            match a {
+                FenceAction::Continue | FenceAction::Ask => {}
+                FenceAction::Release { dropped, .. } => self.apply_drop(&dropped),
+                FenceAction::Stop(why) => return Err(EngineError::Superseded(why)),
+                FenceAction::Pause => self.paused_for_arbiter(vm)?,
             }
-            Some(FenceAction::Stop(why)) => Err(EngineError::Superseded(why)),
-            Some(FenceAction::Pause) => self.paused_for_arbiter(vm),
         }
-    }
-
-    fn release_unprotected(&mut self) {
-        self.devices.hold_outputs(false);
-        eprintln!(
-            "hotspare: the arbiter recorded this primary (term {}) as UNPROTECTED: held output released; reconnecting to {}",
-            self.cfg.term, self.cfg.shadow
-        );
+        Ok(())
     }
 
     /// The hold bound passed without an answer from the arbiter: the guest
@@ -621,7 +573,7 @@ impl Replicator {
     fn paused_for_arbiter(&mut self, vm: &Vm) -> Result<()> {
         let guard = vm.pause()?;
         eprintln!(
-            "hotspare: guest PAUSED: the shadow is lost and the arbiter has not answered; output stays held; asking again every {} ms",
+            "hotspare: guest PAUSED: a spare is lost and the arbiter has not answered; output stays held; asking again every {} ms",
             super::fencing::FENCE_TICK_MS
         );
         let t0 = Instant::now();
@@ -634,13 +586,13 @@ impl Replicator {
                 return Ok(());
             };
             match f.step(FenceInput::Tick) {
-                FenceAction::Release { .. } => {
+                FenceAction::Release { dropped, .. } => {
                     drop(guard);
                     eprintln!(
                         "hotspare: the arbiter answered after the guest was paused for {:.1} s: guest resumed",
                         t0.elapsed().as_secs_f64()
                     );
-                    self.release_unprotected();
+                    self.apply_drop(&dropped);
                     return Ok(());
                 }
                 FenceAction::Stop(why) => return Err(EngineError::Superseded(why)),
@@ -653,9 +605,13 @@ impl Replicator {
 impl Periodic for Replicator {
     fn next_due(&self) -> Duration {
         let now = Instant::now();
-        if self.link.is_none() {
+        if !self.spares.iter().any(|s| s.link.is_some()) {
             return self
-                .next_connect
+                .spares
+                .iter()
+                .map(|s| s.next_dial)
+                .min()
+                .unwrap_or(now + Duration::from_secs(1))
                 .saturating_duration_since(now)
                 .min(Duration::from_millis(5));
         }
@@ -664,7 +620,7 @@ impl Periodic for Replicator {
         if let Some(at) = self.stall_poll {
             return at.saturating_duration_since(now);
         }
-        // Wake often enough to notice a lost shadow promptly.
+        // Wake often enough to notice a lost spare promptly.
         self.next_epoch
             .saturating_duration_since(now)
             .min(Duration::from_millis(5))
@@ -672,69 +628,48 @@ impl Periodic for Replicator {
 
     fn tick(&mut self, vm: &Vm) -> Result<()> {
         let res = self.tick_inner(vm);
-        // A disk error with a shadow to hand over to ends the primary, whatever
+        // A disk error with a spare to hand over to ends the primary, whatever
         // the epoch machinery was doing (a pause fails once the disk failed).
         if let Some(why) = vm.io_failover.failure() {
             return Err(EngineError::HandOver(why));
         }
-        let live = self
-            .link
-            .as_ref()
-            .is_some_and(|l| !l.shared.lost.load(Ordering::SeqCst));
-        vm.io_failover.set_enabled(self.shadow_committed && live);
+        let live = self.protected()
+            && self.spares.iter().all(|s| {
+                s.spec.kind == Kind::Async || s.link.as_ref().is_none_or(|l| !l.shared.is_lost())
+            });
+        vm.io_failover.set_enabled(live);
         res
     }
 }
 
 impl Replicator {
     fn tick_inner(&mut self, vm: &Vm) -> Result<()> {
-        if let Some(link) = &self.link {
-            if link.shared.lost.load(Ordering::SeqCst) {
-                let why = link
-                    .shared
-                    .reason
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone()
-                    .unwrap_or_default();
-                self.drop_link(&why);
-            }
-        }
+        self.settle()?;
         self.act(vm)?;
         if let Some(f) = self.fence.as_mut() {
             if f.deciding() {
-                self.fence_action = Some(f.step(FenceInput::Tick));
+                let a = f.step(FenceInput::Tick);
+                self.fence_actions.push(a);
                 self.act(vm)?;
                 if self.fence.as_ref().is_some_and(|f| f.deciding()) {
                     return Ok(());
                 }
             }
         }
-        self.settle_acks();
-        let now = Instant::now();
-        if self.link.is_none() {
-            if now < self.next_connect {
-                return Ok(());
-            }
-            if let Err(e) = self.connect(vm) {
-                if matches!(e, EngineError::Superseded(_)) {
-                    return Err(e);
-                }
-                if !self.announced_unprotected {
-                    tracing::error!(
-                        "no shadow at {} ({e}): the VM runs UNPROTECTED; retrying",
-                        self.cfg.shadow
-                    );
-                    self.announced_unprotected = true;
-                }
-                self.next_connect = now + self.cfg.retry;
-                return Ok(());
-            }
+        self.dial(vm)?;
+        if !self.spares.iter().any(|s| s.link.is_some()) {
+            return Ok(());
         }
+        let now = Instant::now();
         if now < self.next_epoch {
             return Ok(());
         }
-        if self.pending.len() >= self.cfg.max_outstanding {
+        let committed = {
+            let set = self.commit.lock();
+            set.protected().then(|| set.committed().unwrap_or(0))
+        };
+        if committed.is_some_and(|c| self.seq.saturating_sub(c) >= self.cfg.max_outstanding as u64)
+        {
             if self.stall_poll.is_none() {
                 self.stats.stalled_ticks += 1;
                 self.policy.on_stall();
@@ -753,22 +688,22 @@ impl Replicator {
         if self.next_epoch <= now {
             self.next_epoch = now + interval;
         }
-        let res = if self.need_full {
-            self.sync(vm)
-        } else {
-            self.epoch(vm)
-        };
-        if let Err(e) = res {
+        if let Err(e) = self.epoch(vm) {
             if vm.shared.stop_reason().is_some() {
                 return Ok(());
             }
             if let Some(why) = vm.io_failover.failure() {
-                // Keep the link as it is: dropping it would tell the shadow
-                // its committed state is stale, and it must take over.
+                // Keep the links as they are: dropping them would tell the
+                // spares their committed state is stale, and one must take over.
                 return Err(EngineError::HandOver(why));
             }
+            if matches!(e, EngineError::Superseded(_)) {
+                return Err(e);
+            }
             tracing::error!("epoch failed: {e}");
-            self.drop_link(&format!("epoch failed: {e}"));
+            for i in 0..self.spares.len() {
+                self.lose_spare(i, &format!("epoch failed: {e}"));
+            }
             self.act(vm)?;
         }
         Ok(())

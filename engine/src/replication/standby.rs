@@ -23,18 +23,14 @@ use crossbeam::channel::{self, Sender};
 use transport::{Channel, FrameKind, FramedConn, HandshakeParams, Listener, Psk, TransportError};
 
 use super::arbiter::Arbiter;
-use super::arbitration::mark_stopped;
-use super::fencing::{self, Outcome};
 use super::liveness::{StandbyDecision, StandbyFsm, StandbyInput, TICK};
 use super::wire::{self, Ack, EpochBegin, EpochEnd, FenceInfo, Heartbeat, Nack};
 use super::Timing;
 use crate::devices::virtio::block::{DiskImage, DiskSpec};
 use crate::error::{EngineError, Result};
 use crate::memory::Ram;
-use crate::runner;
 use crate::staged::StagedEpoch;
 use crate::store::EpochState;
-use crate::vcpu::StopReason;
 use crate::vm::{Vm, VmConfig};
 
 /// How the standby runs.
@@ -47,9 +43,13 @@ pub struct StandbyConfig {
     pub timing: Timing,
     /// Console after a takeover.
     pub console: Box<dyn std::io::Write + Send>,
-    /// After a takeover, protect the VM again with this standby (its `term`
-    /// is replaced by the new term).
-    pub reprotect: Option<super::primary::PrimaryConfig>,
+    /// The configuration this standby runs as a primary with after a
+    /// takeover (its `term` is replaced by the new term; the record's other
+    /// spares join its `shadows`). Without any spare it runs unprotected.
+    pub reprotect: super::primary::PrimaryConfig,
+    /// As an asynchronous spare, how long to let synchronous spares claim
+    /// the VM first.
+    pub async_grace: Duration,
     /// Cap on one epoch's staging, in bytes: the received container and,
     /// separately, its decoded pages (`None`: the guest's memory size plus
     /// 10% and 64 MiB, enough for any full epoch).
@@ -121,6 +121,8 @@ struct Shadow {
     arbiter_id: Option<String>,
     /// How the primary of the committed epoch is fenced.
     fence: Option<FenceInfo>,
+    /// When the last epoch was committed.
+    committed_at: Option<Instant>,
 }
 
 enum Event {
@@ -128,21 +130,9 @@ enum Event {
     Refused(String),
 }
 
-/// Everything a takeover needs besides the shadow.
-struct Takeover {
-    term: u64,
-    console: Box<dyn std::io::Write + Send>,
-    /// Last sign of life from the primary to the claim.
-    detection: Duration,
-    /// The claim to the arbiter's grant.
-    arbiter_time: Duration,
-    /// When the grant arrived.
-    decided: Instant,
-    reprotect: Option<super::primary::PrimaryConfig>,
-    arbiter: Option<Box<dyn Arbiter>>,
-    stats_json: Option<std::path::PathBuf>,
-    took_over: Arc<AtomicU64>,
-}
+#[path = "takeover.rs"]
+mod takeover;
+use takeover::{claim, take_over, Takeover};
 
 /// Runs the standby until it takes over and the guest stops (returns the
 /// guest's exit status), or until the primary's guest ends on its own.
@@ -153,6 +143,7 @@ pub fn run(cfg: StandbyConfig) -> Result<i32> {
         timing,
         console,
         reprotect,
+        async_grace,
         max_epoch_bytes,
         disks,
         disk_ack,
@@ -181,7 +172,9 @@ pub fn run(cfg: StandbyConfig) -> Result<i32> {
     let listener = Listener::bind(&listen).map_err(EngineError::Transport)?;
     eprintln!("hotspare: standby listening on {}", listener.local_addr());
     let shadow = Arc::new(Mutex::new(Shadow {
-        log_dirty: reprotect.is_some(),
+        // It replicates after a takeover (dirty logging costs nothing
+        // while the vCPUs do not run).
+        log_dirty: true,
         max_epoch: max_epoch_bytes,
         replicas,
         disk_ack,
@@ -219,8 +212,8 @@ pub fn run(cfg: StandbyConfig) -> Result<i32> {
         };
         let mut decision = fsm.step(input);
         while let StandbyDecision::Claim { term, seq } = decision {
-            claimed.get_or_insert_with(Instant::now);
-            let answer = claim(&shadow, &mut arbiter, term, seq);
+            let since = *claimed.get_or_insert_with(Instant::now);
+            let answer = claim(&shadow, &mut arbiter, term, seq, since, async_grace);
             decision = fsm.step(answer);
         }
         if !matches!(
@@ -280,196 +273,12 @@ pub fn run(cfg: StandbyConfig) -> Result<i32> {
                         arbiter,
                         stats_json,
                         took_over,
+                        last_heard: last_heard.clone(),
                     },
                 );
             }
         }
     }
-}
-
-/// Asks the arbiter for the VM in `term` (the primary of `term - 1` looks
-/// gone). Without an arbiter every claim is granted.
-fn claim(
-    shadow: &Arc<Mutex<Shadow>>,
-    arbiter: &mut Option<Box<dyn Arbiter>>,
-    term: u64,
-    seq: u64,
-) -> StandbyInput {
-    let Some(arb) = arbiter.as_deref_mut() else {
-        return StandbyInput::ClaimGranted;
-    };
-    let f = {
-        let sh = shadow.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(f) = sh.fence.clone() else {
-            eprintln!(
-                "hotspare: no fencing information with the committed epoch {seq}: not taking over"
-            );
-            return StandbyInput::ClaimRefused;
-        };
-        // Never win the record without a state to resume: the old primary
-        // would stop and nobody would run the VM.
-        if sh.state.is_none() || sh.vm.is_none() || sh.diverged.is_some() {
-            eprintln!("hotspare: this standby has no usable committed state: not claiming the VM");
-            return StandbyInput::ClaimRefused;
-        }
-        f
-    };
-    let Some(followed) = term.checked_sub(1) else {
-        return StandbyInput::ClaimRefused;
-    };
-    match fencing::transact(arb, &f.vm, |c| {
-        fencing::promote(c, followed, f.sync, &f.spare)
-    }) {
-        Ok(Outcome::Won(_)) => {
-            eprintln!(
-                "hotspare: the arbiter granted VM {:?} to this standby ({:?}) in term {term}",
-                f.vm, f.spare
-            );
-            StandbyInput::ClaimGranted
-        }
-        Ok(Outcome::Refused(r)) => {
-            eprintln!(
-                "hotspare: the arbiter refused the takeover of VM {:?}: {r}",
-                f.vm
-            );
-            StandbyInput::ClaimRefused
-        }
-        Err(e) => {
-            eprintln!("hotspare: primary silent but {e}: staying a shadow, asking again");
-            StandbyInput::ClaimUnanswered
-        }
-    }
-}
-
-fn take_over(shadow: &Arc<Mutex<Shadow>>, t: Takeover) -> Result<i32> {
-    let Takeover {
-        term,
-        console,
-        detection,
-        arbiter_time,
-        decided,
-        reprotect,
-        mut arbiter,
-        stats_json,
-        took_over,
-    } = t;
-    let mut sh = shadow.lock().unwrap_or_else(|e| e.into_inner());
-    sh.taken_over = true;
-    sh.term = term;
-    took_over.store(term, Ordering::SeqCst);
-    let fence = sh.fence.clone();
-    let state = sh
-        .state
-        .take()
-        .ok_or_else(|| EngineError::Config("takeover without a committed epoch".into()))?;
-    let seq = sh.seq;
-    let (out_start, out) = std::mem::take(&mut sh.output);
-    let reports = std::mem::take(&mut sh.reports);
-    if sh.verified > 0 || sh.diverged.is_some() {
-        eprintln!(
-            "hotspare: shadow memory matched the primary's at {} committed epochs{}",
-            sh.verified,
-            sh.diverged
-                .map(|s| format!("; DIVERGED first at epoch {s}"))
-                .unwrap_or_default()
-        );
-    }
-    if let Some(s) = sh.diverged {
-        return Err(EngineError::Config(format!(
-            "refusing to take over: shadow memory diverged at epoch {s}"
-        )));
-    }
-    let mut vm = sh
-        .vm
-        .take()
-        .ok_or_else(|| EngineError::Config("takeover without a prepared VM".into()))?;
-    drop(sh);
-    vm.restore_state(&state.vcpus, &state.vm)?;
-    vm.restore_devices(&state.devices)?;
-    vm.set_console(console, out_start);
-    if out_start + out.len() as u64 != state.console_pos {
-        return Err(EngineError::Config(format!(
-            "epoch {seq}: output ends at {} but the checkpoint's console is at {}",
-            out_start + out.len() as u64,
-            state.console_pos
-        )));
-    }
-    // Release the committed output the primary may not have released yet.
-    vm.console_gate()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .emit(&out);
-    let mut rep = reprotect.map(|mut cfg| {
-        cfg.term = term;
-        match (&mut cfg.fencing, &fence) {
-            (Some(fc), Some(f)) => {
-                // The record now names this standby (by the name its
-                // primary gave it) as the primary of `term`: it won it.
-                fc.vm = f.vm.clone();
-                fc.name = f.spare.clone();
-                fc.owned = true;
-            }
-            _ => cfg.fencing = None,
-        }
-        super::primary::Replicator::new(&vm, cfg)
-    });
-    vm.start()?;
-    let activation = decided.elapsed();
-    let running_at = std::time::SystemTime::now();
-    eprintln!(
-        "hotspare: standby TAKING OVER as primary of term {term} from epoch {seq}; console resumes at byte {out_start}; \
-         detection {:.1} ms, arbiter {:.2} ms, activation {:.2} ms",
-        detection.as_secs_f64() * 1e3,
-        arbiter_time.as_secs_f64() * 1e3,
-        activation.as_secs_f64() * 1e3
-    );
-    if let Some(path) = &stats_json {
-        let us = |d: Duration| d.as_micros() as u64;
-        let json = serde_json::json!({ "takeover": {
-            "term": term,
-            "seq": seq,
-            "console_resumes_at": out_start,
-            "detection_us": us(detection),
-            "arbiter_us": us(arbiter_time),
-            "activation_us": us(activation),
-            "running_at_unix_ns": running_at
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64),
-        }});
-        if let Err(e) = std::fs::write(path, json.to_string()) {
-            eprintln!("hotspare: writing {}: {e}", path.display());
-        }
-    }
-    eprintln!("hotspare: {}", report(&reports));
-    let reason = match rep.as_mut() {
-        Some(r) => {
-            eprintln!("hotspare: the new primary re-protects itself (term {term})");
-            let res = runner::supervise(&mut vm, Some(r as &mut dyn runner::Periodic));
-            if let Err(e @ (EngineError::Superseded(_) | EngineError::HandOver(_))) = res {
-                // Superseded: another copy owns the VM; a failed disk: the
-                // spare takes over. Either way no goodbye and no release of
-                // held output (the caller exits 76 or 75).
-                return Err(e);
-            }
-            r.finish();
-            res?
-        }
-        None => {
-            tracing::warn!("the new primary runs UNPROTECTED (no spare configured)");
-            let reason = runner::supervise(&mut vm, None)?;
-            if let (Some(arb), Some(f)) = (arbiter.as_deref_mut(), &fence) {
-                // The guest ended here: the VM may be started again.
-                mark_stopped(arb, &f.vm, term, &f.spare, Duration::ZERO);
-            }
-            reason
-        }
-    };
-    if let StopReason::Error(e) = &reason {
-        return Err(EngineError::Vcpu(format!(
-            "guest stopped on an error after takeover: {e}"
-        )));
-    }
-    Ok(reason.exit_code())
 }
 
 fn accept_loop(
@@ -895,6 +704,7 @@ fn commit(
         }
     }
     sh.state = Some(state);
+    sh.committed_at = Some(Instant::now());
     sh.fence = end.fence.clone();
     sh.seq = end.seq;
     sh.memory_seq = Some(end.seq);
@@ -948,38 +758,4 @@ fn check_replicas(
         }
     }
     Ok(())
-}
-
-/// The replication summary as the shadow saw it.
-fn report(r: &[(wire::EpochReport, u64)]) -> String {
-    let us = |v: u64| Duration::from_micros(v);
-    let mut pauses: Vec<Duration> = r
-        .iter()
-        .filter(|e| !e.0.full)
-        .map(|e| us(e.0.pause_us))
-        .collect();
-    let mut acks: Vec<Duration> = r
-        .iter()
-        .filter(|e| e.0.last_ack_us > 0)
-        .map(|e| us(e.0.last_ack_us))
-        .collect();
-    let pct = super::primary::percentile;
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    let pages: u64 = r.iter().map(|e| e.0.pages).sum();
-    let raw: u64 = r.iter().map(|e| e.0.raw_bytes).sum();
-    let wire: u64 = r.iter().map(|e| e.1).sum();
-    format!(
-        "replication summary: {} epochs committed ({} full); incremental pause p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms; \
-         {} dirty pages; {} bytes raw, {} bytes on the wire; ack latency p50 {:.2} ms, p99 {:.2} ms",
-        r.len(),
-        r.iter().filter(|e| e.0.full).count(),
-        ms(pct(&mut pauses, 0.5)),
-        ms(pct(&mut pauses, 0.99)),
-        ms(pauses.iter().copied().max().unwrap_or_default()),
-        pages,
-        raw,
-        wire,
-        ms(pct(&mut acks, 0.5)),
-        ms(pct(&mut acks, 0.99)),
-    )
 }

@@ -47,7 +47,10 @@ pub struct ReplicationStats {
     pub stalled_ticks: u64,
     /// Times the shadow was lost.
     pub shadow_losses: u64,
-    /// Initial syncs: (pre-copy rounds, bytes copied while running, seconds).
+    /// The asynchronous spare's lag when last seen: (epochs, age of its
+    /// oldest unacknowledged epoch).
+    pub async_lag: Option<(u64, Duration)>,
+    /// Live copies to joining spares: (rounds, bytes copied while running, seconds).
     pub syncs: Vec<(u32, u64, f64)>,
     /// Protection before the guest started: (time to the ack, page bytes sent).
     pub protected_before_start: Option<(Duration, u64)>,
@@ -78,7 +81,7 @@ pub fn summary(s: &ReplicationStats) -> String {
     format!(
         "replication summary: {} epochs ({} full), incremental pause p50 {:.3} ms p99 {:.3} ms max {:.3} ms, \
          {} dirty pages, {} bytes raw -> {} on the wire, ack latency p50 {:.2} ms p99 {:.2} ms, \
-         {} ticks stalled, shadow lost {} times",
+         {} ticks stalled, shadow lost {} times{}",
         s.epochs.len(),
         s.epochs.iter().filter(|e| e.full).count(),
         ms(percentile(&mut pauses, 0.5)),
@@ -90,7 +93,10 @@ pub fn summary(s: &ReplicationStats) -> String {
         ms(percentile(&mut acks, 0.5)),
         ms(percentile(&mut acks, 0.99)),
         s.stalled_ticks,
-        s.shadow_losses
+        s.shadow_losses,
+        s.async_lag
+            .map(|(n, d)| format!(", asynchronous spare {n} epochs ({:.1} ms) behind", ms(d)))
+            .unwrap_or_default()
     )
 }
 
@@ -111,6 +117,9 @@ pub fn stats_json(
         "engine_cpu_s": process.saturating_sub(vcpu_cpu).as_secs_f64(),
         "stalled_ticks": s.stalled_ticks,
         "shadow_losses": s.shadow_losses,
+        "async_lag": s.async_lag.map(|(n, d)| serde_json::json!({
+            "epochs": n, "ms": d.as_secs_f64() * 1e3
+        })),
         "protected_before_start": s.protected_before_start.map(|(d, bytes)| serde_json::json!({
             "ms": d.as_secs_f64() * 1e3, "bytes": bytes
         })),

@@ -59,8 +59,15 @@ pub struct FenceInfo {
     pub arbiter: String,
     /// The protection's generation this epoch belongs to.
     pub sync: u64,
-    /// The shadow's name in the record's spares.
+    /// The receiving shadow's name in the record.
     pub spare: String,
+    /// The receiving shadow is an asynchronous (distant) spare.
+    pub async_spare: bool,
+    /// The synchronous spares the record names (a winner re-protects
+    /// itself with the others).
+    pub peers: Vec<String>,
+    /// The asynchronous spares the record names.
+    pub async_peers: Vec<String>,
 }
 
 /// BLAKE3 of all guest memory, region by region, then of every disk's

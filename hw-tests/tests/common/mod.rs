@@ -482,6 +482,29 @@ impl Proc {
         }
     }
 
+    /// How many stderr lines so far contain `needle`.
+    pub fn count_lines(&self, needle: &str) -> usize {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Waits up to `t` for `n` stderr lines containing `needle`.
+    pub fn wait_count(&mut self, needle: &str, n: usize, t: Duration) -> bool {
+        let end = Instant::now() + t;
+        while self.count_lines(needle) < n {
+            if Instant::now() > end || self.child.try_wait().expect("try_wait").is_some() {
+                std::thread::sleep(Duration::from_millis(20));
+                return self.count_lines(needle) >= n;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        true
+    }
+
     /// Waits for exit up to `t` (then kills and panics).
     pub fn wait(&mut self, t: Duration, what: &str) -> std::process::ExitStatus {
         if !wait_for(&mut self.child, t) {

@@ -231,6 +231,7 @@ mod tests {
             term: 1,
             primary: "p".into(),
             spares: vec![],
+            async_spares: vec![],
             protected: false,
             sync: 0,
             stopped: false,

@@ -206,6 +206,7 @@ mod tests {
             term,
             primary: who.into(),
             spares: vec![],
+            async_spares: vec![],
             protected: false,
             sync: 0,
             stopped: false,

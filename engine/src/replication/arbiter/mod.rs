@@ -34,6 +34,10 @@ pub struct Record {
     /// The synchronous spares that hold the primary's committed state and
     /// may take over (by name: the address the primary streams to).
     pub spares: Vec<String>,
+    /// The asynchronous (distant) spares: they never held output back and
+    /// may take over only when no synchronous spare did.
+    #[serde(default)]
+    pub async_spares: Vec<String>,
     /// The spares protect the primary. False while the primary runs
     /// unprotected (it released output no spare holds): no spare may take over.
     pub protected: bool,
@@ -180,6 +184,7 @@ mod tests {
             term: 3,
             primary: "a:1".into(),
             spares: vec!["b:2".into()],
+            async_spares: vec![],
             protected: true,
             sync: 2,
             stopped: false,

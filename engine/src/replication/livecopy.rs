@@ -1,0 +1,228 @@
+//! A joining spare's live copy: every page and disk block ever written,
+//! read from the running guest and sent as pre-copy containers, before the
+//! spare receives the epochs after its join point (`docs/spares.md`).
+//!
+//! The containers are all of kind Full with the join point's sequence
+//! number: each carries a part of memory (the first also the zero markers),
+//! and the spare applies them without committing anything. Its first
+//! commit is the first epoch after the join point, an increment on top of
+//! the copy. A page written while it is copied is dirty in a later epoch.
+//! Runs on the link's sender thread, so the primary keeps taking epochs for
+//! the other spares meanwhile.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use checkpoint::fingerprint::MachineConfig;
+use checkpoint::format::Header;
+use checkpoint::pages::{Compression, MemoryEncoder};
+use transport::{FrameKind, TransportError};
+
+use super::wire::{self, EpochBegin, EpochEnd};
+use crate::capture::PrecopyRound;
+use crate::devices::virtio::block::disk::{DiskImage, BLOCK};
+use crate::error::{EngineError, Result};
+use crate::memory::{Ram, PAGE_SIZE};
+use crate::store;
+
+/// A sync round is sent in pre-copy containers of at most this many pages
+/// (4 MiB), so sending and applying overlap with reading and encoding.
+const SYNC_CHUNK_PAGES: u64 = 1024;
+
+/// Splits page runs `(gpa, pages)` into chunks of at most
+/// [`SYNC_CHUNK_PAGES`] pages, in order (a long run is cut across chunks).
+fn sync_chunks(runs: &[(u64, u64)]) -> Vec<Vec<(u64, u64)>> {
+    let mut chunks = Vec::new();
+    let (mut chunk, mut in_chunk) = (Vec::new(), 0u64);
+    for &(gpa, np) in runs {
+        let mut done = 0;
+        while done < np {
+            let k = (np - done).min(SYNC_CHUNK_PAGES - in_chunk);
+            chunk.push((gpa + done * PAGE_SIZE, k));
+            (done, in_chunk) = (done + k, in_chunk + k);
+            if in_chunk == SYNC_CHUNK_PAGES {
+                chunks.push(std::mem::take(&mut chunk));
+                in_chunk = 0;
+            }
+        }
+    }
+    if !chunk.is_empty() {
+        chunks.push(chunk);
+    }
+    chunks
+}
+
+/// The runs of `chunk` ((address, pages of 4 KiB)) as slices of `data`,
+/// which holds their bytes back to back.
+fn runs_in<'a>(
+    chunk: &'a [(u64, u64)],
+    data: &'a [u8],
+) -> impl Iterator<Item = (u64, &'a [u8])> + 'a {
+    let mut at = 0usize;
+    chunk.iter().map(move |&(addr, n)| {
+        let len = (n * PAGE_SIZE) as usize;
+        let s = &data[at..at + len];
+        at += len;
+        (addr, s)
+    })
+}
+
+/// What a joining spare's sender copies before it forwards epochs.
+pub(super) struct LiveCopy {
+    /// The join point: the copy is labelled with it, epochs after it follow.
+    pub seq: u64,
+    pub plan: PrecopyRound,
+    pub ram: Arc<Ram>,
+    pub disks: Vec<Arc<DiskImage>>,
+    pub machine: MachineConfig,
+    pub compression: Compression,
+    /// The end frame every container of the copy carries (no output).
+    pub end: EpochEnd,
+}
+
+/// What a live copy cost.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct CopyFigures {
+    /// Pages and disk blocks read.
+    pub units: u64,
+    /// Container bytes sent.
+    pub wire_bytes: u64,
+    pub secs: f64,
+}
+
+impl LiveCopy {
+    /// Reads, encodes and sends the copy on `conn`. `sent` is told each
+    /// container's sequence number before it is sent (for ack latencies).
+    pub(super) fn send(
+        &self,
+        conn: &mut transport::Sender,
+        term: u64,
+        sent: &dyn Fn(u64),
+    ) -> Result<CopyFigures> {
+        let t0 = Instant::now();
+        let mut enc = MemoryEncoder::new(self.compression)?;
+        enc.set_batching(true);
+        let mut bufs = store::EncodeBuffers::default();
+        let mut scratch = Vec::new();
+        let header = Header::full(self.seq, self.machine.fingerprint());
+        let mut figures = CopyFigures::default();
+        let mut chunks = sync_chunks(&self.plan.runs);
+        if chunks.is_empty() {
+            // The first container always goes: it starts the spare's memory
+            // (zero markers, the configuration).
+            chunks.push(Vec::new());
+        }
+        for (i, chunk) in chunks.iter().enumerate() {
+            scratch.clear();
+            for &(gpa, np) in chunk {
+                let len = np * PAGE_SIZE;
+                let (r, off) = self.ram.span(gpa, len).ok_or_else(|| {
+                    EngineError::Memory(format!("pages at {gpa:#x} outside guest memory"))
+                })?;
+                scratch.extend_from_slice(&r.as_slice()[off as usize..(off + len) as usize]);
+            }
+            let zero = if i == 0 {
+                &self.plan.zero_runs[..]
+            } else {
+                &[]
+            };
+            let c = store::encode_memory_only(
+                &header,
+                &self.machine,
+                zero,
+                runs_in(chunk, &scratch),
+                &mut enc,
+                &mut bufs,
+            )?;
+            figures.units += chunk.iter().map(|r| r.1).sum::<u64>();
+            figures.wire_bytes += c.len() as u64;
+            self.ship(conn, term, &c, sent)?;
+            bufs.container = c;
+        }
+        for (d, (disk, round)) in self.disks.iter().zip(&self.plan.disks).enumerate() {
+            let mut chunks = sync_chunks(&round.runs);
+            if chunks.is_empty() && !round.zero_runs.is_empty() {
+                chunks.push(Vec::new());
+            }
+            for (j, chunk) in chunks.iter().enumerate() {
+                scratch.clear();
+                for &(off, n) in chunk {
+                    disk.read_blocks(off / BLOCK, n, &mut scratch)
+                        .map_err(EngineError::io(format!(
+                            "reading {} for a spare's live copy",
+                            disk.path.display()
+                        )))?;
+                }
+                let zero = if j == 0 { &round.zero_runs[..] } else { &[] };
+                let c = store::encode_disk_only(
+                    &header,
+                    &self.machine,
+                    d as u32,
+                    zero,
+                    runs_in(chunk, &scratch),
+                    self.compression,
+                    &mut bufs,
+                )?;
+                figures.units += chunk.iter().map(|r| r.1).sum::<u64>();
+                figures.wire_bytes += c.len() as u64;
+                self.ship(conn, term, &c, sent)?;
+                bufs.container = c;
+            }
+        }
+        figures.secs = t0.elapsed().as_secs_f64();
+        Ok(figures)
+    }
+
+    fn ship(
+        &self,
+        conn: &mut transport::Sender,
+        term: u64,
+        container: &[u8],
+        sent: &dyn Fn(u64),
+    ) -> Result<()> {
+        sent(self.seq);
+        let res = (|| -> std::result::Result<(), TransportError> {
+            let begin = EpochBegin {
+                seq: self.seq,
+                len: container.len() as u64,
+                precopy: true,
+            };
+            conn.send(FrameKind::EpochBegin, term, &wire::encode(&begin))?;
+            for chunk in container.chunks(wire::CHUNK) {
+                conn.send(FrameKind::EpochData, term, chunk)?;
+            }
+            conn.send(FrameKind::EpochEnd, term, &wire::encode(&self.end))
+        })();
+        res.map_err(EngineError::Transport)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sync_chunks_cover_every_page_once_in_order_within_the_bound() {
+        let p = PAGE_SIZE;
+        let runs = [(0, 10), (100 * p, 2000), (5000 * p, 1), (9000 * p, 1024)];
+        let chunks = sync_chunks(&runs);
+        assert!(chunks
+            .iter()
+            .all(|c| c.iter().map(|r| r.1).sum::<u64>() <= SYNC_CHUNK_PAGES));
+        // Every chunk but the last is full.
+        for c in &chunks[..chunks.len() - 1] {
+            assert_eq!(c.iter().map(|r| r.1).sum::<u64>(), SYNC_CHUNK_PAGES);
+        }
+        let pages: Vec<u64> = chunks
+            .iter()
+            .flatten()
+            .flat_map(|&(gpa, n)| (0..n).map(move |i| gpa / p + i))
+            .collect();
+        let want: Vec<u64> = runs
+            .iter()
+            .flat_map(|&(gpa, n)| (0..n).map(move |i| gpa / p + i))
+            .collect();
+        assert_eq!(pages, want);
+        assert!(sync_chunks(&[]).is_empty());
+    }
+}

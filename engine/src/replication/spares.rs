@@ -1,0 +1,563 @@
+//! The primary's spares: dialing them (in the background, so a dead spare
+//! never stalls the epochs of the others), joining them (a live copy, then
+//! the epochs after the join point), recording them in the arbiter, and
+//! losing them. A child module of `primary`, so it works on the
+//! replicator's own fields. Design: `docs/spares.md`.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam::channel;
+use transport::{Channel, FramedConn, HandshakeParams, Psk, TransportError};
+
+use super::super::commit::Kind;
+use super::super::fencing::{FenceAction, FenceInput};
+use super::super::link::{self, Link, LinkShared, Port};
+use super::super::livecopy::LiveCopy;
+use super::super::wire::{self, EpochEnd};
+use super::{Replicator, ShadowSpec};
+use crate::capture;
+use crate::error::{EngineError, Result};
+use crate::memory::PAGE_SIZE;
+use crate::vm::Vm;
+
+/// A synchronous spare's queue bound (its in-flight epochs are bounded by
+/// the commit; this only bounds a joiner still sending its live copy).
+const SYNC_MAX_QUEUED: u64 = 1 << 30;
+
+/// Epochs a link's inbox holds at most.
+const LINK_QUEUE: usize = 4096;
+
+/// Both connections to a spare (heartbeat, stream).
+type Conns = (FramedConn, FramedConn);
+
+/// One configured spare.
+pub(super) struct Spare {
+    pub spec: ShadowSpec,
+    pub link: Option<Link>,
+    /// A background connection attempt.
+    dialing: Option<channel::Receiver<std::result::Result<Conns, TransportError>>>,
+    pub next_dial: Instant,
+    announced: bool,
+    /// An asynchronous spare the record names.
+    async_recorded: bool,
+    /// Its join point (the live copy's label).
+    from: u64,
+}
+
+impl Spare {
+    pub fn new(spec: ShadowSpec) -> Spare {
+        Spare {
+            spec,
+            link: None,
+            dialing: None,
+            next_dial: Instant::now(),
+            announced: false,
+            async_recorded: false,
+            from: 0,
+        }
+    }
+}
+
+/// Opens both connections to `addr` (blocking, 500 ms per attempt).
+fn connect(
+    addr: &str,
+    psk: &Psk,
+    fp: [u8; 32],
+    term: u64,
+) -> std::result::Result<Conns, TransportError> {
+    let params = |channel| HandshakeParams {
+        psk,
+        protocol_version: transport::PROTOCOL_VERSION,
+        fingerprint: Some(fp),
+        channel,
+        term,
+        any_channel: false,
+    };
+    let timeout = Duration::from_millis(500);
+    let (hb, _) = FramedConn::connect(addr, &params(Channel::Heartbeat), timeout)?;
+    let (stream, _) = FramedConn::connect(addr, &params(Channel::Stream), timeout)?;
+    Ok((hb, stream))
+}
+
+fn kind_name(k: Kind) -> &'static str {
+    match k {
+        Kind::Sync => "synchronous",
+        Kind::Async => "asynchronous",
+    }
+}
+
+impl Replicator {
+    /// Connects to spare `i` now, on this thread.
+    pub(super) fn dial_now(&mut self, i: usize) -> Result<Conns> {
+        let fp = *self.fingerprint.as_bytes();
+        connect(&self.spares[i].spec.addr, &self.psk, fp, self.cfg.term)
+            .map_err(EngineError::Transport)
+    }
+
+    /// Starts or completes background connections to the spares without a
+    /// link; joins those that answered.
+    pub(super) fn dial(&mut self, vm: &Vm) -> Result<()> {
+        let now = Instant::now();
+        for i in 0..self.spares.len() {
+            if self.spares[i].link.is_some() {
+                continue;
+            }
+            let res = match &self.spares[i].dialing {
+                None if now >= self.spares[i].next_dial => {
+                    let (tx, rx) = channel::bounded(1);
+                    let (addr, psk) = (self.spares[i].spec.addr.clone(), self.psk.clone());
+                    let (fp, term) = (*self.fingerprint.as_bytes(), self.cfg.term);
+                    link::spawn("hs-dial", move || {
+                        let _ = tx.send(connect(&addr, &psk, fp, term));
+                    })?;
+                    self.spares[i].dialing = Some(rx);
+                    continue;
+                }
+                None => continue,
+                Some(rx) => match rx.try_recv() {
+                    Ok(r) => r.map_err(EngineError::Transport),
+                    Err(channel::TryRecvError::Empty) => continue,
+                    Err(channel::TryRecvError::Disconnected) => {
+                        Err(EngineError::Config("the dialing thread ended".into()))
+                    }
+                },
+            };
+            self.spares[i].dialing = None;
+            let res = res.and_then(|c| self.join(vm, i, c, false));
+            if let Err(e) = res {
+                if matches!(e, EngineError::Superseded(_)) {
+                    return Err(e);
+                }
+                let s = &mut self.spares[i];
+                if !s.announced {
+                    let state = if self.commit.lock().protected() {
+                        "the VM stays protected by the others"
+                    } else {
+                        "the VM runs UNPROTECTED"
+                    };
+                    tracing::error!("no shadow at {} ({e}): {state}; retrying", s.spec.addr);
+                    s.announced = true;
+                }
+                s.next_dial = now + self.cfg.retry;
+            }
+        }
+        Ok(())
+    }
+
+    /// Joins spare `i` on connections `c`. `initial`: the parked start,
+    /// whose first (full) epoch is the spare's whole state; otherwise the
+    /// spare gets a live copy labelled with the last epoch, then the
+    /// epochs after it.
+    pub(super) fn join(&mut self, vm: &Vm, i: usize, c: Conns, initial: bool) -> Result<()> {
+        let (hb, stream) = c;
+        let spec = self.spares[i].spec.clone();
+        if let Some(f) = self.fence.as_mut() {
+            match f.fence_info()? {
+                Some(b) => self.fence_base = Some(b),
+                None => {
+                    return Err(EngineError::Config(format!(
+                        "the arbiter {} did not answer: not syncing the shadow yet",
+                        f.describe()
+                    )))
+                }
+            }
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let protected = self.commit.lock().protected();
+        let (from, copy, commit_from) = if initial {
+            (0, None, 0)
+        } else {
+            if self.seq == 0 {
+                // Nothing was ever sent: the copy needs a label other than 0.
+                self.seq = 1;
+            }
+            let e = self.seq;
+            let pos = vm.console_position();
+            let mut fence = self.fence_base.clone();
+            if let Some(f) = fence.as_mut() {
+                f.spare = spec.addr.clone();
+                f.async_spare = spec.kind == Kind::Async;
+            }
+            let copy = LiveCopy {
+                seq: e,
+                plan: capture::live_copy_plan(vm)?,
+                ram: vm.ram.clone(),
+                disks: vm.disks.clone(),
+                machine: vm.machine.clone(),
+                compression: self.cfg.compression,
+                end: EpochEnd {
+                    seq: e,
+                    output_start: pos,
+                    output: Vec::new(),
+                    released: pos,
+                    figures: wire::EpochReport::default(),
+                    memory_hash: None,
+                    fence,
+                },
+            };
+            // A synchronous joiner of an unprotected VM commits nothing
+            // before the epoch that starts protection (`begin_protection`).
+            let commit_from = if spec.kind == Kind::Async || protected {
+                e + 1
+            } else {
+                u64::MAX
+            };
+            (e, Some(copy), commit_from)
+        };
+        let shared = Arc::new(LinkShared {
+            id,
+            name: spec.addr.clone(),
+            kind: spec.kind,
+            lost: AtomicBool::new(false),
+            acked: AtomicU64::new(0),
+            inflight: Mutex::new(VecDeque::new()),
+            ack_latency: Mutex::new(Vec::new()),
+            commit: self.commit.clone(),
+            io_failover: self.io_failover.clone(),
+            reason: Mutex::new(None),
+            superseded: AtomicU64::new(0),
+            joined: AtomicBool::new(false),
+            commit_from: AtomicU64::new(commit_from),
+            queued: AtomicU64::new(0),
+            copy: Mutex::new(None),
+        });
+        let (tx, rx) = channel::bounded(LINK_QUEUE);
+        let (send_half, recv_half) = stream.split();
+        // A spare that stops reading (host gone without a reset) must not
+        // block its sender, and with it a link teardown, for TCP's retry
+        // time: a send that waits this long fails and loses the link.
+        send_half
+            .set_write_timeout(Some(
+                (self.cfg.timing.timeout * 4).max(Duration::from_secs(1)),
+            ))
+            .map_err(EngineError::Transport)?;
+        recv_half
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .map_err(EngineError::Transport)?;
+        self.commit.lock().add(id, &spec.addr, spec.kind, from);
+        let term = self.cfg.term;
+        let mut threads = Vec::new();
+        let s = shared.clone();
+        threads.push(link::spawn("hs-send", move || {
+            link::sender(send_half, rx, term, s, copy)
+        })?);
+        let s = shared.clone();
+        threads.push(link::spawn("hs-ack", move || link::acker(recv_half, s))?);
+        let hb_stop = Arc::new(AtomicBool::new(false));
+        let hb_goodbye = Arc::new(AtomicBool::new(false));
+        let hb_protected = Arc::new(AtomicBool::new(true));
+        let (s, stop, bye, prot, timing) = (
+            shared.clone(),
+            hb_stop.clone(),
+            hb_goodbye.clone(),
+            hb_protected.clone(),
+            self.cfg.timing,
+        );
+        threads.push(link::spawn("hs-heartbeat", move || {
+            link::heartbeat(hb, term, timing, s, stop, bye, prot)
+        })?);
+        self.fanout.ports().push(Port {
+            shared: shared.clone(),
+            tx,
+            from,
+            max_queued: match spec.kind {
+                Kind::Sync => SYNC_MAX_QUEUED,
+                Kind::Async => self.cfg.async_max_queued,
+            },
+        });
+        // The joiner's base is its copy, not what the delta cache holds.
+        self.reset_delta = true;
+        let s = &mut self.spares[i];
+        s.link = Some(Link {
+            shared,
+            threads,
+            hb_stop,
+            hb_goodbye,
+            hb_protected,
+        });
+        s.announced = false;
+        s.from = from;
+        if !initial {
+            eprintln!(
+                "hotspare: {} spare {} connected: live copy at epoch {from}, then every epoch after it",
+                kind_name(spec.kind),
+                spec.addr
+            );
+        }
+        Ok(())
+    }
+
+    /// Unprotected with a synchronous joiner past its live copy: records the
+    /// ready joiners in the arbiter before epoch `seq`, their first commit.
+    /// Returns whether output is to be held from the capture of `seq`.
+    pub(super) fn begin_protection(&mut self, seq: u64) -> Result<bool> {
+        let (ready, joiners) = {
+            let set = self.commit.lock();
+            if !set.ready_to_protect() {
+                return Ok(false);
+            }
+            (set.ready(), set.sync_joiners())
+        };
+        if let Some(f) = self.fence.as_mut() {
+            if Instant::now() < self.next_record {
+                return Ok(false);
+            }
+            if !f.protect(&ready)? {
+                self.next_record = Instant::now() + Duration::from_millis(200);
+                return Ok(false);
+            }
+            self.fence_base = f.fence_info()?;
+        }
+        for s in &self.spares {
+            if let Some(l) = &s.link {
+                if joiners.contains(&l.shared.id) {
+                    l.shared.commit_from.store(seq, Ordering::SeqCst);
+                }
+            }
+        }
+        eprintln!(
+            "hotspare: protecting the VM again with {ready:?} from epoch {seq}: output held from here on"
+        );
+        Ok(true)
+    }
+
+    /// Tears spare `i`'s link down. A lost member holds output until the
+    /// arbiter drops it (or at once without an arbiter); a joiner or an
+    /// asynchronous spare just goes. It is dialled again after `retry`.
+    pub(super) fn lose_spare(&mut self, i: usize, why: &str) {
+        self.stall_poll = None;
+        let Some(mut link) = self.spares[i].link.take() else {
+            return;
+        };
+        let (id, name, kind) = (link.shared.id, link.shared.name.clone(), link.shared.kind);
+        let superseded_by = link.shared.superseded.load(Ordering::SeqCst);
+        // Tell the spare its state is stale before closing, so the close
+        // does not make it take over.
+        link.hb_protected.store(false, Ordering::SeqCst);
+        link.shared.lose(why.to_string());
+        self.fanout.ports().retain(|p| p.shared.id != id);
+        link.hb_stop.store(true, Ordering::SeqCst);
+        for t in link.threads.drain(..) {
+            let _ = t.join();
+        }
+        self.collect_link(&link.shared);
+        self.stats.shadow_losses += 1;
+        self.spares[i].next_dial = Instant::now() + self.cfg.retry;
+        self.unrecorded.retain(|n| n != &name);
+        let member = self.commit.lock().lost(id);
+        if superseded_by > self.cfg.term {
+            // A spare says it took over: no question to the arbiter.
+            let a = match self.fence.as_mut() {
+                Some(f) => f.step(FenceInput::SupersededBy(superseded_by)),
+                None => FenceAction::Stop(format!(
+                    "the shadow took the VM over in term {superseded_by}"
+                )),
+            };
+            self.fence_actions.push(a);
+            return;
+        }
+        if kind == Kind::Async {
+            eprintln!(
+                "hotspare: asynchronous spare {name} lost ({why}); it rejoins with a fresh live copy"
+            );
+            if std::mem::take(&mut self.spares[i].async_recorded) {
+                self.async_drop.push(name);
+            }
+            return;
+        }
+        let Some(member) = member else {
+            tracing::warn!("spare {name} lost while joining ({why}); retrying");
+            return;
+        };
+        match self.fence.as_mut() {
+            Some(f) => {
+                eprintln!(
+                    "hotspare: SHADOW LOST ({name}: {why}): output HELD while the arbiter {} decides",
+                    f.describe()
+                );
+                let a = f.step(FenceInput::SpareLost(member));
+                self.fence_actions.push(a);
+            }
+            None => {
+                tracing::error!("SHADOW LOST ({name}: {why})");
+                self.apply_drop(&[member]);
+            }
+        }
+        self.announced_unprotected = true;
+    }
+
+    /// Notices lost links, new members and asynchronous spares to record;
+    /// records them; gathers figures.
+    pub(super) fn settle(&mut self) -> Result<()> {
+        for i in 0..self.spares.len() {
+            let lost = self.spares[i]
+                .link
+                .as_ref()
+                .filter(|l| l.shared.is_lost())
+                .map(|l| l.shared.why());
+            if let Some(why) = lost {
+                self.lose_spare(i, &why);
+            }
+        }
+        for s in &mut self.spares {
+            let Some(l) = &s.link else {
+                continue;
+            };
+            if l.shared.joined.swap(false, Ordering::SeqCst)
+                && !self.unrecorded.contains(&l.shared.name)
+            {
+                self.unrecorded.push(l.shared.name.clone());
+            }
+            if s.spec.kind == Kind::Async
+                && !s.async_recorded
+                && l.shared.acked.load(Ordering::SeqCst) > s.from
+            {
+                s.async_recorded = true;
+                self.async_drop.retain(|n| n != &s.spec.addr);
+                self.async_add.push(s.spec.addr.clone());
+            }
+        }
+        self.collect();
+        self.record()
+    }
+
+    /// Writes pending membership changes to the arbiter.
+    fn record(&mut self) -> Result<()> {
+        if self.unrecorded.is_empty() && self.async_add.is_empty() && self.async_drop.is_empty() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        if now < self.next_record {
+            return Ok(());
+        }
+        let Some(f) = self.fence.as_mut() else {
+            for n in self.unrecorded.drain(..) {
+                eprintln!("hotspare: protected by shadow {n} (epoch {})", self.seq);
+            }
+            self.async_add.clear();
+            self.async_drop.clear();
+            return Ok(());
+        };
+        let mut ok = true;
+        if !self.unrecorded.is_empty() {
+            if f.protect(&self.unrecorded)? {
+                eprintln!(
+                    "hotspare: protected by shadow {} (epoch {}); the arbiter names it",
+                    self.unrecorded.join(", "),
+                    self.seq
+                );
+                self.unrecorded.clear();
+            } else {
+                ok = false;
+            }
+        }
+        while let Some(n) = self.async_add.first().cloned() {
+            if !f.add_async(&n)? {
+                ok = false;
+                break;
+            }
+            eprintln!("hotspare: asynchronous spare {n} follows the VM; the arbiter names it");
+            self.async_add.remove(0);
+        }
+        if !self.async_drop.is_empty() {
+            if f.drop_async(&self.async_drop)? {
+                self.async_drop.clear();
+            } else {
+                ok = false;
+            }
+        }
+        if let Some(b) = f.fence_info()? {
+            self.fence_base = Some(b);
+        }
+        if !ok {
+            self.next_record = now + Duration::from_millis(200);
+        }
+        Ok(())
+    }
+
+    /// Moves the encoder's figures and the links' ack latencies into the
+    /// run's stats.
+    fn collect(&mut self) {
+        for x in self
+            .fanout
+            .encoded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            if let Some(e) = self.stats.epochs.iter_mut().rev().find(|e| e.seq == x.seq) {
+                e.raw_bytes = x.raw_bytes;
+                e.wire_bytes = x.wire_bytes;
+                e.encode = x.encode;
+                e.delta_pages = x.delta_pages;
+            }
+        }
+        let links: Vec<Arc<LinkShared>> = self
+            .spares
+            .iter()
+            .filter_map(|s| s.link.as_ref().map(|l| l.shared.clone()))
+            .collect();
+        for l in links {
+            self.collect_link(&l);
+        }
+    }
+
+    /// Moves one link's ack latencies and live-copy figures into the stats.
+    fn collect_link(&mut self, shared: &LinkShared) {
+        if shared.kind == Kind::Sync {
+            self.stats.ack_latency.extend(
+                shared
+                    .ack_latency
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .drain(..),
+            );
+            let n = self.stats.ack_latency.len();
+            if n > super::super::FIGURES_KEPT {
+                self.stats
+                    .ack_latency
+                    .drain(..n - super::super::FIGURES_KEPT);
+            }
+        } else {
+            let lag = self.commit.lock().lag(shared.id, self.seq).unwrap_or(0);
+            self.stats.async_lag = Some((lag, shared.oldest_unacked()));
+        }
+        if let Some(c) = shared.copy.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            self.stats.syncs.push((1, c.units * PAGE_SIZE, c.secs));
+        }
+    }
+
+    /// Tells every spare the guest stopped, and ends the links.
+    pub(super) fn goodbye_all(&mut self) {
+        self.fanout.ports().clear();
+        let mut links: Vec<Link> = self
+            .spares
+            .iter_mut()
+            .filter_map(|s| s.link.take())
+            .collect();
+        for l in &links {
+            l.hb_goodbye.store(true, Ordering::SeqCst);
+        }
+        let deadline = Instant::now() + Duration::from_millis(200);
+        while !links
+            .iter()
+            .all(|l| l.threads.iter().all(|t| t.is_finished()))
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        for l in &mut links {
+            l.hb_stop.store(true, Ordering::SeqCst);
+            for t in l.threads.drain(..) {
+                let _ = t.join();
+            }
+        }
+        for l in &links {
+            self.collect_link(&l.shared);
+        }
+    }
+}

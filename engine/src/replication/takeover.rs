@@ -1,0 +1,318 @@
+//! The standby's takeover: claiming the VM from the arbiter (a synchronous
+//! spare at once, an asynchronous one after its grace period) and resuming
+//! the guest as the new primary, which takes the old primary's other
+//! spares as its own. A child module of `standby`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::super::arbiter::Arbiter;
+use super::super::arbitration::mark_stopped;
+use super::super::commit::Kind;
+use super::super::fencing::{self, Outcome};
+use super::super::liveness::StandbyInput;
+use super::super::primary::{PrimaryConfig, Replicator, ShadowSpec};
+use super::super::wire::{self, FenceInfo};
+use super::Shadow;
+use crate::error::{EngineError, Result};
+use crate::runner;
+use crate::vcpu::StopReason;
+
+/// Everything a takeover needs besides the shadow.
+pub(super) struct Takeover {
+    pub(super) term: u64,
+    pub(super) console: Box<dyn std::io::Write + Send>,
+    /// Last sign of life from the primary to the claim.
+    pub(super) detection: Duration,
+    /// The claim to the arbiter's grant.
+    pub(super) arbiter_time: Duration,
+    /// When the grant arrived.
+    pub(super) decided: Instant,
+    /// The next primary's configuration (its spares: `--reprotect`; the
+    /// record's other spares are added at the takeover).
+    pub(super) reprotect: PrimaryConfig,
+    pub(super) arbiter: Option<Box<dyn Arbiter>>,
+    pub(super) stats_json: Option<std::path::PathBuf>,
+    pub(super) took_over: Arc<AtomicU64>,
+    /// When the primary was last heard.
+    pub(super) last_heard: Arc<Mutex<Instant>>,
+}
+
+/// Asks the arbiter for the VM in `term` (the primary of `term - 1` looks
+/// gone). Without an arbiter every claim is granted.
+/// An asynchronous spare asks only once `grace` has passed since the
+/// claim began (`since`), so a live synchronous spare always wins first.
+pub(super) fn claim(
+    shadow: &Arc<Mutex<Shadow>>,
+    arbiter: &mut Option<Box<dyn Arbiter>>,
+    term: u64,
+    seq: u64,
+    since: Instant,
+    grace: Duration,
+) -> StandbyInput {
+    let Some(arb) = arbiter.as_deref_mut() else {
+        return StandbyInput::ClaimGranted;
+    };
+    let f = {
+        let sh = shadow.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(f) = sh.fence.clone() else {
+            eprintln!(
+                "hotspare: no fencing information with the committed epoch {seq}: not taking over"
+            );
+            return StandbyInput::ClaimRefused;
+        };
+        // Never win the record without a state to resume: the old primary
+        // would stop and nobody would run the VM.
+        if sh.state.is_none() || sh.vm.is_none() || sh.diverged.is_some() {
+            eprintln!("hotspare: this standby has no usable committed state: not claiming the VM");
+            return StandbyInput::ClaimRefused;
+        }
+        f
+    };
+    let Some(followed) = term.checked_sub(1) else {
+        return StandbyInput::ClaimRefused;
+    };
+    if f.async_spare && since.elapsed() < grace {
+        // Not yet: a synchronous spare may still claim the VM.
+        return StandbyInput::ClaimUnanswered;
+    }
+    let res = if f.async_spare {
+        fencing::transact(arb, &f.vm, |c| {
+            fencing::promote_async(c, followed, &f.spare)
+        })
+    } else {
+        fencing::transact(arb, &f.vm, |c| {
+            fencing::promote(c, followed, f.sync, &f.spare)
+        })
+    };
+    match res {
+        Ok(Outcome::Won(_)) => {
+            eprintln!(
+                "hotspare: the arbiter granted VM {:?} to this standby ({:?}) in term {term}",
+                f.vm, f.spare
+            );
+            StandbyInput::ClaimGranted
+        }
+        Ok(Outcome::Refused(r)) => {
+            eprintln!(
+                "hotspare: the arbiter refused the takeover of VM {:?}: {r}",
+                f.vm
+            );
+            StandbyInput::ClaimRefused
+        }
+        Err(e) => {
+            eprintln!("hotspare: primary silent but {e}: staying a shadow, asking again");
+            StandbyInput::ClaimUnanswered
+        }
+    }
+}
+
+pub(super) fn take_over(shadow: &Arc<Mutex<Shadow>>, t: Takeover) -> Result<i32> {
+    let Takeover {
+        term,
+        console,
+        detection,
+        arbiter_time,
+        decided,
+        reprotect,
+        mut arbiter,
+        stats_json,
+        took_over,
+        last_heard,
+    } = t;
+    let mut sh = shadow.lock().unwrap_or_else(|e| e.into_inner());
+    sh.taken_over = true;
+    sh.term = term;
+    took_over.store(term, Ordering::SeqCst);
+    let fence = sh.fence.clone();
+    let state = sh
+        .state
+        .take()
+        .ok_or_else(|| EngineError::Config("takeover without a committed epoch".into()))?;
+    let seq = sh.seq;
+    let sh_committed_age = sh.committed_at.map_or(Duration::ZERO, |c| {
+        let heard = *last_heard.lock().unwrap_or_else(|e| e.into_inner());
+        heard.saturating_duration_since(c)
+    });
+    let (out_start, out) = std::mem::take(&mut sh.output);
+    let reports = std::mem::take(&mut sh.reports);
+    if sh.verified > 0 || sh.diverged.is_some() {
+        eprintln!(
+            "hotspare: shadow memory matched the primary's at {} committed epochs{}",
+            sh.verified,
+            sh.diverged
+                .map(|s| format!("; DIVERGED first at epoch {s}"))
+                .unwrap_or_default()
+        );
+    }
+    if let Some(s) = sh.diverged {
+        return Err(EngineError::Config(format!(
+            "refusing to take over: shadow memory diverged at epoch {s}"
+        )));
+    }
+    let mut vm = sh
+        .vm
+        .take()
+        .ok_or_else(|| EngineError::Config("takeover without a prepared VM".into()))?;
+    drop(sh);
+    vm.restore_state(&state.vcpus, &state.vm)?;
+    vm.restore_devices(&state.devices)?;
+    vm.set_console(console, out_start);
+    if out_start + out.len() as u64 != state.console_pos {
+        return Err(EngineError::Config(format!(
+            "epoch {seq}: output ends at {} but the checkpoint's console is at {}",
+            out_start + out.len() as u64,
+            state.console_pos
+        )));
+    }
+    // Release the committed output the primary may not have released yet.
+    vm.console_gate()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .emit(&out);
+    if fence.as_ref().is_some_and(|f| f.async_spare) {
+        eprintln!(
+            "hotspare: ASYNCHRONOUS spare takes over from epoch {seq}, committed {:.1} ms before it last heard the primary: \
+             the guest loses what it did after that; console output the primary released after byte {} may be repeated differently",
+            sh_committed_age.as_secs_f64() * 1e3,
+            out_start + out.len() as u64
+        );
+    }
+    let mut rep =
+        next_primary(reprotect, fence.as_ref(), term).map(|cfg| Replicator::new(&vm, cfg));
+    vm.start()?;
+    let activation = decided.elapsed();
+    let running_at = std::time::SystemTime::now();
+    eprintln!(
+        "hotspare: standby TAKING OVER as primary of term {term} from epoch {seq}; console resumes at byte {out_start}; \
+         detection {:.1} ms, arbiter {:.2} ms, activation {:.2} ms",
+        detection.as_secs_f64() * 1e3,
+        arbiter_time.as_secs_f64() * 1e3,
+        activation.as_secs_f64() * 1e3
+    );
+    if let Some(path) = &stats_json {
+        let us = |d: Duration| d.as_micros() as u64;
+        let json = serde_json::json!({ "takeover": {
+            "term": term,
+            "seq": seq,
+            "console_resumes_at": out_start,
+            "detection_us": us(detection),
+            "arbiter_us": us(arbiter_time),
+            "activation_us": us(activation),
+            "running_at_unix_ns": running_at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
+        }});
+        if let Err(e) = std::fs::write(path, json.to_string()) {
+            eprintln!("hotspare: writing {}: {e}", path.display());
+        }
+    }
+    eprintln!("hotspare: {}", report(&reports));
+    let reason = match rep.as_mut() {
+        Some(r) => {
+            eprintln!(
+                "hotspare: the new primary re-protects itself (term {term}) with {}",
+                r.spare_names()
+            );
+            let res = runner::supervise(&mut vm, Some(r as &mut dyn runner::Periodic));
+            if let Err(e @ (EngineError::Superseded(_) | EngineError::HandOver(_))) = res {
+                // Superseded: another copy owns the VM; a failed disk: the
+                // spare takes over. Either way no goodbye and no release of
+                // held output (the caller exits 76 or 75).
+                return Err(e);
+            }
+            r.finish();
+            res?
+        }
+        None => {
+            tracing::warn!("the new primary runs UNPROTECTED (no spare configured)");
+            let reason = runner::supervise(&mut vm, None)?;
+            if let (Some(arb), Some(f)) = (arbiter.as_deref_mut(), &fence) {
+                // The guest ended here: the VM may be started again.
+                mark_stopped(arb, &f.vm, term, &f.spare, Duration::ZERO);
+            }
+            reason
+        }
+    };
+    if let StopReason::Error(e) = &reason {
+        return Err(EngineError::Vcpu(format!(
+            "guest stopped on an error after takeover: {e}"
+        )));
+    }
+    Ok(reason.exit_code())
+}
+
+/// The replication summary as the shadow saw it.
+pub(super) fn report(r: &[(wire::EpochReport, u64)]) -> String {
+    let us = |v: u64| Duration::from_micros(v);
+    let mut pauses: Vec<Duration> = r
+        .iter()
+        .filter(|e| !e.0.full)
+        .map(|e| us(e.0.pause_us))
+        .collect();
+    let mut acks: Vec<Duration> = r
+        .iter()
+        .filter(|e| e.0.last_ack_us > 0)
+        .map(|e| us(e.0.last_ack_us))
+        .collect();
+    let pct = super::super::primary::percentile;
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let pages: u64 = r.iter().map(|e| e.0.pages).sum();
+    let raw: u64 = r.iter().map(|e| e.0.raw_bytes).sum();
+    let wire: u64 = r.iter().map(|e| e.1).sum();
+    format!(
+        "replication summary: {} epochs committed ({} full); incremental pause p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms; \
+         {} dirty pages; {} bytes raw, {} bytes on the wire; ack latency p50 {:.2} ms, p99 {:.2} ms",
+        r.len(),
+        r.iter().filter(|e| e.0.full).count(),
+        ms(pct(&mut pauses, 0.5)),
+        ms(pct(&mut pauses, 0.99)),
+        ms(pauses.iter().copied().max().unwrap_or_default()),
+        pages,
+        raw,
+        wire,
+        ms(pct(&mut acks, 0.5)),
+        ms(pct(&mut acks, 0.99)),
+    )
+}
+
+/// The new primary's configuration: `--reprotect`'s spares and the old
+/// record's other spares (synchronous ones stay synchronous), fenced in the
+/// won `term` under the name the old primary gave this standby. `None`
+/// without any spare.
+fn next_primary(
+    mut cfg: PrimaryConfig,
+    fence: Option<&FenceInfo>,
+    term: u64,
+) -> Option<PrimaryConfig> {
+    cfg.term = term;
+    let me = fence.map(|f| f.spare.clone()).unwrap_or_default();
+    if let Some(f) = fence {
+        let others = f
+            .peers
+            .iter()
+            .map(|p| (p, Kind::Sync))
+            .chain(f.async_peers.iter().map(|p| (p, Kind::Async)));
+        for (addr, kind) in others {
+            if *addr != me && !cfg.shadows.iter().any(|s| &s.addr == addr) {
+                cfg.shadows.push(ShadowSpec {
+                    addr: addr.clone(),
+                    kind,
+                });
+            }
+        }
+    }
+    cfg.shadows.retain(|s| s.addr != me);
+    match (&mut cfg.fencing, fence) {
+        (Some(fc), Some(f)) => {
+            // The record now names this standby (by the name its primary
+            // gave it) as the primary of `term`: it won it.
+            fc.vm = f.vm.clone();
+            fc.name = f.spare.clone();
+            fc.owned = true;
+        }
+        _ => cfg.fencing = None,
+    }
+    (!cfg.shadows.is_empty()).then_some(cfg)
+}

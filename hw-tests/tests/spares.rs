@@ -1,0 +1,297 @@
+//! Several spares (`docs/spares.md`): two synchronous spares and one
+//! asynchronous (distant) spare behind one primary, on real KVM, with the
+//! embedded file arbiter, a guest whose output is clock-dependent (every
+//! line carries the TSC and a hash chained over all of them), and kills of
+//! the primary, of the new primary and of a spare.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{GuestSpec, Proc, TempDir};
+
+/// The clock-dependent guest: about 6 s unprotected, ~375 KB of output.
+fn guest() -> GuestSpec {
+    GuestSpec::new("memtest", "rounds=2400 pages=1024 writes=2000 tsc=1")
+}
+
+/// A primary streaming to `sync` and `asynchronous` spares.
+fn primary(
+    spec: &GuestSpec,
+    console: &Path,
+    key: &Path,
+    sync: &[&str],
+    asynchronous: &[&str],
+) -> Proc {
+    let mut c = spec.run_cmd(console);
+    for s in sync {
+        c.arg("--shadow").arg(s);
+    }
+    for s in asynchronous {
+        c.arg("--async-shadow").arg(s);
+    }
+    c.arg("--key-file")
+        .arg(key)
+        .arg("--arbiter")
+        .arg(common::arbiter_arg(key))
+        .args(["--interval-ms", "20"]);
+    Proc::spawn(c)
+}
+
+/// Waits until `file` holds at least `n` bytes (or `p` ended).
+fn wait_output(p: &mut Proc, file: &Path, n: u64, what: &str) {
+    let end = Instant::now() + Duration::from_secs(60);
+    while std::fs::metadata(file).map_or(0, |m| m.len()) < n {
+        assert!(
+            p.child.try_wait().unwrap().is_none(),
+            "{what} ended before showing {n} bytes: the trial proves nothing\n{}",
+            p.stderr()
+        );
+        assert!(
+            Instant::now() < end,
+            "{what}: no {n} bytes of output in 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// `second`, starting at console byte `at`, agrees with everything `shown`
+/// holds from there (nothing shown is lost or contradicted). Returns what
+/// the world has now seen: the longer of the two stories.
+fn agrees(what: &str, shown: &[u8], at: usize, second: &[u8]) -> Vec<u8> {
+    assert!(
+        at <= shown.len(),
+        "{what}: output lost: {} bytes were shown, the survivor resumed at {at}",
+        shown.len()
+    );
+    let overlap = (shown.len() - at).min(second.len());
+    assert!(
+        shown[at..at + overlap] == second[..overlap],
+        "{what}: the survivor contradicts what was shown from byte {at}:\nshown:\n{}\nsurvivor:\n{}",
+        common::tail(&shown[at..at + overlap]),
+        common::tail(&second[..overlap])
+    );
+    let mut seen = shown[..at].to_vec();
+    seen.extend_from_slice(second);
+    if seen.len() < shown.len() {
+        return shown.to_vec();
+    }
+    seen
+}
+
+/// Which of `spares` printed `needle` (exactly one must).
+fn the_one(spares: &[&Proc], needle: &str, what: &str) -> usize {
+    let which: Vec<usize> = (0..spares.len())
+        .filter(|&i| spares[i].count_lines(needle) > 0)
+        .collect();
+    assert_eq!(
+        which.len(),
+        1,
+        "{what}: {} spares printed {needle:?}:\n{}",
+        which.len(),
+        spares
+            .iter()
+            .map(|p| p.stderr())
+            .collect::<Vec<_>>()
+            .join("\n-----\n")
+    );
+    which[0]
+}
+
+/// The check: a primary with two synchronous spares and one
+/// asynchronous spare survives the loss of the primary, then of the new
+/// primary, with the console byte-exact. The winner of each failover takes
+/// the other spares over as its own (the asynchronous one stays
+/// asynchronous and never claims while a synchronous spare is alive).
+#[test]
+fn two_sync_and_one_async_spare_survive_the_primary_then_the_new_primary() {
+    if !common::kvm_available() {
+        return;
+    }
+    let spec = guest();
+    let dir = TempDir::new("spares3");
+    let key = common::key_file(&dir, "key", 0x5ba2e);
+    let cons: Vec<_> = ["a.txt", "b.txt", "c.txt", "p.txt"]
+        .iter()
+        .map(|n| dir.path(n))
+        .collect();
+    let (a, a_addr) = common::spawn_standby(&key, &cons[0], "127.0.0.1:0");
+    let (b, b_addr) = common::spawn_standby(&key, &cons[1], "127.0.0.1:0");
+    let (mut c, c_addr) =
+        common::spawn_standby_with(&key, &cons[2], "127.0.0.1:0", &["--async-grace-ms", "1000"]);
+    let mut p = primary(&spec, &cons[3], &key, &[&a_addr, &b_addr], &[&c_addr]);
+    let mut spares = [a, b];
+    for s in spares.iter_mut().chain([&mut c]) {
+        assert!(
+            s.wait_count("standby in sync", 1, Duration::from_secs(30)),
+            "a spare never synced:\n{}\nprimary:\n{}",
+            s.stderr(),
+            p.stderr()
+        );
+    }
+    wait_output(&mut p, &cons[3], 60_000, "the primary");
+    p.child.kill().unwrap();
+    p.child.wait().unwrap();
+    let pout = std::fs::read(&cons[3]).unwrap();
+
+    // Exactly one synchronous spare takes over; the other and the async
+    // spare follow it.
+    let end = Instant::now() + Duration::from_secs(10);
+    while spares.iter().all(|s| s.count_lines("TAKING OVER") == 0) && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let w1 = the_one(&[&spares[0], &spares[1]], "TAKING OVER", "first failover");
+    let other = 1 - w1;
+    assert!(
+        spares[other].wait_count("standby in sync", 2, Duration::from_secs(30)),
+        "the new primary did not take the other synchronous spare over:\nnew primary:\n{}\nspare:\n{}",
+        spares[w1].stderr(),
+        spares[other].stderr()
+    );
+    assert!(
+        c.wait_count("standby in sync", 2, Duration::from_secs(30)),
+        "the new primary did not take the async spare over:\nnew primary:\n{}\nasync spare:\n{}",
+        spares[w1].stderr(),
+        c.stderr()
+    );
+    let w1_at = common::takeover_resume(&spares[w1].stderr(), "first winner");
+    let seen = agrees(
+        "first failover",
+        &pout,
+        w1_at,
+        &std::fs::read(&cons[w1]).unwrap(),
+    );
+    // Let the new primary run and show output of its own, then kill it.
+    let w1_con = cons[w1].clone();
+    wait_output(&mut spares[w1], &w1_con, 40_000, "the new primary");
+    spares[w1].child.kill().unwrap();
+    spares[w1].child.wait().unwrap();
+    let seen = agrees(
+        "output of the first winner",
+        &seen,
+        w1_at,
+        &std::fs::read(&cons[w1]).unwrap(),
+    );
+
+    let (err, w2_at) = common::finished_takeover(&mut spares[other], "second winner");
+    let line = err.lines().find(|l| l.contains("TAKING OVER")).unwrap();
+    assert!(
+        line.contains("term 3"),
+        "the second winner runs in term 3: {line}"
+    );
+    let second = std::fs::read(&cons[other]).unwrap();
+    common::check_agrees("second failover", &seen, w2_at, &second);
+    // The async spare never claimed; it followed the last primary to the
+    // guest's end and stopped with it.
+    let st = c.wait(Duration::from_secs(30), "the async spare");
+    assert!(st.success(), "async spare: {st}\n{}", c.stderr());
+    assert_eq!(
+        c.count_lines("TAKING OVER"),
+        0,
+        "the async spare took over while a synchronous spare was alive:\n{}",
+        c.stderr()
+    );
+}
+
+/// A synchronous spare dies: the primary drops it from the record and goes
+/// on committing (and releasing output) with the other; then the primary
+/// dies and the other spare takes over without losing or contradicting
+/// anything the world saw.
+#[test]
+fn losing_a_sync_spare_leaves_the_other_committing() {
+    if !common::kvm_available() {
+        return;
+    }
+    let spec = guest();
+    let dir = TempDir::new("spares2");
+    let key = common::key_file(&dir, "key", 0x5ba2f);
+    let (a_con, b_con, p_con) = (dir.path("a.txt"), dir.path("b.txt"), dir.path("p.txt"));
+    let (mut a, a_addr) = common::spawn_standby(&key, &a_con, "127.0.0.1:0");
+    let (mut b, b_addr) = common::spawn_standby(&key, &b_con, "127.0.0.1:0");
+    let mut p = primary(&spec, &p_con, &key, &[&a_addr, &b_addr], &[]);
+    for s in [&mut a, &mut b] {
+        assert!(s.wait_count("standby in sync", 1, Duration::from_secs(30)));
+    }
+    wait_output(&mut p, &p_con, 30_000, "the primary");
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    assert!(
+        p.wait_line(
+            "left the record; output is committed by",
+            Duration::from_secs(10)
+        )
+        .is_some_and(|l| l.contains(&b_addr)),
+        "the primary did not drop the lost spare:\n{}",
+        p.stderr()
+    );
+    // Output keeps flowing, committed by B alone.
+    let shown = std::fs::metadata(&p_con).unwrap().len();
+    wait_output(&mut p, &p_con, shown + 30_000, "the primary after losing A");
+    assert!(
+        !p.stderr().contains("UNPROTECTED"),
+        "the primary ran unprotected with B alive:\n{}",
+        p.stderr()
+    );
+    p.child.kill().unwrap();
+    p.child.wait().unwrap();
+    let (_, at) = common::finished_takeover(&mut b, "spare B");
+    common::check_agrees(
+        "takeover by the remaining spare",
+        &std::fs::read(&p_con).unwrap(),
+        at,
+        &std::fs::read(&b_con).unwrap(),
+    );
+}
+
+/// The primary's whole site fails (it and its synchronous spare die
+/// together): the asynchronous spare waits its grace period, takes the VM
+/// over, says how far behind it was, and finishes the guest.
+#[test]
+fn the_async_spare_takes_over_only_when_no_sync_spare_is_left() {
+    if !common::kvm_available() {
+        return;
+    }
+    let spec = guest();
+    let dir = TempDir::new("spares-async");
+    let key = common::key_file(&dir, "key", 0x5ba30);
+    let (a_con, c_con, p_con) = (dir.path("a.txt"), dir.path("c.txt"), dir.path("p.txt"));
+    let (mut a, a_addr) = common::spawn_standby(&key, &a_con, "127.0.0.1:0");
+    let (mut c, c_addr) =
+        common::spawn_standby_with(&key, &c_con, "127.0.0.1:0", &["--async-grace-ms", "800"]);
+    let mut p = primary(&spec, &p_con, &key, &[&a_addr], &[&c_addr]);
+    for s in [&mut a, &mut c] {
+        assert!(s.wait_count("standby in sync", 1, Duration::from_secs(30)));
+    }
+    wait_output(&mut p, &p_con, 30_000, "the primary");
+    // The site goes: the synchronous spare first, then the primary (which
+    // holds its output while the arbiter drops the spare, or pauses).
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    p.child.kill().unwrap();
+    p.child.wait().unwrap();
+    let (err, at) = common::finished_takeover(&mut c, "async spare");
+    let line = err
+        .lines()
+        .find(|l| l.contains("ASYNCHRONOUS spare takes over"))
+        .unwrap_or_else(|| panic!("the async spare did not say what it lost:\n{err}"));
+    assert!(line.contains("from epoch"), "{line}");
+    let took = err.lines().find(|l| l.contains("TAKING OVER")).unwrap();
+    let claim_ms = common::field(took, "arbiter ").expect("arbiter time");
+    assert!(
+        claim_ms >= 800.0,
+        "the async spare claimed {claim_ms} ms into its 800 ms grace period: {took}"
+    );
+    let out = std::fs::read(&c_con).unwrap();
+    assert!(
+        String::from_utf8_lossy(&out)
+            .trim_end()
+            .ends_with("result=ok"),
+        "the guest did not finish on the async spare: {}",
+        common::tail(&out)
+    );
+    assert!(
+        at >= 1000,
+        "the async spare resumed at byte {at}: it never followed the primary's output"
+    );
+}
