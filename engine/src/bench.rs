@@ -75,6 +75,11 @@ pub struct BenchArgs {
     /// epoch-length policy on (default there: off).
     #[arg(long)]
     max_interval_ms: Option<u64>,
+    /// Synchronous spares per replicated run. A list (e.g. `1,2,3`) runs
+    /// every count in each rep; the table then adds, per count, the
+    /// primary's engine CPU per dirty page as a ratio to the first count's.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    spares: Vec<usize>,
 }
 
 /// The middle value (0 for none); the benches' one median.
@@ -168,11 +173,12 @@ impl Setup {
         }
     }
 
-    fn primary(&self, a: &BenchArgs, tag: &str, addr: &str) -> Command {
+    fn primary(&self, a: &BenchArgs, tag: &str, addrs: &[String]) -> Command {
         let mut c = self.run_cmd(a, &self.dir.join(format!("primary-{tag}.txt")));
-        c.arg("--shadow")
-            .arg(addr)
-            .arg("--key-file")
+        for addr in addrs {
+            c.arg("--shadow").arg(addr);
+        }
+        c.arg("--key-file")
             .arg(&self.key)
             .arg("--arbiter")
             .arg(crate::demo::arbiter_arg(&self.key))
@@ -203,29 +209,38 @@ impl Setup {
     }
 }
 
-fn replicated(s: &Setup, a: &BenchArgs, tag: &str) -> anyhow::Result<Run> {
-    let (mut standby, addr, log) = s.standby(tag)?;
+fn replicated(s: &Setup, a: &BenchArgs, tag: &str, spares: usize) -> anyhow::Result<Run> {
+    let mut standbys = Vec::new();
+    for i in 0..spares {
+        standbys.push(s.standby(&format!("{tag}-{i}"))?);
+    }
+    let addrs: Vec<String> = standbys.iter().map(|s| s.1.clone()).collect();
     let t = Instant::now();
     let st = s
-        .primary(a, tag, &addr)
+        .primary(a, tag, &addrs)
         .status()
         .context("running the primary")?;
     let wall = t.elapsed().as_secs_f64();
     if !st.success() {
-        let _ = standby.kill();
+        for (mut sb, _, _) in standbys {
+            let _ = sb.kill();
+        }
         bail!(
             "the protected run failed: {st}; see {}",
             s.dir.join(format!("primary-{tag}.log")).display()
         );
     }
-    let _ = standby.wait();
-    let text = read_to(&log);
+    let mut shadow_cpu = 0.0;
+    for (mut sb, _, log) in standbys {
+        let _ = sb.wait();
+        shadow_cpu += number_after(&read_to(&log), "cpu ").unwrap_or(0.0);
+    }
     let stats: Value = serde_json::from_str(&read_to(&s.dir.join(format!("stats-{tag}.json"))))
         .context("reading the primary's stats")?;
     Ok(Run {
         stats,
         wall,
-        shadow_cpu: number_after(&text, "cpu ").unwrap_or(0.0),
+        shadow_cpu,
     })
 }
 
@@ -236,7 +251,7 @@ fn takeover(
     after: Duration,
 ) -> anyhow::Result<Option<(f64, f64)>> {
     let (mut standby, addr, log) = s.standby(tag)?;
-    let mut p = child(&mut s.primary(a, tag, &addr))?;
+    let mut p = child(&mut s.primary(a, tag, &[addr]))?;
     let end = Instant::now() + Duration::from_secs(30);
     while !read_to(&log).contains("in sync") {
         if Instant::now() > end {
@@ -266,6 +281,9 @@ fn takeover(
 
 /// Runs the benchmark.
 pub fn bench(a: BenchArgs) -> anyhow::Result<i32> {
+    if a.spares.is_empty() || a.spares.iter().any(|&n| n == 0 || n > 8) {
+        bail!("--spares: give 1 to 8 spares per run (e.g. 1,2,3)");
+    }
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let dir = a.out.join("runs");
     std::fs::create_dir_all(&dir)?;
@@ -304,6 +322,8 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<i32> {
     );
     let mut base_walls = Vec::new();
     let mut runs = Vec::new();
+    // Runs with the later --spares counts, per count.
+    let mut more: Vec<Vec<Run>> = a.spares[1..].iter().map(|_| Vec::new()).collect();
     let mut takeovers = Vec::new();
     for rep in 0..a.reps {
         let t = Instant::now();
@@ -316,11 +336,16 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<i32> {
         }
         let base = t.elapsed().as_secs_f64();
         base_walls.push(base);
-        let r = replicated(&s, &a, &format!("r{rep}"))?;
+        let r = replicated(&s, &a, &format!("r{rep}"), a.spares[0])?;
         println!(
-            "  rep {rep}: baseline {base:.2} s, replicated {:.2} s",
-            r.wall
+            "  rep {rep}: baseline {base:.2} s, replicated ({} spares) {:.2} s",
+            a.spares[0], r.wall
         );
+        for (i, &n) in a.spares[1..].iter().enumerate() {
+            let r = replicated(&s, &a, &format!("r{rep}-s{n}"), n)?;
+            println!("  rep {rep}: replicated ({n} spares) {:.2} s", r.wall);
+            more[i].push(r);
+        }
         if !a.no_takeover {
             let after = Duration::from_secs_f64(base / 2.0);
             takeovers.extend(takeover(&s, &a, &format!("t{rep}"), after)?);
@@ -329,6 +354,16 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<i32> {
     }
     let mut summary = summarize(&a, &base_walls, &runs, &takeovers);
     summary["machine"] = machine_limits();
+    if !more.is_empty() {
+        let per_page = |v: &Value| f(&v["engine_cpu_us_per_dirty_page"], "primary");
+        let first = per_page(&summary);
+        let mut counts = vec![spares_row(a.spares[0], &summary, first)];
+        for (n, group) in a.spares[1..].iter().zip(&more) {
+            let v = summarize(&a, &base_walls, group, &[]);
+            counts.push(spares_row(*n, &v, first));
+        }
+        summary["spares"] = json!(counts);
+    }
     std::fs::write(
         a.out.join("bench.json"),
         serde_json::to_vec_pretty(&summary)?,
@@ -657,6 +692,19 @@ fn summarize(a: &BenchArgs, base: &[f64], runs: &[Run], takeovers: &[(f64, f64)]
     })
 }
 
+/// One row of the several-spares comparison.
+fn spares_row(n: usize, v: &Value, first_cpu_per_page: f64) -> Value {
+    let cpu = f(&v["engine_cpu_us_per_dirty_page"], "primary");
+    json!({
+        "spares": n,
+        "engine_cpu_us_per_dirty_page": cpu,
+        "ratio_to_first": if first_cpu_per_page > 0.0 { cpu / first_cpu_per_page } else { 0.0 },
+        "pause_p50_ms": f(&v["pause_ms"], "p50"),
+        "ack_latency_p50_ms": f(&v["ack_latency_ms"], "p50"),
+        "replicated_s": f(&v["guest"], "replicated_s"),
+    })
+}
+
 fn markdown(v: &Value) -> String {
     let g = |path: &[&str]| {
         let mut x = v;
@@ -698,5 +746,28 @@ fn markdown(v: &Value) -> String {
         g(&["takeover_ms", "detection_p50"]), g(&["takeover_ms", "activation_p50"]),
         g(&["guest", "baseline_s"]), g(&["guest", "replicated_s"]), g(&["guest", "slowdown"]),
         g(&["machine", "memcpy_mib_s"]), g(&["machine", "encode_zstd1_mixed_mib_s"]), g(&["machine", "loopback_tcp_mib_s"]),
-    )
+    ) + &spares_table(v)
+}
+
+/// The several-spares table (when `--spares` named more than one count).
+fn spares_table(v: &Value) -> String {
+    let Some(rows) = v["spares"].as_array() else {
+        return String::new();
+    };
+    let mut t = String::from(
+        "\n| synchronous spares | primary engine CPU per dirty page | ratio to the first | pause p50 | ack latency p50 | guest run time |\n\
+         | --- | --- | --- | --- | --- | --- |\n",
+    );
+    for r in rows {
+        t.push_str(&format!(
+            "| {} | {:.2} µs | {:.2}x | {:.3} ms | {:.2} ms | {:.2} s |\n",
+            r["spares"],
+            f(r, "engine_cpu_us_per_dirty_page"),
+            f(r, "ratio_to_first"),
+            f(r, "pause_p50_ms"),
+            f(r, "ack_latency_p50_ms"),
+            f(r, "replicated_s"),
+        ));
+    }
+    t
 }

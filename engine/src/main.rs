@@ -247,6 +247,11 @@ struct StandbyArgs {
     /// claim the VM after the primary is lost before claiming it, in ms.
     #[arg(long, default_value_t = 1000)]
     async_grace_ms: u64,
+    /// Test mode, after a takeover: the new primary hashes all guest memory
+    /// at every epoch and its spares check theirs at each commit (as `run
+    /// --verify-memory`).
+    #[arg(long)]
+    verify_memory: bool,
     /// Epoch interval after a takeover, in milliseconds.
     #[arg(long, default_value_t = 25)]
     interval_ms: u64,
@@ -411,6 +416,16 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
                 .node_name
                 .clone()
                 .unwrap_or_else(default_node_name);
+            let fencing =
+                a.replica
+                    .arbiter
+                    .fencing(&a.replica.vm_id, &name, a.replica.supersede)?;
+            if fencing.is_none() && shadows.len() > 1 {
+                anyhow::bail!(
+                    "--arbiter none allows one spare only: with several, every spare would take the VM over \
+                     when the primary dies; give them an arbiter (etcd://..., or file:PATH on one host)"
+                );
+            }
             Some(PrimaryConfig {
                 shadows: std::mem::take(&mut shadows),
                 psk: std::sync::Arc::new(load_key(key)?),
@@ -426,10 +441,7 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
                 term: 1,
                 verify_memory: a.replica.verify_memory,
                 wait_shadow: Duration::from_millis(a.replica.wait_shadow_ms),
-                fencing: a
-                    .replica
-                    .arbiter
-                    .fencing(&a.replica.vm_id, &name, a.replica.supersede)?,
+                fencing,
                 async_max_queued: engine::replication::primary::ASYNC_MAX_QUEUED,
             })
         }
@@ -543,13 +555,18 @@ fn standby(a: StandbyArgs) -> anyhow::Result<i32> {
         max_outstanding: engine::replication::primary::MAX_OUTSTANDING,
         retry: Duration::from_millis(200),
         term: 0,
-        verify_memory: false,
+        verify_memory: a.verify_memory,
         wait_shadow: Duration::ZERO,
         // The VM id and this standby's name come from the primary's
         // epochs at the takeover.
         fencing: a.arbiter.fencing("", "", false)?,
         async_max_queued: engine::replication::primary::ASYNC_MAX_QUEUED,
     };
+    if a.arbiter.arbiter.as_deref() == Some("none") && a.reprotect.len() > 1 {
+        anyhow::bail!(
+            "--arbiter none allows one --reprotect spare only: with several, every spare would take the VM over"
+        );
+    }
     let cfg = StandbyConfig {
         listen: a.listen,
         psk: load_key(&a.key_file)?,

@@ -11,9 +11,32 @@ use std::time::{Duration, Instant};
 
 use common::{GuestSpec, Proc, TempDir};
 
-/// The clock-dependent guest: about 6 s unprotected, ~375 KB of output.
+/// The clock-dependent guest: about 6 s unprotected, ~375 KB of output, in
+/// 32 MiB so that hashing all memory at every epoch (`--verify-memory`)
+/// stays cheap.
 fn guest() -> GuestSpec {
-    GuestSpec::new("memtest", "rounds=2400 pages=1024 writes=2000 tsc=1")
+    let mut g = GuestSpec::new("memtest", "rounds=2400 pages=1024 writes=2000 tsc=1");
+    g.mem_mib = 32;
+    g
+}
+
+/// Standby options: every new primary hashes memory at every epoch and its
+/// spares compare theirs at each commit, so a torn live copy shows.
+const VERIFY: &[&str] = &["--verify-memory"];
+
+/// Checks no spare's memory ever differed from its primary's, and that
+/// `p` compared some commits.
+fn memory_matched(p: &Proc, what: &str) {
+    let err = p.stderr();
+    assert!(
+        !err.contains("DIVERGED"),
+        "{what}: shadow memory diverged:\n{err}"
+    );
+    let n = err
+        .lines()
+        .filter_map(|l| common::field(l, "matched the primary's at "))
+        .fold(0.0, f64::max);
+    assert!(n > 0.0, "{what}: no commit was compared:\n{err}");
 }
 
 /// A primary streaming to `sync` and `asynchronous` spares.
@@ -35,7 +58,7 @@ fn primary(
         .arg(key)
         .arg("--arbiter")
         .arg(common::arbiter_arg(key))
-        .args(["--interval-ms", "20"]);
+        .args(["--interval-ms", "40", "--verify-memory"]);
     Proc::spawn(c)
 }
 
@@ -116,10 +139,14 @@ fn two_sync_and_one_async_spare_survive_the_primary_then_the_new_primary() {
         .iter()
         .map(|n| dir.path(n))
         .collect();
-    let (a, a_addr) = common::spawn_standby(&key, &cons[0], "127.0.0.1:0");
-    let (b, b_addr) = common::spawn_standby(&key, &cons[1], "127.0.0.1:0");
-    let (mut c, c_addr) =
-        common::spawn_standby_with(&key, &cons[2], "127.0.0.1:0", &["--async-grace-ms", "1000"]);
+    let (a, a_addr) = common::spawn_standby_with(&key, &cons[0], "127.0.0.1:0", VERIFY);
+    let (b, b_addr) = common::spawn_standby_with(&key, &cons[1], "127.0.0.1:0", VERIFY);
+    let (mut c, c_addr) = common::spawn_standby_with(
+        &key,
+        &cons[2],
+        "127.0.0.1:0",
+        &["--async-grace-ms", "1000", "--verify-memory"],
+    );
     let mut p = primary(&spec, &cons[3], &key, &[&a_addr, &b_addr], &[&c_addr]);
     let mut spares = [a, b];
     for s in spares.iter_mut().chain([&mut c]) {
@@ -192,12 +219,19 @@ fn two_sync_and_one_async_spare_survive_the_primary_then_the_new_primary() {
         "the async spare took over while a synchronous spare was alive:\n{}",
         c.stderr()
     );
+    // Every spare that joined a running primary by a live copy held exactly
+    // its memory at every commit (the second winner at its takeover, the
+    // async spare at the guest's end).
+    memory_matched(&spares[other], "the second winner");
+    memory_matched(&c, "the async spare");
 }
 
 /// A synchronous spare dies: the primary drops it from the record and goes
-/// on committing (and releasing output) with the other; then the primary
-/// dies and the other spare takes over without losing or contradicting
-/// anything the world saw.
+/// on committing (and releasing output) with the other. The dead spare
+/// restarts and rejoins the running primary with a live copy (its memory
+/// checked against the primary's at every commit); then the other spare
+/// dies, and the primary, and the rejoined spare takes over without losing
+/// or contradicting anything the world saw.
 #[test]
 fn losing_a_sync_spare_leaves_the_other_committing() {
     if !common::kvm_available() {
@@ -233,14 +267,56 @@ fn losing_a_sync_spare_leaves_the_other_committing() {
         "the primary ran unprotected with B alive:\n{}",
         p.stderr()
     );
+    // A restarts on the same address: it rejoins the running primary with
+    // a live copy while B keeps committing.
+    let (mut a2, _) = common::spawn_standby(&key, &a_con, &a_addr);
+    assert!(
+        a2.wait_count("standby in sync", 1, Duration::from_secs(30)),
+        "the restarted spare never rejoined:\n{}\nprimary:\n{}",
+        a2.stderr(),
+        p.stderr()
+    );
+    assert!(
+        p.wait_line("the arbiter names it", Duration::from_secs(10))
+            .is_some_and(|l| l.contains(&a_addr)),
+        "the rejoined spare was never recorded:\n{}",
+        p.stderr()
+    );
+    // Then B dies: the rejoined A alone protects the VM, and takes it over.
+    b.child.kill().unwrap();
+    b.child.wait().unwrap();
+    assert!(
+        p.wait_count(
+            "left the record; output is committed by",
+            2,
+            Duration::from_secs(10)
+        ),
+        "the primary did not drop B:\n{}",
+        p.stderr()
+    );
+    let shown = std::fs::metadata(&p_con).unwrap().len();
+    wait_output(
+        &mut p,
+        &p_con,
+        shown + 20_000,
+        "the primary protected by the rejoined spare",
+    );
     p.child.kill().unwrap();
     p.child.wait().unwrap();
-    let (_, at) = common::finished_takeover(&mut b, "spare B");
+    let (err, at) = common::finished_takeover(&mut a2, "rejoined spare A");
+    assert!(
+        !err.contains("DIVERGED"),
+        "the rejoined spare's memory diverged:\n{err}"
+    );
     common::check_agrees(
-        "takeover by the remaining spare",
+        "takeover by the rejoined spare",
         &std::fs::read(&p_con).unwrap(),
         at,
-        &std::fs::read(&b_con).unwrap(),
+        &std::fs::read(&a_con).unwrap(),
+    );
+    assert!(
+        common::field(&err, "matched the primary's at ").unwrap_or(0.0) > 0.0,
+        "the rejoined spare compared no commit:\n{err}"
     );
 }
 

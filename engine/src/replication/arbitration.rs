@@ -138,6 +138,17 @@ impl Arbitration {
                 }
             },
         };
+        if self.record.is_none() {
+            // A takeover winner has not written yet: its epochs still name
+            // the record's generation and spares.
+            match self.cfg.arbiter.read(&self.cfg.vm) {
+                Ok(v) => self.record = v.record,
+                Err(e) => {
+                    self.report(&e.to_string());
+                    return Ok(None);
+                }
+            }
+        }
         let (sync, peers, async_peers) = match &self.record {
             Some(r) => (r.sync, r.spares.clone(), r.async_spares.clone()),
             None => (0, Vec::new(), Vec::new()),
@@ -171,17 +182,6 @@ impl Arbitration {
         let (name, term) = (self.cfg.name.clone(), self.term);
         let o = fencing::transact(&mut *self.cfg.arbiter, &self.cfg.vm, |c| {
             fencing::add_async(c, term, &name, spare)
-        });
-        self.recorded(o, |_| {})
-    }
-
-    /// Drops lost asynchronous spares from the record (they gate no output,
-    /// so nothing waits for this; it keeps a stale distant copy from
-    /// claiming the VM later). Returns whether the record no longer names them.
-    pub fn drop_async(&mut self, gone: &[String]) -> Result<bool> {
-        let (name, term) = (self.cfg.name.clone(), self.term);
-        let o = fencing::transact(&mut *self.cfg.arbiter, &self.cfg.vm, |c| {
-            fencing::drop_spares(c, term, &name, gone)
         });
         self.recorded(o, |_| {})
     }

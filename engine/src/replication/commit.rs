@@ -2,18 +2,27 @@
 //! output may be released. No sockets, no clocks (like `liveness.rs`).
 //!
 //! Rules (`docs/spares.md`):
-//! - Output of epoch e is released once every synchronous *member* acked e.
-//!   A lost member becomes *leaving*: its last ack still bounds the release
-//!   until the arbiter has dropped it from the record ([`CommitSet::dropped`]).
-//! - A spare joins as *joining*: it receives a live copy, then every epoch
-//!   after its join point `from`. It becomes a member on the first ack of an
-//!   epoch after `from` that is at least the release point, so a member's
-//!   committed state is never older than output the world has seen. Only
-//!   then may the primary record it in the arbiter (and may it take over).
+//! - Output of epoch e is released once every synchronous *member* has
+//!   committed e. A lost member becomes *leaving*: its last commit still
+//!   bounds the release until the arbiter has dropped it from the record
+//!   ([`CommitSet::dropped`]).
+//! - A spare joins as *joining*: it receives a live copy read from the
+//!   running guest, then every epoch after its join point `from`. Its state
+//!   is exact only from the first epoch captured after the copy finished
+//!   reading ([`CommitSet::copied`]): epochs before that reach it as
+//!   pre-copy, and its first commit (`commit_from`) is that epoch or later.
+//! - A joiner becomes a member once it committed an epoch at least as new
+//!   as the release point, and the release point has reached its first
+//!   commit (every byte before it was released), so a member can resume
+//!   without losing or contradicting anything the world saw. Only then is
+//!   it recorded in the arbiter (and may it take over).
 //! - While unprotected (no member) output flows freely; the primary starts
-//!   holding at a capture once a synchronous joiner is ready
-//!   ([`CommitSet::hold_from`]).
-//! - Asynchronous spares never gate anything; their acks measure their lag.
+//!   holding at a capture once a synchronous joiner caught up, after
+//!   recording it: it is a member from that capture on, which is its first
+//!   commit ([`CommitSet::hold_from`]).
+//! - Asynchronous spares never gate output while linked; their acks measure
+//!   their lag. A recorded one that is lost gates (as *leaving*) until the
+//!   arbiter dropped it, so it cannot claim while the primary releases.
 
 /// A link's id (unique for the life of the replicator).
 pub type SpareId = u64;
@@ -34,9 +43,13 @@ pub enum Role {
     Joining,
     /// Gates output (synchronous spares only).
     Member,
-    /// Lost member: its last ack still bounds the release until dropped.
+    /// Lost member (or recorded asynchronous spare): its last commit still
+    /// bounds the release until the arbiter dropped it.
     Leaving,
 }
+
+/// `commit_from` before it is known.
+const NOT_YET: u64 = u64::MAX;
 
 #[derive(Clone, Debug)]
 struct Entry {
@@ -46,7 +59,35 @@ struct Entry {
     role: Role,
     /// Its join point: epochs after this one reach it whole.
     from: u64,
+    /// The first epoch captured after its live copy finished reading.
+    consistent: Option<u64>,
+    /// Its first commit: epochs before it are sent as pre-copy.
+    commit_from: u64,
+    /// An asynchronous spare the arbiter names.
+    recorded: bool,
     acked: u64,
+}
+
+impl Entry {
+    /// The newest epoch it committed (0: none).
+    fn committed(&self) -> u64 {
+        if self.commit_from != NOT_YET && self.acked >= self.commit_from {
+            self.acked
+        } else {
+            0
+        }
+    }
+
+    fn gates(&self) -> bool {
+        matches!(self.role, Role::Member | Role::Leaving)
+    }
+
+    /// Caught up past its live copy (ready to protect an unprotected VM).
+    fn caught_up(&self) -> bool {
+        self.kind == Kind::Sync
+            && self.role == Role::Joining
+            && self.consistent.is_some_and(|c| self.acked >= c)
+    }
 }
 
 /// What an ack changed.
@@ -81,8 +122,10 @@ impl CommitSet {
         CommitSet::default()
     }
 
-    /// A spare starts joining; it receives every epoch after `from`.
-    pub fn add(&mut self, id: SpareId, name: &str, kind: Kind, from: u64) {
+    /// A spare starts joining; it receives every epoch after `from`. `whole`:
+    /// it gets no live copy (the parked start: its first epoch is a full
+    /// one), so every epoch it receives is a commit.
+    pub fn add(&mut self, id: SpareId, name: &str, kind: Kind, from: u64, whole: bool) {
         self.entries.retain(|e| e.id != id);
         self.entries.push(Entry {
             id,
@@ -90,8 +133,54 @@ impl CommitSet {
             kind,
             role: Role::Joining,
             from,
+            consistent: whole.then_some(from),
+            commit_from: if whole { from } else { NOT_YET },
+            recorded: false,
             acked: 0,
         });
+    }
+
+    fn find(&mut self, id: SpareId) -> Option<&mut Entry> {
+        self.entries.iter_mut().find(|e| e.id == id)
+    }
+
+    /// Spare `id`'s live copy finished reading before the capture of `seq`:
+    /// its state is exact from `seq` on. An asynchronous spare, or a
+    /// synchronous one of a VM whose output is held, commits from `seq`; a
+    /// synchronous joiner of an unprotected VM only from the epoch that
+    /// starts protection.
+    pub fn copied(&mut self, id: SpareId, seq: u64) {
+        let held = self.released.is_some();
+        if let Some(e) = self.find(id) {
+            if e.consistent.is_none() {
+                e.consistent = Some(seq);
+                if e.kind == Kind::Async || held {
+                    e.commit_from = seq;
+                }
+            }
+        }
+    }
+
+    /// Spare `id`'s first commit, once known (epochs before it go as pre-copy).
+    pub fn commit_from(&self, id: SpareId) -> Option<u64> {
+        self.entries
+            .iter()
+            .find(|e| e.id == id)
+            .map(|e| e.commit_from)
+            .filter(|&c| c != NOT_YET)
+    }
+
+    /// Whether spare `id` committed an epoch (an asynchronous spare is
+    /// recorded from then on).
+    pub fn has_commit(&self, id: SpareId) -> bool {
+        self.entries.iter().any(|e| e.id == id && e.committed() > 0)
+    }
+
+    /// The arbiter now names asynchronous spare `id`.
+    pub fn recorded(&mut self, id: SpareId) {
+        if let Some(e) = self.find(id) {
+            e.recorded = true;
+        }
     }
 
     /// Output is released up to this epoch (`None`: flows unprotected).
@@ -104,15 +193,22 @@ impl CommitSet {
         self.entries.iter().any(|e| e.role == Role::Member)
     }
 
-    /// The members' names.
-    pub fn members(&self) -> Vec<String> {
-        self.names(|e| e.role == Role::Member)
+    /// Whether every member committed an epoch (a takeover by any of them
+    /// is possible now).
+    pub fn members_committed(&self) -> bool {
+        self.protected()
+            && self
+                .entries
+                .iter()
+                .filter(|e| e.role == Role::Member)
+                .all(|e| e.committed() > 0)
     }
 
-    fn names(&self, f: impl Fn(&Entry) -> bool) -> Vec<String> {
+    /// The members' names.
+    pub fn members(&self) -> Vec<String> {
         self.entries
             .iter()
-            .filter(|e| f(e))
+            .filter(|e| e.role == Role::Member)
             .map(|e| e.name.clone())
             .collect()
     }
@@ -122,54 +218,63 @@ impl CommitSet {
         self.entries.iter().find(|e| e.id == id).map(|e| e.role)
     }
 
-    /// The newest epoch every gating spare (member or leaving) acked;
+    /// The newest epoch every gating spare (member or leaving) committed;
     /// `None` without one.
     pub fn committed(&self) -> Option<u64> {
         self.entries
             .iter()
-            .filter(|e| matches!(e.role, Role::Member | Role::Leaving))
-            .map(|e| e.acked)
+            .filter(|e| e.gates())
+            .map(Entry::committed)
             .min()
     }
 
-    /// Unprotected, with a synchronous joiner that acked an epoch after its
-    /// live copy: time to start holding output.
+    /// Unprotected, with a synchronous joiner caught up past its live copy:
+    /// time to start holding output.
     pub fn ready_to_protect(&self) -> bool {
         self.released.is_none()
-            && !self
-                .entries
-                .iter()
-                .any(|e| matches!(e.role, Role::Member | Role::Leaving))
-            && self
-                .entries
-                .iter()
-                .any(|e| e.kind == Kind::Sync && e.role == Role::Joining && e.acked > e.from)
+            && !self.entries.iter().any(Entry::gates)
+            && self.entries.iter().any(Entry::caught_up)
     }
 
-    /// Synchronous joiners past their live copy (ready to protect the VM).
-    pub fn ready(&self) -> Vec<String> {
-        self.names(|e| e.kind == Kind::Sync && e.role == Role::Joining && e.acked > e.from)
-    }
-
-    /// The ids of the synchronous joiners.
-    pub fn sync_joiners(&self) -> Vec<SpareId> {
+    /// The synchronous joiners caught up past their live copy.
+    pub fn ready(&self) -> Vec<(SpareId, String)> {
         self.entries
             .iter()
-            .filter(|e| e.kind == Kind::Sync && e.role == Role::Joining)
-            .map(|e| e.id)
+            .filter(|e| e.caught_up())
+            .map(|e| (e.id, e.name.clone()))
             .collect()
     }
 
     /// Output is held from now on: everything up to epoch `seq` (captured
     /// with the guest paused, at this very moment) was released freely.
-    /// Returns the names of spares that became members at once.
-    pub fn hold_from(&mut self, seq: u64) -> Vec<String> {
+    /// The synchronous joiners `recorded` (the arbiter names them) become
+    /// members at once, with `seq` as their first commit; every other
+    /// synchronous joiner whose copy is done commits from `seq` too.
+    /// Returns the names of the spares that became members.
+    pub fn hold_from(&mut self, seq: u64, recorded: &[SpareId]) -> Vec<String> {
         if self.released.is_none() {
             self.released = Some(seq);
         }
         let mut joined = Vec::new();
         for i in 0..self.entries.len() {
-            if self.promote(i) {
+            let e = &mut self.entries[i];
+            if e.kind == Kind::Sync
+                && e.role == Role::Joining
+                && e.consistent.is_some()
+                && e.commit_from == NOT_YET
+            {
+                e.commit_from = seq;
+            }
+            // Recorded before this capture, with no commit before it (at
+            // the parked start every epoch is a commit: `commit_from` 0).
+            let forced = e.kind == Kind::Sync
+                && e.role == Role::Joining
+                && e.commit_from <= seq
+                && recorded.contains(&e.id);
+            if forced {
+                e.role = Role::Member;
+            }
+            if forced || self.promote(i) {
                 joined.push(self.entries[i].name.clone());
             }
         }
@@ -182,7 +287,15 @@ impl CommitSet {
             return false;
         };
         let e = &mut self.entries[i];
-        if e.kind == Kind::Sync && e.role == Role::Joining && e.acked > e.from && e.acked >= r {
+        let c = e.committed();
+        // It committed something not older than the release point, and
+        // every byte before its first commit was released.
+        if e.kind == Kind::Sync
+            && e.role == Role::Joining
+            && c > 0
+            && c >= r
+            && r.saturating_add(1) >= e.commit_from
+        {
             e.role = Role::Member;
             return true;
         }
@@ -207,7 +320,7 @@ impl CommitSet {
         }
     }
 
-    /// Raises the release point to what every gating spare acked.
+    /// Raises the release point to what every gating spare committed.
     fn advance(&mut self) -> Option<u64> {
         let r = self.released?;
         let c = self.committed()?;
@@ -218,18 +331,21 @@ impl CommitSet {
         None
     }
 
-    /// Spare `id`'s link was lost. Returns its name if it was a member: the
-    /// arbiter must drop it before any output it did not ack is released.
-    /// A joining or asynchronous spare just leaves the set.
+    /// Spare `id`'s link was lost. Returns its name if the arbiter must drop
+    /// it before any output it did not commit is released: a member, or an
+    /// asynchronous spare the arbiter names (it becomes leaving and bounds
+    /// the release). A joiner, or an unrecorded asynchronous spare, just
+    /// leaves the set.
     pub fn lost(&mut self, id: SpareId) -> Option<String> {
         let i = self.entries.iter().position(|e| e.id == id)?;
-        match self.entries[i].role {
-            Role::Member => {
-                self.entries[i].role = Role::Leaving;
-                Some(self.entries[i].name.clone())
+        let e = &mut self.entries[i];
+        match (e.role, e.kind, e.recorded) {
+            (Role::Member, _, _) | (Role::Joining, Kind::Async, true) => {
+                e.role = Role::Leaving;
+                Some(e.name.clone())
             }
-            Role::Leaving => Some(self.entries[i].name.clone()),
-            Role::Joining => {
+            (Role::Leaving, _, _) => Some(e.name.clone()),
+            (Role::Joining, _, _) => {
                 self.entries.remove(i);
                 None
             }
@@ -240,12 +356,12 @@ impl CommitSet {
     pub fn dropped(&mut self, names: &[String]) -> AfterDrop {
         self.entries
             .retain(|e| !(e.role == Role::Leaving && names.contains(&e.name)));
-        if self
-            .entries
-            .iter()
-            .any(|e| matches!(e.role, Role::Member | Role::Leaving))
-        {
+        if self.entries.iter().any(|e| e.role == Role::Member) {
             return AfterDrop::Protected(self.advance());
+        }
+        if self.entries.iter().any(|e| e.role == Role::Leaving) {
+            // Still waiting for another drop.
+            return AfterDrop::Protected(None);
         }
         self.released = None;
         AfterDrop::Unprotected
@@ -264,31 +380,37 @@ impl CommitSet {
 mod tests {
     use super::*;
 
+    /// A set where spares `ids` joined at the parked start (whole).
+    fn started(ids: &[(SpareId, &str, Kind)]) -> CommitSet {
+        let mut c = CommitSet::new();
+        for &(id, name, kind) in ids {
+            c.add(id, name, kind, 0, true);
+        }
+        c
+    }
+
     #[test]
     fn output_waits_for_every_member() {
-        let mut c = CommitSet::new();
-        c.add(1, "a", Kind::Sync, 0);
-        c.add(2, "b", Kind::Sync, 0);
-        c.add(3, "c", Kind::Async, 0);
-        assert!(c.hold_from(0).is_empty());
-        assert!(c.ack(1, 1).joined);
-        assert_eq!(c.released(), Some(1), "a alone is a member and acked 1");
-        assert!(c.ack(2, 1).joined);
+        let mut c = started(&[
+            (1, "a", Kind::Sync),
+            (2, "b", Kind::Sync),
+            (3, "c", Kind::Async),
+        ]);
+        assert_eq!(c.hold_from(1, &[1, 2]).len(), 2);
+        assert_eq!(c.ack(1, 1).release, None, "b has not committed 1");
+        assert_eq!(c.ack(2, 1).release, None, "1 was released freely already");
         assert_eq!(c.ack(1, 3).release, None, "b has not acked 2 or 3");
         assert_eq!(c.ack(3, 9), AckOutcome::default(), "async never gates");
         assert_eq!(c.ack(2, 2).release, Some(2));
         assert_eq!(c.ack(2, 3).release, Some(3));
         assert_eq!(c.lag(3, 12), Some(3));
+        assert!(c.members_committed());
     }
 
     #[test]
     fn a_lost_member_bounds_the_release_until_dropped() {
-        let mut c = CommitSet::new();
-        c.add(1, "a", Kind::Sync, 0);
-        c.add(2, "b", Kind::Sync, 0);
-        c.hold_from(0);
-        c.ack(1, 1);
-        c.ack(2, 1);
+        let mut c = started(&[(1, "a", Kind::Sync), (2, "b", Kind::Sync)]);
+        c.hold_from(1, &[1, 2]);
         c.ack(1, 5);
         c.ack(2, 4);
         assert_eq!(c.released(), Some(4));
@@ -304,18 +426,25 @@ mod tests {
     }
 
     #[test]
-    fn a_joiner_becomes_a_member_only_once_it_is_not_behind_the_release() {
-        let mut c = CommitSet::new();
-        c.add(1, "a", Kind::Sync, 0);
-        c.hold_from(0);
+    fn a_joiner_commits_only_from_the_first_epoch_after_its_copy() {
+        let mut c = started(&[(1, "a", Kind::Sync)]);
+        c.hold_from(1, &[1]);
         c.ack(1, 10);
-        // b joins at 10 (live copy labelled 10, then epochs 11...).
-        c.add(2, "b", Kind::Sync, 10);
+        // b joins at 10: a live copy labelled 10, then epochs 11...
+        c.add(2, "b", Kind::Sync, 10, false);
         assert!(!c.ack(2, 10).joined, "the live copy's acks do not count");
-        c.ack(1, 14);
         assert!(
             !c.ack(2, 12).joined,
-            "behind the release (14): it could take over from an older state"
+            "epochs before the copy ended are not commits"
+        );
+        assert_eq!(c.commit_from(2), None);
+        // The copy finished reading before the capture of 13.
+        c.copied(2, 13);
+        assert_eq!(c.commit_from(2), Some(13));
+        c.ack(1, 15);
+        assert!(
+            !c.ack(2, 14).joined,
+            "behind the release (15): it could take over from an older state"
         );
         assert_eq!(c.ack(1, 16).release, Some(16), "b does not gate yet");
         assert!(c.ack(2, 16).joined);
@@ -324,44 +453,80 @@ mod tests {
     }
 
     #[test]
-    fn an_unprotected_primary_holds_from_a_capture_once_a_joiner_is_ready() {
+    fn a_joiner_waits_until_every_byte_before_its_first_commit_was_released() {
+        let mut c = started(&[(1, "a", Kind::Sync)]);
+        c.hold_from(1, &[1]);
+        c.ack(1, 3);
+        c.add(2, "b", Kind::Sync, 5, false);
+        c.copied(2, 7);
+        // b committed 7 and more while a lags: output of 4..6 is still held
+        // and b's console buffer starts at 7's output.
+        assert!(!c.ack(2, 9).joined);
+        assert_eq!(c.ack(1, 6).release, Some(6));
+        assert!(c.ack(2, 10).joined, "released 6 >= 7 - 1 and 10 >= 6");
+    }
+
+    #[test]
+    fn an_unprotected_primary_holds_from_a_capture_once_a_joiner_caught_up() {
         let mut c = CommitSet::new();
-        c.add(1, "a", Kind::Sync, 5);
-        c.add(2, "z", Kind::Async, 5);
-        assert!(!c.ready_to_protect(), "nothing acked after the copy");
-        c.ack(1, 5);
-        c.ack(2, 7);
-        assert!(
-            !c.ready_to_protect(),
-            "only the async spare is past its copy"
+        c.add(1, "a", Kind::Sync, 5, false);
+        c.add(2, "z", Kind::Async, 5, false);
+        c.copied(1, 7);
+        c.copied(2, 7);
+        assert_eq!(
+            c.commit_from(1),
+            None,
+            "unprotected: no commit before protection"
         );
+        assert_eq!(c.commit_from(2), Some(7), "async spares commit at once");
+        c.ack(1, 6);
+        assert!(!c.ready_to_protect(), "not caught up past its copy");
         assert!(!c.ack(1, 7).joined, "unprotected: nothing to join yet");
         assert!(c.ready_to_protect());
-        // Held from the capture of 8 on: output up to 8 flowed.
-        assert!(c.hold_from(8).is_empty());
-        assert!(!c.ack(1, 7).joined);
-        assert!(c.ack(1, 8).joined);
-        assert!(c.protected());
+        assert_eq!(c.ready(), vec![(1, "a".to_string())]);
+        // Recorded, then held from the capture of 9 on: its first commit.
+        assert_eq!(c.hold_from(9, &[1]), vec!["a".to_string()]);
+        assert_eq!(c.commit_from(1), Some(9));
+        assert!(c.protected() && !c.members_committed());
+        assert_eq!(c.ack(1, 8).release, None, "a pre-copy ack releases nothing");
+        assert_eq!(c.ack(1, 10).release, Some(10));
         assert!(!c.ready_to_protect());
     }
 
     #[test]
-    fn losing_a_joiner_or_an_async_spare_changes_no_release() {
-        let mut c = CommitSet::new();
-        c.add(1, "a", Kind::Sync, 0);
-        c.hold_from(0);
+    fn a_recorded_async_spare_that_is_lost_gates_until_dropped() {
+        let mut c = started(&[(1, "a", Kind::Sync), (3, "z", Kind::Async)]);
+        c.hold_from(1, &[1]);
+        c.ack(3, 2);
+        assert!(c.has_commit(3));
+        c.recorded(3);
+        c.ack(1, 4);
+        assert_eq!(c.released(), Some(4));
+        assert_eq!(c.lost(3), Some("z".into()));
+        assert_eq!(
+            c.ack(1, 6).release,
+            None,
+            "z could claim: nothing more flows"
+        );
+        assert_eq!(c.dropped(&["z".into()]), AfterDrop::Protected(Some(6)));
+    }
+
+    #[test]
+    fn losing_a_joiner_or_an_unrecorded_async_spare_changes_no_release() {
+        let mut c = started(&[(1, "a", Kind::Sync)]);
+        c.hold_from(1, &[1]);
         c.ack(1, 3);
-        c.add(2, "b", Kind::Sync, 3);
-        c.add(3, "z", Kind::Async, 3);
+        c.add(2, "b", Kind::Sync, 3, false);
+        c.add(3, "z", Kind::Async, 3, false);
         assert_eq!(c.lost(2), None);
         assert_eq!(c.lost(3), None);
         assert_eq!(c.role(2), None);
         assert_eq!(c.ack(1, 4).release, Some(4));
     }
 
-    /// Random acks, losses, joins and drops: the release point never passes
-    /// what a member or leaving spare acked, never goes back, and a member
-    /// never holds less than what was released when it joined.
+    /// Random acks, copies, losses, joins and drops: the release point never
+    /// passes what a gating spare committed, never goes back, and a spare
+    /// becomes a member only with a commit not older than the release.
     #[test]
     fn random_schedules_never_release_past_a_gating_spare() {
         let mut seed = 0x2545_f491_4f6c_dd1du64;
@@ -372,24 +537,28 @@ mod tests {
             seed
         };
         for _ in 0..2000 {
-            let mut c = CommitSet::new();
-            let mut sent = 0u64;
+            let mut c = started(&[
+                (0, "s0", Kind::Sync),
+                (1, "s1", Kind::Sync),
+                (2, "s2", Kind::Sync),
+            ]);
+            let mut sent = 1u64;
             let mut acked = [0u64; 4];
-            let mut last_release = 0u64;
-            for id in 0..3u64 {
-                c.add(id, &format!("s{id}"), Kind::Sync, 0);
-            }
-            c.hold_from(0);
-            for _ in 0..60 {
+            // Where output was last held from: released freely up to there.
+            let mut held_at = 1u64;
+            c.hold_from(1, &[0, 1, 2]);
+            let mut last_release = 1u64;
+            for _ in 0..80 {
                 let id = next() % 4;
-                match next() % 6 {
+                let i = id as usize;
+                match next() % 7 {
                     0 => sent += 1,
-                    1 | 2 if acked[id as usize] < sent => {
-                        acked[id as usize] += 1 + next() % (sent - acked[id as usize]);
+                    1 | 2 if acked[i] < sent => {
+                        acked[i] += 1 + next() % (sent - acked[i]);
                         let was = c.role(id);
-                        let o = c.ack(id, acked[id as usize]);
+                        let o = c.ack(id, acked[i]);
                         if o.joined {
-                            assert!(acked[id as usize] >= last_release);
+                            assert!(acked[i] >= last_release);
                         }
                         if let Some(r) = o.release {
                             assert!(r > last_release, "the release went back");
@@ -411,26 +580,37 @@ mod tests {
                             assert!(r > last_release);
                             last_release = r;
                         }
-                        if c.released().is_none() {
-                            last_release = 0;
-                        }
                     }
                     5 if c.role(id).is_none() => {
-                        c.add(id, &format!("s{id}"), Kind::Sync, sent);
-                        acked[id as usize] = sent;
-                        if c.released().is_none() {
-                            c.hold_from(sent);
-                            last_release = sent;
-                        }
+                        c.add(id, &format!("s{id}"), Kind::Sync, sent, false);
+                        acked[i] = sent;
                     }
+                    6 => c.copied(id, sent + 1),
                     _ => {}
                 }
+                if c.released().is_none() {
+                    if c.ready_to_protect() {
+                        let ids: Vec<SpareId> = c.ready().iter().map(|r| r.0).collect();
+                        sent += 1;
+                        c.hold_from(sent, &ids);
+                        last_release = sent;
+                        held_at = sent;
+                    } else {
+                        last_release = 0;
+                    }
+                }
                 if let Some(r) = c.released() {
-                    for i in 0..4 {
-                        if matches!(c.role(i), Some(Role::Member | Role::Leaving)) {
+                    for i in 0..4u64 {
+                        if c.role(i) == Some(Role::Member) {
+                            let from = c.commit_from(i).expect("a member has a first commit");
+                            assert!(r + 1 >= from, "s{i} joined with output before it held");
+                        }
+                        if matches!(c.role(i), Some(Role::Member | Role::Leaving))
+                            && acked[i as usize] >= c.commit_from(i).unwrap_or(u64::MAX)
+                        {
                             assert!(
-                                r <= acked[i as usize],
-                                "released {r} past s{i}'s ack {}",
+                                r <= acked[i as usize].max(held_at),
+                                "released {r} past s{i}'s commit {}",
                                 acked[i as usize]
                             );
                         }

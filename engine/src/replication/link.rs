@@ -102,6 +102,8 @@ pub(super) struct LinkShared {
     /// unprotected VM must not hold a commit older than output released
     /// freely). `u64::MAX`: none yet.
     pub(super) commit_from: AtomicU64,
+    /// Its live copy finished reading (or it needed none).
+    pub(super) copied: AtomicBool,
     /// Container bytes queued for the sender.
     pub(super) queued: AtomicU64,
     /// Its live copy, once sent.
@@ -206,7 +208,7 @@ impl Fanout {
             let queued = p.shared.queued.fetch_add(len, Ordering::SeqCst) + len;
             if queued > p.max_queued {
                 p.shared.lose(format!(
-                    "{:?} spare {} is too far behind ({} MiB queued, {} epochs unacknowledged):                      dropped; it rejoins with a fresh live copy",
+                    "{:?} spare {} is too far behind ({} MiB queued, {} epochs unacknowledged): dropped; it rejoins with a fresh live copy",
                     p.shared.kind,
                     p.shared.name,
                     queued >> 20,
@@ -333,6 +335,7 @@ pub(super) fn sender(
                     f.secs
                 );
                 *shared.copy.lock().unwrap_or_else(|e| e.into_inner()) = Some(f);
+                shared.copied.store(true, Ordering::SeqCst);
             }
             Err(e) => {
                 shared.lose(format!("live copy: {e}"));
@@ -354,30 +357,40 @@ pub(super) fn sender(
         }
         shared.track(sh.seq);
         let precopy = sh.seq < shared.commit_from.load(Ordering::SeqCst);
-        let res = (|| -> std::result::Result<(), TransportError> {
-            let begin = EpochBegin {
-                seq: sh.seq,
-                len: sh.container.len() as u64,
-                precopy,
-            };
-            conn.send(FrameKind::EpochBegin, term, &wire::encode(&begin))?;
-            for chunk in sh.container.chunks(wire::CHUNK) {
-                conn.send(FrameKind::EpochData, term, chunk)?;
-                if !precopy {
-                    crate::faults::hit(crate::faults::Point::PrimaryMidEpoch);
-                }
-            }
-            conn.send(FrameKind::EpochEnd, term, &wire::encode(&end))?;
-            if !precopy {
-                crate::faults::hit(crate::faults::Point::PrimaryBeforeAck);
-            }
-            Ok(())
-        })();
-        if let Err(e) = res {
+        if let Err(e) = send_epoch(&mut conn, term, sh.seq, precopy, &sh.container, &end) {
             shared.lose(format!("sending epoch {}: {e}", sh.seq));
             return;
         }
     }
+}
+
+/// Writes one epoch's frames: begin, the container in chunks, end. The
+/// named fault points fire only for epochs sent as commits.
+pub(super) fn send_epoch(
+    conn: &mut transport::Sender,
+    term: u64,
+    seq: u64,
+    precopy: bool,
+    container: &[u8],
+    end: &EpochEnd,
+) -> std::result::Result<(), TransportError> {
+    let begin = EpochBegin {
+        seq,
+        len: container.len() as u64,
+        precopy,
+    };
+    conn.send(FrameKind::EpochBegin, term, &wire::encode(&begin))?;
+    for chunk in container.chunks(wire::CHUNK) {
+        conn.send(FrameKind::EpochData, term, chunk)?;
+        if !precopy {
+            crate::faults::hit(crate::faults::Point::PrimaryMidEpoch);
+        }
+    }
+    conn.send(FrameKind::EpochEnd, term, &wire::encode(end))?;
+    if !precopy {
+        crate::faults::hit(crate::faults::Point::PrimaryBeforeAck);
+    }
+    Ok(())
 }
 
 pub(super) fn acker(mut conn: transport::Receiver, shared: Arc<LinkShared>) {

@@ -4,26 +4,26 @@
 //!
 //! The containers are all of kind Full with the join point's sequence
 //! number: each carries a part of memory (the first also the zero markers),
-//! and the spare applies them without committing anything. Its first
-//! commit is the first epoch after the join point, an increment on top of
-//! the copy. A page written while it is copied is dirty in a later epoch.
-//! Runs on the link's sender thread, so the primary keeps taking epochs for
-//! the other spares meanwhile.
+//! and the spare applies them without committing anything. The epochs after
+//! the join point follow, increments on top of the copy. A page written
+//! while it is copied is dirty in a later epoch, so the spare's state is
+//! exact only at epochs captured after the copy finished reading: epochs
+//! before that reach it as pre-copy, and its first commit is one of those
+//! after (`commit.rs`, `CommitSet::copied`). Runs on the link's sender
+//! thread, so the primary keeps taking epochs for the other spares meanwhile.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use checkpoint::fingerprint::MachineConfig;
-use checkpoint::format::Header;
-use checkpoint::pages::{Compression, MemoryEncoder};
-use transport::{FrameKind, TransportError};
-
-use super::wire::{self, EpochBegin, EpochEnd};
+use super::wire::EpochEnd;
 use crate::capture::PrecopyRound;
 use crate::devices::virtio::block::disk::{DiskImage, BLOCK};
 use crate::error::{EngineError, Result};
 use crate::memory::{Ram, PAGE_SIZE};
 use crate::store;
+use checkpoint::fingerprint::MachineConfig;
+use checkpoint::format::Header;
+use checkpoint::pages::{Compression, MemoryEncoder};
 
 /// A sync round is sent in pre-copy containers of at most this many pages
 /// (4 MiB), so sending and applying overlap with reading and encoding.
@@ -181,19 +181,8 @@ impl LiveCopy {
         sent: &dyn Fn(u64),
     ) -> Result<()> {
         sent(self.seq);
-        let res = (|| -> std::result::Result<(), TransportError> {
-            let begin = EpochBegin {
-                seq: self.seq,
-                len: container.len() as u64,
-                precopy: true,
-            };
-            conn.send(FrameKind::EpochBegin, term, &wire::encode(&begin))?;
-            for chunk in container.chunks(wire::CHUNK) {
-                conn.send(FrameKind::EpochData, term, chunk)?;
-            }
-            conn.send(FrameKind::EpochEnd, term, &wire::encode(&self.end))
-        })();
-        res.map_err(EngineError::Transport)
+        super::link::send_epoch(conn, term, self.seq, true, container, &self.end)
+            .map_err(EngineError::Transport)
     }
 }
 

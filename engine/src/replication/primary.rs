@@ -131,11 +131,13 @@ pub struct Replicator {
     fence_base: Option<FenceInfo>,
     /// What the fence said, for the supervisor's thread to act on.
     fence_actions: Vec<FenceAction>,
+    /// Synchronous joiners the arbiter just recorded before the epoch that
+    /// starts protection: members from that capture on.
+    protecting: Vec<u64>,
     /// Members of the commit set the arbiter does not name yet.
     unrecorded: Vec<String>,
-    /// Asynchronous spares to add to, or drop from, the record.
-    async_add: Vec<String>,
-    async_drop: Vec<String>,
+    /// Asynchronous spares to add to the record.
+    async_add: Vec<(u64, String)>,
     next_record: Instant,
     announced_unprotected: bool,
 }
@@ -184,9 +186,9 @@ impl Replicator {
             fence,
             fence_base: None,
             fence_actions: Vec::new(),
+            protecting: Vec::new(),
             unrecorded: Vec::new(),
             async_add: Vec::new(),
-            async_drop: Vec::new(),
             next_record: Instant::now(),
             announced_unprotected: false,
             cfg,
@@ -200,11 +202,6 @@ impl Replicator {
 
     /// The configured spares, for messages.
     pub fn spare_names(&self) -> String {
-        self.names()
-    }
-
-    /// The spares' names, for messages.
-    fn names(&self) -> String {
         self.cfg
             .shadows
             .iter()
@@ -249,11 +246,11 @@ impl Replicator {
                 Some(_) => eprintln!(
                     "hotspare: the arbiter recorded this primary (term {}) as UNPROTECTED: held output released; reconnecting to {}",
                     self.cfg.term,
-                    self.names()
+                    self.spare_names()
                 ),
                 None => tracing::error!(
                     "the VM now runs UNPROTECTED; reconnecting to {}",
-                    self.names()
+                    self.spare_names()
                 ),
             }
             self.announced_unprotected = true;
@@ -287,7 +284,6 @@ impl Replicator {
         self.ensure_encoder(vm)?;
         let full = self.initial;
         let seq = self.seq + 1;
-        let protect = protect || full;
         let mut kept = None;
         let (ep, pause, resume, memory_hash) = {
             let paused_at = guard.paused_at();
@@ -296,15 +292,31 @@ impl Replicator {
                 self.devices.hold_outputs(true);
             }
             let buf = self.pool.1.try_recv().unwrap_or_default();
-            let (ep, harvest) = capture::capture_into(&guard, &mut self.ledger, full, seq, buf)?;
+            let (ep, harvest) =
+                match capture::capture_into(&guard, &mut self.ledger, full, seq, buf) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        if protect {
+                            // Protection did not start: output flows as before.
+                            self.devices.hold_outputs(false);
+                        }
+                        return Err(e);
+                    }
+                };
             // The epoch goes, in order, to every link; a link that fails to
             // deliver it is dropped and its spare rejoins with a full live
             // copy, so no one needs these dirty bits again.
             self.ledger.commit(harvest);
+            // Joiners whose copy finished reading: exact from this capture on.
+            self.note_copies(seq);
             if protect {
-                let joined = self.commit.lock().hold_from(seq);
+                let recorded = std::mem::take(&mut self.protecting);
+                let joined = self.commit.lock().hold_from(seq, &recorded);
                 self.unrecorded.retain(|n| !joined.contains(n));
             }
+            // Before the epoch goes to the encoder: its senders must know
+            // whether it is a commit.
+            self.publish_commit_from();
             let hash = self
                 .cfg
                 .verify_memory
@@ -392,8 +404,14 @@ impl Replicator {
             .as_ref()
             .is_none_or(|tx| tx.send(job).is_err())
         {
+            // Every link rejoins with a fresh copy, against a new encoder
+            // (with an empty delta cache) started at the next epoch.
             for p in self.fanout.ports().iter() {
                 p.shared.lose("the encoder thread is gone".into());
+            }
+            self.encoder.tx = None;
+            if let Some(t) = self.encoder.thread.take() {
+                let _ = t.join();
             }
         }
         Ok(kept)
@@ -430,16 +448,17 @@ impl Replicator {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        let joined: Vec<String> = self
+        let (joined, ids): (Vec<String>, Vec<u64>) = self
             .spares
             .iter()
-            .filter(|s| s.link.is_some() && s.spec.kind == Kind::Sync)
-            .map(|s| s.spec.addr.clone())
-            .collect();
+            .filter_map(|s| s.link.as_ref().map(|l| (s, l)))
+            .filter(|(s, _)| s.spec.kind == Kind::Sync)
+            .map(|(s, l)| (s.spec.addr.clone(), l.shared.id))
+            .unzip();
         if self.spares.iter().all(|s| s.link.is_none()) {
             eprintln!(
                 "hotspare: no shadow at {} within {wait:?} ({last_err}): the guest starts UNPROTECTED; retrying",
-                self.names()
+                self.spare_names()
             );
             self.announced_unprotected = true;
             // Let the parked vCPUs go.
@@ -457,15 +476,20 @@ impl Replicator {
         }
         let t0 = Instant::now();
         self.initial = true;
+        self.protecting = ids;
         let guard = vm.pause()?;
-        let guard = self.epoch_with(vm, guard, true, true)?;
+        // Output is held from the first instruction on if a synchronous
+        // spare may commit this state; asynchronous spares hold nothing.
+        let guard = self.epoch_with(vm, guard, true, !joined.is_empty())?;
         let seq = self.seq;
         let until = Instant::now() + Duration::from_secs(60);
+        // Distant spares hold nothing back: the guest does not wait for them.
         let pending = || {
             self.spares.iter().any(|s| {
-                s.link.as_ref().is_some_and(|l| {
-                    !l.shared.is_lost() && l.shared.acked.load(Ordering::SeqCst) < seq
-                })
+                s.spec.kind == Kind::Sync
+                    && s.link.as_ref().is_some_and(|l| {
+                        !l.shared.is_lost() && l.shared.acked.load(Ordering::SeqCst) < seq
+                    })
             })
         };
         while pending() && Instant::now() < until {
@@ -474,7 +498,10 @@ impl Replicator {
         drop(guard);
         self.next_epoch = Instant::now() + self.policy.interval();
         self.settle()?;
-        let acked = self.protected();
+        let acked = {
+            let set = self.commit.lock();
+            set.protected() && set.committed().is_some_and(|c| c >= seq)
+        };
         if acked {
             let pages = self.stats.epochs.last().map_or(0, |e| e.pages);
             self.stats.protected_before_start = Some((t0.elapsed(), pages * PAGE_SIZE));
@@ -484,9 +511,12 @@ impl Replicator {
                 t0.elapsed().as_secs_f64() * 1e3
             );
         } else {
-            eprintln!(
-                "hotspare: no synchronous shadow took the initial state: the guest starts UNPROTECTED"
-            );
+            let why = if joined.is_empty() {
+                "no synchronous spare answered (asynchronous spares hold no output back)"
+            } else {
+                "the synchronous spares did not all take the initial state; output stays held until they do or leave the record"
+            };
+            eprintln!("hotspare: the guest starts UNPROTECTED or waiting: {why}");
             self.act(vm)?;
         }
         Ok(acked)
@@ -633,7 +663,7 @@ impl Periodic for Replicator {
         if let Some(why) = vm.io_failover.failure() {
             return Err(EngineError::HandOver(why));
         }
-        let live = self.protected()
+        let live = self.commit.lock().members_committed()
             && self.spares.iter().all(|s| {
                 s.spec.kind == Kind::Async || s.link.as_ref().is_none_or(|l| !l.shared.is_lost())
             });

@@ -28,7 +28,7 @@ use crate::vm::Vm;
 const SYNC_MAX_QUEUED: u64 = 1 << 30;
 
 /// Epochs a link's inbox holds at most.
-const LINK_QUEUE: usize = 4096;
+const LINK_QUEUE: usize = 1 << 16;
 
 /// Both connections to a spare (heartbeat, stream).
 type Conns = (FramedConn, FramedConn);
@@ -43,8 +43,6 @@ pub(super) struct Spare {
     announced: bool,
     /// An asynchronous spare the record names.
     async_recorded: bool,
-    /// Its join point (the live copy's label).
-    from: u64,
 }
 
 impl Spare {
@@ -56,7 +54,6 @@ impl Spare {
             next_dial: Instant::now(),
             announced: false,
             async_recorded: false,
-            from: 0,
         }
     }
 }
@@ -167,9 +164,8 @@ impl Replicator {
         }
         let id = self.next_id;
         self.next_id += 1;
-        let protected = self.commit.lock().protected();
-        let (from, copy, commit_from) = if initial {
-            (0, None, 0)
+        let (from, copy) = if initial {
+            (0, None)
         } else {
             if self.seq == 0 {
                 // Nothing was ever sent: the copy needs a label other than 0.
@@ -199,14 +195,7 @@ impl Replicator {
                     fence,
                 },
             };
-            // A synchronous joiner of an unprotected VM commits nothing
-            // before the epoch that starts protection (`begin_protection`).
-            let commit_from = if spec.kind == Kind::Async || protected {
-                e + 1
-            } else {
-                u64::MAX
-            };
-            (e, Some(copy), commit_from)
+            (e, Some(copy))
         };
         let shared = Arc::new(LinkShared {
             id,
@@ -221,7 +210,10 @@ impl Replicator {
             reason: Mutex::new(None),
             superseded: AtomicU64::new(0),
             joined: AtomicBool::new(false),
-            commit_from: AtomicU64::new(commit_from),
+            // Epochs are pre-copy until the commit set says otherwise (a
+            // joiner's first commit comes after its copy finished reading).
+            commit_from: AtomicU64::new(if initial { 0 } else { u64::MAX }),
+            copied: AtomicBool::new(initial),
             queued: AtomicU64::new(0),
             copy: Mutex::new(None),
         });
@@ -238,7 +230,9 @@ impl Replicator {
         recv_half
             .set_read_timeout(Some(Duration::from_millis(20)))
             .map_err(EngineError::Transport)?;
-        self.commit.lock().add(id, &spec.addr, spec.kind, from);
+        self.commit
+            .lock()
+            .add(id, &spec.addr, spec.kind, from, initial);
         let term = self.cfg.term;
         let mut threads = Vec::new();
         let s = shared.clone();
@@ -280,7 +274,7 @@ impl Replicator {
             hb_protected,
         });
         s.announced = false;
-        s.from = from;
+        s.async_recorded = false;
         if !initial {
             eprintln!(
                 "hotspare: {} spare {} connected: live copy at epoch {from}, then every epoch after it",
@@ -295,13 +289,14 @@ impl Replicator {
     /// ready joiners in the arbiter before epoch `seq`, their first commit.
     /// Returns whether output is to be held from the capture of `seq`.
     pub(super) fn begin_protection(&mut self, seq: u64) -> Result<bool> {
-        let (ready, joiners) = {
+        let ready = {
             let set = self.commit.lock();
             if !set.ready_to_protect() {
                 return Ok(false);
             }
-            (set.ready(), set.sync_joiners())
+            set.ready()
         };
+        let (ids, ready): (Vec<u64>, Vec<String>) = ready.into_iter().unzip();
         if let Some(f) = self.fence.as_mut() {
             if Instant::now() < self.next_record {
                 return Ok(false);
@@ -312,17 +307,37 @@ impl Replicator {
             }
             self.fence_base = f.fence_info()?;
         }
-        for s in &self.spares {
-            if let Some(l) = &s.link {
-                if joiners.contains(&l.shared.id) {
-                    l.shared.commit_from.store(seq, Ordering::SeqCst);
-                }
-            }
-        }
         eprintln!(
             "hotspare: protecting the VM again with {ready:?} from epoch {seq}: output held from here on"
         );
+        self.protecting = ids;
         Ok(true)
+    }
+
+    /// Tells the commit set which joiners' live copies finished reading
+    /// (before the capture of `seq`, under way with the guest paused), and
+    /// each link from which epoch on it sends commits.
+    pub(super) fn note_copies(&mut self, seq: u64) {
+        let mut set = self.commit.lock();
+        for s in &self.spares {
+            if let Some(l) = &s.link {
+                if l.shared.copied.load(Ordering::SeqCst) {
+                    set.copied(l.shared.id, seq);
+                }
+            }
+        }
+    }
+
+    /// Publishes each link's first commit to its sender.
+    pub(super) fn publish_commit_from(&self) {
+        let set = self.commit.lock();
+        for s in &self.spares {
+            if let Some(l) = &s.link {
+                if let Some(c) = set.commit_from(l.shared.id) {
+                    l.shared.commit_from.store(c, Ordering::SeqCst);
+                }
+            }
+        }
     }
 
     /// Tears spare `i`'s link down. A lost member holds output until the
@@ -348,7 +363,7 @@ impl Replicator {
         self.stats.shadow_losses += 1;
         self.spares[i].next_dial = Instant::now() + self.cfg.retry;
         self.unrecorded.retain(|n| n != &name);
-        let member = self.commit.lock().lost(id);
+        let gated = self.commit.lock().lost(id);
         if superseded_by > self.cfg.term {
             // A spare says it took over: no question to the arbiter.
             let a = match self.fence.as_mut() {
@@ -360,31 +375,31 @@ impl Replicator {
             self.fence_actions.push(a);
             return;
         }
-        if kind == Kind::Async {
-            eprintln!(
-                "hotspare: asynchronous spare {name} lost ({why}); it rejoins with a fresh live copy"
-            );
-            if std::mem::take(&mut self.spares[i].async_recorded) {
-                self.async_drop.push(name);
-            }
-            return;
-        }
-        let Some(member) = member else {
-            tracing::warn!("spare {name} lost while joining ({why}); retrying");
+        let Some(gone) = gated else {
+            let what = match kind {
+                Kind::Async => "asynchronous spare",
+                Kind::Sync => "spare (still joining)",
+            };
+            eprintln!("hotspare: {what} {name} lost ({why}); it rejoins with a fresh live copy");
             return;
         };
+        if kind == Kind::Async && self.commit.lock().released().is_none() {
+            // Unprotected, a recorded distant spare could claim the VM: hold
+            // output until the arbiter dropped it.
+            self.devices.hold_outputs(true);
+        }
         match self.fence.as_mut() {
             Some(f) => {
                 eprintln!(
                     "hotspare: SHADOW LOST ({name}: {why}): output HELD while the arbiter {} decides",
                     f.describe()
                 );
-                let a = f.step(FenceInput::SpareLost(member));
+                let a = f.step(FenceInput::SpareLost(gone));
                 self.fence_actions.push(a);
             }
             None => {
                 tracing::error!("SHADOW LOST ({name}: {why})");
-                self.apply_drop(&[member]);
+                self.apply_drop(&[gone]);
             }
         }
         self.announced_unprotected = true;
@@ -414,11 +429,10 @@ impl Replicator {
             }
             if s.spec.kind == Kind::Async
                 && !s.async_recorded
-                && l.shared.acked.load(Ordering::SeqCst) > s.from
+                && self.commit.lock().has_commit(l.shared.id)
             {
                 s.async_recorded = true;
-                self.async_drop.retain(|n| n != &s.spec.addr);
-                self.async_add.push(s.spec.addr.clone());
+                self.async_add.push((l.shared.id, s.spec.addr.clone()));
             }
         }
         self.collect();
@@ -427,7 +441,7 @@ impl Replicator {
 
     /// Writes pending membership changes to the arbiter.
     fn record(&mut self) -> Result<()> {
-        if self.unrecorded.is_empty() && self.async_add.is_empty() && self.async_drop.is_empty() {
+        if self.unrecorded.is_empty() && self.async_add.is_empty() {
             return Ok(());
         }
         let now = Instant::now();
@@ -439,7 +453,6 @@ impl Replicator {
                 eprintln!("hotspare: protected by shadow {n} (epoch {})", self.seq);
             }
             self.async_add.clear();
-            self.async_drop.clear();
             return Ok(());
         };
         let mut ok = true;
@@ -455,20 +468,15 @@ impl Replicator {
                 ok = false;
             }
         }
-        while let Some(n) = self.async_add.first().cloned() {
+        while let Some((id, n)) = self.async_add.first().cloned() {
             if !f.add_async(&n)? {
                 ok = false;
                 break;
             }
+            // From now on its loss holds output until the arbiter drops it.
+            self.commit.lock().recorded(id);
             eprintln!("hotspare: asynchronous spare {n} follows the VM; the arbiter names it");
             self.async_add.remove(0);
-        }
-        if !self.async_drop.is_empty() {
-            if f.drop_async(&self.async_drop)? {
-                self.async_drop.clear();
-            } else {
-                ok = false;
-            }
         }
         if let Some(b) = f.fence_info()? {
             self.fence_base = Some(b);
@@ -524,7 +532,11 @@ impl Replicator {
             }
         } else {
             let lag = self.commit.lock().lag(shared.id, self.seq).unwrap_or(0);
-            self.stats.async_lag = Some((lag, shared.oldest_unacked()));
+            let now = (lag, shared.oldest_unacked());
+            // The furthest-behind asynchronous spare.
+            if self.stats.async_lag.is_none_or(|l| now.0 >= l.0) {
+                self.stats.async_lag = Some(now);
+            }
         }
         if let Some(c) = shared.copy.lock().unwrap_or_else(|e| e.into_inner()).take() {
             self.stats.syncs.push((1, c.units * PAGE_SIZE, c.secs));
@@ -551,6 +563,9 @@ impl Replicator {
             std::thread::sleep(Duration::from_millis(1));
         }
         for l in &mut links {
+            // A spare that did not close its end (partitioned) must not keep
+            // the ack thread, and with it the end of the run, waiting.
+            l.shared.lose("the guest ended".into());
             l.hb_stop.store(true, Ordering::SeqCst);
             for t in l.threads.drain(..) {
                 let _ = t.join();
