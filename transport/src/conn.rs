@@ -17,7 +17,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use crate::error::{Result, TransportError};
-use crate::frame::{header_for, mac, Frame, FrameKind, Limits};
+use crate::frame::{header_for, mac_hashed, Frame, FrameKind, Limits, PayloadHash};
 use crate::handshake::{self, HandshakeParams, PeerInfo, HANDSHAKE_MAX_PAYLOAD};
 use crate::key::MacKey;
 use crate::reader::{map_io_error, FrameReader, RawFrame};
@@ -183,11 +183,24 @@ impl Sender {
     /// partly written. Afterwards every send fails with
     /// [`TransportError::Closed`].
     pub fn send(&mut self, kind: FrameKind, term: u64, payload: &[u8]) -> Result<()> {
+        self.send_hashed(kind, term, payload, &PayloadHash::of(payload))
+    }
+
+    /// [`Sender::send`] of a payload whose hash the caller computed once
+    /// for several connections. A wrong hash makes the peer refuse the
+    /// frame (MAC mismatch); it never passes as another payload.
+    pub fn send_hashed(
+        &mut self,
+        kind: FrameKind,
+        term: u64,
+        payload: &[u8],
+        hash: &PayloadHash,
+    ) -> Result<()> {
         if self.dead {
             return Err(TransportError::Closed);
         }
         let header = header_for(kind, term, self.next_seq, payload)?.encode();
-        let tag = mac(&self.key, &header, payload);
+        let tag = mac_hashed(&self.key, &header, hash);
         match write_all_parts(&mut self.stream, [&header, payload, &tag]) {
             Ok(()) => {
                 self.next_seq += 1;

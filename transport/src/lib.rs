@@ -43,7 +43,7 @@ mod tests;
 
 pub use conn::{FramedConn, Receiver, Sender};
 pub use error::{Result, TransportError};
-pub use frame::{Frame, FrameKind, Limits};
+pub use frame::{Frame, FrameKind, Limits, PayloadHash};
 pub use handshake::{Channel, HandshakeParams, PeerInfo, RefuseCode, PROTOCOL_VERSION};
 pub use key::Psk;
 pub use listener::Listener;

@@ -181,7 +181,7 @@ impl LiveCopy {
         sent: &dyn Fn(u64),
     ) -> Result<()> {
         sent(self.seq);
-        super::link::send_epoch(conn, term, self.seq, true, container, &self.end)
+        super::link::send_epoch(conn, term, self.seq, true, container, None, &self.end)
             .map_err(EngineError::Transport)
     }
 }

@@ -234,3 +234,26 @@ fn failed_connection_stays_failed_on_both_sides() {
         "sending on a shut-down connection must fail"
     );
 }
+
+#[test]
+fn a_payload_hashed_once_goes_out_on_several_connections_and_a_wrong_hash_is_refused() {
+    let data = payload(100_000, 7);
+    let hash = crate::PayloadHash::of(&data);
+    for _ in 0..2 {
+        let (client, mut server) = pair();
+        let (mut tx, _rx) = client.split();
+        tx.send_hashed(FrameKind::EpochData, 4, &data, &hash)
+            .unwrap();
+        let f = server.recv().unwrap();
+        assert_eq!((f.kind, f.term), (FrameKind::EpochData, 4));
+        assert!(f.payload == data);
+    }
+    // A hash of other bytes never passes as this payload.
+    let (client, mut server) = pair();
+    let (mut tx, _rx) = client.split();
+    let other = crate::PayloadHash::of(&payload(100_000, 8));
+    tx.send_hashed(FrameKind::EpochData, 4, &data, &other)
+        .unwrap();
+    let e = server.recv().unwrap_err();
+    assert!(e.to_string().contains("MAC mismatch"), "{e}");
+}

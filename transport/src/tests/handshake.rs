@@ -105,17 +105,17 @@ fn protocol_version_mismatch_is_refused_on_both_sides() {
     init.protocol_version = 3;
     let (ce, se) = refused(&l, &init, &resp);
     assert!(
-        matches!(se, TransportError::VersionMismatch { peer: 3, ours: 1 }),
+        matches!(se, TransportError::VersionMismatch { peer: 3, ours: 2 }),
         "{se}"
     );
     assert_eq!(
         se.to_string(),
-        "protocol version mismatch: peer speaks 3, we speak 1"
+        "protocol version mismatch: peer speaks 3, we speak 2"
     );
     match &ce {
         TransportError::Refused { code, reason, .. } => {
             assert_eq!(*code, RefuseCode::Version);
-            assert!(reason.contains("you speak 3, we speak 1"), "{reason}");
+            assert!(reason.contains("you speak 3, we speak 2"), "{reason}");
         }
         e => panic!("initiator: expected Refused, got {e}"),
     }
@@ -124,11 +124,11 @@ fn protocol_version_mismatch_is_refused_on_both_sides() {
     // The other way round: a newer responder.
     let l = listener();
     let mut resp = resp_params(&key, Some(FP));
-    resp.protocol_version = 2;
+    resp.protocol_version = 4;
     let (ce, se) = refused(&l, &init_params(&key, 1), &resp);
     assert!(matches!(
         se,
-        TransportError::VersionMismatch { peer: 1, ours: 2 }
+        TransportError::VersionMismatch { peer: 2, ours: 4 }
     ));
     assert!(matches!(
         ce,
