@@ -529,13 +529,7 @@ mod tests {
     /// becomes a member only with a commit not older than the release.
     #[test]
     fn random_schedules_never_release_past_a_gating_spare() {
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = crate::replication::xorshift(0x2545_f491_4f6c_dd1du64);
         for _ in 0..2000 {
             let mut c = started(&[
                 (0, "s0", Kind::Sync),

@@ -233,48 +233,22 @@ pub fn finish(cur: Option<&Record>, term: u64, me: &str) -> Rule {
 /// A standby named `me`, holding a commit of sync `sync` from the primary
 /// of term `followed`, takes the VM over in term `followed + 1`.
 pub fn promote(cur: Option<&Record>, followed: u64, sync: u64, me: &str) -> Rule {
-    let Some(r) = cur else {
-        return Rule::Refuse(Refusal::NoRecord);
-    };
-    let Some(next) = followed.checked_add(1) else {
-        return Rule::Refuse(Refusal::NotEligible("the followed term cannot grow".into()));
-    };
-    if r.term == next && r.primary == me && !r.stopped {
-        return Rule::Already(r.clone());
-    }
-    let not = |why: String| Rule::Refuse(Refusal::NotEligible(why));
-    if r.term != followed {
-        return Rule::Refuse(Refusal::Superseded {
-            term: r.term,
-            primary: r.primary.clone(),
-        });
-    }
-    if r.stopped {
-        return not("the guest stopped on its own".into());
-    }
-    if !r.protected {
-        return not(format!(
-            "the primary {:?} recorded that it runs unprotected (this spare's state is stale)",
-            r.primary
-        ));
-    }
-    if !r.spares.iter().any(|s| s == me) {
-        return not(format!("{me:?} is not among the spares {:?}", r.spares));
-    }
-    if r.sync != sync {
-        return not(format!(
-            "this spare holds a commit of sync {sync}, the record is at sync {}",
-            r.sync
-        ));
-    }
-    Rule::Write(Record {
-        term: next,
-        primary: me.into(),
-        spares: Vec::new(),
-        async_spares: Vec::new(),
-        protected: false,
-        sync: r.sync,
-        stopped: false,
+    take_over(cur, followed, me, |r| {
+        if !r.protected {
+            return Some(format!(
+                "the primary {:?} recorded that it runs unprotected (this spare's state is stale)",
+                r.primary
+            ));
+        }
+        if !r.spares.iter().any(|s| s == me) {
+            return Some(format!("{me:?} is not among the spares {:?}", r.spares));
+        }
+        (r.sync != sync).then(|| {
+            format!(
+                "this spare holds a commit of sync {sync}, the record is at sync {}",
+                r.sync
+            )
+        })
     })
 }
 
@@ -284,6 +258,24 @@ pub fn promote(cur: Option<&Record>, followed: u64, sync: u64, me: &str) -> Rule
 /// asynchronous spare. It does not need `protected`: a distant spare never
 /// held output back, so it may lose the last moments, and says how many.
 pub fn promote_async(cur: Option<&Record>, followed: u64, me: &str) -> Rule {
+    take_over(cur, followed, me, |r| {
+        (!r.async_spares.iter().any(|s| s == me)).then(|| {
+            format!(
+                "{me:?} is not among the asynchronous spares {:?}",
+                r.async_spares
+            )
+        })
+    })
+}
+
+/// What every takeover rule shares: the record of term `followed`, still
+/// running, becomes `me`'s in `followed + 1` unless `ineligible` says why not.
+fn take_over(
+    cur: Option<&Record>,
+    followed: u64,
+    me: &str,
+    ineligible: impl Fn(&Record) -> Option<String>,
+) -> Rule {
     let Some(r) = cur else {
         return Rule::Refuse(Refusal::NoRecord);
     };
@@ -302,11 +294,8 @@ pub fn promote_async(cur: Option<&Record>, followed: u64, me: &str) -> Rule {
     if r.stopped {
         return Rule::Refuse(Refusal::NotEligible("the guest stopped on its own".into()));
     }
-    if !r.async_spares.iter().any(|s| s == me) {
-        return Rule::Refuse(Refusal::NotEligible(format!(
-            "{me:?} is not among the asynchronous spares {:?}",
-            r.async_spares
-        )));
+    if let Some(why) = ineligible(r) {
+        return Rule::Refuse(Refusal::NotEligible(why));
     }
     Rule::Write(Record {
         term: next,

@@ -119,13 +119,7 @@ fn an_unreachable_arbiter_decides_nothing() {
 /// standby's takeover; a side that won never learns otherwise later.
 #[test]
 fn random_interleavings_never_fork_the_vm() {
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut next = crate::replication::xorshift(0x9e37_79b9_7f4a_7c15u64);
     for _ in 0..3000 {
         let (mut p, mut s) = protected_vm();
         let mut fence = PrimaryFence::new(1, 6);
@@ -139,8 +133,8 @@ fn random_interleavings_never_fork_the_vm() {
         let mut took_over = false;
         for _ in 0..40 {
             match next() % 6 {
-                0 => p.cut.store(next() % 2 == 0, Ordering::SeqCst),
-                1 => s.cut.store(next() % 2 == 0, Ordering::SeqCst),
+                0 => p.cut.store(next().is_multiple_of(2), Ordering::SeqCst),
+                1 => s.cut.store(next().is_multiple_of(2), Ordering::SeqCst),
                 2 | 3 if !released && !stopped => {
                     let a = match fence.step(FenceInput::Tick) {
                         FenceAction::Pause => continue,
@@ -322,13 +316,7 @@ fn membership_rules_add_drop_and_keep_the_sync_generation() {
 /// wins only when it asks while the record still names the dead term.
 #[test]
 fn several_spares_racing_exactly_one_wins_and_a_dropped_one_never_does() {
-    let mut seed = 0x1234_5678_9abc_def1u64;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut next = crate::replication::xorshift(0x1234_5678_9abc_def1u64);
     for _ in 0..2000 {
         let mut arb = MemoryArbiter::default();
         won(transact(&mut arb, VM, |c| start(c, "p", false)).unwrap());
@@ -339,7 +327,7 @@ fn several_spares_racing_exactly_one_wins_and_a_dropped_one_never_does() {
         won(transact(&mut arb, VM, |c| add_async(c, 1, "p", "z")).unwrap());
         let dropped: Vec<String> = ["a", "b", "z"]
             .iter()
-            .filter(|_| next() % 4 == 0)
+            .filter(|_| next().is_multiple_of(4))
             .map(|s| s.to_string())
             .collect();
         if !dropped.is_empty() {

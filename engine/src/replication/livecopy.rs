@@ -134,10 +134,7 @@ impl LiveCopy {
                 &mut enc,
                 &mut bufs,
             )?;
-            figures.units += chunk.iter().map(|r| r.1).sum::<u64>();
-            figures.wire_bytes += c.len() as u64;
-            self.ship(conn, term, &c, sent)?;
-            bufs.container = c;
+            self.ship(conn, term, chunk, c, &mut figures, &mut bufs, sent)?;
         }
         for (d, (disk, round)) in self.disks.iter().zip(&self.plan.disks).enumerate() {
             let mut chunks = sync_chunks(&round.runs);
@@ -163,26 +160,33 @@ impl LiveCopy {
                     self.compression,
                     &mut bufs,
                 )?;
-                figures.units += chunk.iter().map(|r| r.1).sum::<u64>();
-                figures.wire_bytes += c.len() as u64;
-                self.ship(conn, term, &c, sent)?;
-                bufs.container = c;
+                self.ship(conn, term, chunk, c, &mut figures, &mut bufs, sent)?;
             }
         }
         figures.secs = t0.elapsed().as_secs_f64();
         Ok(figures)
     }
 
+    /// Sends one container of the copy (holding `chunk`'s units), counts
+    /// it, and keeps its buffer for the next one.
+    #[allow(clippy::too_many_arguments)]
     fn ship(
         &self,
         conn: &mut transport::Sender,
         term: u64,
-        container: &[u8],
+        chunk: &[(u64, u64)],
+        container: Vec<u8>,
+        figures: &mut CopyFigures,
+        bufs: &mut store::EncodeBuffers,
         sent: &dyn Fn(u64),
     ) -> Result<()> {
+        figures.units += chunk.iter().map(|r| r.1).sum::<u64>();
+        figures.wire_bytes += container.len() as u64;
         sent(self.seq);
-        super::link::send_epoch(conn, term, self.seq, true, container, None, &self.end)
-            .map_err(EngineError::Transport)
+        super::link::send_epoch(conn, term, self.seq, true, &container, None, &self.end)
+            .map_err(EngineError::Transport)?;
+        bufs.container = container;
+        Ok(())
     }
 }
 

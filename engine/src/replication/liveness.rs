@@ -550,13 +550,7 @@ mod tests {
     /// events before it were silent ticks (or a close), and only from a commit.
     #[test]
     fn random_schedules_respect_the_rules() {
-        let mut seed = 0x1234_5678_9abc_def1u64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = crate::replication::xorshift(0x1234_5678_9abc_def1u64);
         for _ in 0..2000 {
             let timeout = 1 + (next() % 6) as u32;
             let mut f = StandbyFsm::new(timeout);

@@ -60,6 +60,17 @@ impl Timing {
 /// older ones are dropped so a long-running service does not grow.
 pub const FIGURES_KEPT: usize = 1 << 16;
 
+/// A xorshift64 stream for the decision cores' random-schedule tests.
+#[cfg(test)]
+pub(crate) fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+    move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    }
+}
+
 /// Pushes onto a figures vector, dropping the oldest half past [`FIGURES_KEPT`].
 pub fn push_bounded<T>(v: &mut Vec<T>, x: T) {
     if v.len() >= FIGURES_KEPT {

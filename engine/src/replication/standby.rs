@@ -125,6 +125,21 @@ struct Shadow {
     committed_at: Option<Instant>,
 }
 
+impl Shadow {
+    /// Says how many commits matched the primary's memory (test mode).
+    fn report_verified(&self) {
+        if self.verified > 0 || self.diverged.is_some() {
+            eprintln!(
+                "hotspare: shadow memory matched the primary's at {} committed epochs{}",
+                self.verified,
+                self.diverged
+                    .map(|s| format!("; DIVERGED first at epoch {s}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+}
+
 enum Event {
     Input(StandbyInput),
     Refused(String),
@@ -240,15 +255,7 @@ pub fn run(cfg: StandbyConfig) -> Result<i32> {
             }
             StandbyDecision::Stop => {
                 let sh = shadow.lock().unwrap_or_else(|e| e.into_inner());
-                if sh.verified > 0 || sh.diverged.is_some() {
-                    eprintln!(
-                        "hotspare: shadow memory matched the primary's at {} committed epochs{}",
-                        sh.verified,
-                        sh.diverged
-                            .map(|s| format!("; DIVERGED first at epoch {s}"))
-                            .unwrap_or_default()
-                    );
-                }
+                sh.report_verified();
                 eprintln!(
                     "hotspare: standby saw {} committed epochs; no takeover; cpu {:.3} s",
                     sh.reports.len(),

@@ -137,15 +137,7 @@ pub(super) fn take_over(shadow: &Arc<Mutex<Shadow>>, t: Takeover) -> Result<i32>
     });
     let (out_start, out) = std::mem::take(&mut sh.output);
     let reports = std::mem::take(&mut sh.reports);
-    if sh.verified > 0 || sh.diverged.is_some() {
-        eprintln!(
-            "hotspare: shadow memory matched the primary's at {} committed epochs{}",
-            sh.verified,
-            sh.diverged
-                .map(|s| format!("; DIVERGED first at epoch {s}"))
-                .unwrap_or_default()
-        );
-    }
+    sh.report_verified();
     if let Some(s) = sh.diverged {
         return Err(EngineError::Config(format!(
             "refusing to take over: shadow memory diverged at epoch {s}"
