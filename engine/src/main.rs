@@ -443,6 +443,7 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
                 wait_shadow: Duration::from_millis(a.replica.wait_shadow_ms),
                 fencing,
                 async_max_queued: engine::replication::primary::ASYNC_MAX_QUEUED,
+                resumed: None,
             })
         }
         (false, None) => anyhow::bail!("--shadow and --async-shadow need --key-file"),
@@ -561,6 +562,7 @@ fn standby(a: StandbyArgs) -> anyhow::Result<i32> {
         // epochs at the takeover.
         fencing: a.arbiter.fencing("", "", false)?,
         async_max_queued: engine::replication::primary::ASYNC_MAX_QUEUED,
+        resumed: None,
     };
     if a.arbiter.arbiter.as_deref() == Some("none") && a.reprotect.len() > 1 {
         anyhow::bail!(

@@ -176,15 +176,7 @@ fn frozen_shadow_is_declared_lost_and_the_guest_runs_on() {
     let mut primary = spawn_primary(&spec, &pcon, &addr, &key, 25);
     s1.wait_line("standby in sync", Duration::from_secs(30))
         .expect("standby synced");
-    let signal = |sig: &str, pid: u32| {
-        let ok = std::process::Command::new("kill")
-            .args([sig, &pid.to_string()])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        assert!(ok, "kill {sig} {pid} failed");
-    };
-    signal("-STOP", s1.child.id());
+    common::signal("-STOP", s1.child.id());
     primary
         .wait_line("UNPROTECTED", Duration::from_secs(10))
         .unwrap_or_else(|| {
@@ -196,7 +188,7 @@ fn frozen_shadow_is_declared_lost_and_the_guest_runs_on() {
     // Generous bound: the guest alone takes a few seconds; a sender stuck
     // in a write to the frozen peer would hold the supervisor for minutes.
     primary.wait(Duration::from_secs(120), "the primary with a frozen shadow");
-    signal("-CONT", s1.child.id());
+    common::signal("-CONT", s1.child.id());
     s1.child.kill().unwrap();
     s1.child.wait().unwrap();
     let out = std::fs::read(&pcon).unwrap();

@@ -53,14 +53,6 @@ struct Outcome {
     standby_err: String,
 }
 
-fn kill(sig: &str, pid: u32) {
-    assert!(Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .unwrap()
-        .success());
-}
-
 /// Runs the protected guest across the lab, injects `fault` once the
 /// standby is in sync and the guest is mid-run, heals it, and checks that
 /// one copy owns the VM with consistent output.
@@ -127,9 +119,9 @@ fn trial(fault: Fault, etcd_members: usize, tag: &str) -> Outcome {
             lab.heal();
         }
         Fault::Freeze { ms } => {
-            kill("-STOP", pid);
+            common::signal("-STOP", pid);
             std::thread::sleep(Duration::from_millis(ms));
-            kill("-CONT", pid);
+            common::signal("-CONT", pid);
         }
         Fault::Reset { ms } => {
             lab.reset(&lab.primary_ns, PORT);
@@ -140,7 +132,7 @@ fn trial(fault: Fault, etcd_members: usize, tag: &str) -> Outcome {
         Fault::MemberDiesThenPrimary => {
             etcd.kill(0);
             std::thread::sleep(Duration::from_millis(300));
-            kill("-KILL", pid);
+            common::signal("-KILL", pid);
         }
     }
     let st = primary.wait(Duration::from_secs(120), "primary after the fault");

@@ -122,6 +122,55 @@ fn the_one(spares: &[&Proc], needle: &str, what: &str) -> usize {
     which[0]
 }
 
+/// A primary protected by spare A (synchronous) and spare B (synchronous,
+/// or asynchronous with `b_async`), all in sync.
+struct Two {
+    _dir: TempDir,
+    key: std::path::PathBuf,
+    a: Proc,
+    a_addr: String,
+    a_con: std::path::PathBuf,
+    b: Proc,
+    b_addr: String,
+    b_con: std::path::PathBuf,
+    p: Proc,
+    p_con: std::path::PathBuf,
+}
+
+fn two(tag: &str, seed: u64, b_async: bool, b_extra: &[&str]) -> Two {
+    let dir = TempDir::new(tag);
+    let key = common::key_file(&dir, "key", seed);
+    let (a_con, b_con, p_con) = (dir.path("a.txt"), dir.path("b.txt"), dir.path("p.txt"));
+    let (mut a, a_addr) = common::spawn_standby(&key, &a_con, "127.0.0.1:0");
+    let (mut b, b_addr) = common::spawn_standby_with(&key, &b_con, "127.0.0.1:0", b_extra);
+    let (sync, asynchronous): (Vec<&str>, Vec<&str>) = if b_async {
+        (vec![&a_addr], vec![&b_addr])
+    } else {
+        (vec![&a_addr, &b_addr], vec![])
+    };
+    let p = primary(&guest(), &p_con, &key, &sync, &asynchronous);
+    for s in [&mut a, &mut b] {
+        assert!(
+            s.wait_count("standby in sync", 1, Duration::from_secs(30)),
+            "a spare never synced:\n{}\nprimary:\n{}",
+            s.stderr(),
+            p.stderr()
+        );
+    }
+    Two {
+        _dir: dir,
+        key,
+        a,
+        a_addr,
+        a_con,
+        b,
+        b_addr,
+        b_con,
+        p,
+        p_con,
+    }
+}
+
 /// The check: a primary with two synchronous spares and one
 /// asynchronous spare survives the loss of the primary, then of the new
 /// primary, with the console byte-exact. The winner of each failover takes
@@ -182,6 +231,21 @@ fn two_sync_and_one_async_spare_survive_the_primary_then_the_new_primary() {
         spares[w1].stderr(),
         c.stderr()
     );
+    // Each re-adopted spare either continues from the resumed epoch (it
+    // committed exactly that epoch) or gets a live copy; either way its
+    // memory is checked against the new primary's at every commit below.
+    let own = [&a_addr, &b_addr][w1];
+    let err = spares[w1].stderr();
+    for addr in [&a_addr, &b_addr, &c_addr]
+        .into_iter()
+        .filter(|a| *a != own)
+    {
+        assert!(
+            err.lines().any(|l| l.contains(addr.as_str())
+                && (l.contains("continues from epoch") || l.contains("live copy at epoch"))),
+            "the new primary never took {addr} over:\n{err}"
+        );
+    }
     let w1_at = common::takeover_resume(&spares[w1].stderr(), "first winner");
     let seen = agrees(
         "first failover",
@@ -237,16 +301,18 @@ fn losing_a_sync_spare_leaves_the_other_committing() {
     if !common::kvm_available() {
         return;
     }
-    let spec = guest();
-    let dir = TempDir::new("spares2");
-    let key = common::key_file(&dir, "key", 0x5ba2f);
-    let (a_con, b_con, p_con) = (dir.path("a.txt"), dir.path("b.txt"), dir.path("p.txt"));
-    let (mut a, a_addr) = common::spawn_standby(&key, &a_con, "127.0.0.1:0");
-    let (mut b, b_addr) = common::spawn_standby(&key, &b_con, "127.0.0.1:0");
-    let mut p = primary(&spec, &p_con, &key, &[&a_addr, &b_addr], &[]);
-    for s in [&mut a, &mut b] {
-        assert!(s.wait_count("standby in sync", 1, Duration::from_secs(30)));
-    }
+    let Two {
+        _dir,
+        key,
+        mut a,
+        a_addr,
+        a_con,
+        mut b,
+        b_addr,
+        mut p,
+        p_con,
+        ..
+    } = two("spares2", 0x5ba2f, false, &[]);
     wait_output(&mut p, &p_con, 30_000, "the primary");
     a.child.kill().unwrap();
     a.child.wait().unwrap();
@@ -328,17 +394,15 @@ fn the_async_spare_takes_over_only_when_no_sync_spare_is_left() {
     if !common::kvm_available() {
         return;
     }
-    let spec = guest();
-    let dir = TempDir::new("spares-async");
-    let key = common::key_file(&dir, "key", 0x5ba30);
-    let (a_con, c_con, p_con) = (dir.path("a.txt"), dir.path("c.txt"), dir.path("p.txt"));
-    let (mut a, a_addr) = common::spawn_standby(&key, &a_con, "127.0.0.1:0");
-    let (mut c, c_addr) =
-        common::spawn_standby_with(&key, &c_con, "127.0.0.1:0", &["--async-grace-ms", "800"]);
-    let mut p = primary(&spec, &p_con, &key, &[&a_addr], &[&c_addr]);
-    for s in [&mut a, &mut c] {
-        assert!(s.wait_count("standby in sync", 1, Duration::from_secs(30)));
-    }
+    let Two {
+        _dir,
+        mut a,
+        b: mut c,
+        b_con: c_con,
+        mut p,
+        p_con,
+        ..
+    } = two("spares-async", 0x5ba30, true, &["--async-grace-ms", "800"]);
     wait_output(&mut p, &p_con, 30_000, "the primary");
     // The site goes: the synchronous spare first, then the primary (which
     // holds its output while the arbiter drops the spare, or pauses).
@@ -369,5 +433,69 @@ fn the_async_spare_takes_over_only_when_no_sync_spare_is_left() {
     assert!(
         at >= 1000,
         "the async spare resumed at byte {at}: it never followed the primary's output"
+    );
+}
+
+/// A distant spare that stops answering (its host freezes: SIGSTOP) never
+/// stalls the primary: it is dropped from the record, the synchronous spare
+/// goes on committing and output keeps flowing; when it answers again it
+/// rejoins with a fresh live copy, and a failover afterwards agrees.
+#[test]
+fn a_frozen_async_spare_never_stalls_the_primary_and_rejoins() {
+    if !common::kvm_available() {
+        return;
+    }
+    let Two {
+        _dir,
+        mut a,
+        a_con,
+        b: mut c,
+        b_addr: c_addr,
+        mut p,
+        p_con,
+        ..
+    } = two("spares-frozen", 0x5ba31, true, &[]);
+    assert!(
+        p.wait_line("asynchronous spare", Duration::from_secs(10))
+            .is_some_and(|l| l.contains("the arbiter names it")),
+        "the async spare was never recorded:\n{}",
+        p.stderr()
+    );
+    wait_output(&mut p, &p_con, 20_000, "the primary");
+    common::signal("-STOP", c.child.id());
+    assert!(
+        p.wait_line("SHADOW LOST", Duration::from_secs(10))
+            .is_some_and(|l| l.contains(&c_addr)),
+        "the frozen async spare was not declared lost:\n{}",
+        p.stderr()
+    );
+    // The primary goes on, committed by A alone, while C stays frozen.
+    let shown = std::fs::metadata(&p_con).unwrap().len();
+    wait_output(
+        &mut p,
+        &p_con,
+        shown + 20_000,
+        "the primary with a frozen async spare",
+    );
+    assert!(
+        !p.stderr().contains("PAUSED"),
+        "the primary paused for a distant spare:\n{}",
+        p.stderr()
+    );
+    common::signal("-CONT", c.child.id());
+    assert!(
+        c.wait_count("standby in sync", 2, Duration::from_secs(30)),
+        "the async spare never rejoined:\n{}\nprimary:\n{}",
+        c.stderr(),
+        p.stderr()
+    );
+    p.child.kill().unwrap();
+    p.child.wait().unwrap();
+    let (_, at) = common::finished_takeover(&mut a, "spare A");
+    common::check_agrees(
+        "takeover after the async spare rejoined",
+        &std::fs::read(&p_con).unwrap(),
+        at,
+        &std::fs::read(&a_con).unwrap(),
     );
 }

@@ -78,6 +78,10 @@ pub struct PrimaryConfig {
     /// Most container bytes queued for an asynchronous spare before it is
     /// dropped as too far behind (it then rejoins with a fresh live copy).
     pub async_max_queued: u64,
+    /// After a takeover: the epoch the VM resumed from, and the spares that
+    /// may hold exactly that state (the old record's); they continue with
+    /// increments instead of a live copy if they do.
+    pub resumed: Option<(u64, Vec<String>)>,
 }
 
 /// Page and container buffers kept for reuse between captures and sends.
@@ -152,10 +156,19 @@ impl Replicator {
         let fence = cfg.fencing.take().map(|f| Arbitration::new(f, cfg.term));
         let policy = EpochPolicy::new(cfg.interval, cfg.max_interval);
         let psk = cfg.psk.clone();
+        let resumed = cfg.resumed.take();
         let spares = cfg
             .shadows
             .iter()
-            .map(|s| spares::Spare::new(s.clone()))
+            .map(|s| {
+                let mut spare = spares::Spare::new(s.clone());
+                if let Some((seq, names)) = &resumed {
+                    if names.contains(&s.addr) {
+                        spare.continue_from = Some(*seq);
+                    }
+                }
+                spare
+            })
             .collect();
         Replicator {
             psk,
@@ -176,7 +189,8 @@ impl Replicator {
             created: Instant::now(),
             stall_poll: None,
             policy,
-            seq: 0,
+            // After a takeover epochs continue the old numbering.
+            seq: resumed.as_ref().map_or(0, |r| r.0),
             reset_delta: false,
             initial: false,
             devices: vm.devices.clone(),
@@ -436,7 +450,10 @@ impl Replicator {
                 if self.spares[i].link.is_some() {
                     continue;
                 }
-                match self.dial_now(i).and_then(|c| self.join(vm, i, c, true)) {
+                match self
+                    .dial_now(i)
+                    .and_then(|c| self.join(vm, i, c, spares::Join::Initial))
+                {
                     Ok(()) => {}
                     Err(e @ EngineError::Superseded(_)) => return Err(e),
                     Err(e) => last_err = e.to_string(),
@@ -687,7 +704,7 @@ impl Replicator {
             }
         }
         self.dial(vm)?;
-        if !self.spares.iter().any(|s| s.link.is_some()) {
+        if !self.spares.iter().any(|s| s.link.is_some()) || self.awaiting_continuers() {
             return Ok(());
         }
         let now = Instant::now();

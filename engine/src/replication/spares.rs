@@ -27,11 +27,29 @@ use crate::vm::Vm;
 /// the commit; this only bounds a joiner still sending its live copy).
 const SYNC_MAX_QUEUED: u64 = 1 << 30;
 
+/// How long a new primary waits, after a takeover, for the spares that may
+/// continue from the resumed epoch before it takes its first epoch.
+const CONTINUE_WAIT: Duration = Duration::from_millis(500);
+
 /// Epochs a link's inbox holds at most.
 const LINK_QUEUE: usize = 1 << 16;
 
 /// Both connections to a spare (heartbeat, stream).
 type Conns = (FramedConn, FramedConn);
+
+/// How a spare joins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Join {
+    /// The parked start: the first (full) epoch is its whole state.
+    Initial,
+    /// A live copy labelled with the last epoch, then the epochs after it.
+    Copy,
+    /// It may hold exactly the state the VM resumed from at a takeover
+    /// (epoch `.0`, committed by the old primary): no copy, increments from
+    /// there. A spare that does not hold it refuses the first increment,
+    /// and its next join is a copy.
+    Continue(u64),
+}
 
 /// One configured spare.
 pub(super) struct Spare {
@@ -43,6 +61,9 @@ pub(super) struct Spare {
     announced: bool,
     /// An asynchronous spare the record names.
     async_recorded: bool,
+    /// Its first join may continue from this resumed epoch (a spare the
+    /// old primary's record named, at a takeover).
+    pub continue_from: Option<u64>,
 }
 
 impl Spare {
@@ -54,6 +75,7 @@ impl Spare {
             next_dial: Instant::now(),
             announced: false,
             async_recorded: false,
+            continue_from: None,
         }
     }
 }
@@ -123,7 +145,12 @@ impl Replicator {
                 },
             };
             self.spares[i].dialing = None;
-            let res = res.and_then(|c| self.join(vm, i, c, false));
+            let how = match self.spares[i].continue_from.take() {
+                // Only before any epoch after the resumed one was taken.
+                Some(s) if s == self.seq => Join::Continue(s),
+                _ => Join::Copy,
+            };
+            let res = res.and_then(|c| self.join(vm, i, c, how));
             if let Err(e) = res {
                 if matches!(e, EngineError::Superseded(_)) {
                     return Err(e);
@@ -144,11 +171,9 @@ impl Replicator {
         Ok(())
     }
 
-    /// Joins spare `i` on connections `c`. `initial`: the parked start,
-    /// whose first (full) epoch is the spare's whole state; otherwise the
-    /// spare gets a live copy labelled with the last epoch, then the
-    /// epochs after it.
-    pub(super) fn join(&mut self, vm: &Vm, i: usize, c: Conns, initial: bool) -> Result<()> {
+    /// Joins spare `i` on connections `c` (see [`Join`]).
+    pub(super) fn join(&mut self, vm: &Vm, i: usize, c: Conns, how: Join) -> Result<()> {
+        let initial = how == Join::Initial;
         let (hb, stream) = c;
         let spec = self.spares[i].spec.clone();
         if let Some(f) = self.fence.as_mut() {
@@ -166,6 +191,8 @@ impl Replicator {
         self.next_id += 1;
         let (from, copy) = if initial {
             (0, None)
+        } else if let Join::Continue(s) = how {
+            (s, None)
         } else {
             if self.seq == 0 {
                 // Nothing was ever sent: the copy needs a label other than 0.
@@ -213,7 +240,7 @@ impl Replicator {
             // Epochs are pre-copy until the commit set says otherwise (a
             // joiner's first commit comes after its copy finished reading).
             commit_from: AtomicU64::new(if initial { 0 } else { u64::MAX }),
-            copied: AtomicBool::new(initial),
+            copied: AtomicBool::new(copy.is_none()),
             queued: AtomicU64::new(0),
             copy: Mutex::new(None),
         });
@@ -230,9 +257,15 @@ impl Replicator {
         recv_half
             .set_read_timeout(Some(Duration::from_millis(20)))
             .map_err(EngineError::Transport)?;
-        self.commit
-            .lock()
-            .add(id, &spec.addr, spec.kind, from, initial);
+        {
+            let mut set = self.commit.lock();
+            set.add(id, &spec.addr, spec.kind, from, initial);
+            if let Join::Continue(s) = how {
+                // Exact from its first increment on, like a joiner whose
+                // copy ended before that capture.
+                set.copied(id, s + 1);
+            }
+        }
         let term = self.cfg.term;
         let mut threads = Vec::new();
         let s = shared.clone();
@@ -275,14 +308,31 @@ impl Replicator {
         });
         s.announced = false;
         s.async_recorded = false;
-        if !initial {
-            eprintln!(
+        match how {
+            Join::Initial => {}
+            Join::Copy => eprintln!(
                 "hotspare: {} spare {} connected: live copy at epoch {from}, then every epoch after it",
                 kind_name(spec.kind),
                 spec.addr
-            );
+            ),
+            Join::Continue(s) => eprintln!(
+                "hotspare: {} spare {} continues from epoch {s}, the state this VM resumed from: no live copy",
+                kind_name(spec.kind),
+                spec.addr
+            ),
         }
         Ok(())
+    }
+
+    /// Whether a spare that may continue from the resumed epoch is still
+    /// being dialled (epochs wait for it, at most `CONTINUE_WAIT`, so it can
+    /// continue instead of needing a copy).
+    pub(super) fn awaiting_continuers(&self) -> bool {
+        self.created.elapsed() < CONTINUE_WAIT
+            && self
+                .spares
+                .iter()
+                .any(|s| s.link.is_none() && s.continue_from == Some(self.seq))
     }
 
     /// Unprotected with a synchronous joiner past its live copy: records the

@@ -123,6 +123,8 @@ struct Shadow {
     fence: Option<FenceInfo>,
     /// When the last epoch was committed.
     committed_at: Option<Instant>,
+    /// The term of the primary it last said it is in sync with.
+    in_sync_term: u64,
 }
 
 impl Shadow {
@@ -477,7 +479,11 @@ fn stream_loop(
                     superseded_by: superseded_by(&took_over, term),
                 }),
             );
-            staging.clear();
+            // The primary drops the link on a Nack and starts over with a
+            // full copy: epochs already in flight on this connection must
+            // not be applied (after a takeover their numbers can match
+            // another history's).
+            return;
         }
     }
 }
@@ -552,6 +558,14 @@ fn commit(
     }
     match header.kind {
         CheckpointKind::Full => {}
+        // A new primary (a takeover) continues only from a state this
+        // spare committed: memory applied as pre-copy may be torn.
+        CheckpointKind::Incremental if term > sh.term && sh.seq != header.base_seq => {
+            return Err(format!(
+                "incremental epoch {} of a new primary (term {term}) applies on top of {}, but this shadow committed {} last: it needs a full copy",
+                header.seq, header.base_seq, sh.seq
+            ))
+        }
         CheckpointKind::Incremental if sh.memory_seq == Some(header.base_seq) => {}
         CheckpointKind::Incremental => {
             return Err(format!(
@@ -692,11 +706,14 @@ fn commit(
         *base = state.console_pos;
         buf.clear();
     }
-    if sh.state.is_none() {
+    if sh.state.is_none() || sh.in_sync_term != term {
+        // Its first commit from this primary (a first sync, a resync, or a
+        // new primary after a takeover).
         eprintln!(
-            "hotspare: standby in sync with the primary at epoch {}",
+            "hotspare: standby in sync with the primary at epoch {} (term {term})",
             end.seq
         );
+        sh.in_sync_term = term;
     }
     super::push_bounded(&mut sh.reports, (end.figures, staged.len() as u64));
     if let Some(want) = end.memory_hash {

@@ -172,7 +172,7 @@ pub(super) fn take_over(shadow: &Arc<Mutex<Shadow>>, t: Takeover) -> Result<i32>
         );
     }
     let mut rep =
-        next_primary(reprotect, fence.as_ref(), term).map(|cfg| Replicator::new(&vm, cfg));
+        next_primary(reprotect, fence.as_ref(), term, seq).map(|cfg| Replicator::new(&vm, cfg));
     vm.start()?;
     let activation = decided.elapsed();
     let running_at = std::time::SystemTime::now();
@@ -271,15 +271,21 @@ pub(super) fn report(r: &[(wire::EpochReport, u64)]) -> String {
 
 /// The new primary's configuration: `--reprotect`'s spares and the old
 /// record's other spares (synchronous ones stay synchronous), fenced in the
-/// won `term` under the name the old primary gave this standby. `None`
-/// without any spare.
+/// won `term` under the name the old primary gave this standby. The old
+/// record's spares may hold exactly the resumed epoch `seq` and then
+/// continue from it without a copy. `None` without any spare.
 fn next_primary(
     mut cfg: PrimaryConfig,
     fence: Option<&FenceInfo>,
     term: u64,
+    seq: u64,
 ) -> Option<PrimaryConfig> {
     cfg.term = term;
     let me = fence.map(|f| f.spare.clone()).unwrap_or_default();
+    let peers: Vec<String> = fence
+        .map(|f| f.peers.iter().chain(&f.async_peers).cloned().collect())
+        .unwrap_or_default();
+    cfg.resumed = Some((seq, peers));
     if let Some(f) = fence {
         let others = f
             .peers

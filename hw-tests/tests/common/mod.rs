@@ -527,6 +527,16 @@ impl Drop for Proc {
     }
 }
 
+/// Sends signal `sig` (`-STOP`, `-CONT`, ...) to process `pid`.
+pub fn signal(sig: &str, pid: u32) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "kill {sig} {pid} failed");
+}
+
 /// Writes a fresh 32-byte key.
 pub fn key_file(dir: &TempDir, name: &str, seed: u64) -> PathBuf {
     let mut r = Rng(seed | 1);
