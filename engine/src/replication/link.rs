@@ -557,3 +557,103 @@ fn nacked(shared: &LinkShared, payload: &[u8]) {
         Err(e) => shared.lose(e),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(id: SpareId, kind: Kind) -> Arc<LinkShared> {
+        let irq = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let devices = Arc::new(DeviceManager::new(irq, Box::new(std::io::sink())).unwrap());
+        Arc::new(LinkShared {
+            id,
+            name: format!("spare{id}"),
+            kind,
+            lost: AtomicBool::new(false),
+            acked: AtomicU64::new(0),
+            inflight: Mutex::new(VecDeque::new()),
+            ack_latency: Mutex::new(Vec::new()),
+            commit: Arc::new(Commit {
+                set: Mutex::new(CommitSet::new()),
+                devices,
+            }),
+            io_failover: Arc::default(),
+            reason: Mutex::new(None),
+            superseded: AtomicU64::new(0),
+            joined: AtomicBool::new(false),
+            commit_from: AtomicU64::new(0),
+            copied: AtomicBool::new(true),
+            queued: AtomicU64::new(0),
+            copy: Mutex::new(None),
+        })
+    }
+
+    fn end(seq: u64) -> Arc<EpochEnd> {
+        Arc::new(EpochEnd {
+            seq,
+            output_start: 0,
+            output: Vec::new(),
+            released: 0,
+            figures: wire::EpochReport::default(),
+            memory_hash: None,
+            fence: None,
+        })
+    }
+
+    /// One epoch fanned out: every port past its join point gets the same
+    /// container; a spare whose queue passes its byte bound is dropped (it
+    /// rejoins with a copy) and never blocks the others.
+    #[test]
+    fn a_spare_past_its_queue_bound_is_dropped_without_stalling_the_others() {
+        let fan = Fanout::default();
+        let (a, c, late) = (
+            link(1, Kind::Sync),
+            link(2, Kind::Async),
+            link(3, Kind::Sync),
+        );
+        let (tx_a, rx_a) = crossbeam::channel::bounded(LINK_TEST_QUEUE);
+        let (tx_c, rx_c) = crossbeam::channel::bounded(LINK_TEST_QUEUE);
+        let (tx_l, rx_l) = crossbeam::channel::bounded(LINK_TEST_QUEUE);
+        for (shared, tx, from, max_queued) in [
+            (&a, tx_a, 0, 1 << 30),
+            (&c, tx_c, 0, 3_000),
+            (&late, tx_l, 3, 1 << 30),
+        ] {
+            fan.ports().push(Port {
+                shared: shared.clone(),
+                tx,
+                from,
+                max_queued,
+            });
+        }
+        for seq in 1..=6u64 {
+            let container = Arc::new(vec![seq as u8; 1_000]);
+            let hashes = Arc::new(vec![PayloadHash::of(&container)]);
+            fan.deliver(seq, container, hashes, end(seq));
+            // A's sender keeps up; C's never reads.
+            while let Ok(s) = rx_a.try_recv() {
+                a.queued
+                    .fetch_sub(s.container.len() as u64, Ordering::SeqCst);
+            }
+        }
+        assert!(!a.is_lost() && !late.is_lost());
+        assert!(
+            c.is_lost(),
+            "the async spare past its bound was not dropped"
+        );
+        assert!(c.why().contains("too far behind"), "{}", c.why());
+        // C got 1..=3 (3,000 bytes), then the 4th passed its bound.
+        let got: Vec<u64> = rx_c.try_iter().map(|s| s.seq).collect();
+        assert_eq!(got, vec![1, 2, 3]);
+        // A joiner at 3 gets only the epochs after its join point, the same
+        // bytes (one Arc) as everyone else.
+        let late_got: Vec<Shipment> = rx_l.try_iter().collect();
+        assert_eq!(
+            late_got.iter().map(|s| s.seq).collect::<Vec<_>>(),
+            vec![4, 5, 6]
+        );
+        assert!(late_got.iter().all(|s| s.container[0] == s.seq as u8));
+    }
+
+    const LINK_TEST_QUEUE: usize = 64;
+}
