@@ -321,16 +321,9 @@ impl Replicator {
             // deliver it is dropped and its spare rejoins with a full live
             // copy, so no one needs these dirty bits again.
             self.ledger.commit(harvest);
-            // Joiners whose copy finished reading: exact from this capture on.
+            // Joiners whose copy finished reading: exact from this capture
+            // on (observed while paused, so their reads precede it).
             self.note_copies(seq);
-            if protect {
-                let recorded = std::mem::take(&mut self.protecting);
-                let joined = self.commit.lock().hold_from(seq, &recorded);
-                self.unrecorded.retain(|n| !joined.contains(n));
-            }
-            // Before the epoch goes to the encoder: its senders must know
-            // whether it is a commit.
-            self.publish_commit_from();
             let hash = self
                 .cfg
                 .verify_memory
@@ -343,6 +336,14 @@ impl Replicator {
             }
             (ep, paused_at.elapsed(), t.elapsed(), hash)
         };
+        // Outside the pause, before any ack of `seq` can arrive (it is not
+        // sent yet): the release point, and each sender's first commit.
+        if protect {
+            let recorded = std::mem::take(&mut self.protecting);
+            let joined = self.commit.lock().hold_from(seq, &recorded);
+            self.unrecorded.retain(|n| !joined.contains(n));
+        }
+        self.publish_commit_from();
         self.seq = seq;
         self.initial = false;
         let header = if full {
