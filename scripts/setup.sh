@@ -44,6 +44,7 @@ need=()
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 command -v iptables >/dev/null 2>&1 || need+=(iptables)
+command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
 if [ ${#need[@]} -gt 0 ]; then
     # The fencing tests run a real etcd (the arbiter) on loopback and on a
     # bridge between network namespaces, and inject partitions and TCP

@@ -80,6 +80,10 @@ pub struct Epoch {
     /// The console bytes emitted during this epoch: (start position, bytes).
     /// A shadow taking over re-emits them (the primary may not have).
     pub output: (u64, Vec<u8>),
+    /// Per NIC (in device order): the frames transmitted during this
+    /// epoch, numbered. A shadow taking over sends them (the primary may
+    /// not have).
+    pub net: Vec<crate::devices::virtio::net::EpochFrames>,
     /// Page contents.
     pub pages: PageBatch,
     /// Per disk (in device order): the blocks written since the previous
@@ -203,6 +207,12 @@ pub fn capture_into(
             .unwrap_or_else(|e| e.into_inner());
         (g.position(), g.take_epoch_output())
     };
+    let net = guard
+        .vm()
+        .nets
+        .iter()
+        .map(|g| g.lock().unwrap_or_else(|e| e.into_inner()).take_epoch())
+        .collect();
     guard.vm().devices.seal_outputs(seq);
     Ok((
         Epoch {
@@ -212,6 +222,7 @@ pub fn capture_into(
             devices,
             console_pos,
             output,
+            net,
             pages,
             disks,
             times: PauseTimes {

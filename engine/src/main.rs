@@ -101,6 +101,13 @@ struct ReplicaArgs {
     /// about this long plus the ack.
     #[arg(long)]
     max_interval_ms: Option<u64>,
+    /// Output-triggered epochs: when a NIC holds frames and every epoch is
+    /// acknowledged, end the running epoch early, but not sooner than this
+    /// many milliseconds after the last capture (0: off; epochs keep to
+    /// --interval-ms). A request/response then waits about pause +
+    /// transfer + ack instead of up to a whole interval.
+    #[arg(long, default_value_t = 2)]
+    min_interval_ms: u64,
     #[command(flatten)]
     timing: TimingArgs,
     /// Page compression: zstd or none.
@@ -266,6 +273,12 @@ struct StandbyArgs {
     /// primary's disk. After a takeover it is the VM's disk.
     #[arg(long = "disk", value_name = "PATH")]
     disks: Vec<PathBuf>,
+    /// The TAP for the primary's NIC of the same position (repeatable, in
+    /// the primary's --net order): `tap=NAME`. The MAC comes with the
+    /// checkpoint. After a takeover the guest's frames leave through it,
+    /// and its MAC is announced there.
+    #[arg(long = "net", value_name = "tap=NAME")]
+    nets: Vec<engine::devices::virtio::net::NetSpec>,
     /// When an epoch that writes the disks is acknowledged: `memory` (once
     /// staged; blocks reach the replicas right after: Remus, DRBD protocol
     /// B) or `durable` (once written and fdatasynced: DRBD protocol C).
@@ -328,6 +341,13 @@ struct RunArgs {
     /// Repeatable; the first is `virtio-blk.0`.
     #[arg(long = "disk", value_name = "PATH[,readonly]")]
     disks: Vec<engine::devices::virtio::block::DiskSpec>,
+    /// A virtio-net NIC (virtio-mmio) on a TAP: `tap=NAME[,mac=MAC]`. The
+    /// TAP is opened with a vnet header (and created, if absent and this
+    /// user may). The default MAC is derived from --vm-id and the NIC's
+    /// index. While protected, frames the guest sends wait for their epoch
+    /// to commit. Repeatable; the first is `virtio-net.0`.
+    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]")]
+    nets: Vec<engine::devices::virtio::net::NetSpec>,
     #[command(flatten)]
     ckpt: CheckpointArgs,
     #[command(flatten)]
@@ -430,6 +450,7 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
                 shadows: std::mem::take(&mut shadows),
                 psk: std::sync::Arc::new(load_key(key)?),
                 interval: Duration::from_millis(a.replica.interval_ms),
+                min_interval: Duration::from_millis(a.replica.min_interval_ms),
                 max_interval: Duration::from_millis(
                     a.replica.max_interval_ms.unwrap_or(a.replica.interval_ms),
                 ),
@@ -456,6 +477,17 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
         log_dirty: a.ckpt.checkpoint_dir.is_some() || replica.is_some(),
         vcpu_cpus: pin_engine(!a.pin),
         disks: a.disks.clone(),
+        nets: a
+            .nets
+            .iter()
+            .enumerate()
+            .map(|(i, n)| engine::devices::virtio::net::NetSpec {
+                tap: n.tap.clone(),
+                mac: Some(n.mac.unwrap_or_else(|| {
+                    engine::devices::virtio::net::derive_mac(&a.replica.vm_id, i)
+                })),
+            })
+            .collect(),
     };
     let mut vm = Vm::create(&cfg, open_console(&a.console)?, None)?;
     let kind = vm.boot(&BootSpec {
@@ -549,6 +581,7 @@ fn standby(a: StandbyArgs) -> anyhow::Result<i32> {
             .collect(),
         psk: std::sync::Arc::new(load_key(&a.key_file)?),
         interval: Duration::from_millis(a.interval_ms.max(1)),
+        min_interval: engine::replication::primary::MIN_INTERVAL,
         max_interval: Duration::from_millis(a.interval_ms.max(1)),
         timing,
         compression: Compression::Zstd { level: 1 },
@@ -581,6 +614,7 @@ fn standby(a: StandbyArgs) -> anyhow::Result<i32> {
             m => m.map(|m| m << 20),
         },
         disks: a.disks,
+        nets: a.nets,
         disk_ack: a.disk_ack,
         arbiter: a.arbiter.open()?,
         stats_json: a.stats_json,

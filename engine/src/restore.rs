@@ -43,6 +43,7 @@ pub fn restore(
         log_dirty,
         vcpu_cpus: None,
         disks,
+        nets: Vec::new(),
     };
     let mut vm = Vm::create(&cfg, Box::new(std::io::sink()), Some(ram))?;
     // The last epoch's output may never have been shown (the run held it

@@ -20,6 +20,7 @@ use crate::boot::{self, BootSpec};
 use crate::devices::console::OutputGate;
 use crate::devices::manager::COM1_GSI;
 use crate::devices::virtio::block::{Block, DiskImage, DiskSpec, IoFailover};
+use crate::devices::virtio::net::{derive_mac, GateLimits, Net, NetGate, NetSpec, Tap};
 use crate::devices::{DeviceError, DeviceManager, DeviceRecord};
 use crate::error::{EngineError, Result};
 use crate::memory::Ram;
@@ -45,6 +46,9 @@ pub struct VmConfig {
     pub vcpu_cpus: Option<Vec<usize>>,
     /// virtio-blk disks, in order (`virtio-blk.0`, `virtio-blk.1`, ...).
     pub disks: Vec<DiskSpec>,
+    /// virtio-net NICs, in order (`virtio-net.0`, ...). A NIC with no MAC
+    /// gets `derive_mac("vm", i)` until a record restores the real one.
+    pub nets: Vec<NetSpec>,
 }
 
 struct VcpuSlot {
@@ -69,6 +73,8 @@ pub struct Vm {
     /// What a disk I/O error does: IOERR to the guest, or a handover to
     /// the shadow (the replicator decides).
     pub io_failover: Arc<IoFailover>,
+    /// The output-commit gates of the virtio-net devices, in device order.
+    pub nets: Vec<Arc<Mutex<NetGate>>>,
     /// Shared vCPU control.
     pub shared: Arc<Shared>,
     /// MSRs captured per vCPU.
@@ -202,6 +208,58 @@ fn add_disk(
     Ok(disk)
 }
 
+/// Builds `virtio-net.<i>` on `spec`: the TAP, an MMIO window, an irqfd
+/// on its GSI and an ioeventfd per queue on its QueueNotify register; its
+/// gate joins the device manager's outputs.
+fn add_net(
+    fd: &VmFd,
+    devices: &mut DeviceManager,
+    ram: &Arc<Ram>,
+    i: usize,
+    spec: &NetSpec,
+) -> Result<Arc<Mutex<NetGate>>> {
+    let id = format!("virtio-net.{i}");
+    let setup = |msg: String| {
+        EngineError::Devices(DeviceError::Setup {
+            id: id.clone(),
+            msg,
+        })
+    };
+    let tap = Arc::new(Tap::open(&spec.tap).map_err(setup)?);
+    let slot = devices.allocate_mmio(&id)?;
+    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| setup(format!("eventfd: {e}")))?;
+    fd.register_irqfd(&irq, slot.irq)
+        .map_err(|e| setup(format!("KVM_IRQFD on GSI {}: {e}", slot.irq)))?;
+    let notify_reg = slot.base + u64::from(virtio_bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_NOTIFY);
+    let mut notify = Vec::new();
+    for q in 0..2u32 {
+        let n = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| setup(format!("eventfd: {e}")))?;
+        // The driver writes the queue's index to QueueNotify.
+        fd.register_ioevent(&n, &IoEventAddress::Mmio(notify_reg), q)
+            .map_err(|e| {
+                setup(format!(
+                    "KVM_IOEVENTFD at {notify_reg:#x} for queue {q}: {e}"
+                ))
+            })?;
+        notify.push(n);
+    }
+    let notify: [EventFd; 2] = notify.try_into().expect("two queues");
+    let mac = spec.mac.unwrap_or_else(|| derive_mac("vm", i));
+    let net = Net::new(
+        &id,
+        tap,
+        mac,
+        GateLimits::default(),
+        ram.clone(),
+        irq,
+        notify,
+    )?;
+    let gate = net.gate();
+    devices.add_output(gate.clone());
+    devices.add_virtio_mmio(slot, Arc::new(Mutex::new(net)))?;
+    Ok(gate)
+}
+
 impl Vm {
     /// Creates the VM, its devices and vCPUs (not started), with the
     /// console writing to `console` from byte 0 (see [`Vm::set_console`]).
@@ -263,6 +321,10 @@ impl Vm {
         for (i, spec) in cfg.disks.iter().enumerate() {
             disks.push(add_disk(&fd, &mut devices, &ram, i, spec, &io_failover)?);
         }
+        let mut nets = Vec::new();
+        for (i, spec) in cfg.nets.iter().enumerate() {
+            nets.push(add_net(&fd, &mut devices, &ram, i, spec)?);
+        }
         let devices = Arc::new(devices);
 
         let base = base_cpuid(&kvm)?;
@@ -297,6 +359,7 @@ impl Vm {
             devices,
             disks,
             io_failover,
+            nets,
             shared: Shared::new(cfg.vcpus as usize),
             msr_list: Arc::new(msr_list),
             machine,

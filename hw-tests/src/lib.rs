@@ -15,6 +15,7 @@ pub const GUESTS: &[&str] = &[
     "timer",
     "sse",
     "diskcheck",
+    "netcheck",
     "hello32",
     "memtest32",
 ];

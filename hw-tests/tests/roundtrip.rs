@@ -82,6 +82,7 @@ fn roundtrip(guest: &str, cmdline: &str, vcpus: u32, run_for: Duration) {
         log_dirty: true,
         vcpu_cpus: None,
         disks: Vec::new(),
+        nets: Vec::new(),
     };
     let mut vm = Vm::create(&cfg, Box::new(std::io::sink()), None).unwrap();
     vm.boot(&BootSpec {
@@ -170,6 +171,7 @@ fn failed_epoch_puts_its_dirty_bits_back() {
         log_dirty: true,
         vcpu_cpus: None,
         disks: Vec::new(),
+        nets: Vec::new(),
     };
     let mut vm = Vm::create(&cfg, Box::new(std::io::sink()), None).unwrap();
     vm.boot(&BootSpec {

@@ -30,7 +30,7 @@ use crate::frame::{Frame, FrameKind};
 use crate::key::{ct_eq, random_nonce, MacKey, Nonce, Psk, NONCE_LEN};
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Largest handshake payload accepted (frames are refused above this
 /// before allocation, whatever the connection's limits).

@@ -594,6 +594,8 @@ mod tests {
             output_start: 0,
             output: Vec::new(),
             released: 0,
+            net: Vec::new(),
+            net_released: Vec::new(),
             figures: wire::EpochReport::default(),
             memory_hash: None,
             fence: None,

@@ -18,6 +18,7 @@ pub mod fencing;
 mod link;
 mod livecopy;
 pub mod liveness;
+pub mod netout;
 pub mod policy;
 pub mod primary;
 pub mod standby;

@@ -65,6 +65,9 @@ pub struct PrimaryConfig {
     pub delta_cache_bytes: u64,
     /// Epochs in flight before the next one waits.
     pub max_outstanding: usize,
+    /// Output-triggered epochs: with NIC frames held and every epoch
+    /// acked, an epoch is due this long after the last capture (ZERO: off).
+    pub min_interval: Duration,
     /// Time between reconnection attempts to a lost spare.
     pub retry: Duration,
     /// This primary's term.
@@ -111,6 +114,8 @@ pub struct Replicator {
     encoder: Encoder,
     next_id: u64,
     next_epoch: Instant,
+    /// When the last capture was taken (for output-triggered epochs).
+    last_capture: Instant,
     /// When this replicator was made (the origin of `EpochFigures::at`).
     created: Instant,
     /// While an epoch is due but waits for an ack: when to tick again.
@@ -124,6 +129,8 @@ pub struct Replicator {
     /// output is held from it on.
     initial: bool,
     devices: Arc<DeviceManager>,
+    /// The NICs' output gates (their released positions go to the spares).
+    nets: Vec<Arc<std::sync::Mutex<crate::devices::virtio::net::NetGate>>>,
     io_failover: Arc<crate::devices::virtio::block::IoFailover>,
     /// Page buffers the encoder hands back once an epoch is encoded.
     pool: (channel::Sender<Vec<u8>>, channel::Receiver<Vec<u8>>),
@@ -186,6 +193,7 @@ impl Replicator {
             },
             next_id: 1,
             next_epoch: Instant::now(),
+            last_capture: Instant::now(),
             created: Instant::now(),
             stall_poll: None,
             policy,
@@ -194,6 +202,7 @@ impl Replicator {
             reset_delta: false,
             initial: false,
             devices: vm.devices.clone(),
+            nets: vm.nets.clone(),
             io_failover: vm.io_failover.clone(),
             pool: channel::bounded(PAGE_POOL),
             stats: ReplicationStats::default(),
@@ -389,8 +398,20 @@ impl Replicator {
             .ack_latency
             .last()
             .map_or(0, |d| d.as_micros() as u64);
+        let net_released = self
+            .nets
+            .iter()
+            .map(|g| g.lock().unwrap_or_else(|e| e.into_inner()).released())
+            .collect();
         let mut ep = ep;
         let (output_start, output) = std::mem::take(&mut ep.output);
+        let net = std::mem::take(&mut ep.net)
+            .into_iter()
+            .map(|e| wire::NetOutput {
+                start: e.start,
+                frames: e.frames.iter().map(|f| f.to_vec()).collect(),
+            })
+            .collect();
         let pages = ep.pages.pages();
         let job = EncodeJob {
             seq,
@@ -401,6 +422,8 @@ impl Replicator {
                 output_start,
                 output,
                 released,
+                net,
+                net_released,
                 figures: wire::EpochReport {
                     full,
                     pause_us: pause.as_micros() as u64,
@@ -553,6 +576,14 @@ impl Replicator {
 
     /// Ends replication: releases held output and tells the spares the guest stopped.
     pub fn finish(&mut self) {
+        self.stats.nets = self
+            .nets
+            .iter()
+            .map(|g| {
+                let g = g.lock().unwrap_or_else(|e| e.into_inner());
+                (g.limits(), g.stats())
+            })
+            .collect();
         // Let in-flight epochs drain so their acks release their output.
         let deadline = Instant::now() + Duration::from_millis(500);
         while Instant::now() < deadline {
@@ -650,6 +681,36 @@ impl Replicator {
     }
 }
 
+/// The default gap after a capture before output can trigger the next.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(2);
+/// How often the supervisor looks for held frames while output-triggered
+/// epochs are on (a NIC has no way to wake it yet: polled).
+const OUTPUT_POLL: Duration = Duration::from_micros(500);
+
+impl Replicator {
+    /// Whether held NIC frames make an epoch due now: output-triggered
+    /// epochs are on, the last capture is `min_interval` old, every epoch
+    /// sent is committed (the frames would otherwise wait for the acks in
+    /// flight anyway), and some NIC holds frames.
+    fn output_due(&self, now: Instant) -> bool {
+        if self.cfg.min_interval.is_zero()
+            || self.nets.is_empty()
+            || now < self.last_capture + self.cfg.min_interval
+        {
+            return false;
+        }
+        let acked = {
+            let set = self.commit.lock();
+            set.protected() && set.committed() == Some(self.seq)
+        };
+        acked
+            && self
+                .nets
+                .iter()
+                .any(|g| g.lock().unwrap_or_else(|e| e.into_inner()).has_pending())
+    }
+}
+
 impl Periodic for Replicator {
     fn next_due(&self) -> Duration {
         let now = Instant::now();
@@ -668,10 +729,16 @@ impl Periodic for Replicator {
         if let Some(at) = self.stall_poll {
             return at.saturating_duration_since(now);
         }
-        // Wake often enough to notice a lost spare promptly.
-        self.next_epoch
-            .saturating_duration_since(now)
-            .min(Duration::from_millis(5))
+        // Wake often enough to notice a lost spare promptly, and held
+        // frames soon after they appear.
+        let poll = if self.cfg.min_interval.is_zero() || self.nets.is_empty() {
+            Duration::from_millis(5)
+        } else if self.output_due(now) {
+            return Duration::ZERO;
+        } else {
+            OUTPUT_POLL
+        };
+        self.next_epoch.saturating_duration_since(now).min(poll)
     }
 
     fn tick(&mut self, vm: &Vm) -> Result<()> {
@@ -709,7 +776,8 @@ impl Replicator {
             return Ok(());
         }
         let now = Instant::now();
-        if now < self.next_epoch {
+        let early = now < self.next_epoch;
+        if early && !self.output_due(now) {
             return Ok(());
         }
         let committed = {
@@ -733,9 +801,15 @@ impl Replicator {
         self.policy.on_epoch();
         let interval = self.policy.interval();
         self.next_epoch += interval;
+        if early {
+            // Output-triggered: the grid restarts from this capture.
+            self.stats.output_epochs += 1;
+            self.next_epoch = now + interval;
+        }
         if self.next_epoch <= now {
             self.next_epoch = now + interval;
         }
+        self.last_capture = now;
         if let Err(e) = self.epoch(vm) {
             if vm.shared.stop_reason().is_some() {
                 return Ok(());

@@ -217,6 +217,8 @@ impl Replicator {
                     output_start: pos,
                     output: Vec::new(),
                     released: pos,
+                    net: Vec::new(),
+                    net_released: Vec::new(),
                     figures: wire::EpochReport::default(),
                     memory_hash: None,
                     fence,

@@ -56,6 +56,8 @@ pub struct StandbyConfig {
     pub max_epoch_bytes: Option<u64>,
     /// The replica images, in the primary's disk order.
     pub disks: Vec<std::path::PathBuf>,
+    /// The TAPs for the primary's NICs, in its order.
+    pub nets: Vec<crate::devices::virtio::net::NetSpec>,
     /// When epochs with disk writes are acknowledged.
     pub disk_ack: DiskAck,
     /// The arbiter a takeover must win (`None`: `--arbiter none`, a
@@ -99,6 +101,10 @@ struct Shadow {
     /// Committed console output the primary may not have released:
     /// (position of the first byte, bytes), ending at the committed position.
     output: (u64, Vec<u8>),
+    /// Committed frames the primary may not have sent, per NIC.
+    frames: super::netout::CommittedFrames,
+    /// The TAPs for the NICs (`--net`).
+    nets: Vec<crate::devices::virtio::net::NetSpec>,
     seq: u64,
     /// The last epoch applied to memory (pre-copy or committed).
     memory_seq: Option<u64>,
@@ -163,6 +169,7 @@ pub fn run(cfg: StandbyConfig) -> Result<i32> {
         async_grace,
         max_epoch_bytes,
         disks,
+        nets,
         disk_ack,
         mut arbiter,
         stats_json,
@@ -194,6 +201,7 @@ pub fn run(cfg: StandbyConfig) -> Result<i32> {
         log_dirty: true,
         max_epoch: max_epoch_bytes,
         replicas,
+        nets,
         disk_ack,
         arbiter_id,
         ..Shadow::default()
@@ -602,6 +610,8 @@ fn commit(
                     read_only: l.read_only,
                 })
                 .collect(),
+            // The MACs come with the device records.
+            nets: sh.nets.clone(),
         };
         let mut vm =
             Vm::create(&cfg, Box::new(std::io::sink()), Some(ram)).map_err(|e| e.to_string())?;
@@ -705,6 +715,34 @@ fn commit(
         );
         *base = state.console_pos;
         buf.clear();
+    }
+    if end.net.len() != sh.nets.len() {
+        // Acked already (the check comes after staging): keep the state, and
+        // say why a takeover would fail.
+        tracing::error!(
+            "epoch {}: the primary's VM has {} NICs but this standby was given {} (--net): a takeover will fail",
+            end.seq,
+            end.net.len(),
+            sh.nets.len()
+        );
+    }
+    let ends = sh.frames.commit(
+        header.kind == CheckpointKind::Full,
+        &end.net,
+        &end.net_released,
+    );
+    for (i, end_pos) in ends.into_iter().enumerate() {
+        let id = format!("virtio-net.{i}");
+        let rec = state.devices.iter().find(|r| r.id == id);
+        let pos = rec.and_then(crate::devices::virtio::net::record_tx_pos);
+        if pos != Some(end_pos) {
+            tracing::error!(
+                "epoch {}: {id}'s committed frames end at {end_pos} but its record says {pos:?}",
+                end.seq
+            );
+            sh.frames.clear();
+            break;
+        }
     }
     if sh.state.is_none() || sh.in_sync_term != term {
         // Its first commit from this primary (a first sync, a resync, or a

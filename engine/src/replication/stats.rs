@@ -45,6 +45,13 @@ pub struct ReplicationStats {
     /// Stalls: times an epoch fell due while the in-flight limit was reached
     /// (it then waits for an ack).
     pub stalled_ticks: u64,
+    /// Epochs ended early because a NIC held frames (output-triggered).
+    pub output_epochs: u64,
+    /// Per NIC at the end: the gate's bounds and what it saw.
+    pub nets: Vec<(
+        crate::devices::virtio::net::GateLimits,
+        crate::devices::virtio::net::GateStats,
+    )>,
     /// Times the shadow was lost.
     pub shadow_losses: u64,
     /// The asynchronous spare's lag when last seen: (epochs, age of its
@@ -116,6 +123,13 @@ pub fn stats_json(
         "vcpu_cpu_s": vcpu_cpu.as_secs_f64(),
         "engine_cpu_s": process.saturating_sub(vcpu_cpu).as_secs_f64(),
         "stalled_ticks": s.stalled_ticks,
+        "output_epochs": s.output_epochs,
+        "nets": s.nets.iter().map(|(l, g)| serde_json::json!({
+            "limit_bytes": l.bytes, "limit_frames": l.frames,
+            "frames_sent": g.sent, "write_errors": g.write_errors,
+            "times_full": g.full, "max_held_bytes": g.max_held_bytes,
+            "max_held_frames": g.max_held_frames,
+        })).collect::<Vec<_>>(),
         "shadow_losses": s.shadow_losses,
         "async_lag": s.async_lag.map(|(n, d)| serde_json::json!({
             "epochs": n, "ms": d.as_secs_f64() * 1e3

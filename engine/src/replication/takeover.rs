@@ -136,6 +136,7 @@ pub(super) fn take_over(shadow: &Arc<Mutex<Shadow>>, t: Takeover) -> Result<i32>
         heard.saturating_duration_since(c)
     });
     let (out_start, out) = std::mem::take(&mut sh.output);
+    let net_frames = sh.frames.take();
     let reports = std::mem::take(&mut sh.reports);
     sh.report_verified();
     if let Some(s) = sh.diverged {
@@ -163,6 +164,14 @@ pub(super) fn take_over(shadow: &Arc<Mutex<Shadow>>, t: Takeover) -> Result<i32>
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .emit(&out);
+    // Then the committed frames the primary may not have sent, and the
+    // announcement of the guest's MACs from their new port.
+    for (g, frames) in vm.nets.iter().zip(net_frames) {
+        let mut g = g.lock().unwrap_or_else(|e| e.into_inner());
+        let frames: Vec<_> = frames.into_iter().map(Into::into).collect();
+        g.send_committed(&frames);
+        g.announce();
+    }
     if fence.as_ref().is_some_and(|f| f.async_spare) {
         eprintln!(
             "hotspare: ASYNCHRONOUS spare takes over from epoch {seq}, committed {:.1} ms before it last heard the primary: \
@@ -175,6 +184,19 @@ pub(super) fn take_over(shadow: &Arc<Mutex<Shadow>>, t: Takeover) -> Result<i32>
         next_primary(reprotect, fence.as_ref(), term, seq).map(|cfg| Replicator::new(&vm, cfg));
     vm.start()?;
     let activation = decided.elapsed();
+    if !vm.nets.is_empty() {
+        // Announce twice more (at 50 and 150 ms, as QEMU's announce-self
+        // does): a switch may miss the first while the port comes up.
+        let gates = vm.nets.clone();
+        std::thread::spawn(move || {
+            for wait in [50, 100] {
+                std::thread::sleep(Duration::from_millis(wait));
+                for g in &gates {
+                    g.lock().unwrap_or_else(|e| e.into_inner()).announce();
+                }
+            }
+        });
+    }
     let running_at = std::time::SystemTime::now();
     eprintln!(
         "hotspare: standby TAKING OVER as primary of term {term} from epoch {seq}; console resumes at byte {out_start}; \

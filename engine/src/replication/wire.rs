@@ -38,6 +38,12 @@ pub struct EpochEnd {
     /// after a takeover it re-emits them, because the primary may not have
     /// read the acks that would have released them.
     pub released: u64,
+    /// Per NIC (in device order): the frames the guest transmitted during
+    /// this epoch, held on the primary until the ack.
+    pub net: Vec<NetOutput>,
+    /// Per NIC: the frame number up to which the primary had sent frames
+    /// when it sent this epoch (as `released` for the console).
+    pub net_released: Vec<u64>,
     /// The primary's figures for this epoch (for reports on the shadow side).
     pub figures: EpochReport,
     /// Test mode (`--verify-memory`): BLAKE3 of all guest memory and every
@@ -48,6 +54,16 @@ pub struct EpochEnd {
     /// `--arbiter none`. The shadow refuses the epoch if it was given no
     /// arbiter, or another one.
     pub fence: Option<FenceInfo>,
+}
+
+/// One NIC's transmitted frames of one epoch.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetOutput {
+    /// The number of the first frame (frames are numbered from the VM's
+    /// first; the NIC's device record holds the next number).
+    pub start: u64,
+    /// The frames, each starting with its 12-byte virtio-net header.
+    pub frames: Vec<Vec<u8>>,
 }
 
 /// What a shadow needs to claim the VM from the arbiter.

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod lab;
+pub mod netlab;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

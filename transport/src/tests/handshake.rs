@@ -98,24 +98,29 @@ fn wrong_key_on_the_responder_is_refused_on_both_sides() {
 
 #[test]
 fn protocol_version_mismatch_is_refused_on_both_sides() {
+    let ours = crate::PROTOCOL_VERSION;
+    let newer = ours + 1;
     let key = psk();
     let l = listener();
     let resp = resp_params(&key, Some(FP));
     let mut init = init_params(&key, 1);
-    init.protocol_version = 3;
+    init.protocol_version = newer;
     let (ce, se) = refused(&l, &init, &resp);
     assert!(
-        matches!(se, TransportError::VersionMismatch { peer: 3, ours: 2 }),
+        matches!(se, TransportError::VersionMismatch { peer, ours: o } if peer == newer && o == ours),
         "{se}"
     );
     assert_eq!(
         se.to_string(),
-        "protocol version mismatch: peer speaks 3, we speak 2"
+        format!("protocol version mismatch: peer speaks {newer}, we speak {ours}")
     );
     match &ce {
         TransportError::Refused { code, reason, .. } => {
             assert_eq!(*code, RefuseCode::Version);
-            assert!(reason.contains("you speak 3, we speak 2"), "{reason}");
+            assert!(
+                reason.contains(&format!("you speak {newer}, we speak {ours}")),
+                "{reason}"
+            );
         }
         e => panic!("initiator: expected Refused, got {e}"),
     }
@@ -124,11 +129,11 @@ fn protocol_version_mismatch_is_refused_on_both_sides() {
     // The other way round: a newer responder.
     let l = listener();
     let mut resp = resp_params(&key, Some(FP));
-    resp.protocol_version = 4;
+    resp.protocol_version = newer + 1;
     let (ce, se) = refused(&l, &init_params(&key, 1), &resp);
     assert!(matches!(
         se,
-        TransportError::VersionMismatch { peer: 2, ours: 4 }
+        TransportError::VersionMismatch { peer, ours: o } if peer == ours && o == newer + 1
     ));
     assert!(matches!(
         ce,

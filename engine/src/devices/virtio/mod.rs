@@ -5,6 +5,7 @@
 
 pub mod block;
 pub mod mmio;
+pub mod net;
 
 use serde::{Deserialize, Serialize};
 use virtio_queue::QueueState;

@@ -1,0 +1,233 @@
+//! A network lab for the virtio-net tests: a switch (a bridge in the root
+//! namespace), a client host and two VM hosts, each a network namespace
+//! with an uplink to the switch. A VM host bridges its uplink and its TAP
+//! (`tap0`, persistent, created here) on a host bridge that also carries
+//! the host's own address (where the replication stream runs), as a
+//! hypervisor host does. A guest's frames leave through whichever host
+//! runs it; the switch learns where its MAC is from the frames it sees.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+static LABS: AtomicU32 = AtomicU32::new(0);
+
+fn ip(args: &[&str]) -> bool {
+    Command::new("ip")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// The lab. Hosts: `hosts[0]` and `hosts[1]` run VMs; `client` runs clients.
+pub struct NetLab {
+    pub client_ns: String,
+    pub hosts: [String; 2],
+    pub host_ips: [String; 2],
+    pub client_ip: String,
+    /// An address for the guest on the same subnet.
+    pub guest_ip: String,
+    switch: String,
+}
+
+impl NetLab {
+    /// Builds the lab, or panics naming what failed (needs root and iproute2).
+    pub fn create() -> NetLab {
+        let n = LABS.fetch_add(1, Ordering::SeqCst);
+        let id = format!("{}{n}", std::process::id() % 100_000);
+        let k = (std::process::id() * 13 + n * 37) % 250 + 1;
+        let lab = NetLab {
+            client_ns: format!("hnc{id}"),
+            hosts: [format!("hna{id}"), format!("hnb{id}")],
+            host_ips: [format!("10.217.{k}.1"), format!("10.217.{k}.2")],
+            client_ip: format!("10.217.{k}.100"),
+            guest_ip: format!("10.217.{k}.50"),
+            switch: format!("hnw{id}"),
+        };
+        let sw = lab.switch.clone();
+        let mut ok = ip(&["link", "add", &sw, "type", "bridge"])
+            // Learn at once, forward at once (no STP delay).
+            && ip(&["link", "set", &sw, "type", "bridge", "forward_delay", "0", "stp_state", "0"])
+            && ip(&["link", "set", &sw, "up"]);
+        let all = [
+            (lab.client_ns.clone(), lab.client_ip.clone(), "c", false),
+            (lab.hosts[0].clone(), lab.host_ips[0].clone(), "a", true),
+            (lab.hosts[1].clone(), lab.host_ips[1].clone(), "b", true),
+        ];
+        for (ns, addr, side, vm_host) in all {
+            let (outer, inner) = (format!("hn{side}o{id}"), format!("hn{side}i{id}"));
+            ok = ok
+                && ip(&["netns", "add", &ns])
+                && ip(&[
+                    "link", "add", &outer, "type", "veth", "peer", "name", &inner,
+                ])
+                && ip(&["link", "set", &outer, "master", &sw])
+                && ip(&["link", "set", &outer, "up"])
+                && ip(&["link", "set", &inner, "netns", &ns])
+                && ip(&["-n", &ns, "link", "set", "lo", "up"])
+                && ip(&["-n", &ns, "link", "set", &inner, "up"]);
+            let dev = if vm_host {
+                ok = ok
+                    && ip(&["-n", &ns, "link", "add", "br0", "type", "bridge"])
+                    && ip(&[
+                        "-n",
+                        &ns,
+                        "link",
+                        "set",
+                        "br0",
+                        "type",
+                        "bridge",
+                        "forward_delay",
+                        "0",
+                        "stp_state",
+                        "0",
+                    ])
+                    && ip(&["-n", &ns, "link", "set", &inner, "master", "br0"])
+                    && ip(&["-n", &ns, "tuntap", "add", "dev", "tap0", "mode", "tap"])
+                    && ip(&["-n", &ns, "link", "set", "tap0", "master", "br0"])
+                    && ip(&["-n", &ns, "link", "set", "tap0", "up"])
+                    && ip(&["-n", &ns, "link", "set", "br0", "up"]);
+                "br0".to_string()
+            } else {
+                inner.clone()
+            };
+            ok = ok && ip(&["-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", &dev]);
+        }
+        assert!(
+            ok,
+            "cannot build the network lab (needs root, iproute2 and TAP support; names {id})"
+        );
+        lab
+    }
+
+    /// A command to run inside namespace `ns`.
+    pub fn wrap(ns: &str, cmd: &Command) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns])
+            .arg(cmd.get_program())
+            .args(cmd.get_args());
+        c
+    }
+
+    /// A UDP socket in the client's namespace.
+    pub fn client_socket(&self) -> UdpSocket {
+        let ns = self.client_ns.clone();
+        // The network namespace is per thread: enter it on a thread of our
+        // own, make the socket there (it stays in that namespace).
+        std::thread::spawn(move || {
+            let f = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("netns file");
+            // SAFETY: setns on a valid namespace fd, for this thread only.
+            let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+            UdpSocket::bind("0.0.0.0:0").expect("bind")
+        })
+        .join()
+        .unwrap()
+    }
+
+    /// Pings the guest from the client: (replies, DUP! lines).
+    pub fn ping(&self, count: u32, interval: f64) -> (u32, u32) {
+        let (r, d, _) = self.ping_rtts(count, interval);
+        (r, d)
+    }
+
+    /// Pings the guest from the client: (replies, DUP! lines, RTTs in ms).
+    pub fn ping_rtts(&self, count: u32, interval: f64) -> (u32, u32, Vec<f64>) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.client_ns, "ping", "-n", "-c"])
+            .arg(count.to_string())
+            .arg("-i")
+            .arg(format!("{interval}"))
+            .args(["-W", "1", &self.guest_ip])
+            .output()
+            .expect("ping (scripts/setup.sh installs iputils-ping)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let replies = text.lines().filter(|l| l.contains("bytes from")).count() as u32;
+        let dups = text.lines().filter(|l| l.contains("DUP!")).count() as u32;
+        let rtts = text
+            .lines()
+            .filter(|l| l.contains("bytes from") && !l.contains("DUP!"))
+            .filter_map(|l| l.split("time=").nth(1)?.split(' ').next()?.parse().ok())
+            .collect();
+        (replies - dups.min(replies), dups, rtts)
+    }
+
+    /// The guest's service address.
+    pub fn service(&self) -> SocketAddr {
+        format!("{}:7777", self.guest_ip).parse().unwrap()
+    }
+}
+
+impl Drop for NetLab {
+    fn drop(&mut self) {
+        for ns in [&self.client_ns, &self.hosts[0], &self.hosts[1]] {
+            let _ = ip(&["netns", "del", ns]);
+        }
+        let _ = ip(&["link", "del", &self.switch]);
+    }
+}
+
+/// One reply of the guest's counter service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub id: u64,
+    pub counter: u64,
+    pub tsc: u64,
+    pub hash: u64,
+}
+
+impl Reply {
+    pub fn parse(b: &[u8]) -> Option<Reply> {
+        if b.len() != 32 {
+            return None;
+        }
+        let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap());
+        Some(Reply {
+            id: w(0),
+            counter: w(1),
+            tsc: w(2),
+            hash: w(3),
+        })
+    }
+}
+
+/// Sends request `id` until a reply for it comes (retransmitting every
+/// `retry`), up to `deadline`; returns every reply received meanwhile
+/// (stale ones included), the last being `id`'s, if any.
+pub fn request(
+    sock: &UdpSocket,
+    to: SocketAddr,
+    id: u64,
+    retry: Duration,
+    deadline: Duration,
+) -> Vec<Reply> {
+    let mut got = Vec::new();
+    let start = std::time::Instant::now();
+    let mut req = id.to_le_bytes().to_vec();
+    req.extend_from_slice(b"hotspare");
+    sock.set_read_timeout(Some(retry)).unwrap();
+    let mut buf = [0u8; 64];
+    while start.elapsed() < deadline {
+        let _ = sock.send_to(&req, to);
+        let until = std::time::Instant::now() + retry;
+        while std::time::Instant::now() < until {
+            match sock.recv_from(&mut buf) {
+                Ok((n, _)) => {
+                    if let Some(r) = Reply::parse(&buf[..n]) {
+                        got.push(r);
+                        if r.id == id {
+                            return got;
+                        }
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+    }
+    got
+}
