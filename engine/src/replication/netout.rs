@@ -26,14 +26,14 @@ struct Nic {
 
 impl Nic {
     fn end(&self) -> u64 {
-        self.base + self.frames.len() as u64
+        self.base.saturating_add(self.frames.len() as u64)
     }
 
     fn drop_front(&mut self, n: usize) {
         for f in self.frames.drain(..n) {
             self.bytes -= f.len();
         }
-        self.base += n as u64;
+        self.base = self.base.saturating_add(n as u64);
     }
 }
 
@@ -76,7 +76,7 @@ impl CommittedFrames {
                 let f = nic.frames.front().map_or(0, Vec::len);
                 nic.bytes -= f;
                 nic.frames.pop_front();
-                nic.base += 1;
+                nic.base = nic.base.saturating_add(1);
             }
             if over > 0 {
                 tracing::warn!(

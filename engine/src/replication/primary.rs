@@ -696,6 +696,9 @@ impl Replicator {
         if self.cfg.min_interval.is_zero()
             || self.nets.is_empty()
             || now < self.last_capture + self.cfg.min_interval
+            // tick would return before capturing: do not make it spin.
+            || self.fence.as_ref().is_some_and(|f| f.deciding())
+            || self.awaiting_continuers()
         {
             return false;
         }
@@ -731,7 +734,12 @@ impl Periodic for Replicator {
         }
         // Wake often enough to notice a lost spare promptly, and held
         // frames soon after they appear.
-        let poll = if self.cfg.min_interval.is_zero() || self.nets.is_empty() {
+        use crate::devices::OutputCommit as _;
+        let holding = self
+            .nets
+            .iter()
+            .any(|g| g.lock().unwrap_or_else(|e| e.into_inner()).holding());
+        let poll = if self.cfg.min_interval.is_zero() || !holding {
             Duration::from_millis(5)
         } else if self.output_due(now) {
             return Duration::ZERO;

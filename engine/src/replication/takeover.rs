@@ -150,6 +150,15 @@ pub(super) fn take_over(shadow: &Arc<Mutex<Shadow>>, t: Takeover) -> Result<i32>
         .ok_or_else(|| EngineError::Config("takeover without a prepared VM".into()))?;
     drop(sh);
     vm.restore_state(&state.vcpus, &state.vm)?;
+    // The committed frames the primary may not have sent go out first: the
+    // restored NIC may send the guest's next frames as soon as it is
+    // restored (its TX ring can hold chains the old device had not taken).
+    for (g, frames) in vm.nets.iter().zip(net_frames) {
+        let frames: Vec<_> = frames.into_iter().map(Into::into).collect();
+        g.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send_committed(&frames);
+    }
     vm.restore_devices(&state.devices)?;
     vm.set_console(console, out_start);
     if out_start + out.len() as u64 != state.console_pos {
@@ -164,13 +173,10 @@ pub(super) fn take_over(shadow: &Arc<Mutex<Shadow>>, t: Takeover) -> Result<i32>
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .emit(&out);
-    // Then the committed frames the primary may not have sent, and the
-    // announcement of the guest's MACs from their new port.
-    for (g, frames) in vm.nets.iter().zip(net_frames) {
-        let mut g = g.lock().unwrap_or_else(|e| e.into_inner());
-        let frames: Vec<_> = frames.into_iter().map(Into::into).collect();
-        g.send_committed(&frames);
-        g.announce();
+    // Then the announcement of the guest's MACs (restored with the
+    // devices) from their new port.
+    for g in &vm.nets {
+        g.lock().unwrap_or_else(|e| e.into_inner()).announce();
     }
     if fence.as_ref().is_some_and(|f| f.async_spare) {
         eprintln!(

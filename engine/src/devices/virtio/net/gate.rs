@@ -204,6 +204,7 @@ impl NetGate {
         self.held_bytes = 0;
         self.seals.clear();
         self.epoch.clear();
+        self.was_full = false;
     }
 
     /// Writes committed frames a takeover releases (the old primary may
@@ -275,6 +276,11 @@ pub fn rarp(mac: [u8; 6]) -> Vec<u8> {
 
 impl OutputCommit for NetGate {
     fn seal(&mut self, seq: u64) {
+        if !self.holding {
+            // Unheld frames are sent at once: nothing to release later
+            // (and no seal list growing while the VM is unprotected).
+            return;
+        }
         let pos = self.pos;
         match self.seals.back_mut() {
             Some((s, end)) if *s == seq => *end = pos,

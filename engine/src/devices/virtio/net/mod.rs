@@ -403,9 +403,12 @@ impl Device for Net {
             return Err(bad(format!("MAC {} is multicast", mac_string(&st.mac))));
         }
         if let Some(p) = &st.rx_pending {
-            if p.len() > tap::VNET_HDR_LEN + chain::MAX_FRAME {
+            if p.len() <= tap::VNET_HDR_LEN || p.len() > tap::VNET_HDR_LEN + chain::MAX_FRAME {
                 return Err(bad(format!("a pending frame of {} bytes", p.len())));
             }
+        }
+        if st.tx_pos > u64::MAX / 2 {
+            return Err(bad(format!("frame number {} is beyond any run", st.tx_pos)));
         }
         let mut inner = self.shared.lock();
         inner.transport.set_state(&self.id, &st.transport)?;

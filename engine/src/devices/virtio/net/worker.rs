@@ -235,6 +235,10 @@ impl Worker {
         let acked = inner.transport.acked_features();
         let mut interrupt = false;
         loop {
+            if !inner.transport.active() {
+                // The device failed (NEEDS_RESET): take nothing more.
+                break;
+            }
             if self.gate.lock().unwrap_or_else(|e| e.into_inner()).full() {
                 // The guest's ring fills and it waits, as on a busy NIC; a
                 // commit that drains the gate kicks this thread.
@@ -377,7 +381,8 @@ impl Worker {
         // virtio_net_hdr_v1.num_buffers (1 without MRG_RXBUF).
         frame[10..12].copy_from_slice(&(chains.len() as u16).to_le_bytes());
         let mut at = 0usize;
-        for (head, segs, _) in &chains {
+        let mut lens = Vec::with_capacity(chains.len());
+        for (_, segs, _) in &chains {
             let start = at;
             for s in segs {
                 if at == frame.len() {
@@ -388,8 +393,23 @@ impl Worker {
                 let _ = mem.write_slice(&frame[at..at + n], GuestAddress(s.addr));
                 at += n;
             }
-            interrupt |= self.used(inner, RXQ, *head, (at - start) as u32);
+            lens.push((at - start) as u32);
         }
+        // The used elements of all but the last buffer are written first,
+        // and the used index moves once, with the last: a driver never sees
+        // part of a merged packet (virtio-queue's add_used publishes each).
+        let q = &mut inner.transport.queues[RXQ];
+        let (ring, size, next) = (q.used_ring(), q.size().max(1), q.next_used());
+        for (i, ((head, _, _), len)) in chains.iter().zip(&lens).enumerate().rev().skip(1) {
+            let slot = u64::from(next.wrapping_add(i as u16) % size);
+            let mut elem = [0u8; 8];
+            elem[..4].copy_from_slice(&u32::from(*head).to_le_bytes());
+            elem[4..].copy_from_slice(&len.to_le_bytes());
+            let _ = mem.write_slice(&elem, GuestAddress(ring + 4 + slot * 8));
+        }
+        q.set_next_used(next.wrapping_add(chains.len() as u16 - 1));
+        let (last, _, _) = chains.last().expect("at least one chain holds the frame");
+        interrupt |= self.used(inner, RXQ, *last, *lens.last().expect("one per chain"));
         inner.counters.rx_frames += 1;
         Some(interrupt)
     }
