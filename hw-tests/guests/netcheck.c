@@ -30,7 +30,6 @@
  */
 #include "ulib.h"
 
-#define MAGIC_VIRT 0x74726976u
 #define NET_TYPE 1
 #define QSIZE 16
 #define BUF 2048
@@ -124,52 +123,12 @@ static void fail(const char *what, int code)
     u_exit(code);
 }
 
-static u64 parse_dev(const char *s)
-{
-    u64 v = 0;
-    while (*s >= '0' && *s <= '9')
-        s++;
-    if (*s == 'K' || *s == 'k' || *s == 'M' || *s == 'm')
-        s++;
-    if (*s++ != '@')
-        return 0;
-    if (s[0] != '0' || (s[1] != 'x' && s[1] != 'X'))
-        return 0;
-    s += 2;
-    for (;; s++) {
-        u64 d;
-        if (*s >= '0' && *s <= '9')
-            d = (u64)(*s - '0');
-        else if (*s >= 'a' && *s <= 'f')
-            d = (u64)(*s - 'a' + 10);
-        else if (*s >= 'A' && *s <= 'F')
-            d = (u64)(*s - 'A' + 10);
-        else
-            break;
-        v = v * 16 + d;
-    }
-    return *s == ':' ? v : 0;
-}
-
 static u64 find_device(const char *cmdline)
 {
-    static const char key[] = "virtio_mmio.device=";
-    for (const char *p = cmdline; *p; p++) {
-        if (p != cmdline && p[-1] != ' ')
-            continue;
-        size_t i = 0;
-        while (key[i] && p[i] == key[i])
-            i++;
-        if (key[i])
-            continue;
-        u64 base = parse_dev(p + i);
-        if (base < 0xc0000000ULL || base >= 0x100000000ULL)
-            continue;
+    u64 base = virtio_mmio_find(cmdline, NET_TYPE);
+    if (base)
         regs = (volatile u32 *)base;
-        if (rd(R_MAGIC) == MAGIC_VIRT && rd(R_VERSION) == 2 && rd(R_DEVICE_ID) == NET_TYPE)
-            return base;
-    }
-    return 0;
+    return base;
 }
 
 static int parse_ip(const char *s, u32 *out)

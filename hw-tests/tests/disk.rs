@@ -164,52 +164,14 @@ fn bad_disk_options_are_clear_errors() {
 
 /// QEMU's microvm with its own virtio-blk-device, if QEMU is installed.
 fn qemu(img: &Path, cmdline: &str) -> Option<Output> {
-    let q = "qemu-system-x86_64";
-    if Command::new(q).arg("--version").output().is_err() {
-        common::skipped(&format!(
-            "{q} is not installed (scripts/setup.sh installs it): the QEMU cross-check did NOT run"
-        ));
-        return None;
-    }
-    let accel = if Path::new("/dev/kvm").exists() {
-        "kvm"
-    } else {
-        "tcg"
-    };
-    let out = Command::new(q)
-        .args([
-            "-M",
-            "microvm,acpi=off,rtc=off",
-            "-accel",
-            accel,
-            "-m",
-            "64M",
-            "-smp",
-            "1",
-        ])
-        .args([
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-serial",
-            "stdio",
-        ])
-        .args(["-global", "virtio-mmio.force-legacy=false"])
-        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=1"])
-        .arg("-drive")
+    let mut c = common::qemu_microvm("diskcheck", cmdline)?;
+    c.args(["-serial", "stdio", "-drive"])
         .arg(format!(
             "id=d0,file={},format=raw,if=none,cache=writeback",
             img.display()
         ))
-        .args(["-device", "virtio-blk-device,drive=d0"])
-        .arg("-kernel")
-        .arg(hw_tests::guest_path("diskcheck"))
-        .args(["-append", cmdline])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    Some(out)
+        .args(["-device", "virtio-blk-device,drive=d0"]);
+    Some(c.output().unwrap())
 }
 
 #[test]

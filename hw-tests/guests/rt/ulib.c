@@ -224,3 +224,55 @@ u64 fnv1a(const void *p, size_t n)
     }
     return h;
 }
+
+/* ---- virtio-mmio discovery ------------------------------------------------ */
+/* Parses "<size>[K|M]@<base>:<irq>" at s; returns the base or 0. */
+static u64 parse_virtio_mmio(const char *s)
+{
+    u64 v = 0;
+    while (*s >= '0' && *s <= '9')
+        s++;
+    if (*s == 'K' || *s == 'k' || *s == 'M' || *s == 'm')
+        s++;
+    if (*s++ != '@')
+        return 0;
+    if (s[0] != '0' || (s[1] != 'x' && s[1] != 'X'))
+        return 0;
+    s += 2;
+    for (;; s++) {
+        u64 d;
+        if (*s >= '0' && *s <= '9')
+            d = (u64)(*s - '0');
+        else if (*s >= 'a' && *s <= 'f')
+            d = (u64)(*s - 'a' + 10);
+        else if (*s >= 'A' && *s <= 'F')
+            d = (u64)(*s - 'A' + 10);
+        else
+            break;
+        v = v * 16 + d;
+    }
+    return *s == ':' ? v : 0;
+}
+
+u64 virtio_mmio_find(const char *cmdline, u32 device_id)
+{
+    static const char key[] = "virtio_mmio.device=";
+    for (const char *p = cmdline; *p; p++) {
+        if (p != cmdline && p[-1] != ' ')
+            continue;
+        size_t i = 0;
+        while (key[i] && p[i] == key[i])
+            i++;
+        if (key[i])
+            continue;
+        u64 base = parse_virtio_mmio(p + i);
+        /* The window must be in the 3-4 GiB range the page tables map. */
+        if (base < 0xc0000000ULL || base >= 0x100000000ULL)
+            continue;
+        volatile u32 *r = (volatile u32 *)base;
+        /* "virt", version 2 (virtio 1.x), the wanted device type */
+        if (r[0] == 0x74726976u && r[1] == 2 && r[2] == device_id)
+            return base;
+    }
+    return 0;
+}

@@ -124,6 +124,12 @@ u64 hash_u32s(u64 h, const u32 *p, size_t n);
 /* FNV-1a over bytes */
 u64 fnv1a(const void *p, size_t n);
 
+/* ---- virtio-mmio ---------------------------------------------------------- */
+/* The base of the first virtio-mmio version-2 device of type device_id that
+ * the command line announces (`virtio_mmio.device=<size>@<base>:<irq>`, as
+ * Linux reads it) in the 3-4 GiB window; 0 if none. */
+u64 virtio_mmio_find(const char *cmdline, u32 device_id);
+
 /* ---- misc ---------------------------------------------------------------- */
 static inline void cpu_relax(void) { __asm__ volatile("pause" ::: "memory"); }
 /* Busy loop that the compiler cannot remove. */

@@ -179,6 +179,45 @@ impl GuestSpec {
     }
 }
 
+/// QEMU's microvm running the bundled guest `guest` with `cmdline`, its
+/// devices on virtio-mmio version 2 (`force-legacy=false`), ACPI off (so
+/// they are announced on the command line, as hotspare does) and the
+/// debug-exit port; the caller adds its devices and the serial. `None`,
+/// said loudly, when QEMU is not installed.
+pub fn qemu_microvm(guest: &str, cmdline: &str) -> Option<Command> {
+    let q = "qemu-system-x86_64";
+    if Command::new(q).arg("--version").output().is_err() {
+        skipped(&format!(
+            "{q} is not installed (scripts/setup.sh installs it): the QEMU cross-check did NOT run"
+        ));
+        return None;
+    }
+    let accel = if Path::new("/dev/kvm").exists() {
+        "kvm"
+    } else {
+        "tcg"
+    };
+    let mut c = Command::new(q);
+    c.args([
+        "-M",
+        "microvm,acpi=off,rtc=off",
+        "-accel",
+        accel,
+        "-m",
+        "64M",
+        "-smp",
+        "1",
+    ])
+    .args(["-nodefaults", "-no-user-config", "-display", "none"])
+    .args(["-global", "virtio-mmio.force-legacy=false"])
+    .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=1"])
+    .arg("-kernel")
+    .arg(hw_tests::guest_path(guest))
+    .args(["-append", cmdline])
+    .stdin(Stdio::null());
+    Some(c)
+}
+
 /// A fresh temporary directory, removed on drop.
 pub struct TempDir(pub PathBuf);
 

@@ -17,6 +17,14 @@ pub const F_VERSION_1: u64 = 1 << 32;
 /// VIRTIO_F_RING_INDIRECT_DESC: indirect descriptor tables.
 pub const F_INDIRECT_DESC: u64 = 1 << 28;
 
+/// Maps an I/O error while building device `id` (eventfds, threads).
+pub(crate) fn setup_err(id: &str) -> impl Fn(std::io::Error) -> crate::devices::DeviceError + '_ {
+    move |e| crate::devices::DeviceError::Setup {
+        id: id.to_owned(),
+        msg: e.to_string(),
+    }
+}
+
 /// Device status bits (§2.1).
 pub mod status {
     /// The guest found the device.

@@ -21,7 +21,7 @@ use virtio_bindings::virtio_net::*;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::mmio::{Event, MmioTransport, TransportState, VirtioBackend};
-use super::{F_INDIRECT_DESC, F_VERSION_1};
+use super::{setup_err, F_INDIRECT_DESC, F_VERSION_1};
 use crate::devices::{open_record, record, BusAction, Device, DeviceError, DeviceRecord};
 use crate::memory::Ram;
 pub use gate::{EpochFrames, Frame, GateLimits, GateStats, NetGate};
@@ -227,13 +227,6 @@ pub struct Net {
     irq: EventFd,
     ram: Arc<Ram>,
     thread: Option<JoinHandle<()>>,
-}
-
-fn setup_err(id: &str) -> impl Fn(std::io::Error) -> DeviceError + '_ {
-    move |e| DeviceError::Setup {
-        id: id.to_owned(),
-        msg: e.to_string(),
-    }
 }
 
 impl Net {
