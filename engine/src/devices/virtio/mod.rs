@@ -6,6 +6,8 @@
 pub mod block;
 pub mod mmio;
 pub mod net;
+#[cfg(test)]
+pub(crate) mod test_util;
 
 use serde::{Deserialize, Serialize};
 use virtio_queue::QueueState;

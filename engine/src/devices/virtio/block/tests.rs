@@ -10,6 +10,7 @@ use virtio_bindings::virtio_mmio::*;
 use super::*;
 use crate::devices::conformance::device_conformance_tests;
 use crate::devices::virtio::status;
+use crate::devices::virtio::test_util::{peek, rd32, wr32};
 
 const DESC: u64 = 0x1000;
 const AVAIL: u64 = 0x2000;
@@ -77,23 +78,6 @@ fn env(tag: &str, read_only: bool) -> Env {
         avail_idx: 0,
         next_desc: 0,
     }
-}
-
-fn rd32(d: &mut Block, off: u32) -> u32 {
-    let mut b = [0u8; 4];
-    d.read(u64::from(off), &mut b);
-    u32::from_le_bytes(b)
-}
-
-fn wr32(d: &mut Block, off: u32, v: u32) {
-    d.write(u64::from(off), &v.to_le_bytes());
-}
-
-fn peek(ram: &Ram, gpa: u64, len: usize) -> Vec<u8> {
-    let (r, off) = ram.locate(gpa).unwrap();
-    let mut b = vec![0u8; len];
-    r.read(off, &mut b);
-    b
 }
 
 /// The driver's initialisation sequence (§3.1.1) with VERSION_1 only.

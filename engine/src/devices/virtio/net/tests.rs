@@ -9,6 +9,7 @@ use virtio_bindings::virtio_mmio::*;
 use super::*;
 use crate::devices::conformance::device_conformance_tests;
 use crate::devices::virtio::status;
+use crate::devices::virtio::test_util::{peek, poke, rd32, wr32};
 use crate::devices::OutputCommit;
 
 const QSIZE: u16 = 16;
@@ -67,28 +68,6 @@ fn make(limits: GateLimits) -> (Net, Arc<Ram>, std::fs::File) {
     )
     .unwrap();
     (dev, ram, wire)
-}
-
-fn rd32(d: &mut Net, off: u32) -> u32 {
-    let mut b = [0u8; 4];
-    d.read(u64::from(off), &mut b);
-    u32::from_le_bytes(b)
-}
-
-fn wr32(d: &mut Net, off: u32, v: u32) {
-    d.write(u64::from(off), &v.to_le_bytes());
-}
-
-fn poke(ram: &Ram, gpa: u64, b: &[u8]) {
-    let (r, off) = ram.locate(gpa).unwrap();
-    r.write(off, b);
-}
-
-fn peek(ram: &Ram, gpa: u64, len: usize) -> Vec<u8> {
-    let (r, off) = ram.locate(gpa).unwrap();
-    let mut b = vec![0u8; len];
-    r.read(off, &mut b);
-    b
 }
 
 /// §3.1.1 with VERSION_1 and MAC (no offloads, no mergeable buffers).
