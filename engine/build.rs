@@ -18,6 +18,7 @@ fn main() {
         .arg(format!("O={}", out.display()))
         .arg("memtest")
         .arg("diskcheck")
+        .arg("netcheck")
         .status()
         .expect("running make for the demo guest (needs make, gcc and binutils)");
     assert!(status.success(), "building the demo guest failed");

@@ -9,8 +9,8 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::netlab::{request, NetLab, Reply};
 use common::{Proc, TempDir};
+use netlab::{request, NetLab, Reply, ReplyLog};
 
 fn netcheck_cmd(lab: &NetLab, console: &std::path::Path) -> Command {
     let mut c = Command::new(common::hotspare());
@@ -48,7 +48,9 @@ fn exercise(lab: &NetLab, what: &str) -> Vec<Reply> {
         replies >= 4 && dups == 0,
         "{what}: ping got {replies}/5 replies, {dups} duplicates"
     );
-    let sock = lab.client_socket();
+    let sock = lab
+        .client_socket()
+        .expect("a socket in the client namespace");
     let mut out = Vec::new();
     for id in [11u64, 12, 12, 13] {
         let got = request(
@@ -83,7 +85,7 @@ fn the_guest_answers_on_hotspare_and_on_qemu_and_a_vanished_tap_is_survived() {
     if !common::kvm_available() {
         return;
     }
-    let lab = NetLab::create();
+    let lab = NetLab::create().unwrap();
     let dir = TempDir::new("net-basic");
     let con = dir.path("a.txt");
     let mut p = Proc::spawn(NetLab::wrap(&lab.hosts[0], &netcheck_cmd(&lab, &con)));
@@ -167,44 +169,6 @@ fn standby(lab: &NetLab, dir: &TempDir, key: &std::path::Path, side: usize, n: u
     Host { proc, side }
 }
 
-/// What the client saw, checked as it goes.
-#[derive(Default)]
-struct Client {
-    /// The reply to each id, in id order.
-    replies: Vec<Reply>,
-    /// The longest time between two answered requests.
-    worst_gap: Duration,
-    /// Each request's time to its reply.
-    rtts: Vec<Duration>,
-}
-
-impl Client {
-    fn check(&mut self, got: &[Reply], id: u64) {
-        for r in got {
-            if let Some(prev) = self.replies.iter().find(|p| p.id == r.id) {
-                assert_eq!(
-                    prev, r,
-                    "CONTRADICTED: request {} was answered twice differently",
-                    r.id
-                );
-            }
-        }
-        let r = *got.last().filter(|r| r.id == id).unwrap_or_else(|| {
-            panic!("request {id} got no reply within the deadline (the service did not resume)")
-        });
-        if let Some(last) = self.replies.last() {
-            assert!(
-                r.counter > last.counter,
-                "CONTRADICTED: request {id} got counter {} after request {} got {}: guest state the client saw was lost",
-                r.counter,
-                last.id,
-                last.counter
-            );
-        }
-        self.replies.push(r);
-    }
-}
-
 /// 20 random SIGKILLs of the primary while a client sends requests one
 /// after another. The hosts alternate: the standby on the other host takes
 /// over, announces the guest's MAC (the switch learns its new port), and
@@ -221,7 +185,7 @@ fn a_protected_guest_survives_20_random_kills_with_no_reply_contradicted() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
     let mut rng = common::Rng::from_env("net-kills");
-    let lab = NetLab::create();
+    let lab = NetLab::create().unwrap();
     let dir = TempDir::new("net-kills");
     let key = common::key_file(&dir, "key", 77);
     let mut sb = standby(&lab, &dir, &key, 1, 0);
@@ -244,18 +208,19 @@ fn a_protected_guest_survives_20_random_kills_with_no_reply_contradicted() {
     // (frames that arrive before it are dropped, as on any NIC, and the
     // client would wait out an ARP retry).
     wait_file(&dir.path("p.txt"), "netcheck up", Duration::from_secs(20));
-    let (replies, dups, rtts) = lab.ping_rtts(20, 0.013);
+    let (replies, dups, rtts) = lab.ping_rtts(20, 0.013).unwrap();
     assert!(
         replies >= 18 && dups == 0,
         "ping of the protected guest: {replies}/20, {dups} DUP"
     );
     eprintln!("protected ping RTTs (ms): {rtts:?}");
 
-    let sock = lab.client_socket();
-    let mut client = Client::default();
+    let sock = lab
+        .client_socket()
+        .expect("a socket in the client namespace");
+    let mut client = ReplyLog::default();
     let mut id = 1000u64;
-    let mut last_answer = Instant::now();
-    let mut drive = |client: &mut Client, until: Instant| {
+    let mut drive = |client: &mut ReplyLog, until: Instant| {
         while Instant::now() < until {
             id += 1;
             let t = Instant::now();
@@ -266,10 +231,9 @@ fn a_protected_guest_survives_20_random_kills_with_no_reply_contradicted() {
                 Duration::from_millis(100),
                 Duration::from_secs(10),
             );
-            client.rtts.push(t.elapsed());
-            client.check(&got, id);
-            client.worst_gap = client.worst_gap.max(last_answer.elapsed());
-            last_answer = Instant::now();
+            if let Err(e) = client.record(&got, id, t.elapsed()) {
+                panic!("{e}");
+            }
         }
     };
     for n in 1..=kills {
@@ -324,17 +288,20 @@ fn a_protected_guest_survives_20_random_kills_with_no_reply_contradicted() {
         client.worst_gap
     );
     if std::env::var_os("HOTSPARE_NET_DEBUG").is_some() {
-        for (r, t) in client.replies.iter().zip(&client.rtts).take(40) {
+        for (r, t) in client.replies.iter().zip(&client.latencies).take(40) {
             eprintln!("{r:?} {t:?}");
         }
     }
-    let mut rtts = client.rtts.clone();
-    rtts.sort();
+    let mut lat: Vec<f64> = client
+        .latencies
+        .iter()
+        .map(|d| d.as_secs_f64() * 1e3)
+        .collect();
     eprintln!(
-        "request/response: p50 {:?}, p99 {:?}, {} requests",
-        rtts[rtts.len() / 2],
-        rtts[rtts.len() * 99 / 100],
-        rtts.len()
+        "request/response: p50 {:.3} ms, p99 {:.3} ms, {} requests",
+        netlab::quantile(&mut lat, 0.5),
+        netlab::quantile(&mut lat, 0.99),
+        lat.len()
     );
     if std::env::var_os("HOTSPARE_NET_DEBUG").is_some() {
         eprintln!(

@@ -4,7 +4,6 @@
 #![allow(dead_code)]
 
 pub mod lab;
-pub mod netlab;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

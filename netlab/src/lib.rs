@@ -1,4 +1,5 @@
-//! A network lab for the virtio-net tests: a switch (a bridge in the root
+//! A network lab for hotspare's virtio-net tests, demo and benchmark: a
+//! switch (a bridge in the root
 //! namespace), a client host and two VM hosts, each a network namespace
 //! with an uplink to the switch. A VM host bridges its uplink and its TAP
 //! (`tap0`, persistent, created here) on a host bridge that also carries
@@ -36,8 +37,9 @@ pub struct NetLab {
 }
 
 impl NetLab {
-    /// Builds the lab, or panics naming what failed (needs root and iproute2).
-    pub fn create() -> NetLab {
+    /// Builds the lab, or says what failed (it needs root, iproute2 and
+    /// TAP support; `scripts/setup.sh` installs iproute2).
+    pub fn create() -> Result<NetLab, String> {
         let n = LABS.fetch_add(1, Ordering::SeqCst);
         let id = format!("{}{n}", std::process::id() % 100_000);
         let k = (std::process::id() * 13 + n * 37) % 250 + 1;
@@ -98,11 +100,12 @@ impl NetLab {
             };
             ok = ok && ip(&["-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", &dev]);
         }
-        assert!(
-            ok,
-            "cannot build the network lab (needs root, iproute2 and TAP support; names {id})"
-        );
-        lab
+        if !ok {
+            return Err(format!(
+                "cannot build the network lab of namespaces and bridges (it needs root, iproute2 and TAP support; names ending in {id})"
+            ));
+        }
+        Ok(lab)
     }
 
     /// A command to run inside namespace `ns`.
@@ -115,29 +118,31 @@ impl NetLab {
     }
 
     /// A UDP socket in the client's namespace.
-    pub fn client_socket(&self) -> UdpSocket {
+    pub fn client_socket(&self) -> std::io::Result<UdpSocket> {
         let ns = self.client_ns.clone();
         // The network namespace is per thread: enter it on a thread of our
         // own, make the socket there (it stays in that namespace).
         std::thread::spawn(move || {
-            let f = std::fs::File::open(format!("/var/run/netns/{ns}")).expect("netns file");
+            let f = std::fs::File::open(format!("/var/run/netns/{ns}"))?;
             // SAFETY: setns on a valid namespace fd, for this thread only.
-            let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
-            UdpSocket::bind("0.0.0.0:0").expect("bind")
+            if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            UdpSocket::bind("0.0.0.0:0")
         })
         .join()
-        .unwrap()
+        .map_err(|_| std::io::Error::other("the socket thread panicked"))?
     }
 
-    /// Pings the guest from the client: (replies, DUP! lines).
+    /// Pings the guest from the client: (replies, DUP! lines). Panics if
+    /// `ping` cannot run (for tests).
     pub fn ping(&self, count: u32, interval: f64) -> (u32, u32) {
-        let (r, d, _) = self.ping_rtts(count, interval);
+        let (r, d, _) = self.ping_rtts(count, interval).expect("ping");
         (r, d)
     }
 
     /// Pings the guest from the client: (replies, DUP! lines, RTTs in ms).
-    pub fn ping_rtts(&self, count: u32, interval: f64) -> (u32, u32, Vec<f64>) {
+    pub fn ping_rtts(&self, count: u32, interval: f64) -> Result<(u32, u32, Vec<f64>), String> {
         let out = Command::new("ip")
             .args(["netns", "exec", &self.client_ns, "ping", "-n", "-c"])
             .arg(count.to_string())
@@ -145,7 +150,7 @@ impl NetLab {
             .arg(format!("{interval}"))
             .args(["-W", "1", &self.guest_ip])
             .output()
-            .expect("ping (scripts/setup.sh installs iputils-ping)");
+            .map_err(|e| format!("running ping (scripts/setup.sh installs iputils-ping): {e}"))?;
         let text = String::from_utf8_lossy(&out.stdout);
         let replies = text.lines().filter(|l| l.contains("bytes from")).count() as u32;
         let dups = text.lines().filter(|l| l.contains("DUP!")).count() as u32;
@@ -154,12 +159,14 @@ impl NetLab {
             .filter(|l| l.contains("bytes from") && !l.contains("DUP!"))
             .filter_map(|l| l.split("time=").nth(1)?.split(' ').next()?.parse().ok())
             .collect();
-        (replies - dups.min(replies), dups, rtts)
+        Ok((replies - dups.min(replies), dups, rtts))
     }
 
     /// The guest's service address.
     pub fn service(&self) -> SocketAddr {
-        format!("{}:7777", self.guest_ip).parse().unwrap()
+        format!("{}:7777", self.guest_ip)
+            .parse()
+            .expect("the lab's own address is well formed")
     }
 }
 
@@ -210,7 +217,7 @@ pub fn request(
     let start = std::time::Instant::now();
     let mut req = id.to_le_bytes().to_vec();
     req.extend_from_slice(b"hotspare");
-    sock.set_read_timeout(Some(retry)).unwrap();
+    let _ = sock.set_read_timeout(Some(retry.max(Duration::from_millis(1))));
     let mut buf = [0u8; 64];
     while start.elapsed() < deadline {
         let _ = sock.send_to(&req, to);
@@ -230,4 +237,110 @@ pub fn request(
         }
     }
     got
+}
+
+/// What a client saw of the counter service, checked as it goes: no id is
+/// answered twice differently, and the counter strictly grows with every
+/// new id. A reply released before its epoch committed, or a takeover from
+/// an older state, breaks one of the two.
+#[derive(Default)]
+pub struct ReplyLog {
+    /// The reply to each id, in id order.
+    pub replies: Vec<Reply>,
+    /// Each request's time to its reply.
+    pub latencies: Vec<Duration>,
+    /// The longest time between two answered requests.
+    pub worst_gap: Duration,
+    last_answer: Option<std::time::Instant>,
+}
+
+impl ReplyLog {
+    /// Adds what request `id` brought (`got`, from [`request`]), which took
+    /// `took`. An error says what was contradicted, or that no reply came.
+    pub fn record(&mut self, got: &[Reply], id: u64, took: Duration) -> Result<(), String> {
+        for r in got {
+            if let Some(prev) = self.replies.iter().rev().find(|p| p.id == r.id) {
+                if prev != r {
+                    return Err(format!(
+                        "CONTRADICTED: request {} was answered twice differently: {prev:?} then {r:?}",
+                        r.id
+                    ));
+                }
+            }
+        }
+        let Some(r) = got.last().filter(|r| r.id == id).copied() else {
+            return Err(format!(
+                "request {id} got no reply within the deadline (the service did not resume)"
+            ));
+        };
+        if let Some(last) = self.replies.last() {
+            if r.counter <= last.counter {
+                return Err(format!(
+                    "CONTRADICTED: request {id} got counter {} after request {} got {}: guest state the client saw was lost",
+                    r.counter, last.id, last.counter
+                ));
+            }
+        }
+        let now = std::time::Instant::now();
+        if let Some(t) = self.last_answer {
+            self.worst_gap = self.worst_gap.max(now - t);
+        }
+        self.last_answer = Some(now);
+        self.replies.push(r);
+        self.latencies.push(took);
+        Ok(())
+    }
+}
+
+/// The `q` quantile (0..=1) of `v` (sorted in place); zero when empty.
+pub fn quantile(v: &mut [f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * q).round() as usize]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(id: u64, counter: u64, tsc: u64) -> Reply {
+        Reply {
+            id,
+            counter,
+            tsc,
+            hash: 0,
+        }
+    }
+
+    #[test]
+    fn the_log_catches_contradictions_and_lost_state() {
+        let d = Duration::from_millis(1);
+        let mut log = ReplyLog::default();
+        log.record(&[r(1, 1, 10)], 1, d).unwrap();
+        log.record(&[r(1, 1, 10), r(2, 2, 20)], 2, d).unwrap();
+        // The same id answered with another execution's reply.
+        let e = log.record(&[r(2, 2, 21), r(3, 3, 30)], 3, d).unwrap_err();
+        assert!(e.contains("answered twice differently"), "{e}");
+        // The counter going back: state the client saw was lost.
+        let e = log.record(&[r(3, 2, 30)], 3, d).unwrap_err();
+        assert!(e.contains("was lost"), "{e}");
+        // A stale request processed in between makes the counter jump: fine.
+        log.record(&[r(3, 4, 30)], 3, d).unwrap();
+        let e = log.record(&[r(9, 9, 90)], 4, d).unwrap_err();
+        assert!(e.contains("no reply"), "{e}");
+        assert_eq!(log.replies.len(), 3);
+    }
+
+    #[test]
+    fn replies_parse_only_at_their_size() {
+        let mut b = vec![0u8; 32];
+        b[8] = 5;
+        assert_eq!(Reply::parse(&b).unwrap().counter, 5);
+        assert!(Reply::parse(&b[..31]).is_none());
+        let mut v = vec![3.0, 1.0, 2.0];
+        assert_eq!(quantile(&mut v, 0.5), 2.0);
+        assert_eq!(quantile(&mut [], 0.5), 0.0);
+    }
 }
