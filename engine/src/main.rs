@@ -36,8 +36,10 @@ const DEFAULT_DELTA_CACHE_MIB: u64 = 64;
 mod bench;
 mod bench_disk;
 mod bench_failover;
+mod bench_net;
 mod demo;
 mod demo_disk;
+mod demo_net;
 mod plot;
 
 #[derive(Parser)]
@@ -66,6 +68,11 @@ enum Cmd {
     /// Measure guest disk throughput unprotected vs protected, disk bytes
     /// per epoch and pause phases (device quiesce included).
     BenchDisk(bench_disk::BenchDiskArgs),
+    /// Measure what network output commit costs a client: ping RTT and
+    /// UDP request/response latency and rate to the bundled network guest,
+    /// unprotected vs protected (with and without output-triggered epochs),
+    /// in a lab of network namespaces (needs root).
+    BenchNet(bench_net::BenchNetArgs),
     /// Measure failover: SIGKILL of the primary to the guest running on the
     /// standby, with no arbiter, the file arbiter and etcd on loopback.
     BenchFailover(bench_failover::BenchFailoverArgs),
@@ -692,6 +699,7 @@ fn main() -> ExitCode {
         Cmd::Demo(a) => demo::demo(a),
         Cmd::Standby(a) => standby(a),
         Cmd::BenchDisk(a) => bench_disk::bench_disk(a),
+        Cmd::BenchNet(a) => bench_net::bench_net(a),
         Cmd::BenchFailover(a) => bench_failover::bench_failover(a),
         Cmd::Bench(a) => bench::bench(a),
         Cmd::TscKhz => {

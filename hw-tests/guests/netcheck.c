@@ -22,6 +22,8 @@
  * contradicts would show as a different reply to the same id, or a counter
  * that goes back.
  *
+ * At start it sends a gratuitous ARP for its address.
+ *
  * Output:
  *   netcheck up base=<hex> mac=<mac> ip=<ip>
  *   netcheck served=<n> counter=<c>           (every 100 new requests)
@@ -246,6 +248,27 @@ static u16 csum(const u8 *p, u32 n)
 
 static u32 ip_of(const u8 *p) { return (u32)p[0] | (u32)p[1] << 8 | (u32)p[2] << 16 | (u32)p[3] << 24; }
 
+/* A gratuitous ARP (a request for our own address, broadcast), as an OS
+ * sends when its link comes up: switches learn where our MAC is. */
+static void garp(void)
+{
+    u8 *o = tx_slot() + HDR;
+    memset(o, 0xff, 6);
+    memcpy(o + 6, mac, 6);
+    put16(o + 12, 0x0806);
+    u8 *r = o + 14;
+    put16(r, 1);
+    put16(r + 2, 0x0800);
+    r[4] = 6;
+    r[5] = 4;
+    put16(r + 6, 1);
+    memcpy(r + 8, mac, 6);
+    memcpy(r + 14, &myip, 4);
+    memset(r + 18, 0, 6);
+    memcpy(r + 24, &myip, 4);
+    tx_send(42);
+}
+
 static void arp(const u8 *f, u32 len)
 {
     if (len < 42)
@@ -392,6 +415,7 @@ int user_main(const char *cmdline)
     u_puts(" ip=");
     u_puts(ipstr);
     u_putc('\n');
+    garp();
     for (;;) {
         tx_reclaim();
         if (rxr->used_idx == rx_used) {
