@@ -86,6 +86,8 @@ pub struct NetGate {
     last_error: Option<std::io::ErrorKind>,
     /// The guest's MAC (for announcements).
     mac: [u8; 6],
+    /// The guest's IPv4 address, from the ARP frames it sent.
+    ipv4: Option<[u8; 4]>,
 }
 
 impl NetGate {
@@ -107,6 +109,7 @@ impl NetGate {
             stats: GateStats::default(),
             last_error: None,
             mac: [0; 6],
+            ipv4: None,
         }
     }
 
@@ -120,12 +123,44 @@ impl NetGate {
         self.mac = mac;
     }
 
+    /// The guest's IPv4 address, if it sent an ARP frame.
+    pub fn ipv4(&self) -> Option<[u8; 4]> {
+        self.ipv4
+    }
+
+    /// Sets the learned IPv4 address (a restored device).
+    pub fn set_ipv4(&mut self, ip: Option<[u8; 4]>) {
+        self.ipv4 = ip;
+    }
+
     /// Announces the guest's MAC on the TAP so switches learn its new
     /// port: a RARP broadcast, as QEMU's announce-self sends after a
-    /// migration. Not held: it says where the guest is, not what it did.
+    /// migration, and, when the guest's IPv4 address is known, a
+    /// gratuitous ARP, so hosts that cached the address update too. Not
+    /// held: it says where the guest is, not what it did.
     pub fn announce(&mut self) {
         let f = rarp(self.mac);
         self.send(&f);
+        if let Some(ip) = self.ipv4 {
+            let f = garp(self.mac, ip);
+            self.send(&f);
+        }
+    }
+
+    /// Learns the guest's IPv4 address from an ARP frame it sends from its
+    /// own MAC.
+    fn learn(&mut self, frame: &[u8]) {
+        let e = &frame[super::tap::VNET_HDR_LEN..];
+        if e.len() >= 42
+            && e[12..14] == [0x08, 0x06]
+            && e[14..22] == [0, 1, 0x08, 0x00, 6, 4, 0, e[21]]
+            && e[22..28] == self.mac
+        {
+            let ip: [u8; 4] = e[28..32].try_into().expect("4 bytes");
+            if ip != [0; 4] {
+                self.ipv4 = Some(ip);
+            }
+        }
     }
 
     /// Frames transmitted so far.
@@ -174,6 +209,7 @@ impl NetGate {
     /// A frame the guest transmitted.
     pub fn emit(&mut self, frame: Frame) {
         self.pos += 1;
+        self.learn(&frame);
         if !self.holding {
             self.released = self.pos;
             self.send(&frame);
@@ -271,6 +307,25 @@ pub fn rarp(mac: [u8; 6]) -> Vec<u8> {
     e[20..22].copy_from_slice(&3u16.to_be_bytes()); // reverse request
     e[22..28].copy_from_slice(&mac);
     e[32..38].copy_from_slice(&mac);
+    f
+}
+
+/// A gratuitous ARP: a broadcast request from `mac` for its own `ip`,
+/// with a zero vnet header in front.
+pub fn garp(mac: [u8; 6], ip: [u8; 4]) -> Vec<u8> {
+    let mut f = vec![0u8; super::tap::VNET_HDR_LEN + 60];
+    let e = &mut f[super::tap::VNET_HDR_LEN..];
+    e[..6].fill(0xff);
+    e[6..12].copy_from_slice(&mac);
+    e[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    e[14..16].copy_from_slice(&1u16.to_be_bytes());
+    e[16..18].copy_from_slice(&0x0800u16.to_be_bytes());
+    e[18] = 6;
+    e[19] = 4;
+    e[20..22].copy_from_slice(&1u16.to_be_bytes()); // request
+    e[22..28].copy_from_slice(&mac);
+    e[28..32].copy_from_slice(&ip);
+    e[38..42].copy_from_slice(&ip);
     f
 }
 

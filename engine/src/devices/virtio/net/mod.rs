@@ -205,6 +205,9 @@ pub struct NetState {
     pub tx_pos: u64,
     /// A frame read from the TAP that no receive buffer could take yet.
     pub rx_pending: Option<Vec<u8>>,
+    /// The guest's IPv4 address, learned from the ARP frames it sent (for
+    /// the gratuitous ARP a takeover sends).
+    pub ipv4: Option<[u8; 4]>,
 }
 
 /// The frame number a NIC's record continues from (`None` if the record
@@ -369,11 +372,10 @@ impl Device for Net {
 
     fn save(&self) -> DeviceRecord {
         let inner = self.shared.lock();
-        let tx_pos = self
-            .gate
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .position();
+        let (tx_pos, ipv4) = {
+            let g = self.gate.lock().unwrap_or_else(|e| e.into_inner());
+            (g.position(), g.ipv4())
+        };
         record(
             &self.id,
             RECORD_VERSION,
@@ -382,6 +384,7 @@ impl Device for Net {
                 mac: self.cfg.mac(),
                 tx_pos,
                 rx_pending: inner.rx_pending.clone(),
+                ipv4,
             },
         )
     }
@@ -415,6 +418,7 @@ impl Device for Net {
             let mut g = self.gate.lock().unwrap_or_else(|e| e.into_inner());
             g.reset_position(st.tx_pos);
             g.set_mac(st.mac);
+            g.set_ipv4(st.ipv4);
         }
         self.apply_offloads(acked);
         if pending {

@@ -364,6 +364,7 @@ fn a_record_restores_the_mac_the_position_and_the_pending_frame() {
     st.mac = [0x52, 9, 9, 9, 9, 9];
     st.tx_pos = 41;
     st.rx_pending = Some(vec![0; 80]);
+    st.ipv4 = Some([192, 168, 1, 5]);
     let rec = crate::devices::record("virtio-net.0", 1, &st);
     let (mut b, _ram2, _w2) = make(GateLimits::default());
     b.restore(&rec).unwrap();
@@ -376,6 +377,7 @@ fn a_record_restores_the_mac_the_position_and_the_pending_frame() {
         "the guest reads the restored MAC"
     );
     assert_eq!(b.gate().lock().unwrap().position(), 41);
+    assert_eq!(b.gate().lock().unwrap().ipv4(), Some([192, 168, 1, 5]));
     assert_eq!(b.save(), rec);
     // A multicast MAC or an oversized pending frame is refused.
     st.mac = [0x01, 0, 0, 0, 0, 1];
@@ -390,6 +392,51 @@ fn a_record_restores_the_mac_the_position_and_the_pending_frame() {
         .unwrap_err();
     assert!(e.to_string().contains("pending frame"), "{e}");
     assert_eq!(b.save(), rec, "a refused record changed the device");
+}
+
+#[test]
+fn the_guest_address_is_learned_from_its_arp_and_announced() {
+    let mut e = Env::up(GateLimits::default());
+    let mac = [0x52, 0, 0, 0, 0, 1];
+    // An ARP reply from the guest: 10.0.0.7 is at its MAC.
+    let mut arp = vec![0u8; 42];
+    arp[..6].copy_from_slice(&[2, 2, 2, 2, 2, 2]);
+    arp[6..12].copy_from_slice(&mac);
+    arp[12..14].copy_from_slice(&[0x08, 0x06]);
+    arp[14..22].copy_from_slice(&[0, 1, 0x08, 0, 6, 4, 0, 2]);
+    arp[22..28].copy_from_slice(&mac);
+    arp[28..32].copy_from_slice(&[10, 0, 0, 7]);
+    e.send(0, &arp);
+    wait("the ARP frame", || used_idx(&e.ram, TX_RING) == 1);
+    e.wire_read().expect("the ARP frame went out");
+    let gate = e.dev.gate();
+    assert_eq!(gate.lock().unwrap().ipv4(), Some([10, 0, 0, 7]));
+    let st: NetState = crate::devices::open_record("virtio-net.0", 1, &e.dev.save()).unwrap();
+    assert_eq!(
+        st.ipv4,
+        Some([10, 0, 0, 7]),
+        "the record carries it to a shadow"
+    );
+    gate.lock().unwrap().announce();
+    let rarp = e.wire_read().expect("a RARP");
+    assert_eq!(&rarp[12..18], &[0xff; 6]);
+    assert_eq!(&rarp[18..24], &mac);
+    assert_eq!(&rarp[24..26], &[0x80, 0x35]);
+    let garp = e.wire_read().expect("a gratuitous ARP");
+    assert_eq!(&garp[24..26], &[0x08, 0x06]);
+    assert_eq!(&garp[12 + 28..12 + 32], &[10, 0, 0, 7], "sender IP");
+    assert_eq!(
+        &garp[12 + 38..12 + 42],
+        &[10, 0, 0, 7],
+        "target IP: its own"
+    );
+    // A frame from another MAC teaches nothing.
+    let mut other = arp.clone();
+    other[22..28].copy_from_slice(&[0x52, 9, 9, 9, 9, 9]);
+    other[28..32].copy_from_slice(&[10, 0, 0, 99]);
+    e.send(1, &other);
+    wait("the other frame", || used_idx(&e.ram, TX_RING) == 2);
+    assert_eq!(gate.lock().unwrap().ipv4(), Some([10, 0, 0, 7]));
 }
 
 #[test]
