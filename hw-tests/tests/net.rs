@@ -29,7 +29,8 @@ fn wait_file(path: &std::path::Path, needle: &str, t: Duration) -> String {
     let start = Instant::now();
     loop {
         let s = std::fs::read_to_string(path).unwrap_or_default();
-        if s.contains(needle) {
+        // The whole line: the console file grows byte by byte.
+        if s.find(needle).is_some_and(|i| s[i..].contains('\n')) {
             return s;
         }
         assert!(
