@@ -230,8 +230,8 @@ pub fn net_demo(exe: &Path, dir: &Path, interval_ms: u64) -> anyhow::Result<bool
         "      ping: {answered} of 150 answered, {dups} duplicates, longest gap {gap} ms (the failover)"
     );
     println!(
-        "      requests: {} answered ({} after the kill), counter {}..{}, none contradicted; longest gap {:.0} ms; \
-         request/response p50 {:.2} ms",
+        "      requests: {} answered ({} after the kill, by the new primary, unprotected: it has no spare), counter {}..{}, \
+         none contradicted; longest gap {:.0} ms; request/response p50 {:.2} ms",
         log.replies.len(),
         log.replies.len() - before,
         log.replies.first().map_or(0, |r| r.counter),
