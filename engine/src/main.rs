@@ -321,6 +321,12 @@ struct RestoreArgs {
     /// Console output file ('-' for stdout).
     #[arg(long, default_value = "-")]
     console: String,
+    /// The TAP for each NIC the checkpoint's VM had, in order:
+    /// `tap=NAME` (the MAC comes from the checkpoint). Frames the guest
+    /// sent in the last epoch before the checkpoint are not re-sent: the
+    /// peers see a lost packet and retransmit.
+    #[arg(long = "net", value_name = "tap=NAME")]
+    nets: Vec<engine::devices::virtio::net::NetSpec>,
 }
 
 #[derive(clap::Args)]
@@ -661,6 +667,7 @@ fn restore(a: RestoreArgs) -> anyhow::Result<i32> {
         &a.checkpoint_dir,
         open_console(&a.console)?,
         a.checkpoint_interval_ms > 0,
+        &a.nets,
     )?;
     eprintln!(
         "hotspare: restored checkpoint {} from {}; console resumes at byte {}",

@@ -20,11 +20,14 @@ pub struct Restored {
     pub console_pos: u64,
 }
 
-/// Restores the newest checkpoint in `dir` into a new VM.
+/// Restores the newest checkpoint in `dir` into a new VM, its NICs on the
+/// TAPs of `nets` (as many as the checkpoint's VM had; their MACs come
+/// from the checkpoint).
 pub fn restore(
     dir: &Path,
     console: Box<dyn std::io::Write + Send>,
     log_dirty: bool,
+    nets: &[crate::devices::virtio::net::NetSpec],
 ) -> Result<Restored> {
     let chain = store::find_chain(dir)?;
     let bytes: u64 = chain.machine.mem_regions.iter().map(|r| r.size).sum();
@@ -37,13 +40,24 @@ pub fn restore(
     }
     let state = chain.apply(&ram)?;
     let disks = restore_disks(dir, &chain)?;
+    let nics = state
+        .devices
+        .iter()
+        .filter(|r| r.id.starts_with("virtio-net."))
+        .count();
+    if nics != nets.len() {
+        return Err(EngineError::Config(format!(
+            "the checkpoint's VM has {nics} NICs but {} were given: pass one --net tap=NAME for each, in order",
+            nets.len()
+        )));
+    }
     let cfg = VmConfig {
         mem_bytes: bytes,
         vcpus: chain.machine.vcpus,
         log_dirty,
         vcpu_cpus: None,
         disks,
-        nets: Vec::new(),
+        nets: nets.to_vec(),
     };
     let mut vm = Vm::create(&cfg, Box::new(std::io::sink()), Some(ram))?;
     // The last epoch's output may never have been shown (the run held it

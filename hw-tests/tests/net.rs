@@ -314,3 +314,78 @@ fn a_protected_guest_survives_20_random_kills_with_no_reply_contradicted() {
     drop(sb);
     drop(primary);
 }
+
+/// Local checkpoints of a networked guest: output waits until the
+/// checkpoint that produced it is durable, so after a SIGKILL and a
+/// `hotspare restore --net` no reply the client saw is contradicted. A
+/// restore without the NIC says what is missing.
+#[test]
+fn a_networked_guest_restores_from_local_checkpoints_without_contradiction() {
+    if !common::kvm_available() {
+        return;
+    }
+    let lab = NetLab::create().unwrap();
+    let dir = TempDir::new("net-local");
+    let ckpt = dir.path("ckpt");
+    let mut c = netcheck_cmd(&lab, &dir.path("a.txt"));
+    c.arg("--checkpoint-dir")
+        .arg(&ckpt)
+        .args(["--checkpoint-interval-ms", "20"]);
+    let mut p = Proc::spawn(NetLab::wrap(&lab.hosts[0], &c));
+    wait_file(&dir.path("a.txt"), "netcheck up", Duration::from_secs(20));
+    let sock = lab
+        .client_socket()
+        .expect("a socket in the client namespace");
+    let mut log = ReplyLog::default();
+    let mut id = 0u64;
+    let mut drive = |log: &mut ReplyLog, until: Instant| {
+        while Instant::now() < until {
+            id += 1;
+            let t = Instant::now();
+            let got = request(
+                &sock,
+                lab.service(),
+                id,
+                Duration::from_millis(100),
+                Duration::from_secs(10),
+            );
+            if let Err(e) = log.record(&got, id, t.elapsed()) {
+                panic!("{e}");
+            }
+        }
+    };
+    drive(&mut log, Instant::now() + Duration::from_millis(600));
+    p.child.kill().unwrap();
+    p.child.wait().unwrap();
+    let before = log.replies.len();
+
+    let restore = |nets: &[&str], console: &str| {
+        let mut r = Command::new(common::hotspare());
+        r.args(["restore", "--checkpoint-dir"])
+            .arg(&ckpt)
+            .args(["--checkpoint-interval-ms", "20", "--console"])
+            .arg(dir.path(console))
+            .args(nets);
+        r
+    };
+    let out = NetLab::wrap(&lab.hosts[0], &restore(&[], "none.txt"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("has 1 NICs but 0 were given"), "{err}");
+
+    let mut r = Proc::spawn(NetLab::wrap(
+        &lab.hosts[0],
+        &restore(&["--net", "tap=tap0"], "b.txt"),
+    ));
+    r.wait_line("restored checkpoint", Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("no restore:\n{}", r.stderr()));
+    drive(&mut log, Instant::now() + Duration::from_millis(400));
+    assert!(log.replies.len() > before, "no reply after the restore");
+    let (replies, dups) = lab.ping(5, 0.05);
+    assert!(
+        replies >= 4 && dups == 0,
+        "ping after the restore: {replies}/5, {dups} DUP"
+    );
+}

@@ -120,7 +120,7 @@ fn roundtrip(guest: &str, cmdline: &str, vcpus: u32, run_for: Duration) {
     );
     vm.shutdown(engine::vcpu::StopReason::Requested);
 
-    let mut r = engine::restore::restore(&ckpt, Box::new(std::io::sink()), true).unwrap();
+    let mut r = engine::restore::restore(&ckpt, Box::new(std::io::sink()), true, &[]).unwrap();
     let mut l2 = ledger(&r.vm);
     let guard = r.vm.start_paused().unwrap();
     let (b, h) = capture::capture(&guard, &mut l2, true, 1).unwrap();
