@@ -232,7 +232,7 @@ fn add_net(
         .map_err(|e| setup(format!("KVM_IRQFD on GSI {}: {e}", slot.irq)))?;
     let notify_reg = slot.base + u64::from(virtio_bindings::virtio_mmio::VIRTIO_MMIO_QUEUE_NOTIFY);
     let mut notify = Vec::new();
-    for q in 0..2u32 {
+    for q in 0..3u32 {
         let n = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| setup(format!("eventfd: {e}")))?;
         // The driver writes the queue's index to QueueNotify.
         fd.register_ioevent(&n, &IoEventAddress::Mmio(notify_reg), q)
@@ -243,7 +243,7 @@ fn add_net(
             })?;
         notify.push(n);
     }
-    let notify: [EventFd; 2] = notify.try_into().expect("two queues");
+    let notify: [EventFd; 3] = notify.try_into().expect("three queues");
     let mac = spec.mac.unwrap_or_else(|| derive_mac("vm", i));
     let net = Net::new(
         &id,

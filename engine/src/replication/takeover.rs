@@ -176,7 +176,16 @@ pub(super) fn take_over(shadow: &Arc<Mutex<Shadow>>, t: Takeover) -> Result<i32>
     // Then the announcement of the guest's MACs (restored with the
     // devices) from their new port.
     for g in &vm.nets {
-        g.lock().unwrap_or_else(|e| e.into_inner()).announce();
+        let announcer = {
+            let mut g = g.lock().unwrap_or_else(|e| e.into_inner());
+            g.announce();
+            g.guest_announcer()
+        };
+        // And the guest itself, if its driver negotiated GUEST_ANNOUNCE (it
+        // then sends gratuitous ARPs for every address it has).
+        if let Some(a) = announcer {
+            a();
+        }
     }
     if fence.as_ref().is_some_and(|f| f.async_spare) {
         eprintln!(

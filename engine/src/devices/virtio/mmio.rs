@@ -124,6 +124,13 @@ impl MmioTransport {
         self.queues.get_mut(self.queue_sel as usize)
     }
 
+    /// The device changed its configuration space: ConfigGeneration moves
+    /// and a configuration-change interrupt is due (the caller raises it).
+    pub fn config_changed(&mut self) {
+        self.config_generation = self.config_generation.wrapping_add(1);
+        self.interrupt_status |= VIRTIO_MMIO_INT_CONFIG;
+    }
+
     /// Marks the device broken (DEVICE_NEEDS_RESET) and raises a
     /// configuration-change interrupt, as §2.1.2 asks.
     pub fn fail(&mut self) {

@@ -21,6 +21,11 @@ use crate::devices::OutputCommit;
 /// One frame, vnet header included.
 pub type Frame = Arc<[u8]>;
 
+/// Asks the guest's driver to announce itself (VIRTIO_NET_S_ANNOUNCE and a
+/// configuration interrupt); false if it did not negotiate GUEST_ANNOUNCE.
+/// It takes the device's lock: call it without holding the gate's.
+pub type Announcer = Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// How much transmitted output may be held.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GateLimits {
@@ -88,6 +93,7 @@ pub struct NetGate {
     mac: [u8; 6],
     /// The guest's IPv4 address, from the ARP frames it sent.
     ipv4: Option<[u8; 4]>,
+    guest_announcer: Option<Announcer>,
 }
 
 impl NetGate {
@@ -110,6 +116,7 @@ impl NetGate {
             last_error: None,
             mac: [0; 6],
             ipv4: None,
+            guest_announcer: None,
         }
     }
 
@@ -121,6 +128,16 @@ impl NetGate {
     /// The guest's MAC, for [`NetGate::announce`] (set by the device).
     pub fn set_mac(&mut self, mac: [u8; 6]) {
         self.mac = mac;
+    }
+
+    /// Sets the device's guest announcer.
+    pub fn set_guest_announcer(&mut self, a: Announcer) {
+        self.guest_announcer = Some(a);
+    }
+
+    /// The device's guest announcer (call it after releasing this gate).
+    pub fn guest_announcer(&self) -> Option<Announcer> {
+        self.guest_announcer.clone()
     }
 
     /// The guest's IPv4 address, if it sent an ARP frame.

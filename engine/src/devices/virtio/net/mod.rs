@@ -37,6 +37,10 @@ pub const QUEUE_SIZE: u16 = 256;
 pub const RXQ: usize = 0;
 /// The transmit queue.
 pub const TXQ: usize = 1;
+/// The control queue (VIRTIO_NET_F_CTRL_VQ; used for GUEST_ANNOUNCE acks).
+pub const CTRLQ: usize = 2;
+/// Size of the control queue.
+pub const CTRL_QUEUE_SIZE: u16 = 64;
 /// Layout version of [`NetState`].
 const RECORD_VERSION: u32 = 1;
 
@@ -129,7 +133,10 @@ impl NetConfig {
             // The TAP takes partial checksums and GSO frames from the guest.
             | 1 << VIRTIO_NET_F_CSUM
             | 1 << VIRTIO_NET_F_HOST_TSO4
-            | 1 << VIRTIO_NET_F_HOST_TSO6;
+            | 1 << VIRTIO_NET_F_HOST_TSO6
+            // After a takeover the guest is asked to announce itself.
+            | 1 << VIRTIO_NET_F_CTRL_VQ
+            | 1 << VIRTIO_NET_F_GUEST_ANNOUNCE;
         if offloads {
             // And gives them to the guest once TUNSETOFFLOAD enables them.
             features |= 1 << VIRTIO_NET_F_GUEST_CSUM
@@ -153,6 +160,24 @@ impl NetConfig {
 
     fn set_mac(&self, mac: [u8; 6]) {
         self.config.lock().unwrap_or_else(|e| e.into_inner())[..6].copy_from_slice(&mac);
+    }
+
+    /// Sets or clears VIRTIO_NET_S_ANNOUNCE in the status field.
+    pub(crate) fn set_announce(&self, on: bool) {
+        let mut c = self.config.lock().unwrap_or_else(|e| e.into_inner());
+        let mut st = u16::from_le_bytes([c[6], c[7]]);
+        if on {
+            st |= VIRTIO_NET_S_ANNOUNCE as u16;
+        } else {
+            st &= !(VIRTIO_NET_S_ANNOUNCE as u16);
+        }
+        c[6..8].copy_from_slice(&st.to_le_bytes());
+    }
+
+    /// The status field.
+    pub fn status(&self) -> u16 {
+        let c = self.config.lock().unwrap_or_else(|e| e.into_inner());
+        u16::from_le_bytes([c[6], c[7]])
     }
 }
 
@@ -225,7 +250,7 @@ pub struct Net {
     shared: Arc<Shared>,
     gate: Arc<Mutex<NetGate>>,
     tap: Arc<Tap>,
-    notify: [EventFd; 2],
+    notify: [EventFd; 3],
     ctl: EventFd,
     irq: EventFd,
     ram: Arc<Ram>,
@@ -234,7 +259,7 @@ pub struct Net {
 
 impl Net {
     /// A device on `tap` with `mac`, raising `irq` (an irqfd), woken by
-    /// `notify` (the QueueNotify ioeventfds of queues 0 and 1).
+    /// `notify` (the QueueNotify ioeventfds of queues 0, 1 and 2).
     pub fn new(
         id: &str,
         tap: Arc<Tap>,
@@ -242,7 +267,7 @@ impl Net {
         limits: GateLimits,
         ram: Arc<Ram>,
         irq: EventFd,
-        notify: [EventFd; 2],
+        notify: [EventFd; 3],
     ) -> Result<Net, DeviceError> {
         let cfg = Arc::new(NetConfig::new(mac, tap.can_offload()));
         let ctl = EventFd::new(libc::EFD_NONBLOCK).map_err(setup_err(id))?;
@@ -252,7 +277,7 @@ impl Net {
         let gate = Arc::new(Mutex::new(g));
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner {
-                transport: MmioTransport::new(&*cfg, &[QUEUE_SIZE, QUEUE_SIZE]),
+                transport: MmioTransport::new(&*cfg, &[QUEUE_SIZE, QUEUE_SIZE, CTRL_QUEUE_SIZE]),
                 paused: false,
                 stop: false,
                 rx_pending: None,
@@ -269,11 +294,38 @@ impl Net {
             notify: [
                 notify[0].try_clone().map_err(setup_err(id))?,
                 notify[1].try_clone().map_err(setup_err(id))?,
+                notify[2].try_clone().map_err(setup_err(id))?,
             ],
+            cfg: cfg.clone(),
             ctl: ctl.try_clone().map_err(setup_err(id))?,
             irq: irq.try_clone().map_err(setup_err(id))?,
             name: id.to_owned(),
         };
+        let announcer = {
+            let (shared, cfg, irq) = (
+                shared.clone(),
+                cfg.clone(),
+                irq.try_clone().map_err(setup_err(id))?,
+            );
+            let name = id.to_owned();
+            Arc::new(move || {
+                let mut inner = shared.lock();
+                let acked = inner.transport.acked_features();
+                if !inner.transport.active() || acked & (1 << VIRTIO_NET_F_GUEST_ANNOUNCE) == 0 {
+                    return false;
+                }
+                cfg.set_announce(true);
+                inner.transport.config_changed();
+                drop(inner);
+                if let Err(e) = irq.write(1) {
+                    tracing::warn!("{name}: raising the configuration interrupt: {e}");
+                }
+                true
+            }) as gate::Announcer
+        };
+        gate.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_guest_announcer(announcer);
         let poll = worker.poller().map_err(setup_err(id))?;
         let thread = std::thread::Builder::new()
             .name(id.to_owned())
@@ -335,11 +387,12 @@ impl Device for Net {
         match inner.transport.write(offset, data) {
             Event::None => {}
             Event::Activate => {
-                let valid = inner
-                    .transport
-                    .queues
-                    .iter()
-                    .all(|q| virtio_queue::QueueT::is_valid(q, &self.ram.mem));
+                // A queue the driver did not set up (the control queue of a
+                // driver without CTRL_VQ) is unused, not invalid.
+                let valid = inner.transport.queues.iter().all(|q| {
+                    !virtio_queue::QueueT::ready(q)
+                        || virtio_queue::QueueT::is_valid(q, &self.ram.mem)
+                });
                 if !valid {
                     tracing::warn!("{}: driver set DRIVER_OK with an invalid queue", self.id);
                     inner.transport.fail();

@@ -16,6 +16,7 @@ const QSIZE: u16 = 16;
 /// Per queue: descriptors, avail, used at base + 0, 0x1000, 0x2000.
 const RX_RING: u64 = 0x10000;
 const TX_RING: u64 = 0x20000;
+const CTRL_RING: u64 = 0x30000;
 const RX_BUF: u64 = 0x40000;
 const TX_BUF: u64 = 0x80000;
 const F_WRITE: u16 = 2;
@@ -56,6 +57,7 @@ fn make(limits: GateLimits) -> (Net, Arc<Ram>, std::fs::File) {
     let notify = [
         EventFd::new(libc::EFD_NONBLOCK).unwrap(),
         EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+        EventFd::new(libc::EFD_NONBLOCK).unwrap(),
     ];
     let dev = Net::new(
         "virtio-net.0",
@@ -85,7 +87,15 @@ fn bring_up_with(d: &mut Net, features: u32) {
     let s = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
     wr32(d, VIRTIO_MMIO_STATUS, s);
     assert_ne!(rd32(d, VIRTIO_MMIO_STATUS) & status::FEATURES_OK, 0);
-    for (q, base) in [(0u32, RX_RING), (1, TX_RING)] {
+    // The control queue only with CTRL_VQ: a driver without it leaves the
+    // queue alone, and the device must work all the same.
+    let ctrl = features & (1 << VIRTIO_NET_F_CTRL_VQ) != 0;
+    let queues: &[(u32, u64)] = if ctrl {
+        &[(0, RX_RING), (1, TX_RING), (2, CTRL_RING)]
+    } else {
+        &[(0, RX_RING), (1, TX_RING)]
+    };
+    for &(q, base) in queues {
         wr32(d, VIRTIO_MMIO_QUEUE_SEL, q);
         wr32(d, VIRTIO_MMIO_QUEUE_NUM, u32::from(QSIZE));
         wr32(d, VIRTIO_MMIO_QUEUE_DESC_LOW, base as u32);
@@ -437,6 +447,94 @@ fn the_guest_address_is_learned_from_its_arp_and_announced() {
     e.send(1, &other);
     wait("the other frame", || used_idx(&e.ram, TX_RING) == 2);
     assert_eq!(gate.lock().unwrap().ipv4(), Some([10, 0, 0, 7]));
+}
+
+#[test]
+fn a_takeover_asks_a_driver_with_guest_announce_to_announce_itself() {
+    let (mut dev, ram, wire) = make(GateLimits::default());
+    // Without GUEST_ANNOUNCE negotiated the announcer does nothing.
+    bring_up(&mut dev);
+    let announcer = dev.gate().lock().unwrap().guest_announcer().unwrap();
+    assert!(!announcer());
+    assert_eq!(dev.cfg.status() & VIRTIO_NET_S_ANNOUNCE as u16, 0);
+    bring_up_with(
+        &mut dev,
+        1 << VIRTIO_NET_F_MAC | 1 << VIRTIO_NET_F_CTRL_VQ | 1 << VIRTIO_NET_F_GUEST_ANNOUNCE,
+    );
+    let mut e = Env {
+        dev,
+        ram,
+        wire,
+        tx_avail: 0,
+        rx_avail: 0,
+    };
+    let gen = rd32(&mut e.dev, VIRTIO_MMIO_CONFIG_GENERATION);
+    assert!(announcer());
+    // The status field says ANNOUNCE, the generation moved, and a
+    // configuration-change interrupt is pending.
+    let mut st = [0u8; 2];
+    e.dev.read(0x100 + 6, &mut st);
+    assert_eq!(
+        u16::from_le_bytes(st),
+        (VIRTIO_NET_S_LINK_UP | VIRTIO_NET_S_ANNOUNCE) as u16
+    );
+    assert_ne!(rd32(&mut e.dev, VIRTIO_MMIO_CONFIG_GENERATION), gen);
+    assert_ne!(
+        rd32(&mut e.dev, VIRTIO_MMIO_INTERRUPT_STATUS) & VIRTIO_MMIO_INT_CONFIG,
+        0
+    );
+    // The driver acks on the control queue: the bit clears, the ack is OK.
+    let ctrl = |e: &mut Env, i: u16, class: u8, cmd: u8| {
+        let at = TX_BUF + 0x10000 + u64::from(i) * 0x100;
+        poke(&e.ram, at, &[class, cmd]);
+        poke(&e.ram, at + 0x80, &[0xee]);
+        desc(&e.ram, CTRL_RING, 2 * i, at, 2, F_NEXT, 2 * i + 1);
+        desc(&e.ram, CTRL_RING, 2 * i + 1, at + 0x80, 1, F_WRITE, 0);
+        poke(
+            &e.ram,
+            CTRL_RING + 0x1004 + u64::from(i) * 2,
+            &(2 * i).to_le_bytes(),
+        );
+        poke(&e.ram, CTRL_RING + 0x1002, &(i + 1).to_le_bytes());
+        wr32(&mut e.dev, VIRTIO_MMIO_QUEUE_NOTIFY, 2);
+        wait("the control command", || {
+            used_idx(&e.ram, CTRL_RING) == i + 1
+        });
+        peek(&e.ram, at + 0x80, 1)[0]
+    };
+    assert_eq!(
+        ctrl(
+            &mut e,
+            0,
+            VIRTIO_NET_CTRL_ANNOUNCE as u8,
+            VIRTIO_NET_CTRL_ANNOUNCE_ACK as u8
+        ),
+        VIRTIO_NET_OK as u8
+    );
+    assert_eq!(e.dev.cfg.status(), VIRTIO_NET_S_LINK_UP as u16);
+    // A command this device does not know is answered with an error.
+    assert_eq!(ctrl(&mut e, 1, 0 /* RX mode */, 0), VIRTIO_NET_ERR as u8);
+}
+
+#[test]
+fn a_wire_that_closes_stops_the_receive_side_without_spinning() {
+    let e = Env::up(GateLimits::default());
+    let Env { dev, wire, .. } = e;
+    // The other end goes away: reads now return end-of-file.
+    drop(wire);
+    std::thread::sleep(Duration::from_millis(50));
+    // The device thread is not spinning on end-of-file with the device's
+    // lock held: the lock is free at least once in 100 tries.
+    let free = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(1));
+        dev.shared.inner.try_lock().is_ok()
+    });
+    if !free {
+        // Dropping it would wait for the spinning thread forever.
+        std::mem::forget(dev);
+        panic!("the device thread holds its lock: it spins on a closed wire");
+    }
+    drop(dev);
 }
 
 #[test]

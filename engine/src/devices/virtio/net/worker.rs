@@ -20,12 +20,13 @@ use vmm_sys_util::eventfd::EventFd;
 use super::chain::{self, Seg, MAX_FRAME};
 use super::gate::NetGate;
 use super::tap::{Tap, VNET_HDR_LEN};
-use super::{RXQ, TXQ};
+use super::{NetConfig, CTRLQ, RXQ, TXQ};
 use crate::devices::virtio::MmioTransport;
 use crate::memory::Ram;
 
 const TAG_RX: u64 = 0;
 const TAG_TX: u64 = 1;
+const TAG_CTRLQ: u64 = 4;
 const TAG_TAP: u64 = 2;
 const TAG_CTL: u64 = 3;
 /// Refused chains logged one by one before only every 1000th is.
@@ -84,7 +85,8 @@ pub struct Worker {
     pub(super) gate: Arc<Mutex<NetGate>>,
     pub(super) tap: Arc<Tap>,
     pub(super) ram: Arc<Ram>,
-    pub(super) notify: [EventFd; 2],
+    pub(super) notify: [EventFd; 3],
+    pub(super) cfg: Arc<NetConfig>,
     pub(super) ctl: EventFd,
     pub(super) irq: EventFd,
     pub(super) name: String,
@@ -116,6 +118,7 @@ impl Worker {
         };
         add(self.notify[RXQ].as_raw_fd(), TAG_RX, EventSet::IN)?;
         add(self.notify[TXQ].as_raw_fd(), TAG_TX, EventSet::IN)?;
+        add(self.notify[CTRLQ].as_raw_fd(), TAG_CTRLQ, EventSet::IN)?;
         add(
             self.tap.raw_fd(),
             TAG_TAP,
@@ -145,6 +148,7 @@ impl Worker {
                 match ev.data() {
                     TAG_RX => drop(self.notify[RXQ].read()),
                     TAG_TX => drop(self.notify[TXQ].read()),
+                    TAG_CTRLQ => drop(self.notify[CTRLQ].read()),
                     TAG_TAP => tap_edge = true,
                     _ => drop(self.ctl.read()),
                 }
@@ -167,6 +171,7 @@ impl Worker {
             }
             let mut interrupt = self.tx(&mut inner);
             interrupt |= self.rx(&mut inner, &mut buf);
+            interrupt |= self.ctrl(&mut inner);
             if interrupt {
                 inner.transport.interrupt_status |= VIRTIO_MMIO_INT_VRING;
                 if let Err(e) = self.irq.write(1) {
@@ -179,6 +184,7 @@ impl Worker {
     fn drain_tap(&self, inner: &mut Inner, buf: &mut [u8]) {
         while inner.tap_readable && !inner.tap_gone {
             match self.tap.read_frame(buf) {
+                Ok(0) => inner.tap_gone = true,
                 Ok(_) => inner.counters.rx_dropped += 1,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(_) => inner.tap_readable = false,
@@ -283,6 +289,47 @@ impl Worker {
         interrupt
     }
 
+    /// Serves the control queue (§5.1.6.5): `{class, command}`, data, and
+    /// an ack byte. Only ANNOUNCE_ACK is a command this device knows (it
+    /// clears VIRTIO_NET_S_ANNOUNCE); anything else is answered with
+    /// VIRTIO_NET_ERR. A chain with no header or no ack byte is refused.
+    fn ctrl(&self, inner: &mut Inner) -> bool {
+        if inner.transport.acked_features() & (1u64 << VIRTIO_NET_F_CTRL_VQ) == 0 {
+            return false;
+        }
+        let ram = self.ram.clone();
+        let mem = &ram.mem;
+        let mut interrupt = false;
+        while let Some(c) = inner.transport.queues[CTRLQ].pop_descriptor_chain(mem) {
+            let (head, segs) = segs_of(c);
+            let readable: Vec<&Seg> = segs.iter().filter(|s| !s.write).collect();
+            let ack = segs.iter().rev().find(|s| s.write && s.len >= 1);
+            let mut hdr = [0u8; 2];
+            let ok_hdr = readable.first().is_some_and(|s| {
+                s.len >= 2 && mem.read_slice(&mut hdr, GuestAddress(s.addr)).is_ok()
+            });
+            let (Some(ack), true) = (ack, ok_hdr) else {
+                self.refused(
+                    inner,
+                    &format!("control chain {head} has no header or no ack byte"),
+                );
+                interrupt |= self.used(inner, CTRLQ, head, 0);
+                continue;
+            };
+            let answer = if u32::from(hdr[0]) == VIRTIO_NET_CTRL_ANNOUNCE
+                && u32::from(hdr[1]) == VIRTIO_NET_CTRL_ANNOUNCE_ACK
+            {
+                self.cfg.set_announce(false);
+                VIRTIO_NET_OK
+            } else {
+                VIRTIO_NET_ERR
+            };
+            let _ = mem.write_slice(&[answer as u8], GuestAddress(ack.addr));
+            interrupt |= self.used(inner, CTRLQ, head, 1);
+        }
+        interrupt
+    }
+
     /// Delivers frames from the TAP (and a pending one) until the TAP is
     /// empty or the guest has no receive buffer.
     fn rx(&self, inner: &mut Inner, buf: &mut [u8]) -> bool {
@@ -297,6 +344,18 @@ impl Worker {
                 }
                 match self.tap.read_frame(buf) {
                     Ok(n) if n > VNET_HDR_LEN => n,
+                    Ok(0) => {
+                        // End of file: the other side is gone (a TAP never
+                        // says this; a socket's peer closing does). Reading
+                        // on would spin.
+                        tracing::error!(
+                            "{}: TAP {:?} reached its end; the NIC receives nothing more",
+                            self.name,
+                            self.tap.name
+                        );
+                        inner.tap_gone = true;
+                        break;
+                    }
                     Ok(_) => continue, // a runt: nothing to deliver
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         inner.tap_readable = false;
