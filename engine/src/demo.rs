@@ -382,7 +382,7 @@ fn failover_demo(a: DemoArgs, dir: PathBuf) -> anyhow::Result<i32> {
     println!();
     crate::demo_disk::disk_demo(&exe, &dir, &key, a.interval_ms)?;
     println!();
-    let net = crate::demo_net::net_demo(&exe, &dir, 20)?;
+    let net = crate::demo_net::net_demo(&exe, &dir, a.interval_ms)?;
     println!();
     println!(
         "OK: console output continuous across the failover ({repeated} bytes repeated byte-identically at the boundary); \

@@ -131,6 +131,14 @@ struct Ping {
     interval_ms: u64,
 }
 
+impl Drop for Ping {
+    fn drop(&mut self) {
+        // Finished already (finish waited for it), or the demo failed.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Ping {
     fn start(lab: &NetLab, count: u32, interval_ms: u64) -> anyhow::Result<Ping> {
         let child = Command::new("ip")
@@ -147,9 +155,13 @@ impl Ping {
     }
 
     /// (answered, duplicates, longest gap in ms between answered pings).
-    fn finish(self) -> anyhow::Result<(u32, u32, u64)> {
-        let out = self.child.wait_with_output()?;
-        let text = String::from_utf8_lossy(&out.stdout);
+    fn finish(mut self) -> anyhow::Result<(u32, u32, u64)> {
+        let mut text = String::new();
+        if let Some(mut out) = self.child.stdout.take() {
+            use std::io::Read;
+            out.read_to_string(&mut text)?;
+        }
+        self.child.wait()?;
         let mut seqs: Vec<u64> = Vec::new();
         let mut dups = 0;
         for l in text.lines().filter(|l| l.contains("bytes from")) {

@@ -580,6 +580,7 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
 }
 
 fn standby(a: StandbyArgs) -> anyhow::Result<i32> {
+    no_mac(&a.nets, "standby")?;
     let timing = a.timing.timing()?;
     // The next primary's configuration: this standby becomes it at a
     // takeover, with the --reprotect spares and the record's other spares.
@@ -662,7 +663,20 @@ fn exit_status(reason: engine::vcpu::StopReason) -> anyhow::Result<i32> {
     Ok(reason.exit_code())
 }
 
+/// A NIC given to a standby or a restore takes its MAC from the
+/// checkpoint: a `mac=` there would be silently replaced, so it is refused.
+fn no_mac(nets: &[engine::devices::virtio::net::NetSpec], cmd: &str) -> anyhow::Result<()> {
+    if let Some(n) = nets.iter().find(|n| n.mac.is_some()) {
+        anyhow::bail!(
+            "hotspare {cmd} --net tap={},mac=...: the MAC comes from the checkpoint; give tap=NAME only",
+            n.tap
+        );
+    }
+    Ok(())
+}
+
 fn restore(a: RestoreArgs) -> anyhow::Result<i32> {
+    no_mac(&a.nets, "restore")?;
     let restored = engine::restore::restore(
         &a.checkpoint_dir,
         open_console(&a.console)?,

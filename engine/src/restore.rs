@@ -39,7 +39,7 @@ pub fn restore(
         });
     }
     let state = chain.apply(&ram)?;
-    let disks = restore_disks(dir, &chain)?;
+    // Checked before the disks are touched.
     let nics = state
         .devices
         .iter()
@@ -51,6 +51,7 @@ pub fn restore(
             nets.len()
         )));
     }
+    let disks = restore_disks(dir, &chain)?;
     let cfg = VmConfig {
         mem_bytes: bytes,
         vcpus: chain.machine.vcpus,

@@ -131,6 +131,12 @@ impl MmioTransport {
         self.interrupt_status |= VIRTIO_MMIO_INT_CONFIG;
     }
 
+    /// The configuration space changed at the driver's request: a new
+    /// ConfigGeneration, no interrupt.
+    pub fn bump_config_generation(&mut self) {
+        self.config_generation = self.config_generation.wrapping_add(1);
+    }
+
     /// Marks the device broken (DEVICE_NEEDS_RESET) and raises a
     /// configuration-change interrupt, as §2.1.2 asks.
     pub fn fail(&mut self) {

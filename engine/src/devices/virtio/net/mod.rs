@@ -408,6 +408,7 @@ impl Device for Net {
             Event::Reset => {
                 // Nothing is in flight outside the lock: the queues are reset.
                 inner.rx_pending = None;
+                self.cfg.set_announce(false);
                 drop(inner);
                 self.apply_offloads(0);
             }

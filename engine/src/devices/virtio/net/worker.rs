@@ -302,13 +302,23 @@ impl Worker {
         let mut interrupt = false;
         while let Some(c) = inner.transport.queues[CTRLQ].pop_descriptor_chain(mem) {
             let (head, segs) = segs_of(c);
-            let readable: Vec<&Seg> = segs.iter().filter(|s| !s.write).collect();
-            let ack = segs.iter().rev().find(|s| s.write && s.len >= 1);
-            let mut hdr = [0u8; 2];
-            let ok_hdr = readable.first().is_some_and(|s| {
-                s.len >= 2 && mem.read_slice(&mut hdr, GuestAddress(s.addr)).is_ok()
-            });
-            let (Some(ack), true) = (ack, ok_hdr) else {
+            // No layout is assumed (§2.7.4): the header is the first two
+            // readable bytes wherever they lie, the ack the last writable.
+            let mut hdr = Vec::with_capacity(2);
+            for s in segs.iter().filter(|s| !s.write) {
+                let n = (2 - hdr.len()).min(s.len as usize);
+                let mut b = vec![0u8; n];
+                if n == 0 || mem.read_slice(&mut b, GuestAddress(s.addr)).is_err() {
+                    break;
+                }
+                hdr.extend_from_slice(&b);
+            }
+            let ack = segs
+                .iter()
+                .rev()
+                .find(|s| s.write && s.len >= 1)
+                .map(|s| s.addr + u64::from(s.len) - 1);
+            let (Some(ack), 2) = (ack, hdr.len()) else {
                 self.refused(
                     inner,
                     &format!("control chain {head} has no header or no ack byte"),
@@ -320,11 +330,14 @@ impl Worker {
                 && u32::from(hdr[1]) == VIRTIO_NET_CTRL_ANNOUNCE_ACK
             {
                 self.cfg.set_announce(false);
+                // The configuration changed: a new generation (§2.5.1), no
+                // interrupt (the driver asked for it).
+                inner.transport.bump_config_generation();
                 VIRTIO_NET_OK
             } else {
                 VIRTIO_NET_ERR
             };
-            let _ = mem.write_slice(&[answer as u8], GuestAddress(ack.addr));
+            let _ = mem.write_slice(&[answer as u8], GuestAddress(ack));
             interrupt |= self.used(inner, CTRLQ, head, 1);
         }
         interrupt
