@@ -196,3 +196,30 @@ fn a_device_that_is_not_kvm_is_refused() {
     assert!(!ok);
     assert!(err.contains("/dev/null is not a KVM device"), "{err}");
 }
+
+#[test]
+fn bad_net_options_are_refused_with_the_reason() {
+    // A malformed spec, a multicast MAC, and a MAC where the checkpoint's
+    // is the one that counts.
+    let (ok, err) = run(&["run", "--kernel", "/x.elf", "--net", "tap=hs0,speed=10"]);
+    assert!(!ok);
+    assert!(err.contains("unknown option \"speed=10\""), "{err}");
+    let (ok, err) = run(&[
+        "run",
+        "--kernel",
+        "/x.elf",
+        "--net",
+        "tap=hs0,mac=01:00:5e:00:00:01",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("multicast"), "{err}");
+    let (ok, err) = run(&[
+        "restore",
+        "--checkpoint-dir",
+        "/nonexistent",
+        "--net",
+        "tap=hs0,mac=52:54:00:12:34:56",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("the MAC comes from the checkpoint"), "{err}");
+}
