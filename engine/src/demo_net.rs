@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use netlab::{request, NetLab, ReplyLog};
+use netlab::{NetLab, ReplyLog};
 
 use crate::demo::{arbiter_arg, guest_run, Child};
 
@@ -109,20 +109,8 @@ pub(crate) fn drive(
     id: &mut u64,
     until: Instant,
 ) -> anyhow::Result<()> {
-    while Instant::now() < until {
-        *id += 1;
-        let t = Instant::now();
-        let got = request(
-            sock,
-            lab.service(),
-            *id,
-            Duration::from_millis(100),
-            Duration::from_secs(10),
-        );
-        log.record(&got, *id, t.elapsed())
-            .map_err(anyhow::Error::msg)?;
-    }
-    Ok(())
+    log.drive(sock, lab.service(), id, until)
+        .map_err(anyhow::Error::msg)
 }
 
 /// A ping running in the background from the client.

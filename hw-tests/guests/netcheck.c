@@ -248,12 +248,12 @@ static u16 csum(const u8 *p, u32 n)
 
 static u32 ip_of(const u8 *p) { return (u32)p[0] | (u32)p[1] << 8 | (u32)p[2] << 16 | (u32)p[3] << 24; }
 
-/* A gratuitous ARP (a request for our own address, broadcast), as an OS
- * sends when its link comes up: switches learn where our MAC is. */
-static void garp(void)
+/* Sends an Ethernet/IPv4 ARP frame from us (our MAC and address) to
+ * `dst` with operation `op` and target `tha`/`tpa`. */
+static void arp_send(const u8 *dst, u16 op, const u8 *tha, const u8 *tpa)
 {
     u8 *o = tx_slot() + HDR;
-    memset(o, 0xff, 6);
+    memcpy(o, dst, 6);
     memcpy(o + 6, mac, 6);
     put16(o + 12, 0x0806);
     u8 *r = o + 14;
@@ -261,12 +261,21 @@ static void garp(void)
     put16(r + 2, 0x0800);
     r[4] = 6;
     r[5] = 4;
-    put16(r + 6, 1);
+    put16(r + 6, op);
     memcpy(r + 8, mac, 6);
     memcpy(r + 14, &myip, 4);
-    memset(r + 18, 0, 6);
-    memcpy(r + 24, &myip, 4);
+    memcpy(r + 18, tha, 6);
+    memcpy(r + 24, tpa, 4);
     tx_send(42);
+}
+
+/* A gratuitous ARP (a request for our own address, broadcast), as an OS
+ * sends when its link comes up: switches learn where our MAC is. */
+static void garp(void)
+{
+    static const u8 bcast[6] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+    static const u8 zero[6];
+    arp_send(bcast, 1, zero, (const u8 *)&myip);
 }
 
 static void arp(const u8 *f, u32 len)
@@ -279,20 +288,8 @@ static void arp(const u8 *f, u32 len)
         return;
     if (ip_of(a + 24) != myip)
         return;
-    u8 *o = tx_slot() + HDR;
-    memcpy(o, a + 8, 6); /* to the sender */
-    memcpy(o + 6, mac, 6);
-    put16(o + 12, 0x0806);
-    u8 *r = o + 14;
-    put16(r, 1);
-    put16(r + 2, 0x0800);
-    r[4] = 6;
-    r[5] = 4;
-    put16(r + 6, 2);
-    memcpy(r + 8, mac, 6);
-    memcpy(r + 14, a + 24, 4);
-    memcpy(r + 18, a + 8, 10); /* sender MAC + IP become the target */
-    tx_send(42);
+    /* A reply to the sender: its MAC and address become the target. */
+    arp_send(a + 8, 2, a + 8, a + 14);
 }
 
 /* Builds Ethernet + IPv4 headers answering frame f; returns the IP payload. */

@@ -222,19 +222,8 @@ fn a_protected_guest_survives_20_random_kills_with_no_reply_contradicted() {
     let mut client = ReplyLog::default();
     let mut id = 1000u64;
     let mut drive = |client: &mut ReplyLog, until: Instant| {
-        while Instant::now() < until {
-            id += 1;
-            let t = Instant::now();
-            let got = request(
-                &sock,
-                lab.service(),
-                id,
-                Duration::from_millis(100),
-                Duration::from_secs(10),
-            );
-            if let Err(e) = client.record(&got, id, t.elapsed()) {
-                panic!("{e}");
-            }
+        if let Err(e) = client.drive(&sock, lab.service(), &mut id, until) {
+            panic!("{e}");
         }
     };
     for n in 1..=kills {
@@ -339,19 +328,8 @@ fn a_networked_guest_restores_from_local_checkpoints_without_contradiction() {
     let mut log = ReplyLog::default();
     let mut id = 0u64;
     let mut drive = |log: &mut ReplyLog, until: Instant| {
-        while Instant::now() < until {
-            id += 1;
-            let t = Instant::now();
-            let got = request(
-                &sock,
-                lab.service(),
-                id,
-                Duration::from_millis(100),
-                Duration::from_secs(10),
-            );
-            if let Err(e) = log.record(&got, id, t.elapsed()) {
-                panic!("{e}");
-            }
+        if let Err(e) = log.drive(&sock, lab.service(), &mut id, until) {
+            panic!("{e}");
         }
     };
     drive(&mut log, Instant::now() + Duration::from_millis(600));

@@ -292,6 +292,33 @@ impl ReplyLog {
     }
 }
 
+impl ReplyLog {
+    /// Sends requests one after another (ids after `*id`, retransmitting
+    /// every 100 ms, each given up to 10 s) until `until`, recording and
+    /// checking every reply.
+    pub fn drive(
+        &mut self,
+        sock: &UdpSocket,
+        to: SocketAddr,
+        id: &mut u64,
+        until: std::time::Instant,
+    ) -> Result<(), String> {
+        while std::time::Instant::now() < until {
+            *id += 1;
+            let t = std::time::Instant::now();
+            let got = request(
+                sock,
+                to,
+                *id,
+                Duration::from_millis(100),
+                Duration::from_secs(10),
+            );
+            self.record(&got, *id, t.elapsed())?;
+        }
+        Ok(())
+    }
+}
+
 /// The `q` quantile (0..=1) of `v` (sorted in place); zero when empty.
 pub fn quantile(v: &mut [f64], q: f64) -> f64 {
     if v.is_empty() {
