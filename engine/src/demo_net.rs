@@ -85,19 +85,10 @@ pub(crate) fn start(
     }
     // Frames that arrive before the guest's driver is up are dropped, as on
     // any NIC: wait for it.
-    let end = Instant::now() + Duration::from_secs(20);
-    while !std::fs::read_to_string(&console)
-        .unwrap_or_default()
-        .contains("netcheck up")
-    {
-        if Instant::now() > end || vm.primary.child.try_wait()?.is_some() {
-            bail!(
-                "the network guest did not come up; its console:\n{}",
-                std::fs::read_to_string(&console).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    netlab::wait_for_line(&console, "netcheck up", Duration::from_secs(20), || {
+        vm.primary.child.try_wait().map_or(true, |s| s.is_some())
+    })
+    .map_err(|e| anyhow::anyhow!("the network guest did not come up: {e}"))?;
     Ok(vm)
 }
 
@@ -150,28 +141,8 @@ impl Ping {
             out.read_to_string(&mut text)?;
         }
         self.child.wait()?;
-        let mut seqs: Vec<u64> = Vec::new();
-        let mut dups = 0;
-        for l in text.lines().filter(|l| l.contains("bytes from")) {
-            if l.contains("DUP!") {
-                dups += 1;
-                continue;
-            }
-            if let Some(s) = l
-                .split("icmp_seq=")
-                .nth(1)
-                .and_then(|s| s.split(' ').next()?.parse().ok())
-            {
-                seqs.push(s);
-            }
-        }
-        let gap = seqs
-            .windows(2)
-            .map(|w| w[1].saturating_sub(w[0]))
-            .max()
-            .unwrap_or(0)
-            * self.interval_ms;
-        Ok((seqs.len() as u32, dups, gap))
+        let r = netlab::parse_ping(&text);
+        Ok((r.answered, r.dups, r.longest_seq_gap() * self.interval_ms))
     }
 }
 

@@ -26,20 +26,7 @@ fn netcheck_cmd(lab: &NetLab, console: &std::path::Path) -> Command {
 }
 
 fn wait_file(path: &std::path::Path, needle: &str, t: Duration) -> String {
-    let start = Instant::now();
-    loop {
-        let s = std::fs::read_to_string(path).unwrap_or_default();
-        // The whole line: the console file grows byte by byte.
-        if s.find(needle).is_some_and(|i| s[i..].contains('\n')) {
-            return s;
-        }
-        assert!(
-            start.elapsed() < t,
-            "no {needle:?} in {}:\n{s}",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    netlab::wait_for_line(path, needle, t, || false).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Ping and a few distinct requests; returns the replies.

@@ -151,15 +151,8 @@ impl NetLab {
             .args(["-W", "1", &self.guest_ip])
             .output()
             .map_err(|e| format!("running ping (scripts/setup.sh installs iputils-ping): {e}"))?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let replies = text.lines().filter(|l| l.contains("bytes from")).count() as u32;
-        let dups = text.lines().filter(|l| l.contains("DUP!")).count() as u32;
-        let rtts = text
-            .lines()
-            .filter(|l| l.contains("bytes from") && !l.contains("DUP!"))
-            .filter_map(|l| l.split("time=").nth(1)?.split(' ').next()?.parse().ok())
-            .collect();
-        Ok((replies - dups.min(replies), dups, rtts))
+        let r = parse_ping(&String::from_utf8_lossy(&out.stdout));
+        Ok((r.answered, r.dups, r.rtts))
     }
 
     /// The guest's service address.
@@ -176,6 +169,73 @@ impl Drop for NetLab {
             let _ = ip(&["netns", "del", ns]);
         }
         let _ = ip(&["link", "del", &self.switch]);
+    }
+}
+
+/// What `ping -n` printed.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PingReport {
+    /// Replies, duplicates left out.
+    pub answered: u32,
+    /// Duplicate replies (`DUP!`): two hosts answered.
+    pub dups: u32,
+    /// The `icmp_seq` of each answered reply, in order.
+    pub seqs: Vec<u64>,
+    /// The RTT of each answered reply, in ms.
+    pub rtts: Vec<f64>,
+}
+
+impl PingReport {
+    /// The most sequence numbers between two answered replies (1 when
+    /// none was missed).
+    pub fn longest_seq_gap(&self) -> u64 {
+        self.seqs
+            .windows(2)
+            .map(|w| w[1].saturating_sub(w[0]))
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// Parses the reply lines of `ping -n`.
+pub fn parse_ping(text: &str) -> PingReport {
+    let mut r = PingReport::default();
+    for l in text.lines().filter(|l| l.contains("bytes from")) {
+        if l.contains("DUP!") {
+            r.dups += 1;
+            continue;
+        }
+        r.answered += 1;
+        let field = |key: &str| l.split(key).nth(1)?.split(' ').next();
+        if let Some(s) = field("icmp_seq=").and_then(|s| s.parse().ok()) {
+            r.seqs.push(s);
+        }
+        if let Some(t) = field("time=").and_then(|t| t.parse().ok()) {
+            r.rtts.push(t);
+        }
+    }
+    r
+}
+
+/// Waits until the text file `path` (a guest's console) holds a whole line
+/// containing `needle` (the file grows byte by byte), for up to `timeout`
+/// or until `gone()` says its writer ended; returns the file's text.
+pub fn wait_for_line(
+    path: &std::path::Path,
+    needle: &str,
+    timeout: Duration,
+    mut gone: impl FnMut() -> bool,
+) -> Result<String, String> {
+    let end = std::time::Instant::now() + timeout;
+    loop {
+        let s = std::fs::read_to_string(path).unwrap_or_default();
+        if s.find(needle).is_some_and(|i| s[i..].contains('\n')) {
+            return Ok(s);
+        }
+        if std::time::Instant::now() > end || gone() {
+            return Err(format!("no {needle:?} in {}:\n{s}", path.display()));
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -358,6 +418,21 @@ mod tests {
         let e = log.record(&[r(9, 9, 90)], 4, d).unwrap_err();
         assert!(e.contains("no reply"), "{e}");
         assert_eq!(log.replies.len(), 3);
+    }
+
+    #[test]
+    fn ping_output_is_read_with_its_duplicates_and_gaps() {
+        let text = "PING 10.0.0.5 (10.0.0.5) 56(84) bytes of data.\n\
+            64 bytes from 10.0.0.5: icmp_seq=1 ttl=64 time=0.812 ms\n\
+            64 bytes from 10.0.0.5: icmp_seq=2 ttl=64 time=1.50 ms\n\
+            64 bytes from 10.0.0.5: icmp_seq=2 ttl=64 time=1.90 ms (DUP!)\n\
+            64 bytes from 10.0.0.5: icmp_seq=6 ttl=64 time=2.25 ms\n\
+            \n--- 10.0.0.5 ping statistics ---\n";
+        let r = parse_ping(text);
+        assert_eq!((r.answered, r.dups), (3, 1));
+        assert_eq!(r.seqs, vec![1, 2, 6]);
+        assert_eq!(r.rtts, vec![0.812, 1.5, 2.25]);
+        assert_eq!(r.longest_seq_gap(), 4);
     }
 
     #[test]

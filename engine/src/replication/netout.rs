@@ -70,14 +70,12 @@ impl CommittedFrames {
             let rel = released.get(i).copied().unwrap_or(0);
             let n = rel.saturating_sub(nic.base).min(nic.frames.len() as u64) as usize;
             nic.drop_front(n);
-            let mut over = 0;
-            while nic.bytes > MAX_KEPT_BYTES && over < nic.frames.len() {
+            let (mut over, mut bytes) = (0, nic.bytes);
+            while bytes > MAX_KEPT_BYTES && over < nic.frames.len() {
+                bytes -= nic.frames[over].len();
                 over += 1;
-                let f = nic.frames.front().map_or(0, Vec::len);
-                nic.bytes -= f;
-                nic.frames.pop_front();
-                nic.base = nic.base.saturating_add(1);
             }
+            nic.drop_front(over);
             if over > 0 {
                 tracing::warn!(
                     "NIC {i}: the primary reports no release for more than {MAX_KEPT_BYTES} bytes of committed frames; the {over} oldest are no longer kept for a takeover"

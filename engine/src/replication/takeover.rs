@@ -154,7 +154,6 @@ pub(super) fn take_over(shadow: &Arc<Mutex<Shadow>>, t: Takeover) -> Result<i32>
     // restored NIC may send the guest's next frames as soon as it is
     // restored (its TX ring can hold chains the old device had not taken).
     for (g, frames) in vm.nets.iter().zip(net_frames) {
-        let frames: Vec<_> = frames.into_iter().map(Into::into).collect();
         g.lock()
             .unwrap_or_else(|e| e.into_inner())
             .send_committed(&frames);

@@ -201,11 +201,6 @@ impl NetGate {
         self.limits
     }
 
-    /// Held frames and bytes.
-    pub fn held(&self) -> (usize, usize) {
-        (self.held.len(), self.held_bytes)
-    }
-
     /// Whether the device must stop taking TX frames. Counted once per
     /// time the gate fills.
     pub fn full(&mut self) -> bool {
@@ -262,9 +257,9 @@ impl NetGate {
 
     /// Writes committed frames a takeover releases (the old primary may
     /// not have): straight to the TAP, in order.
-    pub fn send_committed(&mut self, frames: &[Frame]) {
+    pub fn send_committed<F: AsRef<[u8]>>(&mut self, frames: &[F]) {
         for f in frames {
-            self.send(f);
+            self.send(f.as_ref());
         }
     }
 
