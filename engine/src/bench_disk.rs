@@ -74,7 +74,7 @@ fn one(
     if let Some(ack) = ack {
         image(&replica, bytes)?;
         let key = work.join("key");
-        std::fs::write(&key, [7u8; 32])?;
+        crate::fresh_key(&key)?;
         let (s, addr) = spawn_standby(
             exe,
             &key,

@@ -184,7 +184,7 @@ pub fn bench_failover(a: BenchFailoverArgs) -> anyhow::Result<i32> {
     let guest = a.out.join("memtest.elf");
     std::fs::write(&guest, GUEST)?;
     let key = a.out.join("key");
-    std::fs::write(&key, [0x5au8; 32])?;
+    crate::fresh_key(&key)?;
     let _ = std::fs::remove_file(a.out.join("arbiter"));
     let names: Vec<&str> = a.arbiters.split(',').map(str::trim).collect();
     let etcd = if names.contains(&"etcd") {

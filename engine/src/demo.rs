@@ -265,20 +265,7 @@ fn failover_demo(a: DemoArgs, dir: PathBuf) -> anyhow::Result<i32> {
     let guest = dir.join("memtest.elf");
     std::fs::write(&guest, GUEST).context("writing the demo guest")?;
     let key = dir.join("key");
-    let mut seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(1)
-        | 1;
-    let bytes: Vec<u8> = (0..32)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed as u8
-        })
-        .collect();
-    std::fs::write(&key, bytes).context("writing the demo key")?;
+    crate::fresh_key(&key).context("writing the demo key")?;
     let files = |n: &str| dir.join(n);
     for f in ["reference.txt", "primary.txt", "shadow.txt"] {
         let _ = std::fs::remove_file(files(f));

@@ -49,7 +49,7 @@ pub(crate) fn start(
     let console = work.join("net-primary.txt");
     let _ = std::fs::remove_file(&console);
     let key = work.join("key");
-    std::fs::write(&key, [0x5au8; 32])?;
+    crate::fresh_key(&key)?;
     let _ = std::fs::remove_file(work.join("arbiter"));
     let mut cmd = guest_run(exe, &guest, 64, &format!("ip={}", lab.guest_ip), &console);
     cmd.args(["--net", "tap=tap0", "--vm-id", "demo-net"]);

@@ -76,6 +76,12 @@ enum Cmd {
     /// Measure failover: SIGKILL of the primary to the guest running on the
     /// standby, with no arbiter, the file arbiter and etcd on loopback.
     BenchFailover(bench_failover::BenchFailoverArgs),
+    /// Write a new pre-shared key file: 32 random bytes, mode 0600 (an
+    /// existing file is never overwritten).
+    Keygen {
+        /// Where to write it.
+        file: PathBuf,
+    },
     /// Print this host's TSC frequency in kHz (what a guest paced by the
     /// TSC, like the memory tester's `rate=`, needs as `tsc_khz=`).
     TscKhz,
@@ -244,9 +250,21 @@ struct StandbyArgs {
     /// Address to listen on (HOST:PORT).
     #[arg(long)]
     listen: String,
-    /// Pre-shared key file (the same as the primary's).
+    /// Pre-shared key file (the same as the primary's): 32 random bytes,
+    /// mode 0600 (`hotspare keygen FILE` makes one).
     #[arg(long)]
     key_file: PathBuf,
+    /// Serve only primaries connecting from this address (repeatable; by
+    /// default any address that completes the handshake).
+    #[arg(long = "allow-from", value_name = "IP")]
+    allow_from: Vec<std::net::IpAddr>,
+    /// Most handshakes in flight; at the bound the oldest is cut.
+    #[arg(long, default_value_t = 64)]
+    max_handshakes: usize,
+    /// Most handshakes in flight from one address; at the bound that
+    /// address's oldest is cut.
+    #[arg(long, default_value_t = 8)]
+    max_handshakes_per_source: usize,
     /// Console output after a takeover ('-' for stdout).
     #[arg(long, default_value = "-")]
     console: String,
@@ -382,6 +400,18 @@ fn pin_engine(no_pin: bool) -> Option<Vec<usize>> {
     }
     let (engine, vcpus) = engine::cpu::placement()?;
     engine::cpu::pin_current_thread(&engine).then_some(vcpus)
+}
+
+/// Replaces whatever is at `path` with a new random key (mode 0600), for
+/// the demos and benches that start their own processes.
+fn fresh_key(path: &std::path::Path) -> anyhow::Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    transport::Psk::generate()?.write_new_file(path)?;
+    Ok(())
 }
 
 fn load_key(path: &std::path::Path) -> anyhow::Result<transport::Psk> {
@@ -619,6 +649,13 @@ fn standby(a: StandbyArgs) -> anyhow::Result<i32> {
     let cfg = StandbyConfig {
         listen: a.listen,
         psk: load_key(&a.key_file)?,
+        allow: (!a.allow_from.is_empty()).then_some(a.allow_from),
+        max_handshakes: match (a.max_handshakes, a.max_handshakes_per_source) {
+            (0, _) | (_, 0) => {
+                anyhow::bail!("--max-handshakes and --max-handshakes-per-source must be at least 1")
+            }
+            bounds => bounds,
+        },
         timing,
         console: open_console(&a.console)?,
         reprotect,
@@ -723,6 +760,16 @@ fn main() -> ExitCode {
         Cmd::BenchNet(a) => bench_net::bench_net(a),
         Cmd::BenchFailover(a) => bench_failover::bench_failover(a),
         Cmd::Bench(a) => bench::bench(a),
+        Cmd::Keygen { file } => transport::Psk::generate()
+            .and_then(|k| k.write_new_file(&file))
+            .map(|()| {
+                eprintln!(
+                    "hotspare: wrote a new key to {} (mode 0600)",
+                    file.display()
+                );
+                0
+            })
+            .map_err(Into::into),
         Cmd::TscKhz => {
             println!("{}", engine::cpu::tsc_khz());
             Ok(0)

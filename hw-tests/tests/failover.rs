@@ -264,7 +264,13 @@ fn wrong_key_and_garbage_are_refused_and_change_nothing() {
     let (mut standby, addr) = spawn_standby(&key, &scon, "127.0.0.1:0");
 
     // Garbage bytes, then a connection that closes mid-frame.
-    for junk in [&b"GET / HTTP/1.0\r\n\r\n"[..], &b"HSF1\x01\x00"[..]] {
+    // The last is a valid preamble followed by a handshake message that
+    // stops half way.
+    for junk in [
+        &b"GET / HTTP/1.0\r\n\r\n"[..],
+        &b"HSF1\x01\x00"[..],
+        &b"HSN1\x04\x00\x00\x00\x00\x00\x00\x00\x01\x40\x00\x01\x02"[..],
+    ] {
         let mut s = std::net::TcpStream::connect(&addr).unwrap();
         let _ = s.write_all(junk);
     }

@@ -1,29 +1,31 @@
-//! An authenticated, framed, replay-protected TCP connection and its two
-//! halves.
+//! An encrypted, authenticated, framed TCP connection and its two halves.
 //!
 //! [`FramedConn`] is made by a completed handshake ([`FramedConn::connect`]
-//! on the primary, [`FramedConn::accept`] or [`crate::Listener::accept`] on
-//! the standby). It can be [split](FramedConn::split) into a [`Sender`] and
-//! a [`Receiver`] that live on different threads; each owns its direction's
-//! session key and sequence number.
+//! on the primary, [`FramedConn::accept`] or [`crate::Listener`] on the
+//! standby). It can be [split](FramedConn::split) into a [`Sender`] and a
+//! [`Receiver`] that live on different threads; each uses its direction's
+//! key and record counter.
 //!
 //! After any error other than [`TransportError::Timeout`] the connection is
-//! shut down (both halves), so a forged, replayed or corrupt frame ends the
+//! shut down (both halves), so a forged, replayed or corrupt record ends the
 //! connection for both sides.
 
 use std::fmt;
-use std::io::{self, BufReader, IoSlice, Write};
+use std::io::{self, BufReader, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{Result, TransportError};
-use crate::frame::{header_for, mac_hashed, Frame, FrameKind, Limits, PayloadHash};
-use crate::handshake::{self, HandshakeParams, PeerInfo, HANDSHAKE_MAX_PAYLOAD};
-use crate::key::MacKey;
-use crate::reader::{map_io_error, FrameReader, RawFrame};
+use crate::frame::{Frame, FrameKind, Header, Limits, MAX_PLAINTEXT};
+use crate::handshake::{self, Established, HandshakeParams, PeerInfo};
+use crate::record::{map_io_error, seal_frame, FrameReader, SealBuffers, Session};
 
 /// Read buffer size of a [`Receiver`].
 const READ_BUFFER: usize = 64 << 10;
+
+/// Bytes of sealed records a [`Sender`] gathers before each write.
+const WRITE_BATCH: usize = 1 << 20;
 
 /// An established connection: sends and receives frames.
 #[derive(Debug)]
@@ -85,7 +87,7 @@ impl FramedConn {
         )
     }
 
-    /// Sends one frame (the sequence number is assigned here).
+    /// Sends one frame.
     pub fn send(&mut self, kind: FrameKind, term: u64, payload: &[u8]) -> Result<()> {
         self.tx.send(kind, term, payload)
     }
@@ -122,34 +124,55 @@ impl FramedConn {
         (self.tx, self.rx)
     }
 
-    /// The raw stream and keys, for tests that craft frames.
+    /// The raw stream and session, for tests that craft records.
     #[cfg(test)]
     pub(crate) fn test_raw(&self) -> TestRaw {
         TestRaw {
             stream: self.tx.stream.try_clone().expect("clone stream"),
-            send_key: self.tx.key.clone(),
-            next_send_seq: self.tx.next_seq,
-            recv_key: self.rx.reader.key().clone(),
+            session: self.tx.session.clone(),
+            next_send_nonce: self.tx.nonce,
         }
     }
 }
 
-/// What tests need to speak on a connection behind its back.
+/// What tests need to speak on a connection behind its back: the socket,
+/// the session and this side's next record number.
 #[cfg(test)]
 pub(crate) struct TestRaw {
     pub stream: TcpStream,
-    pub send_key: MacKey,
-    pub next_send_seq: u64,
-    pub recv_key: MacKey,
+    pub session: Session,
+    pub next_send_nonce: u64,
+}
+
+#[cfg(test)]
+impl TestRaw {
+    /// The sealed records of one frame, numbered from `nonce` on.
+    pub fn seal(&self, nonce: u64, kind: FrameKind, term: u64, payload: &[u8]) -> Vec<u8> {
+        let mut n = nonce;
+        let mut bufs = SealBuffers::default();
+        let h = Header::for_payload(kind, term, payload).expect("test payload fits");
+        seal_frame(
+            &self.session,
+            &mut n,
+            (&h, payload),
+            &mut bufs,
+            usize::MAX,
+            |_| Ok(()),
+        )
+        .expect("seal");
+        bufs.out
+    }
 }
 
 /// The sending half of a connection.
 pub struct Sender {
     stream: TcpStream,
     peer: SocketAddr,
-    key: MacKey,
-    next_seq: u64,
+    session: Session,
+    nonce: u64,
     dead: bool,
+    /// Sealing buffers (reused).
+    bufs: SealBuffers,
 }
 
 impl Sender {
@@ -165,53 +188,40 @@ impl Sender {
             })
     }
 
-    fn new(stream: TcpStream, peer: SocketAddr, key: MacKey) -> Sender {
-        Sender {
-            stream,
-            peer,
-            key,
-            next_seq: 1,
-            dead: false,
-        }
-    }
-
-    /// Sends one frame: header, payload and MAC in one vectored write where
-    /// the OS allows, without copying the payload. The sequence number is
-    /// the next of this direction (1, 2, 3, ...).
+    /// Sends one frame: its payload is sealed into records and written in
+    /// batches of about 1 MiB, so memory does not grow with the payload.
     ///
     /// A failed send shuts the connection down: a frame may have been
     /// partly written. Afterwards every send fails with
     /// [`TransportError::Closed`].
     pub fn send(&mut self, kind: FrameKind, term: u64, payload: &[u8]) -> Result<()> {
-        self.send_hashed(kind, term, payload, &PayloadHash::of(payload))
-    }
-
-    /// [`Sender::send`] of a payload whose hash the caller computed once
-    /// for several connections. A wrong hash makes the peer refuse the
-    /// frame (MAC mismatch); it never passes as another payload.
-    pub fn send_hashed(
-        &mut self,
-        kind: FrameKind,
-        term: u64,
-        payload: &[u8],
-        hash: &PayloadHash,
-    ) -> Result<()> {
         if self.dead {
             return Err(TransportError::Closed);
         }
-        let header = header_for(kind, term, self.next_seq, payload)?.encode();
-        let tag = mac_hashed(&self.key, &header, hash);
-        match write_all_parts(&mut self.stream, [&header, payload, &tag]) {
-            Ok(()) => {
-                self.next_seq += 1;
-                Ok(())
-            }
-            Err(e) => {
-                self.dead = true;
-                let _ = self.stream.shutdown(Shutdown::Both);
-                Err(map_io_error(e, self.peer))
-            }
+        let header = Header::for_payload(kind, term, payload)?;
+        let (stream, peer) = (&mut self.stream, self.peer);
+        self.bufs.out.clear();
+        let r = seal_frame(
+            &self.session,
+            &mut self.nonce,
+            (&header, payload),
+            &mut self.bufs,
+            WRITE_BATCH,
+            |out| {
+                let r = stream.write_all(out).map_err(|e| map_io_error(e, peer));
+                out.clear();
+                r
+            },
+        );
+        if self.bufs.out.capacity() > 2 * WRITE_BATCH + MAX_PLAINTEXT {
+            self.bufs.out = Vec::new();
         }
+        if let Err(e) = r {
+            self.dead = true;
+            let _ = self.stream.shutdown(Shutdown::Both);
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// The peer's address.
@@ -224,30 +234,13 @@ impl Sender {
     pub fn shutdown(&self) {
         let _ = self.stream.shutdown(Shutdown::Both);
     }
-
-    /// Switches to the session key; the next frame gets sequence number 1.
-    fn rekey(&mut self, key: MacKey) {
-        self.key = key;
-        self.next_seq = 1;
-    }
-
-    /// Makes writes fail with a timeout at `deadline` (handshake only).
-    pub(crate) fn set_write_deadline(&self, deadline: Instant) -> Result<()> {
-        let left = remaining(deadline)?;
-        self.stream
-            .set_write_timeout(Some(left))
-            .map_err(|source| TransportError::Io {
-                peer: self.peer,
-                source,
-            })
-    }
 }
 
 impl fmt::Debug for Sender {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Sender")
             .field("peer", &self.peer)
-            .field("next_seq", &self.next_seq)
+            .field("next_record", &self.nonce)
             .field("dead", &self.dead)
             .finish_non_exhaustive()
     }
@@ -261,18 +254,11 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    fn new(stream: TcpStream, peer: SocketAddr, key: MacKey, limits: Limits) -> Receiver {
-        let buffered = BufReader::with_capacity(READ_BUFFER, stream);
-        Receiver {
-            reader: FrameReader::new(buffered, peer, key, limits),
-            peer,
-            dead: false,
-        }
-    }
-
-    /// Receives the next frame, checking its magic, length (before
-    /// allocating), MAC under the session key, flags, kind and that its
-    /// sequence number is exactly the next expected one.
+    /// Receives the next frame. Checks, in order: record length,
+    /// authenticated decryption under this direction's key and the
+    /// record's number (so replayed, reordered, dropped or forged records
+    /// fail), then the frame header's flags, kind and length (before
+    /// allocating).
     ///
     /// [`TransportError::Timeout`] means no complete frame arrived within
     /// the read timeout; the connection stays usable and a partly received
@@ -284,7 +270,13 @@ impl Receiver {
             return Err(TransportError::Closed);
         }
         let r = self.reader.read();
-        self.check(r)
+        if let Err(e) = &r {
+            if e.is_fatal() {
+                self.dead = true;
+                self.shutdown();
+            }
+        }
+        r
     }
 
     /// Sets how long `recv` waits for data (`None`: forever). A zero
@@ -317,34 +309,6 @@ impl Receiver {
     fn stream(&self) -> &TcpStream {
         self.reader.get_ref().get_ref()
     }
-
-    /// Shuts the connection down after a fatal error.
-    fn check<T>(&mut self, r: Result<T>) -> Result<T> {
-        if let Err(e) = &r {
-            if e.is_fatal() {
-                self.dead = true;
-                self.shutdown();
-            }
-        }
-        r
-    }
-
-    /// Reads one frame without checking flags, kind or sequence (handshake).
-    pub(crate) fn read_raw(&mut self) -> Result<RawFrame> {
-        let r = self.reader.read_raw();
-        self.check(r)
-    }
-
-    /// Completes the checks of an authenticated raw frame (handshake).
-    pub(crate) fn accept_raw(&mut self, raw: RawFrame) -> Result<Frame> {
-        let r = self.reader.accept(raw);
-        self.check(r)
-    }
-
-    /// Makes reads fail with a timeout at `deadline` (handshake only).
-    pub(crate) fn set_read_deadline(&self, deadline: Instant) -> Result<()> {
-        self.set_read_timeout(Some(remaining(deadline)?))
-    }
 }
 
 impl fmt::Debug for Receiver {
@@ -374,21 +338,19 @@ fn establish(
     let peer = stream.peer_addr().map_err(|_| TransportError::Closed)?;
     let io_err = |source| TransportError::Io { peer, source };
     stream.set_nodelay(true).map_err(io_err)?;
-    let hs_key = params.psk.handshake_mac_key();
-    let mut tx = Sender::new(stream.try_clone().map_err(io_err)?, peer, hs_key.clone());
-    let hs_limits = Limits {
-        max_payload: HANDSHAKE_MAX_PAYLOAD,
-    };
-    let mut rx = Receiver::new(stream, peer, hs_key, hs_limits);
-
     let outcome = match role {
-        Role::Initiator => handshake::initiate(&mut tx, &mut rx, params, deadline),
-        Role::Responder => handshake::respond(&mut tx, &mut rx, params, deadline),
+        Role::Initiator => handshake::initiate(&stream, params, deadline),
+        Role::Responder => handshake::respond(&stream, params, deadline),
     };
-    let (info, (send_key, recv_key)) = match outcome {
+    let Established {
+        info,
+        session,
+        send_nonce,
+        recv_nonce,
+    } = match outcome {
         Ok(done) => done,
         Err(e) => {
-            tx.shutdown();
+            let _ = stream.shutdown(Shutdown::Both);
             return Err(match e {
                 TransportError::Timeout => TransportError::HandshakeTimeout {
                     peer,
@@ -398,48 +360,22 @@ fn establish(
             });
         }
     };
-    tx.rekey(send_key);
-    rx.reader.rekey(recv_key);
-    rx.set_limits(Limits::default());
-    rx.set_read_timeout(None)?;
-    tx.stream.set_write_timeout(None).map_err(io_err)?;
+    stream.set_read_timeout(None).map_err(io_err)?;
+    stream.set_write_timeout(None).map_err(io_err)?;
+    let session: Session = Arc::new(session);
+    let tx = Sender {
+        stream: stream.try_clone().map_err(io_err)?,
+        peer,
+        session: session.clone(),
+        nonce: send_nonce,
+        dead: false,
+        bufs: SealBuffers::default(),
+    };
+    let buffered = BufReader::with_capacity(READ_BUFFER, stream);
+    let rx = Receiver {
+        reader: FrameReader::new(buffered, peer, session, recv_nonce, Limits::default()),
+        peer,
+        dead: false,
+    };
     Ok((FramedConn { tx, rx }, info))
-}
-
-/// Time left until `deadline`, or [`TransportError::Timeout`].
-fn remaining(deadline: Instant) -> Result<Duration> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        Err(TransportError::Timeout)
-    } else {
-        Ok(left)
-    }
-}
-
-/// Writes all of `parts` in order with vectored writes (usually one
-/// syscall), retrying on short writes and interrupts.
-fn write_all_parts(w: &mut impl Write, parts: [&[u8]; 3]) -> io::Result<()> {
-    let total: usize = parts.iter().map(|p| p.len()).sum();
-    let mut done = 0;
-    while done < total {
-        let mut slices = [IoSlice::new(&[]); 3];
-        let mut n = 0;
-        let mut skip = done;
-        for p in parts {
-            if skip >= p.len() {
-                skip -= p.len();
-                continue;
-            }
-            slices[n] = IoSlice::new(&p[skip..]);
-            skip = 0;
-            n += 1;
-        }
-        match w.write_vectored(&slices[..n]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(k) => done += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }

@@ -28,21 +28,40 @@ pub enum TransportError {
         source: io::Error,
     },
 
-    /// The key file holds fewer than 32 bytes.
+    /// The key file does not hold exactly 32 bytes.
     #[error(
-        "key file {path} is {len} bytes; at least 32 are required, \
-         e.g. `head -c 32 /dev/urandom > key`"
+        "key file {path} holds {len} bytes; a key is exactly 32 random bytes \
+         (make one with `hotspare keygen FILE`)"
     )]
-    KeyFileTooShort {
+    KeyFileBadLength {
         /// The key file's path as given.
         path: PathBuf,
-        /// Its size in bytes.
-        len: usize,
+        /// Its size in bytes ("more than 32" past the capped read).
+        len: String,
     },
 
-    /// A key given as bytes is shorter than 32 bytes.
-    #[error("pre-shared key is {len} bytes; at least 32 are required")]
-    KeyTooShort {
+    /// The key file is a symbolic link, not a regular file, or readable or
+    /// writable by its group or others.
+    #[error("refusing key file {path}: {why}")]
+    KeyFileInsecure {
+        /// The key file's path as given.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
+
+    /// A new key file could not be written.
+    #[error("cannot write key file {path}: {source}")]
+    KeyFileUnwritable {
+        /// The key file's path as given.
+        path: PathBuf,
+        /// Why writing failed.
+        source: io::Error,
+    },
+
+    /// A key given as bytes is not 32 bytes long.
+    #[error("pre-shared key is {len} bytes; it must be exactly 32")]
+    KeyBadLength {
         /// Its length in bytes.
         len: usize,
     },
@@ -89,14 +108,15 @@ pub enum TransportError {
     Closed,
 
     /// The connection ended in the middle of a frame.
-    #[error("connection with {peer} closed mid-frame: got {got} of {want} bytes")]
+    #[error("connection with {peer} closed mid-frame: got {got} of the {want} bytes of a record")]
     Truncated {
         /// The remote address.
         peer: SocketAddr,
-        /// Bytes of the frame received.
+        /// Bytes of the record in progress received (length prefix
+        /// included).
         got: usize,
-        /// Bytes the frame needed (the header's 28 if its length was not
-        /// known yet).
+        /// Bytes the record needed (the 2-byte prefix if its length was
+        /// not known yet).
         want: usize,
     },
 
@@ -115,10 +135,10 @@ pub enum TransportError {
         after: Duration,
     },
 
-    /// The bytes received do not start with the frame magic `HSF1`.
+    /// The connection does not start with the handshake magic `HSN1`.
     #[error(
-        "frame from {peer}: bad magic {found:02x?}, expected \"HSF1\" \
-         (not a hotspare peer, or the stream is out of sync)"
+        "connection from {peer}: bad magic {found:02x?}, expected \"HSN1\" \
+         (not a hotspare peer of protocol version 4 or later)"
     )]
     BadMagic {
         /// The remote address.
@@ -146,13 +166,46 @@ pub enum TransportError {
         len: usize,
     },
 
-    /// The frame's MAC does not match its header and payload under the
-    /// session key.
-    #[error("frame from {peer}: MAC mismatch (forged or corrupt)")]
-    Mac {
+    /// A record failed authenticated decryption under the session key:
+    /// forged, corrupt, replayed, reordered or cut.
+    #[error(
+        "record from {peer} fails authentication (forged, corrupt, replayed, reordered \
+         or dropped data)"
+    )]
+    Auth {
         /// The remote address.
         peer: SocketAddr,
     },
+
+    /// An authenticated record breaks the record layout (a frame header
+    /// or continuation of the wrong size).
+    #[error("record from {peer}: {detail}")]
+    BadRecord {
+        /// The remote address.
+        peer: SocketAddr,
+        /// What is wrong.
+        detail: String,
+    },
+
+    /// The listener refused a connection before its handshake (address
+    /// not allowed, or too many handshakes pending).
+    #[error("connection from {peer} refused: {reason}")]
+    NotAdmitted {
+        /// The remote address.
+        peer: SocketAddr,
+        /// Why.
+        reason: &'static str,
+    },
+
+    /// The AEAD refused to seal a record (never expected: sizes are
+    /// checked first).
+    #[error("cannot encrypt a record: {0}")]
+    Crypto(String),
+
+    /// This direction's record counter is exhausted (2^64 - 1 records):
+    /// the connection must be re-established.
+    #[error("the connection's record counter is exhausted; reconnect")]
+    NonceExhausted,
 
     /// An authenticated frame carries a kind this side does not know.
     #[error("frame from {peer}: unknown frame kind {kind}")]
@@ -174,19 +227,8 @@ pub enum TransportError {
         flags: u16,
     },
 
-    /// An authenticated frame's sequence number is not the next expected
-    /// one: it was replayed (`got < expected`) or frames were reordered or
-    /// dropped (`got > expected`).
-    #[error("{}", seq_problem(*expected, *got))]
-    Replay {
-        /// The sequence number expected next.
-        expected: u64,
-        /// The sequence number received.
-        got: u64,
-    },
-
-    /// The peer does not hold our pre-shared key: its handshake frame failed
-    /// authentication, or its handshake proof is wrong.
+    /// The peer does not hold our pre-shared key: its handshake message
+    /// does not decrypt, or its key confirmation is wrong.
     #[error("peer {peer} does not hold the pre-shared key ({detail})")]
     WrongKey {
         /// The remote address.
@@ -255,15 +297,6 @@ impl TransportError {
     /// other error from `send` or `recv` the connection has been shut down.
     pub fn is_fatal(&self) -> bool {
         !matches!(self, TransportError::Timeout)
-    }
-}
-
-/// The message of [`TransportError::Replay`].
-fn seq_problem(expected: u64, got: u64) -> String {
-    if got < expected {
-        format!("replayed frame: sequence number {got}, expected {expected}")
-    } else {
-        format!("reordered or dropped frames: sequence number {got}, expected {expected}")
     }
 }
 

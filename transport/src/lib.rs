@@ -1,24 +1,27 @@
-//! The replication stream's transport: authenticated, framed,
-//! replay-protected TCP connections with a versioned handshake.
+//! The replication stream's transport: encrypted, authenticated, framed
+//! TCP connections, established by a Noise handshake with a pre-shared key.
 //!
 //! A primary streams epochs of a running VM to a standby over one
 //! connection ([`Channel::Stream`]); heartbeats run over a second one
 //! ([`Channel::Heartbeat`]) so they never queue behind page traffic. This
 //! crate knows nothing about VMs or checkpoints: payloads are opaque bytes.
-//! The wire format and handshake are specified in `docs/protocol.md`.
+//! The wire format and handshake are specified in `docs/protocol.md`, the
+//! threat model in `docs/security.md`.
 //!
 //! ```no_run
+//! use std::sync::Arc;
 //! use std::time::Duration;
-//! use transport::{Channel, FrameKind, FramedConn, HandshakeParams, Listener, Psk};
+//! use transport::{Accepted, Channel, FrameKind, FramedConn, HandshakeParams, Listener, Psk, ServeConfig};
 //!
 //! # fn main() -> transport::Result<()> {
-//! let psk = Psk::from_file("/etc/hotspare/key")?;
+//! let psk = Arc::new(Psk::from_file("/etc/hotspare/key")?);
 //! let fingerprint = [0u8; 32];
-//! // Standby:
-//! let listener = Listener::bind("0.0.0.0:7070")?;
-//! let params = HandshakeParams::new(&psk, None, Channel::Stream, 0);
-//! let (mut conn, peer) = listener.accept(&params, Duration::from_secs(5))?;
-//! let frame = conn.recv()?;
+//! // Standby: handshakes run concurrently, under bounds.
+//! let incoming = Listener::bind("0.0.0.0:7070")?
+//!     .serve(ServeConfig::new(psk.clone(), Arc::new(|| None)))?;
+//! if let Some(Accepted::Conn(mut conn, peer)) = incoming.next(Duration::from_secs(5))? {
+//!     let frame = conn.recv()?;
+//! }
 //! // Primary:
 //! let params = HandshakeParams::new(&psk, Some(fingerprint), Channel::Stream, 7);
 //! let (mut conn, peer) = FramedConn::connect("standby:7070", &params, Duration::from_secs(5))?;
@@ -36,14 +39,14 @@ pub mod frame;
 pub mod handshake;
 pub mod key;
 pub mod listener;
-mod reader;
+mod record;
 
 #[cfg(test)]
 mod tests;
 
 pub use conn::{FramedConn, Receiver, Sender};
 pub use error::{Result, TransportError};
-pub use frame::{Frame, FrameKind, Limits, PayloadHash};
+pub use frame::{Frame, FrameKind, Limits};
 pub use handshake::{Channel, HandshakeParams, PeerInfo, RefuseCode, PROTOCOL_VERSION};
-pub use key::Psk;
-pub use listener::Listener;
+pub use key::{Psk, PSK_LEN};
+pub use listener::{Accepted, FingerprintSource, Incoming, Listener, ServeConfig};

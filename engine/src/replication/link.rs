@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use checkpoint::format::Header;
 use checkpoint::pages::Compression;
 use crossbeam::channel::{Receiver, Sender, TrySendError};
-use transport::{FrameKind, FramedConn, PayloadHash, TransportError};
+use transport::{FrameKind, FramedConn, TransportError};
 
 use super::commit::{CommitSet, Kind, SpareId};
 use super::livecopy::{CopyFigures, LiveCopy};
@@ -40,9 +40,6 @@ pub(super) struct EncodeJob {
 pub(super) struct Shipment {
     pub seq: u64,
     pub container: Arc<Vec<u8>>,
-    /// The BLAKE3 of each `wire::CHUNK` of the container, computed once:
-    /// each link's frame MAC covers these, not the bytes again.
-    pub hashes: Arc<Vec<PayloadHash>>,
     pub end: Arc<EpochEnd>,
 }
 
@@ -202,13 +199,7 @@ impl Fanout {
     }
 
     /// Hands one encoded epoch to every link past its join point.
-    fn deliver(
-        &self,
-        seq: u64,
-        container: Arc<Vec<u8>>,
-        hashes: Arc<Vec<PayloadHash>>,
-        end: Arc<EpochEnd>,
-    ) {
+    fn deliver(&self, seq: u64, container: Arc<Vec<u8>>, end: Arc<EpochEnd>) {
         let len = container.len() as u64;
         for p in self.ports().iter() {
             if seq <= p.from || p.shared.is_lost() {
@@ -228,7 +219,6 @@ impl Fanout {
             let s = Shipment {
                 seq,
                 container: container.clone(),
-                hashes: hashes.clone(),
                 end: end.clone(),
             };
             match p.tx.try_send(s) {
@@ -307,9 +297,8 @@ pub(super) fn encoder(
                         delta_pages: stats.delta_pages,
                     },
                 );
-                let hashes = c.chunks(wire::CHUNK).map(PayloadHash::of).collect();
                 let c = Arc::new(c);
-                fanout.deliver(job.seq, c.clone(), Arc::new(hashes), Arc::new(job.end));
+                fanout.deliver(job.seq, c.clone(), Arc::new(job.end));
                 recent.push_back(c);
                 if recent.len() > 8 {
                     recent.pop_front();
@@ -368,31 +357,22 @@ pub(super) fn sender(
         }
         shared.track(sh.seq);
         let precopy = sh.seq < shared.commit_from.load(Ordering::SeqCst);
-        if let Err(e) = send_epoch(
-            &mut conn,
-            term,
-            sh.seq,
-            precopy,
-            &sh.container,
-            Some(&sh.hashes),
-            &end,
-        ) {
+        if let Err(e) = send_epoch(&mut conn, term, sh.seq, precopy, &sh.container, &end) {
             shared.lose(format!("sending epoch {}: {e}", sh.seq));
             return;
         }
     }
 }
 
-/// Writes one epoch's frames: begin, the container in chunks, end. `hashes`
-/// holds each chunk's hash when the encoder computed them once for every
-/// link. The named fault points fire only for epochs sent as commits.
+/// Writes one epoch's frames: begin, the container in chunks, end (each
+/// link seals them under its own session keys). The named fault points
+/// fire only for epochs sent as commits.
 pub(super) fn send_epoch(
     conn: &mut transport::Sender,
     term: u64,
     seq: u64,
     precopy: bool,
     container: &[u8],
-    hashes: Option<&[PayloadHash]>,
     end: &EpochEnd,
 ) -> std::result::Result<(), TransportError> {
     let begin = EpochBegin {
@@ -401,11 +381,8 @@ pub(super) fn send_epoch(
         precopy,
     };
     conn.send(FrameKind::EpochBegin, term, &wire::encode(&begin))?;
-    for (i, chunk) in container.chunks(wire::CHUNK).enumerate() {
-        match hashes.and_then(|h| h.get(i)) {
-            Some(h) => conn.send_hashed(FrameKind::EpochData, term, chunk, h)?,
-            None => conn.send(FrameKind::EpochData, term, chunk)?,
-        }
+    for chunk in container.chunks(wire::CHUNK) {
+        conn.send(FrameKind::EpochData, term, chunk)?;
         if !precopy {
             crate::faults::hit(crate::faults::Point::PrimaryMidEpoch);
         }
@@ -630,8 +607,7 @@ mod tests {
         }
         for seq in 1..=6u64 {
             let container = Arc::new(vec![seq as u8; 1_000]);
-            let hashes = Arc::new(vec![PayloadHash::of(&container)]);
-            fan.deliver(seq, container, hashes, end(seq));
+            fan.deliver(seq, container, end(seq));
             // A's sender keeps up; C's never reads.
             while let Ok(s) = rx_a.try_recv() {
                 a.queued

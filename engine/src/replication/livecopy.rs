@@ -183,7 +183,7 @@ impl LiveCopy {
         figures.units += chunk.iter().map(|r| r.1).sum::<u64>();
         figures.wire_bytes += container.len() as u64;
         sent(self.seq);
-        super::link::send_epoch(conn, term, self.seq, true, &container, None, &self.end)
+        super::link::send_epoch(conn, term, self.seq, true, &container, &self.end)
             .map_err(EngineError::Transport)?;
         bufs.container = container;
         Ok(())

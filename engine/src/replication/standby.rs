@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 use checkpoint::fingerprint::{Fingerprint, MachineConfig};
 use checkpoint::format::{CheckpointKind, Limits};
 use crossbeam::channel::{self, Sender};
-use transport::{Channel, FrameKind, FramedConn, HandshakeParams, Listener, Psk, TransportError};
+use transport::{
+    Accepted, Channel, FrameKind, FramedConn, Incoming, Listener, Psk, ServeConfig, TransportError,
+};
 
 use super::arbiter::Arbiter;
 use super::liveness::{StandbyDecision, StandbyFsm, StandbyInput, TICK};
@@ -39,6 +41,10 @@ pub struct StandbyConfig {
     pub listen: String,
     /// The pre-shared key.
     pub psk: Psk,
+    /// If set, only primaries connecting from these addresses are served.
+    pub allow: Option<Vec<std::net::IpAddr>>,
+    /// Bounds on handshakes in flight (total, per source address).
+    pub max_handshakes: (usize, usize),
     /// Heartbeats and timeouts.
     pub timing: Timing,
     /// Console after a takeover.
@@ -163,6 +169,8 @@ pub fn run(cfg: StandbyConfig) -> Result<i32> {
     let StandbyConfig {
         listen,
         psk,
+        allow,
+        max_handshakes,
         timing,
         console,
         reprotect,
@@ -194,7 +202,7 @@ pub fn run(cfg: StandbyConfig) -> Result<i32> {
         })
         .collect::<Result<Vec<_>>>()?;
     let listener = Listener::bind(&listen).map_err(EngineError::Transport)?;
-    eprintln!("hotspare: standby listening on {}", listener.local_addr());
+    let local = listener.local_addr();
     let shadow = Arc::new(Mutex::new(Shadow {
         // It replicates after a takeover (dirty logging costs nothing
         // while the vCPUs do not run).
@@ -213,11 +221,29 @@ pub fn run(cfg: StandbyConfig) -> Result<i32> {
     // for as long as it applies an epoch.
     let took_over = Arc::new(AtomicU64::new(0));
     {
+        // Each handshake runs on its own thread under these bounds, so a
+        // slow or idle peer never delays a primary's (docs/security.md).
+        let fp_shadow = shadow.clone();
+        let mut serve = ServeConfig::new(
+            Arc::new(psk),
+            Arc::new(move || {
+                fp_shadow
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .fingerprint
+                    .map(|f| *f.as_bytes())
+            }),
+        );
+        serve.handshake_timeout = Duration::from_secs(2);
+        (serve.max_pending, serve.max_per_source) = max_handshakes;
+        serve.allow = allow;
+        let incoming = listener.serve(serve).map_err(EngineError::Transport)?;
+        eprintln!("hotspare: standby listening on {local}");
         let (shadow, ev_tx, last_heard) = (shadow.clone(), ev_tx.clone(), last_heard.clone());
         let took_over = took_over.clone();
         std::thread::Builder::new()
             .name("hs-accept".into())
-            .spawn(move || accept_loop(listener, psk, shadow, ev_tx, last_heard, took_over))
+            .spawn(move || accept_loop(incoming, shadow, ev_tx, last_heard, took_over))
             .map_err(EngineError::io("spawning the accept thread"))?;
     }
     let mut fsm = StandbyFsm::new(timing.timeout_ticks());
@@ -299,25 +325,16 @@ pub fn run(cfg: StandbyConfig) -> Result<i32> {
 }
 
 fn accept_loop(
-    listener: Listener,
-    psk: Psk,
+    incoming: Incoming,
     shadow: Arc<Mutex<Shadow>>,
     ev: Sender<Event>,
     last_heard: Arc<Mutex<Instant>>,
     took_over: Arc<AtomicU64>,
 ) {
     loop {
-        let fp = shadow.lock().unwrap_or_else(|e| e.into_inner()).fingerprint;
-        let params = HandshakeParams {
-            psk: &psk,
-            protocol_version: transport::PROTOCOL_VERSION,
-            fingerprint: fp.map(|f| *f.as_bytes()),
-            channel: Channel::Stream,
-            term: 0,
-            any_channel: true,
-        };
-        match listener.accept(&params, Duration::from_secs(2)) {
-            Ok((conn, peer)) => {
+        match incoming.next(Duration::from_secs(1)) {
+            Ok(Some(Accepted::Conn(conn, peer))) => {
+                let conn = *conn;
                 let (shadow, ev2, heard) = (shadow.clone(), ev.clone(), last_heard.clone());
                 let took_over = took_over.clone();
                 let term = peer.peer_term;
@@ -333,10 +350,20 @@ fn accept_loop(
                     tracing::error!("cannot spawn a connection thread: {e}");
                 }
             }
-            Err(e) => {
-                if ev.send(Event::Refused(e.to_string())).is_err() {
+            Ok(Some(Accepted::Refused { error, suppressed })) => {
+                let why = if suppressed > 0 {
+                    format!("{error} (and {suppressed} more refusals not shown)")
+                } else {
+                    error.to_string()
+                };
+                if ev.send(Event::Refused(why)).is_err() {
                     return;
                 }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let _ = ev.send(Event::Refused(e.to_string()));
+                return;
             }
         }
     }

@@ -581,7 +581,10 @@ pub fn key_file(dir: &TempDir, name: &str, seed: u64) -> PathBuf {
     let mut r = Rng(seed | 1);
     let key: Vec<u8> = (0..32).map(|_| r.next() as u8).collect();
     let p = dir.path(name);
+    // Private, as hotspare requires of a key file.
     std::fs::write(&p, key).expect("write key");
+    std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod key");
     p
 }
 

@@ -6,7 +6,7 @@ use std::thread;
 use std::time::Duration;
 
 use super::support::*;
-use crate::frame::{encode, Limits};
+use crate::frame::{Limits, FIRST_PAYLOAD, MAX_PLAINTEXT};
 use crate::{Channel, Frame, FrameKind, HandshakeParams, TransportError};
 
 fn payload(len: usize, seed: u8) -> Vec<u8> {
@@ -152,25 +152,24 @@ fn read_timeout_is_distinct_and_not_fatal() {
 fn timeout_mid_frame_keeps_the_partial_frame() {
     let (client, mut server) = pair();
     let mut raw = client.test_raw();
-    let frame = encode(
-        &raw.send_key,
-        FrameKind::EpochData,
-        7,
-        raw.next_send_seq,
-        &[5u8; 300],
-    );
+    // Three records: cut inside the length prefix, inside the first
+    // record, and between records.
+    let payload = payload(FIRST_PAYLOAD + MAX_PLAINTEXT + 10, 5);
+    let frame = raw.seal(raw.next_send_nonce, FrameKind::EpochData, 7, &payload);
     server
         .set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
-    for part in [&frame[..10], &frame[10..40]] {
+    let between = 2 + MAX_PLAINTEXT + 16;
+    for part in [&frame[..1], &frame[1..40], &frame[40..between]] {
         raw.stream.write_all(part).unwrap();
         let e = server.recv().unwrap_err();
         assert!(matches!(e, TransportError::Timeout), "{e}");
     }
-    raw.stream.write_all(&frame[40..]).unwrap();
+    raw.stream.write_all(&frame[between..]).unwrap();
     server.set_read_timeout(Some(T)).unwrap();
     let f = server.recv().unwrap();
-    assert_eq!((f.seq, f.payload), (1, vec![5u8; 300]));
+    assert_eq!(f.seq, 1);
+    assert!(f.payload == payload);
 }
 
 #[test]
@@ -220,11 +219,13 @@ fn payload_limit_is_inclusive_and_configurable() {
 fn failed_connection_stays_failed_on_both_sides() {
     let (mut client, mut server) = pair();
     let mut raw = client.test_raw();
+    // A record length, then bytes that are no record of this session.
+    raw.stream.write_all(&[32, 0]).unwrap();
     raw.stream
-        .write_all(b"not a frame at all, just garbage")
+        .write_all(b"not a record at all, just garbage")
         .unwrap();
     let e = server.recv().unwrap_err();
-    assert!(matches!(e, TransportError::BadMagic { .. }), "{e}");
+    assert!(matches!(e, TransportError::Auth { .. }), "{e}");
     assert!(e.is_fatal());
     // This side is done, and the peer is told by the shutdown.
     assert!(matches!(server.recv(), Err(TransportError::Closed)));
@@ -236,24 +237,30 @@ fn failed_connection_stays_failed_on_both_sides() {
 }
 
 #[test]
-fn a_payload_hashed_once_goes_out_on_several_connections_and_a_wrong_hash_is_refused() {
-    let data = payload(100_000, 7);
-    let hash = crate::PayloadHash::of(&data);
-    for _ in 0..2 {
-        let (client, mut server) = pair();
-        let (mut tx, _rx) = client.split();
-        tx.send_hashed(FrameKind::EpochData, 4, &data, &hash)
-            .unwrap();
-        let f = server.recv().unwrap();
-        assert_eq!((f.kind, f.term), (FrameKind::EpochData, 4));
-        assert!(f.payload == data);
-    }
-    // A hash of other bytes never passes as this payload.
-    let (client, mut server) = pair();
-    let (mut tx, _rx) = client.split();
-    let other = crate::PayloadHash::of(&payload(100_000, 8));
-    tx.send_hashed(FrameKind::EpochData, 4, &data, &other)
-        .unwrap();
-    let e = server.recv().unwrap_err();
-    assert!(e.to_string().contains("MAC mismatch"), "{e}");
+fn payloads_of_every_record_boundary_size_arrive_whole() {
+    let (mut client, mut server) = pair();
+    let sizes = [
+        0,
+        1,
+        FIRST_PAYLOAD - 1,
+        FIRST_PAYLOAD,
+        FIRST_PAYLOAD + 1,
+        FIRST_PAYLOAD + MAX_PLAINTEXT,
+        FIRST_PAYLOAD + MAX_PLAINTEXT + 1,
+        3 << 20,
+    ];
+    thread::scope(|s| {
+        s.spawn(|| {
+            for (i, n) in sizes.iter().enumerate() {
+                client
+                    .send(FrameKind::EpochData, 9, &payload(*n, i as u8))
+                    .unwrap();
+            }
+        });
+        for (i, n) in sizes.iter().enumerate() {
+            let f = server.recv().unwrap();
+            assert_eq!(f.payload.len(), *n);
+            assert!(f.payload == payload(*n, i as u8), "payload {i} differs");
+        }
+    });
 }

@@ -1,106 +1,117 @@
-//! The pre-shared key: loading rules, redaction, derivations.
+//! The pre-shared key file: length, permissions, links, redaction.
 
+use std::fs::Permissions;
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 
-use crate::key::MacKey;
 use crate::{Psk, TransportError};
 
-fn key_file(bytes: &[u8]) -> tempfile::NamedTempFile {
+fn key_file(bytes: &[u8], mode: u32) -> tempfile::NamedTempFile {
     let mut f = tempfile::NamedTempFile::new().unwrap();
     f.write_all(bytes).unwrap();
     f.flush().unwrap();
+    std::fs::set_permissions(f.path(), Permissions::from_mode(mode)).unwrap();
     f
 }
 
 #[test]
-fn key_file_of_31_bytes_is_refused_naming_path_and_size() {
-    let f = key_file(&[7u8; 31]);
-    let e = Psk::from_file(f.path()).unwrap_err();
-    assert!(
-        matches!(e, TransportError::KeyFileTooShort { len: 31, .. }),
-        "{e}"
-    );
-    let msg = e.to_string();
-    assert!(msg.contains(&f.path().display().to_string()), "{msg}");
-    assert!(
-        msg.contains("is 31 bytes; at least 32 are required"),
-        "{msg}"
-    );
-    assert!(msg.contains("head -c 32 /dev/urandom > key"), "{msg}");
+fn a_32_byte_private_file_is_the_key() {
+    let f = key_file(&[7u8; 32], 0o600);
+    Psk::from_file(f.path()).unwrap();
+    let f = key_file(&[7u8; 32], 0o400);
+    Psk::from_file(f.path()).unwrap();
 }
 
 #[test]
-fn key_file_uses_every_byte() {
-    let f32 = key_file(&[7u8; 32]);
-    Psk::from_file(f32.path()).unwrap();
-    // A trailing newline is part of the key: a different key.
-    let mut with_newline = vec![7u8; 32];
-    with_newline.push(b'\n');
-    let f33 = key_file(&with_newline);
-    let a = Psk::from_file(f32.path()).unwrap();
-    let b = Psk::from_file(f33.path()).unwrap();
-    assert_ne!(a.handshake_mac_key(), b.handshake_mac_key());
+fn any_other_length_is_refused_naming_path_and_size() {
+    for (len, shown) in [
+        (31usize, "31"),
+        (0, "0"),
+        (33, "more than 32"),
+        (4096, "more than 32"),
+    ] {
+        let f = key_file(&vec![7u8; len], 0o600);
+        let e = Psk::from_file(f.path()).unwrap_err();
+        assert!(matches!(e, TransportError::KeyFileBadLength { .. }), "{e}");
+        let msg = e.to_string();
+        assert!(msg.contains(&f.path().display().to_string()), "{msg}");
+        assert!(msg.contains(&format!("holds {shown} bytes")), "{msg}");
+        assert!(msg.contains("hotspare keygen"), "{msg}");
+    }
 }
 
 #[test]
-fn missing_key_file_is_refused_naming_the_path() {
+fn group_or_world_access_is_refused_as_ssh_does() {
+    for mode in [0o640, 0o604, 0o644, 0o620, 0o602, 0o666] {
+        let f = key_file(&[7u8; 32], mode);
+        let e = Psk::from_file(f.path()).unwrap_err();
+        assert!(
+            matches!(e, TransportError::KeyFileInsecure { .. }),
+            "{mode:o}: {e}"
+        );
+        let msg = e.to_string();
+        assert!(msg.contains(&format!("{mode:04o}")), "{msg}");
+        assert!(msg.contains("chmod 600"), "{msg}");
+    }
+}
+
+#[test]
+fn a_symlink_is_refused_even_to_a_good_key() {
+    let f = key_file(&[7u8; 32], 0o600);
     let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(f.path(), &link).unwrap();
+    let e = Psk::from_file(&link).unwrap_err();
+    assert!(matches!(e, TransportError::KeyFileInsecure { .. }), "{e}");
+    assert!(e.to_string().contains("symbolic link"), "{e}");
+}
+
+#[test]
+fn a_directory_or_missing_file_is_refused_naming_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Psk::from_file(dir.path()).unwrap_err();
+    assert!(e.to_string().contains("not a regular file"), "{e}");
     let path = dir.path().join("no-such-key");
     let e = Psk::from_file(&path).unwrap_err();
     assert!(matches!(e, TransportError::KeyFileUnreadable { .. }), "{e}");
-    let msg = e.to_string();
-    assert!(msg.contains(&path.display().to_string()), "{msg}");
-    assert!(msg.starts_with("cannot read key file"), "{msg}");
+    assert!(e.to_string().contains("no-such-key"), "{e}");
 }
 
 #[test]
-fn directory_as_key_file_is_unreadable() {
-    // Tests may run as root, where permission bits do not stop a read; a
-    // directory cannot be read as a file by anyone.
+fn generated_keys_are_written_private_and_never_overwrite() {
     let dir = tempfile::tempdir().unwrap();
-    let e = Psk::from_file(dir.path()).unwrap_err();
-    assert!(matches!(e, TransportError::KeyFileUnreadable { .. }), "{e}");
-    assert!(e.to_string().contains(&dir.path().display().to_string()));
+    let path = dir.path().join("key");
+    let k = Psk::generate().unwrap();
+    k.write_new_file(&path).unwrap();
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(meta.len(), 32);
+    let back = Psk::from_file(&path).unwrap();
+    assert_eq!(back.bytes(), k.bytes());
+    let e = Psk::generate().unwrap().write_new_file(&path).unwrap_err();
+    assert!(matches!(e, TransportError::KeyFileUnwritable { .. }), "{e}");
+    assert_eq!(
+        Psk::from_file(&path).unwrap().bytes(),
+        k.bytes(),
+        "unchanged"
+    );
 }
 
 #[test]
-fn key_bytes_follow_the_same_length_rule() {
-    let e = Psk::from_bytes(&[1u8; 31]).unwrap_err();
-    assert!(matches!(e, TransportError::KeyTooShort { len: 31 }), "{e}");
-    Psk::from_bytes(&[1u8; 32]).unwrap();
-    Psk::from_bytes(&[1u8; 100]).unwrap();
+fn key_bytes_must_be_exactly_32() {
+    assert!(Psk::from_bytes(&[1u8; 32]).is_ok());
+    for len in [0, 31, 33, 64] {
+        let e = Psk::from_bytes(&vec![1u8; len]).unwrap_err();
+        assert!(
+            matches!(e, TransportError::KeyBadLength { len: l } if l == len),
+            "{e}"
+        );
+    }
 }
 
 #[test]
 fn debug_never_shows_the_key() {
-    let k = Psk::from_bytes(b"SECRET-SECRET-SECRET-SECRET-SECRET").unwrap();
-    let dbg = format!("{k:?}");
-    assert!(!dbg.contains("SECRET"), "{dbg}");
-    assert_eq!(dbg, "Psk(34 bytes, redacted)");
-    assert_eq!(format!("{:?}", k.handshake_mac_key()), "MacKey(redacted)");
-}
-
-#[test]
-fn derived_keys_are_distinct_per_purpose_direction_and_session() {
-    let k = Psk::from_bytes(&[9u8; 32]).unwrap();
-    let (n1, n2, n3) = ([1u8; 32], [2u8; 32], [3u8; 32]);
-    let (ir, ri) = k.session_keys(&n1, &n2);
-    let (ir_other, _) = k.session_keys(&n1, &n3);
-    let keys: Vec<MacKey> = vec![
-        k.handshake_mac_key(),
-        k.proof_key(),
-        ir.clone(),
-        ri,
-        ir_other,
-    ];
-    for (i, a) in keys.iter().enumerate() {
-        for b in &keys[i + 1..] {
-            assert_ne!(a, b);
-        }
-    }
-    // Deterministic: both sides derive the same keys from the same nonces.
-    assert_eq!(k.session_keys(&n1, &n2).0, ir);
-    // Another PSK, same nonces: other keys.
-    let other = Psk::from_bytes(&[8u8; 32]).unwrap();
-    assert_ne!(other.session_keys(&n1, &n2).0, ir);
+    let k = Psk::from_bytes(&[0x41; 32]).unwrap();
+    let s = format!("{k:?}");
+    assert_eq!(s, "Psk(32 bytes, redacted)");
 }

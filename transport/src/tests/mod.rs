@@ -1,9 +1,10 @@
-//! Tests that need the crate's internals (session keys, raw streams, the
-//! frame reader). Everything runs on loopback (127.0.0.1, port 0).
+//! Tests that need the crate's internals (sessions, raw streams, the frame
+//! reader). Everything runs on loopback (127.0.0.1, port 0).
 
 mod attacks;
 mod flow;
 mod handshake;
 mod key;
+mod listener;
 mod props;
 mod support;

@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use crate::frame::{HEADER_LEN, MAC_LEN};
 use crate::{Channel, FramedConn, HandshakeParams, Listener, PeerInfo, Psk, Result};
 
 /// Generous handshake/read bound: only reached if something hangs.
@@ -86,49 +85,46 @@ pub struct Proxy {
     /// Where clients connect.
     pub addr: SocketAddr,
     recorded: Arc<Mutex<Vec<u8>>>,
-    upstream: Arc<Mutex<Option<TcpStream>>>,
 }
 
 impl Proxy {
     /// Starts a proxy to `target` in the background.
     pub fn start(target: SocketAddr) -> Proxy {
+        Proxy::start_rewriting(target, |_| {})
+    }
+
+    /// Starts a proxy that passes each chunk the client sends through
+    /// `rewrite` before forwarding it (the record keeps the original).
+    pub fn start_rewriting(target: SocketAddr, rewrite: fn(&mut [u8])) -> Proxy {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let recorded = Arc::new(Mutex::new(Vec::new()));
-        let upstream = Arc::new(Mutex::new(None));
-        let (rec, up) = (recorded.clone(), upstream.clone());
+        let rec = recorded.clone();
         thread::spawn(move || {
             let (client, _) = l.accept().unwrap();
             let server = TcpStream::connect(target).unwrap();
             client.set_nodelay(true).unwrap();
             server.set_nodelay(true).unwrap();
-            *up.lock().unwrap() = Some(server.try_clone().unwrap());
             let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-            thread::spawn(move || pump(c2, s2, Some(rec)));
-            pump(server, client, None);
+            thread::spawn(move || pump(c2, s2, Some(rec), rewrite));
+            pump(server, client, None, |_| {});
         });
-        Proxy {
-            addr,
-            recorded,
-            upstream,
-        }
+        Proxy { addr, recorded }
     }
 
     /// Everything the client has sent so far.
     pub fn recorded(&self) -> Vec<u8> {
         self.recorded.lock().unwrap().clone()
     }
-
-    /// Writes `bytes` to the server as if the client sent them.
-    pub fn inject(&self, bytes: &[u8]) {
-        let guard = self.upstream.lock().unwrap();
-        let mut s = guard.as_ref().expect("proxy connected");
-        s.write_all(bytes).unwrap();
-    }
 }
 
 /// Copies `from` to `to` until either ends, recording if asked.
-fn pump(mut from: TcpStream, mut to: TcpStream, record: Option<Arc<Mutex<Vec<u8>>>>) {
+fn pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    record: Option<Arc<Mutex<Vec<u8>>>>,
+    rewrite: fn(&mut [u8]),
+) {
     let mut buf = [0u8; 16 << 10];
     loop {
         let n = match from.read(&mut buf) {
@@ -138,23 +134,12 @@ fn pump(mut from: TcpStream, mut to: TcpStream, record: Option<Arc<Mutex<Vec<u8>
         if let Some(r) = &record {
             r.lock().unwrap().extend_from_slice(&buf[..n]);
         }
+        rewrite(&mut buf[..n]);
         if to.write_all(&buf[..n]).is_err() {
             break;
         }
     }
     let _ = to.shutdown(Shutdown::Write);
-}
-
-/// Splits a recorded byte stream into whole frames.
-pub fn split_frames(mut bytes: &[u8]) -> Vec<Vec<u8>> {
-    let mut frames = Vec::new();
-    while bytes.len() >= HEADER_LEN {
-        let len = u32::from_le_bytes(bytes[24..28].try_into().unwrap()) as usize;
-        let total = HEADER_LEN + len + MAC_LEN;
-        frames.push(bytes[..total].to_vec());
-        bytes = &bytes[total..];
-    }
-    frames
 }
 
 /// A loopback address for tests that decode without a socket.

@@ -1,0 +1,325 @@
+//! Encrypted records: sealing a frame into records, and reading frames back
+//! from a byte stream, resumably and with bounded allocation.
+//!
+//! The layout is in `frame.rs` and `docs/protocol.md`. Reading checks, in
+//! order: the record length (17 ..= 65535, before the record is read), the
+//! AEAD tag under the direction's key and the record's implicit number
+//! (nonce), then, on a frame's first record, the header: flags, kind and
+//! length against the limit (before any payload buffer is sized from it).
+//! Continuation records must be exactly as long as the sender makes them.
+//! The payload buffer grows only as records arrive.
+
+use std::io::{self, Read};
+use std::net::SocketAddr;
+
+use snow::StatelessTransportState;
+
+use crate::error::{Result, TransportError};
+use crate::frame::{
+    Frame, Header, Limits, FIRST_PAYLOAD, HEADER_LEN, MAX_PLAINTEXT, MAX_RECORD, TAG_LEN,
+};
+
+/// Bytes of the little-endian length before each record.
+pub(crate) const LEN_PREFIX: usize = 2;
+
+/// The AEAD keys of an established session, shared by the two halves of a
+/// connection (each uses only its own direction's key).
+pub(crate) type Session = std::sync::Arc<StatelessTransportState>;
+
+/// Takes the next nonce of a direction, refusing the last value (the Noise
+/// spec reserves 2^64 - 1).
+fn take_nonce(n: &mut u64) -> Result<u64> {
+    if *n == u64::MAX {
+        return Err(TransportError::NonceExhausted);
+    }
+    let this = *n;
+    *n += 1;
+    Ok(this)
+}
+
+/// Appends one record sealing `plaintext` to `out`.
+fn seal_record(
+    s: &StatelessTransportState,
+    nonce: &mut u64,
+    plaintext: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    debug_assert!(plaintext.len() <= MAX_PLAINTEXT);
+    let ct_len = plaintext.len() + TAG_LEN;
+    let at = out.len();
+    out.resize(at + LEN_PREFIX + ct_len, 0);
+    out[at..at + LEN_PREFIX].copy_from_slice(&(ct_len as u16).to_le_bytes());
+    let n = take_nonce(nonce)?;
+    let written = s
+        .write_message(n, plaintext, &mut out[at + LEN_PREFIX..])
+        .map_err(|e| TransportError::Crypto(e.to_string()))?;
+    debug_assert_eq!(written, ct_len);
+    Ok(())
+}
+
+/// Buffers a sender reuses from frame to frame.
+#[derive(Default)]
+pub(crate) struct SealBuffers {
+    /// The first record's plaintext: header, then the payload's start.
+    pub first: Vec<u8>,
+    /// Sealed records not yet written.
+    pub out: Vec<u8>,
+}
+
+/// Seals one frame into records appended to `bufs.out`, calling `flush`
+/// once `batch` bytes or so are sealed and at the end (the sender writes
+/// them out, so a large payload never needs a buffer of its own size).
+pub(crate) fn seal_frame(
+    s: &StatelessTransportState,
+    nonce: &mut u64,
+    (header, payload): (&Header, &[u8]),
+    bufs: &mut SealBuffers,
+    batch: usize,
+    mut flush: impl FnMut(&mut Vec<u8>) -> Result<()>,
+) -> Result<()> {
+    let head = payload.len().min(FIRST_PAYLOAD);
+    bufs.first.clear();
+    bufs.first.extend_from_slice(&header.encode());
+    bufs.first.extend_from_slice(&payload[..head]);
+    seal_record(s, nonce, &bufs.first, &mut bufs.out)?;
+    for chunk in payload[head..].chunks(MAX_PLAINTEXT) {
+        if bufs.out.len() >= batch {
+            flush(&mut bufs.out)?;
+        }
+        seal_record(s, nonce, chunk, &mut bufs.out)?;
+    }
+    flush(&mut bufs.out)
+}
+
+/// A frame whose first record has arrived.
+struct Partial {
+    header: Header,
+    payload: Vec<u8>,
+}
+
+/// Reads frames of one direction from `R`.
+pub(crate) struct FrameReader<R> {
+    inner: R,
+    peer: SocketAddr,
+    session: Session,
+    nonce: u64,
+    limits: Limits,
+    frames: u64,
+    /// Length prefix of the record in progress.
+    len_buf: [u8; LEN_PREFIX],
+    len_got: usize,
+    /// Ciphertext of the record in progress (its length once known).
+    record: Vec<u8>,
+    record_len: Option<usize>,
+    record_got: usize,
+    /// Plaintext of a frame's first record.
+    scratch: Vec<u8>,
+    partial: Option<Partial>,
+}
+
+impl<R: Read> FrameReader<R> {
+    /// A reader whose first record has number `nonce`.
+    pub fn new(inner: R, peer: SocketAddr, session: Session, nonce: u64, limits: Limits) -> Self {
+        FrameReader {
+            inner,
+            peer,
+            session,
+            nonce,
+            limits,
+            frames: 0,
+            len_buf: [0; LEN_PREFIX],
+            len_got: 0,
+            record: vec![0; MAX_RECORD],
+            record_len: None,
+            record_got: 0,
+            scratch: vec![0; MAX_PLAINTEXT],
+            partial: None,
+        }
+    }
+
+    /// Sets the payload limit for frames whose header has not arrived.
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
+    /// The underlying reader.
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
+    /// Reads one complete, authenticated frame.
+    ///
+    /// On [`TransportError::Timeout`] everything received so far is kept
+    /// and the next call continues the same record and frame.
+    pub fn read(&mut self) -> Result<Frame> {
+        loop {
+            let ct_len = self.read_record()?;
+            // The record is complete: whatever happens next starts a new one.
+            self.record_len = None;
+            self.record_got = 0;
+            self.len_got = 0;
+            let nonce = take_nonce(&mut self.nonce)?;
+            match self.partial.take() {
+                None => {
+                    let pt_len = ct_len - TAG_LEN;
+                    self.open(nonce, ct_len, Target::Scratch)?;
+                    let header = Header::parse(&self.scratch[..pt_len], self.limits, self.peer)?;
+                    if pt_len != header.first_record_len() {
+                        return Err(self.bad(format!(
+                            "a frame of {} payload bytes starts with a record of {pt_len} \
+                             plaintext bytes, expected {}",
+                            header.len,
+                            header.first_record_len()
+                        )));
+                    }
+                    let payload = self.scratch[HEADER_LEN..pt_len].to_vec();
+                    if let Some(f) = self.finish(header, payload) {
+                        return Ok(f);
+                    }
+                }
+                Some(Partial {
+                    header,
+                    mut payload,
+                }) => {
+                    let got = payload.len();
+                    let want = (header.len as usize - got).min(MAX_PLAINTEXT);
+                    if ct_len - TAG_LEN != want {
+                        return Err(self.bad(format!(
+                            "a continuation record of {} plaintext bytes, expected {want}",
+                            ct_len - TAG_LEN
+                        )));
+                    }
+                    payload.resize(got + want, 0);
+                    self.open(nonce, ct_len, Target::Payload(&mut payload[got..]))?;
+                    if let Some(f) = self.finish(header, payload) {
+                        return Ok(f);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The frame, if `payload` completes it; otherwise keeps it partial.
+    fn finish(&mut self, header: Header, payload: Vec<u8>) -> Option<Frame> {
+        if payload.len() == header.len as usize {
+            self.frames += 1;
+            Some(Frame {
+                kind: header.kind,
+                term: header.term,
+                seq: self.frames,
+                payload,
+            })
+        } else {
+            self.partial = Some(Partial { header, payload });
+            None
+        }
+    }
+
+    /// Decrypts the record in `self.record[..ct_len]` under `nonce`.
+    fn open(&mut self, nonce: u64, ct_len: usize, target: Target<'_>) -> Result<()> {
+        let out = match target {
+            Target::Scratch => &mut self.scratch[..],
+            Target::Payload(p) => p,
+        };
+        self.session
+            .read_message(nonce, &self.record[..ct_len], out)
+            .map(|_| ())
+            .map_err(|_| TransportError::Auth { peer: self.peer })
+    }
+
+    fn bad(&self, detail: String) -> TransportError {
+        TransportError::BadRecord {
+            peer: self.peer,
+            detail,
+        }
+    }
+
+    /// Reads the rest of the current record; returns its ciphertext length.
+    fn read_record(&mut self) -> Result<usize> {
+        while self.len_got < LEN_PREFIX {
+            let n = fill(
+                &mut self.inner,
+                &mut self.len_buf[self.len_got..],
+                self.peer,
+            )
+            .map_err(|e| self.at_eof(e))?;
+            self.len_got += n;
+        }
+        let len = match self.record_len {
+            Some(l) => l,
+            None => {
+                let l = usize::from(u16::from_le_bytes(self.len_buf));
+                if l <= TAG_LEN {
+                    return Err(self.bad(format!(
+                        "a record of {l} bytes, shorter than the smallest ({})",
+                        TAG_LEN + 1
+                    )));
+                }
+                self.record_len = Some(l);
+                l
+            }
+        };
+        while self.record_got < len {
+            let n = fill(
+                &mut self.inner,
+                &mut self.record[self.record_got..len],
+                self.peer,
+            )
+            .map_err(|e| self.at_eof(e))?;
+            self.record_got += n;
+        }
+        Ok(len)
+    }
+
+    /// Turns end of stream into `Closed` between frames, `Truncated` (of
+    /// the record in progress) inside one.
+    fn at_eof(&self, e: TransportError) -> TransportError {
+        if !matches!(e, TransportError::Closed) {
+            return e;
+        }
+        let (got, want) = match self.record_len {
+            Some(l) => (LEN_PREFIX + self.record_got, LEN_PREFIX + l),
+            None => (self.len_got, LEN_PREFIX),
+        };
+        if got == 0 && self.partial.is_none() {
+            TransportError::Closed
+        } else {
+            TransportError::Truncated {
+                peer: self.peer,
+                got,
+                want,
+            }
+        }
+    }
+}
+
+/// Where [`FrameReader::open`] writes the plaintext.
+enum Target<'a> {
+    Scratch,
+    Payload(&'a mut [u8]),
+}
+
+/// One read into `buf`; never returns 0 (end of stream is `Closed`).
+fn fill(r: &mut impl Read, buf: &mut [u8], peer: SocketAddr) -> Result<usize> {
+    loop {
+        match r.read(buf) {
+            Ok(0) => return Err(TransportError::Closed),
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(map_io_error(e, peer)),
+        }
+    }
+}
+
+/// Maps an I/O error on a connection: timeouts and resets get their own
+/// variants.
+pub(crate) fn map_io_error(e: io::Error, peer: SocketAddr) -> TransportError {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => TransportError::Timeout,
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::BrokenPipe
+        | io::ErrorKind::UnexpectedEof => TransportError::Closed,
+        _ => TransportError::Io { peer, source: e },
+    }
+}
