@@ -4,6 +4,7 @@
 //! - [`commit`]: which spares gate output and how far it is released (no I/O).
 //! - [`standby`]: the shadow: staging, verification, apply, takeover.
 //! - [`liveness`]: failure detection and the takeover decision (no I/O).
+//! - [`bounds`]: what a standby accepts from a primary (no I/O).
 //! - [`trust`]: which of a spare's answers a primary believes (no I/O).
 //! - [`wire`]: the replication messages carried in transport frames.
 //! - [`arbiter`]: the record that says who is primary (etcd, a file).
@@ -14,6 +15,7 @@
 
 pub mod arbiter;
 pub mod arbitration;
+pub mod bounds;
 pub mod commit;
 pub mod fencing;
 mod link;

@@ -23,6 +23,7 @@ use crossbeam::channel::{self, Sender};
 use transport::{Channel, FrameKind, FramedConn, HandshakeParams, Listener, Psk, TransportError};
 
 use super::arbiter::Arbiter;
+use super::bounds::{Admission, Policy, ReplicaShape, ShapeCaps};
 use super::liveness::{StandbyDecision, StandbyFsm, StandbyInput, TICK};
 use super::wire::{self, Ack, EpochBegin, EpochEnd, FenceInfo, Heartbeat, Nack};
 use super::Timing;
@@ -51,9 +52,13 @@ pub struct StandbyConfig {
     /// the VM first.
     pub async_grace: Duration,
     /// Cap on one epoch's staging, in bytes: the received container and,
-    /// separately, its decoded pages (`None`: the guest's memory size plus
-    /// 10% and 64 MiB, enough for any full epoch).
+    /// separately, its decoded pages (`None`: the guest's memory and disks
+    /// plus 10% and 64 MiB, enough for any full epoch).
     pub max_epoch_bytes: Option<u64>,
+    /// The largest VM this standby shadows (`--max-mem-mib`,
+    /// `--max-vcpus`): a primary that announces more is refused before
+    /// anything of its size is staged or created.
+    pub caps: ShapeCaps,
     /// The replica images, in the primary's disk order.
     pub disks: Vec<std::path::PathBuf>,
     /// The TAPs for the primary's NICs, in its order.
@@ -112,8 +117,9 @@ struct Shadow {
     taken_over: bool,
     /// (primary's figures, container bytes) of every committed epoch.
     reports: Vec<(wire::EpochReport, u64)>,
-    /// The operator's cap on one epoch's staging (`--max-epoch-mib`).
-    max_epoch: Option<u64>,
+    /// What a primary's announcements must fit: the caps, the replicas'
+    /// sizes, the cap on one epoch's staging (`--max-epoch-mib`).
+    policy: Policy,
     /// Epochs whose memory hash matched the primary's (test mode).
     verified: u64,
     /// The first epoch whose memory differed from the primary's.
@@ -168,6 +174,7 @@ pub fn run(cfg: StandbyConfig) -> Result<i32> {
         reprotect,
         async_grace,
         max_epoch_bytes,
+        caps,
         disks,
         nets,
         disk_ack,
@@ -193,13 +200,24 @@ pub fn run(cfg: StandbyConfig) -> Result<i32> {
                 .map_err(|e| EngineError::Config(format!("replica {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
+    let policy = Policy {
+        caps,
+        replicas: replicas
+            .iter()
+            .map(|r| ReplicaShape {
+                path: r.path.clone(),
+                bytes: r.bytes,
+            })
+            .collect(),
+        max_epoch: max_epoch_bytes,
+    };
     let listener = Listener::bind(&listen).map_err(EngineError::Transport)?;
     eprintln!("hotspare: standby listening on {}", listener.local_addr());
     let shadow = Arc::new(Mutex::new(Shadow {
         // It replicates after a takeover (dirty logging costs nothing
         // while the vCPUs do not run).
         log_dirty: true,
-        max_epoch: max_epoch_bytes,
+        policy,
         replicas,
         nets,
         disk_ack,
@@ -416,7 +434,7 @@ fn stream_loop(
 ) {
     let mut staging: Vec<u8> = Vec::new();
     let mut stage = StagedEpoch::default();
-    let mut current: Option<EpochBegin> = None;
+    let mut current: Option<(EpochBegin, Admission)> = None;
     loop {
         let f = match conn.recv() {
             Ok(f) => f,
@@ -432,32 +450,26 @@ fn stream_loop(
         let res: std::result::Result<(), String> = match f.kind {
             FrameKind::EpochBegin => {
                 wire::decode::<EpochBegin>("EpochBegin", &f.payload).and_then(|b| {
-                    let (limit, why) = shadow_limit(&shadow);
-                    if b.len > limit {
-                        return Err(format!(
-                            "epoch {} claims {} bytes, more than the {limit} allowed ({why})",
-                            b.seq, b.len
-                        ));
-                    }
+                    let admission = {
+                        let sh = shadow.lock().unwrap_or_else(|e| e.into_inner());
+                        sh.policy.admit(sh.machine.as_ref(), b.seq, b.len)
+                    };
+                    let admission = admission.map_err(|e| e.to_string())?;
                     staging.clear();
-                    staging.reserve(b.len.min(64 << 20) as usize);
-                    current = Some(b);
+                    // Grown as bytes arrive, from at most 64 MiB.
+                    staging.reserve(usize::try_from(b.len.min(64 << 20)).unwrap_or(0));
+                    current = Some((b, admission));
                     Ok(())
                 })
             }
-            FrameKind::EpochData => match &current {
-                Some(b) if staging.len() as u64 + f.payload.len() as u64 <= b.len => {
-                    staging.extend_from_slice(&f.payload);
-                    Ok(())
-                }
-                Some(b) => Err(format!(
-                    "epoch {} overflows its announced {} bytes",
-                    b.seq, b.len
-                )),
+            FrameKind::EpochData => match &mut current {
+                Some((b, admission)) => admission
+                    .data(&mut staging, &f.payload)
+                    .map_err(|e| format!("epoch {}: {e}", b.seq)),
                 None => Err("epoch data without an EpochBegin".into()),
             },
             FrameKind::EpochEnd => match (
-                current.take(),
+                current.take().map(|c| c.0),
                 wire::decode::<EpochEnd>("EpochEnd", &f.payload),
             ) {
                 (Some(b), Ok(end)) if end.seq == b.seq && staging.len() as u64 == b.len => commit(
@@ -477,7 +489,7 @@ fn stream_loop(
         };
         if let Err(why) = res {
             tracing::error!("epoch aborted: {why}; the shadow stays at its last commit");
-            let seq = current.take().map(|b| b.seq).unwrap_or(0);
+            let seq = current.take().map_or(0, |c| c.0.seq);
             let _ = conn.send(
                 FrameKind::Nack,
                 term,
@@ -491,7 +503,32 @@ fn stream_loop(
             // full copy: epochs already in flight on this connection must
             // not be applied (after a takeover their numbers can match
             // another history's).
+            linger(&mut conn);
             return;
+        }
+    }
+}
+
+/// How long a refused stream is drained before it is closed.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Reads and drops what the primary still sends after a `Nack` (the rest
+/// of a refused epoch), until it closes the connection or for at most
+/// [`LINGER`]. Closing at once, with its epoch still arriving, would reset
+/// the connection, and the primary could see the reset before the `Nack`
+/// and never learn why it was refused.
+fn linger(conn: &mut FramedConn) {
+    let until = Instant::now() + LINGER;
+    if conn
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .is_err()
+    {
+        return;
+    }
+    while Instant::now() < until {
+        match conn.recv() {
+            Ok(_) | Err(TransportError::Timeout) => {}
+            Err(_) => return,
         }
     }
 }
@@ -505,30 +542,6 @@ fn poison(sh: &mut Shadow, why: String) -> String {
     sh.fence = None;
     sh.memory_seq = None;
     format!("{why}; the shadow's memory is now inconsistent and it cannot take over until the primary resyncs it")
-}
-
-/// The most bytes one epoch may stage (container, and decoded pages), and
-/// where that limit comes from.
-fn shadow_limit(shadow: &Arc<Mutex<Shadow>>) -> (u64, &'static str) {
-    staging_limit(&shadow.lock().unwrap_or_else(|e| e.into_inner()))
-}
-
-/// [`shadow_limit`] with the shadow already locked.
-fn staging_limit(sh: &Shadow) -> (u64, &'static str) {
-    let derived = match &sh.machine {
-        // A full checkpoint is at most the memory and the disks plus
-        // record headers and state.
-        Some(m) => {
-            let disks: u64 = m.disks.iter().map(|d| d.bytes).sum();
-            (m.mem_regions.iter().map(|r| r.size).sum::<u64>() + disks) * 11 / 10 + (64 << 20)
-        }
-        // Before the first full epoch: up to 64 GiB of guest memory.
-        None => 70 << 30,
-    };
-    match sh.max_epoch {
-        Some(cap) if cap < derived => (cap, "set by --max-epoch-mib"),
-        _ => (derived, "the guest's memory plus headroom"),
-    }
 }
 
 /// Verifies a staged epoch, acknowledges it and applies it.
@@ -554,7 +567,7 @@ fn commit(
     check_fence(&sh, end.fence.as_ref())?;
     // Verified and decoded in one pass; nothing is applied unless all of
     // it passed.
-    let (max_decoded, why) = staging_limit(&sh);
+    let (max_decoded, why) = sh.policy.staging_limit(sh.machine.as_ref());
     let header = stage
         .parse(staged, &limits, sh.fingerprint.as_ref(), max_decoded)
         .map_err(|e| format!("epoch {}: {e} ({why})", end.seq))?;
@@ -590,12 +603,12 @@ fn commit(
             .config()
             .cloned()
             .ok_or("full epoch without a Config section")?;
-        let bytes = machine.mem_regions.iter().map(|r| r.size).sum();
+        // Nothing of the announced size exists before this passed.
+        let bytes = sh
+            .policy
+            .check_shape(&machine)
+            .map_err(|e| format!("epoch {}: {e}", end.seq))?;
         let ram = Ram::new(bytes).map_err(|e| e.to_string())?;
-        if ram.layout() != machine.mem_regions {
-            return Err("the primary's memory layout is not one this engine builds".into());
-        }
-        check_replicas(&machine, &sh.replicas)?;
         let cfg = VmConfig {
             mem_bytes: bytes,
             vcpus: machine.vcpus,
@@ -794,30 +807,4 @@ fn check_fence(sh: &Shadow, fence: Option<&FenceInfo>) -> std::result::Result<()
             "the primary runs with --arbiter none but this standby is fenced by {id}: a takeover could fork the VM; give both the same --arbiter"
         )),
     }
-}
-
-/// Checks the replicas match the primary's disks: as many, each of the
-/// same size (the error names the disk).
-fn check_replicas(
-    machine: &MachineConfig,
-    replicas: &[Arc<DiskImage>],
-) -> std::result::Result<(), String> {
-    if machine.disks.len() != replicas.len() {
-        return Err(format!(
-            "the primary's VM has {} disks but this standby was given {} replicas (--disk)",
-            machine.disks.len(),
-            replicas.len()
-        ));
-    }
-    for (i, (l, r)) in machine.disks.iter().zip(replicas).enumerate() {
-        if l.bytes != r.bytes {
-            return Err(format!(
-                "disk {i}: the primary's disk has {} bytes but replica {} has {}",
-                l.bytes,
-                r.path.display(),
-                r.bytes
-            ));
-        }
-    }
-    Ok(())
 }
