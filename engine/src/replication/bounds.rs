@@ -212,6 +212,16 @@ pub enum BoundsError {
         /// The replica.
         path: PathBuf,
     },
+    /// Not one TAP per NIC.
+    #[error(
+        "NICs: the primary's VM has {announced} NICs but this standby was given {given} (--net)"
+    )]
+    Nics {
+        /// The NICs in the epoch.
+        announced: usize,
+        /// The standby's TAPs.
+        given: usize,
+    },
     /// An epoch larger than its staging limit.
     #[error("epoch {seq} claims {len} bytes, more than the {limit} allowed ({why})")]
     Staging {
@@ -232,6 +242,9 @@ pub enum BoundsError {
         /// Its announced container length.
         len: u64,
     },
+    /// A position or size past 2^64.
+    #[error("{0} overflows 64 bits")]
+    Arithmetic(&'static str),
     /// A `Config` section larger than any machine configuration.
     #[error("a Config section of {len} bytes: more than the {MAX_CONFIG_BYTES} a machine configuration may take")]
     ConfigTooLarge {
@@ -241,6 +254,17 @@ pub enum BoundsError {
     /// The first bytes of the container are already wrong.
     #[error("{0}")]
     Container(String),
+    /// Console output that does not end where the checkpoint's console is.
+    #[error(
+        "console output: the epoch's output ends at byte {end} but its checkpoint's console \
+         is at {state}"
+    )]
+    Console {
+        /// Where the epoch's output ends.
+        end: u64,
+        /// The checkpoint's console position.
+        state: u64,
+    },
 }
 
 /// Bytes, with MiB beside them.
@@ -475,6 +499,33 @@ pub fn peek_config(prefix: &[u8]) -> Result<Peek, BoundsError> {
         ));
     }
     Ok(Peek::Config(m))
+}
+
+/// Checks an epoch's console output before its ack: it starts at
+/// `start`, and must end where its checkpoint's console is.
+pub fn check_output(start: u64, output: &[u8], console_pos: u64) -> Result<(), BoundsError> {
+    let end = u64::try_from(output.len())
+        .ok()
+        .and_then(|n| start.checked_add(n))
+        .ok_or(BoundsError::Arithmetic(
+            "the epoch's console output position",
+        ))?;
+    if end != console_pos {
+        return Err(BoundsError::Console {
+            end,
+            state: console_pos,
+        });
+    }
+    Ok(())
+}
+
+/// Checks a committed epoch carries one output list per NIC of this
+/// standby (`given` TAPs, `--net`).
+pub fn check_nics(announced: usize, given: usize) -> Result<(), BoundsError> {
+    if announced != given {
+        return Err(BoundsError::Nics { announced, given });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -263,3 +263,22 @@ fn peeking_waits_for_the_config_skips_increments_and_refuses_garbage_early() {
         Err(BoundsError::ConfigTooLarge { len: 1 << 40 })
     );
 }
+
+#[test]
+fn console_output_must_end_at_the_checkpoints_console_without_overflow() {
+    assert_eq!(check_output(10, b"abc", 13), Ok(()));
+    assert_eq!(
+        check_output(10, b"abc", 14),
+        Err(BoundsError::Console { end: 13, state: 14 })
+    );
+    assert!(matches!(
+        check_output(u64::MAX, b"a", 0),
+        Err(BoundsError::Arithmetic(_))
+    ));
+    assert_eq!(check_nics(1, 1), Ok(()));
+    let s = check_nics(100_000, 1).unwrap_err().to_string();
+    assert!(
+        s.contains("100000 NICs but this standby was given 1 (--net)"),
+        "{s}"
+    );
+}

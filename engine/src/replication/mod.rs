@@ -17,6 +17,7 @@ pub mod arbiter;
 pub mod arbitration;
 pub mod bounds;
 pub mod commit;
+pub mod consoleout;
 pub mod fencing;
 mod link;
 mod livecopy;

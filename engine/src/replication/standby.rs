@@ -23,7 +23,8 @@ use crossbeam::channel::{self, Sender};
 use transport::{Channel, FrameKind, FramedConn, HandshakeParams, Listener, Psk, TransportError};
 
 use super::arbiter::Arbiter;
-use super::bounds::{Admission, Policy, ReplicaShape, ShapeCaps};
+use super::bounds::{self, Admission, Policy, ReplicaShape, ShapeCaps};
+use super::consoleout::CommittedOutput;
 use super::liveness::{StandbyDecision, StandbyFsm, StandbyInput, TICK};
 use super::wire::{self, Ack, EpochBegin, EpochEnd, FenceInfo, Heartbeat, Nack};
 use super::Timing;
@@ -103,9 +104,9 @@ struct Shadow {
     fingerprint: Option<Fingerprint>,
     vm: Option<Vm>,
     state: Option<EpochState>,
-    /// Committed console output the primary may not have released:
-    /// (position of the first byte, bytes), ending at the committed position.
-    output: (u64, Vec<u8>),
+    /// Committed console output the primary may not have released,
+    /// ending at the committed position.
+    output: CommittedOutput,
     /// Committed frames the primary may not have sent, per NIC.
     frames: super::netout::CommittedFrames,
     /// The TAPs for the NICs (`--net`).
@@ -162,6 +163,10 @@ enum Event {
 #[path = "takeover.rs"]
 mod takeover;
 use takeover::{claim, take_over, Takeover};
+
+#[cfg(test)]
+#[path = "standby_tests.rs"]
+mod tests;
 
 /// Runs the standby until it takes over and the guest stops (returns the
 /// guest's exit status), or until the primary's guest ends on its own.
@@ -646,11 +651,13 @@ fn commit(
     let state = if precopy {
         None
     } else {
-        Some(
-            stage
-                .state()
-                .map_err(|e| format!("epoch {}: {e}", end.seq))?,
-        )
+        let state = stage
+            .state()
+            .map_err(|e| format!("epoch {}: {e}", end.seq))?;
+        bounds::check_output(end.output_start, &end.output, state.console_pos)
+            .and_then(|()| bounds::check_nics(end.net.len(), sh.nets.len()))
+            .map_err(|e| format!("epoch {}: {e}", end.seq))?;
+        Some(state)
     };
     // Nothing can refuse the epoch from here on: once a replica holds its
     // blocks, the epoch must be committed whole (memory and state too), or
@@ -705,45 +712,18 @@ fn commit(
         sh.term = term;
         return Ok(());
     };
-    let (base, buf) = &mut sh.output;
-    if header.kind == CheckpointKind::Full || *base + buf.len() as u64 != end.output_start {
-        // A new sync (or the first epoch): output before it was released by
-        // the primary while unprotected.
-        *base = end.output_start;
-        buf.clear();
-    }
-    buf.extend_from_slice(&end.output);
-    // Drop what the primary says it has released.
-    let drop_n = end.released.saturating_sub(*base).min(buf.len() as u64) as usize;
-    buf.drain(..drop_n);
-    *base += drop_n as u64;
-    if *base + buf.len() as u64 != state.console_pos {
-        // Cannot happen with a correct primary; the epoch is acked already,
-        // so keep its state and say what is inconsistent.
-        tracing::error!(
-            "epoch {}: console output ends at {} but the checkpoint's console is at {}",
-            end.seq,
-            *base + buf.len() as u64,
-            state.console_pos
-        );
-        *base = state.console_pos;
-        buf.clear();
-    }
-    if end.net.len() != sh.nets.len() {
-        // Acked already (the check comes after staging): keep the state, and
-        // say why a takeover would fail.
-        tracing::error!(
-            "epoch {}: the primary's VM has {} NICs but this standby was given {} (--net): a takeover will fail",
-            end.seq,
-            end.net.len(),
-            sh.nets.len()
+    // Its output ends at its console position (checked before the ack).
+    let full = header.kind == CheckpointKind::Full;
+    let over = sh
+        .output
+        .commit(full, end.output_start, &end.output, end.released);
+    if over > 0 {
+        tracing::warn!(
+            "the primary reports no release for more than {} bytes of committed console output; the {over} oldest are no longer kept for a takeover",
+            super::consoleout::MAX_KEPT_BYTES
         );
     }
-    let ends = sh.frames.commit(
-        header.kind == CheckpointKind::Full,
-        &end.net,
-        &end.net_released,
-    );
+    let ends = sh.frames.commit(full, &end.net, &end.net_released);
     for (i, end_pos) in ends.into_iter().enumerate() {
         let id = format!("virtio-net.{i}");
         let rec = state.devices.iter().find(|r| r.id == id);

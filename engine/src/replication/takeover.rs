@@ -135,7 +135,7 @@ pub(super) fn take_over(shadow: &Arc<Mutex<Shadow>>, t: Takeover) -> Result<i32>
         let heard = *last_heard.lock().unwrap_or_else(|e| e.into_inner());
         heard.saturating_duration_since(c)
     });
-    let (out_start, out) = std::mem::take(&mut sh.output);
+    let (out_start, out) = sh.output.take();
     let net_frames = sh.frames.take();
     let reports = std::mem::take(&mut sh.reports);
     sh.report_verified();
@@ -160,10 +160,10 @@ pub(super) fn take_over(shadow: &Arc<Mutex<Shadow>>, t: Takeover) -> Result<i32>
     }
     vm.restore_devices(&state.devices)?;
     vm.set_console(console, out_start);
-    if out_start + out.len() as u64 != state.console_pos {
+    let out_end = out_start.checked_add(out.len() as u64);
+    if out_end != Some(state.console_pos) {
         return Err(EngineError::Config(format!(
-            "epoch {seq}: output ends at {} but the checkpoint's console is at {}",
-            out_start + out.len() as u64,
+            "epoch {seq}: output ends at {out_end:?} but the checkpoint's console is at {}",
             state.console_pos
         )));
     }
@@ -286,9 +286,12 @@ pub(super) fn report(r: &[(wire::EpochReport, u64)]) -> String {
         .collect();
     let pct = super::super::primary::percentile;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    let pages: u64 = r.iter().map(|e| e.0.pages).sum();
-    let raw: u64 = r.iter().map(|e| e.0.raw_bytes).sum();
-    let wire: u64 = r.iter().map(|e| e.1).sum();
+    // The primary's figures come from the network: summed saturating.
+    let sum =
+        |f: fn(&(wire::EpochReport, u64)) -> u64| r.iter().map(f).fold(0, u64::saturating_add);
+    let pages = sum(|e| e.0.pages);
+    let raw = sum(|e| e.0.raw_bytes);
+    let wire = sum(|e| e.1);
     format!(
         "replication summary: {} epochs committed ({} full); incremental pause p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms; \
          {} dirty pages; {} bytes raw, {} bytes on the wire; ack latency p50 {:.2} ms, p99 {:.2} ms",
