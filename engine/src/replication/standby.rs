@@ -14,7 +14,7 @@
 //! the vCPU threads.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use checkpoint::fingerprint::{Fingerprint, MachineConfig};
@@ -247,6 +247,11 @@ pub fn run(cfg: StandbyConfig) -> Result<i32> {
     // When the current claim started (for the takeover's figures).
     let mut claimed: Option<Instant> = None;
     loop {
+        if shadow.is_poisoned() {
+            // A commit panicked while holding the shadow: what it holds may
+            // be half-applied. Never take over from it; end the process.
+            return Err(EngineError::ShadowPoisoned);
+        }
         let input = match ev_rx.recv_timeout(TICK) {
             Ok(Event::Input(i)) => i,
             Ok(Event::Refused(why)) => {
@@ -273,7 +278,7 @@ pub fn run(cfg: StandbyConfig) -> Result<i32> {
         match decision {
             StandbyDecision::Continue | StandbyDecision::Claim { .. } => {}
             StandbyDecision::Forget => {
-                let mut sh = shadow.lock().unwrap_or_else(|e| e.into_inner());
+                let mut sh = lock(&shadow)?;
                 sh.state = None;
                 sh.fence = None;
                 eprintln!("hotspare: standby stays a shadow; its committed state is stale and forgotten until a primary resyncs it");
@@ -287,7 +292,7 @@ pub fn run(cfg: StandbyConfig) -> Result<i32> {
                 );
             }
             StandbyDecision::Stop => {
-                let sh = shadow.lock().unwrap_or_else(|e| e.into_inner());
+                let sh = lock(&shadow)?;
                 sh.report_verified();
                 eprintln!(
                     "hotspare: standby saw {} committed epochs; no takeover; cpu {:.3} s",
@@ -300,6 +305,7 @@ pub fn run(cfg: StandbyConfig) -> Result<i32> {
             StandbyDecision::TakeOver { term, .. } => {
                 let decided = Instant::now();
                 let claim_at = claimed.unwrap_or(decided);
+                // A plain time stamp: a panic cannot leave it half-written.
                 let heard = *last_heard.lock().unwrap_or_else(|e| e.into_inner());
                 return take_over(
                     &shadow,
@@ -401,6 +407,7 @@ fn heartbeat_loop(
         }
         let input = match f.kind {
             FrameKind::Heartbeat => {
+                // A plain time stamp: a panic cannot leave it half-written.
                 *heard.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
                 let _ = conn.send(FrameKind::HeartbeatAck, f.term, &[]);
                 match wire::decode::<Heartbeat>("Heartbeat", &f.payload) {
@@ -451,12 +458,13 @@ fn stream_loop(
                 return;
             }
         };
+        // A plain time stamp: a panic cannot leave it half-written.
         *heard.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
         let res: std::result::Result<(), String> = match f.kind {
             FrameKind::EpochBegin => {
                 wire::decode::<EpochBegin>("EpochBegin", &f.payload).and_then(|b| {
                     let admission = {
-                        let sh = shadow.lock().unwrap_or_else(|e| e.into_inner());
+                        let sh = lock(&shadow).map_err(|e| e.to_string())?;
                         sh.policy.admit(sh.machine.as_ref(), b.seq, b.len)
                     };
                     let admission = admission.map_err(|e| e.to_string())?;
@@ -538,6 +546,14 @@ fn linger(conn: &mut FramedConn) {
     }
 }
 
+/// Locks the shadow. A poisoned lock means a thread panicked while it held
+/// the shadow, in the middle of a commit: its memory, replicas and state
+/// may be half-applied. So never `into_inner`: every caller refuses, and
+/// the decision loop ends the process (`docs/failover.md`, guarantee 8).
+fn lock(shadow: &Mutex<Shadow>) -> Result<MutexGuard<'_, Shadow>> {
+    shadow.lock().map_err(|_| EngineError::ShadowPoisoned)
+}
+
 /// An epoch failed after its ack (a write into shadow memory failed, e.g.
 /// the host ran out of memory): the shadow's memory is part-way between two
 /// commits, so it must not take over from it. Forget the committed state
@@ -562,7 +578,7 @@ fn commit(
     ev: &Sender<Event>,
 ) -> std::result::Result<(), String> {
     let limits = Limits::default();
-    let mut sh = shadow.lock().unwrap_or_else(|e| e.into_inner());
+    let mut sh = lock(shadow).map_err(|e| e.to_string())?;
     if sh.taken_over {
         return Err("the standby took over; epochs are no longer accepted".into());
     }
