@@ -70,6 +70,10 @@ pub enum EngineError {
     #[error("this primary was superseded ({0}); its guest stops without releasing held output")]
     Superseded(String),
 
+    /// A thread panicked while it held the standby's shadow (applying an
+    /// epoch): what the shadow holds may be half-applied.
+    #[error("the shadow is poisoned: a thread panicked while it held the shadow (applying an epoch), so its memory, replicas and state may be half-applied; this standby refuses to take over from it and exits")]
+    ShadowPoisoned,
     #[error(transparent)]
     Transport(#[from] transport::TransportError),
     /// Plain I/O error with context.

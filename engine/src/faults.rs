@@ -7,6 +7,10 @@
 //! cleanup, no goodbye, the kernel closes the sockets. Without the variable
 //! a point costs one relaxed atomic load.
 //!
+//! `HOTSPARE_FAULT=<point>:<n>:panic` panics the thread there instead (a
+//! bug, not a crash): the process lives on with whatever locks that thread
+//! held poisoned.
+//!
 //! The points (`hw-tests/tests/fault_points.rs` has a test for each):
 //! - `primary-mid-epoch`: the primary has sent part of an epoch's data;
 //! - `primary-before-ack`: the primary has sent a whole epoch and not yet
@@ -58,22 +62,28 @@ impl Point {
     }
 }
 
-/// The armed point and the hit that fires it.
+/// The armed point, the hit that fires it, and whether it panics (else
+/// SIGKILL).
 struct Armed {
     point: Point,
     at: u64,
+    panic: bool,
 }
 
-/// Parses `<point>[:<n>]`.
+/// Parses `<point>[:<n>][:panic]`.
 fn parse(spec: &str) -> Result<Armed, String> {
-    let (name, n) = match spec.split_once(':') {
+    let (rest, panic) = match spec.strip_suffix(":panic") {
+        Some(rest) if rest.contains(':') => (rest, true),
+        _ => (spec, false),
+    };
+    let (name, n) = match rest.split_once(':') {
         Some((name, n)) => (
             name,
             n.parse::<u64>().ok().filter(|&n| n > 0).ok_or_else(|| {
                 format!("HOTSPARE_FAULT={spec:?}: the count must be a positive number")
             })?,
         ),
-        None => (spec, 1),
+        None => (rest, 1),
     };
     let point = Point::ALL
         .into_iter()
@@ -84,7 +94,11 @@ fn parse(spec: &str) -> Result<Armed, String> {
                 Point::ALL.map(Point::name).join(", ")
             )
         })?;
-    Ok(Armed { point, at: n })
+    Ok(Armed {
+        point,
+        at: n,
+        panic,
+    })
 }
 
 fn armed() -> Option<&'static Armed> {
@@ -122,6 +136,13 @@ pub fn hit(point: Point) {
         return;
     }
     if HITS.fetch_add(1, Ordering::SeqCst) + 1 == a.at {
+        if a.panic {
+            panic!(
+                "hotspare: fault point {} hit (#{}): panic",
+                point.name(),
+                a.at
+            );
+        }
         eprintln!(
             "hotspare: fault point {} hit (#{}): SIGKILL",
             point.name(),
@@ -140,7 +161,16 @@ mod tests {
     #[test]
     fn specs_name_a_point_and_a_positive_count() {
         let a = parse("primary-before-ack:7").unwrap();
-        assert_eq!((a.point, a.at), (Point::PrimaryBeforeAck, 7));
+        assert_eq!(
+            (a.point, a.at, a.panic),
+            (Point::PrimaryBeforeAck, 7, false)
+        );
+        let a = parse("standby-before-apply:3:panic").unwrap();
+        assert_eq!(
+            (a.point, a.at, a.panic),
+            (Point::StandbyBeforeApply, 3, true)
+        );
+        assert!(parse("standby-before-apply:panic").is_err());
         assert_eq!(parse("store-mid-write").unwrap().at, 1);
         let e = parse("primary-mid-epoch:0").err().unwrap();
         assert!(e.contains("positive"), "{e}");

@@ -290,9 +290,19 @@ struct StandbyArgs {
     /// Cap, in MiB, on one epoch's staging: the received container and,
     /// separately, its decoded pages. Larger epochs are refused with a
     /// message naming this option (the primary then runs unprotected and
-    /// says why). Default: the guest's memory plus 10% and 64 MiB.
+    /// says why). Default: the guest's memory and disks plus 10% and 64 MiB.
     #[arg(long)]
     max_epoch_mib: Option<u64>,
+    /// The most guest memory, in MiB, this standby shadows: a primary
+    /// announcing more is refused (it runs unprotected and says why)
+    /// before anything of that size is staged or created. Default: this
+    /// host's physical RAM.
+    #[arg(long, value_name = "MIB")]
+    max_mem_mib: Option<u64>,
+    /// The most vCPUs this standby shadows (1 to 64): a primary announcing
+    /// more is refused. Default: 64, the engine's limit.
+    #[arg(long, value_name = "N")]
+    max_vcpus: Option<u32>,
     /// A replica image for the primary's disk of the same position
     /// (repeatable, in the primary's --disk order): the same size as the
     /// primary's disk. After a takeover it is the VM's disk.
@@ -611,6 +621,17 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
 
 fn standby(a: StandbyArgs) -> anyhow::Result<i32> {
     no_mac(&a.nets, "standby")?;
+    let caps = engine::replication::bounds::ShapeCaps::new(a.max_mem_mib, a.max_vcpus)?;
+    let max_epoch_bytes = match a.max_epoch_mib {
+        Some(0) => anyhow::bail!("--max-epoch-mib must be at least 1"),
+        Some(m) => Some(m.checked_mul(1 << 20).ok_or_else(|| {
+            anyhow::anyhow!(
+                "--max-epoch-mib {m} is too large (at most {})",
+                u64::MAX >> 20
+            )
+        })?),
+        None => None,
+    };
     let timing = a.timing.timing()?;
     // The next primary's configuration: this standby becomes it at a
     // takeover, with the --reprotect spares and the record's other spares.
@@ -660,10 +681,8 @@ fn standby(a: StandbyArgs) -> anyhow::Result<i32> {
         console: open_console(&a.console)?,
         reprotect,
         async_grace: Duration::from_millis(a.async_grace_ms),
-        max_epoch_bytes: match a.max_epoch_mib {
-            Some(0) => anyhow::bail!("--max-epoch-mib must be at least 1"),
-            m => m.map(|m| m << 20),
-        },
+        max_epoch_bytes,
+        caps,
         disks: a.disks,
         nets: a.nets,
         disk_ack: a.disk_ack,

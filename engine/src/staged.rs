@@ -59,7 +59,8 @@ pub struct StagedEpoch {
 
 /// Refuses to stage `more` bytes on top of `have` past `cap`.
 fn over_cap(have: usize, more: usize, cap: u64) -> std::result::Result<(), CheckpointError> {
-    if (have + more) as u64 > cap {
+    let total = have.checked_add(more).and_then(|t| u64::try_from(t).ok());
+    if !matches!(total, Some(t) if t <= cap) {
         return Err(CheckpointError::Decode(format!(
             "the epoch decodes to more than the {cap} bytes of staging allowed"
         )));
@@ -201,7 +202,7 @@ impl StagedEpoch {
                     disks.len()
                 )));
             };
-            if off >= size || !off.is_multiple_of(BLOCK) || len.div_ceil(BLOCK) * BLOCK != len {
+            if off >= size || !off.is_multiple_of(BLOCK) || !len.is_multiple_of(BLOCK) {
                 return Err(EngineError::Config(format!(
                     "the epoch writes {len} bytes at offset {off:#x} of disk {disk}, \
                      which has {size} bytes"
@@ -216,17 +217,24 @@ impl StagedEpoch {
     /// (`fdatasync`). Returns the bytes written.
     pub fn apply_disks(&self, disks: &[std::sync::Arc<DiskImage>], durable: bool) -> Result<u64> {
         let mut touched = vec![false; disks.len()];
-        let mut bytes = 0;
+        let mut bytes = 0u64;
         for op in &self.disk_ops {
             let (disk, off, len) = op.span();
-            let d = &disks[disk as usize];
+            let i = disk as usize;
+            let Some(d) = disks.get(i) else {
+                return Err(EngineError::Config(format!(
+                    "the epoch writes disk {disk}, but there are {} replicas",
+                    disks.len()
+                )));
+            };
             let ctx = || format!("replica {} at offset {off:#x}", d.path.display());
-            bytes += match *op {
+            let written = match *op {
                 DiskOp::Data { at, len, .. } => d.write_blocks(off, &self.arena[at..at + len]),
                 DiskOp::Zero { .. } => d.punch_blocks(off, len),
             }
             .map_err(EngineError::io(ctx()))?;
-            touched[disk as usize] = true;
+            bytes = bytes.saturating_add(written);
+            touched[i] = true;
         }
         if durable {
             for (d, _) in disks.iter().zip(&touched).filter(|(_, &t)| t) {

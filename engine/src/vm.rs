@@ -32,6 +32,8 @@ const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Interval between kicks of a vCPU that has not parked yet.
 const KICK_INTERVAL: Duration = Duration::from_micros(500);
+/// Most vCPUs a VM may have.
+pub const MAX_VCPUS: u32 = 64;
 
 /// How to build a VM.
 #[derive(Clone, Debug)]
@@ -268,9 +270,9 @@ impl Vm {
         console: Box<dyn std::io::Write + Send>,
         ram: Option<Ram>,
     ) -> Result<Vm> {
-        if cfg.vcpus == 0 || cfg.vcpus > 64 {
+        if cfg.vcpus == 0 || cfg.vcpus > MAX_VCPUS {
             return Err(EngineError::Config(format!(
-                "--vcpus must be between 1 and 64, got {}",
+                "--vcpus must be between 1 and {MAX_VCPUS}, got {}",
                 cfg.vcpus
             )));
         }

@@ -223,3 +223,51 @@ fn bad_net_options_are_refused_with_the_reason() {
     assert!(!ok);
     assert!(err.contains("the MAC comes from the checkpoint"), "{err}");
 }
+
+#[test]
+fn bad_standby_caps_are_refused_naming_the_option() {
+    // Checked before the key file is read: a wrong order would complain
+    // about the missing key instead.
+    for (args, want) in [
+        (
+            ["--max-mem-mib", "0"],
+            "--max-mem-mib must be between 1 and 17592186044415, got 0",
+        ),
+        (
+            ["--max-mem-mib", "17592186044416"],
+            "--max-mem-mib must be between 1 and 17592186044415, got 17592186044416",
+        ),
+        (
+            ["--max-mem-mib", "lots"],
+            "invalid value 'lots' for '--max-mem-mib",
+        ),
+        (
+            ["--max-vcpus", "0"],
+            "--max-vcpus must be between 1 and 64, got 0",
+        ),
+        (
+            ["--max-vcpus", "65"],
+            "--max-vcpus must be between 1 and 64, got 65",
+        ),
+        (
+            ["--max-epoch-mib", "0"],
+            "--max-epoch-mib must be at least 1",
+        ),
+        (
+            ["--max-epoch-mib", "18446744073709551615"],
+            "--max-epoch-mib 18446744073709551615 is too large",
+        ),
+    ] {
+        let mut all = vec![
+            "standby",
+            "--listen",
+            "127.0.0.1:0",
+            "--key-file",
+            "/nonexistent/key",
+        ];
+        all.extend(args);
+        let (ok, err) = run(&all);
+        assert!(!ok, "{args:?} was accepted");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}

@@ -230,8 +230,8 @@ fn a_replica_of_the_wrong_size_is_refused_clearly() {
     // The guest still runs (unprotected), and the primary says why.
     assert!(st.success(), "{err}");
     assert!(
-        err.contains("disk 0: the primary's disk has 8388608 bytes but replica")
-            && err.contains("4194304"),
+        err.contains("disk 0: the primary announces 8388608 bytes but replica")
+            && err.contains("small.img has 4194304"),
         "{err}\nstandby:\n{}",
         standby.stderr()
     );

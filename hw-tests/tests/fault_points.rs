@@ -125,6 +125,45 @@ fn standby_crash_after_the_ack_before_the_apply() {
     assert!(std::fs::read(&scon).unwrap_or_default().is_empty());
 }
 
+/// A panic in the standby's apply path (after its ack, holding the
+/// shadow) poisons the shadow. The primary is killed at that moment, the
+/// most tempting one for a takeover, but the standby refuses to resume a
+/// half-applied state: it says so and exits non-zero, its console empty.
+#[test]
+fn a_panic_while_applying_poisons_the_shadow_and_no_takeover_follows() {
+    if !common::kvm_available() {
+        return;
+    }
+    let mut rng = Rng::from_env("standby-panic");
+    let dir = TempDir::new("fault-panic");
+    let key = common::key_file(&dir, "key", rng.next());
+    let (pcon, scon) = (dir.path("p.txt"), dir.path("s.txt"));
+    let spec = GuestSpec::new("memtest", CMDLINE);
+    let fault = format!("standby-before-apply:{}:panic", rng.range(10, 60));
+    let (mut sb, addr) = standby(&key, &scon, Some(&fault));
+    let mut p = primary(&spec, &pcon, &addr, &key, None);
+    let hit = sb.wait_line(
+        "fault point standby-before-apply hit",
+        Duration::from_secs(60),
+    );
+    p.child.kill().unwrap();
+    p.child.wait().unwrap();
+    assert!(
+        hit.is_some_and(|l| l.contains("panic")),
+        "{fault}: the standby did not panic at the point\n{}",
+        sb.stderr()
+    );
+    let st = sb.wait(Duration::from_secs(30), "the poisoned standby");
+    let err = sb.stderr();
+    assert_eq!(st.code(), Some(1), "{fault}: {st}\n{err}");
+    assert!(
+        err.contains("the shadow is poisoned") && err.contains("refuses to take over"),
+        "{fault}: the standby did not say why\n{err}"
+    );
+    assert!(!err.contains("TAKING OVER"), "{fault}:\n{err}");
+    assert!(std::fs::read(&scon).unwrap_or_default().is_empty());
+}
+
 #[test]
 fn store_crash_mid_write_restores_the_previous_checkpoint() {
     if !common::kvm_available() {

@@ -13,11 +13,12 @@ use std::time::{Duration, Instant};
 use checkpoint::format::Header;
 use checkpoint::pages::Compression;
 use crossbeam::channel::{Receiver, Sender, TrySendError};
-use transport::{FrameKind, FramedConn, TransportError};
+use transport::{Frame, FrameKind, FramedConn, TransportError};
 
 use super::commit::{CommitSet, Kind, SpareId};
 use super::livecopy::{CopyFigures, LiveCopy};
 use super::liveness::{ShadowDecision, ShadowMonitor};
+use super::trust::{self, LinkView};
 use super::wire::{self, Ack, EpochBegin, EpochEnd, Heartbeat, Nack};
 use super::Timing;
 use crate::capture;
@@ -394,7 +395,9 @@ pub(super) fn send_epoch(
     Ok(())
 }
 
-pub(super) fn acker(mut conn: transport::Receiver, shared: Arc<LinkShared>) {
+/// A link's ack thread: reads the spare's answers on the stream of term
+/// `term` until the link is lost.
+pub(super) fn acker(mut conn: transport::Receiver, term: u64, shared: Arc<LinkShared>) {
     loop {
         if shared.is_lost() {
             // Unblock a sender stuck writing to a peer that stopped
@@ -411,44 +414,61 @@ pub(super) fn acker(mut conn: transport::Receiver, shared: Arc<LinkShared>) {
                 return;
             }
         };
-        match frame.kind {
-            FrameKind::Ack => {
-                let Ok(ack) = wire::decode::<Ack>("Ack", &frame.payload) else {
-                    shared.lose("malformed ack".into());
-                    return;
-                };
-                crate::faults::hit(crate::faults::Point::PrimaryBeforeRelease);
-                let mut inflight = shared.inflight.lock().unwrap_or_else(|e| e.into_inner());
-                let mut sent = false;
-                while inflight.front().is_some_and(|f| f.0 <= ack.seq) {
-                    if let Some((seq, at)) = inflight.pop_front() {
-                        if seq == ack.seq {
-                            super::push_bounded(
-                                &mut shared.ack_latency.lock().unwrap_or_else(|e| e.into_inner()),
-                                at.elapsed(),
-                            );
-                        }
-                        sent = true;
-                    }
+        if !answer(&shared, term, &frame) {
+            return;
+        }
+    }
+}
+
+/// Handles one frame the spare sent on the stream: an ack counts (and
+/// releases output) only if `trust::judge_ack` believes it. Returns
+/// whether the link lives on.
+fn answer(shared: &LinkShared, term: u64, frame: &Frame) -> bool {
+    match frame.kind {
+        FrameKind::Ack => {
+            let Ok(ack) = wire::decode::<Ack>("Ack", &frame.payload) else {
+                shared.lose("malformed ack".into());
+                return false;
+            };
+            crate::faults::hit(crate::faults::Point::PrimaryBeforeRelease);
+            let mut inflight = shared.inflight.lock().unwrap_or_else(|e| e.into_inner());
+            let unacked: Vec<u64> = inflight.iter().map(|f| f.0).collect();
+            let link = LinkView {
+                term,
+                unacked: &unacked,
+                acked: shared.acked.load(Ordering::SeqCst),
+            };
+            let n = match trust::judge_ack(&link, frame.term, ack.seq) {
+                Ok(n) => n,
+                Err(e) => {
+                    drop(inflight);
+                    shared.lose(format!(
+                        "protocol error from the spare: {e}; the link is dropped and the ack counts for nothing"
+                    ));
+                    return false;
                 }
-                drop(inflight);
-                if !sent {
-                    // Only epochs this primary sent on this link count.
-                    continue;
-                }
-                shared.acked.fetch_max(ack.seq, Ordering::SeqCst);
-                if shared.commit.ack(shared.id, ack.seq) {
-                    shared.joined.store(true, Ordering::SeqCst);
-                }
+            };
+            // The last answered is the acknowledged epoch itself.
+            if let Some((_, at)) = inflight.drain(..n).next_back() {
+                super::push_bounded(
+                    &mut shared.ack_latency.lock().unwrap_or_else(|e| e.into_inner()),
+                    at.elapsed(),
+                );
             }
-            FrameKind::Nack => {
-                nacked(&shared, &frame.payload);
-                return;
+            drop(inflight);
+            shared.acked.fetch_max(ack.seq, Ordering::SeqCst);
+            if shared.commit.ack(shared.id, ack.seq) {
+                shared.joined.store(true, Ordering::SeqCst);
             }
-            other => {
-                shared.lose(format!("unexpected {other:?} frame on the stream"));
-                return;
-            }
+            true
+        }
+        FrameKind::Nack => {
+            nacked(shared, term, frame);
+            false
+        }
+        other => {
+            shared.lose(format!("unexpected {other:?} frame on the stream"));
+            false
         }
     }
 }
@@ -502,7 +522,7 @@ pub(super) fn heartbeat(
         match conn.recv() {
             Ok(f) if f.kind == FrameKind::HeartbeatAck => monitor.heard(),
             Ok(f) if f.kind == FrameKind::Nack => {
-                nacked(&shared, &f.payload);
+                nacked(&shared, term, &f);
                 return;
             }
             Ok(f) => {
@@ -521,17 +541,35 @@ pub(super) fn heartbeat(
     }
 }
 
-/// A Nack: the link is lost, and if the shadow says it took the VM over,
-/// the primary is superseded.
-fn nacked(shared: &LinkShared, payload: &[u8]) {
-    match wire::decode::<Nack>("Nack", payload) {
-        Ok(n) => {
-            if let Some(t) = n.superseded_by {
+/// A Nack on the link of `term`: the link is lost, and if the shadow says
+/// it took the VM over (and `trust::judge_nack` believes it), the primary
+/// is superseded.
+fn nacked(shared: &LinkShared, term: u64, frame: &Frame) {
+    let n = match wire::decode::<Nack>("Nack", &frame.payload) {
+        Ok(n) => n,
+        Err(e) => return shared.lose(e),
+    };
+    let verdict = {
+        let inflight = shared.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        let unacked: Vec<u64> = inflight.iter().map(|f| f.0).collect();
+        let link = LinkView {
+            term,
+            unacked: &unacked,
+            acked: shared.acked.load(Ordering::SeqCst),
+        };
+        trust::judge_nack(&link, frame.term, n.seq, n.superseded_by)
+    };
+    match verdict {
+        Ok(by) => {
+            if let Some(t) = by {
                 shared.superseded.fetch_max(t, Ordering::SeqCst);
             }
             shared.lose(format!("shadow refused epoch {}: {}", n.seq, n.reason));
         }
-        Err(e) => shared.lose(e),
+        Err(e) => shared.lose(format!(
+            "protocol error from the spare: {e} (it said: {})",
+            n.reason
+        )),
     }
 }
 
@@ -634,4 +672,89 @@ mod tests {
     }
 
     const LINK_TEST_QUEUE: usize = 64;
+
+    fn frame(kind: FrameKind, term: u64, payload: Vec<u8>) -> Frame {
+        Frame {
+            kind,
+            term,
+            seq: 1,
+            payload,
+        }
+    }
+
+    fn ack(term: u64, seq: u64) -> Frame {
+        frame(FrameKind::Ack, term, wire::encode(&Ack { seq }))
+    }
+
+    /// A synchronous member of a protected commit set (output held from
+    /// epoch 0), with epochs 1 and 2 sent on its link of term 3.
+    fn member() -> Arc<LinkShared> {
+        let l = link(1, Kind::Sync);
+        {
+            let mut set = l.commit.lock();
+            set.add(1, "spare1", Kind::Sync, 0, true);
+            assert_eq!(set.hold_from(0, &[1]), vec!["spare1".to_string()]);
+        }
+        l.track(1);
+        l.track(2);
+        l
+    }
+
+    /// Forged acks (an epoch after the last one sent, an epoch acked
+    /// already, another term) drop the link and release nothing.
+    #[test]
+    fn an_ack_for_an_epoch_not_sent_or_of_another_term_never_counts_as_a_commit() {
+        let l = member();
+        assert!(answer(&l, 3, &ack(3, 1)));
+        assert_eq!(l.commit.lock().released(), Some(1));
+        for (forged, why) in [
+            (ack(3, 5), "after the last epoch sent"),
+            (ack(3, 1), "awaits no ack"),
+            (ack(4, 2), "of term 4 on a link of term 3"),
+        ] {
+            let l = member();
+            assert!(answer(&l, 3, &ack(3, 1)));
+            assert!(!answer(&l, 3, &forged), "{why}: the link lives on");
+            assert!(l.is_lost());
+            assert!(
+                l.why().contains("protocol error") && l.why().contains(why),
+                "{}",
+                l.why()
+            );
+            assert_eq!(l.commit.lock().released(), Some(1), "{why}: released");
+            assert_eq!(l.acked.load(Ordering::SeqCst), 1);
+        }
+        // The real ack of 2 still counts on a sound link.
+        assert!(answer(&l, 3, &ack(3, 2)));
+        assert_eq!(l.commit.lock().released(), Some(2));
+    }
+
+    /// A refusal claiming a takeover supersedes the primary only for a
+    /// newer term, from an answer naming an epoch sent on the link.
+    #[test]
+    fn a_refusal_supersedes_only_when_believed() {
+        let nack = |term, seq, by| {
+            frame(
+                FrameKind::Nack,
+                term,
+                wire::encode(&Nack {
+                    seq,
+                    reason: "test".into(),
+                    superseded_by: by,
+                }),
+            )
+        };
+        for (f, by) in [
+            (nack(3, 2, Some(4)), 4),
+            (nack(3, 0, Some(9)), 9),
+            (nack(3, 7, Some(4)), 0),
+            (nack(3, 1, Some(3)), 0),
+            (nack(2, 1, Some(4)), 0),
+        ] {
+            let l = member();
+            assert!(!answer(&l, 3, &f));
+            assert!(l.is_lost());
+            assert_eq!(l.superseded.load(Ordering::SeqCst), by, "{}", l.why());
+        }
+    }
 }

@@ -4,6 +4,8 @@
 //! - [`commit`]: which spares gate output and how far it is released (no I/O).
 //! - [`standby`]: the shadow: staging, verification, apply, takeover.
 //! - [`liveness`]: failure detection and the takeover decision (no I/O).
+//! - [`bounds`]: what a standby accepts from a primary (no I/O).
+//! - [`trust`]: which of a spare's answers a primary believes (no I/O).
 //! - [`wire`]: the replication messages carried in transport frames.
 //! - [`arbiter`]: the record that says who is primary (etcd, a file).
 //! - [`fencing`]: who may change that record, and the primary's fence (no I/O).
@@ -13,7 +15,9 @@
 
 pub mod arbiter;
 pub mod arbitration;
+pub mod bounds;
 pub mod commit;
+pub mod consoleout;
 pub mod fencing;
 mod link;
 mod livecopy;
@@ -23,6 +27,7 @@ pub mod policy;
 pub mod primary;
 pub mod standby;
 pub mod stats;
+pub mod trust;
 pub mod wire;
 
 use std::time::Duration;

@@ -275,7 +275,9 @@ impl Replicator {
             link::sender(send_half, rx, term, s, copy)
         })?);
         let s = shared.clone();
-        threads.push(link::spawn("hs-ack", move || link::acker(recv_half, s))?);
+        threads.push(link::spawn("hs-ack", move || {
+            link::acker(recv_half, term, s)
+        })?);
         let hb_stop = Arc::new(AtomicBool::new(false));
         let hb_goodbye = Arc::new(AtomicBool::new(false));
         let hb_protected = Arc::new(AtomicBool::new(true));

@@ -14,7 +14,7 @@
 //! the vCPU threads.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use checkpoint::fingerprint::{Fingerprint, MachineConfig};
@@ -25,6 +25,8 @@ use transport::{
 };
 
 use super::arbiter::Arbiter;
+use super::bounds::{self, Admission, Policy, ReplicaShape, ShapeCaps};
+use super::consoleout::CommittedOutput;
 use super::liveness::{StandbyDecision, StandbyFsm, StandbyInput, TICK};
 use super::wire::{self, Ack, EpochBegin, EpochEnd, FenceInfo, Heartbeat, Nack};
 use super::Timing;
@@ -57,9 +59,13 @@ pub struct StandbyConfig {
     /// the VM first.
     pub async_grace: Duration,
     /// Cap on one epoch's staging, in bytes: the received container and,
-    /// separately, its decoded pages (`None`: the guest's memory size plus
-    /// 10% and 64 MiB, enough for any full epoch).
+    /// separately, its decoded pages (`None`: the guest's memory and disks
+    /// plus 10% and 64 MiB, enough for any full epoch).
     pub max_epoch_bytes: Option<u64>,
+    /// The largest VM this standby shadows (`--max-mem-mib`,
+    /// `--max-vcpus`): a primary that announces more is refused before
+    /// anything of its size is staged or created.
+    pub caps: ShapeCaps,
     /// The replica images, in the primary's disk order.
     pub disks: Vec<std::path::PathBuf>,
     /// The TAPs for the primary's NICs, in its order.
@@ -104,9 +110,9 @@ struct Shadow {
     fingerprint: Option<Fingerprint>,
     vm: Option<Vm>,
     state: Option<EpochState>,
-    /// Committed console output the primary may not have released:
-    /// (position of the first byte, bytes), ending at the committed position.
-    output: (u64, Vec<u8>),
+    /// Committed console output the primary may not have released,
+    /// ending at the committed position.
+    output: CommittedOutput,
     /// Committed frames the primary may not have sent, per NIC.
     frames: super::netout::CommittedFrames,
     /// The TAPs for the NICs (`--net`).
@@ -118,8 +124,9 @@ struct Shadow {
     taken_over: bool,
     /// (primary's figures, container bytes) of every committed epoch.
     reports: Vec<(wire::EpochReport, u64)>,
-    /// The operator's cap on one epoch's staging (`--max-epoch-mib`).
-    max_epoch: Option<u64>,
+    /// What a primary's announcements must fit: the caps, the replicas'
+    /// sizes, the cap on one epoch's staging (`--max-epoch-mib`).
+    policy: Policy,
     /// Epochs whose memory hash matched the primary's (test mode).
     verified: u64,
     /// The first epoch whose memory differed from the primary's.
@@ -163,6 +170,10 @@ enum Event {
 mod takeover;
 use takeover::{claim, take_over, Takeover};
 
+#[cfg(test)]
+#[path = "standby_tests.rs"]
+mod tests;
+
 /// Runs the standby until it takes over and the guest stops (returns the
 /// guest's exit status), or until the primary's guest ends on its own.
 pub fn run(cfg: StandbyConfig) -> Result<i32> {
@@ -176,6 +187,7 @@ pub fn run(cfg: StandbyConfig) -> Result<i32> {
         reprotect,
         async_grace,
         max_epoch_bytes,
+        caps,
         disks,
         nets,
         disk_ack,
@@ -201,13 +213,24 @@ pub fn run(cfg: StandbyConfig) -> Result<i32> {
                 .map_err(|e| EngineError::Config(format!("replica {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
+    let policy = Policy {
+        caps,
+        replicas: replicas
+            .iter()
+            .map(|r| ReplicaShape {
+                path: r.path.clone(),
+                bytes: r.bytes,
+            })
+            .collect(),
+        max_epoch: max_epoch_bytes,
+    };
     let listener = Listener::bind(&listen).map_err(EngineError::Transport)?;
     let local = listener.local_addr();
     let shadow = Arc::new(Mutex::new(Shadow {
         // It replicates after a takeover (dirty logging costs nothing
         // while the vCPUs do not run).
         log_dirty: true,
-        max_epoch: max_epoch_bytes,
+        policy,
         replicas,
         nets,
         disk_ack,
@@ -250,6 +273,11 @@ pub fn run(cfg: StandbyConfig) -> Result<i32> {
     // When the current claim started (for the takeover's figures).
     let mut claimed: Option<Instant> = None;
     loop {
+        if shadow.is_poisoned() {
+            // A commit panicked while holding the shadow: what it holds may
+            // be half-applied. Never take over from it; end the process.
+            return Err(EngineError::ShadowPoisoned);
+        }
         let input = match ev_rx.recv_timeout(TICK) {
             Ok(Event::Input(i)) => i,
             Ok(Event::Refused(why)) => {
@@ -276,7 +304,7 @@ pub fn run(cfg: StandbyConfig) -> Result<i32> {
         match decision {
             StandbyDecision::Continue | StandbyDecision::Claim { .. } => {}
             StandbyDecision::Forget => {
-                let mut sh = shadow.lock().unwrap_or_else(|e| e.into_inner());
+                let mut sh = lock(&shadow)?;
                 sh.state = None;
                 sh.fence = None;
                 eprintln!("hotspare: standby stays a shadow; its committed state is stale and forgotten until a primary resyncs it");
@@ -290,7 +318,7 @@ pub fn run(cfg: StandbyConfig) -> Result<i32> {
                 );
             }
             StandbyDecision::Stop => {
-                let sh = shadow.lock().unwrap_or_else(|e| e.into_inner());
+                let sh = lock(&shadow)?;
                 sh.report_verified();
                 eprintln!(
                     "hotspare: standby saw {} committed epochs; no takeover; cpu {:.3} s",
@@ -303,6 +331,7 @@ pub fn run(cfg: StandbyConfig) -> Result<i32> {
             StandbyDecision::TakeOver { term, .. } => {
                 let decided = Instant::now();
                 let claim_at = claimed.unwrap_or(decided);
+                // A plain time stamp: a panic cannot leave it half-written.
                 let heard = *last_heard.lock().unwrap_or_else(|e| e.into_inner());
                 return take_over(
                     &shadow,
@@ -405,6 +434,7 @@ fn heartbeat_loop(
         }
         let input = match f.kind {
             FrameKind::Heartbeat => {
+                // A plain time stamp: a panic cannot leave it half-written.
                 *heard.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
                 let _ = conn.send(FrameKind::HeartbeatAck, f.term, &[]);
                 match wire::decode::<Heartbeat>("Heartbeat", &f.payload) {
@@ -443,7 +473,7 @@ fn stream_loop(
 ) {
     let mut staging: Vec<u8> = Vec::new();
     let mut stage = StagedEpoch::default();
-    let mut current: Option<EpochBegin> = None;
+    let mut current: Option<(EpochBegin, Admission)> = None;
     loop {
         let f = match conn.recv() {
             Ok(f) => f,
@@ -455,36 +485,31 @@ fn stream_loop(
                 return;
             }
         };
+        // A plain time stamp: a panic cannot leave it half-written.
         *heard.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
         let res: std::result::Result<(), String> = match f.kind {
             FrameKind::EpochBegin => {
                 wire::decode::<EpochBegin>("EpochBegin", &f.payload).and_then(|b| {
-                    let (limit, why) = shadow_limit(&shadow);
-                    if b.len > limit {
-                        return Err(format!(
-                            "epoch {} claims {} bytes, more than the {limit} allowed ({why})",
-                            b.seq, b.len
-                        ));
-                    }
+                    let admission = {
+                        let sh = lock(&shadow).map_err(|e| e.to_string())?;
+                        sh.policy.admit(sh.machine.as_ref(), b.seq, b.len)
+                    };
+                    let admission = admission.map_err(|e| e.to_string())?;
                     staging.clear();
-                    staging.reserve(b.len.min(64 << 20) as usize);
-                    current = Some(b);
+                    // Grown as bytes arrive, from at most 64 MiB.
+                    staging.reserve(usize::try_from(b.len.min(64 << 20)).unwrap_or(0));
+                    current = Some((b, admission));
                     Ok(())
                 })
             }
-            FrameKind::EpochData => match &current {
-                Some(b) if staging.len() as u64 + f.payload.len() as u64 <= b.len => {
-                    staging.extend_from_slice(&f.payload);
-                    Ok(())
-                }
-                Some(b) => Err(format!(
-                    "epoch {} overflows its announced {} bytes",
-                    b.seq, b.len
-                )),
+            FrameKind::EpochData => match &mut current {
+                Some((b, admission)) => admission
+                    .data(&mut staging, &f.payload)
+                    .map_err(|e| format!("epoch {}: {e}", b.seq)),
                 None => Err("epoch data without an EpochBegin".into()),
             },
             FrameKind::EpochEnd => match (
-                current.take(),
+                current.take().map(|c| c.0),
                 wire::decode::<EpochEnd>("EpochEnd", &f.payload),
             ) {
                 (Some(b), Ok(end)) if end.seq == b.seq && staging.len() as u64 == b.len => commit(
@@ -504,7 +529,7 @@ fn stream_loop(
         };
         if let Err(why) = res {
             tracing::error!("epoch aborted: {why}; the shadow stays at its last commit");
-            let seq = current.take().map(|b| b.seq).unwrap_or(0);
+            let seq = current.take().map_or(0, |c| c.0.seq);
             let _ = conn.send(
                 FrameKind::Nack,
                 term,
@@ -518,9 +543,42 @@ fn stream_loop(
             // full copy: epochs already in flight on this connection must
             // not be applied (after a takeover their numbers can match
             // another history's).
+            linger(&mut conn);
             return;
         }
     }
+}
+
+/// How long a refused stream is drained before it is closed.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Reads and drops what the primary still sends after a `Nack` (the rest
+/// of a refused epoch), until it closes the connection or for at most
+/// [`LINGER`]. Closing at once, with its epoch still arriving, would reset
+/// the connection, and the primary could see the reset before the `Nack`
+/// and never learn why it was refused.
+fn linger(conn: &mut FramedConn) {
+    let until = Instant::now() + LINGER;
+    if conn
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .is_err()
+    {
+        return;
+    }
+    while Instant::now() < until {
+        match conn.recv() {
+            Ok(_) | Err(TransportError::Timeout) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Locks the shadow. A poisoned lock means a thread panicked while it held
+/// the shadow, in the middle of a commit: its memory, replicas and state
+/// may be half-applied. So never `into_inner`: every caller refuses, and
+/// the decision loop ends the process (`docs/failover.md`, guarantee 8).
+fn lock(shadow: &Mutex<Shadow>) -> Result<MutexGuard<'_, Shadow>> {
+    shadow.lock().map_err(|_| EngineError::ShadowPoisoned)
 }
 
 /// An epoch failed after its ack (a write into shadow memory failed, e.g.
@@ -532,30 +590,6 @@ fn poison(sh: &mut Shadow, why: String) -> String {
     sh.fence = None;
     sh.memory_seq = None;
     format!("{why}; the shadow's memory is now inconsistent and it cannot take over until the primary resyncs it")
-}
-
-/// The most bytes one epoch may stage (container, and decoded pages), and
-/// where that limit comes from.
-fn shadow_limit(shadow: &Arc<Mutex<Shadow>>) -> (u64, &'static str) {
-    staging_limit(&shadow.lock().unwrap_or_else(|e| e.into_inner()))
-}
-
-/// [`shadow_limit`] with the shadow already locked.
-fn staging_limit(sh: &Shadow) -> (u64, &'static str) {
-    let derived = match &sh.machine {
-        // A full checkpoint is at most the memory and the disks plus
-        // record headers and state.
-        Some(m) => {
-            let disks: u64 = m.disks.iter().map(|d| d.bytes).sum();
-            (m.mem_regions.iter().map(|r| r.size).sum::<u64>() + disks) * 11 / 10 + (64 << 20)
-        }
-        // Before the first full epoch: up to 64 GiB of guest memory.
-        None => 70 << 30,
-    };
-    match sh.max_epoch {
-        Some(cap) if cap < derived => (cap, "set by --max-epoch-mib"),
-        _ => (derived, "the guest's memory plus headroom"),
-    }
 }
 
 /// Verifies a staged epoch, acknowledges it and applies it.
@@ -571,7 +605,7 @@ fn commit(
     ev: &Sender<Event>,
 ) -> std::result::Result<(), String> {
     let limits = Limits::default();
-    let mut sh = shadow.lock().unwrap_or_else(|e| e.into_inner());
+    let mut sh = lock(shadow).map_err(|e| e.to_string())?;
     if sh.taken_over {
         return Err("the standby took over; epochs are no longer accepted".into());
     }
@@ -581,7 +615,7 @@ fn commit(
     check_fence(&sh, end.fence.as_ref())?;
     // Verified and decoded in one pass; nothing is applied unless all of
     // it passed.
-    let (max_decoded, why) = staging_limit(&sh);
+    let (max_decoded, why) = sh.policy.staging_limit(sh.machine.as_ref());
     let header = stage
         .parse(staged, &limits, sh.fingerprint.as_ref(), max_decoded)
         .map_err(|e| format!("epoch {}: {e} ({why})", end.seq))?;
@@ -617,12 +651,12 @@ fn commit(
             .config()
             .cloned()
             .ok_or("full epoch without a Config section")?;
-        let bytes = machine.mem_regions.iter().map(|r| r.size).sum();
+        // Nothing of the announced size exists before this passed.
+        let bytes = sh
+            .policy
+            .check_shape(&machine)
+            .map_err(|e| format!("epoch {}: {e}", end.seq))?;
         let ram = Ram::new(bytes).map_err(|e| e.to_string())?;
-        if ram.layout() != machine.mem_regions {
-            return Err("the primary's memory layout is not one this engine builds".into());
-        }
-        check_replicas(&machine, &sh.replicas)?;
         let cfg = VmConfig {
             mem_bytes: bytes,
             vcpus: machine.vcpus,
@@ -660,11 +694,13 @@ fn commit(
     let state = if precopy {
         None
     } else {
-        Some(
-            stage
-                .state()
-                .map_err(|e| format!("epoch {}: {e}", end.seq))?,
-        )
+        let state = stage
+            .state()
+            .map_err(|e| format!("epoch {}: {e}", end.seq))?;
+        bounds::check_output(end.output_start, &end.output, state.console_pos)
+            .and_then(|()| bounds::check_nics(end.net.len(), sh.nets.len()))
+            .map_err(|e| format!("epoch {}: {e}", end.seq))?;
+        Some(state)
     };
     // Nothing can refuse the epoch from here on: once a replica holds its
     // blocks, the epoch must be committed whole (memory and state too), or
@@ -719,45 +755,18 @@ fn commit(
         sh.term = term;
         return Ok(());
     };
-    let (base, buf) = &mut sh.output;
-    if header.kind == CheckpointKind::Full || *base + buf.len() as u64 != end.output_start {
-        // A new sync (or the first epoch): output before it was released by
-        // the primary while unprotected.
-        *base = end.output_start;
-        buf.clear();
-    }
-    buf.extend_from_slice(&end.output);
-    // Drop what the primary says it has released.
-    let drop_n = end.released.saturating_sub(*base).min(buf.len() as u64) as usize;
-    buf.drain(..drop_n);
-    *base += drop_n as u64;
-    if *base + buf.len() as u64 != state.console_pos {
-        // Cannot happen with a correct primary; the epoch is acked already,
-        // so keep its state and say what is inconsistent.
-        tracing::error!(
-            "epoch {}: console output ends at {} but the checkpoint's console is at {}",
-            end.seq,
-            *base + buf.len() as u64,
-            state.console_pos
-        );
-        *base = state.console_pos;
-        buf.clear();
-    }
-    if end.net.len() != sh.nets.len() {
-        // Acked already (the check comes after staging): keep the state, and
-        // say why a takeover would fail.
-        tracing::error!(
-            "epoch {}: the primary's VM has {} NICs but this standby was given {} (--net): a takeover will fail",
-            end.seq,
-            end.net.len(),
-            sh.nets.len()
+    // Its output ends at its console position (checked before the ack).
+    let full = header.kind == CheckpointKind::Full;
+    let over = sh
+        .output
+        .commit(full, end.output_start, &end.output, end.released);
+    if over > 0 {
+        tracing::warn!(
+            "the primary reports no release for more than {} bytes of committed console output; the {over} oldest are no longer kept for a takeover",
+            super::consoleout::MAX_KEPT_BYTES
         );
     }
-    let ends = sh.frames.commit(
-        header.kind == CheckpointKind::Full,
-        &end.net,
-        &end.net_released,
-    );
+    let ends = sh.frames.commit(full, &end.net, &end.net_released);
     for (i, end_pos) in ends.into_iter().enumerate() {
         let id = format!("virtio-net.{i}");
         let rec = state.devices.iter().find(|r| r.id == id);
@@ -821,30 +830,4 @@ fn check_fence(sh: &Shadow, fence: Option<&FenceInfo>) -> std::result::Result<()
             "the primary runs with --arbiter none but this standby is fenced by {id}: a takeover could fork the VM; give both the same --arbiter"
         )),
     }
-}
-
-/// Checks the replicas match the primary's disks: as many, each of the
-/// same size (the error names the disk).
-fn check_replicas(
-    machine: &MachineConfig,
-    replicas: &[Arc<DiskImage>],
-) -> std::result::Result<(), String> {
-    if machine.disks.len() != replicas.len() {
-        return Err(format!(
-            "the primary's VM has {} disks but this standby was given {} replicas (--disk)",
-            machine.disks.len(),
-            replicas.len()
-        ));
-    }
-    for (i, (l, r)) in machine.disks.iter().zip(replicas).enumerate() {
-        if l.bytes != r.bytes {
-            return Err(format!(
-                "disk {i}: the primary's disk has {} bytes but replica {} has {}",
-                l.bytes,
-                r.path.display(),
-                r.bytes
-            ));
-        }
-    }
-    Ok(())
 }

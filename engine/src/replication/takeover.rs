@@ -4,7 +4,7 @@
 //! spares as its own. A child module of `standby`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::super::arbiter::Arbiter;
@@ -14,7 +14,7 @@ use super::super::fencing::{self, Outcome};
 use super::super::liveness::StandbyInput;
 use super::super::primary::{PrimaryConfig, Replicator, ShadowSpec};
 use super::super::wire::{self, FenceInfo};
-use super::Shadow;
+use super::{lock, Shadow};
 use crate::error::{EngineError, Result};
 use crate::runner;
 use crate::vcpu::StopReason;
@@ -51,11 +51,22 @@ pub(super) fn claim(
     since: Instant,
     grace: Duration,
 ) -> StandbyInput {
+    if shadow.is_poisoned() {
+        // Never claim a VM this standby cannot resume (the decision loop
+        // ends the process).
+        eprintln!(
+            "hotspare: {}: not claiming the VM",
+            EngineError::ShadowPoisoned
+        );
+        return StandbyInput::ClaimRefused;
+    }
     let Some(arb) = arbiter.as_deref_mut() else {
         return StandbyInput::ClaimGranted;
     };
     let f = {
-        let sh = shadow.lock().unwrap_or_else(|e| e.into_inner());
+        let Ok(sh) = lock(shadow) else {
+            return StandbyInput::ClaimRefused;
+        };
         let Some(f) = sh.fence.clone() else {
             eprintln!(
                 "hotspare: no fencing information with the committed epoch {seq}: not taking over"
@@ -108,6 +119,22 @@ pub(super) fn claim(
     }
 }
 
+/// Locks the shadow for a takeover in `term` and marks it taken over, so
+/// no epoch is applied any more and frames of older terms are answered as
+/// superseded. Poisoned (a commit panicked): refused before anything
+/// changes.
+pub(super) fn seize<'a>(
+    shadow: &'a Mutex<Shadow>,
+    term: u64,
+    took_over: &AtomicU64,
+) -> Result<MutexGuard<'a, Shadow>> {
+    let mut sh = lock(shadow)?;
+    sh.taken_over = true;
+    sh.term = term;
+    took_over.store(term, Ordering::SeqCst);
+    Ok(sh)
+}
+
 pub(super) fn take_over(shadow: &Arc<Mutex<Shadow>>, t: Takeover) -> Result<i32> {
     let Takeover {
         term,
@@ -121,10 +148,7 @@ pub(super) fn take_over(shadow: &Arc<Mutex<Shadow>>, t: Takeover) -> Result<i32>
         took_over,
         last_heard,
     } = t;
-    let mut sh = shadow.lock().unwrap_or_else(|e| e.into_inner());
-    sh.taken_over = true;
-    sh.term = term;
-    took_over.store(term, Ordering::SeqCst);
+    let mut sh = seize(shadow, term, &took_over)?;
     let fence = sh.fence.clone();
     let state = sh
         .state
@@ -132,10 +156,11 @@ pub(super) fn take_over(shadow: &Arc<Mutex<Shadow>>, t: Takeover) -> Result<i32>
         .ok_or_else(|| EngineError::Config("takeover without a committed epoch".into()))?;
     let seq = sh.seq;
     let sh_committed_age = sh.committed_at.map_or(Duration::ZERO, |c| {
+        // A plain time stamp: a panic cannot leave it half-written.
         let heard = *last_heard.lock().unwrap_or_else(|e| e.into_inner());
         heard.saturating_duration_since(c)
     });
-    let (out_start, out) = std::mem::take(&mut sh.output);
+    let (out_start, out) = sh.output.take();
     let net_frames = sh.frames.take();
     let reports = std::mem::take(&mut sh.reports);
     sh.report_verified();
@@ -154,29 +179,24 @@ pub(super) fn take_over(shadow: &Arc<Mutex<Shadow>>, t: Takeover) -> Result<i32>
     // restored NIC may send the guest's next frames as soon as it is
     // restored (its TX ring can hold chains the old device had not taken).
     for (g, frames) in vm.nets.iter().zip(net_frames) {
-        g.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .send_committed(&frames);
+        device(g, "a NIC's output gate")?.send_committed(&frames);
     }
     vm.restore_devices(&state.devices)?;
     vm.set_console(console, out_start);
-    if out_start + out.len() as u64 != state.console_pos {
+    let out_end = out_start.checked_add(out.len() as u64);
+    if out_end != Some(state.console_pos) {
         return Err(EngineError::Config(format!(
-            "epoch {seq}: output ends at {} but the checkpoint's console is at {}",
-            out_start + out.len() as u64,
+            "epoch {seq}: output ends at {out_end:?} but the checkpoint's console is at {}",
             state.console_pos
         )));
     }
     // Release the committed output the primary may not have released yet.
-    vm.console_gate()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .emit(&out);
+    device(&vm.console_gate(), "the console")?.emit(&out);
     // Then the announcement of the guest's MACs (restored with the
     // devices) from their new port.
     for g in &vm.nets {
         let announcer = {
-            let mut g = g.lock().unwrap_or_else(|e| e.into_inner());
+            let mut g = device(g, "a NIC's output gate")?;
             g.announce();
             g.guest_announcer()
         };
@@ -206,6 +226,8 @@ pub(super) fn take_over(shadow: &Arc<Mutex<Shadow>>, t: Takeover) -> Result<i32>
             for wait in [50, 100] {
                 std::thread::sleep(Duration::from_millis(wait));
                 for g in &gates {
+                    // The guest runs: announcing again is harmless, and a
+                    // device that panicked is the running VM's to report.
                     g.lock().unwrap_or_else(|e| e.into_inner()).announce();
                 }
             }
@@ -271,6 +293,17 @@ pub(super) fn take_over(shadow: &Arc<Mutex<Shadow>>, t: Takeover) -> Result<i32>
     Ok(reason.exit_code())
 }
 
+/// Locks a device of the VM being taken over, before its vCPUs run.
+/// Poisoned: a device thread panicked while holding it, so its state may
+/// be half-written, and the takeover is refused rather than resume it.
+fn device<'a, T>(m: &'a Mutex<T>, what: &str) -> Result<MutexGuard<'a, T>> {
+    m.lock().map_err(|_| {
+        EngineError::Config(format!(
+            "refusing to take over: {what} is poisoned (a thread panicked while holding it)"
+        ))
+    })
+}
+
 /// The replication summary as the shadow saw it.
 pub(super) fn report(r: &[(wire::EpochReport, u64)]) -> String {
     let us = |v: u64| Duration::from_micros(v);
@@ -286,9 +319,12 @@ pub(super) fn report(r: &[(wire::EpochReport, u64)]) -> String {
         .collect();
     let pct = super::super::primary::percentile;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    let pages: u64 = r.iter().map(|e| e.0.pages).sum();
-    let raw: u64 = r.iter().map(|e| e.0.raw_bytes).sum();
-    let wire: u64 = r.iter().map(|e| e.1).sum();
+    // The primary's figures come from the network: summed saturating.
+    let sum =
+        |f: fn(&(wire::EpochReport, u64)) -> u64| r.iter().map(f).fold(0, u64::saturating_add);
+    let pages = sum(|e| e.0.pages);
+    let raw = sum(|e| e.0.raw_bytes);
+    let wire = sum(|e| e.1);
     format!(
         "replication summary: {} epochs committed ({} full); incremental pause p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms; \
          {} dirty pages; {} bytes raw, {} bytes on the wire; ack latency p50 {:.2} ms, p99 {:.2} ms",
