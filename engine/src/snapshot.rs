@@ -34,6 +34,26 @@ fn enc<T: serde::Serialize>(v: &T) -> Vec<u8> {
     postcard::to_stdvec(v).expect("postcard encoding into a Vec cannot fail")
 }
 
+/// The payload of a Vcpus section.
+pub fn encode_vcpus(vcpus: &[VcpuState]) -> Vec<u8> {
+    enc(&vcpus)
+}
+
+/// The payload of a Vm section.
+pub fn encode_vm(vm: &VmState) -> Vec<u8> {
+    enc(vm)
+}
+
+/// Decodes a Vcpus section payload.
+pub fn decode_vcpus(payload: &[u8]) -> std::result::Result<Vec<VcpuState>, CheckpointError> {
+    postcard::from_bytes(payload).map_err(|e| decode_err("Vcpus", e))
+}
+
+/// Decodes a Vm section payload.
+pub fn decode_vm(payload: &[u8]) -> std::result::Result<VmState, CheckpointError> {
+    postcard::from_bytes(payload).map_err(|e| decode_err("Vm", e))
+}
+
 /// Writes the Config section and the state sections of `state`.
 pub fn write_state<W: Write>(
     w: &mut CheckpointWriter<W>,
@@ -41,8 +61,8 @@ pub fn write_state<W: Write>(
     state: &EpochState,
 ) -> Result<()> {
     w.write_section(SectionId::Config, &machine.encode())?;
-    w.write_section(SectionId::Vcpus, &enc(&state.vcpus))?;
-    w.write_section(SectionId::Vm, &enc(&state.vm))?;
+    w.write_section(SectionId::Vcpus, &encode_vcpus(&state.vcpus))?;
+    w.write_section(SectionId::Vm, &encode_vm(&state.vm))?;
     w.write_section(SectionId::Devices, &devices::encode(&state.devices)?)?;
     let mut console = state.console_pos.to_le_bytes().to_vec();
     console.extend_from_slice(&state.output);
@@ -95,13 +115,8 @@ impl StateSections {
     ) -> std::result::Result<bool, CheckpointError> {
         match id {
             SectionId::Config => self.config = Some(MachineConfig::decode(payload)?),
-            SectionId::Vcpus => {
-                self.vcpus =
-                    Some(postcard::from_bytes(payload).map_err(|e| decode_err("Vcpus", e))?)
-            }
-            SectionId::Vm => {
-                self.vm = Some(postcard::from_bytes(payload).map_err(|e| decode_err("Vm", e))?)
-            }
+            SectionId::Vcpus => self.vcpus = Some(decode_vcpus(payload)?),
+            SectionId::Vm => self.vm = Some(decode_vm(payload)?),
             SectionId::Devices => self.devices = Some(devices::decode(payload)?),
             SectionId::Console => {
                 let (pos, out) = decode_console(payload)?;
