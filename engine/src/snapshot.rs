@@ -45,8 +45,13 @@ pub fn encode_vm(vm: &VmState) -> Vec<u8> {
 }
 
 /// Decodes a whole state section: bytes after the value are refused, as
-/// in every other section (`postcard::from_bytes` would ignore them).
-fn dec<'a, T: serde::Deserialize<'a>>(
+/// in every other section (`postcard::from_bytes` would ignore them), and
+/// so is any payload that is not exactly what the writer produces for the
+/// value it decodes to. kvm-bindings decodes a KVM struct from a byte
+/// string of any length, zero-padding or truncating it, so without that
+/// check a section with a short `kvm_regs` would restore zeroed registers
+/// instead of being refused.
+fn dec<'a, T: serde::Deserialize<'a> + serde::Serialize>(
     what: &str,
     payload: &'a [u8],
 ) -> std::result::Result<T, CheckpointError> {
@@ -57,15 +62,23 @@ fn dec<'a, T: serde::Deserialize<'a>>(
             rest.len()
         )));
     }
+    if enc(&v) != payload {
+        return Err(CheckpointError::Decode(format!(
+            "{what} section is not in canonical form (a KVM structure of the wrong size, \
+             or an integer in more bytes than needed)"
+        )));
+    }
     Ok(v)
 }
 
-/// Decodes a Vcpus section payload; trailing bytes are an error.
+/// Decodes a Vcpus section payload; trailing bytes and non-canonical
+/// encodings are errors.
 pub fn decode_vcpus(payload: &[u8]) -> std::result::Result<Vec<VcpuState>, CheckpointError> {
     dec("Vcpus", payload)
 }
 
-/// Decodes a Vm section payload; trailing bytes are an error.
+/// Decodes a Vm section payload; trailing bytes and non-canonical encodings
+/// are errors.
 pub fn decode_vm(payload: &[u8]) -> std::result::Result<VmState, CheckpointError> {
     dec("Vm", payload)
 }
@@ -220,5 +233,50 @@ mod tests {
             };
             assert!(s.take(id, &b).is_err());
         }
+    }
+
+    /// `VmState` as postcard sees it: every KVM struct is a byte string.
+    #[derive(serde::Serialize)]
+    struct RawVm {
+        irqchips: Vec<Vec<u8>>,
+        pit: Vec<u8>,
+        clock: Vec<u8>,
+    }
+
+    #[test]
+    fn kvm_structs_of_the_wrong_size_are_refused() {
+        let size = |v: &VmState| {
+            (
+                encode_vm(v).len(),
+                std::mem::size_of::<kvm_bindings::kvm_irqchip>(),
+                std::mem::size_of::<kvm_bindings::kvm_pit_state2>(),
+                std::mem::size_of::<kvm_bindings::kvm_clock_data>(),
+            )
+        };
+        let (_, chip, pit, clock) = size(&vm());
+        let raw = |clock_len: usize| {
+            postcard::to_stdvec(&RawVm {
+                irqchips: vec![vec![0; chip]; 3],
+                pit: vec![0; pit],
+                clock: vec![0; clock_len],
+            })
+            .unwrap()
+        };
+        assert_eq!(
+            raw(clock),
+            encode_vm(&vm()),
+            "the mirror is VmState's layout"
+        );
+        // kvm-bindings would zero-pad the short clock and drop the extra
+        // byte of the long one: both are refused.
+        for n in [1, clock - 1, clock + 1] {
+            let e = decode_vm(&raw(n)).unwrap_err().to_string();
+            assert!(e.contains("not in canonical form"), "{n}: {e}");
+        }
+        // So is a count in more bytes than needed (3 as 0x83 0x00).
+        let mut b = encode_vm(&vm());
+        assert_eq!(b[0], 3);
+        b.splice(0..1, [0x83, 0x00]);
+        assert!(decode_vm(&b).is_err());
     }
 }
