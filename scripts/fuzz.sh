@@ -15,7 +15,7 @@
 # Needs the nightly toolchain (cargo-fuzz builds with -Z flags); installs
 # cargo-fuzz if it is missing. Environment:
 #   FUZZ_SANITIZER  none (default: the decoders are safe Rust, and
-#                   AddressSanitizer costs 3-15x the executions) or address
+#                   AddressSanitizer costs 4-10x the executions) or address
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
