@@ -4,6 +4,9 @@
 # QEMU (the disk tests cross-check the test guest against QEMU's virtio-blk),
 # and etcd, etcdctl and iptables (the fencing tests' arbiter and faults).
 # Rust itself comes from rustup (https://rustup.rs); this script checks for it.
+# The fuzzing tools (cargo-fuzz, on the nightly toolchain) are installed by
+# scripts/fuzz.sh when it first runs, not here: this script runs before every
+# test run.
 set -euo pipefail
 
 need=()

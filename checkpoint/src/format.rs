@@ -265,7 +265,7 @@ impl Default for Limits {
 
 /// CRC of one section: CRC32 over `id ‖ len ‖ payload` (little-endian), so
 /// a corrupted id or length is detected just like a corrupted payload.
-fn section_crc(id: u32, len: u64, payload: &[u8]) -> u32 {
+pub(crate) fn section_crc(id: u32, len: u64, payload: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
     h.update(&id.to_le_bytes());
     h.update(&len.to_le_bytes());

@@ -29,6 +29,8 @@ pub mod disk;
 pub mod error;
 pub mod fingerprint;
 pub mod format;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod kvm_state;
 pub mod pages;
 pub mod verify;

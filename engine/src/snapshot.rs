@@ -34,6 +34,55 @@ fn enc<T: serde::Serialize>(v: &T) -> Vec<u8> {
     postcard::to_stdvec(v).expect("postcard encoding into a Vec cannot fail")
 }
 
+/// The payload of a Vcpus section.
+pub fn encode_vcpus(vcpus: &[VcpuState]) -> Vec<u8> {
+    enc(&vcpus)
+}
+
+/// The payload of a Vm section.
+pub fn encode_vm(vm: &VmState) -> Vec<u8> {
+    enc(vm)
+}
+
+/// Decodes a whole state section: bytes after the value are refused, as
+/// in every other section (`postcard::from_bytes` would ignore them), and
+/// so is any payload that is not exactly what the writer produces for the
+/// value it decodes to. kvm-bindings decodes a KVM struct from a byte
+/// string of any length, zero-padding or truncating it, so without that
+/// check a section with a short `kvm_regs` would restore zeroed registers
+/// instead of being refused.
+fn dec<'a, T: serde::Deserialize<'a> + serde::Serialize>(
+    what: &str,
+    payload: &'a [u8],
+) -> std::result::Result<T, CheckpointError> {
+    let (v, rest) = postcard::take_from_bytes(payload).map_err(|e| decode_err(what, e))?;
+    if !rest.is_empty() {
+        return Err(CheckpointError::Decode(format!(
+            "{what} section: {} bytes follow the state",
+            rest.len()
+        )));
+    }
+    if enc(&v) != payload {
+        return Err(CheckpointError::Decode(format!(
+            "{what} section is not in canonical form (a KVM structure of the wrong size, \
+             or an integer in more bytes than needed)"
+        )));
+    }
+    Ok(v)
+}
+
+/// Decodes a Vcpus section payload; trailing bytes and non-canonical
+/// encodings are errors.
+pub fn decode_vcpus(payload: &[u8]) -> std::result::Result<Vec<VcpuState>, CheckpointError> {
+    dec("Vcpus", payload)
+}
+
+/// Decodes a Vm section payload; trailing bytes and non-canonical encodings
+/// are errors.
+pub fn decode_vm(payload: &[u8]) -> std::result::Result<VmState, CheckpointError> {
+    dec("Vm", payload)
+}
+
 /// Writes the Config section and the state sections of `state`.
 pub fn write_state<W: Write>(
     w: &mut CheckpointWriter<W>,
@@ -41,8 +90,8 @@ pub fn write_state<W: Write>(
     state: &EpochState,
 ) -> Result<()> {
     w.write_section(SectionId::Config, &machine.encode())?;
-    w.write_section(SectionId::Vcpus, &enc(&state.vcpus))?;
-    w.write_section(SectionId::Vm, &enc(&state.vm))?;
+    w.write_section(SectionId::Vcpus, &encode_vcpus(&state.vcpus))?;
+    w.write_section(SectionId::Vm, &encode_vm(&state.vm))?;
     w.write_section(SectionId::Devices, &devices::encode(&state.devices)?)?;
     let mut console = state.console_pos.to_le_bytes().to_vec();
     console.extend_from_slice(&state.output);
@@ -95,13 +144,8 @@ impl StateSections {
     ) -> std::result::Result<bool, CheckpointError> {
         match id {
             SectionId::Config => self.config = Some(MachineConfig::decode(payload)?),
-            SectionId::Vcpus => {
-                self.vcpus =
-                    Some(postcard::from_bytes(payload).map_err(|e| decode_err("Vcpus", e))?)
-            }
-            SectionId::Vm => {
-                self.vm = Some(postcard::from_bytes(payload).map_err(|e| decode_err("Vm", e))?)
-            }
+            SectionId::Vcpus => self.vcpus = Some(decode_vcpus(payload)?),
+            SectionId::Vm => self.vm = Some(decode_vm(payload)?),
             SectionId::Devices => self.devices = Some(devices::decode(payload)?),
             SectionId::Console => {
                 let (pos, out) = decode_console(payload)?;
@@ -128,5 +172,111 @@ impl StateSections {
                 .map(|c| c.1.clone())
                 .unwrap_or_default(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vcpu(id: u32) -> VcpuState {
+        VcpuState {
+            id,
+            cpuid: vec![Default::default(); 2],
+            regs: Default::default(),
+            sregs: Default::default(),
+            xsave: vec![7; 1024],
+            xcrs: Default::default(),
+            msrs: vec![(0x10, 1), (0xc000_0080, 0x500)],
+            lapic: Default::default(),
+            events: Default::default(),
+            debugregs: Default::default(),
+            mp_state: Default::default(),
+        }
+    }
+
+    fn vm() -> VmState {
+        VmState {
+            irqchips: vec![Default::default(); 3],
+            pit: Default::default(),
+            clock: Default::default(),
+        }
+    }
+
+    #[test]
+    fn state_sections_round_trip_and_refuse_trailing_bytes() {
+        let v = encode_vcpus(&[vcpu(0), vcpu(1)]);
+        let back = decode_vcpus(&v).unwrap();
+        assert_eq!(back.iter().map(|s| s.id).collect::<Vec<_>>(), [0, 1]);
+        assert_eq!(encode_vcpus(&back), v);
+        let m = encode_vm(&vm());
+        assert_eq!(encode_vm(&decode_vm(&m).unwrap()), m);
+        // Found while writing the state_codec fuzz target: bytes after the
+        // value were silently ignored, unlike in every other section.
+        for (what, mut b) in [("Vcpus", v), ("Vm", m)] {
+            b.push(0);
+            let e = match what {
+                "Vcpus" => decode_vcpus(&b).map(|_| ()),
+                _ => decode_vm(&b).map(|_| ()),
+            }
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains(&format!("{what} section: 1 bytes follow")),
+                "{e}"
+            );
+            let mut s = StateSections::default();
+            let id = if what == "Vcpus" {
+                SectionId::Vcpus
+            } else {
+                SectionId::Vm
+            };
+            assert!(s.take(id, &b).is_err());
+        }
+    }
+
+    /// `VmState` as postcard sees it: every KVM struct is a byte string.
+    #[derive(serde::Serialize)]
+    struct RawVm {
+        irqchips: Vec<Vec<u8>>,
+        pit: Vec<u8>,
+        clock: Vec<u8>,
+    }
+
+    #[test]
+    fn kvm_structs_of_the_wrong_size_are_refused() {
+        let size = |v: &VmState| {
+            (
+                encode_vm(v).len(),
+                std::mem::size_of::<kvm_bindings::kvm_irqchip>(),
+                std::mem::size_of::<kvm_bindings::kvm_pit_state2>(),
+                std::mem::size_of::<kvm_bindings::kvm_clock_data>(),
+            )
+        };
+        let (_, chip, pit, clock) = size(&vm());
+        let raw = |clock_len: usize| {
+            postcard::to_stdvec(&RawVm {
+                irqchips: vec![vec![0; chip]; 3],
+                pit: vec![0; pit],
+                clock: vec![0; clock_len],
+            })
+            .unwrap()
+        };
+        assert_eq!(
+            raw(clock),
+            encode_vm(&vm()),
+            "the mirror is VmState's layout"
+        );
+        // kvm-bindings would zero-pad the short clock and drop the extra
+        // byte of the long one: both are refused.
+        for n in [1, clock - 1, clock + 1] {
+            let e = decode_vm(&raw(n)).unwrap_err().to_string();
+            assert!(e.contains("not in canonical form"), "{n}: {e}");
+        }
+        // So is a count in more bytes than needed (3 as 0x83 0x00).
+        let mut b = encode_vm(&vm());
+        assert_eq!(b[0], 3);
+        b.splice(0..1, [0x83, 0x00]);
+        assert!(decode_vm(&b).is_err());
     }
 }
