@@ -206,14 +206,41 @@ pub(crate) struct Established {
     pub recv_nonce: u64,
 }
 
+/// What a handshake runs over: a TCP stream, or (fuzzing) a scripted
+/// peer. Each call is bounded by `left`.
+pub(crate) trait Wire {
+    /// The peer's address.
+    fn peer(&self) -> io::Result<SocketAddr>;
+    /// One read of at most `buf.len()` bytes; `Ok(0)` at end of stream.
+    fn read_within(&self, buf: &mut [u8], left: Duration) -> io::Result<usize>;
+    /// Writes all of `buf`.
+    fn write_within(&self, buf: &[u8], left: Duration) -> io::Result<()>;
+}
+
+impl Wire for TcpStream {
+    fn peer(&self) -> io::Result<SocketAddr> {
+        self.peer_addr()
+    }
+
+    fn read_within(&self, buf: &mut [u8], left: Duration) -> io::Result<usize> {
+        self.set_read_timeout(Some(left))?;
+        (&mut &*self).read(buf)
+    }
+
+    fn write_within(&self, buf: &[u8], left: Duration) -> io::Result<()> {
+        self.set_write_timeout(Some(left))?;
+        (&mut &*self).write_all(buf)
+    }
+}
+
 /// Deadline-bound reads and writes of one handshake.
-struct Io<'a> {
-    stream: &'a TcpStream,
+struct Io<'a, W: Wire> {
+    stream: &'a W,
     peer: SocketAddr,
     deadline: Instant,
 }
 
-impl Io<'_> {
+impl<W: Wire> Io<'_, W> {
     /// Time left, or `Timeout`.
     fn left(&self) -> Result<Duration> {
         let left = self.deadline.saturating_duration_since(Instant::now());
@@ -224,23 +251,13 @@ impl Io<'_> {
         }
     }
 
-    fn io_err(&self, source: io::Error) -> TransportError {
-        TransportError::Io {
-            peer: self.peer,
-            source,
-        }
-    }
-
     /// Fills `buf`, re-arming the read timeout to the deadline before
     /// every read.
     fn read_exact(&self, buf: &mut [u8]) -> Result<()> {
         let mut got = 0;
         while got < buf.len() {
             let left = self.left()?;
-            self.stream
-                .set_read_timeout(Some(left))
-                .map_err(|e| self.io_err(e))?;
-            match (&mut &*self.stream).read(&mut buf[got..]) {
+            match self.stream.read_within(&mut buf[got..], left) {
                 Ok(0) => {
                     return Err(if got == 0 {
                         TransportError::Closed
@@ -264,10 +281,7 @@ impl Io<'_> {
     fn write_all(&self, buf: &[u8]) -> Result<()> {
         let left = self.left()?;
         self.stream
-            .set_write_timeout(Some(left))
-            .map_err(|e| self.io_err(e))?;
-        (&mut &*self.stream)
-            .write_all(buf)
+            .write_within(buf, left)
             .map_err(|e| map_io_error(e, self.peer))
     }
 
@@ -336,17 +350,20 @@ fn preamble(version: u32, channel: Channel) -> [u8; PREAMBLE_LEN] {
     p
 }
 
-/// A Noise handshake state for this side.
-fn noise(psk: &Psk, prologue: &[u8], initiator: bool) -> Result<snow::HandshakeState> {
+/// A snow builder for [`NOISE_PARAMS`] with the primitives the transport
+/// uses: AES-GCM and SHA-256 from ring (its AES-NI/PCLMUL code seals about
+/// 6.7 times as fast as RustCrypto's here, `docs/security.md`); X25519,
+/// which ring does not offer snow, from snow's default resolver.
+pub(crate) fn builder() -> snow::Builder<'static> {
     use snow::resolvers::{DefaultResolver, FallbackResolver, RingResolver};
     let params = NOISE_PARAMS.parse().expect("a valid Noise protocol name");
-    // AES-GCM and SHA-256 from ring (its AES-NI/PCLMUL code seals about
-    // 6.7 times as fast as RustCrypto's here, `docs/security.md`); X25519,
-    // which ring does not offer snow, from snow's default resolver.
     let resolver = FallbackResolver::new(Box::new(RingResolver), Box::new(DefaultResolver));
-    let b = snow::Builder::with_resolver(params, Box::new(resolver))
-        .psk(0, psk.bytes())
-        .prologue(prologue);
+    snow::Builder::with_resolver(params, Box::new(resolver))
+}
+
+/// A Noise handshake state for this side.
+fn noise(psk: &Psk, prologue: &[u8], initiator: bool) -> Result<snow::HandshakeState> {
+    let b = builder().psk(0, psk.bytes()).prologue(prologue);
     let hs = if initiator {
         b.build_initiator()
     } else {
@@ -356,12 +373,12 @@ fn noise(psk: &Psk, prologue: &[u8], initiator: bool) -> Result<snow::HandshakeS
 }
 
 /// Runs the initiator's side on `stream` before `deadline`.
-pub(crate) fn initiate(
-    stream: &TcpStream,
+pub(crate) fn initiate<W: Wire>(
+    stream: &W,
     p: &HandshakeParams<'_>,
     deadline: Instant,
 ) -> Result<Established> {
-    let peer = stream.peer_addr().map_err(|_| TransportError::Closed)?;
+    let peer = stream.peer().map_err(|_| TransportError::Closed)?;
     let io = Io {
         stream,
         peer,
@@ -429,12 +446,12 @@ pub(crate) fn initiate(
 }
 
 /// Runs the responder's side on `stream` before `deadline`.
-pub(crate) fn respond(
-    stream: &TcpStream,
+pub(crate) fn respond<W: Wire>(
+    stream: &W,
     p: &HandshakeParams<'_>,
     deadline: Instant,
 ) -> Result<Established> {
-    let peer = stream.peer_addr().map_err(|_| TransportError::Closed)?;
+    let peer = stream.peer().map_err(|_| TransportError::Closed)?;
     let io = Io {
         stream,
         peer,

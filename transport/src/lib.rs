@@ -36,6 +36,8 @@
 pub mod conn;
 pub mod error;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handshake;
 pub mod key;
 pub mod listener;

@@ -3,6 +3,7 @@
 
 mod attacks;
 mod flow;
+mod fuzz_harness;
 mod handshake;
 mod key;
 mod listener;

@@ -8,18 +8,13 @@ use proptest::prelude::*;
 
 use super::support::fake_peer;
 use crate::frame::{Header, Limits, FIRST_PAYLOAD, HEADER_LEN, MAX_PLAINTEXT};
-use crate::handshake::NOISE_PARAMS;
 use crate::record::{seal_frame, FrameReader, SealBuffers, Session};
 use crate::{Frame, FrameKind, TransportError};
 
 /// Both ends of an NNpsk0 session run in memory: (initiator, responder).
 fn sessions() -> (Session, Session) {
     let psk = [0x5a; 32];
-    let build = || {
-        snow::Builder::new(NOISE_PARAMS.parse().unwrap())
-            .psk(0, &psk)
-            .prologue(b"test")
-    };
+    let build = || crate::handshake::builder().psk(0, &psk).prologue(b"test");
     let mut i = build().build_initiator().unwrap();
     let mut r = build().build_responder().unwrap();
     let (mut m, mut p) = ([0u8; 1024], [0u8; 1024]);
