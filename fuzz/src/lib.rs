@@ -15,3 +15,4 @@ pub mod messages;
 pub mod pages;
 pub mod seeds;
 pub mod state;
+pub mod transport;

@@ -370,6 +370,59 @@ pub fn all() -> Vec<Seed> {
         stopped: false,
     };
     s.push(seed(t, "arbiter-record", 5, &arbiter::encode(&rec)));
+
+    // handshake: selector, flags, chunk, then the script's fields.
+    let t = "handshake";
+    let mut valid_i = vec![0x03, 7];
+    valid_i.extend_from_slice(&5u64.to_le_bytes());
+    s.push(seed(t, "initiator-valid", 1, &valid_i));
+    let mut bad_confirm = vec![0x0b, 64];
+    bad_confirm.extend_from_slice(&5u64.to_le_bytes());
+    bad_confirm.extend_from_slice(&[3, 0, 0x10]);
+    s.push(seed(t, "initiator-bad-confirm", 1, &bad_confirm));
+    let mut valid_r = vec![0x01, 5, 1];
+    valid_r.extend_from_slice(&3u64.to_le_bytes());
+    s.push(seed(t, "responder-valid", 2, &valid_r));
+    let mut refuse = vec![0x08, 1];
+    refuse.extend_from_slice(b"\x02\x0b\x00\x01\x00wrong key");
+    s.push(seed(t, "responder-refuses", 2, &refuse));
+    let mut raw = vec![0, 3];
+    raw.extend_from_slice(b"HSN1\x04\x00\x00\x00\x01\x00\x00\x00\x01\x58\x00");
+    raw.extend_from_slice(&[0x11; 88]);
+    s.push(seed(t, "raw-preamble-and-message", 0, &raw));
+
+    // frame_reader: mode, chunk u16, then frames or pieces.
+    let t = "frame_reader";
+    let mut rt = vec![0x00, 0x10];
+    // Kind, term, length class (0: near 65,503, 1: near 131,022, else
+    // small) and offset or length, fill byte.
+    for (kind, class, offset) in [(1u8, 0u8, 128u8), (2, 1, 129), (0, 0, 127)] {
+        rt.push(kind);
+        rt.extend_from_slice(&7u64.to_le_bytes());
+        rt.push(class);
+        rt.push(offset);
+        rt.push(0x5a);
+    }
+    rt.extend_from_slice(&[3, 9, 0, 0, 0, 0, 0, 0, 0, 2, 0x90, 0x01, 0xa5]);
+    s.push(seed(t, "round-trip", 3, &rt));
+    let mut pieces = vec![0x00, 0x02];
+    pieces.extend_from_slice(&u32::MAX.to_le_bytes());
+    pieces.push(8); // limit 16 MiB
+                    // A first record: Ack, term 2, a 5-byte payload.
+    pieces.push(1);
+    pieces.extend_from_slice(&5u16.to_le_bytes());
+    pieces.push(3);
+    pieces.extend_from_slice(&2u64.to_le_bytes());
+    pieces.extend_from_slice(&5u32.to_le_bytes());
+    pieces.extend_from_slice(b"hello");
+    // Its replay, then raw garbage.
+    pieces.push(2);
+    pieces.extend_from_slice(&4u16.to_le_bytes());
+    pieces.extend_from_slice(b"abcd");
+    pieces.push(4);
+    pieces.extend_from_slice(&2u16.to_le_bytes());
+    pieces.extend_from_slice(&[0xff, 0xff]);
+    s.push(seed(t, "pieces", 0, &pieces));
     s
 }
 

@@ -11,6 +11,12 @@ fn runner(target: &str) -> fn(&[u8]) {
         "state_codec" => hotspare_fuzz::state::run,
         "device_records" => hotspare_fuzz::devices::run,
         "replication_messages" => hotspare_fuzz::messages::run,
+        "frame_reader" => |d| {
+            hotspare_fuzz::transport::frame_reader(d);
+        },
+        "handshake" => |d| {
+            hotspare_fuzz::transport::handshake(d);
+        },
         other => panic!("no harness for corpus/{other}: add it here"),
     }
 }
@@ -93,6 +99,11 @@ fn the_seeds_are_accepted_by_their_decoders() {
                 4 => wire::decode::<wire::Heartbeat>("", b).is_ok(),
                 _ => engine::replication::arbiter::decode("", b).is_ok(),
             },
+            // The valid handshakes complete, the others are refused.
+            "handshake" => {
+                hotspare_fuzz::transport::handshake(&s.bytes) == s.name.ends_with("-valid")
+            }
+            "frame_reader" => hotspare_fuzz::transport::frame_reader(&s.bytes) > 0,
             other => panic!("unknown target {other}"),
         };
         assert!(ok, "seed {what} is refused by its decoder");
