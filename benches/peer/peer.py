@@ -48,7 +48,10 @@ def livesync(a):
     what QEMU's migration does too (migbench migrates after a 2 s warm-up)."""
     os.makedirs(a.dir, exist_ok=True)
     key = os.path.join(a.dir, "key")
-    with open(key, "wb") as f:
+    # hotspare refuses a key file others may read (docs/security.md).
+    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "wb") as f:
         f.write(os.urandom(32))
     reps = []
     for rep in range(a.reps):

@@ -156,14 +156,12 @@ impl Setup {
         let end = Instant::now() + Duration::from_secs(10);
         loop {
             let text = read_to(&log);
-            if let Some(i) = text.find("listening on ") {
-                let addr = text[i + 13..]
-                    .lines()
-                    .next()
-                    .unwrap_or_default()
-                    .trim()
-                    .to_string();
-                return Ok((s, addr, log));
+            // Only a whole line: the log may end mid-write ("127.0.0.").
+            let line = text
+                .find("listening on ")
+                .and_then(|i| text[i + 13..].split_once('\n'));
+            if let Some((addr, _)) = line {
+                return Ok((s, addr.trim().to_string(), log));
             }
             if Instant::now() > end || s.try_wait()?.is_some() {
                 let _ = s.kill();
@@ -290,12 +288,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<i32> {
     let guest = dir.join("memtest.elf");
     std::fs::write(&guest, GUEST)?;
     let key = dir.join("key");
-    std::fs::write(
-        &key,
-        (0u8..32)
-            .map(|i| i.wrapping_mul(37) ^ 0x5a)
-            .collect::<Vec<_>>(),
-    )?;
+    crate::fresh_key(&key)?;
     let s = Setup {
         exe: std::env::current_exe()?,
         guest,
