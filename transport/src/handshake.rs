@@ -240,7 +240,16 @@ struct Io<'a, W: Wire> {
     deadline: Instant,
 }
 
-impl<W: Wire> Io<'_, W> {
+impl<'a, W: Wire> Io<'a, W> {
+    fn new(stream: &'a W, deadline: Instant) -> Result<Self> {
+        let peer = stream.peer().map_err(|_| TransportError::Closed)?;
+        Ok(Io {
+            stream,
+            peer,
+            deadline,
+        })
+    }
+
     /// Time left, or `Timeout`.
     fn left(&self) -> Result<Duration> {
         let left = self.deadline.saturating_duration_since(Instant::now());
@@ -378,12 +387,8 @@ pub(crate) fn initiate<W: Wire>(
     p: &HandshakeParams<'_>,
     deadline: Instant,
 ) -> Result<Established> {
-    let peer = stream.peer().map_err(|_| TransportError::Closed)?;
-    let io = Io {
-        stream,
-        peer,
-        deadline,
-    };
+    let io = Io::new(stream, deadline)?;
+    let peer = io.peer;
     let fingerprint = p.fingerprint.ok_or(TransportError::MissingFingerprint)?;
     let pre = preamble(p.protocol_version, p.channel);
     let mut hs = noise(p.psk, &pre, true)?;
@@ -451,12 +456,8 @@ pub(crate) fn respond<W: Wire>(
     p: &HandshakeParams<'_>,
     deadline: Instant,
 ) -> Result<Established> {
-    let peer = stream.peer().map_err(|_| TransportError::Closed)?;
-    let io = Io {
-        stream,
-        peer,
-        deadline,
-    };
+    let io = Io::new(stream, deadline)?;
+    let peer = io.peer;
     let mut pre = [0u8; PREAMBLE_LEN];
     // The magic first, so garbage is refused without waiting for more.
     io.read_exact(&mut pre[..MAGIC.len()])?;

@@ -78,15 +78,22 @@ pub enum AnswerError {
     },
 }
 
+/// An answer stamped with another term than the link's is refused.
+fn same_term(link: &LinkView<'_>, term: u64) -> Result<(), AnswerError> {
+    if term == link.term {
+        Ok(())
+    } else {
+        Err(AnswerError::Term {
+            theirs: term,
+            ours: link.term,
+        })
+    }
+}
+
 /// Judges an `Ack` of epoch `seq` stamped with `term`. `Ok(n)`: it answers
 /// the first `n` unacknowledged epochs (the last of them is `seq`).
 pub fn judge_ack(link: &LinkView<'_>, term: u64, seq: u64) -> Result<usize, AnswerError> {
-    if term != link.term {
-        return Err(AnswerError::Term {
-            theirs: term,
-            ours: link.term,
-        });
-    }
+    same_term(link, term)?;
     let last = link.last_sent();
     if seq > last {
         return Err(AnswerError::AckBeyond { seq, last });
@@ -109,12 +116,7 @@ pub fn judge_nack(
     seq: u64,
     superseded_by: Option<u64>,
 ) -> Result<Option<u64>, AnswerError> {
-    if term != link.term {
-        return Err(AnswerError::Term {
-            theirs: term,
-            ours: link.term,
-        });
-    }
+    same_term(link, term)?;
     let last = link.last_sent();
     if seq > last {
         return Err(AnswerError::NackBeyond { seq, last });
