@@ -249,13 +249,9 @@ pub fn run(cfg: StandbyConfig) -> Result<i32> {
         let fp_shadow = shadow.clone();
         let mut serve = ServeConfig::new(
             Arc::new(psk),
-            Arc::new(move || {
-                fp_shadow
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .fingerprint
-                    .map(|f| *f.as_bytes())
-            }),
+            // A poisoned shadow is never read: the connection's loop then
+            // fails to lock it too, and the decision loop ends the process.
+            Arc::new(move || lock(&fp_shadow).ok()?.fingerprint.map(|f| *f.as_bytes())),
         );
         serve.handshake_timeout = Duration::from_secs(2);
         (serve.max_pending, serve.max_per_source) = max_handshakes;
