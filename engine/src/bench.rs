@@ -347,6 +347,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<i32> {
     }
     let mut summary = summarize(&a, &base_walls, &runs, &takeovers);
     summary["machine"] = machine_limits();
+    summary["encryption"] = encryption_cost(&summary);
     if !more.is_empty() {
         let per_page = |v: &Value| f(&v["engine_cpu_us_per_dirty_page"], "primary");
         let first = per_page(&summary);
@@ -547,7 +548,14 @@ fn machine_limits() -> Value {
         Ok(256.0 / t.elapsed().as_secs_f64())
     })()
     .unwrap_or(0.0);
-    json!({ "memcpy_mib_s": memcpy, "encode_zstd1_mixed_mib_s": encode, "loopback_tcp_mib_s": tcp })
+    // The transport's cipher: seal then open of 64 KiB records.
+    let seal_open = transport::measure::seal_open_mib_s(64).unwrap_or(0.0);
+    json!({
+        "memcpy_mib_s": memcpy,
+        "encode_zstd1_mixed_mib_s": encode,
+        "loopback_tcp_mib_s": tcp,
+        "seal_open_mib_s": seal_open,
+    })
 }
 
 fn f(v: &Value, k: &str) -> f64 {
@@ -698,6 +706,21 @@ fn spares_row(n: usize, v: &Value, first_cpu_per_page: f64) -> Value {
     })
 }
 
+/// What encryption costs per dirty page: the wire bytes of a page through
+/// seal and open at the measured cipher rate, and its share of the
+/// engine's CPU per page (primary plus shadow) in the same run.
+fn encryption_cost(v: &Value) -> Value {
+    let rate = f(&v["machine"], "seal_open_mib_s") * (1 << 20) as f64;
+    let wire = f(&v["bytes_per_dirty_page"], "wire");
+    let cpu = f(&v["engine_cpu_us_per_dirty_page"], "primary")
+        + f(&v["engine_cpu_us_per_dirty_page"], "shadow");
+    let us = if rate > 0.0 { wire / rate * 1e6 } else { 0.0 };
+    json!({
+        "us_per_dirty_page": us,
+        "share_of_engine_cpu": if cpu > 0.0 { us / cpu } else { 0.0 },
+    })
+}
+
 fn markdown(v: &Value) -> String {
     let g = |path: &[&str]| {
         let mut x = v;
@@ -721,7 +744,8 @@ fn markdown(v: &Value) -> String {
          | full sync (live pre-copy; only on re-protection) | {:.0} MiB/s |\n\
          | takeover: detection / activation (p50) | {:.1} / {:.2} ms |\n\
          | guest run time unprotected / replicated (slowdown) | {:.2} / {:.2} s ({:.2}x) |\n\
-         | machine: memcpy / page encoder (zstd-1, mixed) / loopback TCP | {:.0} / {:.0} / {:.0} MiB/s |\n",
+         | encryption (AES-GCM seal + open of a page's wire bytes) | {:.2} µs per dirty page, {:.1}% of the engine CPU above |\n\
+         | machine: memcpy / page encoder (zstd-1, mixed) / loopback TCP / seal + open | {:.0} / {:.0} / {:.0} / {:.0} MiB/s |\n",
         c["mem_mib"], c["profile"].as_str().unwrap_or(""), c["fill"].as_str().unwrap_or(""), c["pages"], c["writes"],
         c["rate"], c["interval_ms"], c["pinned"], c["warmup_ms"], v["warmup_epochs_left_out"],
         g(&["pause_ms", "p50"]), g(&["pause_ms", "p99"]), g(&["pause_ms", "max"]),
@@ -738,7 +762,9 @@ fn markdown(v: &Value) -> String {
         g(&["full_sync_mib_s"]),
         g(&["takeover_ms", "detection_p50"]), g(&["takeover_ms", "activation_p50"]),
         g(&["guest", "baseline_s"]), g(&["guest", "replicated_s"]), g(&["guest", "slowdown"]),
+        g(&["encryption", "us_per_dirty_page"]), g(&["encryption", "share_of_engine_cpu"]) * 100.0,
         g(&["machine", "memcpy_mib_s"]), g(&["machine", "encode_zstd1_mixed_mib_s"]), g(&["machine", "loopback_tcp_mib_s"]),
+        g(&["machine", "seal_open_mib_s"]),
     ) + &spares_table(v)
 }
 

@@ -41,6 +41,7 @@ pub mod fuzzing;
 pub mod handshake;
 pub mod key;
 pub mod listener;
+pub mod measure;
 mod record;
 
 #[cfg(test)]
