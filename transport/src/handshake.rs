@@ -335,6 +335,30 @@ impl<'a, W: Wire> Io<'a, W> {
         }
     }
 
+    /// Receives one Noise handshake message and decrypts it into its
+    /// plaintext, which must be exactly `want` bytes. One that does not
+    /// decrypt comes from a peer holding another key (or replaying).
+    fn recv_noise(
+        &self,
+        hs: &mut snow::HandshakeState,
+        (from, what): (&str, &str),
+        want: usize,
+        wrong_key: &'static str,
+    ) -> Result<Vec<u8>> {
+        let msg = self.recv(&format!("{from} {what}"))?;
+        let mut plain = [0u8; MAX_MESSAGE];
+        let n = hs.read_message(&msg, &mut plain).map_err(|_| {
+            self.refuse(TransportError::WrongKey {
+                peer: self.peer,
+                detail: wrong_key,
+            })
+        })?;
+        if n != want {
+            return Err(self.refuse(malformed(self.peer, what, n, want)));
+        }
+        Ok(plain[..n].to_vec())
+    }
+
     /// Tells the peer why we give up (best effort), then returns `err`.
     fn refuse(&self, err: TransportError) -> TransportError {
         if let Some((code, reason)) = refusal(&err) {
@@ -407,17 +431,12 @@ pub(crate) fn initiate<W: Wire>(
     first.extend_from_slice(&msg[..n]);
     io.write_all(&first)?;
 
-    let reply = io.recv("the responder's handshake reply")?;
-    let mut plain = [0u8; MAX_MESSAGE];
-    let n = hs.read_message(&reply, &mut plain).map_err(|_| {
-        io.refuse(TransportError::WrongKey {
-            peer,
-            detail: "its handshake reply does not decrypt under our key",
-        })
-    })?;
-    if n != 41 {
-        return Err(io.refuse(malformed(peer, "handshake reply", n, 41)));
-    }
+    let plain = io.recv_noise(
+        &mut hs,
+        ("the responder's", "handshake reply"),
+        41,
+        "its handshake reply does not decrypt under our key",
+    )?;
     let had_fingerprint = plain[0] == 1;
     let theirs: [u8; 32] = plain[1..33].try_into().expect("32 bytes");
     let peer_term = u64::from_le_bytes(plain[33..41].try_into().expect("8 bytes"));
@@ -495,17 +514,12 @@ pub(crate) fn respond<W: Wire>(
     }
     let mut hs = noise(p.psk, &pre, false)?;
 
-    let first = io.recv("the initiator's first handshake message")?;
-    let mut plain = [0u8; MAX_MESSAGE];
-    let n = hs.read_message(&first, &mut plain).map_err(|_| {
-        io.refuse(TransportError::WrongKey {
-            peer,
-            detail: "its handshake message does not decrypt under our key",
-        })
-    })?;
-    if n != 40 {
-        return Err(io.refuse(malformed(peer, "first handshake message", n, 40)));
-    }
+    let plain = io.recv_noise(
+        &mut hs,
+        ("the initiator's", "first handshake message"),
+        40,
+        "its handshake message does not decrypt under our key",
+    )?;
     let fingerprint: [u8; 32] = plain[..32].try_into().expect("32 bytes");
     let peer_term = u64::from_le_bytes(plain[32..40].try_into().expect("8 bytes"));
     if let Some(ours) = p.fingerprint {
