@@ -12,6 +12,7 @@ pub mod memory;
 pub mod replication;
 pub mod restore;
 pub mod runner;
+pub mod service;
 pub mod snapshot;
 pub mod staged;
 pub mod store;

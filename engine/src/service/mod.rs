@@ -1,0 +1,6 @@
+//! The host service: what `hotspare agent` decides and keeps in the
+//! registry. Decisions (placement, reconciliation) are pure functions;
+//! the agent's loop gathers their inputs and carries out their results.
+//! Design: `docs/service.md`.
+
+pub mod placement;
