@@ -4,9 +4,12 @@
 pub mod boot;
 pub mod capture;
 pub mod checkpointer;
+pub mod control;
 pub mod cpu;
 pub mod devices;
 pub mod error;
+pub mod etcd;
+pub mod events;
 pub mod faults;
 pub mod memory;
 pub mod replication;

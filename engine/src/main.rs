@@ -27,6 +27,7 @@ const SUPERSEDED_EXIT: i32 = 76;
 /// Says why a primary stops as superseded; returns its exit status.
 fn superseded(why: &str) -> i32 {
     eprintln!("hotspare: SUPERSEDED: {why}; the guest stopped without releasing held output");
+    engine::events::emit(engine::events::Event::Superseded { why: why.into() });
     SUPERSEDED_EXIT
 }
 
@@ -326,6 +327,16 @@ struct StandbyArgs {
     /// guest ran again).
     #[arg(long)]
     stats_json: Option<PathBuf>,
+    /// Write typed events (role changes, protection, takeovers, per-epoch
+    /// figures) to this file, one JSON object per line
+    /// (`engine::events`; docs/service.md).
+    #[arg(long, value_name = "FILE")]
+    events: Option<PathBuf>,
+    /// Serve a control socket here (mode 0600): an agent adds and drops
+    /// spares of the running primary and reads its state through it
+    /// (`engine::control`; docs/service.md).
+    #[arg(long, value_name = "SOCKET")]
+    control: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -400,6 +411,16 @@ struct RunArgs {
     /// Write per-epoch replication figures as JSON to this file at exit.
     #[arg(long)]
     stats_json: Option<PathBuf>,
+    /// Write typed events (role changes, protection, takeovers, per-epoch
+    /// figures) to this file, one JSON object per line
+    /// (`engine::events`; docs/service.md).
+    #[arg(long, value_name = "FILE")]
+    events: Option<PathBuf>,
+    /// Serve a control socket here (mode 0600): an agent adds and drops
+    /// spares of the running primary and reads its state through it
+    /// (`engine::control`; docs/service.md).
+    #[arg(long, value_name = "SOCKET")]
+    control: Option<PathBuf>,
 }
 
 /// Pins the calling (main) thread, and so every engine thread it spawns, to
@@ -450,6 +471,11 @@ fn open_console(path: &str) -> anyhow::Result<Box<dyn std::io::Write + Send>> {
 }
 
 fn run(a: RunArgs) -> anyhow::Result<i32> {
+    open_events(
+        &a.events,
+        engine::events::Role::Primary,
+        Some(&a.replica.vm_id),
+    )?;
     if a.mem_mib == 0 || !a.mem_mib.is_multiple_of(2) {
         anyhow::bail!(
             "--mem-mib must be a positive multiple of 2, got {}",
@@ -518,6 +544,7 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
                 fencing,
                 async_max_queued: engine::replication::primary::ASYNC_MAX_QUEUED,
                 resumed: None,
+                control: control_inbox(&a.control)?,
             })
         }
         (false, None) => anyhow::bail!("--shadow and --async-shadow need --key-file"),
@@ -567,7 +594,10 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
         let wait = a.replica.wait_shadow_ms;
         vm.start_parked()?;
         let res = match rep.protect_before_start(&vm, Duration::from_millis(wait)) {
-            Ok(_) => engine::runner::supervise(&mut vm, Some(&mut rep as &mut dyn Periodic)),
+            Ok(_) => {
+                engine::events::emit(engine::events::Event::Running { term: rep.term() });
+                engine::runner::supervise(&mut vm, Some(&mut rep as &mut dyn Periodic))
+            }
             Err(e) => Err(e),
         };
         if let Err(engine::error::EngineError::Superseded(why)) = &res {
@@ -620,6 +650,7 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
 }
 
 fn standby(a: StandbyArgs) -> anyhow::Result<i32> {
+    open_events(&a.events, engine::events::Role::Standby, None)?;
     no_mac(&a.nets, "standby")?;
     let caps = engine::replication::bounds::ShapeCaps::new(a.max_mem_mib, a.max_vcpus)?;
     let max_epoch_bytes = match a.max_epoch_mib {
@@ -661,6 +692,7 @@ fn standby(a: StandbyArgs) -> anyhow::Result<i32> {
         fencing: a.arbiter.fencing("", "", false)?,
         async_max_queued: engine::replication::primary::ASYNC_MAX_QUEUED,
         resumed: None,
+        control: control_inbox(&a.control)?,
     };
     if a.arbiter.arbiter.as_deref() == Some("none") && a.reprotect.len() > 1 {
         anyhow::bail!(
@@ -795,10 +827,43 @@ fn main() -> ExitCode {
         }
     };
     match res {
-        Ok(code) => ExitCode::from(code as u8),
+        Ok(code) => {
+            engine::events::emit(engine::events::Event::Exiting {
+                code,
+                why: String::new(),
+            });
+            ExitCode::from(code as u8)
+        }
         Err(e) => {
             eprintln!("hotspare: error: {e:#}");
+            engine::events::emit(engine::events::Event::Exiting {
+                code: 1,
+                why: format!("{e:#}"),
+            });
             ExitCode::from(1)
         }
     }
+}
+
+/// Serves the `--control` socket, if asked.
+fn control_inbox(path: &Option<PathBuf>) -> anyhow::Result<Option<engine::control::Inbox>> {
+    path.as_ref()
+        .map(|p| engine::control::serve(p).with_context(|| format!("--control {}", p.display())))
+        .transpose()
+}
+
+/// Opens the `--events` file and says what this process is.
+fn open_events(
+    path: &Option<PathBuf>,
+    role: engine::events::Role,
+    vm: Option<&str>,
+) -> anyhow::Result<()> {
+    if let Some(p) = path {
+        engine::events::open(p).with_context(|| format!("--events {}", p.display()))?;
+        engine::events::emit(engine::events::Event::Started {
+            role,
+            vm: vm.map(str::to_string),
+        });
+    }
+    Ok(())
 }

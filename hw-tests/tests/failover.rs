@@ -509,3 +509,127 @@ fn clock_dependent_output_survives_10_random_kills_without_contradiction() {
         common::check_agrees(&format!("trial {trial} ({err})"), &first, at, &second);
     }
 }
+
+/// The typed events (`--events`) tell a failover's story with figures:
+/// the primary's start, protection, run and per-epoch figures; the
+/// standby's address, sync, takeover (with the console position the text
+/// also gives) and exit.
+#[test]
+fn typed_events_describe_a_failover() {
+    use engine::events::{Event, Role};
+    if !common::kvm_available() {
+        return;
+    }
+    let spec = GuestSpec::new("memtest", "rounds=400 writes=30000 pattern=mixed");
+    let dir = TempDir::new("events");
+    let key = common::key_file(&dir, "key", 7);
+    let (pcon, scon) = (dir.path("primary.txt"), dir.path("shadow.txt"));
+    let (mut standby, addr) = spawn_standby(&key, &scon, "127.0.0.1:0");
+    let mut c = spec.run_cmd(&pcon);
+    c.args(["--shadow", &addr, "--key-file"])
+        .arg(&key)
+        .arg("--arbiter")
+        .arg(common::arbiter_arg(&key))
+        .args(["--interval-ms", "20"]);
+    let mut primary = common::Proc::spawn_with_events(c);
+    let tenth = primary.wait_event(Duration::from_secs(30), |e| match e {
+        Event::Epoch { seq: 10, .. } => Some(()),
+        _ => None,
+    });
+    assert!(tenth.is_some(), "no tenth epoch:\n{}", primary.stderr());
+    primary.child.kill().unwrap();
+    primary.child.wait().unwrap();
+    let (err, at) = common::finished_takeover(&mut standby, "events");
+
+    let p = primary.events();
+    assert!(
+        matches!(&p[0], Event::Started { role: Role::Primary, vm: Some(v) } if v == "vm"),
+        "{p:?}"
+    );
+    assert!(p.contains(&Event::Protected {
+        spare: addr.clone(),
+        epoch: 1
+    }));
+    let term = p
+        .iter()
+        .find_map(|e| match e {
+            Event::Running { term } => Some(*term),
+            _ => None,
+        })
+        .expect("a running event");
+    let epochs: Vec<_> = p
+        .iter()
+        .filter_map(|e| match e {
+            Event::Epoch {
+                seq,
+                pause_us,
+                pages,
+                raw_bytes,
+                wire_bytes,
+                ..
+            } => Some((*seq, *pause_us, *pages, *raw_bytes, *wire_bytes)),
+            _ => None,
+        })
+        .collect();
+    assert!(epochs.len() >= 10, "{epochs:?}");
+    let acks: usize = p
+        .iter()
+        .map(|e| match e {
+            Event::Epoch { acks_us, .. } => acks_us.len(),
+            _ => 0,
+        })
+        .sum();
+    assert!(acks >= 5, "ack latencies reach the events: {acks}");
+    assert!(epochs.windows(2).all(|w| w[1].0 > w[0].0), "seqs rise");
+    assert!(epochs.iter().all(|e| e.1 > 0), "every pause is timed");
+    assert!(
+        epochs
+            .iter()
+            .any(|e| e.2 > 0 && e.3 >= e.2 * 4096 && e.4 > 0),
+        "pages, raw bytes and wire bytes: {epochs:?}"
+    );
+
+    let s = standby.events();
+    let kinds: Vec<&str> = s
+        .iter()
+        .map(|e| match e {
+            Event::Started { .. } => "started",
+            Event::Listening { .. } => "listening",
+            Event::InSync { .. } => "in_sync",
+            Event::TookOver { .. } => "took_over",
+            Event::Running { .. } => "running",
+            Event::Exiting { .. } => "exiting",
+            _ => "other",
+        })
+        .filter(|k| *k != "other")
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "started",
+            "listening",
+            "in_sync",
+            "took_over",
+            "running",
+            "exiting"
+        ],
+        "{s:?}"
+    );
+    match s.iter().find(|e| matches!(e, Event::TookOver { .. })) {
+        Some(Event::TookOver {
+            term: t,
+            console_at,
+            from_async,
+            ..
+        }) => {
+            assert!(*t > term, "the takeover's term {t} follows {term}");
+            assert_eq!(*console_at as usize, at);
+            assert!(!from_async);
+        }
+        _ => unreachable!(),
+    }
+    assert!(
+        matches!(s.last(), Some(Event::Exiting { code: 0, .. })),
+        "{s:?}\n{err}"
+    );
+}

@@ -85,6 +85,9 @@ pub struct PrimaryConfig {
     /// may hold exactly that state (the old record's); they continue with
     /// increments instead of a live copy if they do.
     pub resumed: Option<(u64, Vec<String>)>,
+    /// Commands from the control socket (`--control`), answered between
+    /// epochs.
+    pub control: Option<crate::control::Inbox>,
 }
 
 /// Page and container buffers kept for reuse between captures and sends.
@@ -151,6 +154,8 @@ pub struct Replicator {
     async_add: Vec<(u64, String)>,
     next_record: Instant,
     announced_unprotected: bool,
+    /// Ack latencies (µs) for the next epoch event.
+    event_acks: Vec<u64>,
 }
 
 #[path = "spares.rs"]
@@ -214,8 +219,14 @@ impl Replicator {
             async_add: Vec::new(),
             next_record: Instant::now(),
             announced_unprotected: false,
+            event_acks: Vec::new(),
             cfg,
         }
+    }
+
+    /// This primary's term (known once `protect_before_start` ran).
+    pub fn term(&self) -> u64 {
+        self.cfg.term
     }
 
     /// Whether a synchronous spare currently protects the VM.
@@ -265,6 +276,9 @@ impl Replicator {
         };
         if after == AfterDrop::Unprotected {
             self.devices.hold_outputs(false);
+            crate::events::emit(crate::events::Event::Unprotected {
+                why: format!("spares {names:?} left the record"),
+            });
             match &self.fence {
                 Some(_) => eprintln!(
                     "hotspare: the arbiter recorded this primary (term {}) as UNPROTECTED: held output released; reconnecting to {}",
@@ -546,11 +560,15 @@ impl Replicator {
         if acked {
             let pages = self.stats.epochs.last().map_or(0, |e| e.pages);
             self.stats.protected_before_start = Some((t0.elapsed(), pages * PAGE_SIZE));
+            let members = self.commit.lock().members();
             eprintln!(
                 "hotspare: protected by shadow {} before the guest started (epoch {seq}, {:.1} ms)",
-                self.commit.lock().members().join(", "),
+                members.join(", "),
                 t0.elapsed().as_secs_f64() * 1e3
             );
+            for spare in members {
+                crate::events::emit(crate::events::Event::Protected { spare, epoch: seq });
+            }
         } else {
             let why = if joined.is_empty() {
                 "no synchronous spare answered (asynchronous spares hold no output back)"
@@ -558,6 +576,7 @@ impl Replicator {
                 "the synchronous spares did not all take the initial state; output stays held until they do or leave the record"
             };
             eprintln!("hotspare: the guest starts UNPROTECTED or waiting: {why}");
+            crate::events::emit(crate::events::Event::Unprotected { why: why.into() });
             self.act(vm)?;
         }
         Ok(acked)
@@ -569,6 +588,7 @@ impl Replicator {
             self.lose_spare(i, why);
         }
         eprintln!("hotspare: {why}: the guest starts UNPROTECTED; retrying");
+        crate::events::emit(crate::events::Event::Unprotected { why: why.into() });
         self.announced_unprotected = true;
         drop(vm.pause()?);
         Ok(false)
@@ -767,6 +787,7 @@ impl Periodic for Replicator {
 
 impl Replicator {
     fn tick_inner(&mut self, vm: &Vm) -> Result<()> {
+        self.serve_control();
         self.settle()?;
         self.act(vm)?;
         if let Some(f) = self.fence.as_mut() {

@@ -20,6 +20,7 @@ use super::super::wire::{self, EpochEnd};
 use super::{Replicator, ShadowSpec};
 use crate::capture;
 use crate::error::{EngineError, Result};
+use crate::events;
 use crate::memory::PAGE_SIZE;
 use crate::vm::Vm;
 
@@ -312,6 +313,18 @@ impl Replicator {
         });
         s.announced = false;
         s.async_recorded = false;
+        let join = match how {
+            Join::Initial => None,
+            Join::Copy => Some(events::JoinKind::Copy),
+            Join::Continue(_) => Some(events::JoinKind::Continue),
+        };
+        if let Some(join) = join {
+            events::emit(events::Event::SpareJoining {
+                spare: spec.addr.clone(),
+                join,
+                synchronous: spec.kind == Kind::Sync,
+            });
+        }
         match how {
             Join::Initial => {}
             Join::Copy => eprintln!(
@@ -435,6 +448,10 @@ impl Replicator {
                 Kind::Sync => "spare (still joining)",
             };
             eprintln!("hotspare: {what} {name} lost ({why}); it rejoins with a fresh live copy");
+            events::emit(events::Event::SpareLost {
+                spare: name.to_string(),
+                why: why.to_string(),
+            });
             return;
         };
         if kind == Kind::Async && self.commit.lock().released().is_none() {
@@ -442,6 +459,10 @@ impl Replicator {
             // output until the arbiter dropped it.
             self.devices.hold_outputs(true);
         }
+        events::emit(events::Event::SpareLost {
+            spare: name.to_string(),
+            why: why.to_string(),
+        });
         match self.fence.as_mut() {
             Some(f) => {
                 eprintln!(
@@ -505,6 +526,10 @@ impl Replicator {
         let Some(f) = self.fence.as_mut() else {
             for n in self.unrecorded.drain(..) {
                 eprintln!("hotspare: protected by shadow {n} (epoch {})", self.seq);
+                events::emit(events::Event::Protected {
+                    spare: n,
+                    epoch: self.seq,
+                });
             }
             self.async_add.clear();
             return Ok(());
@@ -517,7 +542,12 @@ impl Replicator {
                     self.unrecorded.join(", "),
                     self.seq
                 );
-                self.unrecorded.clear();
+                for n in self.unrecorded.drain(..) {
+                    events::emit(events::Event::Protected {
+                        spare: n,
+                        epoch: self.seq,
+                    });
+                }
             } else {
                 ok = false;
             }
@@ -530,6 +560,7 @@ impl Replicator {
             // From now on its loss holds output until the arbiter drops it.
             self.commit.lock().recorded(id);
             eprintln!("hotspare: asynchronous spare {n} follows the VM; the arbiter names it");
+            events::emit(events::Event::AsyncFollowing { spare: n.clone() });
             self.async_add.remove(0);
         }
         if let Some(b) = f.fence_info()? {
@@ -541,23 +572,69 @@ impl Replicator {
         Ok(())
     }
 
+    /// Answers the control socket's commands (`crate::control`).
+    pub(super) fn serve_control(&mut self) {
+        use crate::control::{Command, Reply, SpareStatus, Status};
+        let Some(inbox) = self.cfg.control.clone() else {
+            return;
+        };
+        while let Ok(req) = inbox.try_recv() {
+            if Instant::now() > req.deadline {
+                continue;
+            }
+            let reply = match req.cmd {
+                Command::Status => Reply {
+                    ok: true,
+                    error: None,
+                    status: Some(Status {
+                        term: self.cfg.term,
+                        seq: self.seq,
+                        protected: self.protected(),
+                        spares: self
+                            .spares
+                            .iter()
+                            .map(|s| SpareStatus {
+                                addr: s.spec.addr.clone(),
+                                synchronous: s.spec.kind == Kind::Sync,
+                                linked: s.link.is_some(),
+                            })
+                            .collect(),
+                    }),
+                },
+                Command::AddSpare { addr, synchronous } => {
+                    if self.spares.iter().any(|s| s.spec.addr == addr) {
+                        Reply::refused(format!("{addr} is a spare already"))
+                    } else {
+                        let kind = if synchronous { Kind::Sync } else { Kind::Async };
+                        eprintln!("hotspare: control: new {} spare {addr}", kind_name(kind));
+                        let spec = ShadowSpec { addr, kind };
+                        self.cfg.shadows.push(spec.clone());
+                        self.spares.push(Spare::new(spec));
+                        Reply::done()
+                    }
+                }
+                Command::DropSpare { addr } => {
+                    match self.spares.iter().position(|s| s.spec.addr == addr) {
+                        None => Reply::refused(format!("{addr} is not a spare")),
+                        Some(i) if self.spares[i].link.is_some() => Reply::refused(format!(
+                            "{addr} is connected: only a lost spare is dropped"
+                        )),
+                        Some(i) => {
+                            eprintln!("hotspare: control: spare {addr} forgotten");
+                            self.spares.remove(i);
+                            self.cfg.shadows.retain(|s| s.addr != addr);
+                            Reply::done()
+                        }
+                    }
+                }
+            };
+            let _ = req.reply.send(reply);
+        }
+    }
+
     /// Moves the encoder's figures and the links' ack latencies into the
     /// run's stats.
     fn collect(&mut self) {
-        for x in self
-            .fanout
-            .encoded
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-        {
-            if let Some(e) = self.stats.epochs.iter_mut().rev().find(|e| e.seq == x.seq) {
-                e.raw_bytes = x.raw_bytes;
-                e.wire_bytes = x.wire_bytes;
-                e.encode = x.encode;
-                e.delta_pages = x.delta_pages;
-            }
-        }
         let links: Vec<Arc<LinkShared>> = self
             .spares
             .iter()
@@ -566,18 +643,50 @@ impl Replicator {
         for l in links {
             self.collect_link(&l);
         }
+        let encoded: Vec<_> = self
+            .fanout
+            .encoded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect();
+        for x in encoded {
+            if let Some(e) = self.stats.epochs.iter_mut().rev().find(|e| e.seq == x.seq) {
+                e.raw_bytes = x.raw_bytes;
+                e.wire_bytes = x.wire_bytes;
+                e.encode = x.encode;
+                e.delta_pages = x.delta_pages;
+                if events::enabled() {
+                    let ev = events::Event::Epoch {
+                        seq: e.seq,
+                        full: e.full,
+                        pause_us: e.pause.as_micros() as u64,
+                        pages: e.pages,
+                        raw_bytes: e.raw_bytes,
+                        wire_bytes: e.wire_bytes,
+                        acks_us: std::mem::take(&mut self.event_acks),
+                        async_lag: self.stats.async_lag.map(|l| l.0),
+                    };
+                    events::emit(ev);
+                }
+            }
+        }
     }
 
     /// Moves one link's ack latencies and live-copy figures into the stats.
     fn collect_link(&mut self, shared: &LinkShared) {
         if shared.kind == Kind::Sync {
-            self.stats.ack_latency.extend(
-                shared
-                    .ack_latency
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .drain(..),
-            );
+            let acks: Vec<Duration> = shared
+                .ack_latency
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .drain(..)
+                .collect();
+            if events::enabled() && self.event_acks.len() < super::super::FIGURES_KEPT {
+                self.event_acks
+                    .extend(acks.iter().map(|d| d.as_micros() as u64));
+            }
+            self.stats.ack_latency.extend(acks);
             let n = self.stats.ack_latency.len();
             if n > super::super::FIGURES_KEPT {
                 self.stats

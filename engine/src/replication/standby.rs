@@ -258,6 +258,9 @@ pub fn run(cfg: StandbyConfig) -> Result<i32> {
         serve.allow = allow;
         let incoming = listener.serve(serve).map_err(EngineError::Transport)?;
         eprintln!("hotspare: standby listening on {local}");
+        crate::events::emit(crate::events::Event::Listening {
+            addr: local.to_string(),
+        });
         let (shadow, ev_tx, last_heard) = (shadow.clone(), ev_tx.clone(), last_heard.clone());
         let took_over = took_over.clone();
         std::thread::Builder::new()
@@ -784,6 +787,10 @@ fn commit(
             end.seq
         );
         sh.in_sync_term = term;
+        crate::events::emit(crate::events::Event::InSync {
+            term,
+            epoch: end.seq,
+        });
     }
     super::push_bounded(&mut sh.reports, (end.figures, staged.len() as u64));
     if let Some(want) = end.memory_hash {

@@ -241,6 +241,17 @@ pub(super) fn take_over(shadow: &Arc<Mutex<Shadow>>, t: Takeover) -> Result<i32>
         arbiter_time.as_secs_f64() * 1e3,
         activation.as_secs_f64() * 1e3
     );
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    crate::events::emit(crate::events::Event::TookOver {
+        term,
+        epoch: seq,
+        console_at: out_start,
+        from_async: fence.as_ref().is_some_and(|f| f.async_spare),
+        detection_ms: ms(detection),
+        arbiter_ms: ms(arbiter_time),
+        activation_ms: ms(activation),
+    });
+    crate::events::emit(crate::events::Event::Running { term });
     if let Some(path) = &stats_json {
         let us = |d: Duration| d.as_micros() as u64;
         let json = serde_json::json!({ "takeover": {
@@ -384,5 +395,6 @@ fn next_primary(
         }
         _ => cfg.fencing = None,
     }
-    (!cfg.shadows.is_empty()).then_some(cfg)
+    // With a control socket the agent adds spares later: keep a replicator.
+    (!cfg.shadows.is_empty() || cfg.control.is_some()).then_some(cfg)
 }

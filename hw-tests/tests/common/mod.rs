@@ -307,7 +307,23 @@ pub fn finished_takeover(standby: &mut Proc, what: &str) -> (String, usize) {
         st.success(),
         "{what}: standby failed after takeover: {st}\n{err}"
     );
-    let at = takeover_resume(&err, what);
+    let at = match standby.events {
+        // The typed event, and the text for people must agree.
+        Some(_) => {
+            let at = standby
+                .events()
+                .iter()
+                .find_map(|e| match e {
+                    engine::events::Event::TookOver { console_at, .. } => Some(*console_at),
+                    _ => None,
+                })
+                .unwrap_or_else(|| panic!("{what}: no took_over event:\n{err}"))
+                as usize;
+            assert_eq!(at, takeover_resume(&err, what), "{what}: event vs text");
+            at
+        }
+        None => takeover_resume(&err, what),
+    };
     (err, at)
 }
 
@@ -468,13 +484,66 @@ pub fn kill_restore_trial(
     trial
 }
 
-/// A process whose stderr is collected line by line in the background.
+/// A process whose stderr is collected line by line in the background,
+/// and, when spawned with `spawn_with_events`, whose typed events
+/// (`--events`) can be awaited.
 pub struct Proc {
     pub child: Child,
     lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    events: Option<PathBuf>,
 }
 
+static EVENT_FILES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 impl Proc {
+    /// Spawns a `hotspare run` or `standby` command with `--events` to a
+    /// file of its own.
+    pub fn spawn_with_events(mut cmd: Command) -> Proc {
+        let n = EVENT_FILES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let path = std::env::temp_dir().join(format!("hs-events-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        cmd.arg("--events").arg(&path);
+        let mut p = Proc::spawn(cmd);
+        p.events = Some(path);
+        p
+    }
+
+    /// The events written so far (the process must have been spawned with
+    /// `spawn_with_events`). A line that is not an event fails the test.
+    pub fn events(&self) -> Vec<engine::events::Event> {
+        let path = self.events.as_ref().expect("spawned without --events");
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        // Only whole lines: the last may still be being written.
+        let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+        whole
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<engine::events::Line>(l)
+                    .unwrap_or_else(|e| panic!("not an event ({e}): {l}"))
+                    .event
+            })
+            .collect()
+    }
+
+    /// Waits up to `t` for an event `pick` accepts; returns what it made of it.
+    pub fn wait_event<T>(
+        &mut self,
+        t: Duration,
+        pick: impl Fn(&engine::events::Event) -> Option<T>,
+    ) -> Option<T> {
+        let end = Instant::now() + t;
+        loop {
+            if let Some(x) = self.events().iter().find_map(&pick) {
+                return Some(x);
+            }
+            if Instant::now() > end || self.child.try_wait().expect("try_wait").is_some() {
+                std::thread::sleep(Duration::from_millis(20));
+                return self.events().iter().find_map(&pick);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
     pub fn spawn(mut cmd: Command) -> Proc {
         let mut child = cmd.stderr(Stdio::piped()).spawn().expect("spawn");
         let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -486,7 +555,11 @@ impl Proc {
                 l.lock().unwrap().push(line);
             }
         });
-        Proc { child, lines }
+        Proc {
+            child,
+            lines,
+            events: None,
+        }
     }
 
     pub fn stderr(&self) -> String {
@@ -563,6 +636,9 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(p) = &self.events {
+            let _ = std::fs::remove_file(p);
+        }
     }
 }
 
@@ -621,16 +697,13 @@ pub fn spawn_standby_with(
 /// its address.
 pub fn start_standby(mut c: Command) -> (Proc, String) {
     c.stdin(Stdio::null());
-    let mut p = Proc::spawn(c);
-    let line = p
-        .wait_line("standby listening on ", Duration::from_secs(10))
+    let mut p = Proc::spawn_with_events(c);
+    let addr = p
+        .wait_event(Duration::from_secs(10), |e| match e {
+            engine::events::Event::Listening { addr } => Some(addr.clone()),
+            _ => None,
+        })
         .unwrap_or_else(|| panic!("standby did not start:\n{}", p.stderr()));
-    let addr = line
-        .rsplit("listening on ")
-        .next()
-        .unwrap()
-        .trim()
-        .to_string();
     (p, addr)
 }
 
@@ -753,7 +826,9 @@ pub fn failover_trial(
     let mut primary = spawn_primary(spec, &pcon, &addr, &key, interval_ms);
     let started = Instant::now();
     standby
-        .wait_line("standby in sync", Duration::from_secs(30))
+        .wait_event(Duration::from_secs(30), |e| {
+            matches!(e, engine::events::Event::InSync { .. }).then_some(())
+        })
         .unwrap_or_else(|| {
             panic!(
                 "{}: the standby never synced\nprimary:\n{}\nstandby:\n{}",
