@@ -3,4 +3,8 @@
 //! the agent's loop gathers their inputs and carries out their results.
 //! Design: `docs/service.md`.
 
+pub mod auth;
+pub mod config;
+pub mod model;
 pub mod placement;
+pub mod registry;
