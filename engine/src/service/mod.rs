@@ -7,4 +7,5 @@ pub mod auth;
 pub mod config;
 pub mod model;
 pub mod placement;
+pub mod reconcile;
 pub mod registry;
