@@ -180,21 +180,19 @@ fn vm_turn(w: &World, v: &Versioned<VmDoc>, child: Option<&Child>, out: &mut Vec
     }
 
     // A local standby took over: this host runs the primary now.
-    if child.is_some_and(|c| c.took_over && c.exited.is_none()) {
-        if !me_primary {
-            let mut doc = d.clone();
-            doc.assign.gen += 1;
-            doc.assign.primary = w.me.to_string();
-            doc.assign.spares.retain(|s| s.host != w.me);
-            doc.phase = Phase::Running;
-            doc.failovers += 1;
-            doc.failover_requested = false;
-            doc.last_takeover_ms = Some(w.now_ms);
-            doc.last_reprotect_ms = None;
-            write(out, doc);
-            out.push(Action::Withdraw { vm });
-            return;
-        }
+    if child.is_some_and(|c| c.took_over && c.exited.is_none()) && !me_primary {
+        let mut doc = d.clone();
+        doc.assign.gen += 1;
+        doc.assign.primary = w.me.to_string();
+        doc.assign.spares.retain(|s| s.host != w.me);
+        doc.phase = Phase::Running;
+        doc.failovers += 1;
+        doc.failover_requested = false;
+        doc.last_takeover_ms = Some(w.now_ms);
+        doc.last_reprotect_ms = None;
+        write(out, doc);
+        out.push(Action::Withdraw { vm });
+        return;
     }
 
     if me_primary {
