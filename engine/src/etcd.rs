@@ -133,7 +133,8 @@ impl Etcd {
                 Ok(resp) => match resp.into_json::<Value>() {
                     // Every etcd answer has a header; without one this is
                     // not etcd (or not a whole answer): try the next member.
-                    Ok(v) if v.get("header").is_some() => {
+                    // (The streaming lease keep-alive nests it in `result`.)
+                    Ok(v) if v.get("header").is_some() || v.pointer("/result/header").is_some() => {
                         self.current = at;
                         return Ok(v);
                     }

@@ -38,6 +38,7 @@ mod bench;
 mod bench_disk;
 mod bench_failover;
 mod bench_net;
+mod cli_service;
 mod demo;
 mod demo_disk;
 mod demo_net;
@@ -77,6 +78,12 @@ enum Cmd {
     /// Measure failover: SIGKILL of the primary to the guest running on the
     /// standby, with no arbiter, the file arbiter and etcd on loopback.
     BenchFailover(bench_failover::BenchFailoverArgs),
+    /// The host service: register this host, run the VMMs it is assigned,
+    /// serve the management API and /metrics (docs/service.md).
+    Agent(cli_service::AgentArgs),
+    /// The management API's command line: status, create, stop, start,
+    /// failover, delete, tokens, metrics.
+    Ctl(cli_service::CtlArgs),
     /// Write a new pre-shared key file: 32 random bytes, mode 0600 (an
     /// existing file is never overwritten).
     Keygen {
@@ -471,6 +478,9 @@ fn open_console(path: &str) -> anyhow::Result<Box<dyn std::io::Write + Send>> {
 }
 
 fn run(a: RunArgs) -> anyhow::Result<i32> {
+    // Before any thread exists, so every thread inherits the mask and
+    // only the waiter (`stop_on_term`) takes SIGTERM and SIGINT.
+    let term_signals = block_term_signals()?;
     open_events(
         &a.events,
         engine::events::Role::Primary,
@@ -570,6 +580,7 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
             .collect(),
     };
     let mut vm = Vm::create(&cfg, open_console(&a.console)?, None)?;
+    stop_on_term(term_signals, vm.shared.clone())?;
     let kind = vm.boot(&BootSpec {
         kernel: a.kernel,
         cmdline: a.cmdline,
@@ -811,6 +822,8 @@ fn main() -> ExitCode {
         Cmd::BenchNet(a) => bench_net::bench_net(a),
         Cmd::BenchFailover(a) => bench_failover::bench_failover(a),
         Cmd::Bench(a) => bench::bench(a),
+        Cmd::Agent(a) => cli_service::agent(a),
+        Cmd::Ctl(a) => cli_service::ctl(a),
         Cmd::Keygen { file } => transport::Psk::generate()
             .and_then(|k| k.write_new_file(&file))
             .map(|()| {
@@ -843,6 +856,41 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Blocks SIGTERM and SIGINT in this thread (and the threads it spawns).
+fn block_term_signals() -> anyhow::Result<nix::sys::signal::SigSet> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set.thread_block().context("blocking SIGTERM and SIGINT")?;
+    Ok(set)
+}
+
+/// The first SIGTERM or SIGINT stops the guest in order, as if it had
+/// halted: held output is released once committed, the spares are told
+/// the guest ended (none takes over) and the arbiter records it stopped.
+/// A second one exits at once.
+fn stop_on_term(
+    set: nix::sys::signal::SigSet,
+    shared: std::sync::Arc<engine::vcpu::Shared>,
+) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("hs-signals".into())
+        .spawn(move || {
+            let mut seen = false;
+            while let Ok(sig) = set.wait() {
+                if seen {
+                    std::process::exit(128 + sig as i32);
+                }
+                seen = true;
+                eprintln!("hotspare: {sig}: stopping the guest in order (again: exit at once)");
+                shared.request_stop(engine::vcpu::StopReason::Requested);
+            }
+        })
+        .context("the signal thread")?;
+    Ok(())
 }
 
 /// Serves the `--control` socket, if asked.

@@ -156,6 +156,8 @@ pub struct Replicator {
     announced_unprotected: bool,
     /// Ack latencies (µs) for the next epoch event.
     event_acks: Vec<u64>,
+    /// When the supervisor last ticked.
+    last_tick: Instant,
 }
 
 #[path = "spares.rs"]
@@ -220,6 +222,7 @@ impl Replicator {
             next_record: Instant::now(),
             announced_unprotected: false,
             event_acks: Vec::new(),
+            last_tick: Instant::now(),
             cfg,
         }
     }
@@ -365,6 +368,12 @@ impl Replicator {
             let recorded = std::mem::take(&mut self.protecting);
             let joined = self.commit.lock().hold_from(seq, &recorded);
             self.unrecorded.retain(|n| !joined.contains(n));
+            for spare in &joined {
+                crate::events::emit(crate::events::Event::Protected {
+                    spare: spare.clone(),
+                    epoch: seq,
+                });
+            }
         }
         self.publish_commit_from();
         self.seq = seq;
@@ -738,14 +747,16 @@ impl Periodic for Replicator {
     fn next_due(&self) -> Duration {
         let now = Instant::now();
         if !self.spares.iter().any(|s| s.link.is_some()) {
+            // No spare yet (or none at all, waiting for the control
+            // socket's): tick every 5 ms.
             return self
                 .spares
                 .iter()
                 .map(|s| s.next_dial)
                 .min()
-                .unwrap_or(now + Duration::from_secs(1))
-                .saturating_duration_since(now)
-                .min(Duration::from_millis(5));
+                .unwrap_or(self.last_tick + Duration::from_millis(5))
+                .min(self.last_tick + Duration::from_millis(5))
+                .saturating_duration_since(now);
         }
         // An epoch waiting for an ack (in-flight limit reached): tick again
         // in 500 µs to settle acks, rather than spinning through ticks.
@@ -787,6 +798,7 @@ impl Periodic for Replicator {
 
 impl Replicator {
     fn tick_inner(&mut self, vm: &Vm) -> Result<()> {
+        self.last_tick = Instant::now();
         self.serve_control();
         self.settle()?;
         self.act(vm)?;

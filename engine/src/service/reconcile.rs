@@ -170,7 +170,7 @@ fn vm_turn(w: &World, v: &Versioned<VmDoc>, child: Option<&Child>, out: &mut Vec
         })
     };
 
-    if d.desired == Desired::Stopped {
+    if d.desired == Desired::Stopped || (d.phase == Phase::Finished && !me_primary) {
         match child {
             Some(c) if c.exited.is_none() => out.push(Action::Stop { vm }),
             Some(_) => out.push(Action::Forget { vm }),

@@ -145,6 +145,25 @@ impl Registry {
         Ok(existed)
     }
 
+    /// The VM's fencing record (term, primary, spares), if it has one.
+    pub fn record(
+        &mut self,
+        name: &str,
+    ) -> Result<Option<crate::replication::arbiter::Record>, RegistryError> {
+        let key = self.key(&format!("vm/{name}"));
+        self.etcd
+            .get(&key)?
+            .map(|kv| {
+                crate::replication::arbiter::decode(&key, &kv.value).map_err(|e| {
+                    RegistryError::Corrupt {
+                        key: key.clone(),
+                        why: e.to_string(),
+                    }
+                })
+            })
+            .transpose()
+    }
+
     // ---- endpoints ----
 
     /// Every published endpoint.

@@ -1,0 +1,280 @@
+//! The agent's children: the VMM processes it runs (`hotspare run` for a
+//! primary, `hotspare standby` for a spare), each with its own console,
+//! events file and control socket under `state_dir/vms/<vm>/`. Their state
+//! comes from their typed events and control socket, never from their
+//! stderr (which goes to a log file beside them, for people).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use super::metrics::Metrics;
+use super::reconcile::{Child, ChildKind};
+use crate::control;
+use crate::events::{Event, Tail};
+
+/// What the children need to know about the cluster.
+#[derive(Clone, Debug)]
+pub struct Launch {
+    /// The `hotspare` binary.
+    pub binary: PathBuf,
+    /// Where per-VM files go.
+    pub state_dir: PathBuf,
+    /// The cluster's key file.
+    pub key_file: PathBuf,
+    /// `etcd://HOSTS/PREFIX` for `--arbiter`.
+    pub arbiter: String,
+    /// This host's id (a primary's name in the record).
+    pub host: String,
+    /// The standbys' listening address.
+    pub address: std::net::IpAddr,
+    /// Their port range.
+    pub ports: (u16, u16),
+}
+
+/// One running (or ended) child.
+pub struct Proc {
+    /// What the reconciler sees.
+    pub view: Child,
+    process: std::process::Child,
+    events: Option<Tail>,
+    events_path: PathBuf,
+    /// Its control socket.
+    pub control: PathBuf,
+    /// Its console file.
+    pub console: PathBuf,
+    /// Its port (a standby's).
+    pub port: Option<u16>,
+}
+
+impl Proc {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.process.id()
+    }
+}
+
+/// Every child of this agent.
+#[derive(Default)]
+pub struct Children {
+    /// The children.
+    pub procs: Vec<Proc>,
+    seq: u64,
+}
+
+impl Children {
+    /// The reconciler's view.
+    pub fn views(&self) -> Vec<Child> {
+        self.procs.iter().map(|p| p.view.clone()).collect()
+    }
+
+    fn files(
+        &mut self,
+        l: &Launch,
+        vm: &str,
+    ) -> std::io::Result<(PathBuf, PathBuf, PathBuf, PathBuf)> {
+        self.seq += 1;
+        let dir = l.state_dir.join("vms").join(vm);
+        std::fs::create_dir_all(&dir)?;
+        let n = format!("{}-{}", std::process::id(), self.seq);
+        Ok((
+            dir.join(format!("{n}.console")),
+            dir.join(format!("{n}.events")),
+            dir.join(format!("{n}.sock")),
+            dir.join(format!("{n}.log")),
+        ))
+    }
+
+    fn free_port(&self, l: &Launch) -> Option<u16> {
+        let used: BTreeSet<u16> = self.procs.iter().filter_map(|p| p.port).collect();
+        (l.ports.0..=l.ports.1)
+            .find(|p| !used.contains(p) && std::net::TcpListener::bind((l.address, *p)).is_ok())
+    }
+
+    /// Starts a standby for `vm`.
+    pub fn start_spare(&mut self, l: &Launch, vm: &str) -> Result<(), String> {
+        let port = self
+            .free_port(l)
+            .ok_or_else(|| format!("no free port in {}-{}", l.ports.0, l.ports.1))?;
+        let mut c = Command::new(&l.binary);
+        c.arg("standby")
+            .arg("--listen")
+            .arg(format!("{}:{port}", l.address))
+            .arg("--key-file")
+            .arg(&l.key_file)
+            .arg("--arbiter")
+            .arg(&l.arbiter);
+        self.spawn(l, vm, ChildKind::Spare, c, Some(port))
+    }
+
+    /// Starts the primary of `vm` with `args` (kernel, memory, options)
+    /// and its spares.
+    pub fn start_primary(
+        &mut self,
+        l: &Launch,
+        vm: &str,
+        args: &[String],
+        sync: &[String],
+        asynchronous: &[String],
+    ) -> Result<(), String> {
+        let mut c = Command::new(&l.binary);
+        c.arg("run").args(args);
+        for s in sync {
+            c.arg("--shadow").arg(s);
+        }
+        for s in asynchronous {
+            c.arg("--async-shadow").arg(s);
+        }
+        if !sync.is_empty() || !asynchronous.is_empty() {
+            c.arg("--key-file")
+                .arg(&l.key_file)
+                .arg("--arbiter")
+                .arg(&l.arbiter)
+                .arg("--vm-id")
+                .arg(vm)
+                .arg("--node-name")
+                .arg(&l.host);
+        }
+        self.spawn(l, vm, ChildKind::Primary, c, None)
+    }
+
+    fn spawn(
+        &mut self,
+        l: &Launch,
+        vm: &str,
+        kind: ChildKind,
+        mut c: Command,
+        port: Option<u16>,
+    ) -> Result<(), String> {
+        let (console, events, control, log) =
+            self.files(l, vm).map_err(|e| format!("state dir: {e}"))?;
+        let log = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+        c.arg("--console")
+            .arg(&console)
+            .arg("--events")
+            .arg(&events)
+            .arg("--control")
+            .arg(&control)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        let process = c
+            .spawn()
+            .map_err(|e| format!("{}: {e}", l.binary.display()))?;
+        self.procs.push(Proc {
+            view: Child {
+                vm: vm.to_string(),
+                kind,
+                exited: None,
+                listening: None,
+                took_over: false,
+                spares: Vec::new(),
+                protected_by: BTreeSet::new(),
+            },
+            process,
+            events: None,
+            events_path: events,
+            control,
+            console,
+            port,
+        });
+        Ok(())
+    }
+
+    /// Refreshes every child: its exit, its new events (folded into the
+    /// view and the metrics), its primary's spares.
+    pub fn poll(&mut self, metrics: &Metrics) {
+        for p in &mut self.procs {
+            if p.view.exited.is_none() {
+                if let Ok(Some(st)) = p.process.try_wait() {
+                    p.view.exited = Some(st.code());
+                }
+            }
+            if p.events.is_none() {
+                p.events = Tail::open(&p.events_path).ok();
+            }
+            let lines = p
+                .events
+                .as_mut()
+                .and_then(|t| t.read().ok())
+                .unwrap_or_default();
+            for line in lines.into_iter().flatten() {
+                fold(&mut p.view, &line.event);
+                metrics.event(&p.view.vm, &line.event);
+            }
+            if p.view.runs_guest() {
+                if let Ok(r) = control::call(&p.control, &control::Command::Status) {
+                    if let Some(s) = r.status {
+                        p.view.spares = s.spares;
+                    }
+                }
+                metrics.spares(&p.view.vm, p.view.protected_by.len());
+            }
+        }
+    }
+
+    /// Sends `sig` to `vm`'s child.
+    pub fn signal(&self, vm: &str, sig: Signal) {
+        for p in self
+            .procs
+            .iter()
+            .filter(|p| p.view.vm == vm && p.view.exited.is_none())
+        {
+            let _ = kill(Pid::from_raw(p.process.id() as i32), sig);
+        }
+    }
+
+    /// Sends a control command to `vm`'s child.
+    pub fn command(&self, vm: &str, cmd: &control::Command) -> Result<control::Reply, String> {
+        let p = self
+            .procs
+            .iter()
+            .find(|p| p.view.vm == vm && p.view.exited.is_none())
+            .ok_or_else(|| format!("no running child for {vm}"))?;
+        control::call(&p.control, cmd).map_err(|e| format!("{}: {e}", p.control.display()))
+    }
+
+    /// Drops `vm`'s ended children (reaping them).
+    pub fn forget(&mut self, vm: &str, metrics: &Metrics) {
+        self.procs.retain_mut(|p| {
+            if p.view.vm == vm && p.view.exited.is_some() {
+                let _ = p.process.wait();
+                let _ = std::fs::remove_file(&p.control);
+                metrics.remove_vm(vm);
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// The console of `vm`'s child, if any.
+    pub fn console(&self, vm: &str) -> Option<&Path> {
+        self.procs
+            .iter()
+            .rev()
+            .find(|p| p.view.vm == vm)
+            .map(|p| p.console.as_path())
+    }
+}
+
+/// Folds an event into a child's view.
+fn fold(v: &mut Child, e: &Event) {
+    match e {
+        Event::Listening { addr } => v.listening = Some(addr.clone()),
+        Event::TookOver { .. } => {
+            v.took_over = true;
+            v.protected_by.clear();
+        }
+        Event::Protected { spare, .. } | Event::AsyncFollowing { spare } => {
+            v.protected_by.insert(spare.clone());
+        }
+        Event::SpareLost { spare, .. } => {
+            v.protected_by.remove(spare);
+        }
+        _ => {}
+    }
+}
