@@ -25,43 +25,52 @@ fn ip(args: &[&str]) -> bool {
     run(Command::new("ip").args(args))
 }
 
-/// Two hosts in namespaces and the root namespace's bridge address.
+/// Hosts in namespaces and the root namespace's bridge address.
 pub struct Lab {
     pub primary_ns: String,
     pub standby_ns: String,
     pub primary_ip: String,
     pub standby_ip: String,
+    /// Every host: (namespace, address); the first two are the primary's
+    /// and the standby's.
+    pub hosts: Vec<(String, String)>,
     /// The root namespace's address on the bridge (where etcd listens).
     pub hub_ip: String,
     bridge: String,
 }
 
 impl Lab {
-    /// Builds the lab; panics, naming what failed, where it cannot (these
-    /// tests need root, `ip` and iptables: `scripts/setup.sh`).
+    /// Builds the two-host lab; panics, naming what failed, where it cannot
+    /// (these tests need root, `ip` and iptables: `scripts/setup.sh`).
     pub fn create(tag: &str) -> Lab {
-        let n = LABS.fetch_add(1, Ordering::SeqCst);
-        // Interface names have at most 15 bytes: "hfpo" + 11.
-        let id = format!("{}{n}", std::process::id() % 100_000);
         let _ = tag;
-        let k = (std::process::id() * 7 + n * 31) % 250 + 1;
+        Lab::with_hosts(2)
+    }
+
+    /// Builds a lab of `n` hosts (at most 250).
+    pub fn with_hosts(n: usize) -> Lab {
+        let seq = LABS.fetch_add(1, Ordering::SeqCst);
+        // Interface names have at most 15 bytes: "hf" + index + "o" + id.
+        let id = format!("{}{seq}", std::process::id() % 100_000);
+        let k = (std::process::id() * 7 + seq * 31) % 250 + 1;
+        let hosts: Vec<(String, String)> = (0..n)
+            .map(|i| (format!("hf{i}n{id}"), format!("10.216.{k}.{}", i + 1)))
+            .collect();
         let lab = Lab {
-            primary_ns: format!("hfp{id}"),
-            standby_ns: format!("hfs{id}"),
-            primary_ip: format!("10.216.{k}.1"),
-            standby_ip: format!("10.216.{k}.2"),
+            primary_ns: hosts[0].0.clone(),
+            standby_ns: hosts[1.min(n - 1)].0.clone(),
+            primary_ip: hosts[0].1.clone(),
+            standby_ip: hosts[1.min(n - 1)].1.clone(),
             hub_ip: format!("10.216.{k}.254"),
             bridge: format!("hfb{id}"),
+            hosts,
         };
         let br = lab.bridge.clone();
         let mut ok = ip(&["link", "add", &br, "type", "bridge"])
             && ip(&["addr", "add", &format!("{}/24", lab.hub_ip), "dev", &br])
             && ip(&["link", "set", &br, "up"]);
-        for (ns, addr, side) in [
-            (&lab.primary_ns, &lab.primary_ip, "p"),
-            (&lab.standby_ns, &lab.standby_ip, "s"),
-        ] {
-            let (outer, inner) = (format!("hf{side}o{id}"), format!("hf{side}i{id}"));
+        for (i, (ns, addr)) in lab.hosts.iter().enumerate() {
+            let (outer, inner) = (format!("hf{i}o{id}"), format!("hf{i}i{id}"));
             ok = ok
                 && ip(&["netns", "add", ns])
                 && ip(&[
@@ -91,6 +100,16 @@ impl Lab {
             "iptables does not work in a network namespace: scripts/setup.sh installs it"
         );
         lab
+    }
+
+    /// Takes host `i` off the network: its uplink goes down (its processes
+    /// live on, cut off, as behind a dead switch).
+    pub fn unplug(&self, i: usize) {
+        let id = self.bridge.trim_start_matches("hfb");
+        assert!(
+            ip(&["link", "set", &format!("hf{i}o{id}"), "down"]),
+            "unplugging host {i}"
+        );
     }
 
     fn iptables(&self, ns: &str, args: &[&str]) -> bool {
@@ -166,7 +185,7 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        for ns in [&self.primary_ns, &self.standby_ns] {
+        for (ns, _) in &self.hosts {
             let _ = ip(&["netns", "del", ns]);
         }
         let _ = ip(&["link", "del", &self.bridge]);
