@@ -38,6 +38,7 @@ mod bench;
 mod bench_disk;
 mod bench_failover;
 mod bench_net;
+mod cli_config;
 mod cli_service;
 mod demo;
 mod demo_disk;
@@ -344,6 +345,13 @@ struct StandbyArgs {
     /// (`engine::control`; docs/service.md).
     #[arg(long, value_name = "SOCKET")]
     control: Option<PathBuf>,
+    /// Read options from this TOML file first: its keys are this
+    /// command's long options (`interval-ms = 20`, `shadow = ["b:7000"]`,
+    /// `verify-memory = true`); an option on the command line wins. An
+    /// error names the file's line.
+    /// (Expanded before parsing: `cli_config.rs`.)
+    #[arg(long = "config", value_name = "FILE")]
+    _config: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -428,6 +436,13 @@ struct RunArgs {
     /// (`engine::control`; docs/service.md).
     #[arg(long, value_name = "SOCKET")]
     control: Option<PathBuf>,
+    /// Read options from this TOML file first: its keys are this
+    /// command's long options (`interval-ms = 20`, `shadow = ["b:7000"]`,
+    /// `verify-memory = true`); an option on the command line wins. An
+    /// error names the file's line.
+    /// (Expanded before parsing: `cli_config.rs`.)
+    #[arg(long = "config", value_name = "FILE")]
+    _config: Option<PathBuf>,
 }
 
 /// Pins the calling (main) thread, and so every engine thread it spawns, to
@@ -811,7 +826,14 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let argv = match cli_config::expand(std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("hotspare: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(argv);
     engine::faults::check_env();
     let res = match cli.cmd {
         Cmd::Run(a) => run(*a),

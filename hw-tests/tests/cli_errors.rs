@@ -271,3 +271,30 @@ fn bad_standby_caps_are_refused_naming_the_option() {
         assert!(err.contains(want), "{args:?}: {err}");
     }
 }
+
+/// `--config FILE` (TOML whose keys are long options) works for run and
+/// standby; an error names the file's line and key, and nothing starts.
+#[test]
+fn a_config_file_covers_the_options_and_its_errors_name_the_line() {
+    let d = TempDir::new("cfgfile");
+    let f = d.path("standby.toml");
+    std::fs::write(&f, "listen = \"127.0.0.1:0\"\n\ntimeout-ms = \"soon\"\n").unwrap();
+    let (ok, err) = run(&["standby", "--config", f.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        err.contains("standby.toml:3: timeout-ms:") && err.contains("soon"),
+        "{err}"
+    );
+    std::fs::write(
+        &f,
+        "listen = \"127.0.0.1:0\"\nkey-file = \"/nonexistent/key\"\narbiter = \"none\"\n",
+    )
+    .unwrap();
+    // Every option came from the file: the error is about the key file's content.
+    let (ok, err) = run(&["standby", "--config", f.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("/nonexistent/key"), "{err}");
+    let (ok, err) = run(&["run", "--config", d.path("missing.toml").to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("missing.toml"), "{err}");
+}
