@@ -19,6 +19,7 @@ use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
 use crate::demo::GUEST;
+use engine::events::Event;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -116,13 +117,16 @@ fn read_to(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
-fn number_after(text: &str, key: &str) -> Option<f64> {
-    let i = text.find(key)? + key.len();
-    text[i..]
-        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .find(|s| !s.is_empty())?
-        .parse()
-        .ok()
+/// The whole-line events in a process's `--events` file so far (a line
+/// that is not an event is skipped: a newer writer's kind).
+fn read_events(path: &Path) -> Vec<Event> {
+    let text = read_to(path);
+    let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+    whole
+        .lines()
+        .filter_map(|l| serde_json::from_str::<engine::events::Line>(l).ok())
+        .map(|l| l.event)
+        .collect()
 }
 
 struct Setup {
@@ -141,8 +145,11 @@ impl Setup {
         crate::demo::guest_run(&self.exe, &self.guest, a.mem_mib, &self.cmdline, console)
     }
 
+    /// A standby: (process, address, its events file).
     fn standby(&self, tag: &str) -> anyhow::Result<(std::process::Child, String, PathBuf)> {
         let log = self.dir.join(format!("standby-{tag}.log"));
+        let events = self.dir.join(format!("standby-{tag}.events"));
+        let _ = std::fs::remove_file(&events);
         let mut s = child(
             Command::new(&self.exe)
                 .args(["standby", "--listen", "127.0.0.1:0", "--key-file"])
@@ -151,21 +158,22 @@ impl Setup {
                 .arg(crate::demo::arbiter_arg(&self.key))
                 .arg("--console")
                 .arg(self.dir.join(format!("shadow-{tag}.txt")))
+                .arg("--events")
+                .arg(&events)
                 .stderr(std::fs::File::create(&log)?),
         )?;
         let end = Instant::now() + Duration::from_secs(10);
         loop {
-            let text = read_to(&log);
-            // Only a whole line: the log may end mid-write ("127.0.0.").
-            let line = text
-                .find("listening on ")
-                .and_then(|i| text[i + 13..].split_once('\n'));
-            if let Some((addr, _)) = line {
-                return Ok((s, addr.trim().to_string(), log));
+            let addr = read_events(&events).into_iter().find_map(|e| match e {
+                Event::Listening { addr } => Some(addr),
+                _ => None,
+            });
+            if let Some(addr) = addr {
+                return Ok((s, addr, events));
             }
             if Instant::now() > end || s.try_wait()?.is_some() {
                 let _ = s.kill();
-                bail!("the standby did not start: {text}");
+                bail!("the standby did not start: {}", read_to(&log));
             }
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -229,9 +237,15 @@ fn replicated(s: &Setup, a: &BenchArgs, tag: &str, spares: usize) -> anyhow::Res
         );
     }
     let mut shadow_cpu = 0.0;
-    for (mut sb, _, log) in standbys {
+    for (mut sb, _, events) in standbys {
         let _ = sb.wait();
-        shadow_cpu += number_after(&read_to(&log), "cpu ").unwrap_or(0.0);
+        shadow_cpu += read_events(&events)
+            .into_iter()
+            .find_map(|e| match e {
+                Event::StandbyEnded { cpu_s, .. } => Some(cpu_s),
+                _ => None,
+            })
+            .unwrap_or(0.0);
     }
     let stats: Value = serde_json::from_str(&read_to(&s.dir.join(format!("stats-{tag}.json"))))
         .context("reading the primary's stats")?;
@@ -248,10 +262,13 @@ fn takeover(
     tag: &str,
     after: Duration,
 ) -> anyhow::Result<Option<(f64, f64)>> {
-    let (mut standby, addr, log) = s.standby(tag)?;
+    let (mut standby, addr, events) = s.standby(tag)?;
     let mut p = child(&mut s.primary(a, tag, &[addr]))?;
     let end = Instant::now() + Duration::from_secs(30);
-    while !read_to(&log).contains("in sync") {
+    while !read_events(&events)
+        .iter()
+        .any(|e| matches!(e, Event::InSync { .. }))
+    {
         if Instant::now() > end {
             let _ = p.kill();
             let _ = standby.kill();
@@ -263,17 +280,21 @@ fn takeover(
     p.kill().context("SIGKILL of the primary")?;
     let _ = p.wait();
     let _ = standby.wait();
-    let text = read_to(&log);
-    if text.contains("stopped on its own") {
+    let evs = read_events(&events);
+    if evs.iter().any(|e| matches!(e, Event::StandbyEnded { .. })) {
         println!("  (the guest finished before the kill: no takeover measured this rep)");
         return Ok(None);
     }
-    match (
-        number_after(&text, "detection "),
-        number_after(&text, "activation "),
-    ) {
-        (Some(d), Some(act)) => Ok(Some((d, act))),
-        _ => bail!("no takeover figures in the standby's output:\n{text}"),
+    match evs.iter().find_map(|e| match e {
+        Event::TookOver {
+            detection_ms,
+            activation_ms,
+            ..
+        } => Some((*detection_ms, *activation_ms)),
+        _ => None,
+    }) {
+        Some(x) => Ok(Some(x)),
+        None => bail!("no takeover event from the standby: {evs:?}"),
     }
 }
 

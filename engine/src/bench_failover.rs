@@ -110,7 +110,7 @@ fn trial(
     let tag = format!("{}-{n}", arbiter.split(':').next().unwrap_or("x"));
     let stats = a.out.join(format!("takeover-{tag}.json"));
     let _ = std::fs::remove_file(&stats);
-    let mut standby = Child::spawn(
+    let mut standby = Child::spawn_with_events(
         Command::new(exe)
             .args(["standby", "--listen", "127.0.0.1:0", "--key-file"])
             .arg(key)
@@ -122,9 +122,17 @@ fn trial(
                 "--stats-json",
             ])
             .arg(&stats),
+        &stats.with_extension("events"),
     )?;
-    let line = standby.wait_line("standby listening on ", Duration::from_secs(10))?;
-    let addr = line.rsplit("listening on ").next().unwrap_or("").trim();
+    let addr = standby.wait_event(
+        Duration::from_secs(10),
+        "the standby's address",
+        |e| match e {
+            engine::events::Event::Listening { addr } => Some(addr.clone()),
+            _ => None,
+        },
+    )?;
+    let addr = addr.as_str();
     let mut primary = Child::spawn(
         guest_run(
             exe,
@@ -143,7 +151,7 @@ fn trial(
         ])
         .args(["--interval-ms", &a.interval_ms.to_string()]),
     )?;
-    standby.wait_line("standby in sync", Duration::from_secs(30))?;
+    standby.wait_in_sync(Duration::from_secs(30))?;
     std::thread::sleep(Duration::from_millis(random_ms(200, 700)));
     if primary.child.try_wait()?.is_some() {
         return Ok(None);

@@ -145,7 +145,7 @@ pub fn ctl(a: CtlArgs) -> anyhow::Result<i32> {
         CtlCmd::Status => {
             let vms: Vec<VmView> = serde_json::from_str(&call("GET", "/v1/vms", None)?)?;
             println!(
-                "{:<16} {:<12} {:<10} {:>4} {:<10} {:<24} {:>9} {:>13}",
+                "{:<16} {:<12} {:<10} {:>4} {:<10} {:<24} {:>9} {:>13} {:>7} {:>4}",
                 "VM",
                 "PROTECTION",
                 "PHASE",
@@ -153,8 +153,11 @@ pub fn ctl(a: CtlArgs) -> anyhow::Result<i32> {
                 "PRIMARY",
                 "SPARES",
                 "FAILOVERS",
-                "REPROTECT_MS"
+                "REPROTECT_MS",
+                "EPOCHS",
+                "LAG"
             );
+            let dash = |x: Option<u64>| x.map_or("-".to_string(), |m| m.to_string());
             for v in vms {
                 let spares: Vec<String> = v
                     .spares
@@ -166,7 +169,7 @@ pub fn ctl(a: CtlArgs) -> anyhow::Result<i32> {
                     .unwrap_or("?")
                     .to_string();
                 println!(
-                    "{:<16} {:<12} {:<10} {:>4} {:<10} {:<24} {:>9} {:>13}",
+                    "{:<16} {:<12} {:<10} {:>4} {:<10} {:<24} {:>9} {:>13} {:>7} {:>4}",
                     v.name,
                     v.protection,
                     phase,
@@ -174,7 +177,9 @@ pub fn ctl(a: CtlArgs) -> anyhow::Result<i32> {
                     v.primary,
                     spares.join(","),
                     v.failovers,
-                    v.last_reprotect_ms.map_or("-".into(), |m| m.to_string())
+                    dash(v.last_reprotect_ms),
+                    dash(v.epochs),
+                    dash(v.async_lag)
                 );
                 for u in &v.unmet {
                     println!("    degraded: {u}");

@@ -150,13 +150,77 @@ fn show_tail(label: &str, bytes: &[u8], lines: usize) {
     }
 }
 
-/// A child whose stderr lines are collected in the background.
+/// A child whose stderr lines are collected in the background (for
+/// people), and whose typed events (`--events`) the demo and benches read
+/// their figures from.
 pub(crate) struct Child {
     pub(crate) child: std::process::Child,
     lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    events: Option<std::path::PathBuf>,
 }
 
 impl Child {
+    /// Spawns `cmd` (a `hotspare run` or `standby`) writing its events to
+    /// `events`.
+    pub(crate) fn spawn_with_events(cmd: &mut Command, events: &Path) -> anyhow::Result<Child> {
+        let _ = std::fs::remove_file(events);
+        let mut c = Child::spawn(cmd.arg("--events").arg(events))?;
+        c.events = Some(events.to_path_buf());
+        Ok(c)
+    }
+
+    /// Its events so far (whole lines).
+    pub(crate) fn events(&self) -> anyhow::Result<Vec<engine::events::Event>> {
+        let path = self.events.as_ref().context("spawned without --events")?;
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
+        whole
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<engine::events::Line>(l)
+                    .map(|l| l.event)
+                    .with_context(|| format!("not an event: {l}"))
+            })
+            .collect()
+    }
+
+    /// Waits up to `t` for an event `pick` accepts.
+    pub(crate) fn wait_event<T>(
+        &mut self,
+        t: Duration,
+        what: &str,
+        pick: impl Fn(&engine::events::Event) -> Option<T>,
+    ) -> anyhow::Result<T> {
+        let end = Instant::now() + t;
+        loop {
+            if let Some(x) = self.events()?.iter().find_map(&pick) {
+                return Ok(x);
+            }
+            if Instant::now() > end || self.child.try_wait()?.is_some() {
+                std::thread::sleep(Duration::from_millis(20));
+                return self.events()?.iter().find_map(&pick).with_context(|| {
+                    format!("waiting for {what}; the process said:\n{}", self.all())
+                });
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Waits until a standby committed its first epoch.
+    pub(crate) fn wait_in_sync(&mut self, t: Duration) -> anyhow::Result<()> {
+        self.wait_event(t, "the standby's first commit", |e| {
+            matches!(e, engine::events::Event::InSync { .. }).then_some(())
+        })
+    }
+
+    /// The console byte a standby that took over resumed at.
+    pub(crate) fn took_over_at(&self) -> anyhow::Result<Option<u64>> {
+        Ok(self.events()?.iter().find_map(|e| match e {
+            engine::events::Event::TookOver { console_at, .. } => Some(*console_at),
+            _ => None,
+        }))
+    }
+
     pub(crate) fn spawn(cmd: &mut Command) -> anyhow::Result<Child> {
         let mut child = cmd.stdin(Stdio::null()).stderr(Stdio::piped()).spawn()?;
         let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -168,7 +232,11 @@ impl Child {
                 l.lock().unwrap_or_else(|e| e.into_inner()).push(line);
             }
         });
-        Ok(Child { child, lines })
+        Ok(Child {
+            child,
+            lines,
+            events: None,
+        })
     }
 
     /// Everything it said on stderr.
@@ -186,28 +254,6 @@ impl Child {
             .iter()
             .find(|l| l.contains(needle))
             .cloned()
-    }
-
-    pub(crate) fn wait_line(&mut self, needle: &str, t: Duration) -> anyhow::Result<String> {
-        let end = Instant::now() + t;
-        loop {
-            if let Some(l) = self.line(needle) {
-                return Ok(l);
-            }
-            if Instant::now() > end || self.child.try_wait()?.is_some() {
-                std::thread::sleep(Duration::from_millis(20));
-                return self.line(needle).with_context(|| {
-                    format!(
-                        "waiting for '{needle}'; the process said:\n{}",
-                        self.lines
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .join("\n")
-                    )
-                });
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
     }
 }
 
@@ -232,7 +278,7 @@ pub(crate) fn spawn_standby(
     console: &Path,
     extra: &[&std::ffi::OsStr],
 ) -> anyhow::Result<(Child, String)> {
-    let mut standby = Child::spawn(
+    let mut standby = Child::spawn_with_events(
         Command::new(exe)
             .args(["standby", "--listen", "127.0.0.1:0", "--key-file"])
             .arg(key)
@@ -241,24 +287,17 @@ pub(crate) fn spawn_standby(
             .arg("--console")
             .arg(console)
             .args(extra),
+        &console.with_extension("events"),
     )?;
-    let line = standby.wait_line("standby listening on ", Duration::from_secs(10))?;
-    let addr = line
-        .rsplit("listening on ")
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_string();
+    let addr = standby.wait_event(
+        Duration::from_secs(10),
+        "the standby's address",
+        |e| match e {
+            engine::events::Event::Listening { addr } => Some(addr.clone()),
+            _ => None,
+        },
+    )?;
     Ok((standby, addr))
-}
-
-fn number_after(line: &str, key: &str) -> Option<u64> {
-    let i = line.find(key)? + key.len();
-    line[i..]
-        .split(|c: char| !c.is_ascii_digit())
-        .find(|s| !s.is_empty())?
-        .parse()
-        .ok()
 }
 
 fn failover_demo(a: DemoArgs, dir: PathBuf) -> anyhow::Result<i32> {
@@ -296,7 +335,7 @@ fn failover_demo(a: DemoArgs, dir: PathBuf) -> anyhow::Result<i32> {
             .arg("--interval-ms")
             .arg(a.interval_ms.to_string()),
     )?;
-    standby.wait_line("standby in sync", Duration::from_secs(30))?;
+    standby.wait_in_sync(Duration::from_secs(30))?;
     println!(
         "      standby {addr} in sync after {:.2?} (initial full sync)",
         t0.elapsed()
@@ -330,7 +369,8 @@ fn failover_demo(a: DemoArgs, dir: PathBuf) -> anyhow::Result<i32> {
     let status = standby.child.wait()?;
     let take = standby.line("TAKING OVER");
     let summary = standby.line("replication summary");
-    if !status.success() || take.is_none() {
+    let resumed = standby.took_over_at()?;
+    if !status.success() || take.is_none() || resumed.is_none() {
         bail!(
             "the standby did not take over cleanly ({status}):\n{}",
             standby
@@ -345,7 +385,7 @@ fn failover_demo(a: DemoArgs, dir: PathBuf) -> anyhow::Result<i32> {
     let second = std::fs::read(files("shadow.txt"))?;
     show_tail("primary's console", &first, 2);
     show_tail("shadow's console", &second, 2);
-    let at = number_after(&take, "console resumes at byte ").context("resume position")? as usize;
+    let at = resumed.context("resume position")? as usize;
     if !reference.starts_with(&first) {
         bail!("the primary's output is not a prefix of the reference");
     }

@@ -95,7 +95,7 @@ pub fn disk_demo(exe: &Path, dir: &Path, key: &Path, interval_ms: u64) -> anyhow
             .arg("--interval-ms")
             .arg(interval_ms.to_string()),
     )?;
-    standby.wait_line("standby in sync", Duration::from_secs(30))?;
+    standby.wait_in_sync(Duration::from_secs(30))?;
     // Kill once a third to two thirds of the output has been released.
     let target = reference.len() as u64 * crate::demo::random_ms(33, 67) / 100;
     let end = Instant::now() + Duration::from_secs(60);
@@ -124,7 +124,7 @@ pub fn disk_demo(exe: &Path, dir: &Path, key: &Path, interval_ms: u64) -> anyhow
     }
     let status = standby.child.wait()?;
     let take = standby.line("TAKING OVER").unwrap_or_default();
-    if !status.success() || take.is_empty() {
+    if !status.success() || standby.took_over_at()?.is_none() {
         bail!(
             "the disk standby did not take over cleanly ({status}):\n{}",
             standby.all()

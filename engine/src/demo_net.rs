@@ -65,8 +65,13 @@ pub(crate) fn start(
             .arg("--console")
             .arg(work.join("net-shadow.txt"))
             .args(["--net", "tap=tap0"]);
-        let mut s = Child::spawn(&mut NetLab::wrap(&lab.hosts[1], &s))?;
-        s.wait_line("standby listening on ", Duration::from_secs(10))?;
+        let mut s = Child::spawn_with_events(
+            &mut NetLab::wrap(&lab.hosts[1], &s),
+            &work.join("net-shadow.events"),
+        )?;
+        s.wait_event(Duration::from_secs(10), "the standby's address", |e| {
+            matches!(e, engine::events::Event::Listening { .. }).then_some(())
+        })?;
         cmd.arg("--shadow")
             .arg(format!("{}:{STANDBY_PORT}", lab.host_ips[1]))
             .arg("--key-file")
@@ -81,7 +86,7 @@ pub(crate) fn start(
     let primary = Child::spawn(&mut NetLab::wrap(&lab.hosts[0], &cmd))?;
     let mut vm = NetVm { primary, standby };
     if let Some(s) = vm.standby.as_mut() {
-        s.wait_line("standby in sync", Duration::from_secs(30))?;
+        s.wait_in_sync(Duration::from_secs(30))?;
     }
     // Frames that arrive before the guest's driver is up are dropped, as on
     // any NIC: wait for it.
@@ -182,8 +187,12 @@ pub fn net_demo(exe: &Path, dir: &Path, interval_ms: u64) -> anyhow::Result<bool
     vm.primary.child.kill()?;
     vm.primary.child.wait()?;
     let standby = vm.standby.as_mut().context("a standby")?;
-    let line = standby.wait_line("TAKING OVER", Duration::from_secs(10))?;
-    println!("      {}", line.trim_start_matches("hotspare: "));
+    standby.wait_event(Duration::from_secs(10), "the takeover", |e| {
+        matches!(e, engine::events::Event::TookOver { .. }).then_some(())
+    })?;
+    if let Some(line) = standby.line("TAKING OVER") {
+        println!("      {}", line.trim_start_matches("hotspare: "));
+    }
     drive(
         &lab,
         &sock,

@@ -142,6 +142,13 @@ pub enum Event {
         /// How many epochs the furthest asynchronous spare lags.
         async_lag: Option<u64>,
     },
+    /// A standby ends without taking over (its primary's guest ended).
+    StandbyEnded {
+        /// Epochs it committed.
+        epochs: u64,
+        /// The process's CPU time, s.
+        cpu_s: f64,
+    },
     /// The process is about to exit.
     Exiting {
         /// Its exit status.

@@ -320,6 +320,11 @@ fn a_vm_fails_over_is_reprotected_and_survives_its_rack() {
     });
     check_rules(&v);
     assert!(v["unmet"].as_array().unwrap().is_empty(), "{v}");
+    // The primary's agent publishes its live figures: epochs, and the geo
+    // spare's lag.
+    let v = cl.wait_vm("web", Duration::from_secs(20), "live status", |v| {
+        v["epochs"].as_u64().is_some_and(|e| e >= 50) && v["async_lag"].is_u64()
+    });
     let first = v["primary"].as_str().unwrap().to_string();
     eprintln!("placed: {v}");
 

@@ -319,11 +319,15 @@ pub fn run(cfg: StandbyConfig) -> Result<i32> {
             StandbyDecision::Stop => {
                 let sh = lock(&shadow)?;
                 sh.report_verified();
+                let cpu_s = crate::cpu::process_cpu_time().as_secs_f64();
                 eprintln!(
-                    "hotspare: standby saw {} committed epochs; no takeover; cpu {:.3} s",
+                    "hotspare: standby saw {} committed epochs; no takeover; cpu {cpu_s:.3} s",
                     sh.reports.len(),
-                    crate::cpu::process_cpu_time().as_secs_f64()
                 );
+                crate::events::emit(crate::events::Event::StandbyEnded {
+                    epochs: sh.reports.len() as u64,
+                    cpu_s,
+                });
                 eprintln!("hotspare: the primary's guest stopped on its own; standby exits without taking over");
                 return Ok(0);
             }

@@ -44,6 +44,8 @@ pub struct Agent {
     metrics: Arc<Metrics>,
     server: Arc<tiny_http::Server>,
     me: HostInfo,
+    /// The statuses last published, per VM.
+    published: std::collections::BTreeMap<String, super::model::VmStatus>,
 }
 
 fn now_ms() -> u64 {
@@ -131,6 +133,7 @@ impl Agent {
             metrics,
             server,
             me,
+            published: Default::default(),
         })
     }
 
@@ -211,6 +214,26 @@ impl Agent {
         for a in acts {
             self.act(a, &vms)?;
         }
+        // Publish each running guest's status when it changed (epochs are
+        // counted in steps of 50, so a busy VM is written about twice a second).
+        for p in &self.children.procs {
+            if !p.view.runs_guest() {
+                continue;
+            }
+            let mut st = p.status.clone();
+            st.host = self.me.id.clone();
+            st.epochs -= st.epochs % 50;
+            if self.published.get(&p.view.vm) != Some(&st) {
+                self.registry.put_status(&p.view.vm, &st, self.lease)?;
+                self.published.insert(p.view.vm.clone(), st);
+            }
+        }
+        self.published.retain(|vm, _| {
+            self.children
+                .procs
+                .iter()
+                .any(|p| &p.view.vm == vm && p.view.runs_guest())
+        });
         let committed = vms
             .iter()
             .filter(|v| {

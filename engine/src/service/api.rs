@@ -76,9 +76,17 @@ pub struct VmView {
     pub failovers: u64,
     /// The last re-protection's time, ms.
     pub last_reprotect_ms: Option<u64>,
+    /// Epochs the primary captured (in steps of 50), from its agent.
+    pub epochs: Option<u64>,
+    /// How many epochs the furthest asynchronous spare lags.
+    pub async_lag: Option<u64>,
 }
 
-fn view(d: &VmDoc, rec: Option<&crate::replication::arbiter::Record>) -> VmView {
+fn view(
+    d: &VmDoc,
+    rec: Option<&crate::replication::arbiter::Record>,
+    st: Option<&super::model::VmStatus>,
+) -> VmView {
     let protected = rec.is_some_and(|r| r.protected && !r.stopped);
     let protection = match (&d.phase, d.desired) {
         (_, Desired::Stopped) => "stopped",
@@ -105,6 +113,8 @@ fn view(d: &VmDoc, rec: Option<&crate::replication::arbiter::Record>) -> VmView 
         term: rec.map_or(0, |r| r.term),
         failovers: d.failovers,
         last_reprotect_ms: d.last_reprotect_ms,
+        epochs: st.map(|s| s.epochs),
+        async_lag: st.and_then(|s| s.async_lag),
     }
 }
 
@@ -182,7 +192,8 @@ impl Api {
                 for v in self.registry.vms()? {
                     if auth::sees(&who, &v.doc.owner) {
                         let rec = self.registry.record(&v.doc.spec.name)?;
-                        out.push(view(&v.doc, rec.as_ref()));
+                        let st = self.registry.status(&v.doc.spec.name)?;
+                        out.push(view(&v.doc, rec.as_ref(), st.as_ref()));
                     }
                 }
                 Ok(answer(200, json!(out)))
@@ -217,7 +228,8 @@ impl Api {
                 match (method, rest) {
                     ("GET", []) => {
                         let rec = self.registry.record(name)?;
-                        return Ok(answer(200, json!(view(&doc, rec.as_ref()))));
+                        let st = self.registry.status(name)?;
+                        return Ok(answer(200, json!(view(&doc, rec.as_ref(), st.as_ref()))));
                     }
                     ("DELETE", []) => {
                         self.registry.delete_vm(name)?;
@@ -302,7 +314,7 @@ impl Api {
         if !self.registry.swap_vm(&doc, None)? {
             return Ok(error(409, format!("a VM named {:?} exists", doc.spec.name)));
         }
-        Ok(answer(201, json!(view(&doc, None))))
+        Ok(answer(201, json!(view(&doc, None, None))))
     }
 
     fn new_token(&mut self, body: &[u8]) -> Result<Answer, RegistryError> {

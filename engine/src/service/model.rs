@@ -6,6 +6,7 @@
 //! | `hosts/<host>` | [`HostInfo`] | the host's lease |
 //! | `vms/<vm>` | [`VmDoc`] | until deleted |
 //! | `endpoints/<vm>/<host>` | [`Endpoint`] | the host's lease |
+//! | `status/<vm>` | [`VmStatus`] | the primary's host's lease |
 //! | `tokens/<sha256>` | [`TokenRecord`] | until deleted |
 //! | `vm/<vm>` | the fencing record (`replication/arbiter`) | until deleted |
 
@@ -215,6 +216,22 @@ pub struct VmDoc {
     /// protecting, ms.
     #[serde(default)]
     pub last_reprotect_ms: Option<u64>,
+}
+
+/// What the agent running a VM's primary publishes about it (under its
+/// host's lease, refreshed when it changes).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmStatus {
+    /// The primary's host.
+    pub host: String,
+    /// Its term.
+    pub term: u64,
+    /// Epochs it captured.
+    pub epochs: u64,
+    /// Spares protecting it now.
+    pub spares: Vec<String>,
+    /// How many epochs the furthest asynchronous spare lags.
+    pub async_lag: Option<u64>,
 }
 
 /// What a copy's agent publishes about it.

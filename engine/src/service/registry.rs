@@ -5,7 +5,7 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::model::{Endpoint, HostInfo, TokenRecord, VmDoc};
+use super::model::{Endpoint, HostInfo, TokenRecord, VmDoc, VmStatus};
 use crate::etcd::{Etcd, EtcdError, Expect};
 
 /// What went wrong with the registry.
@@ -142,6 +142,7 @@ impl Registry {
         self.etcd
             .delete_prefix(&self.key(&format!("endpoints/{name}/")))?;
         self.etcd.delete(&self.key(&format!("vm/{name}")))?;
+        self.etcd.delete(&self.key(&format!("status/{name}")))?;
         Ok(existed)
     }
 
@@ -161,6 +162,21 @@ impl Registry {
                     }
                 })
             })
+            .transpose()
+    }
+
+    /// Publishes a VM's live status under `lease`.
+    pub fn put_status(&mut self, vm: &str, st: &VmStatus, lease: u64) -> Result<(), RegistryError> {
+        let key = self.key(&format!("status/{vm}"));
+        Ok(self.etcd.put(&key, &json(st), lease)?)
+    }
+
+    /// A VM's live status, if its primary's agent publishes one.
+    pub fn status(&mut self, vm: &str) -> Result<Option<VmStatus>, RegistryError> {
+        let key = self.key(&format!("status/{vm}"));
+        self.etcd
+            .get(&key)?
+            .map(|kv| parse(&key, &kv.value))
             .transpose()
     }
 

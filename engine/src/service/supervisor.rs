@@ -48,6 +48,9 @@ pub struct Proc {
     pub console: PathBuf,
     /// Its port (a standby's).
     pub port: Option<u16>,
+    /// What its events say of the VM (published by the agent while it runs
+    /// the guest).
+    pub status: super::model::VmStatus,
 }
 
 impl Proc {
@@ -180,6 +183,7 @@ impl Children {
             control,
             console,
             port,
+            status: super::model::VmStatus::default(),
         });
         Ok(())
     }
@@ -203,6 +207,14 @@ impl Children {
                 .unwrap_or_default();
             for line in lines.into_iter().flatten() {
                 fold(&mut p.view, &line.event);
+                match &line.event {
+                    Event::Running { term } => p.status.term = *term,
+                    Event::Epoch { async_lag, .. } => {
+                        p.status.epochs += 1;
+                        p.status.async_lag = *async_lag;
+                    }
+                    _ => {}
+                }
                 metrics.event(&p.view.vm, &line.event);
             }
             if p.view.runs_guest() {
@@ -212,6 +224,7 @@ impl Children {
                     }
                 }
                 metrics.spares(&p.view.vm, p.view.protected_by.len());
+                p.status.spares = p.view.protected_by.iter().cloned().collect();
             }
         }
     }
