@@ -120,11 +120,9 @@ fn read_to(path: &Path) -> String {
 /// The whole-line events in a process's `--events` file so far (a line
 /// that is not an event is skipped: a newer writer's kind).
 fn read_events(path: &Path) -> Vec<Event> {
-    let text = read_to(path);
-    let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
-    whole
-        .lines()
-        .filter_map(|l| serde_json::from_str::<engine::events::Line>(l).ok())
+    engine::events::read_file(path)
+        .into_iter()
+        .filter_map(|l| l.ok())
         .map(|l| l.event)
         .collect()
 }

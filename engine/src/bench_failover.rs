@@ -124,14 +124,7 @@ fn trial(
             .arg(&stats),
         &stats.with_extension("events"),
     )?;
-    let addr = standby.wait_event(
-        Duration::from_secs(10),
-        "the standby's address",
-        |e| match e {
-            engine::events::Event::Listening { addr } => Some(addr.clone()),
-            _ => None,
-        },
-    )?;
+    let addr = standby.wait_listening(Duration::from_secs(10))?;
     let addr = addr.as_str();
     let mut primary = Child::spawn(
         guest_run(

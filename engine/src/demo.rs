@@ -172,14 +172,11 @@ impl Child {
     /// Its events so far (whole lines).
     pub(crate) fn events(&self) -> anyhow::Result<Vec<engine::events::Event>> {
         let path = self.events.as_ref().context("spawned without --events")?;
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
-        whole
-            .lines()
+        engine::events::read_file(path)
+            .into_iter()
             .map(|l| {
-                serde_json::from_str::<engine::events::Line>(l)
-                    .map(|l| l.event)
-                    .with_context(|| format!("not an event: {l}"))
+                l.map(|l| l.event)
+                    .map_err(|e| anyhow::anyhow!("not an event: {e}"))
             })
             .collect()
     }
@@ -204,6 +201,14 @@ impl Child {
             }
             std::thread::sleep(Duration::from_millis(2));
         }
+    }
+
+    /// Waits until a standby listens; its address.
+    pub(crate) fn wait_listening(&mut self, t: Duration) -> anyhow::Result<String> {
+        self.wait_event(t, "the standby's address", |e| match e {
+            engine::events::Event::Listening { addr } => Some(addr.clone()),
+            _ => None,
+        })
     }
 
     /// Waits until a standby committed its first epoch.
@@ -289,14 +294,7 @@ pub(crate) fn spawn_standby(
             .args(extra),
         &console.with_extension("events"),
     )?;
-    let addr = standby.wait_event(
-        Duration::from_secs(10),
-        "the standby's address",
-        |e| match e {
-            engine::events::Event::Listening { addr } => Some(addr.clone()),
-            _ => None,
-        },
-    )?;
+    let addr = standby.wait_listening(Duration::from_secs(10))?;
     Ok((standby, addr))
 }
 

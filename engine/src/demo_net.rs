@@ -69,9 +69,7 @@ pub(crate) fn start(
             &mut NetLab::wrap(&lab.hosts[1], &s),
             &work.join("net-shadow.events"),
         )?;
-        s.wait_event(Duration::from_secs(10), "the standby's address", |e| {
-            matches!(e, engine::events::Event::Listening { .. }).then_some(())
-        })?;
+        s.wait_listening(Duration::from_secs(10))?;
         cmd.arg("--shadow")
             .arg(format!("{}:{STANDBY_PORT}", lab.host_ips[1]))
             .arg("--key-file")

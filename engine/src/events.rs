@@ -257,13 +257,27 @@ impl Tail {
             return Ok(Vec::new());
         };
         let whole: Vec<u8> = self.partial.drain(..=end).collect();
-        Ok(BufReader::new(&whole[..])
-            .lines()
-            .map_while(|l| l.ok())
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| serde_json::from_str::<Line>(&l).map_err(|e| format!("{e}: {l}")))
-            .collect())
+        Ok(parse_lines(&whole))
     }
+}
+
+/// The events of whole lines in `bytes` (a line that is not an event is
+/// an error carrying its text).
+fn parse_lines(bytes: &[u8]) -> Vec<Result<Line, String>> {
+    BufReader::new(bytes)
+        .lines()
+        .map_while(|l| l.ok())
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str::<Line>(&l).map_err(|e| format!("{e}: {l}")))
+        .collect()
+}
+
+/// The events of an events file so far: its whole lines (the last may
+/// still be being written). A missing file has none.
+pub fn read_file(path: &Path) -> Vec<Result<Line, String>> {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    let end = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    parse_lines(&bytes[..end])
 }
 
 #[cfg(test)]

@@ -45,6 +45,28 @@ mod demo_disk;
 mod demo_net;
 mod plot;
 
+/// What every VMM process (`run`, `standby`) takes for the host service.
+#[derive(clap::Args)]
+struct ProcessArgs {
+    /// Write typed events (role changes, protection, takeovers, per-epoch
+    /// figures) to this file, one JSON object per line
+    /// (`engine::events`; docs/service.md).
+    #[arg(long, value_name = "FILE")]
+    events: Option<PathBuf>,
+    /// Serve a control socket here (mode 0600): an agent adds and drops
+    /// spares of the running primary and reads its state through it
+    /// (`engine::control`; docs/service.md).
+    #[arg(long, value_name = "SOCKET")]
+    control: Option<PathBuf>,
+    /// Read options from this TOML file first: its keys are this
+    /// command's long options (`interval-ms = 20`, `shadow = ["b:7000"]`,
+    /// `verify-memory = true`); an option on the command line wins. An
+    /// error names the file's line.
+    /// (Expanded before parsing: `cli_config.rs`.)
+    #[arg(long = "config", value_name = "FILE")]
+    _config: Option<PathBuf>,
+}
+
 #[derive(Parser)]
 #[command(
     name = "hotspare",
@@ -335,23 +357,8 @@ struct StandbyArgs {
     /// guest ran again).
     #[arg(long)]
     stats_json: Option<PathBuf>,
-    /// Write typed events (role changes, protection, takeovers, per-epoch
-    /// figures) to this file, one JSON object per line
-    /// (`engine::events`; docs/service.md).
-    #[arg(long, value_name = "FILE")]
-    events: Option<PathBuf>,
-    /// Serve a control socket here (mode 0600): an agent adds and drops
-    /// spares of the running primary and reads its state through it
-    /// (`engine::control`; docs/service.md).
-    #[arg(long, value_name = "SOCKET")]
-    control: Option<PathBuf>,
-    /// Read options from this TOML file first: its keys are this
-    /// command's long options (`interval-ms = 20`, `shadow = ["b:7000"]`,
-    /// `verify-memory = true`); an option on the command line wins. An
-    /// error names the file's line.
-    /// (Expanded before parsing: `cli_config.rs`.)
-    #[arg(long = "config", value_name = "FILE")]
-    _config: Option<PathBuf>,
+    #[command(flatten)]
+    process: ProcessArgs,
 }
 
 #[derive(clap::Args)]
@@ -426,23 +433,8 @@ struct RunArgs {
     /// Write per-epoch replication figures as JSON to this file at exit.
     #[arg(long)]
     stats_json: Option<PathBuf>,
-    /// Write typed events (role changes, protection, takeovers, per-epoch
-    /// figures) to this file, one JSON object per line
-    /// (`engine::events`; docs/service.md).
-    #[arg(long, value_name = "FILE")]
-    events: Option<PathBuf>,
-    /// Serve a control socket here (mode 0600): an agent adds and drops
-    /// spares of the running primary and reads its state through it
-    /// (`engine::control`; docs/service.md).
-    #[arg(long, value_name = "SOCKET")]
-    control: Option<PathBuf>,
-    /// Read options from this TOML file first: its keys are this
-    /// command's long options (`interval-ms = 20`, `shadow = ["b:7000"]`,
-    /// `verify-memory = true`); an option on the command line wins. An
-    /// error names the file's line.
-    /// (Expanded before parsing: `cli_config.rs`.)
-    #[arg(long = "config", value_name = "FILE")]
-    _config: Option<PathBuf>,
+    #[command(flatten)]
+    process: ProcessArgs,
 }
 
 /// Pins the calling (main) thread, and so every engine thread it spawns, to
@@ -497,7 +489,7 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
     // only the waiter (`stop_on_term`) takes SIGTERM and SIGINT.
     let term_signals = block_term_signals()?;
     open_events(
-        &a.events,
+        &a.process.events,
         engine::events::Role::Primary,
         Some(&a.replica.vm_id),
     )?;
@@ -569,7 +561,7 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
                 fencing,
                 async_max_queued: engine::replication::primary::ASYNC_MAX_QUEUED,
                 resumed: None,
-                control: control_inbox(&a.control)?,
+                control: control_inbox(&a.process.control)?,
             })
         }
         (false, None) => anyhow::bail!("--shadow and --async-shadow need --key-file"),
@@ -676,7 +668,7 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
 }
 
 fn standby(a: StandbyArgs) -> anyhow::Result<i32> {
-    open_events(&a.events, engine::events::Role::Standby, None)?;
+    open_events(&a.process.events, engine::events::Role::Standby, None)?;
     no_mac(&a.nets, "standby")?;
     let caps = engine::replication::bounds::ShapeCaps::new(a.max_mem_mib, a.max_vcpus)?;
     let max_epoch_bytes = match a.max_epoch_mib {
@@ -718,7 +710,7 @@ fn standby(a: StandbyArgs) -> anyhow::Result<i32> {
         fencing: a.arbiter.fencing("", "", false)?,
         async_max_queued: engine::replication::primary::ASYNC_MAX_QUEUED,
         resumed: None,
-        control: control_inbox(&a.control)?,
+        control: control_inbox(&a.process.control)?,
     };
     if a.arbiter.arbiter.as_deref() == Some("none") && a.reprotect.len() > 1 {
         anyhow::bail!(

@@ -92,6 +92,16 @@ impl Cluster {
         cl
     }
 
+    /// A new token for `name` in `role`, made by the admin through agent `i`.
+    fn token(&self, i: usize, name: &str, role: &str) -> String {
+        let body = json!({ "name": name, "role": role }).to_string();
+        let (c, v) = self
+            .call(i, "POST", "/v1/tokens", ADMIN, Some(&body))
+            .unwrap();
+        assert_eq!(c, 201, "{v}");
+        v["token"].as_str().unwrap().to_string()
+    }
+
     fn api(&self, i: usize) -> String {
         format!("http://{}:7800", self.lab.hosts[i].1)
     }
@@ -428,27 +438,8 @@ fn the_api_refuses_unauthenticated_wrong_role_and_malformed_calls() {
     }
     let cl = Cluster::start();
     // A viewer and an operator.
-    let (c, v) = cl
-        .call(
-            0,
-            "POST",
-            "/v1/tokens",
-            ADMIN,
-            Some(r#"{"name":"val","role":"viewer"}"#),
-        )
-        .unwrap();
-    assert_eq!(c, 201, "{v}");
-    let viewer = v["token"].as_str().unwrap().to_string();
-    let (_, v) = cl
-        .call(
-            1,
-            "POST",
-            "/v1/tokens",
-            ADMIN,
-            Some(r#"{"name":"olga","role":"operator"}"#),
-        )
-        .unwrap();
-    let operator = v["token"].as_str().unwrap().to_string();
+    let viewer = cl.token(0, "val", "viewer");
+    let operator = cl.token(1, "olga", "operator");
     // The tokens live in the store: every agent knows them.
     assert_eq!(cl.call(4, "GET", "/v1/vms", &viewer, None).unwrap().0, 200);
 
@@ -512,16 +503,7 @@ fn the_api_refuses_unauthenticated_wrong_role_and_malformed_calls() {
         .unwrap();
     assert_eq!(c, 201, "{v}");
     assert_eq!(v["owner"], "olga");
-    let (_, v) = cl
-        .call(
-            0,
-            "POST",
-            "/v1/tokens",
-            ADMIN,
-            Some(r#"{"name":"otto","role":"operator"}"#),
-        )
-        .unwrap();
-    let other = v["token"].as_str().unwrap().to_string();
+    let other = cl.token(0, "otto", "operator");
     assert_eq!(
         cl.call(2, "POST", "/v1/vms/v1/stop", &other, Some(""))
             .unwrap()

@@ -15,9 +15,7 @@ use serde_json::{json, Value};
 
 use super::auth::{self, Need};
 use super::metrics::Metrics;
-use super::model::{
-    AccessRole, AssignedSpare, Assignment, Desired, Phase, TokenRecord, VmDoc, VmSpec,
-};
+use super::model::{AccessRole, AssignedSpare, Desired, Phase, TokenRecord, VmDoc, VmSpec};
 use super::placement::{self, Current};
 use super::reconcile::host_views_of;
 use super::registry::{Registry, RegistryError};
@@ -288,29 +286,7 @@ impl Api {
             Ok(p) => p,
             Err(e) => return Ok(error(503, e)),
         };
-        let doc = VmDoc {
-            owner: who.name.clone(),
-            desired: Desired::Running,
-            assign: Assignment {
-                gen: 1,
-                primary: plan.primary.clone(),
-                spares: plan
-                    .spares
-                    .iter()
-                    .map(|s| AssignedSpare {
-                        host: s.host.clone(),
-                        role: s.role,
-                    })
-                    .collect(),
-                unmet: plan.unmet.clone(),
-            },
-            phase: Phase::Placed,
-            failovers: 0,
-            failover_requested: false,
-            last_takeover_ms: None,
-            last_reprotect_ms: None,
-            spec,
-        };
+        let doc = VmDoc::placed(spec, &who.name, &plan);
         if !self.registry.swap_vm(&doc, None)? {
             return Ok(error(409, format!("a VM named {:?} exists", doc.spec.name)));
         }

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::placement::{Policy, Resources, Role, Unmet};
+use super::placement::{Plan, Policy, Resources, Role, Unmet};
 
 /// A host, as its agent registers it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,6 +163,19 @@ pub struct Assignment {
     pub unmet: Vec<Unmet>,
 }
 
+impl AssignedSpare {
+    /// A plan's spares as assigned.
+    pub fn from_plan(plan: &Plan) -> Vec<AssignedSpare> {
+        plan.spares
+            .iter()
+            .map(|s| AssignedSpare {
+                host: s.host.clone(),
+                role: s.role,
+            })
+            .collect()
+    }
+}
+
 /// What an operator wants.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -232,6 +245,28 @@ pub struct VmStatus {
     pub spares: Vec<String>,
     /// How many epochs the furthest asynchronous spare lags.
     pub async_lag: Option<u64>,
+}
+
+impl VmDoc {
+    /// A new VM owned by `owner`, placed by `plan`, waiting to start.
+    pub fn placed(spec: VmSpec, owner: &str, plan: &Plan) -> VmDoc {
+        VmDoc {
+            spec,
+            owner: owner.to_string(),
+            desired: Desired::Running,
+            assign: Assignment {
+                gen: 1,
+                primary: plan.primary.clone(),
+                spares: AssignedSpare::from_plan(plan),
+                unmet: plan.unmet.clone(),
+            },
+            phase: Phase::Placed,
+            failovers: 0,
+            failover_requested: false,
+            last_takeover_ms: None,
+            last_reprotect_ms: None,
+        }
+    }
 }
 
 /// What a copy's agent publishes about it.

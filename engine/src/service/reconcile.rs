@@ -324,14 +324,7 @@ fn primary_turn(w: &World, v: &Versioned<VmDoc>, child: Option<&Child>, out: &mu
         };
         let views = host_views(w, &vm);
         if let Ok(plan) = placement::place(&views, d.spec.need(), &d.spec.policy, &current) {
-            let spares: Vec<AssignedSpare> = plan
-                .spares
-                .iter()
-                .map(|s| AssignedSpare {
-                    host: s.host.clone(),
-                    role: s.role,
-                })
-                .collect();
+            let spares = AssignedSpare::from_plan(&plan);
             if spares != d.assign.spares || plan.unmet != d.assign.unmet {
                 doc.assign.gen += 1;
                 doc.assign.spares = spares;

@@ -6,7 +6,7 @@
 
 use super::*;
 use crate::control::SpareStatus;
-use crate::service::model::{Assignment, VmSpec};
+use crate::service::model::VmSpec;
 use crate::service::placement::{Policy, Resources, Role};
 
 fn host(id: &str, rack: &str, site: &str) -> HostInfo {
@@ -75,29 +75,7 @@ impl Sim {
             placement::place(&views, spec.need(), &spec.policy, &Current::default()).unwrap();
         self.rev += 1;
         self.vms.push(Versioned {
-            doc: VmDoc {
-                spec,
-                owner: "o".into(),
-                desired: Desired::Running,
-                assign: Assignment {
-                    gen: 1,
-                    primary: plan.primary,
-                    spares: plan
-                        .spares
-                        .iter()
-                        .map(|s| AssignedSpare {
-                            host: s.host.clone(),
-                            role: s.role,
-                        })
-                        .collect(),
-                    unmet: plan.unmet,
-                },
-                phase: Phase::Placed,
-                failovers: 0,
-                failover_requested: false,
-                last_takeover_ms: None,
-                last_reprotect_ms: None,
-            },
+            doc: VmDoc::placed(spec, "o", &plan),
             rev: self.rev,
         });
     }

@@ -512,16 +512,9 @@ impl Proc {
     /// `spawn_with_events`). A line that is not an event fails the test.
     pub fn events(&self) -> Vec<engine::events::Event> {
         let path = self.events.as_ref().expect("spawned without --events");
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        // Only whole lines: the last may still be being written.
-        let whole = &text[..text.rfind('\n').map_or(0, |i| i + 1)];
-        whole
-            .lines()
-            .map(|l| {
-                serde_json::from_str::<engine::events::Line>(l)
-                    .unwrap_or_else(|e| panic!("not an event ({e}): {l}"))
-                    .event
-            })
+        engine::events::read_file(path)
+            .into_iter()
+            .map(|l| l.unwrap_or_else(|e| panic!("not an event: {e}")).event)
             .collect()
     }
 
