@@ -74,6 +74,7 @@ site = "$site"
 [capacity]
 mem_mib = 2048
 vcpus = 4
+disk_mib = 8192
 [etcd]
 endpoints = ["$NET.254:2379"]
 lease_ttl_s = 2
@@ -96,7 +97,7 @@ say "five agents registered (hotspare ctl hosts)"
 
 cat >"$W/web.json" <<EOF
 {"name": "web", "kernel": "$GUEST", "mem_mib": 128,
- "cmdline": "rounds=100000 writes=2000 pattern=mixed",
+ "cmdline": "rounds=100000 writes=2000 pattern=mixed", "disks": [{"size_mib": 64}],
  "policy": {"spares": 2, "geo": true}, "run": {"interval-ms": 20}}
 EOF
 say "hotspare ctl create web.json  (spares: 2, geo: true)"

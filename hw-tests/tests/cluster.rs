@@ -53,7 +53,7 @@ impl Cluster {
                 &cfg,
                 format!(
                     "[host]\nid = \"{id}\"\nrack = \"{rack}\"\nsite = \"{site}\"\n\
-                     [capacity]\nmem_mib = 2048\nvcpus = 4\n\
+                     [capacity]\nmem_mib = 2048\nvcpus = 4\ndisk_mib = 8192\n\
                      [etcd]\nendpoints = [\"{}\"]\nlease_ttl_s = 2\n\
                      [api]\nlisten = \"{addr}:7800\"\nadmin_token_file = \"{}\"\n\
                      [replication]\naddress = \"{addr}\"\nports = \"7100-7109\"\nkey_file = \"{}\"\n\
@@ -318,6 +318,7 @@ fn a_vm_fails_over_is_reprotected_and_survives_its_rack() {
         "kernel": hw_tests::guest_path("memtest"),
         "mem_mib": 128,
         "cmdline": "rounds=3000 writes=2000 pattern=mixed",
+        "disks": [{ "size_mib": 64 }],
         "policy": { "spares": 2, "geo": true },
         "run": { "interval-ms": 20 }
     });
@@ -522,7 +523,56 @@ fn the_api_refuses_unauthenticated_wrong_role_and_malformed_calls() {
             .0,
         404
     );
-    // The owner may; the VM is gone from every agent's view.
+    // The owner stops it in order: every copy ends, none takes over; then
+    // starts it again, protected in a new term.
+    let v = cl.wait_vm("v1", Duration::from_secs(30), "protection", |v| {
+        v["protection"] == "protected"
+    });
+    let term = v["term"].as_u64().unwrap();
+    assert_eq!(
+        cl.call(1, "POST", "/v1/vms/v1/stop", &operator, Some(""))
+            .unwrap()
+            .0,
+        202
+    );
+    let end = Instant::now() + Duration::from_secs(30);
+    while Command::new("pgrep")
+        .args([
+            "-f",
+            &format!(
+                "{}/[^ ]*/vms/v1/",
+                cl.dir.path("x").parent().unwrap().display()
+            ),
+        ])
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        assert!(
+            Instant::now() < end,
+            "v1's VMMs did not stop\n{}",
+            cl.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let v = cl.vm("v1").unwrap();
+    assert_eq!(
+        (v["protection"].as_str(), v["failovers"].as_u64()),
+        (Some("stopped"), Some(0)),
+        "{v}"
+    );
+    assert_eq!(
+        cl.call(4, "POST", "/v1/vms/v1/start", &operator, Some(""))
+            .unwrap()
+            .0,
+        202
+    );
+    cl.wait_vm(
+        "v1",
+        Duration::from_secs(30),
+        "protection after a start",
+        |v| v["protection"] == "protected" && v["term"].as_u64().unwrap_or(0) > term,
+    );
+    // The owner may delete it; it is gone from every agent's view.
     assert_eq!(
         cl.call(3, "DELETE", "/v1/vms/v1", &operator, None)
             .unwrap()

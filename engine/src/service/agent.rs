@@ -269,10 +269,16 @@ impl Agent {
     ) -> Result<(), RegistryError> {
         let say = |what: String| eprintln!("hotspare agent: {what}");
         match a {
-            Action::StartSpare { vm } => match self.children.start_spare(&self.launch, &vm) {
-                Ok(()) => say(format!("{vm}: standby started")),
-                Err(e) => say(format!("{vm}: cannot start a standby: {e}")),
-            },
+            Action::StartSpare { vm } => {
+                let Some(d) = vms.iter().find(|v| v.doc.spec.name == vm) else {
+                    return Ok(());
+                };
+                let disks: Vec<u64> = d.doc.spec.disks.iter().map(|d| d.size_mib).collect();
+                match self.children.start_spare(&self.launch, &vm, &disks) {
+                    Ok(()) => say(format!("{vm}: standby started")),
+                    Err(e) => say(format!("{vm}: cannot start a standby: {e}")),
+                }
+            }
             Action::StartPrimary {
                 vm,
                 sync,
@@ -293,10 +299,15 @@ impl Agent {
                     s.cmdline.clone(),
                 ];
                 args.extend(s.run_args().unwrap_or_default());
-                match self
-                    .children
-                    .start_primary(&self.launch, &vm, &args, &sync, &asynchronous)
-                {
+                let disks: Vec<u64> = s.disks.iter().map(|d| d.size_mib).collect();
+                match self.children.start_primary(
+                    &self.launch,
+                    &vm,
+                    &args,
+                    &sync,
+                    &asynchronous,
+                    &disks,
+                ) {
                     Ok(()) => say(format!(
                         "{vm}: primary started, spares {sync:?} + asynchronous {asynchronous:?}"
                     )),
@@ -340,8 +351,9 @@ impl Agent {
                 self.children.signal(&vm, Signal::SIGKILL);
             }
             Action::Stop { vm } => {
-                say(format!("{vm}: stopping its VMM"));
-                self.children.signal(&vm, Signal::SIGTERM);
+                if self.children.stop(&vm) {
+                    say(format!("{vm}: stopping its VMM (SIGTERM)"));
+                }
             }
             Action::Forget { vm } => self.children.forget(&vm, &self.metrics),
             Action::Write { doc, expect } => {

@@ -53,6 +53,10 @@ pub struct VmSpec {
     pub cmdline: String,
     /// How it is protected.
     pub policy: Policy,
+    /// Its disks: each copy gets a sparse raw image of this size, the
+    /// primary's the VM's disk, a spare's its replica (seeded live).
+    #[serde(default)]
+    pub disks: Vec<DiskSpec>,
     /// Further `hotspare run` options by long name (`"interval-ms": 20`),
     /// checked by the same parser as the command line.
     #[serde(default)]
@@ -63,12 +67,24 @@ fn one() -> u32 {
     1
 }
 
+/// Most disks a VM may have.
+pub const MAX_DISKS: usize = 8;
+
+/// One disk of a VM.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskSpec {
+    /// Its size, MiB.
+    pub size_mib: u64,
+}
+
 impl VmSpec {
     /// What one copy needs on a host.
     pub fn need(&self) -> Resources {
         Resources {
             mem_mib: self.mem_mib,
             vcpus: self.vcpus,
+            disk_mib: self.disks.iter().map(|d| d.size_mib).sum(),
         }
     }
 
@@ -135,6 +151,26 @@ impl VmSpec {
                 "kernel {}: an absolute path (on every host)",
                 self.kernel.display()
             ));
+        }
+        if self.disks.len() > MAX_DISKS {
+            return Err(format!("{} disks: at most {MAX_DISKS}", self.disks.len()));
+        }
+        if let Some((i, d)) = self
+            .disks
+            .iter()
+            .enumerate()
+            .find(|(_, d)| d.size_mib == 0 || d.size_mib > 1 << 20)
+        {
+            return Err(format!(
+                "disks[{i}].size_mib {}: between 1 and 1048576 (1 TiB)",
+                d.size_mib
+            ));
+        }
+        if self.run.keys().any(|k| k == "disk") {
+            return Err(
+                "run option \"disk\": give disks as \"disks\" (each copy gets its own image)"
+                    .into(),
+            );
         }
         self.policy.validate().map_err(|e| e.to_string())?;
         self.run_args().map(|_| ())
@@ -340,6 +376,16 @@ mod tests {
             (Box::new(|s| s.vcpus = 0), "vcpus"),
             (Box::new(|s| s.kernel = "rel/x".into()), "absolute"),
             (Box::new(|s| s.policy.spares = 1), "geo"),
+            (
+                Box::new(|s| s.disks = vec![DiskSpec { size_mib: 0 }]),
+                "disks[0].size_mib 0",
+            ),
+            (
+                Box::new(|s| {
+                    s.run.insert("disk".into(), serde_json::json!("/x.img"));
+                }),
+                "give disks as",
+            ),
             (
                 Box::new(|s| {
                     s.run.insert("--x".into(), serde_json::json!(1));

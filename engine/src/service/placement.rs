@@ -20,18 +20,26 @@ pub struct Resources {
     pub mem_mib: u64,
     /// vCPUs.
     pub vcpus: u32,
+    /// Disk space for images, MiB (a host that offers none takes no VM
+    /// with disks).
+    #[serde(default)]
+    pub disk_mib: u64,
 }
 
 impl Resources {
     /// Whether `need` fits in `self`.
     pub fn fits(&self, need: &Resources) -> bool {
-        self.mem_mib >= need.mem_mib && self.vcpus >= need.vcpus
+        self.mem_mib >= need.mem_mib && self.vcpus >= need.vcpus && self.disk_mib >= need.disk_mib
     }
 }
 
 impl fmt::Display for Resources {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} MiB and {} vCPUs", self.mem_mib, self.vcpus)
+        write!(f, "{} MiB and {} vCPUs", self.mem_mib, self.vcpus)?;
+        if self.disk_mib > 0 {
+            write!(f, " and {} MiB of disk", self.disk_mib)?;
+        }
+        Ok(())
     }
 }
 

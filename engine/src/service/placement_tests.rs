@@ -12,6 +12,7 @@ fn host(id: &str, site: &str, rack: &str, mem: u64) -> HostView {
         free: Resources {
             mem_mib: mem,
             vcpus: 8,
+            disk_mib: 0,
         },
         groups: BTreeSet::new(),
     }
@@ -31,6 +32,7 @@ fn cluster() -> Vec<HostView> {
 const NEED: Resources = Resources {
     mem_mib: 1024,
     vcpus: 1,
+    disk_mib: 0,
 };
 
 fn geo2() -> Policy {
@@ -184,6 +186,7 @@ fn arb_hosts() -> impl Strategy<Value = Vec<HostView>> {
                 free: Resources {
                     mem_mib: mem,
                     vcpus,
+                    disk_mib: 0,
                 },
                 groups: if g {
                     BTreeSet::from(["g".to_string()])
@@ -222,6 +225,7 @@ fn arb_case() -> impl Strategy<Value = (Vec<HostView>, Resources, Policy, Curren
                 Resources {
                     mem_mib: mem,
                     vcpus,
+                    disk_mib: 0,
                 },
                 policy,
                 current,
@@ -319,4 +323,29 @@ proptest! {
         rev.reverse();
         prop_assert_eq!(place(&rev, need, &policy, &current).unwrap(), plan);
     }
+}
+
+#[test]
+fn disk_space_is_capacity_too() {
+    let mut hosts = cluster();
+    for (i, h) in hosts.iter_mut().enumerate() {
+        // Only a1-2 and a2-2 offer disk space.
+        h.free.disk_mib = if i % 2 == 1 { 10_240 } else { 0 };
+    }
+    let need = Resources {
+        disk_mib: 4096,
+        ..NEED
+    };
+    let pol = Policy {
+        spares: 1,
+        geo: false,
+        anti_affinity: vec![],
+    };
+    let plan = place(&hosts, need, &pol, &Current::default()).unwrap();
+    let mut used: Vec<&str> = vec![&plan.primary];
+    used.extend(plan.spares.iter().map(|s| s.host.as_str()));
+    used.sort();
+    assert_eq!(used, ["a1-2", "a2-2"], "{plan:?}");
+    let e = place(&hosts[..1], need, &pol, &Current::default()).unwrap_err();
+    assert!(e.to_string().contains("4096 MiB of disk"), "{e}");
 }

@@ -171,6 +171,10 @@ fn vm_turn(w: &World, v: &Versioned<VmDoc>, child: Option<&Child>, out: &mut Vec
     };
 
     if d.desired == Desired::Stopped || (d.phase == Phase::Finished && !me_primary) {
+        // Its address goes with it: a start places new standbys.
+        if w.endpoints.iter().any(|e| e.vm == vm && e.host == w.me) {
+            out.push(Action::Withdraw { vm: vm.clone() });
+        }
         match child {
             Some(c) if c.exited.is_none() => out.push(Action::Stop { vm }),
             Some(_) => out.push(Action::Forget { vm }),
@@ -409,6 +413,7 @@ pub fn host_views_of<'a>(
             if let Some(v) = views.iter_mut().find(|v| &v.id == host) {
                 v.free.mem_mib = v.free.mem_mib.saturating_sub(need.mem_mib);
                 v.free.vcpus = v.free.vcpus.saturating_sub(need.vcpus);
+                v.free.disk_mib = v.free.disk_mib.saturating_sub(need.disk_mib);
                 if i == 0 {
                     v.groups.extend(d.spec.policy.anti_affinity.iter().cloned());
                 }

@@ -17,6 +17,7 @@ fn host(id: &str, rack: &str, site: &str) -> HostInfo {
         capacity: Resources {
             mem_mib: 4096,
             vcpus: 8,
+            disk_mib: 0,
         },
         api: "127.0.0.1:1".parse().unwrap(),
         address: "127.0.0.1".parse().unwrap(),
@@ -68,6 +69,7 @@ impl Sim {
                 geo,
                 anti_affinity: vec![],
             },
+            disks: vec![],
             run: Default::default(),
         };
         let views = host_views_of(&self.hosts, self.vms.iter().map(|v| &v.doc), name);
@@ -428,6 +430,23 @@ fn failover_on_request_and_stop_and_delete() {
     s.check_protected("web");
     assert_ne!(s.primary_host("web"), p);
     assert!(!s.doc("web").failover_requested);
+    // Stopped: every copy stops, addresses withdrawn; started again: a
+    // fresh start, protected.
+    let v = s.vms.iter_mut().find(|v| v.doc.spec.name == "web").unwrap();
+    v.doc.desired = Desired::Stopped;
+    s.settle(0);
+    assert!(
+        s.children.values().all(|k| k.is_empty()),
+        "{:?}",
+        s.children
+    );
+    assert!(s.endpoints.is_empty(), "{:?}", s.endpoints);
+    let v = s.vms.iter_mut().find(|v| v.doc.spec.name == "web").unwrap();
+    v.doc.desired = Desired::Running;
+    v.doc.phase = Phase::Placed;
+    s.settle(1);
+    s.check_protected("web");
+    assert_eq!(s.started.len(), 2, "{:?}", s.started);
     // Deleted: every child stops and is forgotten.
     s.vms.clear();
     s.settle(0);

@@ -51,7 +51,12 @@ pub struct Proc {
     /// What its events say of the VM (published by the agent while it runs
     /// the guest).
     pub status: super::model::VmStatus,
+    /// When it was asked to stop.
+    stop_sent: Option<std::time::Instant>,
 }
+
+/// How long a child asked to stop gets before it is killed.
+pub const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Proc {
     /// The process id.
@@ -97,8 +102,30 @@ impl Children {
             .find(|p| !used.contains(p) && std::net::TcpListener::bind((l.address, *p)).is_ok())
     }
 
-    /// Starts a standby for `vm`.
-    pub fn start_spare(&mut self, l: &Launch, vm: &str) -> Result<(), String> {
+    /// Fresh sparse images of `sizes` (MiB) for a new copy of `vm`, named
+    /// after its incarnation (a copy never reuses an older one's image).
+    fn images(&self, l: &Launch, vm: &str, sizes: &[u64]) -> Result<Vec<PathBuf>, String> {
+        let dir = l.state_dir.join("vms").join(vm);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, mib)| {
+                let p = dir.join(format!(
+                    "{}-{}.disk{i}.img",
+                    std::process::id(),
+                    self.seq + 1
+                ));
+                let f = std::fs::File::create(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+                f.set_len(mib << 20)
+                    .map_err(|e| format!("{}: {e}", p.display()))?;
+                Ok(p)
+            })
+            .collect()
+    }
+
+    /// Starts a standby for `vm` with replicas of `disks` (MiB each).
+    pub fn start_spare(&mut self, l: &Launch, vm: &str, disks: &[u64]) -> Result<(), String> {
         let port = self
             .free_port(l)
             .ok_or_else(|| format!("no free port in {}-{}", l.ports.0, l.ports.1))?;
@@ -110,6 +137,9 @@ impl Children {
             .arg(&l.key_file)
             .arg("--arbiter")
             .arg(&l.arbiter);
+        for img in self.images(l, vm, disks)? {
+            c.arg("--disk").arg(img);
+        }
         self.spawn(l, vm, ChildKind::Spare, c, Some(port))
     }
 
@@ -122,9 +152,13 @@ impl Children {
         args: &[String],
         sync: &[String],
         asynchronous: &[String],
+        disks: &[u64],
     ) -> Result<(), String> {
         let mut c = Command::new(&l.binary);
         c.arg("run").args(args);
+        for img in self.images(l, vm, disks)? {
+            c.arg("--disk").arg(img);
+        }
         for s in sync {
             c.arg("--shadow").arg(s);
         }
@@ -184,6 +218,7 @@ impl Children {
             console,
             port,
             status: super::model::VmStatus::default(),
+            stop_sent: None,
         });
         Ok(())
     }
@@ -238,6 +273,33 @@ impl Children {
         {
             let _ = kill(Pid::from_raw(p.process.id() as i32), sig);
         }
+    }
+
+    /// Stops `vm`'s child in order: one SIGTERM (a second would make a
+    /// primary exit at once, unstopped, and its spares take over), then
+    /// SIGKILL if it is still there after `STOP_GRACE`. Whether a SIGTERM
+    /// was sent now.
+    pub fn stop(&mut self, vm: &str) -> bool {
+        let mut sent = false;
+        for p in self
+            .procs
+            .iter_mut()
+            .filter(|p| p.view.vm == vm && p.view.exited.is_none())
+        {
+            let pid = Pid::from_raw(p.process.id() as i32);
+            match p.stop_sent {
+                None => {
+                    let _ = kill(pid, Signal::SIGTERM);
+                    p.stop_sent = Some(std::time::Instant::now());
+                    sent = true;
+                }
+                Some(at) if at.elapsed() > STOP_GRACE => {
+                    let _ = kill(pid, Signal::SIGKILL);
+                }
+                Some(_) => {}
+            }
+        }
+        sent
     }
 
     /// Sends a control command to `vm`'s child.
