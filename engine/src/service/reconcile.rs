@@ -42,6 +42,8 @@ pub struct Child {
     pub spares: Vec<crate::control::SpareStatus>,
     /// Spares that joined and protect it (from its events), minus those lost.
     pub protected_by: BTreeSet<String>,
+    /// The agent asked it to stop (its exit is a stop, not the guest's end).
+    pub stopping: bool,
 }
 
 impl Child {
@@ -183,6 +185,15 @@ fn vm_turn(w: &World, v: &Versioned<VmDoc>, child: Option<&Child>, out: &mut Vec
         return;
     }
 
+    // A child still stopping from before a start: wait for its end, then
+    // forget it; only then does this VM's new life begin here.
+    if let Some(c) = child.filter(|c| c.stopping) {
+        if c.exited.is_some() {
+            out.push(Action::Forget { vm });
+        }
+        return;
+    }
+
     // A local standby took over: this host runs the primary now.
     if child.is_some_and(|c| c.took_over && c.exited.is_none()) && !me_primary {
         let mut doc = d.clone();
@@ -279,6 +290,11 @@ fn primary_turn(w: &World, v: &Versioned<VmDoc>, child: Option<&Child>, out: &mu
     };
     if let Some(code) = c.exited {
         out.push(Action::Forget { vm: vm.clone() });
+        if c.stopping {
+            // Stopped on request (a stop, then maybe a start already):
+            // nothing to record about the guest.
+            return;
+        }
         if code == Some(0) {
             if d.phase != Phase::Finished {
                 let mut doc = d.clone();

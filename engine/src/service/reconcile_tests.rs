@@ -101,6 +101,12 @@ impl Sim {
             return Vec::new();
         }
         self.now += 7;
+        // Children asked to stop end one turn later.
+        for c in self.kids(me).iter_mut() {
+            if c.stopping && c.exited.is_none() {
+                c.exited = Some(Some(0));
+            }
+        }
         let kids = self.children.get(me).cloned().unwrap_or_default();
         let acts = reconcile(&World {
             me,
@@ -129,6 +135,7 @@ impl Sim {
             took_over: false,
             spares: vec![],
             protected_by: BTreeSet::new(),
+            stopping: false,
         };
         match a {
             Action::StartSpare { vm } => {
@@ -188,7 +195,8 @@ impl Sim {
             Action::Kill { vm } => self.kill(me, vm),
             Action::Stop { vm } => {
                 if let Some(c) = self.kids(me).iter_mut().find(|c| &c.vm == vm) {
-                    c.exited = Some(Some(0));
+                    c.stopping = true;
+                    // It exits on a later turn.
                 }
             }
             Action::Forget { vm } => self.kids(me).retain(|c| &c.vm != vm),
@@ -447,6 +455,20 @@ fn failover_on_request_and_stop_and_delete() {
     s.settle(1);
     s.check_protected("web");
     assert_eq!(s.started.len(), 2, "{:?}", s.started);
+    // A start that comes while the stopped copies are still ending: they
+    // end as stops (not the guest's end), and the VM starts afresh.
+    let v = s.vms.iter_mut().find(|v| v.doc.spec.name == "web").unwrap();
+    v.doc.desired = Desired::Stopped;
+    let ids: Vec<String> = s.hosts.iter().map(|h| h.id.clone()).collect();
+    for id in &ids {
+        s.turn(id);
+    }
+    let v = s.vms.iter_mut().find(|v| v.doc.spec.name == "web").unwrap();
+    v.doc.desired = Desired::Running;
+    v.doc.phase = Phase::Placed;
+    s.settle(2);
+    s.check_protected("web");
+    assert_eq!(s.started.len(), 3, "{:?}", s.started);
     // Deleted: every child stops and is forgotten.
     s.vms.clear();
     s.settle(0);

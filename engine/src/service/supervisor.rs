@@ -210,6 +210,7 @@ impl Children {
                 took_over: false,
                 spares: Vec::new(),
                 protected_by: BTreeSet::new(),
+                stopping: false,
             },
             process,
             events: None,
@@ -291,6 +292,7 @@ impl Children {
                 None => {
                     let _ = kill(pid, Signal::SIGTERM);
                     p.stop_sent = Some(std::time::Instant::now());
+                    p.view.stopping = true;
                     sent = true;
                 }
                 Some(at) if at.elapsed() > STOP_GRACE => {
