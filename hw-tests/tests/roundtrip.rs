@@ -27,9 +27,47 @@ fn ledger(vm: &Vm) -> DirtyLedger {
     DirtyLedger::new(&n)
 }
 
-/// The vCPU state with the time-moving fields zeroed.
+/// XSAVE's XSTATE_BV (bytes 512..520, u32 words 128 and 129) with the bit
+/// of every component that is in its initial state cleared. A component in
+/// its initial state may be reported with its bit set or clear (the init
+/// optimisation of XSAVEOPT; seen here on an idle second vCPU: 0xe7 before
+/// a restore, 0x2 after), and both mean the same state.
+fn canonical_xsave(v: &mut VcpuState) {
+    let x = &mut v.xsave;
+    if x.len() < 130 {
+        return;
+    }
+    let zero = |w: &[u32]| w.iter().all(|&b| b == 0);
+    let mut bv = u64::from(x[128]) | u64::from(x[129]) << 32;
+    // x87: FCW 0x37f, FSW, FTW, FOP, FIP, FDP and ST0-7 zero (words 0-5,
+    // 8-39; words 6-7 are MXCSR and its mask, not x87 state).
+    if x[0] == 0x37f && zero(&x[1..6]) && zero(&x[8..40]) {
+        bv &= !1;
+    }
+    // SSE: XMM0-15 zero (bytes 160..416).
+    if zero(&x[40..104]) {
+        bv &= !2;
+    }
+    // Extended components: where CPUID leaf 0xd puts them, all zero.
+    for e in v
+        .cpuid
+        .iter()
+        .filter(|e| e.function == 0xd && e.index >= 2 && e.index < 64)
+    {
+        let (off, len) = (e.ebx as usize / 4, e.eax as usize / 4);
+        if len > 0 && off + len <= x.len() && zero(&x[off..off + len]) {
+            bv &= !(1u64 << e.index);
+        }
+    }
+    x[128] = bv as u32;
+    x[129] = (bv >> 32) as u32;
+}
+
+/// The vCPU state with the time-moving fields zeroed and XSAVE in a
+/// canonical form.
 fn timeless(v: &VcpuState) -> Vec<u8> {
     let mut v = v.clone();
+    canonical_xsave(&mut v);
     for m in v.msrs.iter_mut().filter(|m| m.0 == MSR_IA32_TSC) {
         m.1 = 0;
     }
