@@ -273,7 +273,7 @@ impl Agent {
                 let Some(d) = vms.iter().find(|v| v.doc.spec.name == vm) else {
                     return Ok(());
                 };
-                let disks: Vec<u64> = d.doc.spec.disks.iter().map(|d| d.size_mib).collect();
+                let disks = d.doc.spec.disk_sizes();
                 match self.children.start_spare(&self.launch, &vm, &disks) {
                     Ok(()) => say(format!("{vm}: standby started")),
                     Err(e) => say(format!("{vm}: cannot start a standby: {e}")),
@@ -299,7 +299,7 @@ impl Agent {
                     s.cmdline.clone(),
                 ];
                 args.extend(s.run_args().unwrap_or_default());
-                let disks: Vec<u64> = s.disks.iter().map(|d| d.size_mib).collect();
+                let disks = s.disk_sizes();
                 match self.children.start_primary(
                     &self.launch,
                     &vm,

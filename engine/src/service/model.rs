@@ -84,8 +84,13 @@ impl VmSpec {
         Resources {
             mem_mib: self.mem_mib,
             vcpus: self.vcpus,
-            disk_mib: self.disks.iter().map(|d| d.size_mib).sum(),
+            disk_mib: self.disk_sizes().iter().sum(),
         }
+    }
+
+    /// Its disks' sizes, MiB.
+    pub fn disk_sizes(&self) -> Vec<u64> {
+        self.disks.iter().map(|d| d.size_mib).collect()
     }
 
     /// `run` as command-line arguments (`true`: a bare flag; a list:

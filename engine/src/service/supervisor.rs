@@ -5,7 +5,7 @@
 //! stderr (which goes to a log file beside them, for people).
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use nix::sys::signal::{kill, Signal};
@@ -44,8 +44,6 @@ pub struct Proc {
     events_path: PathBuf,
     /// Its control socket.
     pub control: PathBuf,
-    /// Its console file.
-    pub console: PathBuf,
     /// Its port (a standby's).
     pub port: Option<u16>,
     /// What its events say of the VM (published by the agent while it runs
@@ -57,13 +55,6 @@ pub struct Proc {
 
 /// How long a child asked to stop gets before it is killed.
 pub const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
-
-impl Proc {
-    /// The process id.
-    pub fn pid(&self) -> u32 {
-        self.process.id()
-    }
-}
 
 /// Every child of this agent.
 #[derive(Default)]
@@ -216,7 +207,6 @@ impl Children {
             events: None,
             events_path: events,
             control,
-            console,
             port,
             status: super::model::VmStatus::default(),
             stop_sent: None,
@@ -326,15 +316,6 @@ impl Children {
                 true
             }
         });
-    }
-
-    /// The console of `vm`'s child, if any.
-    pub fn console(&self, vm: &str) -> Option<&Path> {
-        self.procs
-            .iter()
-            .rev()
-            .find(|p| p.view.vm == vm)
-            .map(|p| p.console.as_path())
     }
 }
 
