@@ -11,6 +11,7 @@
 //! Repeats `--reps` times and reports medians, as JSON (`bench.json`) and a
 //! Markdown table (`bench.md`, also printed).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -105,6 +106,8 @@ struct Run {
     stats: Value,
     wall: f64,
     shadow_cpu: f64,
+    /// The standby's CPU time by thread name, s.
+    shadow_threads: BTreeMap<String, f64>,
 }
 
 fn child(cmd: &mut Command) -> anyhow::Result<std::process::Child> {
@@ -235,15 +238,22 @@ fn replicated(s: &Setup, a: &BenchArgs, tag: &str, spares: usize) -> anyhow::Res
         );
     }
     let mut shadow_cpu = 0.0;
+    let mut shadow_threads = BTreeMap::new();
     for (mut sb, _, events) in standbys {
         let _ = sb.wait();
-        shadow_cpu += read_events(&events)
-            .into_iter()
-            .find_map(|e| match e {
-                Event::StandbyEnded { cpu_s, .. } => Some(cpu_s),
-                _ => None,
-            })
-            .unwrap_or(0.0);
+        if let Some((cpu_s, threads)) = read_events(&events).into_iter().find_map(|e| match e {
+            Event::StandbyEnded {
+                cpu_s,
+                threads_cpu_s,
+                ..
+            } => Some((cpu_s, threads_cpu_s)),
+            _ => None,
+        }) {
+            shadow_cpu += cpu_s;
+            for (n, t) in threads {
+                *shadow_threads.entry(n).or_insert(0.0) += t;
+            }
+        }
     }
     let stats: Value = serde_json::from_str(&read_to(&s.dir.join(format!("stats-{tag}.json"))))
         .context("reading the primary's stats")?;
@@ -251,6 +261,7 @@ fn replicated(s: &Setup, a: &BenchArgs, tag: &str, spares: usize) -> anyhow::Res
         stats,
         wall,
         shadow_cpu,
+        shadow_threads,
     })
 }
 
@@ -593,6 +604,7 @@ fn summarize(a: &BenchArgs, base: &[f64], runs: &[Run], takeovers: &[(f64, f64)]
     let mut rates = Vec::new();
     let mut engine_cpu_per_page = Vec::new();
     let mut shadow_cpu_per_page = Vec::new();
+    let mut by_thread: [BTreeMap<String, Vec<f64>>; 2] = Default::default();
     let mut sync_tp = Vec::new();
     let mut protect_ms = Vec::new();
     for r in runs {
@@ -663,6 +675,24 @@ fn summarize(a: &BenchArgs, base: &[f64], runs: &[Run], takeovers: &[(f64, f64)]
         if all_pages > 0.0 {
             engine_cpu_per_page.push(f(&r.stats, "engine_cpu_s") * 1e6 / all_pages);
             shadow_cpu_per_page.push(r.shadow_cpu * 1e6 / all_pages);
+            let primary: BTreeMap<String, f64> = r.stats["threads_cpu_s"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter_map(|(n, v)| Some((n.clone(), v.as_f64()?)))
+                .collect();
+            let sides = [
+                (primary, f(&r.stats, "engine_cpu_s")),
+                (r.shadow_threads.clone(), r.shadow_cpu),
+            ];
+            for (side, (threads, total)) in by_thread.iter_mut().zip(sides) {
+                // What no accounted thread ran: short-lived helpers, and
+                // threads that ended before they were accounted.
+                let other = total - threads.values().sum::<f64>();
+                for (n, t) in threads.into_iter().chain([("other".to_owned(), other)]) {
+                    side.entry(n).or_default().push(t * 1e6 / all_pages);
+                }
+            }
         }
         if let Some(p) = r
             .stats
@@ -699,6 +729,10 @@ fn summarize(a: &BenchArgs, base: &[f64], runs: &[Run], takeovers: &[(f64, f64)]
         "wire_over_raw": if raw > 0.0 { wire / raw } else { 0.0 },
         "delta_page_share": if pages > 0.0 { delta_pages / pages } else { 0.0 },
         "engine_cpu_us_per_dirty_page": { "primary": median(engine_cpu_per_page), "shadow": median(shadow_cpu_per_page) },
+        "engine_cpu_by_thread_us_per_dirty_page": {
+            "primary": by_thread[0].iter().map(|(n, v)| (n.clone(), json!(median(v.clone())))).collect::<serde_json::Map<_, _>>(),
+            "shadow": by_thread[1].iter().map(|(n, v)| (n.clone(), json!(median(v.clone())))).collect::<serde_json::Map<_, _>>(),
+        },
         "ack_latency_ms": { "p50": pct(acks.clone(), 0.5), "p99": pct(acks, 0.99) },
         "full_sync_mib_s": median(sync_tp),
         "protect_before_start_ms": median(protect_ms),
@@ -758,6 +792,8 @@ fn markdown(v: &Value) -> String {
          | dirty pages per epoch (p50) | {:.0} |\n\
          | bytes per dirty page raw / on the wire | {:.0} / {:.0} ({:.3}x; {:.0}% of pages as XOR deltas) |\n\
          | engine CPU per dirty page, primary / shadow | {:.2} / {:.2} µs |\n\
+         | the same by thread, primary | {} |\n\
+         | the same by thread, shadow | {} |\n\
          | ack latency p50 / p99 | {:.2} / {:.2} ms |\n\
          | protection before the guest starts (full state to the ack) | {:.1} ms |\n\
          | full sync (live pre-copy; only on re-protection) | {:.0} MiB/s |\n\
@@ -776,6 +812,8 @@ fn markdown(v: &Value) -> String {
         g(&["bytes_per_dirty_page", "raw"]), g(&["bytes_per_dirty_page", "wire"]), g(&["wire_over_raw"]),
         g(&["delta_page_share"]) * 100.0,
         g(&["engine_cpu_us_per_dirty_page", "primary"]), g(&["engine_cpu_us_per_dirty_page", "shadow"]),
+        threads_row(&v["engine_cpu_by_thread_us_per_dirty_page"]["primary"]),
+        threads_row(&v["engine_cpu_by_thread_us_per_dirty_page"]["shadow"]),
         g(&["ack_latency_ms", "p50"]), g(&["ack_latency_ms", "p99"]),
         g(&["protect_before_start_ms"]),
         g(&["full_sync_mib_s"]),
@@ -785,6 +823,21 @@ fn markdown(v: &Value) -> String {
         g(&["machine", "memcpy_mib_s"]), g(&["machine", "encode_zstd1_mixed_mib_s"]), g(&["machine", "loopback_tcp_mib_s"]),
         g(&["machine", "seal_open_mib_s"]),
     ) + &spares_table(v)
+}
+
+/// `name x.xx, ...` µs per dirty page by thread, largest first.
+fn threads_row(v: &Value) -> String {
+    let mut t: Vec<(&String, f64)> = v
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(n, x)| Some((n, x.as_f64()?)))
+        .collect();
+    t.sort_by(|a, b| b.1.total_cmp(&a.1));
+    t.iter()
+        .map(|(n, x)| format!("{n} {x:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The several-spares table (when `--spares` named more than one count).

@@ -8,6 +8,8 @@
 //! one (measured on the development hosts). With two or more CPUs the
 //! engine's threads stay on CPU 0 and the vCPU threads on the others.
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 fn timespec(clock: libc::clockid_t) -> Duration {
@@ -31,6 +33,108 @@ pub fn thread_cpu_time() -> Duration {
 /// CPU time of the whole process.
 pub fn process_cpu_time() -> Duration {
     timespec(libc::CLOCK_PROCESS_CPUTIME_ID)
+}
+
+/// CPU time of the thread whose CPU-time clock is `clock` (zero if the
+/// clock cannot be read).
+fn clock_time(clock: libc::clockid_t) -> Duration {
+    timespec(clock)
+}
+
+/// Per-thread CPU accounting, by thread name: each engine thread holds a
+/// [`ThreadAccount`] for its life. Live threads are read through their
+/// CPU-time clocks; a thread that ends adds its total to its name's sum, so
+/// the table stays bounded by the number of names however many threads come
+/// and go (reconnections, dials).
+struct Accounts {
+    next: u64,
+    live: std::collections::HashMap<u64, (String, libc::clockid_t)>,
+    ended: BTreeMap<String, Duration>,
+}
+
+static ACCOUNTS: Mutex<Option<Accounts>> = Mutex::new(None);
+
+fn accounts() -> std::sync::MutexGuard<'static, Option<Accounts>> {
+    ACCOUNTS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Counts the calling thread's CPU time under `name` until dropped (hold it
+/// for the thread's whole life). See [`cpu_by_thread`].
+pub struct ThreadAccount {
+    id: u64,
+}
+
+impl ThreadAccount {
+    /// Starts counting the calling thread under `name`.
+    pub fn start(name: &str) -> ThreadAccount {
+        let mut clock: libc::clockid_t = 0;
+        // SAFETY: pthread_self() is the calling thread, alive for this call;
+        // pthread_getcpuclockid writes one clockid_t into the valid pointer.
+        let rc = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) };
+        let clock = if rc == 0 {
+            clock
+        } else {
+            libc::CLOCK_THREAD_CPUTIME_ID
+        };
+        let mut g = accounts();
+        let a = g.get_or_insert_with(|| Accounts {
+            next: 0,
+            live: Default::default(),
+            ended: BTreeMap::new(),
+        });
+        a.next += 1;
+        a.live.insert(a.next, (name.to_owned(), clock));
+        ThreadAccount { id: a.next }
+    }
+}
+
+impl Drop for ThreadAccount {
+    fn drop(&mut self) {
+        // Read before taking the lock: this is the calling thread's own time.
+        let t = thread_cpu_time();
+        let mut g = accounts();
+        if let Some(a) = g.as_mut() {
+            if let Some((name, _)) = a.live.remove(&self.id) {
+                *a.ended.entry(name).or_default() += t;
+            }
+        }
+    }
+}
+
+/// CPU time so far of every accounted thread, summed by thread name (ended
+/// threads included), plus the calling thread under `caller` when given.
+pub fn cpu_by_thread(caller: Option<&str>) -> BTreeMap<String, Duration> {
+    let mut out = BTreeMap::new();
+    {
+        // The lock is held while live clocks are read: a live thread's
+        // ThreadAccount::drop waits for it, so the thread (and its clock)
+        // is still alive when read.
+        let g = accounts();
+        if let Some(a) = g.as_ref() {
+            out = a.ended.clone();
+            for (name, clock) in a.live.values() {
+                *out.entry(name.clone()).or_default() += clock_time(*clock);
+            }
+        }
+    }
+    if let Some(name) = caller {
+        *out.entry(name.to_owned()).or_default() += thread_cpu_time();
+    }
+    out
+}
+
+/// Spawns a named thread whose CPU time is accounted under its name.
+pub fn spawn_accounted<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<T>> {
+    let n = name.to_owned();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let _account = ThreadAccount::start(&n);
+            f()
+        })
 }
 
 /// Number of CPUs this process may run on.
@@ -89,4 +193,46 @@ pub fn tsc_khz() -> u64 {
     std::thread::sleep(Duration::from_millis(50));
     let (dt, dc) = (t0.elapsed(), rdtsc().wrapping_sub(c0));
     (dc as u128 * 1_000_000 / dt.as_nanos().max(1)) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn burn(d: Duration) {
+        let t = thread_cpu_time();
+        let mut x = 0u64;
+        while thread_cpu_time() - t < d {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+    }
+
+    #[test]
+    fn threads_are_accounted_by_name_alive_and_ended() {
+        let name = "acct-test-ended";
+        let h = spawn_accounted(name, || burn(Duration::from_millis(30))).unwrap();
+        h.join().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+        let live = spawn_accounted("acct-test-live", move || {
+            burn(Duration::from_millis(20));
+            ready_tx.send(()).unwrap();
+            rx.recv().unwrap();
+        })
+        .unwrap();
+        ready_rx.recv().unwrap();
+        let by = cpu_by_thread(Some("acct-test-caller"));
+        assert!(by[name] >= Duration::from_millis(30), "{by:?}");
+        assert!(by["acct-test-live"] >= Duration::from_millis(20), "{by:?}");
+        assert!(by.contains_key("acct-test-caller"));
+        tx.send(()).unwrap();
+        live.join().unwrap();
+        // Ended threads keep their total; a second thread of a name adds to it.
+        let before = cpu_by_thread(None)[name];
+        spawn_accounted(name, || burn(Duration::from_millis(10)))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(cpu_by_thread(None)[name] >= before + Duration::from_millis(10));
+    }
 }

@@ -148,6 +148,10 @@ pub enum Event {
         epochs: u64,
         /// The process's CPU time, s.
         cpu_s: f64,
+        /// CPU time by thread name, s (the engine's accounted threads, and
+        /// the thread that ended the standby as `hs-main`).
+        #[serde(default)]
+        threads_cpu_s: std::collections::BTreeMap<String, f64>,
     },
     /// The process is about to exit.
     Exiting {

@@ -162,10 +162,7 @@ pub(super) struct Link {
 }
 
 pub(super) fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name(name.into())
-        .spawn(f)
-        .map_err(EngineError::io(format!("spawning thread {name}")))
+    crate::cpu::spawn_accounted(name, f).map_err(EngineError::io(format!("spawning thread {name}")))
 }
 
 /// How the encoder thread encodes epochs.

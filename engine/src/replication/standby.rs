@@ -327,6 +327,10 @@ pub fn run(cfg: StandbyConfig) -> Result<i32> {
                 crate::events::emit(crate::events::Event::StandbyEnded {
                     epochs: sh.reports.len() as u64,
                     cpu_s,
+                    threads_cpu_s: crate::cpu::cpu_by_thread(Some("hs-main"))
+                        .into_iter()
+                        .map(|(n, d)| (n, d.as_secs_f64()))
+                        .collect(),
                 });
                 eprintln!("hotspare: the primary's guest stopped on its own; standby exits without taking over");
                 return Ok(0);
@@ -371,12 +375,12 @@ fn accept_loop(
                 let took_over = took_over.clone();
                 let term = peer.peer_term;
                 let spawned = match peer.channel {
-                    Channel::Heartbeat => std::thread::Builder::new()
-                        .name("hs-heartbeat".into())
-                        .spawn(move || heartbeat_loop(conn, took_over, ev2, heard)),
-                    Channel::Stream => std::thread::Builder::new()
-                        .name("hs-stream".into())
-                        .spawn(move || stream_loop(conn, term, shadow, took_over, ev2, heard)),
+                    Channel::Heartbeat => crate::cpu::spawn_accounted("hs-heartbeat", move || {
+                        heartbeat_loop(conn, took_over, ev2, heard)
+                    }),
+                    Channel::Stream => crate::cpu::spawn_accounted("hs-stream", move || {
+                        stream_loop(conn, term, shadow, took_over, ev2, heard)
+                    }),
                 };
                 if let Err(e) = spawned {
                     tracing::error!("cannot spawn a connection thread: {e}");

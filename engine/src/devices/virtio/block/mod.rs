@@ -209,10 +209,8 @@ impl Block {
             name: id.to_owned(),
             failover: failover.clone(),
         };
-        let thread = std::thread::Builder::new()
-            .name(id.to_owned())
-            .spawn(move || worker.run())
-            .map_err(setup_err(id))?;
+        let thread =
+            crate::cpu::spawn_accounted(id, move || worker.run()).map_err(setup_err(id))?;
         Ok(Block {
             id: id.to_owned(),
             cfg,

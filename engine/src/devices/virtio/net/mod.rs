@@ -327,10 +327,8 @@ impl Net {
             .unwrap_or_else(|e| e.into_inner())
             .set_guest_announcer(announcer);
         let poll = worker.poller().map_err(setup_err(id))?;
-        let thread = std::thread::Builder::new()
-            .name(id.to_owned())
-            .spawn(move || worker.run(poll))
-            .map_err(setup_err(id))?;
+        let thread =
+            crate::cpu::spawn_accounted(id, move || worker.run(poll)).map_err(setup_err(id))?;
         Ok(Net {
             id: id.to_owned(),
             cfg,
