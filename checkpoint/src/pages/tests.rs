@@ -1,4 +1,5 @@
 //! Unit tests of the page records.
+use super::decode::ZERO_CHUNK_PAGES;
 use super::*;
 
 fn collect(payload: &[u8]) -> Result<Vec<(u64, Vec<u8>)>> {
