@@ -62,6 +62,13 @@ impl DeltaCache {
         (self.tags[s] == pfn).then(|| &self.pages[s * PAGE_SIZE..(s + 1) * PAGE_SIZE])
     }
 
+    /// The cached contents of page frame `pfn`, if present, to update in
+    /// place (they must then equal what the receiver will hold).
+    pub fn get_mut(&mut self, pfn: u64) -> Option<&mut [u8]> {
+        let s = self.slot(pfn);
+        (self.tags[s] == pfn).then(|| &mut self.pages[s * PAGE_SIZE..(s + 1) * PAGE_SIZE])
+    }
+
     /// Whether page frame `pfn` is cached.
     pub fn contains(&self, pfn: u64) -> bool {
         self.tags[self.slot(pfn)] == pfn

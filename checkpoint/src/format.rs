@@ -21,7 +21,7 @@ pub use crate::verify::verify;
 /// The first eight bytes of every checkpoint.
 pub const MAGIC: [u8; 8] = *b"HSPRCKPT";
 /// The container format version this crate writes and the only one it reads.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// Size of the file header in bytes.
 pub const HEADER_LEN: usize = 68;
 /// Size of a section header in bytes.
@@ -625,7 +625,7 @@ mod tests {
         let h = Header::incremental(0x0102, 0x0101, fp());
         let b = h.encode();
         assert_eq!(&b[0..8], b"HSPRCKPT");
-        assert_eq!(&b[8..12], &[3, 0, 0, 0]);
+        assert_eq!(&b[8..12], &[4, 0, 0, 0]);
         assert_eq!(b[12], 1);
         assert_eq!(&b[16..24], &0x0102u64.to_le_bytes());
         assert_eq!(&b[24..32], &0x0101u64.to_le_bytes());

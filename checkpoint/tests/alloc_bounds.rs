@@ -147,3 +147,29 @@ fn zstd_record_decodes_into_a_bounded_buffer() {
     // (zstd's context is allocated by C malloc and not counted here).
     assert!(big < 64 * 1024, "largest allocation {big} bytes");
 }
+
+#[test]
+fn xor_runs_zstd_record_claiming_a_huge_length_allocates_nothing_big() {
+    let _serial = serial();
+    // One page, a claimed 1 GiB of entries, a frame of 64 MiB of zeros.
+    let frame = zstd::bulk::compress(&vec![0u8; 64 * MIB], 3).unwrap();
+    let mut rec = Vec::new();
+    rec.extend_from_slice(&0u64.to_le_bytes());
+    rec.extend_from_slice(&1u32.to_le_bytes());
+    rec.push(7);
+    rec.extend_from_slice(&(4 + frame.len() as u32).to_le_bytes());
+    rec.extend_from_slice(&(1u32 << 30).to_le_bytes());
+    rec.extend_from_slice(&frame);
+    let mut res = None;
+    let big = largest_allocation(|| {
+        res = Some(checkpoint::pages::decode_records_with_deltas(
+            &rec,
+            |_, _| Ok(()),
+            |_, _| Ok(()),
+            |_, _| Ok(()),
+        ))
+    });
+    let err = res.unwrap().unwrap_err().to_string();
+    assert!(err.contains("more than 1 pages can have"), "{err}");
+    assert!(big < 64 * 1024, "largest allocation {big} bytes");
+}

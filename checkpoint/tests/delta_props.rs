@@ -309,7 +309,7 @@ fn scattered_pages_batch_into_few_records_and_stay_within_targets() {
     assert!(s.ratio() <= 1.01, "random batched ratio {}", s.ratio());
     apply(&mut receiver, &out).unwrap();
     assert!(receiver == mem);
-    // Plain readers refuse batches that hold deltas.
+    // Plain readers refuse the record of deltas (XorRuns).
     let mut dirty = vec![0usize];
     mutate(&mut mem, &Change::Sparse(0, 1));
     let out = encode_dirty(&mut enc, &mem, &mut dirty);

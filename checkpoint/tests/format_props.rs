@@ -357,11 +357,11 @@ fn golden_empty_full_checkpoint() {
     .unwrap();
     let bytes = w.finish().unwrap();
     let mut expected = b"HSPRCKPT".to_vec();
-    expected.extend_from_slice(&[3, 0, 0, 0, 0, 0, 0, 0]);
+    expected.extend_from_slice(&[4, 0, 0, 0, 0, 0, 0, 0]);
     expected.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0]);
     expected.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0]);
     expected.extend_from_slice(&[0x11; 32]);
-    expected.extend_from_slice(&[0x64, 0x8e, 0x3a, 0x20]);
+    expected.extend_from_slice(&[0x41, 0xf5, 0xd1, 0x70]);
     expected.extend_from_slice(&[0xff; 4]);
     expected.extend_from_slice(&[8, 0, 0, 0, 0, 0, 0, 0]);
     expected.extend_from_slice(&[0xb0, 0x60, 0xec, 0x8c]);

@@ -3,7 +3,8 @@
 //!
 //! Input: a control byte, then a Memory section payload. Checks:
 //! - every span handed to a sink is page aligned, non-empty, whole pages
-//!   and does not overflow;
+//!   and does not overflow, except an `XorRuns` run handed to the XOR sink:
+//!   8-byte words at an 8-byte aligned address, inside one page;
 //! - the three decoders agree: the zero-aware one accepts exactly what the
 //!   delta-aware one accepts without XOR deltas, and delivers the same
 //!   operations; the plain one delivers the same pages (zeros as zero-filled
@@ -44,6 +45,17 @@ fn check_span(gpa: u64, len: u64) {
     );
 }
 
+/// An XOR span: whole pages, or words inside one page.
+fn check_xor_span(gpa: u64, len: u64) {
+    if len >= PAGE {
+        return check_span(gpa, len);
+    }
+    assert!(
+        gpa.is_multiple_of(8) && len > 0 && len.is_multiple_of(8) && gpa % PAGE + len <= PAGE,
+        "the decoder delivered an XOR run of {len:#x} bytes at {gpa:#x}"
+    );
+}
+
 fn page_crcs(data: &[u8]) -> Vec<u32> {
     data.chunks(PAGE_SIZE).map(crc32fast::hash).collect()
 }
@@ -70,6 +82,16 @@ impl Model {
     }
 
     fn apply(&mut self, gpa: u64, data: &[u8], xor: bool) {
+        if data.len() < PAGE_SIZE {
+            // Words of an XorRuns run, inside one page.
+            let (pfn, at) = (gpa / PAGE, (gpa % PAGE) as usize);
+            let mut cur = self.page(pfn);
+            cur[at..at + data.len()]
+                .iter_mut()
+                .zip(data)
+                .for_each(|(c, d)| *c ^= d);
+            return self.set(pfn, cur);
+        }
         for (i, p) in data.chunks(PAGE_SIZE).enumerate() {
             let pfn = gpa / PAGE + i as u64;
             let new = if xor {
@@ -107,7 +129,11 @@ impl Seen {
     }
 
     fn data(&mut self, gpa: u64, d: &[u8], xor: bool) {
-        check_span(gpa, d.len() as u64);
+        if xor {
+            check_xor_span(gpa, d.len() as u64);
+        } else {
+            check_span(gpa, d.len() as u64);
+        }
         self.pages = self.pages.saturating_add(d.len() as u64 / PAGE);
         let crcs = if self.small() {
             self.model.apply(gpa, d, xor);

@@ -210,7 +210,7 @@ fn page_payloads() -> Vec<(&'static str, u8, Vec<u8>)> {
         }),
     ));
     // XOR deltas: the second version of each page, against the first.
-    for (name, ctl) in [("xor-zstd", 5u8), ("batch-xor", 7u8)] {
+    for (name, ctl) in [("xor-zstd", 5u8), ("xor-runs", 7u8)] {
         let deltas = run(ctl, &|e, p| {
             e.encode_run(0x2000, &two, p).unwrap();
             e.flush(p).unwrap();
@@ -222,6 +222,23 @@ fn page_payloads() -> Vec<(&'static str, u8, Vec<u8>)> {
         });
         out.push((name, ctl, deltas));
     }
+    // Many scattered pages with the same words changed: their XorRuns
+    // entries compress (XorRunsZstd).
+    let runs_zstd = run(7, &|e, p| {
+        for i in 0..16u64 {
+            e.encode_run(0x4000 + i * 0x2000, &page(6), p).unwrap();
+        }
+        e.flush(p).unwrap();
+        p.clear();
+        let mut next = page(6);
+        next[16] ^= 0x11;
+        next[2000] ^= 0x22;
+        for i in 0..16u64 {
+            e.encode_run(0x4000 + i * 0x2000, &next, p).unwrap();
+        }
+    });
+    assert_eq!(runs_zstd[12], checkpoint::Encoding::XorRunsZstd as u8);
+    out.push(("xor-runs-zstd", 7, runs_zstd));
     out
 }
 

@@ -45,10 +45,12 @@ pub fn decode_records_zero_aware(
     decode_inner(payload, &mut sink, Some(&mut zero), None)
 }
 
-/// Like [`decode_records_zero_aware`], and also accepts `XorZstd` delta
-/// records: their decompressed bytes go to `xor(gpa, delta)`, which must
-/// XOR them into the pages' current contents. The other two readers refuse
-/// delta records, since they have no base pages to apply them to.
+/// Like [`decode_records_zero_aware`], and also accepts delta records
+/// (`XorZstd`, XOR entries of batches, `XorRuns`): their bytes go to
+/// `xor(gpa, delta)`, which must XOR them into the memory's current
+/// contents. A delta is whole pages, except an `XorRuns` run: 8-byte words
+/// at an 8-byte aligned `gpa`, inside one page. The other two readers
+/// refuse delta records, since they have no base pages to apply them to.
 pub fn decode_records_with_deltas(
     payload: &[u8],
     mut sink: impl FnMut(u64, &[u8]) -> Result<()>,
@@ -94,7 +96,7 @@ fn zstd_exact(
 }
 
 type ZeroSink<'a> = Option<&'a mut dyn FnMut(u64, u64) -> Result<()>>;
-type XorSink<'a> = Option<&'a mut dyn FnMut(u64, &[u8]) -> Result<()>>;
+pub(super) type XorSink<'a> = Option<&'a mut dyn FnMut(u64, &[u8]) -> Result<()>>;
 
 fn decode_inner(
     payload: &[u8],
@@ -199,6 +201,41 @@ fn decode_inner(
                     Some(x) if enc == Encoding::XorZstd => x(gpa, &buf)?,
                     _ => sink(gpa, &buf)?,
                 }
+            }
+            Encoding::XorRuns | Encoding::XorRunsZstd => {
+                let Some(x) = xor.as_mut() else {
+                    return Err(bad(
+                        off,
+                        format!(
+                            "{enc:?} record of XOR deltas, but this reader has no base pages to \
+                             apply it to (deltas are only valid in a replication stream)"
+                        ),
+                    ));
+                };
+                let entries: &[u8] = if enc == Encoding::XorRuns {
+                    data
+                } else {
+                    let (len, frame) = data.split_at(data.len().min(4));
+                    let Ok(len) = <[u8; 4]>::try_from(len) else {
+                        return Err(bad(off, "XorRunsZstd record has no length".into()));
+                    };
+                    let len = u32::from_le_bytes(len) as usize;
+                    let most = npages as usize * super::runs::MAX_ENTRY_BYTES;
+                    if len > most {
+                        return Err(bad(
+                            off,
+                            format!(
+                                "XorRunsZstd record says {len} bytes of entries, more than \
+                                 {npages} pages can have ({most})"
+                            ),
+                        ));
+                    }
+                    zstd_exact(&mut decompressor, frame, len, &mut buf, off)?;
+                    &buf
+                };
+                // Validate the whole record before delivering any of it.
+                super::runs::walk(entries, npages as usize, gpa, off, None)?;
+                super::runs::walk(entries, npages as usize, gpa, off, Some(&mut **x))?;
             }
             Encoding::Batch | Encoding::BatchZstd => {
                 let n = npages as usize;

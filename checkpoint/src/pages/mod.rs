@@ -17,6 +17,7 @@ use crate::delta::{xor_into, DeltaCache};
 use crate::error::{CheckpointError, Result};
 
 mod decode;
+pub mod runs;
 pub use decode::{decode_records, decode_records_with_deltas, decode_records_zero_aware};
 
 /// Guest page size in bytes.
@@ -62,6 +63,15 @@ pub enum Encoding {
     /// As `Batch`, but the bytes after the entries are one zstd frame that
     /// decompresses to exactly `npages * 4096` bytes.
     BatchZstd = 5,
+    /// Scattered pages as XOR deltas of their changed words, no entropy
+    /// coder: per page `addr: u64, nruns: u16`, then per run `first: u16,
+    /// nwords: u16` and `nwords` 8-byte XOR words (see `runs`). The first
+    /// entry's address equals the record's `gpa`.
+    XorRuns = 6,
+    /// `XorRuns` entries compressed: a u32 LE length `n` (at most `npages`
+    /// times the largest entry a page can have), then one zstd frame that
+    /// decompresses to exactly `n` bytes of `XorRuns` entries.
+    XorRunsZstd = 7,
 }
 
 impl TryFrom<u8> for Encoding {
@@ -75,6 +85,8 @@ impl TryFrom<u8> for Encoding {
             3 => Ok(Encoding::XorZstd),
             4 => Ok(Encoding::Batch),
             5 => Ok(Encoding::BatchZstd),
+            6 => Ok(Encoding::XorRuns),
+            7 => Ok(Encoding::XorRunsZstd),
             other => Err(CheckpointError::UnknownEncoding(other)),
         }
     }
@@ -174,13 +186,24 @@ pub struct MemoryEncoder {
     delta: Option<DeltaCache>,
     /// XOR deltas are built here before compression.
     xor_scratch: Vec<u8>,
-    /// Whether short runs are gathered into `Batch` records.
+    /// Whether short runs are gathered into `Batch` records, and cached
+    /// pages into `XorRuns` records.
     batching: bool,
-    /// Pending batches: one of plain pages, one of XOR deltas (kept apart
-    /// so incompressible pages do not make every delta batch pay for a
-    /// failed compression, nor deltas defeat the adaptive skip).
+    /// Pending batch of plain pages.
     batch_plain: PendingBatch,
-    batch_delta: PendingBatch,
+    /// Pending `XorRuns` record: its page entries (kept apart from plain
+    /// pages, which may go through zstd).
+    runs: PendingRuns,
+    /// Whether `XorRuns` entries are tried with zstd.
+    runs_zstd: bool,
+}
+
+/// Page entries waiting for an `XorRuns` record.
+#[derive(Default)]
+struct PendingRuns {
+    pages: usize,
+    first: u64,
+    data: Vec<u8>,
 }
 
 /// Pages waiting for a `Batch` record.
@@ -194,9 +217,10 @@ struct PendingBatch {
 
 /// Runs of at most this many pages go into batches when batching is on.
 pub const BATCH_RUN_MAX: usize = 8;
-/// A cached page goes into a batch as an XOR delta when at most this many
-/// of its 512 words changed (the delta then compresses at least ~8:1).
-const BATCH_XOR_MAX_WORDS: usize = 64;
+/// A cached page goes into an `XorRuns` record when its entry (the changed
+/// words and their run heads) takes at most this many bytes, a quarter page;
+/// otherwise it goes whole, as a plain page.
+pub const RUNS_MAX_BYTES: usize = 1024;
 
 /// After this many consecutive data records that zstd shrinks by less than
 /// 1/32, the encoder stops trying ...
@@ -225,7 +249,8 @@ impl MemoryEncoder {
             xor_scratch: Vec::new(),
             batching: false,
             batch_plain: PendingBatch::default(),
-            batch_delta: PendingBatch::default(),
+            runs: PendingRuns::default(),
+            runs_zstd: true,
         })
     }
 
@@ -242,26 +267,59 @@ impl MemoryEncoder {
 
     /// Writes the pending batches, if any, to `out`.
     pub fn flush(&mut self, out: &mut Vec<u8>) -> Result<()> {
-        self.flush_batch(true, out)?;
-        self.flush_batch(false, out)
+        self.flush_runs(out)?;
+        self.flush_batch(out)
     }
 
-    fn flush_batch(&mut self, delta: bool, out: &mut Vec<u8>) -> Result<()> {
-        let mut b = std::mem::take(if delta {
-            &mut self.batch_delta
-        } else {
-            &mut self.batch_plain
-        });
+    fn flush_batch(&mut self, out: &mut Vec<u8>) -> Result<()> {
+        let mut b = std::mem::take(&mut self.batch_plain);
         let res = self.write_batch(&b, out);
         b.addrs.clear();
         b.data.clear();
         // Keep the buffers (already faulted in) for the next batch.
-        if delta {
-            self.batch_delta = b;
-        } else {
-            self.batch_plain = b;
-        }
+        self.batch_plain = b;
         res
+    }
+
+    /// Whether `XorRuns` entries go through zstd (`XorRunsZstd`) when that
+    /// makes them smaller: fewer bytes for a slow link, for a few tenths of
+    /// a µs per page of CPU on both sides. On by default with compression.
+    pub fn set_runs_compression(&mut self, on: bool) {
+        self.runs_zstd = on;
+    }
+
+    fn flush_runs(&mut self, out: &mut Vec<u8>) -> Result<()> {
+        if self.runs.pages == 0 {
+            return Ok(());
+        }
+        let mut compressed = false;
+        if let (Some(c), true) = (self.compressor.as_mut(), self.runs_zstd) {
+            zstd_into(c, &self.runs.data, &mut self.scratch)?;
+            compressed = self.scratch.len() + 4 < self.runs.data.len();
+        }
+        let r = &mut self.runs;
+        let data_len = if compressed {
+            4 + self.scratch.len()
+        } else {
+            r.data.len()
+        };
+        let enc = if compressed {
+            Encoding::XorRunsZstd
+        } else {
+            Encoding::XorRuns
+        };
+        push_record_header(out, r.first, r.pages as u32, enc, data_len as u32);
+        if compressed {
+            out.extend_from_slice(&(r.data.len() as u32).to_le_bytes());
+            out.extend_from_slice(&self.scratch);
+        } else {
+            out.extend_from_slice(&r.data);
+        }
+        self.stats.records += 1;
+        self.stats.encoded_bytes += (RECORD_HEADER_LEN + data_len) as u64;
+        r.pages = 0;
+        r.data.clear();
+        Ok(())
     }
 
     fn write_batch(&mut self, b: &PendingBatch, out: &mut Vec<u8>) -> Result<()> {
@@ -269,17 +327,9 @@ impl MemoryEncoder {
         if n == 0 {
             return Ok(());
         }
-        let deltas = b.addrs.iter().filter(|a| *a & 1 == 1).count();
-        // Deltas are sparse by construction, so a batch holding any is
-        // always worth compressing; a batch of plain pages follows the
-        // adaptive policy for incompressible memory.
-        let smaller = match self.compressor.as_mut() {
-            Some(c) if deltas > 0 => {
-                zstd_into(c, &b.data, &mut self.scratch)?;
-                self.scratch.len() < b.data.len()
-            }
-            _ => self.try_plain_zstd(&b.data)?,
-        };
+        // Plain pages only (deltas go as `XorRuns`): the adaptive policy
+        // for incompressible memory decides whether to try zstd.
+        let smaller = self.try_plain_zstd(&b.data)?;
         let encoding = if smaller {
             Encoding::BatchZstd
         } else {
@@ -290,55 +340,57 @@ impl MemoryEncoder {
             _ => &b.data,
         };
         let data_len = n * 8 + body.len();
-        push_record_header(out, b.addrs[0] & !1, n as u32, encoding, data_len as u32);
+        push_record_header(out, b.addrs[0], n as u32, encoding, data_len as u32);
         for a in &b.addrs {
             out.extend_from_slice(&a.to_le_bytes());
         }
         out.extend_from_slice(body);
-        self.stats.delta_pages += deltas as u64;
         match encoding {
-            Encoding::BatchZstd => self.stats.compressed_pages += (n - deltas) as u64,
-            _ => self.stats.raw_pages += (n - deltas) as u64,
+            Encoding::BatchZstd => self.stats.compressed_pages += n as u64,
+            _ => self.stats.raw_pages += n as u64,
         }
         self.stats.records += 1;
         self.stats.encoded_bytes += (RECORD_HEADER_LEN + data_len) as u64;
         Ok(())
     }
 
-    /// Adds one non-zero page to the pending batch (as an XOR delta when
-    /// its previous version is cached and few words changed).
+    /// Adds one non-zero page to a pending record: to the `XorRuns` record
+    /// when its previous version is cached and few words changed, else to
+    /// the batch of plain pages. The delta cache then holds `page`.
     fn batch_page(&mut self, pfn: u64, page: &[u8], out: &mut Vec<u8>) -> Result<()> {
-        let mut as_delta = false;
-        if let (Some(cache), true) = (self.delta.as_ref(), self.compressor.is_some()) {
-            if let Some(old) = cache.get(pfn) {
-                self.xor_scratch.resize(PAGE_SIZE, 0);
-                xor_into(&mut self.xor_scratch, page, old);
-                let changed = self
-                    .xor_scratch
-                    .chunks_exact(8)
-                    .filter(|w| w.iter().any(|&b| b != 0))
-                    .count();
-                as_delta = changed <= BATCH_XOR_MAX_WORDS;
-                if !as_delta {
-                    self.stats.delta_misses += 1;
+        let gpa = pfn * PAGE_SIZE as u64;
+        let mut cached = false;
+        if let (Some(cache), true) = (self.delta.as_mut(), self.compressor.is_some()) {
+            if let Some(old) = cache.get_mut(pfn) {
+                let r = &mut self.runs;
+                if runs::encode_page(gpa, page, old, &mut r.data, RUNS_MAX_BYTES) {
+                    // `old` now equals `page`: the cache is up to date.
+                    if r.pages == 0 {
+                        r.first = gpa;
+                    }
+                    r.pages += 1;
+                    self.stats.delta_pages += 1;
+                    if r.pages >= DATA_RECORD_PAGES {
+                        self.flush_runs(out)?;
+                    }
+                    return Ok(());
                 }
+                // Too many changes: `old` is half updated; send the page
+                // whole and cache it whole.
+                old.copy_from_slice(page);
+                cached = true;
+                self.stats.delta_misses += 1;
             }
         }
-        let gpa = pfn * PAGE_SIZE as u64;
-        let full = if as_delta {
-            self.batch_delta.addrs.push(gpa | 1);
-            self.batch_delta.data.extend_from_slice(&self.xor_scratch);
-            self.batch_delta.addrs.len() >= DATA_RECORD_PAGES
-        } else {
-            self.batch_plain.addrs.push(gpa);
-            self.batch_plain.data.extend_from_slice(page);
-            self.batch_plain.addrs.len() >= DATA_RECORD_PAGES
-        };
-        if let Some(d) = self.delta.as_mut() {
-            d.insert(pfn, page);
+        self.batch_plain.addrs.push(gpa);
+        self.batch_plain.data.extend_from_slice(page);
+        if !cached {
+            if let Some(d) = self.delta.as_mut() {
+                d.insert(pfn, page);
+            }
         }
-        if full {
-            self.flush_batch(as_delta, out)?;
+        if self.batch_plain.addrs.len() >= DATA_RECORD_PAGES {
+            self.flush_batch(out)?;
         }
         Ok(())
     }
@@ -453,10 +505,16 @@ impl MemoryEncoder {
                 Class::Zero => {
                     self.emit_zero(run_gpa, end - start, out);
                 }
+                Class::Cached if self.batching => {
+                    // Page by page into `XorRuns` (which caches each page).
+                    for (i, p) in data.chunks_exact(PAGE_SIZE).enumerate() {
+                        self.batch_page(first_pfn + (start + i) as u64, p, out)?;
+                    }
+                }
                 Class::Cached => self.emit_delta(run_gpa, data, out)?,
                 Class::Data => self.emit_data(run_gpa, data, out)?,
             }
-            if start_class != Class::Zero {
+            if start_class == Class::Data || (start_class == Class::Cached && !self.batching) {
                 if let Some(d) = self.delta.as_mut() {
                     for (i, p) in data.chunks_exact(PAGE_SIZE).enumerate() {
                         d.insert(first_pfn + (start + i) as u64, p);

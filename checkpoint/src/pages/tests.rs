@@ -288,3 +288,79 @@ fn malformed_batch_records_are_refused_with_their_offset() {
         .to_string()
         .contains("less than its 32 bytes of entries"));
 }
+
+/// Encodes 16 scattered pages (every other page from 0x3000) twice, the
+/// second time with the same few words changed in each, with a delta cache
+/// and batching; returns the pages before and after, and the second payload.
+fn runs_payload(runs_zstd: bool) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let mut enc = MemoryEncoder::new(Compression::Zstd { level: 1 }).unwrap();
+    enc.set_batching(true);
+    enc.set_delta_cache(Some(DeltaCache::new(64)));
+    enc.set_runs_compression(runs_zstd);
+    let old: Vec<u8> = (0..PAGE_SIZE).map(|i| (i % 251) as u8).collect();
+    let mut new = old.clone();
+    new[8..16].copy_from_slice(&[1; 8]);
+    new[4000] ^= 0xff;
+    let mut out = Vec::new();
+    for version in [&old, &new] {
+        out.clear();
+        for i in 0..16u64 {
+            enc.encode_run(0x3000 + i * 0x2000, version, &mut out)
+                .unwrap();
+        }
+        enc.flush(&mut out).unwrap();
+    }
+    assert_eq!(enc.stats().delta_pages, 16);
+    (old, new, out)
+}
+
+/// Applies `payload`'s deltas to 16 copies of `page` (as `runs_payload`
+/// lays them out) and returns them.
+fn apply_with_deltas(page: &[u8], payload: &[u8]) -> Result<Vec<Vec<u8>>> {
+    let cell = std::cell::RefCell::new(vec![page.to_vec(); 16]);
+    decode_records_with_deltas(
+        payload,
+        |_, _| panic!("no whole pages expected"),
+        |_, _| panic!("no zero pages expected"),
+        |gpa, d| {
+            let (i, at) = (((gpa - 0x3000) / 0x2000) as usize, (gpa % 0x1000) as usize);
+            crate::delta::xor_in_place(&mut cell.borrow_mut()[i][at..at + d.len()], d);
+            Ok(())
+        },
+    )?;
+    Ok(cell.into_inner())
+}
+
+#[test]
+fn sparse_rewrites_travel_as_xor_runs_with_or_without_zstd() {
+    for (zstd, enc) in [(false, Encoding::XorRuns), (true, Encoding::XorRunsZstd)] {
+        let (old, new, out) = runs_payload(zstd);
+        assert_eq!(out[12], enc as u8, "runs compression {zstd}");
+        let pages = apply_with_deltas(&old, &out).unwrap();
+        assert!(pages.iter().all(|p| *p == new));
+        // Readers without base pages refuse them, naming the encoding.
+        let e = decode_records(&out, |_, _| Ok(())).unwrap_err().to_string();
+        assert!(e.contains(&format!("{enc:?} record of XOR deltas")), "{e}");
+    }
+}
+
+#[test]
+fn malformed_xor_runs_zstd_records_are_refused() {
+    let (old, _, out) = runs_payload(true);
+    assert_eq!(out[12], Encoding::XorRunsZstd as u8);
+    let err = |p: &[u8]| apply_with_deltas(&old, p).unwrap_err().to_string();
+    // A length past what one page's entry can be: refused before any
+    // allocation or decompression.
+    let mut b = out.clone();
+    b[17..21].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert!(err(&b).contains("more than 16 pages can have"));
+    // A length that disagrees with the frame.
+    let mut b = out.clone();
+    let n = u32::from_le_bytes(b[17..21].try_into().unwrap());
+    b[17..21].copy_from_slice(&(n + 1).to_le_bytes());
+    assert!(err(&b).contains("zstd data"));
+    // No room for the length.
+    let mut b = out[..19].to_vec();
+    b[13..17].copy_from_slice(&2u32.to_le_bytes());
+    assert!(err(&b).contains("has no length"));
+}
