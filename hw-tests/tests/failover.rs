@@ -19,13 +19,21 @@ fn trials(spec: GuestSpec, n: usize, interval_ms: u64) {
         "{}: primary and standby run as separate processes on loopback (127.0.0.1)",
         spec.name
     );
-    let (r, took) = reference(&spec);
+    let (r, mut took) = reference(&spec);
     assert!(String::from_utf8_lossy(&r).contains("result=ok"));
     let mut rng = Rng::from_env(spec.name);
     let (mut kills, mut repeated) = (0, 0);
     let (mut det, mut act) = (Vec::new(), Vec::new());
     for _ in 0..n {
+        let t = std::time::Instant::now();
         let (killed, rep, d, a) = failover_trial(&spec, &r, took, interval_ms, &mut rng);
+        if !killed {
+            // The kill time is drawn inside the guest's run time, estimated
+            // by the unprotected reference run; a replicated run that ended
+            // sooner (the reference ran beside other tests on this 2-core
+            // host) shows the estimate was long: draw inside that instead.
+            took = took.min(t.elapsed());
+        }
         if killed {
             kills += 1;
             repeated += rep;
