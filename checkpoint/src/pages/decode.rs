@@ -75,21 +75,21 @@ fn zstd_exact(
     let Some(d) = decompressor.as_mut() else {
         unreachable!("decompressor was just created");
     };
-    buf.clear();
-    buf.reserve_exact(nbytes);
-    d.decompress_to_buffer(data, buf).map_err(|e| {
+    // The output is a slice of exactly `nbytes` (the buffer is reused, so
+    // its capacity may be larger): a frame that would write more fails.
+    // Zero-filling happens only when the buffer grows.
+    buf.truncate(nbytes);
+    buf.resize(nbytes, 0);
+    let got = d.decompress_to_buffer(data, &mut buf[..]).map_err(|e| {
         bad(
             off,
             format!("zstd data does not decompress into {nbytes} bytes: {e}"),
         )
     })?;
-    if buf.len() != nbytes {
+    if got != nbytes {
         return Err(bad(
             off,
-            format!(
-                "zstd data decompresses to {} bytes, expected {nbytes}",
-                buf.len()
-            ),
+            format!("zstd data decompresses to {got} bytes, expected {nbytes}"),
         ));
     }
     Ok(())
@@ -98,16 +98,50 @@ fn zstd_exact(
 type ZeroSink<'a> = Option<&'a mut dyn FnMut(u64, u64) -> Result<()>>;
 pub(super) type XorSink<'a> = Option<&'a mut dyn FnMut(u64, &[u8]) -> Result<()>>;
 
+/// A decompression context and output buffer a thread keeps between
+/// payloads: a zstd context costs tens of µs to create, once per epoch on
+/// a shadow without this.
+#[derive(Default)]
+struct Reusable {
+    decompressor: Option<Decompressor<'static>>,
+    buf: Vec<u8>,
+}
+
+/// Largest decompression buffer kept between payloads (a replication
+/// stream's records decompress to at most 1 MiB each).
+const KEEP_BUF: usize = 4 << 20;
+
+thread_local! {
+    static REUSABLE: std::cell::RefCell<Reusable> = std::cell::RefCell::new(Reusable::default());
+}
+
 fn decode_inner(
+    payload: &[u8],
+    sink: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
+    zero: ZeroSink<'_>,
+    xor: XorSink<'_>,
+) -> Result<()> {
+    // Taken out for the call (a sink may itself decode: it then gets fresh
+    // ones), and put back after it, whatever the outcome.
+    let mut r = REUSABLE.with(|c| std::mem::take(&mut *c.borrow_mut()));
+    let res = decode_with(payload, sink, zero, xor, &mut r);
+    if r.buf.capacity() > KEEP_BUF {
+        r.buf = Vec::new();
+    }
+    REUSABLE.with(|c| *c.borrow_mut() = r);
+    res
+}
+
+fn decode_with(
     payload: &[u8],
     sink: &mut dyn FnMut(u64, &[u8]) -> Result<()>,
     mut zero: ZeroSink<'_>,
     mut xor: XorSink<'_>,
+    reuse: &mut Reusable,
 ) -> Result<()> {
     let mut off = 0;
-    let mut buf: Vec<u8> = Vec::new();
+    let Reusable { decompressor, buf } = reuse;
     let mut zeros: Vec<u8> = Vec::new();
-    let mut decompressor: Option<Decompressor<'static>> = None;
 
     while off < payload.len() {
         let rest = &payload[off..];
@@ -196,10 +230,10 @@ fn decode_inner(
                             .into(),
                     ));
                 }
-                zstd_exact(&mut decompressor, data, nbytes, &mut buf, off)?;
+                zstd_exact(decompressor, data, nbytes, buf, off)?;
                 match xor.as_mut() {
-                    Some(x) if enc == Encoding::XorZstd => x(gpa, &buf)?,
-                    _ => sink(gpa, &buf)?,
+                    Some(x) if enc == Encoding::XorZstd => x(gpa, buf)?,
+                    _ => sink(gpa, buf)?,
                 }
             }
             Encoding::XorRuns | Encoding::XorRunsZstd => {
@@ -230,8 +264,8 @@ fn decode_inner(
                             ),
                         ));
                     }
-                    zstd_exact(&mut decompressor, frame, len, &mut buf, off)?;
-                    &buf
+                    zstd_exact(decompressor, frame, len, buf, off)?;
+                    buf
                 };
                 // Validate the whole record before delivering any of it.
                 super::runs::walk(entries, npages as usize, gpa, off, None)?;
@@ -286,8 +320,8 @@ fn decode_inner(
                     }
                     body
                 } else {
-                    zstd_exact(&mut decompressor, body, nbytes, &mut buf, off)?;
-                    &buf
+                    zstd_exact(decompressor, body, nbytes, buf, off)?;
+                    buf
                 };
                 for i in 0..n {
                     let e = entry(i);

@@ -364,3 +364,21 @@ fn malformed_xor_runs_zstd_records_are_refused() {
     b[13..17].copy_from_slice(&2u32.to_le_bytes());
     assert!(err(&b).contains("has no length"));
 }
+
+#[test]
+fn a_reused_decompression_buffer_still_caps_each_record() {
+    // A big compressible record first: the thread's buffer grows to 1 MiB.
+    let mut enc = MemoryEncoder::new(Compression::Zstd { level: 1 }).unwrap();
+    let mut big = Vec::new();
+    enc.encode_run(0, &vec![3u8; 256 * PAGE_SIZE], &mut big).unwrap();
+    assert_eq!(big[12], Encoding::Zstd as u8);
+    decode_records(&big, |_, _| Ok(())).unwrap();
+    // Then one page claimed, two pages in the frame: refused, not written
+    // into the spare capacity.
+    let frame = zstd::bulk::compress(&vec![1u8; 2 * PAGE_SIZE], 1).unwrap();
+    let mut rec = Vec::new();
+    push_record_header(&mut rec, 0, 1, Encoding::Zstd, frame.len() as u32);
+    rec.extend_from_slice(&frame);
+    let e = decode_records(&rec, |_, _| Ok(())).unwrap_err().to_string();
+    assert!(e.contains("does not decompress into 4096 bytes"), "{e}");
+}
