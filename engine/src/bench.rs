@@ -22,14 +22,19 @@ use serde_json::{json, Value};
 use crate::demo::GUEST;
 use engine::events::Event;
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 pub struct BenchArgs {
     /// Output directory (bench.json, bench.md, raw per-run JSON).
     #[arg(long, default_value = "bench-out")]
-    out: PathBuf,
+    pub(crate) out: PathBuf,
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 256)]
-    mem_mib: u64,
+    pub(crate) mem_mib: u64,
+    /// Guest sizes in MiB to sweep (e.g. `256,1024,4096,8192`): the whole
+    /// bench runs once per size into `OUT/<size>mib/`, then `sizes.md`,
+    /// `sizes.json` and `sizes.svg` compare them. Replaces --mem-mib.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) sizes: Vec<u64>,
     /// Workload pattern of the memory tester: sparse, pages, text, hot,
     /// sweep, mixed.
     #[arg(long, default_value = "mixed")]
@@ -309,6 +314,9 @@ fn takeover(
 
 /// Runs the benchmark.
 pub fn bench(a: BenchArgs) -> anyhow::Result<i32> {
+    if !a.sizes.is_empty() {
+        return crate::bench_sizes::sweep(a);
+    }
     if a.spares.is_empty() || a.spares.iter().any(|&n| n == 0 || n > 8) {
         bail!("--spares: give 1 to 8 spares per run (e.g. 1,2,3)");
     }

@@ -38,6 +38,7 @@ mod bench;
 mod bench_disk;
 mod bench_failover;
 mod bench_net;
+mod bench_sizes;
 mod cli_config;
 mod cli_service;
 mod demo;
