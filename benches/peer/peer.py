@@ -17,9 +17,16 @@ import argparse, glob, json, os, re, statistics, subprocess, sys, time
 
 # ----------------------------------------------------------------- livesync
 
-SYNC_RE = re.compile(r"full sync complete: (\d+) pre-copy rounds, ([0-9.]+) MiB copied while running "
-                     r"\(([0-9.]+) MiB/s, ([0-9.]+) MiB on the wire\) in ([0-9.]+) s; final pause ([0-9.]+) ms "
-                     r"with (\d+) pages")
+def events(path):
+    """The typed events (`hotspare run --events`) written so far."""
+    out = []
+    if os.path.exists(path):
+        for line in open(path, errors="replace"):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass  # a line still being written
+    return out
 
 
 def free_port():
@@ -57,11 +64,13 @@ def livesync(a):
     for rep in range(a.reps):
         port = free_port()
         plog, slog = (os.path.join(a.dir, f"{n}-{rep}.log") for n in ("primary", "standby"))
+        evlog = os.path.join(a.dir, f"primary-{rep}.events")
         pri = subprocess.Popen([a.hotspare, "run", "--kernel", a.guest, "--mem-mib", str(a.mem_mib),
                                 "--cmdline", a.cmdline, "--console", os.path.join(a.dir, f"console-{rep}.txt"),
                                 "--shadow", f"127.0.0.1:{port}", "--key-file", key,
                                 "--arbiter", f"file:{a.dir}/arbiter", "--vm-id", f"peer-{rep}",
-                                "--interval-ms", str(a.interval_ms), "--wait-shadow-ms", "0"],
+                                "--interval-ms", str(a.interval_ms), "--wait-shadow-ms", "0",
+                                "--events", evlog],
                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(plog, "w"))
         sb = None
         r = {"rep": rep}
@@ -74,16 +83,26 @@ def livesync(a):
                                    "--console", os.path.join(a.dir, f"shadow-{rep}.txt")],
                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(slog, "w"))
             end = time.monotonic() + 30
-            m = None
-            while time.monotonic() < end and m is None and pri.poll() is None:
+            done = None
+            while time.monotonic() < end and done is None and pri.poll() is None:
                 time.sleep(0.05)
-                m = SYNC_RE.search(open(plog, errors="replace").read())
-            if m is None:
-                raise RuntimeError(f"no 'full sync complete' line from the primary within 30 s; see {plog}")
-            rounds, copied, _, wire, secs, pause, pages = m.groups()
-            r.update(rounds=int(rounds), copied_mib=float(copied), wire_mib=float(wire), seconds=float(secs),
-                     final_pause_ms=float(pause), final_pages=int(pages),
-                     copied_mib_s=float(copied) / float(secs), guest_mib_s=a.mem_mib / float(secs))
+                evs = events(evlog)
+                copied = next((e for e in evs if e.get("event") == "live_copied"), None)
+                prot = next((e for e in evs if e.get("event") == "protected"), None)
+                if copied and prot:
+                    done = (copied, prot)
+            if done is None:
+                raise RuntimeError(f"no live_copied and protected events from the primary within 30 s; "
+                                   f"see {evlog} and {plog}")
+            copied, prot = done
+            joined = next(e for e in events(evlog) if e.get("event") == "spare_joining")
+            mib = copied["units"] * 4096 / (1 << 20)
+            secs = copied["seconds"]
+            # One live pass beside running epochs: no pre-copy rounds, no final pause.
+            r.update(rounds=1, copied_mib=mib, wire_mib=copied["wire_bytes"] / (1 << 20), seconds=secs,
+                     final_pause_ms=None, final_pages=None,
+                     to_protected_s=(prot["at_ms"] - joined["at_ms"]) / 1e3,
+                     copied_mib_s=mib / secs, guest_mib_s=a.mem_mib / secs)
         except Exception as e:  # recorded, the report lists it
             r["error"] = str(e)
         finally:
@@ -239,7 +258,8 @@ def livesync_summary(d):
     j = json.load(open(p))
     ok = [r for r in j["reps"] if "error" not in r]
     s = {"runs": len(j["reps"]), "ok": len(ok), "warmup_s": j.get("warmup_s"), "cmdline": j.get("cmdline")}
-    for k in ("seconds", "guest_mib_s", "copied_mib", "copied_mib_s", "wire_mib", "rounds", "final_pause_ms", "final_pages"):
+    for k in ("seconds", "guest_mib_s", "copied_mib", "copied_mib_s", "wire_mib", "rounds", "final_pause_ms", "final_pages",
+              "to_protected_s"):
         s[k] = med([r.get(k) for r in ok])
     errs = [r["error"] for r in j["reps"] if "error" in r]
     if errs:

@@ -203,7 +203,7 @@ took[hotspare]=$(( $(date +%s) - t ))
 # their whole (still empty) state in the first epoch, so it has no live pre-copy to time. Here a
 # primary runs the same guest unprotected (--wait-shadow-ms 0) and a standby appears at its
 # --shadow address after a 2 s warm-up, as migbench migrates after 2 s: the reconnect does the
-# live pre-copy, timed by the primary ("full sync complete ... in S s").
+# live copy, timed by the primary (its typed `live_copied` and `protected` events).
 t=$(date +%s)
 LS_GUEST="$OUT/hotspare/runs/memtest.elf"
 [ -f "$LS_GUEST" ] || LS_GUEST=$GUEST

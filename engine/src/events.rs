@@ -69,6 +69,18 @@ pub enum Event {
         /// Whether it gates output.
         synchronous: bool,
     },
+    /// The live copy to a joining spare is complete (the epochs after it
+    /// follow).
+    LiveCopied {
+        /// The spare.
+        spare: String,
+        /// Guest pages and disk blocks copied (4 KiB each).
+        units: u64,
+        /// Bytes on the wire.
+        wire_bytes: u64,
+        /// How long the copy took, s.
+        seconds: f64,
+    },
     /// A spare protects the VM (it gates output; the arbiter names it).
     Protected {
         /// The spare.

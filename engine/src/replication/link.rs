@@ -332,6 +332,12 @@ pub(super) fn sender(
                     f.wire_bytes as f64 / (1 << 20) as f64,
                     f.secs
                 );
+                crate::events::emit(crate::events::Event::LiveCopied {
+                    spare: shared.name.clone(),
+                    units: f.units,
+                    wire_bytes: f.wire_bytes,
+                    seconds: f.secs,
+                });
                 *shared.copy.lock().unwrap_or_else(|e| e.into_inner()) = Some(f);
                 shared.copied.store(true, Ordering::SeqCst);
             }
