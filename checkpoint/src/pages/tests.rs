@@ -370,7 +370,8 @@ fn a_reused_decompression_buffer_still_caps_each_record() {
     // A big compressible record first: the thread's buffer grows to 1 MiB.
     let mut enc = MemoryEncoder::new(Compression::Zstd { level: 1 }).unwrap();
     let mut big = Vec::new();
-    enc.encode_run(0, &vec![3u8; 256 * PAGE_SIZE], &mut big).unwrap();
+    enc.encode_run(0, &vec![3u8; 256 * PAGE_SIZE], &mut big)
+        .unwrap();
     assert_eq!(big[12], Encoding::Zstd as u8);
     decode_records(&big, |_, _| Ok(())).unwrap();
     // Then one page claimed, two pages in the frame: refused, not written
