@@ -75,17 +75,27 @@ fn zstd_exact(
     let Some(d) = decompressor.as_mut() else {
         unreachable!("decompressor was just created");
     };
-    // The output is a slice of exactly `nbytes` (the buffer is reused, so
-    // its capacity may be larger): a frame that would write more fails.
-    // Zero-filling happens only when the buffer grows.
-    buf.truncate(nbytes);
-    buf.resize(nbytes, 0);
-    let got = d.decompress_to_buffer(data, &mut buf[..]).map_err(|e| {
+    let err = |e: std::io::Error| {
         bad(
             off,
             format!("zstd data does not decompress into {nbytes} bytes: {e}"),
         )
-    })?;
+    };
+    let got = if nbytes > buf.capacity() {
+        // A fresh buffer of exactly `nbytes`: its capacity caps the output,
+        // and nothing is written before the frame is (a hostile record
+        // claiming 64 MiB costs no 64 MiB of zero-filling).
+        *buf = Vec::with_capacity(nbytes);
+        d.decompress_to_buffer(data, buf).map_err(err)?;
+        buf.len()
+    } else {
+        // The reused buffer is larger: the output is a slice of exactly
+        // `nbytes`, so a frame that would write more fails. Zero-filling
+        // covers at most what the last record did not (within KEEP_BUF).
+        buf.truncate(nbytes);
+        buf.resize(nbytes, 0);
+        d.decompress_to_buffer(data, &mut buf[..]).map_err(err)?
+    };
     if got != nbytes {
         return Err(bad(
             off,
