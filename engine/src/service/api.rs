@@ -238,8 +238,7 @@ impl Api {
                         if doc.desired == Desired::Running {
                             return Ok(error(409, format!("{name} is running already")));
                         }
-                        doc.desired = Desired::Running;
-                        doc.phase = Phase::Placed;
+                        doc.start_again();
                     }
                     ("POST", ["failover"]) => {
                         if doc.assign.spares.is_empty() || doc.phase != Phase::Running {

@@ -289,6 +289,13 @@ pub struct VmStatus {
 }
 
 impl VmDoc {
+    /// A stopped VM asked to run again: it starts afresh from its
+    /// placement, once its stopping copies have ended.
+    pub fn start_again(&mut self) {
+        self.desired = Desired::Running;
+        self.phase = Phase::Placed;
+    }
+
     /// A new VM owned by `owner`, placed by `plan`, waiting to start.
     pub fn placed(spec: VmSpec, owner: &str, plan: &Plan) -> VmDoc {
         VmDoc {

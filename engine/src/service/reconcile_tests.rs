@@ -91,6 +91,15 @@ impl Sim {
             .doc
     }
 
+    fn doc_mut(&mut self, name: &str) -> &mut VmDoc {
+        &mut self
+            .vms
+            .iter_mut()
+            .find(|v| v.doc.spec.name == name)
+            .unwrap()
+            .doc
+    }
+
     fn addr(host: &str) -> String {
         format!("{host}:7100")
     }
@@ -432,16 +441,14 @@ fn failover_on_request_and_stop_and_delete() {
     s.create("web", 1, false);
     s.settle(0);
     let p = s.primary_host("web");
-    let v = s.vms.iter_mut().find(|v| v.doc.spec.name == "web").unwrap();
-    v.doc.failover_requested = true;
+    s.doc_mut("web").failover_requested = true;
     s.settle(0);
     s.check_protected("web");
     assert_ne!(s.primary_host("web"), p);
     assert!(!s.doc("web").failover_requested);
     // Stopped: every copy stops, addresses withdrawn; started again: a
     // fresh start, protected.
-    let v = s.vms.iter_mut().find(|v| v.doc.spec.name == "web").unwrap();
-    v.doc.desired = Desired::Stopped;
+    s.doc_mut("web").desired = Desired::Stopped;
     s.settle(0);
     assert!(
         s.children.values().all(|k| k.is_empty()),
@@ -449,23 +456,18 @@ fn failover_on_request_and_stop_and_delete() {
         s.children
     );
     assert!(s.endpoints.is_empty(), "{:?}", s.endpoints);
-    let v = s.vms.iter_mut().find(|v| v.doc.spec.name == "web").unwrap();
-    v.doc.desired = Desired::Running;
-    v.doc.phase = Phase::Placed;
+    s.doc_mut("web").start_again();
     s.settle(1);
     s.check_protected("web");
     assert_eq!(s.started.len(), 2, "{:?}", s.started);
     // A start that comes while the stopped copies are still ending: they
     // end as stops (not the guest's end), and the VM starts afresh.
-    let v = s.vms.iter_mut().find(|v| v.doc.spec.name == "web").unwrap();
-    v.doc.desired = Desired::Stopped;
+    s.doc_mut("web").desired = Desired::Stopped;
     let ids: Vec<String> = s.hosts.iter().map(|h| h.id.clone()).collect();
     for id in &ids {
         s.turn(id);
     }
-    let v = s.vms.iter_mut().find(|v| v.doc.spec.name == "web").unwrap();
-    v.doc.desired = Desired::Running;
-    v.doc.phase = Phase::Placed;
+    s.doc_mut("web").start_again();
     s.settle(2);
     s.check_protected("web");
     assert_eq!(s.started.len(), 3, "{:?}", s.started);
