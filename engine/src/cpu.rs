@@ -35,12 +35,6 @@ pub fn process_cpu_time() -> Duration {
     timespec(libc::CLOCK_PROCESS_CPUTIME_ID)
 }
 
-/// CPU time of the thread whose CPU-time clock is `clock` (zero if the
-/// clock cannot be read).
-fn clock_time(clock: libc::clockid_t) -> Duration {
-    timespec(clock)
-}
-
 /// Per-thread CPU accounting, by thread name: each engine thread holds a
 /// [`ThreadAccount`] for its life. Live threads are read through their
 /// CPU-time clocks; a thread that ends adds its total to its name's sum, so
@@ -48,13 +42,17 @@ fn clock_time(clock: libc::clockid_t) -> Duration {
 /// and go (reconnections, dials).
 struct Accounts {
     next: u64,
-    live: std::collections::HashMap<u64, (String, libc::clockid_t)>,
+    live: BTreeMap<u64, (String, libc::clockid_t)>,
     ended: BTreeMap<String, Duration>,
 }
 
-static ACCOUNTS: Mutex<Option<Accounts>> = Mutex::new(None);
+static ACCOUNTS: Mutex<Accounts> = Mutex::new(Accounts {
+    next: 0,
+    live: BTreeMap::new(),
+    ended: BTreeMap::new(),
+});
 
-fn accounts() -> std::sync::MutexGuard<'static, Option<Accounts>> {
+fn accounts() -> std::sync::MutexGuard<'static, Accounts> {
     ACCOUNTS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -76,15 +74,11 @@ impl ThreadAccount {
         } else {
             libc::CLOCK_THREAD_CPUTIME_ID
         };
-        let mut g = accounts();
-        let a = g.get_or_insert_with(|| Accounts {
-            next: 0,
-            live: Default::default(),
-            ended: BTreeMap::new(),
-        });
+        let mut a = accounts();
         a.next += 1;
-        a.live.insert(a.next, (name.to_owned(), clock));
-        ThreadAccount { id: a.next }
+        let id = a.next;
+        a.live.insert(id, (name.to_owned(), clock));
+        ThreadAccount { id }
     }
 }
 
@@ -92,11 +86,9 @@ impl Drop for ThreadAccount {
     fn drop(&mut self) {
         // Read before taking the lock: this is the calling thread's own time.
         let t = thread_cpu_time();
-        let mut g = accounts();
-        if let Some(a) = g.as_mut() {
-            if let Some((name, _)) = a.live.remove(&self.id) {
-                *a.ended.entry(name).or_default() += t;
-            }
+        let mut a = accounts();
+        if let Some((name, _)) = a.live.remove(&self.id) {
+            *a.ended.entry(name).or_default() += t;
         }
     }
 }
@@ -104,23 +96,27 @@ impl Drop for ThreadAccount {
 /// CPU time so far of every accounted thread, summed by thread name (ended
 /// threads included), plus the calling thread under `caller` when given.
 pub fn cpu_by_thread(caller: Option<&str>) -> BTreeMap<String, Duration> {
-    let mut out = BTreeMap::new();
-    {
-        // The lock is held while live clocks are read: a live thread's
-        // ThreadAccount::drop waits for it, so the thread (and its clock)
-        // is still alive when read.
-        let g = accounts();
-        if let Some(a) = g.as_ref() {
-            out = a.ended.clone();
-            for (name, clock) in a.live.values() {
-                *out.entry(name.clone()).or_default() += clock_time(*clock);
-            }
-        }
+    // The lock is held while live clocks are read: a live thread's
+    // ThreadAccount::drop waits for it, so the thread (and its clock) is
+    // still alive when read.
+    let a = accounts();
+    let mut out = a.ended.clone();
+    for (name, clock) in a.live.values() {
+        *out.entry(name.clone()).or_default() += timespec(*clock);
     }
+    drop(a);
     if let Some(name) = caller {
         *out.entry(name.to_owned()).or_default() += thread_cpu_time();
     }
     out
+}
+
+/// [`cpu_by_thread`] in seconds, as the stats and events report it.
+pub fn cpu_seconds_by_thread(caller: Option<&str>) -> BTreeMap<String, f64> {
+    cpu_by_thread(caller)
+        .into_iter()
+        .map(|(n, d)| (n, d.as_secs_f64()))
+        .collect()
 }
 
 /// Spawns a named thread whose CPU time is accounted under its name.

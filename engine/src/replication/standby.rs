@@ -327,10 +327,7 @@ pub fn run(cfg: StandbyConfig) -> Result<i32> {
                 crate::events::emit(crate::events::Event::StandbyEnded {
                     epochs: sh.reports.len() as u64,
                     cpu_s,
-                    threads_cpu_s: crate::cpu::cpu_by_thread(Some("hs-main"))
-                        .into_iter()
-                        .map(|(n, d)| (n, d.as_secs_f64()))
-                        .collect(),
+                    threads_cpu_s: crate::cpu::cpu_seconds_by_thread(Some("hs-main")),
                 });
                 eprintln!("hotspare: the primary's guest stopped on its own; standby exits without taking over");
                 return Ok(0);

@@ -124,10 +124,7 @@ pub fn stats_json(
         "engine_cpu_s": process.saturating_sub(vcpu_cpu).as_secs_f64(),
         // CPU by thread name; the caller (the thread that paused, captured
         // and copied every epoch) as `hs-main`.
-        "threads_cpu_s": crate::cpu::cpu_by_thread(Some("hs-main"))
-            .into_iter()
-            .map(|(n, d)| (n, serde_json::json!(d.as_secs_f64())))
-            .collect::<serde_json::Map<_, _>>(),
+        "threads_cpu_s": crate::cpu::cpu_seconds_by_thread(Some("hs-main")),
         "stalled_ticks": s.stalled_ticks,
         "output_epochs": s.output_epochs,
         "nets": s.nets.iter().map(|(l, g)| serde_json::json!({
