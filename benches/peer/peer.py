@@ -17,18 +17,6 @@ import argparse, glob, json, os, re, statistics, subprocess, sys, time
 
 # ----------------------------------------------------------------- livesync
 
-def events(path):
-    """The typed events (`hotspare run --events`) written so far."""
-    out = []
-    if os.path.exists(path):
-        for line in open(path, errors="replace"):
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                pass  # a line still being written
-    return out
-
-
 def free_port():
     import socket
     s = socket.socket()
@@ -86,7 +74,7 @@ def livesync(a):
             done = None
             while time.monotonic() < end and done is None and pri.poll() is None:
                 time.sleep(0.05)
-                evs = events(evlog)
+                evs = read_jsonl(evlog)
                 copied = next((e for e in evs if e.get("event") == "live_copied"), None)
                 prot = next((e for e in evs if e.get("event") == "protected"), None)
                 if copied and prot:
@@ -95,7 +83,7 @@ def livesync(a):
                 raise RuntimeError(f"no live_copied and protected events from the primary within 30 s; "
                                    f"see {evlog} and {plog}")
             copied, prot = done
-            joined = next(e for e in events(evlog) if e.get("event") == "spare_joining")
+            joined = next(e for e in read_jsonl(evlog) if e.get("event") == "spare_joining")
             mib = copied["units"] * 4096 / (1 << 20)
             secs = copied["seconds"]
             # One live pass beside running epochs: no pre-copy rounds, no final pause.
@@ -125,9 +113,11 @@ def med(vals):
 
 
 def read_jsonl(path):
+    """JSON lines (QEMU harness results, `hotspare run --events`); a line that
+    does not parse (one still being written) becomes an {"error": ...} entry."""
     out = []
     if os.path.exists(path):
-        for line in open(path):
+        for line in open(path, errors="replace"):
             line = line.strip()
             if line:
                 try:
