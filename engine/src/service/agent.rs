@@ -268,12 +268,18 @@ impl Agent {
         vms: &[super::registry::Versioned<super::model::VmDoc>],
     ) -> Result<(), RegistryError> {
         let say = |what: String| eprintln!("hotspare agent: {what}");
+        // The spec of a VM to start (gone meanwhile: nothing to start).
+        let spec_of = |vm: &str| {
+            vms.iter()
+                .find(|v| v.doc.spec.name == vm)
+                .map(|v| &v.doc.spec)
+        };
         match a {
             Action::StartSpare { vm } => {
-                let Some(d) = vms.iter().find(|v| v.doc.spec.name == vm) else {
+                let Some(s) = spec_of(&vm) else {
                     return Ok(());
                 };
-                let disks = d.doc.spec.disk_sizes();
+                let disks = s.disk_sizes();
                 match self.children.start_spare(&self.launch, &vm, &disks) {
                     Ok(()) => say(format!("{vm}: standby started")),
                     Err(e) => say(format!("{vm}: cannot start a standby: {e}")),
@@ -284,10 +290,9 @@ impl Agent {
                 sync,
                 asynchronous,
             } => {
-                let Some(d) = vms.iter().find(|v| v.doc.spec.name == vm) else {
+                let Some(s) = spec_of(&vm) else {
                     return Ok(());
                 };
-                let s = &d.doc.spec;
                 let mut args = vec![
                     "--kernel".to_string(),
                     s.kernel.display().to_string(),
