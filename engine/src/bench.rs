@@ -683,12 +683,8 @@ fn summarize(a: &BenchArgs, base: &[f64], runs: &[Run], takeovers: &[(f64, f64)]
         if all_pages > 0.0 {
             engine_cpu_per_page.push(f(&r.stats, "engine_cpu_s") * 1e6 / all_pages);
             shadow_cpu_per_page.push(r.shadow_cpu * 1e6 / all_pages);
-            let primary: BTreeMap<String, f64> = r.stats["threads_cpu_s"]
-                .as_object()
-                .into_iter()
-                .flatten()
-                .filter_map(|(n, v)| Some((n.clone(), v.as_f64()?)))
-                .collect();
+            let primary: BTreeMap<String, f64> =
+                serde_json::from_value(r.stats["threads_cpu_s"].clone()).unwrap_or_default();
             let sides = [
                 (primary, f(&r.stats, "engine_cpu_s")),
                 (r.shadow_threads.clone(), r.shadow_cpu),
@@ -738,8 +734,8 @@ fn summarize(a: &BenchArgs, base: &[f64], runs: &[Run], takeovers: &[(f64, f64)]
         "delta_page_share": if pages > 0.0 { delta_pages / pages } else { 0.0 },
         "engine_cpu_us_per_dirty_page": { "primary": median(engine_cpu_per_page), "shadow": median(shadow_cpu_per_page) },
         "engine_cpu_by_thread_us_per_dirty_page": {
-            "primary": by_thread[0].iter().map(|(n, v)| (n.clone(), json!(median(v.clone())))).collect::<serde_json::Map<_, _>>(),
-            "shadow": by_thread[1].iter().map(|(n, v)| (n.clone(), json!(median(v.clone())))).collect::<serde_json::Map<_, _>>(),
+            "primary": medians(&by_thread[0]),
+            "shadow": medians(&by_thread[1]),
         },
         "ack_latency_ms": { "p50": pct(acks.clone(), 0.5), "p99": pct(acks, 0.99) },
         "full_sync_mib_s": median(sync_tp),
@@ -831,6 +827,14 @@ fn markdown(v: &Value) -> String {
         g(&["machine", "memcpy_mib_s"]), g(&["machine", "encode_zstd1_mixed_mib_s"]), g(&["machine", "loopback_tcp_mib_s"]),
         g(&["machine", "seal_open_mib_s"]),
     ) + &spares_table(v)
+}
+
+/// The median of each name's values.
+fn medians(by_name: &BTreeMap<String, Vec<f64>>) -> BTreeMap<&str, f64> {
+    by_name
+        .iter()
+        .map(|(n, v)| (n.as_str(), median(v.clone())))
+        .collect()
 }
 
 /// `name x.xx, ...` µs per dirty page by thread, largest first.
