@@ -54,14 +54,14 @@ pub fn sweep(a: BenchArgs) -> anyhow::Result<i32> {
         .with_context(|| format!("parsing {}", path.display()))?;
         rows.push((mib, v));
     }
+    // Each figure's label with its unit: the table's columns, the JSON's
+    // keys and the chart's legend.
+    let labels: Vec<String> = FIGURES
+        .iter()
+        .map(|(l, _, u)| format!("{l} ({u})"))
+        .collect();
     let mut md = String::from("| guest | ");
-    md.push_str(
-        &FIGURES
-            .iter()
-            .map(|(l, _, u)| format!("{l} ({u})"))
-            .collect::<Vec<_>>()
-            .join(" | "),
-    );
+    md.push_str(&labels.join(" | "));
     md.push_str(" |\n| --- |");
     md.push_str(&" --- |".repeat(FIGURES.len()));
     md.push('\n');
@@ -76,8 +76,8 @@ pub fn sweep(a: BenchArgs) -> anyhow::Result<i32> {
         "sizes": rows.iter().map(|(mib, v)| {
             let mut o = serde_json::Map::new();
             o.insert("mem_mib".into(), json!(mib));
-            for (l, path, u) in FIGURES {
-                o.insert(format!("{l} ({u})"), json!(get(v, &path)));
+            for ((_, path, _), l) in FIGURES.iter().zip(&labels) {
+                o.insert(l.clone(), json!(get(v, path)));
             }
             Value::Object(o)
         }).collect::<Vec<_>>(),
@@ -85,10 +85,6 @@ pub fn sweep(a: BenchArgs) -> anyhow::Result<i32> {
     let colors = [
         "#1f77b4", "#d62728", "#7f7f7f", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
     ];
-    let labels: Vec<String> = FIGURES
-        .iter()
-        .map(|(l, _, u)| format!("{l} ({u})"))
-        .collect();
     let series: Vec<Series> = FIGURES
         .iter()
         .zip(&labels)
