@@ -359,7 +359,6 @@ impl MemoryEncoder {
     /// the batch of plain pages. The delta cache then holds `page`.
     fn batch_page(&mut self, pfn: u64, page: &[u8], out: &mut Vec<u8>) -> Result<()> {
         let gpa = pfn * PAGE_SIZE as u64;
-        let mut cached = false;
         if let (Some(cache), true) = (self.delta.as_mut(), self.compressor.is_some()) {
             if let Some(old) = cache.get_mut(pfn) {
                 let r = &mut self.runs;
@@ -375,19 +374,15 @@ impl MemoryEncoder {
                     }
                     return Ok(());
                 }
-                // Too many changes: `old` is half updated; send the page
-                // whole and cache it whole.
-                old.copy_from_slice(page);
-                cached = true;
+                // Too many changes: `old` is half updated; the page goes
+                // whole and is cached whole below.
                 self.stats.delta_misses += 1;
             }
         }
         self.batch_plain.addrs.push(gpa);
         self.batch_plain.data.extend_from_slice(page);
-        if !cached {
-            if let Some(d) = self.delta.as_mut() {
-                d.insert(pfn, page);
-            }
+        if let Some(d) = self.delta.as_mut() {
+            d.insert(pfn, page);
         }
         if self.batch_plain.addrs.len() >= DATA_RECORD_PAGES {
             self.flush_batch(out)?;
