@@ -13,6 +13,33 @@ pub(super) fn bad(offset: usize, reason: String) -> CheckpointError {
     CheckpointError::BadRecord { offset, reason }
 }
 
+/// Checks entry `i` of a record of scattered pages (`kind`: Batch or
+/// XorRuns, at offset `off`): its address `at` is a page address whose page
+/// does not overflow, and the first entry's is the record's `gpa`. `entry`
+/// is the entry as written (an address with flag bits, for a Batch).
+pub(super) fn check_entry(
+    kind: &str,
+    off: usize,
+    i: usize,
+    entry: u64,
+    at: u64,
+    gpa: u64,
+) -> Result<()> {
+    if !page_aligned(at) || at.checked_add(PAGE_SIZE as u64).is_none() {
+        return Err(bad(
+            off,
+            format!("{kind} entry {i} ({entry:#x}) is not a page address"),
+        ));
+    }
+    if i == 0 && at != gpa {
+        return Err(bad(
+            off,
+            format!("{kind} starts at {at:#x} but the record says {gpa:#x}"),
+        ));
+    }
+    Ok(())
+}
+
 /// Validates every record of a Memory section payload and calls
 /// `sink(gpa, bytes)` with the decoded guest bytes, in record order.
 ///
@@ -295,19 +322,8 @@ fn decode_with(
                 };
                 for i in 0..n {
                     let e = entry(i);
-                    let at = e & !1;
-                    if e & 0xffe != 0 || at.checked_add(PAGE_SIZE as u64).is_none() {
-                        return Err(bad(
-                            off,
-                            format!("Batch entry {i} ({e:#x}) is not a page address"),
-                        ));
-                    }
-                    if i == 0 && at != gpa {
-                        return Err(bad(
-                            off,
-                            format!("Batch starts at {at:#x} but the record says {gpa:#x}"),
-                        ));
-                    }
+                    // Bit 0 is the kind flag; bits 1-11 must be clear.
+                    check_entry("Batch", off, i, e, e & !1, gpa)?;
                     if e & 1 == 1 && xor.is_none() {
                         return Err(bad(
                             off,

@@ -8,7 +8,7 @@
 //! per page, `addr: u64, nruns: u16`, then per run `first: u16, nwords: u16`
 //! and `nwords` XOR words, all little endian.
 
-use super::decode::{bad, XorSink};
+use super::decode::{bad, check_entry, XorSink};
 use super::PAGE_SIZE;
 use crate::error::Result;
 
@@ -131,18 +131,7 @@ pub(super) fn walk(
         let addr = u64::from_le_bytes(a);
         let nruns = usize::from(u16_at(data, p + 8));
         p += ENTRY_HEAD;
-        if addr % PAGE_SIZE as u64 != 0 || addr.checked_add(PAGE_SIZE as u64).is_none() {
-            return Err(bad(
-                off,
-                format!("XorRuns entry {i} ({addr:#x}) is not a page address"),
-            ));
-        }
-        if i == 0 && addr != gpa {
-            return Err(bad(
-                off,
-                format!("XorRuns starts at {addr:#x} but the record says {gpa:#x}"),
-            ));
-        }
+        check_entry("XorRuns", off, i, addr, addr, gpa)?;
         if nruns > MAX_RUNS {
             return Err(bad(
                 off,
