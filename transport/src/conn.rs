@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use crate::error::{Result, TransportError};
 use crate::frame::{Frame, FrameKind, Header, Limits, MAX_PLAINTEXT};
 use crate::handshake::{self, Established, HandshakeParams, PeerInfo};
-use crate::record::{map_io_error, seal_frame, FrameReader, SealBuffers, Session};
+use crate::record::{map_io_error, seal_frame, FrameReader, Received, SealBuffers, Session};
 
 /// Read buffer size of a [`Receiver`].
 const READ_BUFFER: usize = 64 << 10;
@@ -95,6 +95,16 @@ impl FramedConn {
     /// Receives the next frame; see [`Receiver::recv`].
     pub fn recv(&mut self) -> Result<Frame> {
         self.rx.recv()
+    }
+
+    /// Receives the next frame, its payload appended to `out` if `route`
+    /// says so; see [`Receiver::recv_into`].
+    pub fn recv_into(
+        &mut self,
+        out: &mut Vec<u8>,
+        route: impl FnOnce(FrameKind, usize) -> bool,
+    ) -> Result<Received> {
+        self.rx.recv_into(out, route)
     }
 
     /// Sets how long `recv` waits for data (`None`: forever). A zero
@@ -270,6 +280,32 @@ impl Receiver {
             return Err(TransportError::Closed);
         }
         let r = self.reader.read();
+        self.check(r)
+    }
+
+    /// Receives the next frame like [`Receiver::recv`], but once its header
+    /// has arrived (before any of its payload is stored), `route(kind,
+    /// len)` may have its payload decrypted straight onto the end of `out`
+    /// ([`Received::Appended`]) instead of into a buffer of its own
+    /// ([`Received::Frame`]): a receiver that gathers payloads saves a copy.
+    ///
+    /// After a [`TransportError::Timeout`], a frame routed to `out` is
+    /// completed by the next call only with the same buffer, untouched;
+    /// otherwise that call fails with [`TransportError::BufferChanged`].
+    pub fn recv_into(
+        &mut self,
+        out: &mut Vec<u8>,
+        route: impl FnOnce(FrameKind, usize) -> bool,
+    ) -> Result<Received> {
+        if self.dead {
+            return Err(TransportError::Closed);
+        }
+        let r = self.reader.read_into(out, route);
+        self.check(r)
+    }
+
+    /// Shuts the connection down on a fatal error.
+    fn check<T>(&mut self, r: Result<T>) -> Result<T> {
         if let Err(e) = &r {
             if e.is_fatal() {
                 self.dead = true;

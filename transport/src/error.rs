@@ -187,6 +187,12 @@ pub enum TransportError {
         detail: String,
     },
 
+    /// A frame whose payload a `recv_into` was appending to the caller's
+    /// buffer was continued with a buffer of another length (another
+    /// buffer, or one changed in between): the frame cannot be completed.
+    #[error("a frame being received into a buffer was continued with another buffer")]
+    BufferChanged,
+
     /// The listener refused a connection before its handshake (address
     /// not allowed, or too many handshakes pending).
     #[error("connection from {peer} refused: {reason}")]

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use crate::frame::{Header, Limits};
 use crate::handshake::{self, HandshakeParams, PeerInfo, Wire, MAGIC, PROTOCOL_VERSION};
 use crate::key::Psk;
-use crate::record::{seal_frame, FrameReader, SealBuffers, Session};
+use crate::record::{seal_frame, FrameReader, Received, SealBuffers, Session};
 use crate::{Channel, Frame, FrameKind, Result, TransportError};
 
 /// The key both sides of a fuzzed handshake hold.
@@ -369,14 +369,37 @@ pub fn read_pieces(
     let limits = Limits { max_payload };
     let mut reader = FrameReader::new(src, addr(), rx.clone(), 0, limits);
     let mut frames = Vec::new();
+    // Frames of an even length are decrypted onto the end of `out`, the
+    // others get buffers of their own: both paths see the hostile input.
+    let mut out = Vec::new();
+    // Where the frame in progress starts in `out` (a frame cut by a
+    // timeout is continued by the next call).
+    let mut before = 0;
     loop {
-        match reader.read() {
-            Ok(f) => {
+        match reader.read_into(&mut out, |_, len| len % 2 == 0) {
+            Ok(Received::Frame(f)) => {
                 assert!(
                     f.payload.len() <= max_payload as usize,
                     "frame over the limit"
                 );
+                assert_eq!(out.len(), before, "a frame of its own grew the buffer");
                 frames.push(f);
+            }
+            Ok(Received::Appended {
+                kind,
+                term,
+                seq,
+                len,
+            }) => {
+                assert!(len <= max_payload as usize, "frame over the limit");
+                assert_eq!(out.len(), before + len, "appended bytes and length differ");
+                frames.push(Frame {
+                    kind,
+                    term,
+                    seq,
+                    payload: out[before..].to_vec(),
+                });
+                before = out.len();
             }
             Err(TransportError::Timeout) => assert!(stall, "a timeout with no stall"),
             Err(e) => return (frames, e),
@@ -407,9 +430,20 @@ pub fn round_trip(frames: &[(FrameKind, u64, Vec<u8>)], chunk: usize, stall: boo
     };
     let mut reader = FrameReader::new(src, addr(), rx.clone(), 0, Limits::default());
     let mut got = Vec::new();
+    // Epoch data is gathered in one buffer (as a standby stages it), the
+    // rest read as frames.
+    let mut gathered = Vec::new();
+    let mut before = 0;
     let end = loop {
-        match reader.read() {
-            Ok(f) => got.push((f.kind, f.term, f.payload)),
+        match reader.read_into(&mut gathered, |k, _| k == FrameKind::EpochData) {
+            Ok(Received::Frame(f)) => {
+                assert!(f.kind != FrameKind::EpochData, "epoch data not gathered");
+                got.push((f.kind, f.term, f.payload));
+            }
+            Ok(Received::Appended { kind, term, .. }) => {
+                got.push((kind, term, gathered[before..].to_vec()));
+                before = gathered.len();
+            }
             Err(TransportError::Timeout) => {}
             Err(e) => break e,
         }

@@ -53,3 +53,4 @@ pub use frame::{Frame, FrameKind, Limits};
 pub use handshake::{Channel, HandshakeParams, PeerInfo, RefuseCode, PROTOCOL_VERSION};
 pub use key::{Psk, PSK_LEN};
 pub use listener::{Accepted, FingerprintSource, Incoming, Listener, ServeConfig};
+pub use record::Received;

@@ -7,7 +7,9 @@
 //! (nonce), then, on a frame's first record, the header: flags, kind and
 //! length against the limit (before any payload buffer is sized from it).
 //! Continuation records must be exactly as long as the sender makes them.
-//! The payload buffer grows only as records arrive.
+//! The payload buffer grows only as records arrive; a caller may have a
+//! frame's payload decrypted straight into a buffer of its own
+//! ([`FrameReader::read_into`]).
 
 use std::io::{self, Read};
 use std::net::SocketAddr;
@@ -16,7 +18,7 @@ use snow::StatelessTransportState;
 
 use crate::error::{Result, TransportError};
 use crate::frame::{
-    Frame, Header, Limits, FIRST_PAYLOAD, HEADER_LEN, MAX_PLAINTEXT, MAX_RECORD, TAG_LEN,
+    Frame, FrameKind, Header, Limits, FIRST_PAYLOAD, HEADER_LEN, MAX_PLAINTEXT, MAX_RECORD, TAG_LEN,
 };
 
 /// Bytes of the little-endian length before each record.
@@ -94,7 +96,29 @@ pub(crate) fn seal_frame(
 /// A frame whose first record has arrived.
 struct Partial {
     header: Header,
-    payload: Vec<u8>,
+    /// Payload bytes received so far.
+    got: usize,
+    /// `Some(base)`: the payload is being appended to the caller's buffer,
+    /// which held `base` bytes before it; `None`: to the reader's own.
+    into: Option<usize>,
+}
+
+/// What [`FrameReader::read_into`] received.
+#[derive(Debug)]
+pub enum Received {
+    /// A frame with its own payload (not routed to the caller's buffer).
+    Frame(Frame),
+    /// A frame whose payload was appended to the caller's buffer.
+    Appended {
+        /// What it is.
+        kind: FrameKind,
+        /// The sender's term.
+        term: u64,
+        /// Its number in its direction, counted by the receiver.
+        seq: u64,
+        /// Payload bytes appended.
+        len: usize,
+    },
 }
 
 /// Reads frames of one direction from `R`.
@@ -115,6 +139,8 @@ pub(crate) struct FrameReader<R> {
     /// Plaintext of a frame's first record.
     scratch: Vec<u8>,
     partial: Option<Partial>,
+    /// The payload of a frame not routed to the caller's buffer.
+    own: Vec<u8>,
 }
 
 impl<R: Read> FrameReader<R> {
@@ -134,6 +160,7 @@ impl<R: Read> FrameReader<R> {
             record_got: 0,
             scratch: vec![0; MAX_PLAINTEXT],
             partial: None,
+            own: Vec::new(),
         }
     }
 
@@ -152,17 +179,59 @@ impl<R: Read> FrameReader<R> {
     /// On [`TransportError::Timeout`] everything received so far is kept
     /// and the next call continues the same record and frame.
     pub fn read(&mut self) -> Result<Frame> {
+        match self.read_into(&mut Vec::new(), |_, _| false)? {
+            Received::Frame(f) => Ok(f),
+            // A frame routed to a caller's buffer by an earlier
+            // `read_into` that timed out: this call has no such buffer.
+            Received::Appended { .. } => Err(TransportError::BufferChanged),
+        }
+    }
+
+    /// Reads one complete, authenticated frame. When its header arrives
+    /// (before any of its payload is stored), `route(kind, len)` decides
+    /// where the payload goes: `true` appends it to `out`, decrypted
+    /// straight into it (no copy of its own); `false` gives it its own
+    /// buffer, in [`Received::Frame`].
+    ///
+    /// On [`TransportError::Timeout`] everything received so far is kept,
+    /// and the next call continues the same record and frame: a frame
+    /// routed to `out` must be continued with the same buffer, untouched
+    /// in between, or the call fails with [`TransportError::BufferChanged`].
+    pub fn read_into(
+        &mut self,
+        out: &mut Vec<u8>,
+        route: impl FnOnce(FrameKind, usize) -> bool,
+    ) -> Result<Received> {
+        let mut route = Some(route);
         loop {
+            // A frame routed to `out` by an earlier call must find it as
+            // that call left it, before anything more is read.
+            if let Some(Partial {
+                got,
+                into: Some(base),
+                ..
+            }) = &self.partial
+            {
+                if out.len() != base + got {
+                    return Err(TransportError::BufferChanged);
+                }
+            }
             let ct_len = self.read_record()?;
             // The record is complete: whatever happens next starts a new one.
             self.record_len = None;
             self.record_got = 0;
             self.len_got = 0;
             let nonce = take_nonce(&mut self.nonce)?;
-            match self.partial.take() {
+            let partial = match self.partial.take() {
                 None => {
                     let pt_len = ct_len - TAG_LEN;
-                    self.open(nonce, ct_len, Target::Scratch)?;
+                    open(
+                        &self.session,
+                        self.peer,
+                        nonce,
+                        &self.record[..ct_len],
+                        &mut self.scratch,
+                    )?;
                     let header = Header::parse(&self.scratch[..pt_len], self.limits, self.peer)?;
                     if pt_len != header.first_record_len() {
                         return Err(self.bad(format!(
@@ -172,16 +241,22 @@ impl<R: Read> FrameReader<R> {
                             header.first_record_len()
                         )));
                     }
-                    let payload = self.scratch[HEADER_LEN..pt_len].to_vec();
-                    if let Some(f) = self.finish(header, payload) {
-                        return Ok(f);
+                    let to_out = route
+                        .take()
+                        .is_some_and(|r| r(header.kind, header.len as usize));
+                    let into = to_out.then_some(out.len());
+                    let dst = if to_out { &mut *out } else { &mut self.own };
+                    if !to_out {
+                        dst.clear();
+                    }
+                    dst.extend_from_slice(&self.scratch[HEADER_LEN..pt_len]);
+                    Partial {
+                        header,
+                        got: pt_len - HEADER_LEN,
+                        into,
                     }
                 }
-                Some(Partial {
-                    header,
-                    mut payload,
-                }) => {
-                    let got = payload.len();
+                Some(Partial { header, got, into }) => {
                     let want = (header.len as usize - got).min(MAX_PLAINTEXT);
                     if ct_len - TAG_LEN != want {
                         return Err(self.bad(format!(
@@ -189,42 +264,48 @@ impl<R: Read> FrameReader<R> {
                             ct_len - TAG_LEN
                         )));
                     }
-                    payload.resize(got + want, 0);
-                    self.open(nonce, ct_len, Target::Payload(&mut payload[got..]))?;
-                    if let Some(f) = self.finish(header, payload) {
-                        return Ok(f);
+                    let dst = if into.is_some() {
+                        &mut *out
+                    } else {
+                        &mut self.own
+                    };
+                    let at = dst.len();
+                    dst.resize(at + want, 0);
+                    open(
+                        &self.session,
+                        self.peer,
+                        nonce,
+                        &self.record[..ct_len],
+                        &mut dst[at..],
+                    )?;
+                    Partial {
+                        header,
+                        got: got + want,
+                        into,
                     }
                 }
+            };
+            if partial.got < partial.header.len as usize {
+                self.partial = Some(partial);
+                continue;
             }
-        }
-    }
-
-    /// The frame, if `payload` completes it; otherwise keeps it partial.
-    fn finish(&mut self, header: Header, payload: Vec<u8>) -> Option<Frame> {
-        if payload.len() == header.len as usize {
             self.frames += 1;
-            Some(Frame {
-                kind: header.kind,
-                term: header.term,
-                seq: self.frames,
-                payload,
-            })
-        } else {
-            self.partial = Some(Partial { header, payload });
-            None
+            let Header { kind, term, len } = partial.header;
+            return Ok(match partial.into {
+                Some(_) => Received::Appended {
+                    kind,
+                    term,
+                    seq: self.frames,
+                    len: len as usize,
+                },
+                None => Received::Frame(Frame {
+                    kind,
+                    term,
+                    seq: self.frames,
+                    payload: std::mem::take(&mut self.own),
+                }),
+            });
         }
-    }
-
-    /// Decrypts the record in `self.record[..ct_len]` under `nonce`.
-    fn open(&mut self, nonce: u64, ct_len: usize, target: Target<'_>) -> Result<()> {
-        let out = match target {
-            Target::Scratch => &mut self.scratch[..],
-            Target::Payload(p) => p,
-        };
-        self.session
-            .read_message(nonce, &self.record[..ct_len], out)
-            .map(|_| ())
-            .map_err(|_| TransportError::Auth { peer: self.peer })
     }
 
     fn bad(&self, detail: String) -> TransportError {
@@ -293,10 +374,12 @@ impl<R: Read> FrameReader<R> {
     }
 }
 
-/// Where [`FrameReader::open`] writes the plaintext.
-enum Target<'a> {
-    Scratch,
-    Payload(&'a mut [u8]),
+/// Decrypts the record `ct` under `nonce` into `out`.
+fn open(session: &Session, peer: SocketAddr, nonce: u64, ct: &[u8], out: &mut [u8]) -> Result<()> {
+    session
+        .read_message(nonce, ct, out)
+        .map(|_| ())
+        .map_err(|_| TransportError::Auth { peer })
 }
 
 /// One read into `buf`; never returns 0 (end of stream is `Closed`).

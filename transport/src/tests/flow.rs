@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::support::*;
 use crate::frame::{Limits, FIRST_PAYLOAD, MAX_PLAINTEXT};
-use crate::{Channel, Frame, FrameKind, HandshakeParams, TransportError};
+use crate::{Channel, Frame, FrameKind, HandshakeParams, Received, TransportError};
 
 fn payload(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
@@ -263,4 +263,102 @@ fn payloads_of_every_record_boundary_size_arrive_whole() {
             assert!(f.payload == payload(*n, i as u8), "payload {i} differs");
         }
     });
+}
+
+#[test]
+fn recv_into_appends_routed_payloads_and_returns_the_rest_as_frames() {
+    let (mut client, mut server) = pair();
+    let sizes = [
+        0,
+        1,
+        FIRST_PAYLOAD,
+        FIRST_PAYLOAD + 1,
+        FIRST_PAYLOAD + MAX_PLAINTEXT + 1,
+        3 << 20,
+    ];
+    thread::scope(|s| {
+        s.spawn(|| {
+            for (i, n) in sizes.iter().enumerate() {
+                client
+                    .send(FrameKind::EpochData, 9, &payload(*n, i as u8))
+                    .unwrap();
+                client.send(FrameKind::EpochEnd, 9, &[i as u8; 3]).unwrap();
+            }
+            // Data too long for the route below: a frame of its own.
+            client
+                .send(FrameKind::EpochData, 9, &payload(100_000, 77))
+                .unwrap();
+        });
+        let mut out = b"kept".to_vec();
+        let mut want = out.clone();
+        let mut seq = 0;
+        for (i, n) in sizes.iter().enumerate() {
+            let route = |k: FrameKind, len: usize| k == FrameKind::EpochData && len <= 4 << 20;
+            seq += 1;
+            match server.recv_into(&mut out, route).unwrap() {
+                Received::Appended {
+                    kind,
+                    term,
+                    seq: s,
+                    len,
+                } => assert_eq!((kind, term, s, len), (FrameKind::EpochData, 9, seq, *n)),
+                other => panic!("frame {i} was not appended: {other:?}"),
+            }
+            want.extend_from_slice(&payload(*n, i as u8));
+            assert!(out == want, "the buffer after payload {i} differs");
+            seq += 1;
+            match server.recv_into(&mut out, route).unwrap() {
+                Received::Frame(f) => {
+                    assert_eq!((f.kind, f.seq), (FrameKind::EpochEnd, seq));
+                    assert_eq!(f.payload, vec![i as u8; 3]);
+                }
+                other => panic!("EpochEnd {i} was appended: {other:?}"),
+            }
+            assert_eq!(
+                out.len(),
+                want.len(),
+                "a frame not routed left the buffer alone"
+            );
+        }
+        match server.recv_into(&mut out, |_, len| len <= 65_536).unwrap() {
+            Received::Frame(f) => assert!(f.payload == payload(100_000, 77)),
+            other => panic!("a frame longer than the route allows was appended: {other:?}"),
+        }
+        assert_eq!(out.len(), want.len());
+    });
+}
+
+#[test]
+fn recv_into_continues_a_frame_after_a_timeout_only_in_the_same_buffer() {
+    for changed in [false, true] {
+        let (client, mut server) = pair();
+        let mut raw = client.test_raw();
+        let payload = payload(FIRST_PAYLOAD + 2 * MAX_PLAINTEXT + 10, 3);
+        let frame = raw.seal(raw.next_send_nonce, FrameKind::EpochData, 7, &payload);
+        server
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let mut out = vec![1, 2, 3];
+        let between = 2 + MAX_PLAINTEXT + 16;
+        // Cut inside the first record, then between records.
+        for part in [&frame[..40], &frame[40..between]] {
+            raw.stream.write_all(part).unwrap();
+            let e = server.recv_into(&mut out, |_, _| true).unwrap_err();
+            assert!(matches!(e, TransportError::Timeout), "{e}");
+        }
+        assert_eq!(out.len(), 3 + FIRST_PAYLOAD, "the first record is appended");
+        raw.stream.write_all(&frame[between..]).unwrap();
+        server.set_read_timeout(Some(T)).unwrap();
+        if changed {
+            // Another buffer: the frame cannot be completed, and no call
+            // returns half of it as a frame.
+            let e = server.recv().unwrap_err();
+            assert!(matches!(e, TransportError::BufferChanged), "{e}");
+            assert!(matches!(server.recv(), Err(TransportError::Closed)));
+        } else {
+            let r = server.recv_into(&mut out, |_, _| false).unwrap();
+            assert!(matches!(r, Received::Appended { seq: 1, .. }), "{r:?}");
+            assert!(out[..3] == [1, 2, 3] && out[3..] == payload[..]);
+        }
+    }
 }
