@@ -432,6 +432,14 @@ impl<W: Write> CheckpointWriter<W> {
     }
 }
 
+/// A section header, as read and checked.
+struct SectionHead {
+    id: SectionId,
+    raw_id: u32,
+    len: u64,
+    stored: u32,
+}
+
 /// Streams a checkpoint out of `R`, verifying as it goes.
 ///
 /// After any error the reader's position in the stream is unspecified and
@@ -511,17 +519,30 @@ impl<R: Read> CheckpointReader<R> {
         let mut hb = [0u8; SECTION_HEADER_LEN];
         let got = read_full(&mut self.r, &mut hb)?;
         if got < SECTION_HEADER_LEN {
-            return Err(CheckpointError::Truncated {
-                what: format!("section header #{}", self.tally.count),
-                expected: SECTION_HEADER_LEN as u64,
-                got: got as u64,
-            });
+            return Err(self.truncated_head(got));
         }
+        let head = self.check_head(&hb)?;
+        let payload = self.read_payload(head.id, head.len)?;
+        Ok(self
+            .check_body(&head, &payload)?
+            .then_some((head.id, payload)))
+    }
+
+    fn truncated_head(&self, got: usize) -> CheckpointError {
+        CheckpointError::Truncated {
+            what: format!("section header #{}", self.tally.count),
+            expected: SECTION_HEADER_LEN as u64,
+            got: got as u64,
+        }
+    }
+
+    /// A section header's checks: id known, section count and length
+    /// within limits (before anything of that length is allocated).
+    fn check_head(&self, hb: &[u8; SECTION_HEADER_LEN]) -> Result<SectionHead> {
         let raw_id = le_u32(&hb[0..4]);
         let len = le_u64(&hb[4..12]);
         let stored = le_u32(&hb[12..16]);
         let id = SectionId::try_from(raw_id)?;
-
         if id == SectionId::End {
             if len != END_PAYLOAD_LEN as u64 {
                 return Err(CheckpointError::EndMismatch {
@@ -544,25 +565,33 @@ impl<R: Read> CheckpointReader<R> {
                 });
             }
         }
+        Ok(SectionHead {
+            id,
+            raw_id,
+            len,
+            stored,
+        })
+    }
 
-        let payload = self.read_payload(id, len)?;
-        let computed = section_crc(raw_id, len, &payload);
-        if computed != stored {
+    /// A complete section's checks: CRC, then duplicate or End contents.
+    /// `Ok(true)`: a section to hand out; `Ok(false)`: the valid End.
+    fn check_body(&mut self, head: &SectionHead, payload: &[u8]) -> Result<bool> {
+        let computed = section_crc(head.raw_id, head.len, payload);
+        if computed != head.stored {
             return Err(CheckpointError::SectionChecksum {
-                id,
-                stored,
+                id: head.id,
+                stored: head.stored,
                 computed,
             });
         }
-
-        if id == SectionId::End {
-            self.check_end(&payload)?;
+        if head.id == SectionId::End {
+            self.check_end(payload)?;
             self.done = true;
-            return Ok(None);
+            return Ok(false);
         }
-        self.tally.check_not_duplicate(id)?;
-        self.tally.record(id, stored);
-        Ok(Some((id, payload)))
+        self.tally.check_not_duplicate(head.id)?;
+        self.tally.record(head.id, head.stored);
+        Ok(true)
     }
 
     /// Reads `len` payload bytes, growing the buffer only as bytes arrive.
@@ -601,6 +630,35 @@ impl<R: Read> CheckpointReader<R> {
             });
         }
         Ok(())
+    }
+}
+
+impl<'a> CheckpointReader<&'a [u8]> {
+    /// [`next_section`](Self::next_section) for a checkpoint held in
+    /// memory: the same checks in the same order, with the payload
+    /// borrowed from the slice instead of copied.
+    pub fn next_section_borrowed(&mut self) -> Result<Option<(SectionId, &'a [u8])>> {
+        if self.done {
+            return Ok(None);
+        }
+        let rest: &'a [u8] = self.r;
+        let Some((hb, rest)) = rest.split_first_chunk::<SECTION_HEADER_LEN>() else {
+            return Err(self.truncated_head(rest.len()));
+        };
+        let head = self.check_head(hb)?;
+        let len = usize::try_from(head.len).unwrap_or(usize::MAX);
+        if rest.len() < len {
+            return Err(CheckpointError::Truncated {
+                what: format!("section {}", head.id),
+                expected: head.len,
+                got: rest.len() as u64,
+            });
+        }
+        let (payload, rest) = rest.split_at(len);
+        self.r = rest;
+        Ok(self
+            .check_body(&head, payload)?
+            .then_some((head.id, payload)))
     }
 }
 

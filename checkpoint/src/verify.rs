@@ -52,35 +52,7 @@ pub fn verify_with<R: Read>(
     let mut reader = CheckpointReader::new(r, limits, expected)?;
     let header = *reader.header();
     while let Some((id, payload)) = reader.next_section()? {
-        match id {
-            SectionId::Config => {
-                let cfg = MachineConfig::decode(&payload)?;
-                let fp = cfg.fingerprint();
-                if fp != header.fingerprint {
-                    return Err(CheckpointError::BadPayload {
-                        id,
-                        reason: format!(
-                            "configuration hashes to {} but the header says {}",
-                            fp.short(),
-                            header.fingerprint.short()
-                        ),
-                    });
-                }
-            }
-            SectionId::Devices => {
-                devices::decode(&payload)?;
-            }
-            SectionId::Disk => {
-                disk::split(&payload)?;
-            }
-            SectionId::Console if payload.len() < 8 => {
-                return Err(CheckpointError::BadPayload {
-                    id,
-                    reason: format!("expected at least 8 bytes, got {}", payload.len()),
-                });
-            }
-            _ => {}
-        }
+        check_section(&header, id, &payload)?;
         section(id, &payload)?;
     }
     let mut inner = reader.into_inner();
@@ -89,6 +61,61 @@ pub fn verify_with<R: Read>(
         return Err(CheckpointError::TrailingData);
     }
     Ok(header)
+}
+
+/// [`verify_with`] for a checkpoint held in memory: the same checks, with
+/// each payload handed to `section` as a slice of `bytes` (not copied), so
+/// what the caller keeps of it can point into `bytes`.
+pub fn verify_slice_with<'a>(
+    bytes: &'a [u8],
+    limits: &Limits,
+    expected: Option<&Fingerprint>,
+    mut section: impl FnMut(SectionId, &'a [u8]) -> Result<()>,
+) -> Result<Header> {
+    let mut reader = CheckpointReader::new(bytes, limits, expected)?;
+    let header = *reader.header();
+    while let Some((id, payload)) = reader.next_section_borrowed()? {
+        check_section(&header, id, payload)?;
+        section(id, payload)?;
+    }
+    if !reader.into_inner().is_empty() {
+        return Err(CheckpointError::TrailingData);
+    }
+    Ok(header)
+}
+
+/// The checks of one section's payload that need no VM (see [`verify`]).
+fn check_section(header: &Header, id: SectionId, payload: &[u8]) -> Result<()> {
+    match id {
+        SectionId::Config => {
+            let cfg = MachineConfig::decode(payload)?;
+            let fp = cfg.fingerprint();
+            if fp != header.fingerprint {
+                return Err(CheckpointError::BadPayload {
+                    id,
+                    reason: format!(
+                        "configuration hashes to {} but the header says {}",
+                        fp.short(),
+                        header.fingerprint.short()
+                    ),
+                });
+            }
+        }
+        SectionId::Devices => {
+            devices::decode(payload)?;
+        }
+        SectionId::Disk => {
+            disk::split(payload)?;
+        }
+        SectionId::Console if payload.len() < 8 => {
+            return Err(CheckpointError::BadPayload {
+                id,
+                reason: format!("expected at least 8 bytes, got {}", payload.len()),
+            });
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 #[cfg(test)]

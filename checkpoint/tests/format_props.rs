@@ -3,6 +3,7 @@
 mod common;
 
 use checkpoint::format::{END_PAYLOAD_LEN, HEADER_LEN, SECTION_HEADER_LEN};
+use checkpoint::verify::{verify_slice_with, verify_with};
 use checkpoint::{
     CheckpointError, CheckpointKind, CheckpointReader, Fingerprint, Header, Limits, SectionId,
     FORMAT_VERSION,
@@ -403,5 +404,68 @@ proptest! {
         let pos = ((bytes.len() as f64) * frac) as usize;
         prop_assume!(pos < bytes.len());
         assert_flip_refused(&bytes, &secs, pos, mask);
+    }
+}
+
+/// Every section of `bytes` read with the borrowing reader, then, like
+/// `read_all`, nothing checked past the End section.
+fn read_borrowed(bytes: &[u8], limits: &Limits) -> Result<common::Checkpoint, CheckpointError> {
+    let mut reader = CheckpointReader::new(bytes, limits, None)?;
+    let mut out = Vec::new();
+    while let Some((id, p)) = reader.next_section_borrowed()? {
+        out.push((id, p.to_vec()));
+    }
+    Ok((*reader.header(), out))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// The borrowing reader (in-memory containers: the standby) and the
+    /// copying one take the same decisions, with the same errors, on any
+    /// container: intact, cut, with a byte flipped, or with a byte more.
+    #[test]
+    fn borrowed_and_copied_reading_agree_on_any_damage(
+        h in header(),
+        secs in sections(),
+        frac in 0.0f64..1.0,
+        mask in 0u8..=255,
+        cut in any::<bool>(),
+        extra in any::<bool>(),
+        small in any::<bool>(),
+    ) {
+        let mut bytes = write(&h, &secs);
+        let pos = ((bytes.len() as f64) * frac) as usize;
+        if cut {
+            bytes.truncate(pos);
+        } else if pos < bytes.len() {
+            bytes[pos] ^= mask;
+        }
+        if extra {
+            bytes.push(0);
+        }
+        // Small limits make the count and length checks fire too.
+        let limits = if small {
+            Limits { max_section_len: 100, max_sections: 3 }
+        } else {
+            Limits::default()
+        };
+        let copied = read_all(&bytes[..], &limits, None).map_err(|e| e.to_string());
+        let borrowed = read_borrowed(&bytes, &limits).map_err(|e| e.to_string());
+        prop_assert_eq!(&copied, &borrowed);
+        let mut a = Vec::new();
+        let va = verify_with(&bytes[..], &limits, None, |id, p| {
+            a.push((id, p.to_vec()));
+            Ok(())
+        })
+        .map_err(|e| e.to_string());
+        let mut b = Vec::new();
+        let vb = verify_slice_with(&bytes, &limits, None, |id, p| {
+            b.push((id, p.to_vec()));
+            Ok(())
+        })
+        .map_err(|e| e.to_string());
+        prop_assert_eq!(va, vb);
+        prop_assert_eq!(a, b);
     }
 }
