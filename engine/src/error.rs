@@ -31,6 +31,10 @@ pub enum EngineError {
     /// A configuration value is not acceptable.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// An internal call broke its contract (a bug in the caller, reported
+    /// instead of acting on the wrong data).
+    #[error("internal error: {0}")]
+    Misuse(&'static str),
     /// The kernel image could not be read or is not a supported format.
     #[error("kernel image {path}: {msg}")]
     Image {

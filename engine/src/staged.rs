@@ -6,6 +6,12 @@
 //! verification and the decoding together: page data lands in one arena,
 //! state sections are parsed, and nothing touches the VM until the whole
 //! checkpoint has passed. [`StagedEpoch::apply`] then only writes memory.
+//!
+//! Bytes stored as they are in the container (raw pages and disk blocks,
+//! uncompressed XOR runs) are not copied: an operation points into the
+//! received container, which the caller passes again to `apply` and
+//! `apply_disks` (checked to be the one parsed). Only what a decoder
+//! produced (zstd output) lands in the arena.
 
 use checkpoint::fingerprint::{Fingerprint, MachineConfig};
 use checkpoint::format::{Header, Limits, SectionId};
@@ -16,23 +22,32 @@ use crate::error::{EngineError, Result};
 use crate::memory::Ram;
 use crate::snapshot::{EpochState, StateSections};
 
+/// Where an operation's bytes are.
+#[derive(Clone, Copy)]
+enum Src {
+    /// At this offset of the parsed container.
+    Staged(usize),
+    /// At this offset of the arena (decoded).
+    Arena(usize),
+}
+
 /// One memory operation, in record order.
 enum Op {
-    /// Write `arena[at..at + len]` at `gpa`.
-    Data { gpa: u64, at: usize, len: usize },
+    /// Write `len` bytes from `src` at `gpa`.
+    Data { gpa: u64, src: Src, len: usize },
     /// `len` bytes at `gpa` become zero.
     Zero { gpa: u64, len: u64 },
-    /// XOR `arena[at..at + len]` into the bytes at `gpa`.
-    Xor { gpa: u64, at: usize, len: usize },
+    /// XOR `len` bytes from `src` into the bytes at `gpa`.
+    Xor { gpa: u64, src: Src, len: usize },
 }
 
 /// One disk operation, in record order.
 enum DiskOp {
-    /// Write `arena[at..at + len]` at byte `off` of disk `disk`.
+    /// Write `len` bytes from `src` at byte `off` of disk `disk`.
     Data {
         disk: u32,
         off: u64,
-        at: usize,
+        src: Src,
         len: usize,
     },
     /// `len` bytes at `off` of disk `disk` become a hole (read as zeros).
@@ -55,6 +70,27 @@ pub struct StagedEpoch {
     disk_ops: Vec<DiskOp>,
     arena: Vec<u8>,
     sections: StateSections,
+    /// The address and length of the container parsed last, which
+    /// `Src::Staged` offsets point into.
+    parsed: (usize, usize),
+}
+
+/// Where `data`, handed over by a decoder of `bytes`, is found at apply
+/// time: inside `bytes` (not copied), or copied to the end of `arena`
+/// (refused past `cap` bytes of arena).
+fn place(
+    bytes: &[u8],
+    data: &[u8],
+    arena: &mut Vec<u8>,
+    cap: u64,
+) -> std::result::Result<Src, CheckpointError> {
+    let (base, at) = (bytes.as_ptr() as usize, data.as_ptr() as usize);
+    if at >= base && at - base + data.len() <= bytes.len() {
+        return Ok(Src::Staged(at - base));
+    }
+    over_cap(arena.len(), data.len(), cap)?;
+    arena.extend_from_slice(data);
+    Ok(Src::Arena(arena.len() - data.len()))
 }
 
 /// Refuses to stage `more` bytes on top of `have` past `cap`.
@@ -88,71 +124,70 @@ impl StagedEpoch {
         self.disk_ops.clear();
         self.arena.clear();
         self.sections = StateSections::default();
-        let header = checkpoint::verify::verify_with(bytes, limits, expected, |id, payload| {
-            match id {
-                SectionId::Memory => {
-                    // Three sinks need the arena and the op list: share them
-                    // through a RefCell for the duration of the decode.
-                    let cell = std::cell::RefCell::new((&mut self.ops, &mut self.arena));
-                    pages::decode_records_with_deltas(
-                        payload,
-                        |gpa, data| {
-                            let (ops, arena) = &mut *cell.borrow_mut();
-                            over_cap(arena.len(), data.len(), max_decoded)?;
-                            ops.push(Op::Data {
-                                gpa,
-                                at: arena.len(),
-                                len: data.len(),
-                            });
-                            arena.extend_from_slice(data);
-                            Ok(())
-                        },
-                        |gpa, len| {
-                            cell.borrow_mut().0.push(Op::Zero { gpa, len });
-                            Ok(())
-                        },
-                        |gpa, delta| {
-                            let (ops, arena) = &mut *cell.borrow_mut();
-                            over_cap(arena.len(), delta.len(), max_decoded)?;
-                            ops.push(Op::Xor {
-                                gpa,
-                                at: arena.len(),
-                                len: delta.len(),
-                            });
-                            arena.extend_from_slice(delta);
-                            Ok(())
-                        },
-                    )?;
+        self.parsed = (bytes.as_ptr() as usize, bytes.len());
+        let header =
+            checkpoint::verify::verify_slice_with(bytes, limits, expected, |id, payload| {
+                match id {
+                    SectionId::Memory => {
+                        // Three sinks need the arena and the op list: share them
+                        // through a RefCell for the duration of the decode.
+                        let cell = std::cell::RefCell::new((&mut self.ops, &mut self.arena));
+                        pages::decode_records_with_deltas(
+                            payload,
+                            |gpa, data| {
+                                let (ops, arena) = &mut *cell.borrow_mut();
+                                let src = place(bytes, data, arena, max_decoded)?;
+                                ops.push(Op::Data {
+                                    gpa,
+                                    src,
+                                    len: data.len(),
+                                });
+                                Ok(())
+                            },
+                            |gpa, len| {
+                                cell.borrow_mut().0.push(Op::Zero { gpa, len });
+                                Ok(())
+                            },
+                            |gpa, delta| {
+                                let (ops, arena) = &mut *cell.borrow_mut();
+                                let src = place(bytes, delta, arena, max_decoded)?;
+                                ops.push(Op::Xor {
+                                    gpa,
+                                    src,
+                                    len: delta.len(),
+                                });
+                                Ok(())
+                            },
+                        )?;
+                    }
+                    SectionId::Disk => {
+                        let cell = std::cell::RefCell::new((&mut self.disk_ops, &mut self.arena));
+                        let (disk, _) = checkpoint::disk::split(payload)?;
+                        checkpoint::disk::decode(
+                            payload,
+                            |off, data| {
+                                let (ops, arena) = &mut *cell.borrow_mut();
+                                let src = place(bytes, data, arena, max_decoded)?;
+                                ops.push(DiskOp::Data {
+                                    disk,
+                                    off,
+                                    src,
+                                    len: data.len(),
+                                });
+                                Ok(())
+                            },
+                            |off, len| {
+                                cell.borrow_mut().0.push(DiskOp::Zero { disk, off, len });
+                                Ok(())
+                            },
+                        )?;
+                    }
+                    other => {
+                        self.sections.take(other, payload)?;
+                    }
                 }
-                SectionId::Disk => {
-                    let cell = std::cell::RefCell::new((&mut self.disk_ops, &mut self.arena));
-                    let (disk, _) = checkpoint::disk::split(payload)?;
-                    checkpoint::disk::decode(
-                        payload,
-                        |off, data| {
-                            let (ops, arena) = &mut *cell.borrow_mut();
-                            over_cap(arena.len(), data.len(), max_decoded)?;
-                            ops.push(DiskOp::Data {
-                                disk,
-                                off,
-                                at: arena.len(),
-                                len: data.len(),
-                            });
-                            arena.extend_from_slice(data);
-                            Ok(())
-                        },
-                        |off, len| {
-                            cell.borrow_mut().0.push(DiskOp::Zero { disk, off, len });
-                            Ok(())
-                        },
-                    )?;
-                }
-                other => {
-                    self.sections.take(other, payload)?;
-                }
-            }
-            Ok(())
-        })?;
+                Ok(())
+            })?;
         Ok(header)
     }
 
@@ -212,10 +247,37 @@ impl StagedEpoch {
         Ok(())
     }
 
+    /// The bytes of `src` (`len` long): in `staged`, which must be the
+    /// container parsed last, or in the arena.
+    fn bytes<'a>(&'a self, staged: &'a [u8], src: Src, len: usize) -> &'a [u8] {
+        match src {
+            Src::Staged(at) => &staged[at..at + len],
+            Src::Arena(at) => &self.arena[at..at + len],
+        }
+    }
+
+    /// Refuses `staged` unless it is the container parsed last (the
+    /// operations point into it).
+    fn check_staged(&self, staged: &[u8]) -> Result<()> {
+        if (staged.as_ptr() as usize, staged.len()) != self.parsed {
+            return Err(EngineError::Misuse(
+                "a staged epoch is applied from a container other than the one parsed",
+            ));
+        }
+        Ok(())
+    }
+
     /// Writes the disk operations to the replicas, in record order, and
     /// with `durable`, flushes every replica written to its disk
-    /// (`fdatasync`). Returns the bytes written.
-    pub fn apply_disks(&self, disks: &[std::sync::Arc<DiskImage>], durable: bool) -> Result<u64> {
+    /// (`fdatasync`). Returns the bytes written. `staged` is the container
+    /// parsed last.
+    pub fn apply_disks(
+        &self,
+        staged: &[u8],
+        disks: &[std::sync::Arc<DiskImage>],
+        durable: bool,
+    ) -> Result<u64> {
+        self.check_staged(staged)?;
         let mut touched = vec![false; disks.len()];
         let mut bytes = 0u64;
         for op in &self.disk_ops {
@@ -229,7 +291,7 @@ impl StagedEpoch {
             };
             let ctx = || format!("replica {} at offset {off:#x}", d.path.display());
             let written = match *op {
-                DiskOp::Data { at, len, .. } => d.write_blocks(off, &self.arena[at..at + len]),
+                DiskOp::Data { src, len, .. } => d.write_blocks(off, self.bytes(staged, src, len)),
                 DiskOp::Zero { .. } => d.punch_blocks(off, len),
             }
             .map_err(EngineError::io(ctx()))?;
@@ -247,14 +309,18 @@ impl StagedEpoch {
         Ok(bytes)
     }
 
-    /// Applies the memory operations to `ram`, in record order.
-    pub fn apply(&self, ram: &Ram) -> Result<()> {
+    /// Applies the memory operations to `ram`, in record order. `staged`
+    /// is the container parsed last.
+    pub fn apply(&self, staged: &[u8], ram: &Ram) -> Result<()> {
+        self.check_staged(staged)?;
         let mut tmp = Vec::new();
         for op in &self.ops {
             match *op {
-                Op::Data { gpa, at, len } => ram.write(gpa, &self.arena[at..at + len])?,
+                Op::Data { gpa, src, len } => ram.write(gpa, self.bytes(staged, src, len))?,
                 Op::Zero { gpa, len } => ram.zero_range(gpa, len)?,
-                Op::Xor { gpa, at, len } => ram.xor(gpa, &self.arena[at..at + len], &mut tmp)?,
+                Op::Xor { gpa, src, len } => {
+                    ram.xor(gpa, self.bytes(staged, src, len), &mut tmp)?
+                }
             }
         }
         Ok(())
@@ -327,7 +393,7 @@ mod tests {
         st.parse(&c1, &Limits::default(), Some(&m.fingerprint()), u64::MAX)
             .unwrap();
         st.check_fits(&ram).unwrap();
-        st.apply(&ram).unwrap();
+        st.apply(&c1, &ram).unwrap();
         assert_eq!(read(&ram, 0x1000), a);
         // Page 0x1000 changes a little (a delta), 0x2000 becomes zero.
         let mut b = a.clone();
@@ -336,7 +402,7 @@ mod tests {
         assert!(enc.stats().delta_pages >= 1, "expected a delta record");
         st.parse(&c2, &Limits::default(), Some(&m.fingerprint()), u64::MAX)
             .unwrap();
-        st.apply(&ram).unwrap();
+        st.apply(&c2, &ram).unwrap();
         assert_eq!(read(&ram, 0x1000), b);
         assert_eq!(read(&ram, 0x2000), z);
         assert!(st.state().is_err(), "a memory-only container has no state");
@@ -432,6 +498,38 @@ mod tests {
     }
 
     #[test]
+    fn stored_bytes_are_applied_from_the_container_and_only_from_the_one_parsed() {
+        let m = machine();
+        let ram = Ram::new(4 * MIB).unwrap();
+        let (a, b) = (page(5), page(7));
+        let mut st = StagedEpoch::default();
+        // Pages sent as they are: nothing is copied to the arena.
+        let mut plain = MemoryEncoder::new(Compression::None).unwrap();
+        let c = container(&m, 1, &mut plain, &[(0x3000, &a), (0x5000, &b)]);
+        st.parse(&c, &Limits::default(), Some(&m.fingerprint()), u64::MAX)
+            .unwrap();
+        assert!(st.arena.is_empty(), "raw pages were copied");
+        // The same bytes elsewhere are not the container parsed.
+        let copy = c.clone();
+        let e = st.apply(&copy, &ram).unwrap_err().to_string();
+        assert!(e.contains("other than the one parsed"), "{e}");
+        let e = st.apply_disks(&c[..c.len() - 1], &[], false).unwrap_err();
+        assert!(e.to_string().contains("other than the one parsed"), "{e}");
+        assert_eq!(read(&ram, 0x3000), vec![0u8; PAGE_SIZE], "applied anyway");
+        st.apply(&c, &ram).unwrap();
+        assert_eq!((read(&ram, 0x3000), read(&ram, 0x5000)), (a.clone(), b));
+        // Decompressed pages live in the arena, and apply the same way.
+        let mut z = MemoryEncoder::new(Compression::Zstd { level: 1 }).unwrap();
+        let text = vec![b'x'; PAGE_SIZE];
+        let c = container(&m, 1, &mut z, &[(0x3000, &text)]);
+        st.parse(&c, &Limits::default(), Some(&m.fingerprint()), u64::MAX)
+            .unwrap();
+        assert_eq!(st.arena.len(), PAGE_SIZE, "decoded bytes are in the arena");
+        st.apply(&c, &ram).unwrap();
+        assert_eq!(read(&ram, 0x3000), text);
+    }
+
+    #[test]
     fn disk_blocks_stage_and_apply_only_to_matching_replicas() {
         use std::os::unix::fs::FileExt;
         let m = machine();
@@ -451,7 +549,10 @@ mod tests {
         st.check_disks(&[MIB, MIB]).unwrap();
         let disks = [replica("d0", MIB), replica("d1", MIB)];
         disks[1].file.write_all_at(&[0x77; 8192], 0).unwrap();
-        assert_eq!(st.apply_disks(&disks, true).unwrap(), 4 * PAGE_SIZE as u64);
+        assert_eq!(
+            st.apply_disks(&c, &disks, true).unwrap(),
+            4 * PAGE_SIZE as u64
+        );
         let mut got = vec![0u8; 4 * PAGE_SIZE];
         disks[1].file.read_exact_at(&mut got, 0).unwrap();
         assert!(
@@ -467,7 +568,8 @@ mod tests {
             .unwrap();
         st.check_disks(&[odd.bytes]).unwrap();
         assert_eq!(
-            st.apply_disks(std::slice::from_ref(&odd), false).unwrap(),
+            st.apply_disks(&c, std::slice::from_ref(&odd), false)
+                .unwrap(),
             512
         );
         assert_eq!(

@@ -414,17 +414,34 @@ impl Admission {
     /// the announced length, or once the first bytes announce a VM this
     /// standby does not take, or an epoch too large for that VM.
     pub fn data(&mut self, staged: &mut Vec<u8>, chunk: &[u8]) -> Result<(), BoundsError> {
-        let total = u64::try_from(staged.len())
-            .ok()
-            .zip(u64::try_from(chunk.len()).ok())
-            .and_then(|(a, b)| a.checked_add(b));
-        if !matches!(total, Some(t) if t <= self.len) {
+        if !u64::try_from(chunk.len()).is_ok_and(|n| n <= self.room(staged.len())) {
             return Err(BoundsError::Overflow {
                 seq: self.seq,
                 len: self.len,
             });
         }
         staged.extend_from_slice(chunk);
+        self.appended(staged)
+    }
+
+    /// How many more bytes the epoch may stage on top of `staged` bytes: a
+    /// receiver that appends a payload straight to the staging buffer asks
+    /// this before any of it is stored, and calls [`Admission::appended`]
+    /// after.
+    pub fn room(&self, staged: usize) -> u64 {
+        u64::try_from(staged).map_or(0, |s| self.len.saturating_sub(s))
+    }
+
+    /// Checks `staged` after bytes were appended to it within
+    /// [`Admission::room`]: once its first bytes announce a VM, that VM
+    /// must be one this standby takes, and the epoch not too large for it.
+    pub fn appended(&mut self, staged: &[u8]) -> Result<(), BoundsError> {
+        if staged.len() as u64 > self.len {
+            return Err(BoundsError::Overflow {
+                seq: self.seq,
+                len: self.len,
+            });
+        }
         let Some(policy) = &self.ahead else {
             return Ok(());
         };

@@ -113,13 +113,16 @@ impl LiveCopy {
             chunks.push(Vec::new());
         }
         for (i, chunk) in chunks.iter().enumerate() {
-            scratch.clear();
+            // Encoded straight from guest memory, with no copy of its own: a
+            // page the running guest writes meanwhile may be read torn, and
+            // is sent again, whole, by a later epoch (its dirty bit is set).
+            let mut runs = Vec::with_capacity(chunk.len());
             for &(gpa, np) in chunk {
                 let len = np * PAGE_SIZE;
                 let (r, off) = self.ram.span(gpa, len).ok_or_else(|| {
                     EngineError::Memory(format!("pages at {gpa:#x} outside guest memory"))
                 })?;
-                scratch.extend_from_slice(&r.as_slice()[off as usize..(off + len) as usize]);
+                runs.push((gpa, &r.as_slice()[off as usize..(off + len) as usize]));
             }
             let zero = if i == 0 {
                 &self.plan.zero_runs[..]
@@ -130,7 +133,7 @@ impl LiveCopy {
                 &header,
                 &self.machine,
                 zero,
-                runs_in(chunk, &scratch),
+                runs.into_iter(),
                 &mut enc,
                 &mut bufs,
             )?;

@@ -21,7 +21,8 @@ use checkpoint::fingerprint::{Fingerprint, MachineConfig};
 use checkpoint::format::{CheckpointKind, Limits};
 use crossbeam::channel::{self, Sender};
 use transport::{
-    Accepted, Channel, FrameKind, FramedConn, Incoming, Listener, Psk, ServeConfig, TransportError,
+    Accepted, Channel, FrameKind, FramedConn, Incoming, Listener, Psk, Received, ServeConfig,
+    TransportError,
 };
 
 use super::arbiter::Arbiter;
@@ -479,7 +480,13 @@ fn stream_loop(
     let mut stage = StagedEpoch::default();
     let mut current: Option<(EpochBegin, Admission)> = None;
     loop {
-        let f = match conn.recv() {
+        // Epoch data within the epoch's announced length is decrypted
+        // straight onto the staged bytes; anything else comes as a frame.
+        let room = current.as_ref().map(|(_, a)| a.room(staging.len()));
+        let route = |kind, len: usize| {
+            kind == FrameKind::EpochData && room.is_some_and(|r| len as u64 <= r)
+        };
+        let f = match conn.recv_into(&mut staging, route) {
             Ok(f) => f,
             Err(TransportError::Timeout) => continue,
             Err(e) => {
@@ -491,6 +498,24 @@ fn stream_loop(
         };
         // A plain time stamp: a panic cannot leave it half-written.
         *heard.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        let f = match f {
+            Received::Frame(f) => f,
+            Received::Appended { .. } => {
+                let res = match &mut current {
+                    Some((b, admission)) => admission
+                        .appended(&staging)
+                        .map_err(|e| format!("epoch {}: {e}", b.seq)),
+                    None => Err("epoch data without an EpochBegin".into()),
+                };
+                match res {
+                    Ok(()) => continue,
+                    Err(why) => {
+                        refuse(&mut conn, term, &took_over, current.take(), why);
+                        return;
+                    }
+                }
+            }
+        };
         let res: std::result::Result<(), String> = match f.kind {
             FrameKind::EpochBegin => {
                 wire::decode::<EpochBegin>("EpochBegin", &f.payload).and_then(|b| {
@@ -532,25 +557,35 @@ fn stream_loop(
             other => Err(format!("unexpected {other:?} frame on the stream")),
         };
         if let Err(why) = res {
-            tracing::error!("epoch aborted: {why}; the shadow stays at its last commit");
-            let seq = current.take().map_or(0, |c| c.0.seq);
-            let _ = conn.send(
-                FrameKind::Nack,
-                term,
-                &wire::encode(&Nack {
-                    seq,
-                    reason: why,
-                    superseded_by: superseded_by(&took_over, term),
-                }),
-            );
-            // The primary drops the link on a Nack and starts over with a
-            // full copy: epochs already in flight on this connection must
-            // not be applied (after a takeover their numbers can match
-            // another history's).
-            linger(&mut conn);
+            refuse(&mut conn, term, &took_over, current.take(), why);
             return;
         }
     }
+}
+
+/// Refuses the epoch in progress (`current`) with a `Nack` naming `why`,
+/// then drains the connection until the primary closes it.
+fn refuse(
+    conn: &mut FramedConn,
+    term: u64,
+    took_over: &AtomicU64,
+    current: Option<(EpochBegin, Admission)>,
+    why: String,
+) {
+    tracing::error!("epoch aborted: {why}; the shadow stays at its last commit");
+    let _ = conn.send(
+        FrameKind::Nack,
+        term,
+        &wire::encode(&Nack {
+            seq: current.map_or(0, |c| c.0.seq),
+            reason: why,
+            superseded_by: superseded_by(took_over, term),
+        }),
+    );
+    // The primary drops the link on a Nack and starts over with a full
+    // copy: epochs already in flight on this connection must not be
+    // applied (after a takeover their numbers can match another history's).
+    linger(conn);
 }
 
 /// How long a refused stream is drained before it is closed.
@@ -712,7 +747,7 @@ fn commit(
     let mut disks_written = false;
     if sh.disk_ack == DiskAck::Durable && stage.has_disk_ops() {
         // Protocol C: the blocks are on the replicas' disks before the ack.
-        if let Err(e) = stage.apply_disks(&replicas, true) {
+        if let Err(e) = stage.apply_disks(staged, &replicas, true) {
             return Err(poison(
                 &mut sh,
                 format!("writing verified {what} {} to the replicas: {e}", end.seq),
@@ -734,14 +769,14 @@ fn commit(
         );
     }
     crate::faults::hit(crate::faults::Point::StandbyBeforeApply);
-    if let Err(e) = stage.apply(&ram) {
+    if let Err(e) = stage.apply(staged, &ram) {
         return Err(poison(
             &mut sh,
             format!("applying verified {what} {}: {e}", end.seq),
         ));
     }
     if sh.disk_ack == DiskAck::Memory && stage.has_disk_ops() {
-        if let Err(e) = stage.apply_disks(&replicas, false) {
+        if let Err(e) = stage.apply_disks(staged, &replicas, false) {
             return Err(poison(
                 &mut sh,
                 format!("writing verified {what} {} to the replicas: {e}", end.seq),
