@@ -159,18 +159,21 @@ impl TestRaw {
     /// The sealed records of one frame, numbered from `nonce` on.
     pub fn seal(&self, nonce: u64, kind: FrameKind, term: u64, payload: &[u8]) -> Vec<u8> {
         let mut n = nonce;
-        let mut bufs = SealBuffers::default();
+        let mut wire = Vec::new();
         let h = Header::for_payload(kind, term, payload).expect("test payload fits");
         seal_frame(
             &self.session,
             &mut n,
             (&h, payload),
-            &mut bufs,
+            &mut SealBuffers::default(),
             usize::MAX,
-            |_| Ok(()),
+            |b| {
+                wire.extend_from_slice(b);
+                Ok(())
+            },
         )
         .expect("seal");
-        bufs.out
+        wire
     }
 }
 
@@ -210,22 +213,15 @@ impl Sender {
         }
         let header = Header::for_payload(kind, term, payload)?;
         let (stream, peer) = (&mut self.stream, self.peer);
-        self.bufs.out.clear();
         let r = seal_frame(
             &self.session,
             &mut self.nonce,
             (&header, payload),
             &mut self.bufs,
             WRITE_BATCH,
-            |out| {
-                let r = stream.write_all(out).map_err(|e| map_io_error(e, peer));
-                out.clear();
-                r
-            },
+            |out| stream.write_all(out).map_err(|e| map_io_error(e, peer)),
         );
-        if self.bufs.out.capacity() > 2 * WRITE_BATCH + MAX_PLAINTEXT {
-            self.bufs.out = Vec::new();
-        }
+        self.bufs.trim(2 * WRITE_BATCH + MAX_PLAINTEXT);
         if let Err(e) = r {
             self.dead = true;
             let _ = self.stream.shutdown(Shutdown::Both);

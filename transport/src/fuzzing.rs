@@ -417,7 +417,7 @@ pub fn round_trip(frames: &[(FrameKind, u64, Vec<u8>)], chunk: usize, stall: boo
     for (kind, term, payload) in frames {
         let h = Header::for_payload(*kind, *term, payload).expect("header");
         seal_frame(tx, &mut nonce, (&h, payload), &mut bufs, 1 << 20, |out| {
-            wire.append(out);
+            wire.extend_from_slice(out);
             Ok(())
         })
         .expect("seal");

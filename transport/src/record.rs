@@ -39,58 +39,92 @@ fn take_nonce(n: &mut u64) -> Result<u64> {
     Ok(this)
 }
 
-/// Appends one record sealing `plaintext` to `out`.
-fn seal_record(
-    s: &StatelessTransportState,
-    nonce: &mut u64,
-    plaintext: &[u8],
-    out: &mut Vec<u8>,
-) -> Result<()> {
-    debug_assert!(plaintext.len() <= MAX_PLAINTEXT);
-    let ct_len = plaintext.len() + TAG_LEN;
-    let at = out.len();
-    out.resize(at + LEN_PREFIX + ct_len, 0);
-    out[at..at + LEN_PREFIX].copy_from_slice(&(ct_len as u16).to_le_bytes());
-    let n = take_nonce(nonce)?;
-    let written = s
-        .write_message(n, plaintext, &mut out[at + LEN_PREFIX..])
-        .map_err(|e| TransportError::Crypto(e.to_string()))?;
-    debug_assert_eq!(written, ct_len);
-    Ok(())
-}
-
 /// Buffers a sender reuses from frame to frame.
 #[derive(Default)]
 pub(crate) struct SealBuffers {
     /// The first record's plaintext: header, then the payload's start.
-    pub first: Vec<u8>,
-    /// Sealed records not yet written.
-    pub out: Vec<u8>,
+    first: Vec<u8>,
+    /// Sealed records not yet written: `out[..used]`. The rest of `out`
+    /// is initialised bytes kept from earlier frames, so sealing writes
+    /// over them instead of zero-filling fresh space each time.
+    out: Vec<u8>,
+    used: usize,
 }
 
-/// Seals one frame into records appended to `bufs.out`, calling `flush`
-/// once `batch` bytes or so are sealed and at the end (the sender writes
-/// them out, so a large payload never needs a buffer of its own size).
+impl SealBuffers {
+    /// Drops the kept buffer if it grew past `max` bytes.
+    pub fn trim(&mut self, max: usize) {
+        if self.out.len() > max {
+            self.out = Vec::new();
+        }
+    }
+
+    /// Appends one record sealing `plaintext`.
+    fn seal_record(
+        &mut self,
+        s: &StatelessTransportState,
+        nonce: &mut u64,
+        plaintext: Plain,
+    ) -> Result<()> {
+        let plaintext = match plaintext {
+            Plain::First => &self.first[..],
+            Plain::Bytes(b) => b,
+        };
+        debug_assert!(plaintext.len() <= MAX_PLAINTEXT);
+        let ct_len = plaintext.len() + TAG_LEN;
+        let (at, end) = (self.used, self.used + LEN_PREFIX + ct_len);
+        if self.out.len() < end {
+            self.out.resize(end, 0);
+        }
+        self.out[at..at + LEN_PREFIX].copy_from_slice(&(ct_len as u16).to_le_bytes());
+        let n = take_nonce(nonce)?;
+        let written = s
+            .write_message(n, plaintext, &mut self.out[at + LEN_PREFIX..end])
+            .map_err(|e| TransportError::Crypto(e.to_string()))?;
+        debug_assert_eq!(written, ct_len);
+        self.used = end;
+        Ok(())
+    }
+
+    /// Hands the sealed records to `flush`, and forgets them.
+    fn flush(&mut self, flush: &mut impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        let n = std::mem::take(&mut self.used);
+        flush(&self.out[..n])
+    }
+}
+
+/// What [`SealBuffers::seal_record`] seals.
+enum Plain<'a> {
+    /// The first record's plaintext, in `SealBuffers::first`.
+    First,
+    Bytes(&'a [u8]),
+}
+
+/// Seals one frame into records, handing them to `flush` once `batch`
+/// bytes or so are sealed and at the end (the sender writes them out, so a
+/// large payload never needs a buffer of its own size).
 pub(crate) fn seal_frame(
     s: &StatelessTransportState,
     nonce: &mut u64,
     (header, payload): (&Header, &[u8]),
     bufs: &mut SealBuffers,
     batch: usize,
-    mut flush: impl FnMut(&mut Vec<u8>) -> Result<()>,
+    mut flush: impl FnMut(&[u8]) -> Result<()>,
 ) -> Result<()> {
+    // Records left by a frame that failed half-way are never sent.
+    bufs.used = 0;
     let head = payload.len().min(FIRST_PAYLOAD);
     bufs.first.clear();
     bufs.first.extend_from_slice(&header.encode());
     bufs.first.extend_from_slice(&payload[..head]);
-    seal_record(s, nonce, &bufs.first, &mut bufs.out)?;
+    bufs.seal_record(s, nonce, Plain::First)?;
     for chunk in payload[head..].chunks(MAX_PLAINTEXT) {
-        if bufs.out.len() >= batch {
-            flush(&mut bufs.out)?;
+        if bufs.used >= batch {
+            bufs.flush(&mut flush)?;
         }
-        seal_record(s, nonce, chunk, &mut bufs.out)?;
+        bufs.seal_record(s, nonce, Plain::Bytes(chunk))?;
     }
-    flush(&mut bufs.out)
+    bufs.flush(&mut flush)
 }
 
 /// A frame whose first record has arrived.

@@ -36,7 +36,7 @@ fn seal_all(s: &Session, frames: &[(FrameKind, u64, Vec<u8>)]) -> Vec<u8> {
     for (kind, term, payload) in frames {
         let h = Header::for_payload(*kind, *term, payload).unwrap();
         seal_frame(s, &mut nonce, (&h, payload), &mut bufs, usize::MAX, |out| {
-            wire.append(out);
+            wire.extend_from_slice(out);
             Ok(())
         })
         .unwrap();
