@@ -98,19 +98,31 @@ pub struct Epoch {
 /// On a failure it still returns every bit it took, with the error, so the
 /// caller can put them back: `KVM_GET_DIRTY_LOG` cleared them in KVM.
 fn fresh_dirty(vm: &Vm) -> Result<(Vec<DirtyBitmap>, Option<EngineError>)> {
-    let vmm = vm.ram.take_vmm_dirty();
     let mut out = Vec::with_capacity(vm.ram.regions.len() + vm.disks.len());
     let mut err = None;
     for (slot, r) in vm.ram.regions.iter().enumerate() {
         let npages = (r.size / PAGE_SIZE) as usize;
-        let mut bm = DirtyBitmap::from_words(vmm[slot].clone(), npages)?;
+        // KVM's log (guest writes) first, then the VMM's own writes ORed
+        // into it: one bitmap, no second pass over it.
+        let mut words = Vec::new();
         if vm.log_dirty && err.is_none() {
             match vm.fd.get_dirty_log(slot as u32, r.size as usize) {
-                Ok(words) => bm.or_assign(&DirtyBitmap::from_words(words, npages)?)?,
+                Ok(w) => words = w,
                 Err(e) => err = Some(EngineError::kvm("KVM_GET_DIRTY_LOG")(e)),
             }
         }
-        out.push(bm);
+        let need = npages.div_ceil(64);
+        if words.is_empty() {
+            words = vec![0; need];
+        } else if words.len() != need {
+            err.get_or_insert(EngineError::Memory(format!(
+                "KVM_GET_DIRTY_LOG of slot {slot} gave {} words for {npages} pages",
+                words.len()
+            )));
+            words.resize(need, 0);
+        }
+        vm.ram.take_vmm_dirty_into(slot, &mut words);
+        out.push(DirtyBitmap::from_words(words, npages)?);
     }
     // Then one region per disk: the blocks the device wrote.
     for d in &vm.disks {

@@ -17,6 +17,7 @@ pub mod restore;
 pub mod runner;
 pub mod service;
 pub mod snapshot;
+pub mod sparse_bitmap;
 pub mod staged;
 pub mod store;
 pub mod store_disks;

@@ -11,14 +11,14 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use checkpoint::fingerprint::MemRegion;
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES};
 use kvm_ioctls::VmFd;
-use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestRegionMmap};
 
 use crate::error::{EngineError, Result};
+use crate::sparse_bitmap::SparseBitmap;
 
 /// Guest memory with a VMM-write bitmap (vm-memory marks pages the VMM writes).
-pub type GuestMemory = vm_memory::GuestMemoryMmap<AtomicBitmap>;
+pub type GuestMemory = vm_memory::GuestMemoryMmap<SparseBitmap>;
 
 /// Page size used for dirty tracking and checkpoints.
 pub const PAGE_SIZE: u64 = 4096;
@@ -143,7 +143,7 @@ impl Ram {
             );
             let mmap = MmapRegionBuilder::new_with_bitmap(
                 r.size as usize,
-                <AtomicBitmap as vm_memory::bitmap::NewBitmap>::with_len(r.size as usize),
+                SparseBitmap::new(r.size as usize, PAGE_SIZE as usize),
             )
             .with_file_offset(fo)
             .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
@@ -335,7 +335,18 @@ impl Ram {
     pub fn take_vmm_dirty(&self) -> Vec<Vec<u64>> {
         self.mem
             .iter()
-            .map(|r| r.get_mmap().bitmap().get_and_reset())
+            .map(|r| r.get_mmap().bitmap().take())
             .collect()
+    }
+
+    /// Takes and clears the pages of region `slot` written by the VMM,
+    /// ORing them into `out` (one bit per page, `u64` words); visits only
+    /// the words the VMM wrote to (see [`SparseBitmap`]).
+    ///
+    /// # Panics
+    /// If `slot` is not a region, or `out` is not its bitmap's length.
+    pub fn take_vmm_dirty_into(&self, slot: usize, out: &mut [u64]) {
+        let r = self.mem.iter().nth(slot).expect("a region of this memory");
+        r.get_mmap().bitmap().take_into(out);
     }
 }

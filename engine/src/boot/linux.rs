@@ -79,9 +79,7 @@ pub fn setup(
         let start = if i == 0 { HIMEM_START } else { r.gpa };
         add(start, r.gpa + r.size - start, E820_RAM);
     }
-    LinuxBootConfigurator::write_bootparams::<
-        vm_memory::GuestMemoryMmap<vm_memory::bitmap::AtomicBitmap>,
-    >(
+    LinuxBootConfigurator::write_bootparams::<crate::memory::GuestMemory>(
         &BootParams::new::<boot_params>(&params, GuestAddress(ZERO_PAGE_ADDR)),
         &ram.mem,
     )

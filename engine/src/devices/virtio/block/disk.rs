@@ -11,7 +11,6 @@ use std::str::FromStr;
 use checkpoint::DiskLayout;
 use nix::fcntl::{fallocate, FallocateFlags};
 use nix::unistd::{lseek, Whence};
-use vm_memory::bitmap::AtomicBitmap;
 
 use super::request::SECTOR;
 
@@ -69,7 +68,7 @@ pub struct DiskImage {
     /// Blocks written since the last capture took them (completed guest
     /// writes, discards and write-zeroes; failed ones too: their content
     /// is whatever the disk now holds).
-    written: AtomicBitmap,
+    written: crate::sparse_bitmap::SparseBitmap,
 }
 
 impl DiskImage {
@@ -102,9 +101,9 @@ impl DiskImage {
                 "disk image {p}: size {bytes} bytes is not a non-zero multiple of {SECTOR}"
             ));
         }
-        let written = AtomicBitmap::new(
+        let written = crate::sparse_bitmap::SparseBitmap::new(
             bytes.div_ceil(BLOCK) as usize * BLOCK as usize,
-            std::num::NonZeroUsize::new(BLOCK as usize).expect("non-zero"),
+            BLOCK as usize,
         );
         Ok(DiskImage {
             file,
@@ -132,13 +131,13 @@ impl DiskImage {
     pub fn mark_written(&self, offset: u64, len: u64) {
         if len > 0 && offset < self.bytes {
             let len = len.min(self.bytes - offset);
-            self.written.set_addr_range(offset as usize, len as usize);
+            self.written.set_range(offset as usize, len as usize);
         }
     }
 
     /// Takes and clears the written-bitmap (one bit per block).
     pub fn take_written(&self) -> Vec<u64> {
-        self.written.get_and_reset()
+        self.written.take()
     }
 
     /// The block ranges that hold data (everything else is a hole, which
