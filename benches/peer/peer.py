@@ -131,7 +131,7 @@ def colo_summary(runs):
     ok = [r for r in runs if "error" not in r and r.get("pause_ms_median") is not None]
     s = {"runs": len(runs), "ok": len(ok)}
     if not ok:
-        s["errors"] = [r.get("error", "no pauses measured") for r in runs] or ["no COLO run produced a result"]
+        s["errors"] = [colo_failure(r) for r in runs] or ["no COLO run produced a result"]
         return s
     dirty = [r["secondary_dirty_pages_per_checkpoint_median"] * r["checkpoints_per_s"]
              for r in ok if r.get("secondary_dirty_pages_per_checkpoint_median") is not None]
@@ -163,8 +163,16 @@ def colo_summary(runs):
             "runs": len(fo),
         }
     if len(ok) < len(runs):
-        s["errors"] = [r.get("error") for r in runs if r not in ok]
+        s["errors"] = [colo_failure(r) for r in runs if r not in ok]
     return s
+
+
+def colo_failure(r):
+    """Why a COLO rep has no result: its error, or (a rep that ran) what it measured."""
+    if r.get("error"):
+        return r["error"]
+    return (f"a rep took {r.get('checkpoints', 0)} checkpoints in its {r.get('window_s')} s window "
+            f"(status after it: {r.get('status_after_window')}), so no pauses were measured")
 
 
 def mig_summary(runs):
