@@ -292,3 +292,62 @@ fn failed_epoch_puts_its_dirty_bits_back() {
     drop(g);
     vm.shutdown(engine::vcpu::StopReason::Requested);
 }
+
+/// A harvest clears what it took, in KVM's log and in the VMM's bitmap: a
+/// second harvest in the same pause finds nothing (or every epoch would
+/// resend the previous one's pages), and the guest's writes after the
+/// pause are harvested by the next one.
+#[test]
+fn a_harvest_clears_the_dirty_log_and_the_next_one_sees_new_writes() {
+    if !common::kvm_available() {
+        return;
+    }
+    let cfg = VmConfig {
+        mem_bytes: 64 << 20,
+        vcpus: 1,
+        log_dirty: true,
+        vcpu_cpus: None,
+        disks: Vec::new(),
+        nets: Vec::new(),
+    };
+    let mut vm = Vm::create(&cfg, Box::new(std::io::sink()), None).unwrap();
+    vm.boot(&BootSpec {
+        kernel: hw_tests::guest_path("memtest"),
+        cmdline: "rounds=100000 writes=30000 pattern=sweep".into(),
+        initrd: None,
+    })
+    .unwrap();
+    vm.start().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut l = ledger(&vm);
+    {
+        let g = vm.pause().unwrap();
+        let (_, h) = capture::capture(&g, &mut l, true, 1).unwrap();
+        l.commit(h);
+        std::thread::sleep(Duration::from_millis(1));
+        drop(g);
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let g = vm.pause().unwrap();
+    let (a, h) = capture::capture(&g, &mut l, false, 2).unwrap();
+    l.commit(h);
+    assert!(a.pages.pages() > 0, "the guest dirtied nothing in 50 ms");
+    let (b, h) = capture::capture(&g, &mut l, false, 3).unwrap();
+    l.commit(h);
+    assert_eq!(
+        b.pages.pages(),
+        0,
+        "a second harvest in the same pause found pages again"
+    );
+    drop(g);
+    std::thread::sleep(Duration::from_millis(50));
+    let g = vm.pause().unwrap();
+    let (c, h) = capture::capture(&g, &mut l, false, 4).unwrap();
+    l.commit(h);
+    assert!(
+        c.pages.pages() > 0,
+        "writes after the pause were not logged"
+    );
+    drop(g);
+    vm.shutdown(engine::vcpu::StopReason::Requested);
+}
