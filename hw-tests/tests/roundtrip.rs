@@ -193,16 +193,9 @@ fn sse_state_roundtrips_exactly() {
     roundtrip("sse", "rounds=100000", 1, Duration::from_millis(300));
 }
 
-/// An epoch whose write fails puts its dirty bits back; the next checkpoint
-/// carries them, so restoring it gives the guest's exact memory. Without the
-/// put-back, pages dirtied only during the failed epoch would be stale.
-#[test]
-fn failed_epoch_puts_its_dirty_bits_back() {
-    if !common::kvm_available() {
-        return;
-    }
-    let dir = common::TempDir::new("putback");
-    let ckpt = dir.path("ckpt");
+/// A 64 MiB VM with dirty logging, its memory tester sweeping pages for
+/// the last 100 ms.
+fn sweeping_vm() -> Vm {
     let cfg = VmConfig {
         mem_bytes: 64 << 20,
         vcpus: 1,
@@ -220,6 +213,20 @@ fn failed_epoch_puts_its_dirty_bits_back() {
     .unwrap();
     vm.start().unwrap();
     std::thread::sleep(Duration::from_millis(100));
+    vm
+}
+
+/// An epoch whose write fails puts its dirty bits back; the next checkpoint
+/// carries them, so restoring it gives the guest's exact memory. Without the
+/// put-back, pages dirtied only during the failed epoch would be stale.
+#[test]
+fn failed_epoch_puts_its_dirty_bits_back() {
+    if !common::kvm_available() {
+        return;
+    }
+    let dir = common::TempDir::new("putback");
+    let ckpt = dir.path("ckpt");
+    let mut vm = sweeping_vm();
     let mut l = ledger(&vm);
     let mut store = DirStore::open(&ckpt, &vm.machine, None, &[]).unwrap();
     {
@@ -302,23 +309,7 @@ fn a_harvest_clears_the_dirty_log_and_the_next_one_sees_new_writes() {
     if !common::kvm_available() {
         return;
     }
-    let cfg = VmConfig {
-        mem_bytes: 64 << 20,
-        vcpus: 1,
-        log_dirty: true,
-        vcpu_cpus: None,
-        disks: Vec::new(),
-        nets: Vec::new(),
-    };
-    let mut vm = Vm::create(&cfg, Box::new(std::io::sink()), None).unwrap();
-    vm.boot(&BootSpec {
-        kernel: hw_tests::guest_path("memtest"),
-        cmdline: "rounds=100000 writes=30000 pattern=sweep".into(),
-        initrd: None,
-    })
-    .unwrap();
-    vm.start().unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    let mut vm = sweeping_vm();
     let mut l = ledger(&vm);
     {
         let g = vm.pause().unwrap();
