@@ -286,8 +286,10 @@ impl Receiver {
     /// ([`Received::Frame`]): a receiver that gathers payloads saves a copy.
     ///
     /// After a [`TransportError::Timeout`], a frame routed to `out` is
-    /// completed by the next call only with the same buffer, untouched;
-    /// otherwise that call fails with [`TransportError::BufferChanged`].
+    /// completed by the next call only with the same buffer (same address
+    /// and length); otherwise that call fails with
+    /// [`TransportError::BufferChanged`]. After any other error, `out` is
+    /// cut back to what it held before the frame.
     pub fn recv_into(
         &mut self,
         out: &mut Vec<u8>,

@@ -188,8 +188,9 @@ pub enum TransportError {
     },
 
     /// A frame whose payload a `recv_into` was appending to the caller's
-    /// buffer was continued with a buffer of another length (another
-    /// buffer, or one changed in between): the frame cannot be completed.
+    /// buffer was continued with another buffer, or one moved or resized in
+    /// between (its address or length differ): the frame cannot be
+    /// completed.
     #[error("a frame being received into a buffer was continued with another buffer")]
     BufferChanged,
 

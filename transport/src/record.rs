@@ -132,9 +132,26 @@ struct Partial {
     header: Header,
     /// Payload bytes received so far.
     got: usize,
-    /// `Some(base)`: the payload is being appended to the caller's buffer,
-    /// which held `base` bytes before it; `None`: to the reader's own.
-    into: Option<usize>,
+    /// The payload is being appended to the caller's buffer (`None`: to
+    /// the reader's own).
+    into: Option<Routed>,
+}
+
+/// Where a routed frame's payload is going: the caller's buffer held
+/// `base` bytes before it, and was at address `addr` after the last append
+/// (compared, never dereferenced).
+#[derive(Clone, Copy)]
+struct Routed {
+    base: usize,
+    addr: usize,
+}
+
+impl Routed {
+    /// Whether `out` is the buffer this frame was being appended to, as
+    /// that call left it with `got` payload bytes in it.
+    fn matches(&self, out: &[u8], got: usize) -> bool {
+        out.as_ptr() as usize == self.addr && out.len() == self.base + got
+    }
 }
 
 /// What [`FrameReader::read_into`] received.
@@ -175,6 +192,8 @@ pub(crate) struct FrameReader<R> {
     partial: Option<Partial>,
     /// The payload of a frame not routed to the caller's buffer.
     own: Vec<u8>,
+    /// Where the frame being routed to the caller's buffer starts in it.
+    routed_base: Option<usize>,
 }
 
 impl<R: Read> FrameReader<R> {
@@ -195,6 +214,7 @@ impl<R: Read> FrameReader<R> {
             scratch: vec![0; MAX_PLAINTEXT],
             partial: None,
             own: Vec::new(),
+            routed_base: None,
         }
     }
 
@@ -211,12 +231,14 @@ impl<R: Read> FrameReader<R> {
     /// Reads one complete, authenticated frame.
     ///
     /// On [`TransportError::Timeout`] everything received so far is kept
-    /// and the next call continues the same record and frame.
+    /// and the next call continues the same record and frame (a frame that
+    /// an earlier [`read_into`](Self::read_into) routed to a buffer of the
+    /// caller's can only be continued by `read_into` with that buffer: here
+    /// it fails with [`TransportError::BufferChanged`]).
     pub fn read(&mut self) -> Result<Frame> {
         match self.read_into(&mut Vec::new(), |_, _| false)? {
             Received::Frame(f) => Ok(f),
-            // A frame routed to a caller's buffer by an earlier
-            // `read_into` that timed out: this call has no such buffer.
+            // Not reached: a routed partial frame fails the buffer check.
             Received::Appended { .. } => Err(TransportError::BufferChanged),
         }
     }
@@ -229,9 +251,28 @@ impl<R: Read> FrameReader<R> {
     ///
     /// On [`TransportError::Timeout`] everything received so far is kept,
     /// and the next call continues the same record and frame: a frame
-    /// routed to `out` must be continued with the same buffer, untouched
-    /// in between, or the call fails with [`TransportError::BufferChanged`].
+    /// routed to `out` must be continued with the same buffer (same
+    /// address and length: not moved, not changed in between), or the call
+    /// fails with [`TransportError::BufferChanged`]. After any other error
+    /// `out` is cut back to what it held before the frame.
     pub fn read_into(
+        &mut self,
+        out: &mut Vec<u8>,
+        route: impl FnOnce(FrameKind, usize) -> bool,
+    ) -> Result<Received> {
+        let r = self.read_into_inner(out, route);
+        if let Err(e) = &r {
+            if e.is_fatal() && !matches!(e, TransportError::BufferChanged) {
+                // Nothing unauthenticated or half-received stays behind.
+                if let Some(base) = self.routed_base.take() {
+                    out.truncate(base);
+                }
+            }
+        }
+        r
+    }
+
+    fn read_into_inner(
         &mut self,
         out: &mut Vec<u8>,
         route: impl FnOnce(FrameKind, usize) -> bool,
@@ -242,11 +283,11 @@ impl<R: Read> FrameReader<R> {
             // that call left it, before anything more is read.
             if let Some(Partial {
                 got,
-                into: Some(base),
+                into: Some(into),
                 ..
             }) = &self.partial
             {
-                if out.len() != base + got {
+                if !into.matches(out, *got) {
                     return Err(TransportError::BufferChanged);
                 }
             }
@@ -278,7 +319,8 @@ impl<R: Read> FrameReader<R> {
                     let to_out = route
                         .take()
                         .is_some_and(|r| r(header.kind, header.len as usize));
-                    let into = to_out.then_some(out.len());
+                    let base = out.len();
+                    self.routed_base = to_out.then_some(base);
                     let dst = if to_out { &mut *out } else { &mut self.own };
                     if !to_out {
                         dst.clear();
@@ -287,7 +329,10 @@ impl<R: Read> FrameReader<R> {
                     Partial {
                         header,
                         got: pt_len - HEADER_LEN,
-                        into,
+                        into: to_out.then_some(Routed {
+                            base,
+                            addr: out.as_ptr() as usize,
+                        }),
                     }
                 }
                 Some(Partial { header, got, into }) => {
@@ -315,7 +360,10 @@ impl<R: Read> FrameReader<R> {
                     Partial {
                         header,
                         got: got + want,
-                        into,
+                        into: into.map(|i| Routed {
+                            addr: out.as_ptr() as usize,
+                            ..i
+                        }),
                     }
                 }
             };
@@ -324,6 +372,7 @@ impl<R: Read> FrameReader<R> {
                 continue;
             }
             self.frames += 1;
+            self.routed_base = None;
             let Header { kind, term, len } = partial.header;
             return Ok(match partial.into {
                 Some(_) => Received::Appended {

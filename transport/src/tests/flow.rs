@@ -362,3 +362,21 @@ fn recv_into_continues_a_frame_after_a_timeout_only_in_the_same_buffer() {
         }
     }
 }
+
+#[test]
+fn recv_into_leaves_nothing_of_a_frame_that_fails_authentication() {
+    let (client, mut server) = pair();
+    let mut raw = client.test_raw();
+    let payload = payload(FIRST_PAYLOAD + MAX_PLAINTEXT + 10, 9);
+    let mut frame = raw.seal(raw.next_send_nonce, FrameKind::EpochData, 7, &payload);
+    // A byte of the second record's ciphertext: the first record (and
+    // its payload bytes) arrive intact, the second fails its tag.
+    // The first record: length prefix, header and payload start, tag.
+    let second = (2 + MAX_PLAINTEXT + 16) + 2 + 100;
+    frame[second] ^= 1;
+    raw.stream.write_all(&frame).unwrap();
+    let mut out = vec![1, 2, 3];
+    let e = server.recv_into(&mut out, |_, _| true).unwrap_err();
+    assert!(matches!(e, TransportError::Auth { .. }), "{e}");
+    assert_eq!(out, vec![1, 2, 3], "bytes of the failed frame stayed");
+}
