@@ -115,6 +115,11 @@ impl SparseBitmap {
             "harvest buffer of the wrong size"
         );
         for (s, sum) in self.summary.iter().enumerate() {
+            // A plain load first: most summary words are zero, and a bit
+            // set after it is left for the next harvest.
+            if sum.load(Ordering::Relaxed) == 0 {
+                continue;
+            }
             let mut named = sum.swap(0, Ordering::AcqRel);
             while named != 0 {
                 let w = s * 64 + named.trailing_zeros() as usize;

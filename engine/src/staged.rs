@@ -3,15 +3,18 @@
 //! The standby used to verify a staged epoch (decoding every record,
 //! decompressing every zstd frame) and then apply it (decoding and
 //! decompressing everything again). [`StagedEpoch::parse`] does the
-//! verification and the decoding together: page data lands in one arena,
-//! state sections are parsed, and nothing touches the VM until the whole
-//! checkpoint has passed. [`StagedEpoch::apply`] then only writes memory.
+//! verification and the decoding together: operations are listed in
+//! record order, state sections are parsed, and nothing touches the VM
+//! until the whole checkpoint has passed. [`StagedEpoch::apply`] then only
+//! writes memory.
 //!
 //! Bytes stored as they are in the container (raw pages and disk blocks,
 //! uncompressed XOR runs) are not copied: an operation points into the
 //! received container, which the caller passes again to `apply` and
-//! `apply_disks` (checked to be the one parsed). Only what a decoder
-//! produced (zstd output) lands in the arena.
+//! `apply_disks`. That container is checked to be the one parsed (same
+//! address and length, and the same End section, whose checksum of
+//! checksums covers every section), and only after a parse that passed.
+//! Only what a decoder produced (zstd output) lands in an arena.
 
 use checkpoint::fingerprint::{Fingerprint, MachineConfig};
 use checkpoint::format::{Header, Limits, SectionId};
@@ -70,9 +73,10 @@ pub struct StagedEpoch {
     disk_ops: Vec<DiskOp>,
     arena: Vec<u8>,
     sections: StateSections,
-    /// The address and length of the container parsed last, which
-    /// `Src::Staged` offsets point into.
-    parsed: (usize, usize),
+    /// The container parsed last, which `Src::Staged` offsets point into:
+    /// its address, length and last 8 bytes (the End section's count and
+    /// checksum of checksums); `None` until a parse passed.
+    parsed: Option<(usize, usize, [u8; 8])>,
 }
 
 /// Where `data`, handed over by a decoder of `bytes`, is found at apply
@@ -91,6 +95,16 @@ fn place(
     over_cap(arena.len(), data.len(), cap)?;
     arena.extend_from_slice(data);
     Ok(Src::Arena(arena.len() - data.len()))
+}
+
+/// What tells a parsed container from another: its address, length and
+/// last 8 bytes (in a valid container, the End section's count and
+/// checksum of checksums).
+fn identity(bytes: &[u8]) -> (usize, usize, [u8; 8]) {
+    let mut tail = [0u8; 8];
+    let n = bytes.len().min(8);
+    tail[8 - n..].copy_from_slice(&bytes[bytes.len() - n..]);
+    (bytes.as_ptr() as usize, bytes.len(), tail)
 }
 
 /// Refuses to stage `more` bytes on top of `have` past `cap`.
@@ -124,7 +138,7 @@ impl StagedEpoch {
         self.disk_ops.clear();
         self.arena.clear();
         self.sections = StateSections::default();
-        self.parsed = (bytes.as_ptr() as usize, bytes.len());
+        self.parsed = None;
         let header =
             checkpoint::verify::verify_slice_with(bytes, limits, expected, |id, payload| {
                 match id {
@@ -188,6 +202,7 @@ impl StagedEpoch {
                 }
                 Ok(())
             })?;
+        self.parsed = Some(identity(bytes));
         Ok(header)
     }
 
@@ -259,7 +274,7 @@ impl StagedEpoch {
     /// Refuses `staged` unless it is the container parsed last (the
     /// operations point into it).
     fn check_staged(&self, staged: &[u8]) -> Result<()> {
-        if (staged.as_ptr() as usize, staged.len()) != self.parsed {
+        if self.parsed != Some(identity(staged)) {
             return Err(EngineError::Misuse(
                 "a staged epoch is applied from a container other than the one parsed",
             ));
@@ -516,6 +531,31 @@ mod tests {
         let e = st.apply_disks(&c[..c.len() - 1], &[], false).unwrap_err();
         assert!(e.to_string().contains("other than the one parsed"), "{e}");
         assert_eq!(read(&ram, 0x3000), vec![0u8; PAGE_SIZE], "applied anyway");
+        // Another container of the same length in the same buffer (the
+        // buffer refilled): its End section differs, so it is refused too.
+        let mut refilled = c.clone();
+        st.parse(
+            &refilled,
+            &Limits::default(),
+            Some(&m.fingerprint()),
+            u64::MAX,
+        )
+        .unwrap();
+        let other = container(&m, 1, &mut plain, &[(0x3000, &b), (0x5000, &a)]);
+        assert_eq!(other.len(), refilled.len());
+        refilled.copy_from_slice(&other);
+        let e = st.apply(&refilled, &ram).unwrap_err().to_string();
+        assert!(e.contains("other than the one parsed"), "{e}");
+        // A parse that failed leaves nothing to apply, even from its bytes.
+        let mut bad = c.clone();
+        let at = bad.len() / 2;
+        bad[at] ^= 0xff;
+        st.parse(&bad, &Limits::default(), Some(&m.fingerprint()), u64::MAX)
+            .unwrap_err();
+        let e = st.apply(&bad, &ram).unwrap_err().to_string();
+        assert!(e.contains("other than the one parsed"), "{e}");
+        st.parse(&c, &Limits::default(), Some(&m.fingerprint()), u64::MAX)
+            .unwrap();
         st.apply(&c, &ram).unwrap();
         assert_eq!((read(&ram, 0x3000), read(&ram, 0x5000)), (a.clone(), b));
         // Decompressed pages live in the arena, and apply the same way.
