@@ -192,8 +192,6 @@ pub(crate) struct FrameReader<R> {
     partial: Option<Partial>,
     /// The payload of a frame not routed to the caller's buffer.
     own: Vec<u8>,
-    /// Where the frame being routed to the caller's buffer starts in it.
-    routed_base: Option<usize>,
 }
 
 impl<R: Read> FrameReader<R> {
@@ -214,7 +212,6 @@ impl<R: Read> FrameReader<R> {
             scratch: vec![0; MAX_PLAINTEXT],
             partial: None,
             own: Vec::new(),
-            routed_base: None,
         }
     }
 
@@ -260,13 +257,18 @@ impl<R: Read> FrameReader<R> {
         out: &mut Vec<u8>,
         route: impl FnOnce(FrameKind, usize) -> bool,
     ) -> Result<Received> {
+        // Where a frame routed to `out` starts: the one in progress, or one
+        // this call starts (a call completes at most one frame, and frames
+        // not routed leave `out` alone).
+        let base = match &self.partial {
+            Some(Partial { into: Some(r), .. }) => r.base,
+            _ => out.len(),
+        };
         let r = self.read_into_inner(out, route);
         if let Err(e) = &r {
             if e.is_fatal() && !matches!(e, TransportError::BufferChanged) {
                 // Nothing unauthenticated or half-received stays behind.
-                if let Some(base) = self.routed_base.take() {
-                    out.truncate(base);
-                }
+                out.truncate(base);
             }
         }
         r
@@ -320,7 +322,6 @@ impl<R: Read> FrameReader<R> {
                         .take()
                         .is_some_and(|r| r(header.kind, header.len as usize));
                     let base = out.len();
-                    self.routed_base = to_out.then_some(base);
                     let dst = if to_out { &mut *out } else { &mut self.own };
                     if !to_out {
                         dst.clear();
@@ -372,7 +373,6 @@ impl<R: Read> FrameReader<R> {
                 continue;
             }
             self.frames += 1;
-            self.routed_base = None;
             let Header { kind, term, len } = partial.header;
             return Ok(match partial.into {
                 Some(_) => Received::Appended {
