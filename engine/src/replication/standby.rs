@@ -498,63 +498,56 @@ fn stream_loop(
         };
         // A plain time stamp: a panic cannot leave it half-written.
         *heard.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
-        let f = match f {
-            Received::Frame(f) => f,
-            Received::Appended { .. } => {
-                let res = match &mut current {
-                    Some((b, admission)) => admission
-                        .appended(&staging)
-                        .map_err(|e| format!("epoch {}: {e}", b.seq)),
-                    None => Err("epoch data without an EpochBegin".into()),
-                };
-                match res {
-                    Ok(()) => continue,
-                    Err(why) => {
-                        refuse(&mut conn, term, &took_over, current.take(), why);
-                        return;
-                    }
-                }
-            }
-        };
-        let res: std::result::Result<(), String> = match f.kind {
-            FrameKind::EpochBegin => {
-                wire::decode::<EpochBegin>("EpochBegin", &f.payload).and_then(|b| {
-                    let admission = {
-                        let sh = lock(&shadow).map_err(|e| e.to_string())?;
-                        sh.policy.admit(sh.machine.as_ref(), b.seq, b.len)
-                    };
-                    let admission = admission.map_err(|e| e.to_string())?;
-                    staging.clear();
-                    // Grown as bytes arrive, from at most 64 MiB.
-                    staging.reserve(usize::try_from(b.len.min(64 << 20)).unwrap_or(0));
-                    current = Some((b, admission));
-                    Ok(())
-                })
-            }
-            FrameKind::EpochData => match &mut current {
+        let res: std::result::Result<(), String> = match f {
+            // Epoch data already on the staged bytes.
+            Received::Appended { .. } => match &mut current {
                 Some((b, admission)) => admission
-                    .data(&mut staging, &f.payload)
+                    .appended(&staging)
                     .map_err(|e| format!("epoch {}: {e}", b.seq)),
                 None => Err("epoch data without an EpochBegin".into()),
             },
-            FrameKind::EpochEnd => match (
-                current.take().map(|c| c.0),
-                wire::decode::<EpochEnd>("EpochEnd", &f.payload),
-            ) {
-                (Some(b), Ok(end)) if end.seq == b.seq && staging.len() as u64 == b.len => commit(
-                    &mut conn, &shadow, &mut stage, &staging, end, b.precopy, f.term, &ev,
-                ),
-                (Some(b), Ok(end)) => Err(format!(
-                    "epoch {} ended as {} with {} of {} bytes",
-                    b.seq,
-                    end.seq,
-                    staging.len(),
-                    b.len
-                )),
-                (None, _) => Err("EpochEnd without an EpochBegin".into()),
-                (_, Err(e)) => Err(e),
+            Received::Frame(f) => match f.kind {
+                FrameKind::EpochBegin => {
+                    wire::decode::<EpochBegin>("EpochBegin", &f.payload).and_then(|b| {
+                        let admission = {
+                            let sh = lock(&shadow).map_err(|e| e.to_string())?;
+                            sh.policy.admit(sh.machine.as_ref(), b.seq, b.len)
+                        };
+                        let admission = admission.map_err(|e| e.to_string())?;
+                        staging.clear();
+                        // Grown as bytes arrive, from at most 64 MiB.
+                        staging.reserve(usize::try_from(b.len.min(64 << 20)).unwrap_or(0));
+                        current = Some((b, admission));
+                        Ok(())
+                    })
+                }
+                FrameKind::EpochData => match &mut current {
+                    Some((b, admission)) => admission
+                        .data(&mut staging, &f.payload)
+                        .map_err(|e| format!("epoch {}: {e}", b.seq)),
+                    None => Err("epoch data without an EpochBegin".into()),
+                },
+                FrameKind::EpochEnd => match (
+                    current.take().map(|c| c.0),
+                    wire::decode::<EpochEnd>("EpochEnd", &f.payload),
+                ) {
+                    (Some(b), Ok(end)) if end.seq == b.seq && staging.len() as u64 == b.len => {
+                        commit(
+                            &mut conn, &shadow, &mut stage, &staging, end, b.precopy, f.term, &ev,
+                        )
+                    }
+                    (Some(b), Ok(end)) => Err(format!(
+                        "epoch {} ended as {} with {} of {} bytes",
+                        b.seq,
+                        end.seq,
+                        staging.len(),
+                        b.len
+                    )),
+                    (None, _) => Err("EpochEnd without an EpochBegin".into()),
+                    (_, Err(e)) => Err(e),
+                },
+                other => Err(format!("unexpected {other:?} frame on the stream")),
             },
-            other => Err(format!("unexpected {other:?} frame on the stream")),
         };
         if let Err(why) = res {
             refuse(&mut conn, term, &took_over, current.take(), why);
