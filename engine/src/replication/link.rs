@@ -17,7 +17,7 @@ use transport::{Frame, FrameKind, FramedConn, TransportError};
 
 use super::commit::{CommitSet, Kind, SpareId};
 use super::livecopy::{CopyFigures, LiveCopy};
-use super::liveness::{ShadowDecision, ShadowMonitor};
+use super::liveness::{HeartbeatPlan, ShadowDecision, ShadowMonitor};
 use super::trust::{self, LinkView};
 use super::wire::{self, Ack, EpochBegin, EpochEnd, Heartbeat, Nack};
 use super::Timing;
@@ -89,6 +89,9 @@ pub(super) struct LinkShared {
     /// (seq, send time) of the epochs sent and not acked yet.
     pub(super) inflight: Mutex<VecDeque<(u64, Instant)>>,
     pub(super) ack_latency: Mutex<Vec<Duration>>,
+    /// When the last epoch ack arrived: while acks flow, the heartbeat
+    /// thread thins out its heartbeats (`liveness::HeartbeatPlan`).
+    pub(super) acked_at: Mutex<Option<Instant>>,
     pub(super) commit: Arc<Commit>,
     /// Disk-failure handover: off as soon as a link is lost (the shadow
     /// may be gone), before the supervisor's next tick notices.
@@ -459,6 +462,7 @@ fn answer(shared: &LinkShared, term: u64, frame: &Frame) -> bool {
                 );
             }
             drop(inflight);
+            *shared.acked_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
             shared.acked.fetch_max(ack.seq, Ordering::SeqCst);
             if shared.commit.ack(shared.id, ack.seq) {
                 shared.joined.store(true, Ordering::SeqCst);
@@ -491,7 +495,11 @@ pub(super) fn heartbeat(
         shared.lose(format!("heartbeat socket: {e}"));
         return;
     }
+    let plan = HeartbeatPlan::new(timing.heartbeat, timing.timeout);
     let mut next = Instant::now();
+    // When the last heartbeat went, and the last epoch ack already counted
+    // as the shadow's answer.
+    let (mut sent_at, mut ack_heard): (Option<Instant>, Option<Instant>) = (None, None);
     loop {
         if goodbye.load(Ordering::SeqCst) {
             let _ = conn.send(FrameKind::Goodbye, term, &[]);
@@ -509,14 +517,25 @@ pub(super) fn heartbeat(
         }
         let now = Instant::now();
         if now >= next {
+            next = now + timing.heartbeat;
+            let acked_at = *shared.acked_at.lock().unwrap_or_else(|e| e.into_inner());
+            if acked_at != ack_heard {
+                // An epoch ack since the last check: the shadow is alive.
+                ack_heard = acked_at;
+                monitor.heard();
+            }
             let hb = Heartbeat {
                 protected: protected.load(Ordering::SeqCst) && !shared.lost.load(Ordering::SeqCst),
             };
-            if let Err(e) = conn.send(FrameKind::Heartbeat, term, &wire::encode(&hb)) {
-                shared.lose(format!("sending heartbeat: {e}"));
-                return;
+            let since_sent = sent_at.map_or(Duration::MAX, |t| now.duration_since(t));
+            let since_ack = acked_at.map(|t| now.saturating_duration_since(t));
+            if plan.due(since_sent, since_ack, hb.protected) {
+                if let Err(e) = conn.send(FrameKind::Heartbeat, term, &wire::encode(&hb)) {
+                    shared.lose(format!("sending heartbeat: {e}"));
+                    return;
+                }
+                sent_at = Some(now);
             }
-            next = now + timing.heartbeat;
             if monitor.tick() == ShadowDecision::ShadowLost {
                 shared.lose(format!("no heartbeat answer for {:?}", timing.timeout));
                 return;
@@ -591,6 +610,7 @@ mod tests {
             acked: AtomicU64::new(0),
             inflight: Mutex::new(VecDeque::new()),
             ack_latency: Mutex::new(Vec::new()),
+            acked_at: Mutex::new(None),
             commit: Arc::new(Commit {
                 set: Mutex::new(CommitSet::new()),
                 devices,

@@ -369,6 +369,56 @@ impl ShadowMonitor {
     }
 }
 
+/// When the primary's heartbeat thread sends a `Heartbeat`: every
+/// `interval`, except while the link's epochs are acknowledged. An epoch ack
+/// proves both ends alive more strongly than a heartbeat (the shadow
+/// committed, and feeds `Committed` to its [`StandbyFsm`], which resets its
+/// silence like a heartbeat does), so while acks keep arriving within
+/// `interval`, a heartbeat is sent only every `keepalive` (a quarter of the
+/// timeout, at least `interval`), which keeps the heartbeat connection in
+/// use. A heartbeat still goes every `interval` when acks stop (a long epoch
+/// clogging the stream, a partition) and whenever the primary runs
+/// unprotected (the heartbeat then carries `protected = false`, which only a
+/// heartbeat can say). No sockets or clocks: the caller passes the time since
+/// it last sent and since the last ack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeartbeatPlan {
+    interval: Duration,
+    keepalive: Duration,
+}
+
+impl HeartbeatPlan {
+    /// The plan for heartbeats every `interval` and a peer `timeout`.
+    pub fn new(interval: Duration, timeout: Duration) -> HeartbeatPlan {
+        HeartbeatPlan {
+            interval,
+            keepalive: (timeout / 4).max(interval),
+        }
+    }
+
+    /// The heartbeat interval: how often the thread checks.
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// The longest gap between heartbeats while epochs are acknowledged.
+    pub fn keepalive(&self) -> Duration {
+        self.keepalive
+    }
+
+    /// Whether to send a heartbeat now, `since_sent` after the last one and
+    /// `since_ack` after the link's last epoch ack (`None`: none yet).
+    pub fn due(&self, since_sent: Duration, since_ack: Option<Duration>, protected: bool) -> bool {
+        let acks_flow = protected && since_ack.is_some_and(|a| a < self.interval);
+        since_sent
+            >= if acks_flow {
+                self.keepalive
+            } else {
+                self.interval
+            }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -600,6 +650,179 @@ mod tests {
                     silent = 0;
                 }
             }
+        }
+    }
+
+    #[test]
+    fn heartbeats_thin_out_only_while_acks_arrive_and_the_primary_is_protected() {
+        let ms = Duration::from_millis;
+        let p = HeartbeatPlan::new(ms(10), ms(300));
+        assert_eq!((p.interval(), p.keepalive()), (ms(10), ms(75)));
+        // No ack yet, an old ack, or unprotected: every interval.
+        for (ack, protected) in [(None, true), (Some(ms(10)), true), (Some(ms(1)), false)] {
+            assert!(!p.due(ms(9), ack, protected), "{ack:?} {protected}");
+            assert!(p.due(ms(10), ack, protected), "{ack:?} {protected}");
+        }
+        // A fresh ack stands in for the heartbeat, up to the keepalive.
+        assert!(!p.due(ms(10), Some(ms(9)), true));
+        assert!(!p.due(ms(74), Some(ms(0)), true));
+        assert!(p.due(ms(75), Some(ms(0)), true));
+        // The keepalive is never shorter than the interval.
+        let q = HeartbeatPlan::new(ms(50), ms(100));
+        assert_eq!(q.keepalive(), ms(50));
+    }
+
+    /// One simulated link, in 1 ms steps: the primary checks its
+    /// [`HeartbeatPlan`] every interval (10 ms, timeout 300 ms) and feeds its
+    /// [`ShadowMonitor`]; the shadow commits an epoch every 20 ms while the
+    /// stream flows, and its [`StandbyFsm`] ticks every 5 ms. Heartbeats,
+    /// answers and acks each take a random delay of up to `max_delay_ms`
+    /// (host stalls). Returns the ms the standby claimed at and the ms it
+    /// last heard the primary; the ms the primary declared the shadow lost
+    /// at and the ms it last heard the shadow; and the heartbeats sent.
+    fn simulate(
+        seed: u64,
+        max_delay_ms: u64,
+        stream_stops_ms: u64,
+        partition_ms: u64,
+        end_ms: u64,
+    ) -> Outcome {
+        let (interval, timeout) = (10u64, 300u64);
+        let plan = HeartbeatPlan::new(
+            Duration::from_millis(interval),
+            Duration::from_millis(timeout),
+        );
+        let mut next = crate::replication::xorshift(seed);
+        let mut fsm = StandbyFsm::new((timeout / 5) as u32);
+        let mut mon = ShadowMonitor::new((timeout / interval) as u32);
+        // In-flight messages: (arrival ms, what).
+        #[derive(Clone, Copy, PartialEq)]
+        enum Msg {
+            Heartbeat,
+            HeartbeatAck,
+            Ack,
+        }
+        let mut to_shadow: Vec<(u64, Msg)> = Vec::new();
+        let mut to_primary: Vec<(u64, Msg)> = Vec::new();
+        let (mut last_sent, mut last_ack, mut acked_since_check) =
+            (None::<u64>, None::<u64>, false);
+        let mut o = Outcome::default();
+        let mut seq = 0;
+        for t in 0..end_ms {
+            let cut = t >= partition_ms;
+            let delay = |next: &mut dyn FnMut() -> u64| t + next() % (max_delay_ms + 1);
+            // The shadow commits an epoch every 20 ms while the stream flows.
+            if t % 20 == 0 && t < stream_stops_ms && !cut {
+                seq += 1;
+                fsm.step(Committed { term: 1, seq });
+                o.standby_heard = t;
+                to_primary.push((delay(&mut next), Msg::Ack));
+            }
+            for (_, m) in to_shadow.iter().filter(|(at, _)| *at == t) {
+                if *m == Msg::Heartbeat && !cut {
+                    fsm.step(Heartbeat { term: 1 });
+                    o.standby_heard = t;
+                    to_primary.push((delay(&mut next), Msg::HeartbeatAck));
+                }
+            }
+            for (_, m) in to_primary.iter().filter(|(at, _)| *at == t) {
+                if cut {
+                    continue;
+                }
+                if *m == Msg::Ack {
+                    last_ack = Some(t);
+                    acked_since_check = true;
+                } else {
+                    mon.heard();
+                    o.primary_heard = t;
+                }
+            }
+            to_shadow.retain(|(at, _)| *at > t);
+            to_primary.retain(|(at, _)| *at > t);
+            if t % 5 == 0 {
+                if let StandbyDecision::Claim { .. } = fsm.step(Tick) {
+                    o.claimed.get_or_insert(t);
+                }
+            }
+            if t % interval == 0 {
+                // The primary's heartbeat thread, as `link::heartbeat` runs it.
+                if std::mem::take(&mut acked_since_check) {
+                    mon.heard();
+                    o.primary_heard = t;
+                }
+                let ms = |x: Option<u64>| x.map(|x| Duration::from_millis(t - x));
+                let since_sent = ms(last_sent).unwrap_or(Duration::MAX);
+                if plan.due(since_sent, ms(last_ack), true) {
+                    last_sent = Some(t);
+                    o.sent += 1;
+                    if !cut {
+                        to_shadow.push((delay(&mut next), Msg::Heartbeat));
+                    }
+                }
+                if mon.tick() == ShadowDecision::ShadowLost {
+                    o.lost.get_or_insert(t);
+                }
+            }
+        }
+        o
+    }
+
+    #[derive(Default, Debug, PartialEq)]
+    struct Outcome {
+        claimed: Option<u64>,
+        standby_heard: u64,
+        lost: Option<u64>,
+        primary_heard: u64,
+        sent: u32,
+    }
+
+    #[test]
+    fn thinned_heartbeats_never_cause_a_takeover_while_epochs_or_heartbeats_flow() {
+        for seed in 1..40u64 {
+            // Epochs flow for 10 s, with stalls of up to 40 ms.
+            let o = simulate(seed, 40, u64::MAX, u64::MAX, 10_000);
+            assert_eq!((o.claimed, o.lost), (None, None), "seed {seed}");
+            let sent = o.sent;
+            // Far fewer heartbeats than one per interval (1,000), but at
+            // least one per keepalive.
+            assert!((133..600).contains(&sent), "seed {seed}: {sent} heartbeats");
+            // The stream stops at 2 s (a clogged stream, no acks): the
+            // heartbeats alone keep both sides following.
+            let o = simulate(seed, 40, 2_000, u64::MAX, 10_000);
+            assert_eq!(
+                (o.claimed, o.lost),
+                (None, None),
+                "seed {seed}, stream stopped"
+            );
+            assert!(
+                o.sent >= 800,
+                "seed {seed}: {} heartbeats without acks",
+                o.sent
+            );
+        }
+    }
+
+    #[test]
+    fn a_partition_is_detected_after_the_timeout_with_thinned_heartbeats() {
+        for seed in 1..40u64 {
+            let o = simulate(seed, 3, u64::MAX, 5_000, 7_000);
+            let claimed = o.claimed.expect("the standby claims after a partition");
+            let lost = o.lost.expect("the primary declares the shadow lost");
+            // Both sides heard each other within an epoch of the cut, and
+            // decide a timeout after that, to within a tick (ticks count
+            // silence): thinning the heartbeats does not delay detection.
+            assert!(
+                o.standby_heard >= 5_000 - 20 && o.primary_heard >= 5_000 - 30,
+                "{o:?}"
+            );
+            assert!(
+                (295..=305).contains(&(claimed - o.standby_heard)),
+                "seed {seed}: {o:?}"
+            );
+            assert!(
+                (290..=310).contains(&(lost - o.primary_heard)),
+                "seed {seed}: {o:?}"
+            );
         }
     }
 

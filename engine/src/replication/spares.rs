@@ -235,6 +235,7 @@ impl Replicator {
             acked: AtomicU64::new(0),
             inflight: Mutex::new(VecDeque::new()),
             ack_latency: Mutex::new(Vec::new()),
+            acked_at: Mutex::new(None),
             commit: self.commit.clone(),
             io_failover: self.io_failover.clone(),
             reason: Mutex::new(None),
