@@ -161,6 +161,19 @@ impl StandbyFsm {
         self.committed
     }
 
+    /// How many `Tick`s in a row (with no other input) it takes before one
+    /// decides something: the timeout while following, the next claim while
+    /// claiming; `None` in states where ticks decide nothing. A caller may
+    /// sleep that many ticks, and feed the ticks that passed before the
+    /// next input: fewer than this many cannot change a decision.
+    pub fn ticks_to_decision(&self) -> Option<u32> {
+        match self.state {
+            StandbyState::Following => Some(self.timeout_ticks.saturating_sub(self.silent).max(1)),
+            StandbyState::Claiming => Some(CLAIM_RETRY_TICKS.saturating_sub(self.claim.1).max(1)),
+            StandbyState::Waiting | StandbyState::TookOver | StandbyState::Stopped => None,
+        }
+    }
+
     /// Checks a frame's term; adopts a newer one while following.
     fn check_term(&mut self, term: u64) -> Option<StandbyDecision> {
         if term < self.term || (self.state == StandbyState::TookOver && term <= self.term) {
@@ -649,6 +662,56 @@ mod tests {
                     following = false;
                     silent = 0;
                 }
+            }
+        }
+    }
+
+    /// On random schedules: fewer ticks than `ticks_to_decision` never
+    /// decide anything, and exactly that many do (a claim, or the loss of
+    /// a primary before the first commit).
+    #[test]
+    fn ticks_to_decision_is_exact_on_random_schedules() {
+        let mut next = crate::replication::xorshift(0x5eed_0f71_c4c4);
+        for _ in 0..500 {
+            let mut f = StandbyFsm::new(1 + (next() % 8) as u32);
+            for _ in 0..40 {
+                let input = match next() % 12 {
+                    0..=5 => Tick,
+                    6 | 7 => Heartbeat { term: 1 },
+                    8 => Committed {
+                        term: 1,
+                        seq: next() % 50,
+                    },
+                    9 => ClaimUnanswered,
+                    10 => PeerClosed,
+                    _ => ClaimGranted,
+                };
+                if let StandbyDecision::Claim { .. } = f.step(input) {
+                    f.step(ClaimUnanswered);
+                }
+                let Some(n) = f.ticks_to_decision() else {
+                    let mut g = f.clone();
+                    for _ in 0..20 {
+                        assert_eq!(g.step(Tick), StandbyDecision::Continue, "{f:?}");
+                    }
+                    continue;
+                };
+                let mut g = f.clone();
+                for i in 1..n {
+                    assert_eq!(
+                        g.step(Tick),
+                        StandbyDecision::Continue,
+                        "tick {i} of {n}: {f:?}"
+                    );
+                }
+                let d = g.step(Tick);
+                assert!(
+                    matches!(
+                        d,
+                        StandbyDecision::Claim { .. } | StandbyDecision::LostBeforeSync
+                    ),
+                    "tick {n} of {n} gave {d:?}: {f:?}"
+                );
             }
         }
     }

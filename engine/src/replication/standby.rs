@@ -272,87 +272,114 @@ pub fn run(cfg: StandbyConfig) -> Result<i32> {
     let mut fsm = StandbyFsm::new(timing.timeout_ticks());
     // When the current claim started (for the takeover's figures).
     let mut claimed: Option<Instant> = None;
+    // Ticks are fed for the time since here.
+    let mut tick_base = Instant::now();
     loop {
         if shadow.is_poisoned() {
             // A commit panicked while holding the shadow: what it holds may
             // be half-applied. Never take over from it; end the process.
             return Err(EngineError::ShadowPoisoned);
         }
-        let input = match ev_rx.recv_timeout(TICK) {
-            Ok(Event::Input(i)) => i,
+        // Sleep until an input comes or a tick could decide something (at
+        // most MAX_IDLE_TICKS, for the poison check), then feed the ticks
+        // that passed since `tick_base`, then the input. At most one wait's
+        // ticks per wake-up: a stalled standby process that wakes up to an
+        // empty queue (its heartbeat thread not yet run) counts the wait it
+        // planned, not the stall, and an input counts fewer ticks than
+        // decide.
+        let wait = fsm
+            .ticks_to_decision()
+            .unwrap_or(MAX_IDLE_TICKS)
+            .clamp(1, MAX_IDLE_TICKS);
+        let got = ev_rx.recv_deadline(tick_base + TICK * wait);
+        let now = Instant::now();
+        let passed = (now.saturating_duration_since(tick_base).as_micros() / TICK.as_micros())
+            .min(u128::from(wait - 1)) as u32;
+        let (ticks, event) = match got {
+            Ok(Event::Input(i)) => (passed, Some(i)),
             Ok(Event::Refused(why)) => {
                 tracing::warn!("refused a peer: {why}");
-                continue;
+                (passed, None)
             }
-            Err(channel::RecvTimeoutError::Timeout) => StandbyInput::Tick,
+            Err(channel::RecvTimeoutError::Timeout) => (wait, None),
             Err(channel::RecvTimeoutError::Disconnected) => {
                 return Err(EngineError::Config("standby accept loop ended".into()))
             }
         };
-        let mut decision = fsm.step(input);
-        while let StandbyDecision::Claim { term, seq } = decision {
-            let since = *claimed.get_or_insert_with(Instant::now);
-            let answer = claim(&shadow, &mut arbiter, term, seq, since, async_grace);
-            decision = fsm.step(answer);
+        // Keep the part of a tick that passed, unless this wake-up came
+        // later than one wait (then the overshoot is not counted).
+        tick_base += TICK * ticks;
+        if now.saturating_duration_since(tick_base) >= TICK {
+            tick_base = now;
         }
-        if !matches!(
-            fsm.state(),
-            super::liveness::StandbyState::Claiming | super::liveness::StandbyState::TookOver
-        ) {
-            claimed = None;
-        }
-        match decision {
-            StandbyDecision::Continue | StandbyDecision::Claim { .. } => {}
-            StandbyDecision::Forget => {
-                let mut sh = lock(&shadow)?;
-                sh.state = None;
-                sh.fence = None;
-                eprintln!("hotspare: standby stays a shadow; its committed state is stale and forgotten until a primary resyncs it");
+        for input in std::iter::repeat_n(StandbyInput::Tick, ticks as usize).chain(event) {
+            let mut decision = fsm.step(input);
+            while let StandbyDecision::Claim { term, seq } = decision {
+                let since = *claimed.get_or_insert_with(Instant::now);
+                let answer = claim(&shadow, &mut arbiter, term, seq, since, async_grace);
+                decision = fsm.step(answer);
             }
-            StandbyDecision::RefuseStale { theirs, ours } => {
-                tracing::warn!("refused a frame of term {theirs}: this standby is at term {ours}");
+            if !matches!(
+                fsm.state(),
+                super::liveness::StandbyState::Claiming | super::liveness::StandbyState::TookOver
+            ) {
+                claimed = None;
             }
-            StandbyDecision::LostBeforeSync => {
-                tracing::warn!(
-                    "primary lost before a usable commit; waiting for a primary to (re)connect"
-                );
-            }
-            StandbyDecision::Stop => {
-                let sh = lock(&shadow)?;
-                sh.report_verified();
-                let cpu_s = crate::cpu::process_cpu_time().as_secs_f64();
-                eprintln!(
-                    "hotspare: standby saw {} committed epochs; no takeover; cpu {cpu_s:.3} s",
-                    sh.reports.len(),
-                );
-                crate::events::emit(crate::events::Event::StandbyEnded {
-                    epochs: sh.reports.len() as u64,
-                    cpu_s,
-                    threads_cpu_s: crate::cpu::cpu_seconds_by_thread(Some("hs-main")),
-                });
-                eprintln!("hotspare: the primary's guest stopped on its own; standby exits without taking over");
-                return Ok(0);
-            }
-            StandbyDecision::TakeOver { term, .. } => {
-                let decided = Instant::now();
-                let claim_at = claimed.unwrap_or(decided);
-                // A plain time stamp: a panic cannot leave it half-written.
-                let heard = *last_heard.lock().unwrap_or_else(|e| e.into_inner());
-                return take_over(
-                    &shadow,
-                    Takeover {
-                        term,
-                        console,
-                        detection: claim_at.saturating_duration_since(heard),
-                        arbiter_time: decided.duration_since(claim_at),
-                        decided,
-                        reprotect,
-                        arbiter,
-                        stats_json,
-                        took_over,
-                        last_heard: last_heard.clone(),
-                    },
-                );
+            match decision {
+                StandbyDecision::Continue | StandbyDecision::Claim { .. } => {}
+                StandbyDecision::Forget => {
+                    let mut sh = lock(&shadow)?;
+                    sh.state = None;
+                    sh.fence = None;
+                    eprintln!("hotspare: standby stays a shadow; its committed state is stale and forgotten until a primary resyncs it");
+                }
+                StandbyDecision::RefuseStale { theirs, ours } => {
+                    tracing::warn!(
+                        "refused a frame of term {theirs}: this standby is at term {ours}"
+                    );
+                }
+                StandbyDecision::LostBeforeSync => {
+                    tracing::warn!(
+                        "primary lost before a usable commit; waiting for a primary to (re)connect"
+                    );
+                }
+                StandbyDecision::Stop => {
+                    let sh = lock(&shadow)?;
+                    sh.report_verified();
+                    let cpu_s = crate::cpu::process_cpu_time().as_secs_f64();
+                    eprintln!(
+                        "hotspare: standby saw {} committed epochs; no takeover; cpu {cpu_s:.3} s",
+                        sh.reports.len(),
+                    );
+                    crate::events::emit(crate::events::Event::StandbyEnded {
+                        epochs: sh.reports.len() as u64,
+                        cpu_s,
+                        threads_cpu_s: crate::cpu::cpu_seconds_by_thread(Some("hs-main")),
+                    });
+                    eprintln!("hotspare: the primary's guest stopped on its own; standby exits without taking over");
+                    return Ok(0);
+                }
+                StandbyDecision::TakeOver { term, .. } => {
+                    let decided = Instant::now();
+                    let claim_at = claimed.unwrap_or(decided);
+                    // A plain time stamp: a panic cannot leave it half-written.
+                    let heard = *last_heard.lock().unwrap_or_else(|e| e.into_inner());
+                    return take_over(
+                        &shadow,
+                        Takeover {
+                            term,
+                            console,
+                            detection: claim_at.saturating_duration_since(heard),
+                            arbiter_time: decided.duration_since(claim_at),
+                            decided,
+                            reprotect,
+                            arbiter,
+                            stats_json,
+                            took_over,
+                            last_heard: last_heard.clone(),
+                        },
+                    );
+                }
             }
         }
     }
@@ -583,6 +610,10 @@ fn refuse(
 
 /// How long a refused stream is drained before it is closed.
 const LINGER: Duration = Duration::from_secs(2);
+
+/// The longest the decision loop sleeps without an input, in ticks: how
+/// late it may notice a poisoned shadow.
+const MAX_IDLE_TICKS: u32 = 10;
 
 /// Reads and drops what the primary still sends after a `Nack` (the rest
 /// of a refused epoch), until it closes the connection or for at most
