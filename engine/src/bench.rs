@@ -384,7 +384,7 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<i32> {
         runs.push(r);
     }
     let mut summary = summarize(&a, &base_walls, &runs, &takeovers);
-    summary["machine"] = machine_limits();
+    summary["machine"] = crate::bench_limits::machine_limits();
     summary["encryption"] = encryption_cost(&summary);
     if !more.is_empty() {
         let per_page = |v: &Value| f(&v["engine_cpu_us_per_dirty_page"], "primary");
@@ -512,88 +512,6 @@ fn write_plots(a: &BenchArgs, runs: &[Run]) -> std::io::Result<Vec<String>> {
         names.push(name.to_string());
     }
     Ok(names)
-}
-
-/// The machine's limits, measured in the same run: memcpy, the page encoder
-/// (zstd level 1 on half text-like, half random pages) and loopback TCP.
-fn machine_limits() -> Value {
-    use std::io::{Read, Write};
-    const MIB: f64 = (1 << 20) as f64;
-    let best = |n: usize, mut f: Box<dyn FnMut() -> f64>| (0..n).map(|_| f()).fold(0.0, f64::max);
-    // memcpy of 64 MiB (both buffers faulted in first).
-    let src = vec![7u8; 64 << 20];
-    let mut dst = vec![0u8; 64 << 20];
-    let memcpy = best(
-        5,
-        Box::new(move || {
-            let t = Instant::now();
-            dst.copy_from_slice(&src);
-            std::hint::black_box(&dst);
-            (64 << 20) as f64 / t.elapsed().as_secs_f64() / MIB
-        }),
-    );
-    // The page encoder on 16 MiB of mixed pages.
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let mut pages = Vec::with_capacity(16 << 20);
-    for p in 0..4096 {
-        for i in 0..4096 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            pages.push(if p % 2 == 0 {
-                b"lorem ipsum dolor sit amet "[i % 27]
-            } else {
-                x as u8
-            });
-        }
-    }
-    let encode = best(
-        3,
-        Box::new(move || {
-            let mut enc =
-                match checkpoint::pages::MemoryEncoder::new(checkpoint::pages::Compression::Zstd {
-                    level: 1,
-                }) {
-                    Ok(e) => e,
-                    Err(_) => return 0.0,
-                };
-            let mut out = Vec::new();
-            let t = Instant::now();
-            if enc.encode_run(0, &pages, &mut out).is_err() {
-                return 0.0;
-            }
-            (16 << 20) as f64 / t.elapsed().as_secs_f64() / MIB
-        }),
-    );
-    // Loopback TCP: 256 MiB in 1 MiB writes.
-    let tcp = (|| -> std::io::Result<f64> {
-        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-        let addr = l.local_addr()?;
-        let rx = std::thread::spawn(move || -> std::io::Result<()> {
-            let (mut s, _) = l.accept()?;
-            let mut buf = vec![0u8; 1 << 20];
-            while s.read(&mut buf)? > 0 {}
-            Ok(())
-        });
-        let mut s = std::net::TcpStream::connect(addr)?;
-        let chunk = vec![1u8; 1 << 20];
-        let t = Instant::now();
-        for _ in 0..256 {
-            s.write_all(&chunk)?;
-        }
-        drop(s);
-        let _ = rx.join();
-        Ok(256.0 / t.elapsed().as_secs_f64())
-    })()
-    .unwrap_or(0.0);
-    // The transport's cipher: seal then open of 64 KiB records.
-    let seal_open = transport::measure::seal_open_mib_s(64).unwrap_or(0.0);
-    json!({
-        "memcpy_mib_s": memcpy,
-        "encode_zstd1_mixed_mib_s": encode,
-        "loopback_tcp_mib_s": tcp,
-        "seal_open_mib_s": seal_open,
-    })
 }
 
 fn f(v: &Value, k: &str) -> f64 {
@@ -804,7 +722,8 @@ fn markdown(v: &Value) -> String {
          | takeover: detection / activation (p50) | {:.1} / {:.2} ms |\n\
          | guest run time unprotected / replicated (slowdown) | {:.2} / {:.2} s ({:.2}x) |\n\
          | encryption (AES-GCM seal + open of a page's wire bytes) | {:.2} µs per dirty page, {:.1}% of the engine CPU above |\n\
-         | machine: memcpy / page encoder (zstd-1, mixed) / loopback TCP / seal + open | {:.0} / {:.0} / {:.0} / {:.0} MiB/s |\n",
+         | machine: memcpy / page encoder (zstd-1, mixed) / loopback TCP / seal + open | {:.0} / {:.0} / {:.0} / {:.0} MiB/s |\n\
+         | machine: CPU per wake-up after a 1 ms sleep / per thread hand-off; a 4 KiB copy from cold memory | {:.1} / {:.1} / {:.2} µs |\n",
         c["mem_mib"], c["profile"].as_str().unwrap_or(""), c["fill"].as_str().unwrap_or(""), c["pages"], c["writes"],
         c["rate"], c["interval_ms"], c["pinned"], c["warmup_ms"], v["warmup_epochs_left_out"],
         g(&["pause_ms", "p50"]), g(&["pause_ms", "p99"]), g(&["pause_ms", "max"]),
@@ -826,6 +745,7 @@ fn markdown(v: &Value) -> String {
         g(&["encryption", "us_per_dirty_page"]), g(&["encryption", "share_of_engine_cpu"]) * 100.0,
         g(&["machine", "memcpy_mib_s"]), g(&["machine", "encode_zstd1_mixed_mib_s"]), g(&["machine", "loopback_tcp_mib_s"]),
         g(&["machine", "seal_open_mib_s"]),
+        g(&["machine", "timed_wake_cpu_us"]), g(&["machine", "handoff_cpu_us"]), g(&["machine", "cold_page_copy_us"]),
     ) + &spares_table(v)
 }
 

@@ -37,6 +37,7 @@ const DEFAULT_DELTA_CACHE_MIB: u64 = 64;
 mod bench;
 mod bench_disk;
 mod bench_failover;
+mod bench_limits;
 mod bench_net;
 mod bench_sizes;
 mod cli_config;
