@@ -29,7 +29,10 @@ snap() {
     for p in $(pgrep -f "$name (run|standby)"); do
         role=$(tr '\0' ' ' </proc/$p/cmdline | awk '{print $2}')
         for t in /proc/$p/task/*; do
-            echo "$role:$(cat $t/comm 2>/dev/null) \
+            comm=$(cat $t/comm 2>/dev/null || true)
+            # The main thread carries the binary's name.
+            [ "$comm" = "${name:0:15}" ] && comm=main
+            echo "$role:$comm \
 $(awk '/^voluntary_ctxt_switches/{print $2}' $t/status 2>/dev/null) \
 $(awk '{print $14 + $15}' $t/stat 2>/dev/null)"
         done
