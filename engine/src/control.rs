@@ -11,6 +11,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crossbeam::channel;
@@ -109,8 +110,31 @@ pub struct Request {
     pub deadline: std::time::Instant,
 }
 
-/// The replicator's end: commands to answer between epochs.
-pub type Inbox = channel::Receiver<Request>;
+/// The replicator's end: commands to answer between epochs, and the
+/// doorbell that wakes it when one arrives.
+#[derive(Clone)]
+pub struct Inbox {
+    rx: channel::Receiver<Request>,
+    bell: Arc<OnceLock<crate::runner::Doorbell>>,
+}
+
+impl Inbox {
+    /// The next command waiting, if any.
+    pub fn try_recv(&self) -> Result<Request, channel::TryRecvError> {
+        self.rx.try_recv()
+    }
+
+    /// The next command, waiting up to `timeout` for one.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Request, channel::RecvTimeoutError> {
+        self.rx.recv_timeout(timeout)
+    }
+
+    /// Has `bell` rung whenever a command arrives (the first bell given
+    /// stays).
+    pub fn ring_on_arrival(&self, bell: crate::runner::Doorbell) {
+        let _ = self.bell.set(bell);
+    }
+}
 
 /// Serves `path` (replacing a stale socket) on a thread of its own.
 pub fn serve(path: &Path) -> std::io::Result<Inbox> {
@@ -118,6 +142,8 @@ pub fn serve(path: &Path) -> std::io::Result<Inbox> {
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     let (tx, rx) = channel::bounded::<Request>(16);
+    let bell: Arc<OnceLock<crate::runner::Doorbell>> = Arc::default();
+    let ring = bell.clone();
     std::thread::Builder::new()
         .name("hs-control".into())
         .spawn(move || {
@@ -125,14 +151,18 @@ pub fn serve(path: &Path) -> std::io::Result<Inbox> {
                 let Ok(conn) = conn else { continue };
                 let _ = conn.set_read_timeout(Some(ANSWER_WITHIN));
                 let _ = conn.set_write_timeout(Some(ANSWER_WITHIN));
-                answer(conn, &tx);
+                answer(conn, &tx, &ring);
             }
         })?;
-    Ok(rx)
+    Ok(Inbox { rx, bell })
 }
 
 /// Reads one command from `conn`, has it answered, writes the reply.
-fn answer(conn: UnixStream, tx: &channel::Sender<Request>) {
+fn answer(
+    conn: UnixStream,
+    tx: &channel::Sender<Request>,
+    bell: &OnceLock<crate::runner::Doorbell>,
+) {
     let mut line = String::new();
     let read = BufReader::new((&conn).take(MAX_LINE)).read_line(&mut line);
     let reply = match read {
@@ -154,9 +184,14 @@ fn answer(conn: UnixStream, tx: &channel::Sender<Request>) {
                     ANSWER_WITHIN,
                 ) {
                     Err(_) => Reply::refused("not a primary (no replicator takes commands)"),
-                    Ok(()) => rrx.recv_timeout(ANSWER_WITHIN).unwrap_or_else(|_| {
-                        Reply::refused("not a primary (no replicator answered)")
-                    }),
+                    Ok(()) => {
+                        if let Some(b) = bell.get() {
+                            b.ring();
+                        }
+                        rrx.recv_timeout(ANSWER_WITHIN).unwrap_or_else(|_| {
+                            Reply::refused("not a primary (no replicator answered)")
+                        })
+                    }
                 }
             }
         },
@@ -193,7 +228,7 @@ mod tests {
         let mode = std::fs::metadata(&sock).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         let t = std::thread::spawn(move || {
-            let r = inbox.recv().unwrap();
+            let r = inbox.recv_timeout(Duration::from_secs(10)).unwrap();
             assert_eq!(
                 r.cmd,
                 Command::AddSpare {

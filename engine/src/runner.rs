@@ -1,10 +1,30 @@
 //! Running a VM to completion: the supervisor loop.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::Result;
-use crate::vcpu::StopReason;
+use crate::vcpu::{Shared, StopReason, Woken};
 use crate::vm::Vm;
+
+/// Wakes the supervisor before its next tick is due, from any thread, so
+/// that it can tick rarely while nothing happens and still act at once on
+/// what it would otherwise poll for (a lost link, a control command, a
+/// failed disk). It then calls [`Periodic::next_due`] again.
+#[derive(Clone)]
+pub struct Doorbell(Arc<Shared>);
+
+impl Doorbell {
+    /// The doorbell of the supervisor waiting on `shared`.
+    pub fn new(shared: Arc<Shared>) -> Doorbell {
+        Doorbell(shared)
+    }
+
+    /// Wakes the supervisor.
+    pub fn ring(&self) {
+        self.0.nudge();
+    }
+}
 
 /// How often the supervisor checks whether every vCPU halted for good.
 pub const HALT_PROBE_INTERVAL: Duration = Duration::from_millis(100);
@@ -15,6 +35,10 @@ pub trait Periodic {
     fn next_due(&self) -> Duration;
     /// Called when due.
     fn tick(&mut self, vm: &Vm) -> Result<()>;
+    /// Called when the [`Doorbell`] rang before the next tick was due.
+    fn rung(&mut self, _vm: &Vm) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Runs until the guest stops; calls `periodic` when due.
@@ -25,15 +49,21 @@ pub fn supervise(vm: &mut Vm, mut periodic: Option<&mut dyn Periodic>) -> Result
         if let Some(p) = periodic.as_deref() {
             wait = wait.min(p.next_due());
         }
-        if let Some(reason) = vm.wait_stop(wait) {
+        let woken = vm.wait_stop(wait);
+        if let Woken::Stopped(reason) = woken {
             return Ok(vm.shutdown(reason));
         }
         if let Some(p) = periodic.as_deref_mut() {
-            if p.next_due().is_zero() {
-                if let Err(e) = p.tick(vm) {
-                    vm.shutdown(StopReason::Error(e.to_string()));
-                    return Err(e);
-                }
+            let res = if p.next_due().is_zero() {
+                p.tick(vm)
+            } else if woken == Woken::Nudged {
+                p.rung(vm)
+            } else {
+                Ok(())
+            };
+            if let Err(e) = res {
+                vm.shutdown(StopReason::Error(e.to_string()));
+                return Err(e);
             }
         }
         if Instant::now() >= next_probe {
@@ -47,5 +77,42 @@ pub fn supervise(vm: &mut Vm, mut periodic: Option<&mut dyn Periodic>) -> Result
                 return Ok(vm.shutdown(StopReason::Halted));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_doorbell_ends_the_wait_early_and_is_never_lost() {
+        let shared = Shared::new(1);
+        let bell = Doorbell::new(shared.clone());
+        // Nothing rang: the wait times out.
+        assert_eq!(shared.wait_stop(Duration::from_millis(20)), Woken::TimedOut);
+        // Rung during a long wait: it ends at once.
+        let ringer = {
+            let bell = bell.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                bell.ring();
+            })
+        };
+        let t = Instant::now();
+        assert_eq!(shared.wait_stop(Duration::from_secs(30)), Woken::Nudged);
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+        ringer.join().unwrap();
+        // Rung while nobody waited: the next wait returns at once, and
+        // only that one.
+        bell.ring();
+        assert_eq!(shared.wait_stop(Duration::from_secs(30)), Woken::Nudged);
+        assert_eq!(shared.wait_stop(Duration::from_millis(20)), Woken::TimedOut);
+        // A stop wins over a ring.
+        bell.ring();
+        shared.request_stop(StopReason::Requested);
+        assert_eq!(
+            shared.wait_stop(Duration::from_secs(30)),
+            Woken::Stopped(StopReason::Requested)
+        );
     }
 }

@@ -87,6 +87,17 @@ pub struct Shared {
     cv: Condvar,
 }
 
+/// How [`Shared::wait_stop`] ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Woken {
+    /// The VM is stopping, for this reason.
+    Stopped(StopReason),
+    /// Someone rang the supervisor's doorbell.
+    Nudged,
+    /// The timeout passed.
+    TimedOut,
+}
+
 /// A vCPU's state as captured by its own thread.
 type Captured = std::result::Result<VcpuState, kvm_state::StateError>;
 
@@ -98,6 +109,8 @@ struct Ctl {
     states: Vec<Option<Captured>>,
     exited: usize,
     stop: Option<StopReason>,
+    /// The supervisor's doorbell rang since its last wait.
+    nudged: bool,
 }
 
 impl Shared {
@@ -136,14 +149,27 @@ impl Shared {
             .clone()
     }
 
-    /// Waits up to `timeout` for a stop; returns the reason if stopped.
-    pub fn wait_stop(&self, timeout: std::time::Duration) -> Option<StopReason> {
+    /// Waits up to `timeout` for a stop, or until [`nudge`](Self::nudge)
+    /// is called (since the last wait ended).
+    pub fn wait_stop(&self, timeout: std::time::Duration) -> Woken {
         let c = self.ctl.lock().unwrap_or_else(|e| e.into_inner());
-        let (c, _) = self
+        let (mut c, _) = self
             .cv
-            .wait_timeout_while(c, timeout, |c| c.stop.is_none())
+            .wait_timeout_while(c, timeout, |c| c.stop.is_none() && !c.nudged)
             .unwrap_or_else(|e| e.into_inner());
-        c.stop.clone()
+        let nudged = std::mem::take(&mut c.nudged);
+        match (c.stop.clone(), nudged) {
+            (Some(reason), _) => Woken::Stopped(reason),
+            (None, true) => Woken::Nudged,
+            (None, false) => Woken::TimedOut,
+        }
+    }
+
+    /// Ends the supervisor's current (or next) [`wait_stop`](Self::wait_stop)
+    /// early, without stopping anything: something it must act on happened.
+    pub fn nudge(&self) {
+        self.ctl.lock().unwrap_or_else(|e| e.into_inner()).nudged = true;
+        self.cv.notify_all();
     }
 
     /// Whether this VM has one vCPU. Only then is a state captured at park

@@ -319,7 +319,11 @@ impl Vm {
             .map_err(EngineError::kvm("KVM_IRQFD (COM1)"))?;
         let mut devices = DeviceManager::new(irq, console)?;
         let mut disks = Vec::new();
+        let shared = Shared::new(cfg.vcpus as usize);
         let io_failover = Arc::new(IoFailover::default());
+        // A disk failure to hand over is acted on at once, not at the
+        // supervisor's next tick.
+        io_failover.set_doorbell(crate::runner::Doorbell::new(shared.clone()));
         for (i, spec) in cfg.disks.iter().enumerate() {
             disks.push(add_disk(&fd, &mut devices, &ram, i, spec, &io_failover)?);
         }
@@ -362,7 +366,7 @@ impl Vm {
             disks,
             io_failover,
             nets,
-            shared: Shared::new(cfg.vcpus as usize),
+            shared,
             msr_list: Arc::new(msr_list),
             machine,
             log_dirty: cfg.log_dirty,
@@ -546,9 +550,15 @@ impl Vm {
         })
     }
 
-    /// Waits up to `timeout` for the VM to stop; returns the reason if it did.
-    pub fn wait_stop(&self, timeout: Duration) -> Option<StopReason> {
+    /// Waits up to `timeout` for the VM to stop, or for the supervisor's
+    /// doorbell ([`Vm::doorbell`]).
+    pub fn wait_stop(&self, timeout: Duration) -> crate::vcpu::Woken {
         self.shared.wait_stop(timeout)
+    }
+
+    /// The supervisor's doorbell ([`crate::runner::Doorbell`]).
+    pub fn doorbell(&self) -> crate::runner::Doorbell {
+        crate::runner::Doorbell::new(self.shared.clone())
     }
 
     /// Stops the VM (if still running) and joins the vCPU threads.

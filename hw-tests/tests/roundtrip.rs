@@ -216,6 +216,67 @@ fn sweeping_vm() -> Vm {
     vm
 }
 
+/// The supervisor sleeps until its `Periodic` is due (here: in an hour),
+/// and the VM's doorbell, rung from another thread, wakes it at once:
+/// `rung` is called soon after the ring, and `tick` never.
+#[test]
+fn a_doorbell_wakes_the_supervisor_before_its_tick_is_due() {
+    use engine::runner::{supervise, Periodic};
+    use engine::vcpu::StopReason;
+    use std::time::Instant;
+    if !common::kvm_available() {
+        return;
+    }
+    struct Sleepy {
+        rung: Option<Instant>,
+        ticks: u32,
+    }
+    impl Periodic for Sleepy {
+        fn next_due(&self) -> Duration {
+            Duration::from_secs(3600)
+        }
+        fn tick(&mut self, _vm: &Vm) -> engine::error::Result<()> {
+            self.ticks += 1;
+            Ok(())
+        }
+        fn rung(&mut self, vm: &Vm) -> engine::error::Result<()> {
+            self.rung.get_or_insert_with(Instant::now);
+            vm.shared.request_stop(StopReason::Requested);
+            Ok(())
+        }
+    }
+    let mut vm = sweeping_vm();
+    let (bell, shared) = (vm.doorbell(), vm.shared.clone());
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    let ringer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        let at = Instant::now();
+        bell.ring();
+        // If the ring were lost, end the run anyway (the test then fails).
+        if finished.recv_timeout(Duration::from_secs(10)).is_err() {
+            shared.request_stop(StopReason::Requested);
+        }
+        at
+    });
+    let mut p = Sleepy {
+        rung: None,
+        ticks: 0,
+    };
+    let reason = supervise(&mut vm, Some(&mut p)).unwrap();
+    let _ = done.send(());
+    assert_eq!(reason, StopReason::Requested);
+    let rang_at = ringer.join().unwrap();
+    let woke = p.rung.expect("the doorbell did not wake the supervisor");
+    assert!(woke >= rang_at);
+    // Generous: the ring is a condition variable away.
+    assert!(
+        woke - rang_at < Duration::from_secs(2),
+        "{:?}",
+        woke - rang_at
+    );
+    assert_eq!(p.ticks, 0, "no tick was due");
+}
+
 /// An epoch whose write fails puts its dirty bits back; the next checkpoint
 /// carries them, so restoring it gives the guest's exact memory. Without the
 /// put-back, pages dirtied only during the failed epoch would be stale.

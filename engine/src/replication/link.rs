@@ -112,6 +112,9 @@ pub(super) struct LinkShared {
     pub(super) queued: AtomicU64,
     /// Its live copy, once sent.
     pub(super) copy: Mutex<Option<CopyFigures>>,
+    /// Wakes the supervisor: the link was lost, or its spare joined the
+    /// commit set or committed for the first time (a record to write).
+    pub(super) bell: crate::runner::Doorbell,
 }
 
 impl LinkShared {
@@ -132,6 +135,7 @@ impl LinkShared {
             *r = Some(why);
         }
         self.lost.store(true, Ordering::SeqCst);
+        self.bell.ring();
     }
 
     pub(super) fn is_lost(&self) -> bool {
@@ -463,9 +467,12 @@ fn answer(shared: &LinkShared, term: u64, frame: &Frame) -> bool {
             }
             drop(inflight);
             *shared.acked_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-            shared.acked.fetch_max(ack.seq, Ordering::SeqCst);
+            let first = shared.acked.fetch_max(ack.seq, Ordering::SeqCst) == 0;
             if shared.commit.ack(shared.id, ack.seq) {
                 shared.joined.store(true, Ordering::SeqCst);
+                shared.bell.ring();
+            } else if first {
+                shared.bell.ring();
             }
             true
         }
@@ -623,6 +630,7 @@ mod tests {
             copied: AtomicBool::new(true),
             queued: AtomicU64::new(0),
             copy: Mutex::new(None),
+            bell: crate::runner::Doorbell::new(crate::vcpu::Shared::new(1)),
         })
     }
 

@@ -715,8 +715,28 @@ pub const MIN_INTERVAL: Duration = Duration::from_millis(2);
 /// How often the supervisor looks for held frames while output-triggered
 /// epochs are on (a NIC has no way to wake it yet: polled).
 const OUTPUT_POLL: Duration = Duration::from_micros(500);
+/// The longest the supervisor sleeps between epochs when it is `calm`.
+const CALM_POLL: Duration = Duration::from_millis(50);
 
 impl Replicator {
+    /// Whether nothing the supervisor notices only by looking can happen
+    /// before its next epoch: every spare is linked (no redial due) and
+    /// the VM protected, no fence decision, fence action, membership
+    /// record or continuer is pending, and no NIC can trigger an epoch
+    /// with its output. What else needs it (a lost link, a spare that
+    /// joins or first commits, a control command, a disk failure to hand
+    /// over) rings its doorbell ([`crate::runner::Doorbell`]).
+    fn calm(&self) -> bool {
+        self.spares.iter().all(|s| s.link.is_some())
+            && self.fence_actions.is_empty()
+            && !self.fence.as_ref().is_some_and(|f| f.deciding())
+            && self.unrecorded.is_empty()
+            && self.async_add.is_empty()
+            && !self.awaiting_continuers()
+            && (self.nets.is_empty() || self.cfg.min_interval.is_zero())
+            && self.commit.lock().protected()
+    }
+
     /// Whether held NIC frames make an epoch due now: output-triggered
     /// epochs are on, the last capture is `min_interval` old, every epoch
     /// sent is committed (the frames would otherwise wait for the acks in
@@ -763,21 +783,35 @@ impl Periodic for Replicator {
         if let Some(at) = self.stall_poll {
             return at.saturating_duration_since(now);
         }
-        // Wake often enough to notice a lost spare promptly, and held
-        // frames soon after they appear.
+        // Wake often enough to notice what is only noticed by looking:
+        // held frames soon after they appear, a fence decision, a redial,
+        // a record to write. When there is none of that (`calm`), tick at
+        // epochs only: links, joins, control commands and failed disks
+        // ring the doorbell, and every tick is a wake-up that costs 20-30
+        // µs of CPU on a virtualised host (docs/performance.md, "Wake-ups").
         use crate::devices::OutputCommit as _;
         let holding = self
             .nets
             .iter()
             .any(|g| g.lock().unwrap_or_else(|e| e.into_inner()).holding());
         let poll = if self.cfg.min_interval.is_zero() || !holding {
-            Duration::from_millis(5)
+            if self.calm() {
+                CALM_POLL
+            } else {
+                Duration::from_millis(5)
+            }
         } else if self.output_due(now) {
             return Duration::ZERO;
         } else {
             OUTPUT_POLL
         };
         self.next_epoch.saturating_duration_since(now).min(poll)
+    }
+
+    /// A link, a control command or a disk rang: a tick does what is due
+    /// (it starts an epoch only if one is).
+    fn rung(&mut self, vm: &Vm) -> Result<()> {
+        self.tick(vm)
     }
 
     fn tick(&mut self, vm: &Vm) -> Result<()> {
@@ -799,6 +833,9 @@ impl Periodic for Replicator {
 impl Replicator {
     fn tick_inner(&mut self, vm: &Vm) -> Result<()> {
         self.last_tick = Instant::now();
+        if let Some(inbox) = &self.cfg.control {
+            inbox.ring_on_arrival(vm.doorbell());
+        }
         self.serve_control();
         self.settle()?;
         self.act(vm)?;

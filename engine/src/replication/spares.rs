@@ -247,6 +247,7 @@ impl Replicator {
             copied: AtomicBool::new(copy.is_none()),
             queued: AtomicU64::new(0),
             copy: Mutex::new(None),
+            bell: vm.doorbell(),
         });
         let (tx, rx) = channel::bounded(LINK_QUEUE);
         let (send_half, recv_half) = stream.split();

@@ -45,9 +45,16 @@ pub struct IoFailover {
     enabled: std::sync::atomic::AtomicBool,
     /// The first error that called for a handover.
     failure: Mutex<Option<String>>,
+    /// Rung when a failure calls for a handover.
+    doorbell: std::sync::OnceLock<crate::runner::Doorbell>,
 }
 
 impl IoFailover {
+    /// Has `bell` rung whenever an error calls for a handover (once).
+    pub fn set_doorbell(&self, bell: crate::runner::Doorbell) {
+        let _ = self.doorbell.set(bell);
+    }
+
     /// Whether an I/O error hands the VM over (set by the replicator).
     pub fn set_enabled(&self, on: bool) {
         self.enabled.store(on, std::sync::atomic::Ordering::SeqCst);
@@ -71,6 +78,9 @@ impl IoFailover {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get_or_insert_with(|| why.to_owned());
+        if let Some(bell) = self.doorbell.get() {
+            bell.ring();
+        }
         true
     }
 }
