@@ -17,7 +17,7 @@ use transport::{Frame, FrameKind, FramedConn, TransportError};
 
 use super::commit::{CommitSet, Kind, SpareId};
 use super::livecopy::{CopyFigures, LiveCopy};
-use super::liveness::{HeartbeatPlan, ShadowDecision, ShadowMonitor};
+use super::liveness::{PrimaryHeartbeat, ShadowDecision};
 use super::trust::{self, LinkView};
 use super::wire::{self, Ack, EpochBegin, EpochEnd, Heartbeat, Nack};
 use super::Timing;
@@ -496,13 +496,11 @@ pub(super) fn heartbeat(
     goodbye: Arc<AtomicBool>,
     protected: Arc<AtomicBool>,
 ) {
-    let ticks = (timing.timeout.as_micros() / timing.heartbeat.as_micros().max(1)).max(1) as u32;
-    let mut monitor = ShadowMonitor::new(ticks);
+    let mut duty = PrimaryHeartbeat::new(timing.heartbeat, timing.timeout);
     if let Err(e) = conn.set_read_timeout(Some(timing.heartbeat)) {
         shared.lose(format!("heartbeat socket: {e}"));
         return;
     }
-    let plan = HeartbeatPlan::new(timing.heartbeat, timing.timeout);
     let mut next = Instant::now();
     // When the last heartbeat went, and the last epoch ack already counted
     // as the shadow's answer.
@@ -526,30 +524,30 @@ pub(super) fn heartbeat(
         if now >= next {
             next = now + timing.heartbeat;
             let acked_at = *shared.acked_at.lock().unwrap_or_else(|e| e.into_inner());
-            if acked_at != ack_heard {
-                // An epoch ack since the last check: the shadow is alive.
-                ack_heard = acked_at;
-                monitor.heard();
-            }
+            // An epoch ack since the last check: the shadow is alive.
+            let acked_since_check = acked_at != ack_heard;
+            ack_heard = acked_at;
             let hb = Heartbeat {
                 protected: protected.load(Ordering::SeqCst) && !shared.lost.load(Ordering::SeqCst),
             };
             let since_sent = sent_at.map_or(Duration::MAX, |t| now.duration_since(t));
             let since_ack = acked_at.map(|t| now.saturating_duration_since(t));
-            if plan.due(since_sent, since_ack, hb.protected) {
+            let (send, decision) =
+                duty.check(since_sent, since_ack, acked_since_check, hb.protected);
+            if send {
                 if let Err(e) = conn.send(FrameKind::Heartbeat, term, &wire::encode(&hb)) {
                     shared.lose(format!("sending heartbeat: {e}"));
                     return;
                 }
                 sent_at = Some(now);
             }
-            if monitor.tick() == ShadowDecision::ShadowLost {
+            if decision == ShadowDecision::ShadowLost {
                 shared.lose(format!("no heartbeat answer for {:?}", timing.timeout));
                 return;
             }
         }
         match conn.recv() {
-            Ok(f) if f.kind == FrameKind::HeartbeatAck => monitor.heard(),
+            Ok(f) if f.kind == FrameKind::HeartbeatAck => duty.answered(),
             Ok(f) if f.kind == FrameKind::Nack => {
                 nacked(&shared, term, &f);
                 return;

@@ -432,6 +432,51 @@ impl HeartbeatPlan {
     }
 }
 
+/// The primary's heartbeat thread for one link, checked every interval:
+/// an epoch ack since the last check counts as the shadow's answer, the
+/// [`HeartbeatPlan`] says whether to send a heartbeat, and the
+/// [`ShadowMonitor`] declares the shadow lost after a timeout's worth of
+/// checks without an answer. No sockets or clocks, like the plan.
+#[derive(Clone, Debug)]
+pub struct PrimaryHeartbeat {
+    plan: HeartbeatPlan,
+    monitor: ShadowMonitor,
+}
+
+impl PrimaryHeartbeat {
+    /// Heartbeats every `interval`, the shadow lost after `timeout`.
+    pub fn new(interval: Duration, timeout: Duration) -> PrimaryHeartbeat {
+        let ticks = (timeout.as_micros() / interval.as_micros().max(1)).max(1) as u32;
+        PrimaryHeartbeat {
+            plan: HeartbeatPlan::new(interval, timeout),
+            monitor: ShadowMonitor::new(ticks),
+        }
+    }
+
+    /// One check: `since_sent` after the last heartbeat, `since_ack` after
+    /// the link's last epoch ack, `acked_since_check` if that ack came
+    /// after the previous check. Returns whether to send a heartbeat now,
+    /// and what the monitor decided.
+    pub fn check(
+        &mut self,
+        since_sent: Duration,
+        since_ack: Option<Duration>,
+        acked_since_check: bool,
+        protected: bool,
+    ) -> (bool, ShadowDecision) {
+        if acked_since_check {
+            self.monitor.heard();
+        }
+        let send = self.plan.due(since_sent, since_ack, protected);
+        (send, self.monitor.tick())
+    }
+
+    /// The shadow answered a heartbeat.
+    pub fn answered(&mut self) {
+        self.monitor.heard();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -736,8 +781,8 @@ mod tests {
     }
 
     /// One simulated link, in 1 ms steps: the primary checks its
-    /// [`HeartbeatPlan`] every interval (10 ms, timeout 300 ms) and feeds its
-    /// [`ShadowMonitor`]; the shadow commits an epoch every 20 ms while the
+    /// [`PrimaryHeartbeat`] every interval (10 ms, timeout 300 ms), as
+    /// `link::heartbeat` does; the shadow commits an epoch every 20 ms while the
     /// stream flows, and its [`StandbyFsm`] ticks every 5 ms. Heartbeats,
     /// answers and acks each take a random delay of up to `max_delay_ms`
     /// (host stalls). Returns the ms the standby claimed at and the ms it
@@ -751,13 +796,12 @@ mod tests {
         end_ms: u64,
     ) -> Outcome {
         let (interval, timeout) = (10u64, 300u64);
-        let plan = HeartbeatPlan::new(
+        let mut hb = PrimaryHeartbeat::new(
             Duration::from_millis(interval),
             Duration::from_millis(timeout),
         );
         let mut next = crate::replication::xorshift(seed);
         let mut fsm = StandbyFsm::new((timeout / 5) as u32);
-        let mut mon = ShadowMonitor::new((timeout / interval) as u32);
         // In-flight messages: (arrival ms, what).
         #[derive(Clone, Copy, PartialEq)]
         enum Msg {
@@ -796,7 +840,7 @@ mod tests {
                     last_ack = Some(t);
                     acked_since_check = true;
                 } else {
-                    mon.heard();
+                    hb.answered();
                     o.primary_heard = t;
                 }
             }
@@ -809,20 +853,21 @@ mod tests {
             }
             if t % interval == 0 {
                 // The primary's heartbeat thread, as `link::heartbeat` runs it.
-                if std::mem::take(&mut acked_since_check) {
-                    mon.heard();
+                let acked = std::mem::take(&mut acked_since_check);
+                if acked {
                     o.primary_heard = t;
                 }
                 let ms = |x: Option<u64>| x.map(|x| Duration::from_millis(t - x));
                 let since_sent = ms(last_sent).unwrap_or(Duration::MAX);
-                if plan.due(since_sent, ms(last_ack), true) {
+                let (send, decision) = hb.check(since_sent, ms(last_ack), acked, true);
+                if send {
                     last_sent = Some(t);
                     o.sent += 1;
                     if !cut {
                         to_shadow.push((delay(&mut next), Msg::Heartbeat));
                     }
                 }
-                if mon.tick() == ShadowDecision::ShadowLost {
+                if decision == ShadowDecision::ShadowLost {
                     o.lost.get_or_insert(t);
                 }
             }
