@@ -11,11 +11,12 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crossbeam::channel;
 use serde::{Deserialize, Serialize};
+
+use crate::runner::LateDoorbell;
 
 /// Longest command line accepted.
 const MAX_LINE: u64 = 4096;
@@ -115,7 +116,7 @@ pub struct Request {
 #[derive(Clone)]
 pub struct Inbox {
     rx: channel::Receiver<Request>,
-    bell: Arc<OnceLock<crate::runner::Doorbell>>,
+    bell: LateDoorbell,
 }
 
 impl Inbox {
@@ -132,7 +133,7 @@ impl Inbox {
     /// Has `bell` rung whenever a command arrives (the first bell given
     /// stays).
     pub fn ring_on_arrival(&self, bell: crate::runner::Doorbell) {
-        let _ = self.bell.set(bell);
+        self.bell.connect(bell);
     }
 }
 
@@ -142,7 +143,7 @@ pub fn serve(path: &Path) -> std::io::Result<Inbox> {
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     let (tx, rx) = channel::bounded::<Request>(16);
-    let bell: Arc<OnceLock<crate::runner::Doorbell>> = Arc::default();
+    let bell = LateDoorbell::default();
     let ring = bell.clone();
     std::thread::Builder::new()
         .name("hs-control".into())
@@ -158,11 +159,7 @@ pub fn serve(path: &Path) -> std::io::Result<Inbox> {
 }
 
 /// Reads one command from `conn`, has it answered, writes the reply.
-fn answer(
-    conn: UnixStream,
-    tx: &channel::Sender<Request>,
-    bell: &OnceLock<crate::runner::Doorbell>,
-) {
+fn answer(conn: UnixStream, tx: &channel::Sender<Request>, bell: &LateDoorbell) {
     let mut line = String::new();
     let read = BufReader::new((&conn).take(MAX_LINE)).read_line(&mut line);
     let reply = match read {
@@ -185,9 +182,7 @@ fn answer(
                 ) {
                     Err(_) => Reply::refused("not a primary (no replicator takes commands)"),
                     Ok(()) => {
-                        if let Some(b) = bell.get() {
-                            b.ring();
-                        }
+                        bell.ring();
                         rrx.recv_timeout(ANSWER_WITHIN).unwrap_or_else(|_| {
                             Reply::refused("not a primary (no replicator answered)")
                         })

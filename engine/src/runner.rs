@@ -1,6 +1,6 @@
 //! Running a VM to completion: the supervisor loop.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::error::Result;
@@ -23,6 +23,26 @@ impl Doorbell {
     /// Wakes the supervisor.
     pub fn ring(&self) {
         self.0.nudge();
+    }
+}
+
+/// A [`Doorbell`] handed over after its ringer was built (the control
+/// socket is served before the VM exists, a disk before its VM's
+/// supervisor runs): a ring before then rings nothing.
+#[derive(Clone, Default)]
+pub struct LateDoorbell(Arc<OnceLock<Doorbell>>);
+
+impl LateDoorbell {
+    /// Rings `bell` from now on (the first bell given stays).
+    pub fn connect(&self, bell: Doorbell) {
+        let _ = self.0.set(bell);
+    }
+
+    /// Rings the bell, if one was given.
+    pub fn ring(&self) {
+        if let Some(b) = self.0.get() {
+            b.ring();
+        }
     }
 }
 

@@ -46,13 +46,13 @@ pub struct IoFailover {
     /// The first error that called for a handover.
     failure: Mutex<Option<String>>,
     /// Rung when a failure calls for a handover.
-    doorbell: std::sync::OnceLock<crate::runner::Doorbell>,
+    doorbell: crate::runner::LateDoorbell,
 }
 
 impl IoFailover {
     /// Has `bell` rung whenever an error calls for a handover (once).
     pub fn set_doorbell(&self, bell: crate::runner::Doorbell) {
-        let _ = self.doorbell.set(bell);
+        self.doorbell.connect(bell);
     }
 
     /// Whether an I/O error hands the VM over (set by the replicator).
@@ -78,9 +78,7 @@ impl IoFailover {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get_or_insert_with(|| why.to_owned());
-        if let Some(bell) = self.doorbell.get() {
-            bell.ring();
-        }
+        self.doorbell.ring();
         true
     }
 }
