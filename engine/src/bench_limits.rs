@@ -31,13 +31,11 @@ pub(crate) fn machine_limits() -> Value {
     let mut pages = Vec::with_capacity(16 << 20);
     for p in 0..4096 {
         for i in 0..4096 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
+            let r = xorshift(&mut x);
             pages.push(if p % 2 == 0 {
                 b"lorem ipsum dolor sit amet "[i % 27]
             } else {
-                x as u8
+                r as u8
             });
         }
     }
@@ -157,12 +155,18 @@ fn cold_page_copy_us() -> f64 {
     const COPIES: u32 = 20_000;
     let t = Instant::now();
     for _ in 0..COPIES {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let p = (x % pages as u64) as usize * PAGE;
+        let p = (xorshift(&mut x) % pages as u64) as usize * PAGE;
         dst.copy_from_slice(&src[p..p + PAGE]);
         std::hint::black_box(&mut dst);
     }
     t.elapsed().as_secs_f64() * 1e6 / f64::from(COPIES)
+}
+
+/// The next value of a xorshift64 stream (test data and addresses, not
+/// randomness anyone relies on).
+fn xorshift(x: &mut u64) -> u64 {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    *x
 }
