@@ -113,6 +113,12 @@ impl FramedConn {
         self.rx.set_read_timeout(timeout)
     }
 
+    /// Sets how long `send` may block on a full socket (`None`: forever).
+    /// A zero duration is an error.
+    pub fn set_write_timeout(&self, timeout: Option<Duration>) -> Result<()> {
+        self.tx.set_write_timeout(timeout)
+    }
+
     /// Sets the receive limits.
     pub fn set_limits(&mut self, limits: Limits) {
         self.rx.set_limits(limits);

@@ -487,6 +487,9 @@ fn answer(shared: &LinkShared, term: u64, frame: &Frame) -> bool {
     }
 }
 
+/// The heartbeat thread of one link: heartbeats as the plan says, the
+/// shadow's answers (a heartbeat ack or an epoch ack) watched, until the
+/// shadow is lost, the link is stopped or the guest ends.
 pub(super) fn heartbeat(
     mut conn: FramedConn,
     term: u64,
@@ -496,29 +499,65 @@ pub(super) fn heartbeat(
     goodbye: Arc<AtomicBool>,
     protected: Arc<AtomicBool>,
 ) {
+    // A shadow that stops reading cannot block this thread (and with it
+    // the primary, which joins it) for longer than the timeout.
+    let bounded = conn
+        .set_read_timeout(Some(timing.heartbeat))
+        .and_then(|()| conn.set_write_timeout(Some(timing.timeout)));
+    let last = match bounded {
+        Ok(()) => beat(
+            &mut conn, term, timing, &shared, &stop, &goodbye, &protected,
+        ),
+        Err(e) => {
+            shared.lose(format!("heartbeat socket: {e}"));
+            Farewell::Stale
+        }
+    };
+    // The shadow acts on this connection's close. Unless the guest ended,
+    // the last frame on it says the shadow's state is stale, so a link the
+    // primary drops (the shadow silent, a stop, a protocol error) does not
+    // read as the primary's crash and make a live shadow claim the VM. A
+    // broken connection just fails the send.
+    let _ = match last {
+        Farewell::Goodbye => conn.send(FrameKind::Goodbye, term, &[]),
+        Farewell::Stale => conn.send(
+            FrameKind::Heartbeat,
+            term,
+            &wire::encode(&Heartbeat { protected: false }),
+        ),
+    };
+}
+
+/// The heartbeat thread's last word to the shadow.
+#[derive(Debug, PartialEq)]
+enum Farewell {
+    /// The guest ended: the shadow stops.
+    Goodbye,
+    /// The link is dropped: the shadow forgets its state.
+    Stale,
+}
+
+/// Sends heartbeats and reads their answers until the link ends.
+fn beat(
+    conn: &mut FramedConn,
+    term: u64,
+    timing: Timing,
+    shared: &LinkShared,
+    stop: &AtomicBool,
+    goodbye: &AtomicBool,
+    protected: &AtomicBool,
+) -> Farewell {
     let mut duty = PrimaryHeartbeat::new(timing.heartbeat, timing.timeout);
-    if let Err(e) = conn.set_read_timeout(Some(timing.heartbeat)) {
-        shared.lose(format!("heartbeat socket: {e}"));
-        return;
-    }
     let mut next = Instant::now();
     // When the last heartbeat went, and the last epoch ack already counted
     // as the shadow's answer.
     let (mut sent_at, mut ack_heard): (Option<Instant>, Option<Instant>) = (None, None);
     loop {
         if goodbye.load(Ordering::SeqCst) {
-            let _ = conn.send(FrameKind::Goodbye, term, &[]);
-            return;
+            return Farewell::Goodbye;
         }
         if stop.load(Ordering::SeqCst) {
-            // Tell a live shadow its state is stale before closing, so the
-            // close does not make it take over.
-            let _ = conn.send(
-                FrameKind::Heartbeat,
-                term,
-                &wire::encode(&Heartbeat { protected: false }),
-            );
-            return;
+            return Farewell::Stale;
         }
         let now = Instant::now();
         if now >= next {
@@ -537,32 +576,32 @@ pub(super) fn heartbeat(
             if send {
                 if let Err(e) = conn.send(FrameKind::Heartbeat, term, &wire::encode(&hb)) {
                     shared.lose(format!("sending heartbeat: {e}"));
-                    return;
+                    return Farewell::Stale;
                 }
                 sent_at = Some(now);
             }
             if decision == ShadowDecision::ShadowLost {
                 shared.lose(format!("no heartbeat answer for {:?}", timing.timeout));
-                return;
+                return Farewell::Stale;
             }
         }
         match conn.recv() {
             Ok(f) if f.kind == FrameKind::HeartbeatAck => duty.answered(),
             Ok(f) if f.kind == FrameKind::Nack => {
-                nacked(&shared, term, &f);
-                return;
+                nacked(shared, term, &f);
+                return Farewell::Stale;
             }
             Ok(f) => {
                 shared.lose(format!(
                     "unexpected {:?} frame on the heartbeat channel",
                     f.kind
                 ));
-                return;
+                return Farewell::Stale;
             }
             Err(TransportError::Timeout) => {}
             Err(e) => {
                 shared.lose(format!("heartbeat channel: {e}"));
-                return;
+                return Farewell::Stale;
             }
         }
     }
@@ -701,6 +740,92 @@ mod tests {
     }
 
     const LINK_TEST_QUEUE: usize = 64;
+
+    /// A connected heartbeat channel on loopback: (primary, shadow).
+    fn heartbeat_pair() -> (FramedConn, FramedConn) {
+        use transport::{Channel, HandshakeParams, Listener, Psk};
+        let key = Psk::from_bytes(&[7u8; 32]).unwrap();
+        let fp = Some([0xab; 32]);
+        let l = Listener::bind("127.0.0.1:0").unwrap();
+        let t = Duration::from_secs(20);
+        std::thread::scope(|s| {
+            let shadow = s.spawn(|| {
+                l.accept(&HandshakeParams::new(&key, fp, Channel::Heartbeat, 3), t)
+                    .unwrap()
+                    .0
+            });
+            let params = HandshakeParams::new(&key, fp, Channel::Heartbeat, 3);
+            let primary = FramedConn::connect(l.local_addr(), &params, t).unwrap().0;
+            (primary, shadow.join().unwrap())
+        })
+    }
+
+    /// The frames the shadow end reads until the primary closes it.
+    fn frames_until_close(mut shadow: FramedConn) -> Vec<Frame> {
+        shadow
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut got = Vec::new();
+        while let Ok(f) = shadow.recv() {
+            got.push(f);
+        }
+        got
+    }
+
+    /// A standby claims the VM when the heartbeat connection closes without
+    /// a goodbye. So however the primary's heartbeat thread drops a live
+    /// shadow, the last frame before the close says its state is stale;
+    /// only a guest that ended says goodbye.
+    #[test]
+    fn a_dropped_link_tells_the_shadow_it_is_stale_before_closing() {
+        let timing = Timing {
+            heartbeat: Duration::from_millis(5),
+            timeout: Duration::from_millis(40),
+        };
+        let flag = || Arc::new(AtomicBool::new(false));
+        // (how the link ends, the frame the shadow sees last)
+        for case in [
+            "silent shadow",
+            "stopped",
+            "guest ended",
+            "unexpected frame",
+        ] {
+            let (primary, mut shadow) = heartbeat_pair();
+            let l = member();
+            let (stop, bye, prot) = (flag(), flag(), Arc::new(AtomicBool::new(true)));
+            let (l2, stop2, bye2, prot2) = (l.clone(), stop.clone(), bye.clone(), prot.clone());
+            let t =
+                std::thread::spawn(move || heartbeat(primary, 3, timing, l2, stop2, bye2, prot2));
+            // The first heartbeat says protected.
+            let first = shadow.recv().unwrap();
+            assert_eq!(first.kind, FrameKind::Heartbeat, "{case}");
+            assert!(
+                wire::decode::<Heartbeat>("Heartbeat", &first.payload)
+                    .unwrap()
+                    .protected
+            );
+            match case {
+                "silent shadow" => {}
+                "stopped" => stop.store(true, Ordering::SeqCst),
+                "guest ended" => bye.store(true, Ordering::SeqCst),
+                _ => shadow.send(FrameKind::Ack, 3, &[]).unwrap(),
+            }
+            t.join().unwrap();
+            let last = frames_until_close(shadow).pop().unwrap_or(first);
+            if case == "guest ended" {
+                assert_eq!(last.kind, FrameKind::Goodbye, "{case}");
+                continue;
+            }
+            assert_eq!(last.kind, FrameKind::Heartbeat, "{case}");
+            let hb = wire::decode::<Heartbeat>("Heartbeat", &last.payload).unwrap();
+            assert!(!hb.protected, "{case}: the close would read as a crash");
+            match case {
+                "silent shadow" => assert!(l.why().contains("no heartbeat answer"), "{}", l.why()),
+                "stopped" => assert!(!l.is_lost(), "{}", l.why()),
+                _ => assert!(l.why().contains("unexpected Ack"), "{}", l.why()),
+            }
+        }
+    }
 
     fn frame(kind: FrameKind, term: u64, payload: Vec<u8>) -> Frame {
         Frame {
