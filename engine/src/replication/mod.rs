@@ -4,6 +4,7 @@
 //! - [`commit`]: which spares gate output and how far it is released (no I/O).
 //! - [`standby`]: the shadow: staging, verification, apply, takeover.
 //! - [`liveness`]: failure detection and the takeover decision (no I/O).
+//! - [`hbconns`]: which heartbeat connection speaks for the primary (no I/O).
 //! - [`bounds`]: what a standby accepts from a primary (no I/O).
 //! - [`trust`]: which of a spare's answers a primary believes (no I/O).
 //! - [`wire`]: the replication messages carried in transport frames.
@@ -19,6 +20,7 @@ pub mod bounds;
 pub mod commit;
 pub mod consoleout;
 pub mod fencing;
+pub mod hbconns;
 mod link;
 mod livecopy;
 pub mod liveness;

@@ -28,6 +28,7 @@ use transport::{
 use super::arbiter::Arbiter;
 use super::bounds::{self, Admission, Policy, ReplicaShape, ShapeCaps};
 use super::consoleout::CommittedOutput;
+use super::hbconns::HeartbeatConns;
 use super::liveness::{StandbyDecision, StandbyFsm, StandbyInput, TICK};
 use super::wire::{self, Ack, EpochBegin, EpochEnd, FenceInfo, Heartbeat, Nack};
 use super::Timing;
@@ -164,6 +165,12 @@ impl Shadow {
 
 enum Event {
     Input(StandbyInput),
+    /// An input from heartbeat connection `conn` (numbered in the order
+    /// accepted), filtered by [`HeartbeatConns`] before the decision core.
+    Heartbeat {
+        conn: u64,
+        input: StandbyInput,
+    },
     Refused(String),
 }
 
@@ -270,6 +277,7 @@ pub fn run(cfg: StandbyConfig) -> Result<i32> {
             .map_err(EngineError::io("spawning the accept thread"))?;
     }
     let mut fsm = StandbyFsm::new(timing.timeout_ticks());
+    let mut conns = HeartbeatConns::default();
     // When the current claim started (for the takeover's figures).
     let mut claimed: Option<Instant> = None;
     // Ticks are fed for the time since here.
@@ -297,6 +305,17 @@ pub fn run(cfg: StandbyConfig) -> Result<i32> {
             .min(u128::from(wait - 1)) as u32;
         let (ticks, event) = match got {
             Ok(Event::Input(i)) => (passed, Some(i)),
+            Ok(Event::Heartbeat { conn, input }) => {
+                let admitted = conns.admit(conn, input);
+                if admitted.is_none() {
+                    tracing::debug!(
+                        "dropped {input:?} from heartbeat connection {conn}: the primary \
+                         replaced it with connection {:?}",
+                        conns.current()
+                    );
+                }
+                (passed, admitted)
+            }
             Ok(Event::Refused(why)) => {
                 tracing::warn!("refused a peer: {why}");
                 (passed, None)
@@ -392,6 +411,8 @@ fn accept_loop(
     last_heard: Arc<Mutex<Instant>>,
     took_over: Arc<AtomicU64>,
 ) {
+    // Heartbeat connections, numbered in the order accepted.
+    let mut heartbeat_conns = 0u64;
     loop {
         match incoming.next(Duration::from_secs(1)) {
             Ok(Some(Accepted::Conn(conn, peer))) => {
@@ -400,9 +421,13 @@ fn accept_loop(
                 let took_over = took_over.clone();
                 let term = peer.peer_term;
                 let spawned = match peer.channel {
-                    Channel::Heartbeat => crate::cpu::spawn_accounted("hs-heartbeat", move || {
-                        heartbeat_loop(conn, took_over, ev2, heard)
-                    }),
+                    Channel::Heartbeat => {
+                        heartbeat_conns += 1;
+                        let id = heartbeat_conns;
+                        crate::cpu::spawn_accounted("hs-heartbeat", move || {
+                            heartbeat_loop(conn, id, took_over, ev2, heard)
+                        })
+                    }
                     Channel::Stream => crate::cpu::spawn_accounted("hs-stream", move || {
                         stream_loop(conn, term, shadow, took_over, ev2, heard)
                     }),
@@ -439,6 +464,7 @@ fn superseded_by(took_over: &AtomicU64, term: u64) -> Option<u64> {
 
 fn heartbeat_loop(
     mut conn: FramedConn,
+    id: u64,
     took_over: Arc<AtomicU64>,
     ev: Sender<Event>,
     heard: Arc<Mutex<Instant>>,
@@ -450,7 +476,10 @@ fn heartbeat_loop(
             Err(TransportError::Timeout) => continue,
             Err(e) => {
                 tracing::debug!("heartbeat channel closed: {e}");
-                let _ = ev.send(Event::Input(StandbyInput::PeerClosed));
+                let _ = ev.send(Event::Heartbeat {
+                    conn: id,
+                    input: StandbyInput::PeerClosed,
+                });
                 return;
             }
         };
@@ -487,7 +516,7 @@ fn heartbeat_loop(
             }
         };
         let bye = matches!(input, StandbyInput::Goodbye { .. });
-        if ev.send(Event::Input(input)).is_err() || bye {
+        if ev.send(Event::Heartbeat { conn: id, input }).is_err() || bye {
             return;
         }
     }
