@@ -76,10 +76,18 @@ pub(super) fn encode_page(
         let head = out.len();
         out.extend_from_slice(&[0; RUN_HEAD]);
         let first = w;
+        // The words this entry may still take within `limit`: a page
+        // rewritten whole (random data) stops here after a quarter of its
+        // words instead of coding all of them only to be refused.
+        let room = (limit + mark).saturating_sub(out.len()) / 8;
         while w < PAGE_WORDS {
             let (n, o) = (word(new, w), word(old, w));
             if n == o {
                 break;
+            }
+            if w - first == room {
+                out.truncate(mark);
+                return false;
             }
             out.extend_from_slice(&(n ^ o).to_le_bytes());
             old[w * 8..w * 8 + 8].copy_from_slice(&n.to_le_bytes());
@@ -251,6 +259,54 @@ mod tests {
         let mut old = page.clone();
         assert!(encode_page(0, &new, &mut old, &mut out, 8192));
         assert_eq!(runs_of(&out[1..], 1, 0).len(), MAX_RUNS);
+    }
+
+    /// The early stop of a long run changes nothing: for any page and any
+    /// limit, the entry is refused exactly when its full encoding is longer
+    /// than the limit, and is otherwise the full encoding.
+    #[test]
+    fn an_entry_is_refused_exactly_when_its_full_encoding_passes_the_limit() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for case in 0..2_000 {
+            let old0: Vec<u8> = (0..PAGE_SIZE).map(|_| next() as u8).collect();
+            let mut new = old0.clone();
+            // From one changed word to all of them, in runs of any length.
+            let changes = 1 + (next() % 600) as usize;
+            for _ in 0..changes {
+                let (w, len) = ((next() % 512) as usize, 1 + (next() % 64) as usize);
+                for x in w..(w + len).min(PAGE_WORDS) {
+                    new[x * 8] ^= 1 + (next() % 255) as u8;
+                }
+            }
+            let mut full = Vec::new();
+            assert!(encode_page(
+                0x1000,
+                &new,
+                &mut old0.clone(),
+                &mut full,
+                usize::MAX
+            ));
+            let limit = (next() % (full.len() as u64 + 64)) as usize;
+            let mut out = vec![0xee; 3];
+            let ok = encode_page(0x1000, &new, &mut old0.clone(), &mut out, limit);
+            assert_eq!(
+                ok,
+                full.len() <= limit,
+                "case {case}: {} bytes, limit {limit}",
+                full.len()
+            );
+            if ok {
+                assert_eq!(&out[3..], &full[..], "case {case}");
+            } else {
+                assert_eq!(out, [0xee; 3], "case {case}: a refused entry left bytes");
+            }
+        }
     }
 
     #[test]
