@@ -108,7 +108,8 @@ pub(super) struct LinkShared {
     pub(super) commit_from: AtomicU64,
     /// Its live copy finished reading (or it needed none).
     pub(super) copied: AtomicBool,
-    /// Container bytes queued for the sender.
+    /// Container bytes handed to the sender and not yet written to the
+    /// socket.
     pub(super) queued: AtomicU64,
     /// Its live copy, once sent.
     pub(super) copy: Mutex<Option<CopyFigures>>,
@@ -203,6 +204,17 @@ impl Fanout {
         self.ports.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The most bytes of earlier epochs any live link has not yet written
+    /// to its socket.
+    fn backlog(&self) -> u64 {
+        self.ports()
+            .iter()
+            .filter(|p| !p.shared.is_lost())
+            .map(|p| p.shared.queued.load(Ordering::SeqCst))
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Hands one encoded epoch to every link past its join point.
     fn deliver(&self, seq: u64, container: Arc<Vec<u8>>, end: Arc<EpochEnd>) {
         let len = container.len() as u64;
@@ -269,6 +281,7 @@ pub(super) fn encoder(
         )));
     }
     let mut bufs = store::EncodeBuffers::default();
+    let mut coding = super::coding::RunsCoding::default();
     // Containers sent lately: once every link dropped one, it is reused.
     let mut recent: VecDeque<Arc<Vec<u8>>> = VecDeque::new();
     for mut job in rx.iter() {
@@ -284,6 +297,7 @@ pub(super) fn encoder(
                 }
             }
         }
+        enc.set_runs_compression(coding.epoch(fanout.backlog()));
         let t = Instant::now();
         let res = store::encode_checkpoint(&job.header, &machine, &job.epoch, &mut enc, &mut bufs);
         // Hand the page buffer back for the next capture (pages already
@@ -355,9 +369,6 @@ pub(super) fn sender(
         }
     }
     for sh in rx.iter() {
-        shared
-            .queued
-            .fetch_sub(sh.container.len() as u64, Ordering::SeqCst);
         if shared.is_lost() {
             return;
         }
@@ -372,6 +383,11 @@ pub(super) fn sender(
             shared.lose(format!("sending epoch {}: {e}", sh.seq));
             return;
         }
+        // Counted down once written to the socket, not when taken from
+        // the queue: an epoch still being written is a backlog too.
+        shared
+            .queued
+            .fetch_sub(sh.container.len() as u64, Ordering::SeqCst);
     }
 }
 
@@ -740,6 +756,36 @@ mod tests {
     }
 
     const LINK_TEST_QUEUE: usize = 64;
+
+    /// The backlog the encoder codes by: bytes handed to a live link's
+    /// sender and not yet written; a lost link's do not count.
+    #[test]
+    fn the_backlog_is_the_most_unwritten_bytes_of_a_live_link() {
+        let fan = Fanout::default();
+        let (a, b) = (link(1, Kind::Sync), link(2, Kind::Async));
+        let (tx_a, rx_a) = crossbeam::channel::bounded(LINK_TEST_QUEUE);
+        let (tx_b, _rx_b) = crossbeam::channel::bounded(LINK_TEST_QUEUE);
+        for (shared, tx) in [(&a, tx_a), (&b, tx_b)] {
+            fan.ports().push(Port {
+                shared: shared.clone(),
+                tx,
+                from: 0,
+                max_queued: 1 << 30,
+            });
+        }
+        assert_eq!(fan.backlog(), 0);
+        fan.deliver(1, Arc::new(vec![0; 700]), end(1));
+        fan.deliver(2, Arc::new(vec![0; 300]), end(2));
+        assert_eq!(fan.backlog(), 1_000);
+        // A's sender wrote both; B's is still behind.
+        for s in rx_a.try_iter() {
+            a.queued
+                .fetch_sub(s.container.len() as u64, Ordering::SeqCst);
+        }
+        assert_eq!(fan.backlog(), 1_000);
+        b.lose("test".into());
+        assert_eq!(fan.backlog(), 0);
+    }
 
     /// A connected heartbeat channel on loopback: (primary, shadow).
     fn heartbeat_pair() -> (FramedConn, FramedConn) {

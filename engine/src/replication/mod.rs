@@ -2,6 +2,7 @@
 //!
 //! - [`primary`]: the protected VM's side: epochs, the stream, output release.
 //! - [`commit`]: which spares gate output and how far it is released (no I/O).
+//! - [`coding`]: how sparse rewrites are coded, by the links' load (no I/O).
 //! - [`standby`]: the shadow: staging, verification, apply, takeover.
 //! - [`liveness`]: failure detection and the takeover decision (no I/O).
 //! - [`hbconns`]: which heartbeat connection speaks for the primary (no I/O).
@@ -17,6 +18,7 @@
 pub mod arbiter;
 pub mod arbitration;
 pub mod bounds;
+pub mod coding;
 pub mod commit;
 pub mod consoleout;
 pub mod fencing;
