@@ -238,7 +238,13 @@ fn partition_with_the_arbiter_reachable_only_from_the_primary_keeps_the_primary(
     let Some(o) = partition(true, false, "ponly") else {
         return;
     };
-    assert_eq!(o.winner, Winner::Primary, "{}", o.standby_err);
+    assert_eq!(
+        o.winner,
+        Winner::Primary,
+        "primary:\n{}\nstandby:\n{}",
+        o.primary_err,
+        o.standby_err
+    );
     assert!(
         o.primary_err
             .contains("recorded this primary (term 1) as UNPROTECTED"),
