@@ -118,6 +118,10 @@ fn over_cap(have: usize, more: usize, cap: u64) -> std::result::Result<(), Check
     Ok(())
 }
 
+/// How many operations ahead [`StagedEpoch::apply`] prefetches a delta's
+/// target.
+const PREFETCH_AHEAD: usize = 8;
+
 impl StagedEpoch {
     /// Verifies `bytes` completely (everything `checkpoint::verify` checks,
     /// plus that the state sections decode) and decodes it. `self` is reused
@@ -328,14 +332,18 @@ impl StagedEpoch {
     /// is the container parsed last.
     pub fn apply(&self, staged: &[u8], ram: &Ram) -> Result<()> {
         self.check_staged(staged)?;
-        let mut tmp = Vec::new();
-        for op in &self.ops {
+        for (i, op) in self.ops.iter().enumerate() {
+            // A delta reads words of the shadow's memory that are rarely
+            // in cache (a few scattered words per page): start loading the
+            // ones a few deltas ahead, so the misses overlap instead of
+            // each stalling the loop in turn.
+            if let Some(Op::Xor { gpa, .. }) = self.ops.get(i + PREFETCH_AHEAD) {
+                ram.prefetch(*gpa);
+            }
             match *op {
                 Op::Data { gpa, src, len } => ram.write(gpa, self.bytes(staged, src, len))?,
                 Op::Zero { gpa, len } => ram.zero_range(gpa, len)?,
-                Op::Xor { gpa, src, len } => {
-                    ram.xor(gpa, self.bytes(staged, src, len), &mut tmp)?
-                }
+                Op::Xor { gpa, src, len } => ram.xor(gpa, self.bytes(staged, src, len))?,
             }
         }
         Ok(())

@@ -541,7 +541,6 @@ impl Chain {
 pub fn apply_checkpoint<R: std::io::Read>(r: R, ram: &Ram, fp: &Fingerprint) -> Result<EpochState> {
     let mut rd = CheckpointReader::new(r, &Limits::default(), Some(fp))?;
     let mut state = StateSections::default();
-    let mut xor_buf = Vec::new();
     let mem_err = |e: EngineError| checkpoint::CheckpointError::Decode(e.to_string());
     while let Some((id, payload)) = rd.next_section()? {
         if id == SectionId::Disk {
@@ -558,7 +557,7 @@ pub fn apply_checkpoint<R: std::io::Read>(r: R, ram: &Ram, fp: &Fingerprint) -> 
             // Zero runs drop the memory instead of writing zeros into it.
             |gpa, len| ram.zero_range(gpa, len).map_err(mem_err),
             // Deltas are XORed into what the pages hold now.
-            |gpa, delta| ram.xor(gpa, delta, &mut xor_buf).map_err(mem_err),
+            |gpa, delta| ram.xor(gpa, delta).map_err(mem_err),
         )?;
     }
     state.state()
