@@ -392,6 +392,9 @@ impl PrecopyRound {
     }
 }
 
+/// How many runs ahead [`copy_pages`] prefetches.
+const COPY_PREFETCH_AHEAD: usize = 4;
+
 /// Copies the pages named by `harvest` out of guest memory, one run per
 /// range of consecutive dirty pages.
 fn copy_pages(harvest: &Harvest, ram: &crate::memory::Ram, mut buf: Vec<u8>) -> PageBatch {
@@ -401,7 +404,14 @@ fn copy_pages(harvest: &Harvest, ram: &crate::memory::Ram, mut buf: Vec<u8>) -> 
         ..PageBatch::default()
     };
     pages.data.reserve(harvest.count() * PAGE_SIZE as usize);
+    // Scattered dirty pages are cold in this CPU's caches and TLB: start
+    // loading the first line of the run a few runs ahead, so its TLB walk
+    // and first miss overlap the copies before it.
+    let mut ahead = dirty_runs(harvest, ram).skip(COPY_PREFETCH_AHEAD);
     for (r, range) in dirty_runs(harvest, ram) {
+        if let Some((nr, next)) = ahead.next() {
+            nr.prefetch(next.start as u64 * PAGE_SIZE);
+        }
         let off = range.start * PAGE_SIZE as usize;
         let len = range.len() * PAGE_SIZE as usize;
         pages.data.extend_from_slice(&r.as_slice()[off..off + len]);
