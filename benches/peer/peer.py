@@ -58,11 +58,18 @@ def livesync(a):
                                 "--shadow", f"127.0.0.1:{port}", "--key-file", key,
                                 "--arbiter", f"file:{a.dir}/arbiter", "--vm-id", f"peer-{rep}",
                                 "--interval-ms", str(a.interval_ms), "--wait-shadow-ms", "0",
-                                "--events", evlog],
+                                "--events", evlog] + (["--prefill", a.prefill] if a.prefill else []),
                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(plog, "w"))
         sb = None
         r = {"rep": rep}
         try:
+            # The warm-up counts from the guest's first instruction, not the
+            # process start: a prefill of guest RAM takes seconds before it.
+            start_by = time.monotonic() + 60
+            while not any(e.get("event") == "running" for e in read_jsonl(evlog)):
+                if pri.poll() is not None or time.monotonic() > start_by:
+                    raise RuntimeError(f"the guest did not start within 60 s; see {plog}")
+                time.sleep(0.05)
             time.sleep(a.warmup)
             if pri.poll() is not None:
                 raise RuntimeError(f"the guest ended within the {a.warmup} s warm-up; see {plog}")
@@ -480,6 +487,7 @@ def main():
     l.add_argument("--warmup", type=float, default=2.0)
     l.add_argument("--reps", type=int, default=3)
     l.add_argument("--dir", required=True)
+    l.add_argument("--prefill", default=None, help="fill the guest's RAM from this file before boot")
     r = sub.add_parser("report")
     r.add_argument("--out", required=True)
     r.add_argument("--params", default=None, help="run parameters as JSON (default: those of DIR/peer.json)")

@@ -24,7 +24,8 @@ usage: benches/peer/run.sh [options]
   --spin S            pace hotspare's guest by spin= instead
   --hs-seconds S      length of hotspare's unprotected guest run    (8)
   --mig-downtime-ms N QEMU migration downtime-limit (QEMU default)  (300)
-  --prefill P         QEMU migration source RAM: zero|mixed         (zero)
+  --prefill P         RAM of the migration source and of hotspare's
+                      live-synced guest: zero|mixed               (zero)
   --out DIR           output directory                              (peer-out)
   --no-build          do not run `cargo build --release -p engine`
 EOF
@@ -207,10 +208,19 @@ took[hotspare]=$(( $(date +%s) - t ))
 t=$(date +%s)
 LS_GUEST="$OUT/hotspare/runs/memtest.elf"
 [ -f "$LS_GUEST" ] || LS_GUEST=$GUEST
-log "hotspare live full sync of the running guest, $REPS reps"
+# With --prefill mixed, hotspare's guest RAM is filled before boot from a file the same page
+# generator writes (bench/pagegen, its default mix), as QEMU's migration source RAM is.
+LS_PREFILL=()
+if [ "$PREFILL" = mixed ]; then
+  prefill_file="/dev/shm/hotspare-prefill-$$.ram"
+  trap 'rm -f "$prefill_file"' EXIT
+  "$peers/bench/pagegen" "$prefill_file" "$MEM" "$peers/bench/corpus.txt" 2>/dev/null
+  LS_PREFILL=(--prefill "$prefill_file")
+fi
+log "hotspare live full sync of the running guest, $REPS reps, prefill $PREFILL"
 if [ -z "$LS_GUEST" ] || ! python3 "$here/peer.py" livesync --hotspare "$HS" --guest "$LS_GUEST" --mem-mib "$MEM" \
     --cmdline "rounds=$ROUNDS pages=$PAGES writes=$WRITES spin=$SPIN pattern=$PROFILE$PACE" --interval-ms "$DELAY" \
-    --warmup 2 --reps "$REPS" --dir "$OUT/hotspare-livesync"; then
+    --warmup 2 --reps "$REPS" --dir "$OUT/hotspare-livesync" "${LS_PREFILL[@]}"; then
   log "  hotspare live sync FAILED (see $OUT/hotspare-livesync/)"
 fi
 took[livesync]=$(( $(date +%s) - t ))

@@ -435,6 +435,12 @@ struct RunArgs {
     /// Write per-epoch replication figures as JSON to this file at exit.
     #[arg(long)]
     stats_json: Option<PathBuf>,
+    /// For benchmarks: fill guest RAM from this file before boot, page by
+    /// page from address 0, as a file backing QEMU's RAM does (the peer
+    /// harness's `--prefill mixed`); all-zero pages stay unallocated. The
+    /// kernel is loaded over it, and the guest writes on top.
+    #[arg(long, value_name = "FILE")]
+    prefill: Option<PathBuf>,
     #[command(flatten)]
     process: ProcessArgs,
 }
@@ -589,6 +595,14 @@ fn run(a: RunArgs) -> anyhow::Result<i32> {
             .collect(),
     };
     let mut vm = Vm::create(&cfg, open_console(&a.console)?, None)?;
+    if let Some(path) = &a.prefill {
+        let mut f = std::fs::File::open(path)
+            .with_context(|| format!("opening the prefill file {}", path.display()))?;
+        let pages = vm
+            .ram
+            .prefill_from(&mut f, &format!("file {}", path.display()))?;
+        tracing::info!(pages, "guest RAM prefilled from {}", path.display());
+    }
     stop_on_term(term_signals, vm.shared.clone())?;
     let kind = vm.boot(&BootSpec {
         kernel: a.kernel,

@@ -321,6 +321,101 @@ impl Ram {
         Ok(())
     }
 
+    /// Fills guest RAM from `src`, page by page from the start of RAM in
+    /// region order (the MMIO hole skipped), as a file backing a QEMU
+    /// guest's RAM would: the peer harness's `--prefill mixed`. All-zero
+    /// pages are not written, so they stay unallocated and read as zero.
+    /// `what` names the source in errors. Returns the pages written.
+    ///
+    /// Refuses a source that is not a whole number of pages or is longer
+    /// than RAM, before writing past the end; a read error stops it.
+    pub fn prefill_from(&self, src: &mut impl std::io::Read, what: &str) -> Result<u64> {
+        const CHUNK: usize = 1 << 20;
+        const PAGE_BYTES: usize = 4096;
+        let total: u64 = self.regions.iter().map(|r| r.size).sum();
+        let mut buf = vec![0u8; CHUNK];
+        let (mut at, mut written) = (0u64, 0u64);
+        loop {
+            // Fill the chunk (a short read is not the end).
+            let mut got = 0;
+            while got < CHUNK {
+                match src.read(&mut buf[got..]) {
+                    Ok(0) => break,
+                    Ok(n) => got += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        return Err(EngineError::Io {
+                            context: format!("reading the prefill {what}"),
+                            source: e,
+                        })
+                    }
+                }
+            }
+            if got == 0 {
+                return Ok(written);
+            }
+            if got % PAGE_BYTES != 0 {
+                return Err(EngineError::Config(format!(
+                    "the prefill {what} is not a whole number of 4 KiB pages ({} bytes)",
+                    at + got as u64
+                )));
+            }
+            if at + got as u64 > total {
+                return Err(EngineError::Config(format!(
+                    "the prefill {what} is longer than the guest's {total} bytes of RAM"
+                )));
+            }
+            // Runs of non-zero pages within one region go to the memfd with
+            // one `pwrite` each: writing through the mapping would take a
+            // page fault per page, which on this kind of host costs ~40 µs
+            // (a 1 GiB prefill took 7 s that way).
+            let mut run: Option<(u64, usize)> = None; // (RAM offset, start in buf)
+            for (i, page) in buf[..got].chunks_exact(PAGE_BYTES).enumerate() {
+                let here = at + (i * PAGE_BYTES) as u64;
+                let zero = checkpoint::pages::is_zero(page);
+                let breaks =
+                    run.is_some_and(|(s, _)| self.linear(s).0.gpa != self.linear(here).0.gpa);
+                if zero || breaks {
+                    if let Some((s, b)) = run.take() {
+                        self.pwrite_linear(s, &buf[b..i * PAGE_BYTES], what)?;
+                    }
+                }
+                if !zero {
+                    run.get_or_insert((here, i * PAGE_BYTES));
+                    written += 1;
+                }
+            }
+            if let Some((s, b)) = run.take() {
+                self.pwrite_linear(s, &buf[b..got], what)?;
+            }
+            at += got as u64;
+        }
+    }
+
+    /// Writes `data` at byte `at` of RAM counted in region order (inside
+    /// one region) through the memfd.
+    fn pwrite_linear(&self, at: u64, data: &[u8], what: &str) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let (r, off) = self.linear(at);
+        self.memfd
+            .write_all_at(data, r.file_off + off)
+            .map_err(EngineError::io(format!(
+                "writing the prefill {what} into guest memory at {:#x}",
+                r.gpa + off
+            )))
+    }
+
+    /// The region and offset of byte `at` of RAM counted in region order.
+    fn linear(&self, mut at: u64) -> (&HostRegion, u64) {
+        for r in &self.regions {
+            if at < r.size {
+                return (r, at);
+            }
+            at -= r.size;
+        }
+        unreachable!("prefill_from checks the length against RAM first")
+    }
+
     /// Asks the CPU to start loading the cache line at `gpa`, which is
     /// about to be read (a hint; nothing happens outside guest memory).
     pub fn prefetch(&self, gpa: u64) {
@@ -427,5 +522,41 @@ mod tests {
         }
         let e = ram.xor((2 << 20) - 8, &delta).unwrap_err().to_string();
         assert!(e.contains("not inside one memory region"), "{e}");
+    }
+
+    /// A prefill lands page by page from address 0, leaves zero pages
+    /// unallocated, and a source of a partial page or longer than RAM is
+    /// refused by name.
+    #[test]
+    fn a_prefill_fills_ram_in_order_and_bad_sources_are_refused() {
+        let ram = Ram::new(4 << 20).unwrap();
+        let mut src = vec![0u8; 3 << 20];
+        src[0] = 1;
+        src[(2 << 20) + 4095] = 2;
+        let written = ram.prefill_from(&mut src.as_slice(), "file t").unwrap();
+        assert_eq!(written, 2);
+        let (mut a, mut b) = ([0u8; 1], [0u8; 1]);
+        ram.regions[0].read(0, &mut a);
+        ram.regions[0].read((2 << 20) + 4095, &mut b);
+        assert_eq!((a[0], b[0]), (1, 2));
+        // Only the two written pages are allocated.
+        let pages: usize = ram.allocated_pages(0).iter().map(|r| r.len()).sum();
+        assert_eq!(pages, 2);
+        let e = ram
+            .prefill_from(&mut [1u8; 5000].as_slice(), "file p")
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("file p is not a whole number of 4 KiB pages"),
+            "{e}"
+        );
+        let long = vec![0u8; 5 << 20];
+        let e = ram
+            .prefill_from(&mut long.as_slice(), "file l")
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("file l is longer than the guest's"),
+            "{e}"
+        );
     }
 }
