@@ -210,8 +210,10 @@ LS_GUEST="$OUT/hotspare/runs/memtest.elf"
 [ -f "$LS_GUEST" ] || LS_GUEST=$GUEST
 # With --prefill mixed, hotspare's guest RAM is filled before boot from a file the same page
 # generator writes (bench/pagegen, its default mix), as QEMU's migration source RAM is.
-LS_PREFILL=()
+LS_PREFILL=() LS_ROUNDS=$ROUNDS
 if [ "$PREFILL" = mixed ]; then
+  # A guest RAM full of data takes seconds to copy: run the guest four times longer.
+  LS_ROUNDS=$(( ROUNDS * 4 ))
   prefill_file="/dev/shm/hotspare-prefill-$$.ram"
   trap 'rm -f "$prefill_file"' EXIT
   "$peers/bench/pagegen" "$prefill_file" "$MEM" "$peers/bench/corpus.txt" 2>/dev/null
@@ -219,7 +221,7 @@ if [ "$PREFILL" = mixed ]; then
 fi
 log "hotspare live full sync of the running guest, $REPS reps, prefill $PREFILL"
 if [ -z "$LS_GUEST" ] || ! python3 "$here/peer.py" livesync --hotspare "$HS" --guest "$LS_GUEST" --mem-mib "$MEM" \
-    --cmdline "rounds=$ROUNDS pages=$PAGES writes=$WRITES spin=$SPIN pattern=$PROFILE$PACE" --interval-ms "$DELAY" \
+    --cmdline "rounds=$LS_ROUNDS pages=$PAGES writes=$WRITES spin=$SPIN pattern=$PROFILE$PACE" --interval-ms "$DELAY" \
     --warmup 2 --reps "$REPS" --dir "$OUT/hotspare-livesync" "${LS_PREFILL[@]}"; then
   log "  hotspare live sync FAILED (see $OUT/hotspare-livesync/)"
 fi
