@@ -406,11 +406,16 @@ fn copy_pages(harvest: &Harvest, ram: &crate::memory::Ram, mut buf: Vec<u8>) -> 
     pages.data.reserve(harvest.count() * PAGE_SIZE as usize);
     // Scattered dirty pages are cold in this CPU's caches and TLB: start
     // loading the first line of the run a few runs ahead, so its TLB walk
-    // and first miss overlap the copies before it.
-    let mut ahead = dirty_runs(harvest, ram).skip(COPY_PREFETCH_AHEAD);
-    for (r, range) in dirty_runs(harvest, ram) {
-        if let Some((nr, next)) = ahead.next() {
+    // and first miss overlap the copies before it. One pass over the
+    // bitmap: the runs between the one copied and the one prefetched wait
+    // in `window`.
+    let mut runs = dirty_runs(harvest, ram);
+    let mut window: std::collections::VecDeque<_> =
+        runs.by_ref().take(COPY_PREFETCH_AHEAD).collect();
+    while let Some((r, range)) = window.pop_front() {
+        if let Some((nr, next)) = runs.next() {
             nr.prefetch(next.start as u64 * PAGE_SIZE);
+            window.push_back((nr, next));
         }
         let off = range.start * PAGE_SIZE as usize;
         let len = range.len() * PAGE_SIZE as usize;
