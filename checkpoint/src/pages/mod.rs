@@ -719,3 +719,14 @@ fn zstd_into(c: &mut Compressor<'static>, src: &[u8], dst: &mut Vec<u8>) -> Resu
 
 #[cfg(test)]
 mod tests;
+
+/// A xorshift64 stream for the page tests' pseudo-random data.
+#[cfg(test)]
+pub(crate) fn test_xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+    move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    }
+}

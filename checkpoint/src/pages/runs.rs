@@ -266,13 +266,7 @@ mod tests {
     /// than the limit, and is otherwise the full encoding.
     #[test]
     fn an_entry_is_refused_exactly_when_its_full_encoding_passes_the_limit() {
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = super::super::test_xorshift(0x2545_f491_4f6c_dd1d);
         for case in 0..2_000 {
             let old0: Vec<u8> = (0..PAGE_SIZE).map(|_| next() as u8).collect();
             let mut new = old0.clone();

@@ -72,15 +72,8 @@ fn compression_only_when_it_shrinks() {
     assert!(out.len() < PAGE_SIZE);
 
     // Pseudo-random bytes do not compress: stored Raw.
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let noisy: Vec<u8> = (0..PAGE_SIZE)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let mut x = super::test_xorshift(0x9E37_79B9_7F4A_7C15);
+    let noisy: Vec<u8> = (0..PAGE_SIZE).map(|_| x() as u8).collect();
     let mut out2 = Vec::new();
     enc.encode_run(0x2000, &noisy, &mut out2).unwrap();
     assert_eq!(out2[12], Encoding::Raw as u8);
@@ -152,14 +145,9 @@ fn sink_errors_propagate() {
 #[test]
 fn incompressible_data_stops_compression_attempts_and_compressible_data_resumes_them() {
     let mut enc = MemoryEncoder::new(Compression::Zstd { level: 1 }).unwrap();
-    let mut x = 0x1234_5678_9abc_def1u64;
+    let mut x = super::test_xorshift(0x1234_5678_9abc_def1);
     let random: Vec<u8> = (0..DATA_RECORD_PAGES * PAGE_SIZE * 10)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
+        .map(|_| x() as u8)
         .collect();
     let mut out = Vec::new();
     enc.encode_run(0, &random, &mut out).unwrap();

@@ -181,13 +181,8 @@ mod tests {
     /// at the end claims its last commit.
     #[test]
     fn delayed_old_link_events_never_claim_in_any_order() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut rand = move |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut next = crate::replication::xorshift(0x9e37_79b9_7f4a_7c15);
+        let mut rand = move |n: u64| next() % n;
         for trial in 0..500 {
             let (mut conns, mut fsm) = (HeartbeatConns::default(), StandbyFsm::new(10));
             feed(&mut conns, &mut fsm, 1, Heartbeat { term: 1 });
