@@ -336,6 +336,13 @@ struct StandbyArgs {
     /// more is refused. Default: 64, the engine's limit.
     #[arg(long, value_name = "N")]
     max_vcpus: Option<u32>,
+    /// Reserve this much guest memory, in MiB, before listening: created
+    /// and populated now, it serves the first VM of exactly this size, so
+    /// a live copy does not wait for the host to provide pages (a primary
+    /// of another size still gets memory, allocated during its copy).
+    /// Must fit --max-mem-mib.
+    #[arg(long, value_name = "MIB")]
+    reserve_mib: Option<u64>,
     /// A replica image for the primary's disk of the same position
     /// (repeatable, in the primary's --disk order): the same size as the
     /// primary's disk. After a takeover it is the VM's disk.
@@ -733,6 +740,27 @@ fn standby(a: StandbyArgs) -> anyhow::Result<i32> {
             "--arbiter none allows one --reprotect spare only: with several, every spare would take the VM over"
         );
     }
+    let reserved = match a.reserve_mib {
+        None => None,
+        Some(mib) => {
+            let bytes = mib.checked_mul(1 << 20).filter(|&b| b > 0).ok_or_else(|| {
+                anyhow::anyhow!("--reserve-mib {mib}: must be at least 2 and a multiple of 2")
+            })?;
+            if let Some(max) = a.max_mem_mib.filter(|&max| mib > max) {
+                anyhow::bail!("--reserve-mib {mib} is more than --max-mem-mib {max}");
+            }
+            let t = std::time::Instant::now();
+            let ram = engine::memory::Ram::new(bytes)
+                .map_err(|e| anyhow::anyhow!("--reserve-mib {mib}: {e}"))?;
+            ram.populate()
+                .map_err(|e| anyhow::anyhow!("--reserve-mib {mib}: {e}"))?;
+            eprintln!(
+                "hotspare: reserved {mib} MiB of guest memory in {:.2} s",
+                t.elapsed().as_secs_f64()
+            );
+            Some(ram)
+        }
+    };
     let cfg = StandbyConfig {
         listen: a.listen,
         psk: load_key(&a.key_file)?,
@@ -754,6 +782,7 @@ fn standby(a: StandbyArgs) -> anyhow::Result<i32> {
         disk_ack: a.disk_ack,
         arbiter: a.arbiter.open()?,
         stats_json: a.stats_json,
+        reserved,
     };
     match engine::replication::standby::run(cfg) {
         Err(engine::error::EngineError::Superseded(why)) => Ok(superseded(&why)),

@@ -222,6 +222,42 @@ impl Ram {
         })
     }
 
+    /// Allocates and maps every page of guest memory now
+    /// (`MADV_POPULATE_WRITE`), so later writes neither allocate nor fault.
+    /// A standby reserving memory for the VM it will shadow does this
+    /// before any primary connects (`hotspare standby --reserve-mib`): on
+    /// the development host a page first touched costs 5-20 µs, which a
+    /// live copy would otherwise pay per page (docs/performance.md, "The
+    /// live copy"). Needs Linux 5.14.
+    pub fn populate(&self) -> Result<()> {
+        for r in &self.regions {
+            // SAFETY: `host` maps `size` bytes of our memfd, read-write, for
+            // as long as `self` lives; populating writes no data (it only
+            // allocates zeroed pages the mapping already refers to).
+            let rc = unsafe {
+                libc::madvise(
+                    r.host as *mut libc::c_void,
+                    r.size as usize,
+                    libc::MADV_POPULATE_WRITE,
+                )
+            };
+            if rc != 0 {
+                let e = std::io::Error::last_os_error();
+                return Err(EngineError::Memory(format!(
+                    "populating {} MiB of guest memory at {:#x} (MADV_POPULATE_WRITE, Linux 5.14 or later): {e}",
+                    r.size >> 20,
+                    r.gpa
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The size of guest memory in bytes.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
     /// The layout as checkpoint metadata.
     pub fn layout(&self) -> Vec<MemRegion> {
         self.regions
@@ -526,6 +562,19 @@ mod tests {
         }
         let e = ram.xor((2 << 20) - 8, &delta).unwrap_err().to_string();
         assert!(e.contains("not inside one memory region"), "{e}");
+    }
+
+    /// Populating allocates every page of every region (the memfd then
+    /// holds data everywhere) and leaves guest memory zero.
+    #[test]
+    fn populating_allocates_all_of_guest_memory_as_zeros() {
+        let ram = Ram::new(4 << 20).unwrap();
+        assert_eq!(ram.bytes(), 4 << 20);
+        assert!(ram.allocated_pages(0).is_empty());
+        ram.populate().unwrap();
+        let pages = (4 << 20) / PAGE_SIZE as usize;
+        assert_eq!(ram.allocated_pages(0), vec![0..pages]);
+        assert!(ram.regions[0].as_slice().iter().all(|&b| b == 0));
     }
 
     /// A prefill lands page by page from address 0, leaves zero pages

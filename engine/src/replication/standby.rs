@@ -79,6 +79,11 @@ pub struct StandbyConfig {
     pub arbiter: Option<Box<dyn Arbiter>>,
     /// Write the takeover's figures here as JSON, once the guest runs.
     pub stats_json: Option<std::path::PathBuf>,
+    /// Guest memory created and populated before any primary connects
+    /// (`--reserve-mib`): the first full epoch of a VM of exactly this
+    /// size builds on it, so a live copy never waits for the host to
+    /// provide memory (docs/spares.md, "Reserved memory").
+    pub reserved: Option<Ram>,
 }
 
 /// When the standby acknowledges an epoch that writes its disks
@@ -146,6 +151,9 @@ struct Shadow {
     committed_at: Option<Instant>,
     /// The term of the primary it last said it is in sync with.
     in_sync_term: u64,
+    /// Memory reserved for the VM (`StandbyConfig::reserved`), until the
+    /// first full epoch takes it or finds it the wrong size.
+    reserved: Option<Ram>,
 }
 
 impl Shadow {
@@ -201,6 +209,7 @@ pub fn run(cfg: StandbyConfig) -> Result<i32> {
         disk_ack,
         mut arbiter,
         stats_json,
+        reserved,
     } = cfg;
     let arbiter_id = match arbiter.as_mut() {
         Some(a) => Some(a.identity().map_err(|e| {
@@ -243,6 +252,7 @@ pub fn run(cfg: StandbyConfig) -> Result<i32> {
         nets,
         disk_ack,
         arbiter_id,
+        reserved,
         ..Shadow::default()
     }));
     let (ev_tx, ev_rx) = channel::unbounded::<Event>();
@@ -684,6 +694,25 @@ fn poison(sh: &mut Shadow, why: String) -> String {
     format!("{why}; the shadow's memory is now inconsistent and it cannot take over until the primary resyncs it")
 }
 
+/// Guest memory of `bytes` for the VM the first full epoch builds: the
+/// reserved memory if it has exactly that size (it is taken), else fresh
+/// memory (a reservation of another size is released, with a warning).
+fn memory_for(reserved: &mut Option<Ram>, bytes: u64) -> Result<Ram> {
+    match reserved.take() {
+        Some(r) if r.bytes() == bytes => Ok(r),
+        other => {
+            if let Some(r) = other {
+                tracing::warn!(
+                    "the primary's VM has {} MiB of memory, not the {} MiB reserved (--reserve-mib): allocating it during the copy",
+                    bytes >> 20,
+                    r.bytes() >> 20
+                );
+            }
+            Ram::new(bytes)
+        }
+    }
+}
+
 /// Verifies a staged epoch, acknowledges it and applies it.
 #[allow(clippy::too_many_arguments)]
 fn commit(
@@ -748,7 +777,7 @@ fn commit(
             .policy
             .check_shape(&machine)
             .map_err(|e| format!("epoch {}: {e}", end.seq))?;
-        let ram = Ram::new(bytes).map_err(|e| e.to_string())?;
+        let ram = memory_for(&mut sh.reserved, bytes).map_err(|e| e.to_string())?;
         let cfg = VmConfig {
             mem_bytes: bytes,
             vcpus: machine.vcpus,

@@ -79,3 +79,32 @@ fn the_primarys_figures_are_summed_without_overflow() {
         "{s}"
     );
 }
+
+/// Reserved memory serves the first VM of exactly its size, once; a VM of
+/// another size gets fresh memory and the reservation is released.
+#[test]
+fn reserved_memory_serves_only_a_vm_of_its_size() {
+    let reserve = |mib: u64| {
+        let r = Ram::new(mib << 20).unwrap();
+        r.populate().unwrap();
+        r
+    };
+    let base = |r: &Ram| r.span(0, 1).unwrap().0.as_slice().as_ptr();
+    let mut reserved = Some(reserve(4));
+    let host = base(reserved.as_ref().unwrap());
+    let got = memory_for(&mut reserved, 4 << 20).unwrap();
+    assert_eq!(base(&got), host, "the reserved memory itself");
+    assert!(reserved.is_none());
+    // Nothing left: the next VM gets memory of its own.
+    let next = memory_for(&mut reserved, 4 << 20).unwrap();
+    assert_ne!(base(&next), host);
+
+    let mut reserved = Some(reserve(4));
+    let got = memory_for(&mut reserved, 6 << 20).unwrap();
+    assert_eq!(got.bytes(), 6 << 20);
+    assert!(got.allocated_pages(0).is_empty(), "fresh, not populated");
+    assert!(
+        reserved.is_none(),
+        "a reservation of the wrong size is released"
+    );
+}
