@@ -75,7 +75,8 @@ def livesync(a):
                 raise RuntimeError(f"the guest ended within the {a.warmup} s warm-up; see {plog}")
             sb = subprocess.Popen([a.hotspare, "standby", "--listen", f"127.0.0.1:{port}", "--key-file", key,
                                    "--arbiter", f"file:{a.dir}/arbiter",
-                                   "--console", os.path.join(a.dir, f"shadow-{rep}.txt")],
+                                   "--console", os.path.join(a.dir, f"shadow-{rep}.txt")]
+                                  + (["--reserve-mib", str(a.mem_mib)] if a.reserve else []),
                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(slog, "w"))
             end = time.monotonic() + 30
             done = None
@@ -98,6 +99,8 @@ def livesync(a):
                      final_pause_ms=None, final_pages=None,
                      to_protected_s=(prot["at_ms"] - joined["at_ms"]) / 1e3,
                      copied_mib_s=mib / secs, guest_mib_s=a.mem_mib / secs)
+            # In sync means protected: the shadow applied the copy and committed an epoch after it.
+            r["protected_guest_mib_s"] = a.mem_mib / r["to_protected_s"]
         except Exception as e:  # recorded, the report lists it
             r["error"] = str(e)
         finally:
@@ -107,7 +110,7 @@ def livesync(a):
         print(f"  live sync rep {rep}: " + (r["error"] if "error" in r else
               f"{r['copied_mib']:.1f} MiB copied in {r['seconds']:.3f} s, {r['rounds']} rounds"), file=sys.stderr)
         reps.append(r)
-    json.dump({"mem_mib": a.mem_mib, "warmup_s": a.warmup, "cmdline": a.cmdline, "reps": reps},
+    json.dump({"mem_mib": a.mem_mib, "warmup_s": a.warmup, "spare_reserves_memory": a.reserve, "cmdline": a.cmdline, "reps": reps},
               open(os.path.join(a.dir, "livesync.json"), "w"), indent=2)
     return 0 if any("error" not in r for r in reps) else 1
 
@@ -262,9 +265,10 @@ def livesync_summary(d):
         return {"errors": [f"{p} missing (the live-sync measurement did not run; see run.sh output)"]}
     j = json.load(open(p))
     ok = [r for r in j["reps"] if "error" not in r]
-    s = {"runs": len(j["reps"]), "ok": len(ok), "warmup_s": j.get("warmup_s"), "cmdline": j.get("cmdline")}
+    s = {"runs": len(j["reps"]), "ok": len(ok), "warmup_s": j.get("warmup_s"), "cmdline": j.get("cmdline"),
+         "spare_reserves_memory": j.get("spare_reserves_memory", False)}
     for k in ("seconds", "guest_mib_s", "copied_mib", "copied_mib_s", "wire_mib", "rounds", "final_pause_ms", "final_pages",
-              "to_protected_s"):
+              "to_protected_s", "protected_guest_mib_s"):
         s[k] = med([r.get(k) for r in ok])
     errs = [r["error"] for r in j["reps"] if "error" in r]
     if errs:
@@ -321,7 +325,9 @@ def report(a):
         "pause_p99_vs_colo_p90": ratio(hs_p99, colo.get("pause_ms_p90")),
         "pause_max": ratio(hs_max, colo.get("pause_ms_max")),
         "epoch_rate_achieved": ratio(hs_rate, colo.get("checkpoints_per_s")),
-        "full_sync_guest_mib_s": ratio(ls.get("guest_mib_s"), mig.get("guest_mib_s")),
+        # Until the spare is protected (the copy applied and an epoch committed after it), not only
+        # until the primary has sent the copy: QEMU's total time also ends with the destination complete.
+        "full_sync_guest_mib_s": ratio(ls.get("protected_guest_mib_s"), mig.get("guest_mib_s")),
         "full_sync_copied_mib_s": ratio(ls.get("copied_mib_s"), mig.get("processed_mib_s")),
         "full_sync_wire_mib": ratio(ls.get("wire_mib"), mig.get("wire_mib")),
         "takeover": ratio(hs_take, g(colo, "failover", "kill_to_running_ms")),
@@ -366,7 +372,9 @@ def report(a):
         f"{r(ratios['epoch_rate_achieved'], 'higher')} | higher | "
         f"hotspare at {fmt(ratio(hs_rate, hs_conf), 3)} of configured: {target(ratio(hs_rate, hs_conf), '>=', 0.98)} |",
         f"| full sync of a running guest: guest RAM / time to in sync (QEMU 10: live migration total time) | "
-        f"{fmt(ls.get('guest_mib_s'), 0, 'MiB/s')} ({fmt(ls.get('seconds'), 3, 's')}) | "
+        f"{fmt(ls.get('protected_guest_mib_s'), 0, 'MiB/s')} ({fmt(ls.get('to_protected_s'), 3, 's')} to protected; "
+        f"copy sent in {fmt(ls.get('seconds'), 3, 's')}; spare memory "
+        f"{'reserved before the copy' if ls.get('spare_reserves_memory') else 'allocated during the copy'}) | "
         f"{fmt(mig.get('guest_mib_s'), 0, 'MiB/s')} ({fmt((mig.get('total_time_ms') or 0) / 1e3 if mig.get('total_time_ms') else None, 3, 's')}) | "
         f"{r(ratios['full_sync_guest_mib_s'], 'higher')} | higher | {target(ratios['full_sync_guest_mib_s'], '>=', 3)} |",
         f"| full sync: MiB copied incl. re-sends / time (hotspare skips never-touched pages, QEMU counts the zero pages it scans) | "
@@ -488,6 +496,8 @@ def main():
     l.add_argument("--reps", type=int, default=3)
     l.add_argument("--dir", required=True)
     l.add_argument("--prefill", default=None, help="fill the guest's RAM from this file before boot")
+    l.add_argument("--reserve", action="store_true",
+                   help="the standby reserves (creates and populates) the guest's memory before it listens")
     r = sub.add_parser("report")
     r.add_argument("--out", required=True)
     r.add_argument("--params", default=None, help="run parameters as JSON (default: those of DIR/peer.json)")

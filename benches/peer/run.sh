@@ -26,13 +26,16 @@ usage: benches/peer/run.sh [options]
   --mig-downtime-ms N QEMU migration downtime-limit (QEMU default)  (300)
   --prefill P         RAM of the migration source and of hotspare's
                       live-synced guest: zero|mixed               (zero)
+  --spare-reserve     hotspare's live-sync standby reserves (creates
+                      and populates) the guest's memory before it
+                      listens (`hotspare standby --reserve-mib`)
   --out DIR           output directory                              (peer-out)
   --no-build          do not run `cargo build --release -p engine`
 EOF
 }
 
 MEM=1024 DELAY=20 RATE=25 REPS=3 WS=64 WINDOW=8 PROFILE=mixed SPIN='' HS_SECONDS=8
-DOWNTIME=300 PREFILL=zero OUT=peer-out BUILD=1
+DOWNTIME=300 PREFILL=zero OUT=peer-out BUILD=1 RESERVE=()
 CMDLINE="benches/peer/run.sh${*:+ $*}"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -48,6 +51,7 @@ while [ $# -gt 0 ]; do
     --mig-downtime-ms) DOWNTIME=$2; shift 2 ;;
     --prefill) PREFILL=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
+    --spare-reserve) RESERVE=(--reserve); shift ;;
     --no-build) BUILD=0; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "run.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
@@ -222,7 +226,7 @@ fi
 log "hotspare live full sync of the running guest, $REPS reps, prefill $PREFILL"
 if [ -z "$LS_GUEST" ] || ! python3 "$here/peer.py" livesync --hotspare "$HS" --guest "$LS_GUEST" --mem-mib "$MEM" \
     --cmdline "rounds=$LS_ROUNDS pages=$PAGES writes=$WRITES spin=$SPIN pattern=$PROFILE$PACE" --interval-ms "$DELAY" \
-    --warmup 2 --reps "$REPS" --dir "$OUT/hotspare-livesync" "${LS_PREFILL[@]}"; then
+    --warmup 2 --reps "$REPS" --dir "$OUT/hotspare-livesync" "${LS_PREFILL[@]}" "${RESERVE[@]}"; then
   log "  hotspare live sync FAILED (see $OUT/hotspare-livesync/)"
 fi
 took[livesync]=$(( $(date +%s) - t ))
