@@ -101,6 +101,9 @@ def livesync(a):
                      copied_mib_s=mib / secs, guest_mib_s=a.mem_mib / secs)
             # In sync means protected: the shadow applied the copy and committed an epoch after it.
             r["protected_guest_mib_s"] = a.mem_mib / r["to_protected_s"]
+            # The share of the copy sent uncompressed (chunk by chunk, whichever keeps pace best).
+            if "plain_units" in copied:
+                r["plain_share"] = copied["plain_units"] / max(copied["units"], 1)
         except Exception as e:  # recorded, the report lists it
             r["error"] = str(e)
         finally:
@@ -268,7 +271,7 @@ def livesync_summary(d):
     s = {"runs": len(j["reps"]), "ok": len(ok), "warmup_s": j.get("warmup_s"), "cmdline": j.get("cmdline"),
          "spare_reserves_memory": j.get("spare_reserves_memory", False)}
     for k in ("seconds", "guest_mib_s", "copied_mib", "copied_mib_s", "wire_mib", "rounds", "final_pause_ms", "final_pages",
-              "to_protected_s", "protected_guest_mib_s"):
+              "to_protected_s", "protected_guest_mib_s", "plain_share"):
         s[k] = med([r.get(k) for r in ok])
     errs = [r["error"] for r in j["reps"] if "error" in r]
     if errs:

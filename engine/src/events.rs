@@ -80,6 +80,10 @@ pub enum Event {
         wire_bytes: u64,
         /// How long the copy took, s.
         seconds: f64,
+        /// Of `units`, those sent plain (the rest zstd-coded): the copy
+        /// codes each chunk the way that keeps pace best
+        /// (`replication/copycoding.rs`).
+        plain_units: u64,
     },
     /// A spare protects the VM (it gates output; the arbiter names it).
     Protected {

@@ -346,11 +346,12 @@ pub(super) fn sender(
         match copy.send(&mut conn, term, &|seq| shared.track(seq)) {
             Ok(f) => {
                 eprintln!(
-                    "hotspare: live copy to spare {}: {} pages and disk blocks ({:.1} MiB, {:.1} MiB on the wire) in {:.3} s",
+                    "hotspare: live copy to spare {}: {} pages and disk blocks ({:.1} MiB, {:.1} MiB on the wire, {:.0}% sent plain) in {:.3} s",
                     shared.name,
                     f.units,
                     (f.units * crate::memory::PAGE_SIZE) as f64 / (1 << 20) as f64,
                     f.wire_bytes as f64 / (1 << 20) as f64,
+                    100.0 * f.plain_units as f64 / f.units.max(1) as f64,
                     f.secs
                 );
                 crate::events::emit(crate::events::Event::LiveCopied {
@@ -358,6 +359,7 @@ pub(super) fn sender(
                     units: f.units,
                     wire_bytes: f.wire_bytes,
                     seconds: f.secs,
+                    plain_units: f.plain_units,
                 });
                 *shared.copy.lock().unwrap_or_else(|e| e.into_inner()) = Some(f);
                 shared.copied.store(true, Ordering::SeqCst);

@@ -15,6 +15,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::copycoding::{ChunkCoding, CopyCoding};
 use super::wire::EpochEnd;
 use crate::capture::PrecopyRound;
 use crate::devices::virtio::block::disk::{DiskImage, BLOCK};
@@ -29,22 +30,42 @@ use checkpoint::pages::{Compression, MemoryEncoder};
 /// (4 MiB), so sending and applying overlap with reading and encoding.
 const SYNC_CHUNK_PAGES: u64 = 1024;
 
-/// The zstd level of a live copy's pages. A copy is bound by CPU on both
-/// ends, not by the link: on the harness's mixed pages (`bench/compbench`,
-/// 512 KiB units) level -3 compresses 1.57x and decompresses 2.3x as fast
-/// as level 1, for 9% more bytes, and a 1 GiB guest's live copy took
-/// 0.66-0.72x the time (docs/performance.md, "The live copy").
+/// The zstd level of a live copy's chunks that go compressed (those that
+/// go plain are chosen by [`CopyCoding`]). When a copy is bound by CPU on
+/// both ends, a fast level pays: on the harness's mixed pages
+/// (`bench/compbench`, 512 KiB units) level -3 compresses 1.57x and
+/// decompresses 2.3x as fast as level 1, for 9% more bytes, and a 1 GiB
+/// guest's copy, all of it coded, took 0.66-0.72x the time (docs/performance.md,
+/// "The live copy, phase by phase").
 pub(super) const COPY_ZSTD_LEVEL: i32 = -3;
 
-/// How a live copy codes its pages, given the link's setting: zstd at
-/// [`COPY_ZSTD_LEVEL`] unless the link asks for a faster level still, and
-/// no compression when the link has none.
+/// How a live copy's compressed chunks are coded, given the link's
+/// setting: zstd at [`COPY_ZSTD_LEVEL`] unless the link asks for a faster
+/// level still; with no compression on the link, every chunk goes plain.
 pub(super) fn copy_compression(link: Compression) -> Compression {
     match link {
         Compression::None => Compression::None,
         Compression::Zstd { level } => Compression::Zstd {
             level: level.min(COPY_ZSTD_LEVEL),
         },
+    }
+}
+
+/// Tells the coding decision how the chunk just sent (`how`, begun at `t`)
+/// went, and counts its units by coding.
+fn chose(
+    coding: &mut Option<CopyCoding>,
+    how: ChunkCoding,
+    chunk: &[(u64, u64)],
+    t: Instant,
+    figures: &mut CopyFigures,
+) {
+    let units: u64 = chunk.iter().map(|r| r.1).sum();
+    if how == ChunkCoding::Plain {
+        figures.plain_units += units;
+    }
+    if let Some(c) = coding.as_mut() {
+        c.sent(units * PAGE_SIZE, t.elapsed().as_secs_f64());
     }
 }
 
@@ -107,6 +128,8 @@ pub(super) struct CopyFigures {
     /// Container bytes sent.
     pub wire_bytes: u64,
     pub secs: f64,
+    /// Of `units`, those sent in chunks coded plain (the rest: zstd).
+    pub plain_units: u64,
 }
 
 impl LiveCopy {
@@ -120,8 +143,13 @@ impl LiveCopy {
     ) -> Result<CopyFigures> {
         let t0 = Instant::now();
         let compression = copy_compression(self.compression);
-        let mut enc = MemoryEncoder::new(compression)?;
-        enc.set_batching(true);
+        let mut zstd = MemoryEncoder::new(compression)?;
+        let mut plain = MemoryEncoder::new(Compression::None)?;
+        zstd.set_batching(true);
+        plain.set_batching(true);
+        // Plain or zstd, chunk by chunk, by the pace each achieves; plain
+        // throughout when the link has no compression.
+        let mut coding = (compression != Compression::None).then(CopyCoding::new);
         let mut bufs = store::EncodeBuffers::default();
         let mut scratch = Vec::new();
         let header = Header::full(self.seq, self.machine.fingerprint());
@@ -133,6 +161,12 @@ impl LiveCopy {
             chunks.push(Vec::new());
         }
         for (i, chunk) in chunks.iter().enumerate() {
+            let t = Instant::now();
+            let how = coding.as_ref().map_or(ChunkCoding::Plain, CopyCoding::next);
+            let enc = match how {
+                ChunkCoding::Plain => &mut plain,
+                ChunkCoding::Zstd => &mut zstd,
+            };
             // Encoded straight from guest memory, with no copy of its own: a
             // page the running guest writes meanwhile may be read torn, and
             // is sent again, whole, by a later epoch (its dirty bit is set).
@@ -154,10 +188,11 @@ impl LiveCopy {
                 &self.machine,
                 zero,
                 runs.into_iter(),
-                &mut enc,
+                enc,
                 &mut bufs,
             )?;
             self.ship(conn, term, chunk, c, &mut figures, &mut bufs, sent)?;
+            chose(&mut coding, how, chunk, t, &mut figures);
         }
         for (d, (disk, round)) in self.disks.iter().zip(&self.plan.disks).enumerate() {
             let mut chunks = sync_chunks(&round.runs);
@@ -165,6 +200,8 @@ impl LiveCopy {
                 chunks.push(Vec::new());
             }
             for (j, chunk) in chunks.iter().enumerate() {
+                let t = Instant::now();
+                let how = coding.as_ref().map_or(ChunkCoding::Plain, CopyCoding::next);
                 scratch.clear();
                 for &(off, n) in chunk {
                     disk.read_blocks(off / BLOCK, n, &mut scratch)
@@ -180,10 +217,14 @@ impl LiveCopy {
                     d as u32,
                     zero,
                     runs_in(chunk, &scratch),
-                    compression,
+                    match how {
+                        ChunkCoding::Plain => Compression::None,
+                        ChunkCoding::Zstd => compression,
+                    },
                     &mut bufs,
                 )?;
                 self.ship(conn, term, chunk, c, &mut figures, &mut bufs, sent)?;
+                chose(&mut coding, how, chunk, t, &mut figures);
             }
         }
         figures.secs = t0.elapsed().as_secs_f64();

@@ -21,6 +21,7 @@ pub mod bounds;
 pub mod coding;
 pub mod commit;
 pub mod consoleout;
+pub mod copycoding;
 pub mod fencing;
 pub mod hbconns;
 mod link;
