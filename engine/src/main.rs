@@ -694,6 +694,31 @@ fn standby(a: StandbyArgs) -> anyhow::Result<i32> {
     open_events(&a.process.events, engine::events::Role::Standby, None)?;
     no_mac(&a.nets, "standby")?;
     let caps = engine::replication::bounds::ShapeCaps::new(a.max_mem_mib, a.max_vcpus)?;
+    // Checked before the key is read, the memory reserved after it: a
+    // standby that cannot start does not populate memory first.
+    let reserve = match a.reserve_mib {
+        None => None,
+        Some(mib) => {
+            let bytes = mib
+                .checked_mul(1 << 20)
+                .filter(|&b| b > 0 && b.is_multiple_of(2 << 20))
+                .ok_or_else(|| {
+                    anyhow::anyhow!("--reserve-mib must be a positive multiple of 2, got {mib}")
+                })?;
+            if bytes > caps.mem_bytes.value {
+                anyhow::bail!(
+                    "--reserve-mib {mib} is more than the largest VM this standby shadows ({} MiB: {})",
+                    caps.mem_bytes.value >> 20,
+                    if caps.mem_bytes.set {
+                        "--max-mem-mib"
+                    } else {
+                        "this host's RAM; see --max-mem-mib"
+                    }
+                );
+            }
+            Some((mib, bytes))
+        }
+    };
     let max_epoch_bytes = match a.max_epoch_mib {
         Some(0) => anyhow::bail!("--max-epoch-mib must be at least 1"),
         Some(m) => Some(m.checked_mul(1 << 20).ok_or_else(|| {
@@ -740,19 +765,13 @@ fn standby(a: StandbyArgs) -> anyhow::Result<i32> {
             "--arbiter none allows one --reprotect spare only: with several, every spare would take the VM over"
         );
     }
-    let reserved = match a.reserve_mib {
+    let psk = load_key(&a.key_file)?;
+    let reserved = match reserve {
         None => None,
-        Some(mib) => {
-            let bytes = mib.checked_mul(1 << 20).filter(|&b| b > 0).ok_or_else(|| {
-                anyhow::anyhow!("--reserve-mib {mib}: must be at least 2 and a multiple of 2")
-            })?;
-            if let Some(max) = a.max_mem_mib.filter(|&max| mib > max) {
-                anyhow::bail!("--reserve-mib {mib} is more than --max-mem-mib {max}");
-            }
+        Some((mib, bytes)) => {
             let t = std::time::Instant::now();
             let ram = engine::memory::Ram::new(bytes)
-                .map_err(|e| anyhow::anyhow!("--reserve-mib {mib}: {e}"))?;
-            ram.populate()
+                .and_then(|ram| ram.populate().map(|()| ram))
                 .map_err(|e| anyhow::anyhow!("--reserve-mib {mib}: {e}"))?;
             eprintln!(
                 "hotspare: reserved {mib} MiB of guest memory in {:.2} s",
@@ -763,7 +782,7 @@ fn standby(a: StandbyArgs) -> anyhow::Result<i32> {
     };
     let cfg = StandbyConfig {
         listen: a.listen,
-        psk: load_key(&a.key_file)?,
+        psk,
         allow: (!a.allow_from.is_empty()).then_some(a.allow_from),
         max_handshakes: match (a.max_handshakes, a.max_handshakes_per_source) {
             (0, _) | (_, 0) => {

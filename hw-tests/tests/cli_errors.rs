@@ -272,6 +272,44 @@ fn bad_standby_caps_are_refused_naming_the_option() {
     }
 }
 
+#[test]
+fn a_bad_memory_reservation_is_refused_before_anything_is_reserved() {
+    // Refused before the key file is read (it does not exist here), so
+    // nothing was populated for a standby that cannot start.
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["--reserve-mib", "3"],
+            "--reserve-mib must be a positive multiple of 2, got 3",
+        ),
+        (
+            &["--reserve-mib", "0"],
+            "--reserve-mib must be a positive multiple of 2, got 0",
+        ),
+        (
+            &["--max-mem-mib", "64", "--reserve-mib", "128"],
+            "--reserve-mib 128 is more than the largest VM this standby shadows (64 MiB: --max-mem-mib)",
+        ),
+        (
+            &["--reserve-mib", "17592186044414"],
+            "is more than the largest VM this standby shadows",
+        ),
+    ];
+    for (args, want) in cases {
+        let mut all = vec![
+            "standby",
+            "--listen",
+            "127.0.0.1:0",
+            "--key-file",
+            "/nonexistent/key",
+        ];
+        all.extend(args);
+        let (ok, err) = run(&all);
+        assert!(!ok, "{args:?} was accepted");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!err.contains("reserved"), "{args:?}: {err}");
+    }
+}
+
 /// `--config FILE` (TOML whose keys are long options) works for run and
 /// standby; an error names the file's line and key, and nothing starts.
 #[test]
