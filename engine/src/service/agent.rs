@@ -280,7 +280,10 @@ impl Agent {
                     return Ok(());
                 };
                 let disks = s.disk_sizes();
-                match self.children.start_spare(&self.launch, &vm, &disks) {
+                match self
+                    .children
+                    .start_spare(&self.launch, &vm, s.mem_mib, &disks)
+                {
                     Ok(()) => say(format!("{vm}: standby started")),
                     Err(e) => say(format!("{vm}: cannot start a standby: {e}")),
                 }

@@ -115,8 +115,17 @@ impl Children {
             .collect()
     }
 
-    /// Starts a standby for `vm` with replicas of `disks` (MiB each).
-    pub fn start_spare(&mut self, l: &Launch, vm: &str, disks: &[u64]) -> Result<(), String> {
+    /// Starts a standby for `vm` with replicas of `disks` (MiB each),
+    /// reserving the VM's `mem_mib` before it listens, so the live copy
+    /// that seeds it never waits for this host to provide pages
+    /// (`docs/spares.md`, "Reserved memory").
+    pub fn start_spare(
+        &mut self,
+        l: &Launch,
+        vm: &str,
+        mem_mib: u64,
+        disks: &[u64],
+    ) -> Result<(), String> {
         let port = self
             .free_port(l)
             .ok_or_else(|| format!("no free port in {}-{}", l.ports.0, l.ports.1))?;
@@ -127,7 +136,9 @@ impl Children {
             .arg("--key-file")
             .arg(&l.key_file)
             .arg("--arbiter")
-            .arg(&l.arbiter);
+            .arg(&l.arbiter)
+            .arg("--reserve-mib")
+            .arg(mem_mib.to_string());
         for img in self.images(l, vm, disks)? {
             c.arg("--disk").arg(img);
         }
