@@ -499,3 +499,100 @@ fn a_frozen_async_spare_never_stalls_the_primary_and_rejoins() {
         &std::fs::read(&a_con).unwrap(),
     );
 }
+
+/// A spare joining a running guest whose memory holds data (24 MiB from
+/// `run --prefill`: zero, random and text-like pages) gets a live copy
+/// whose chunks go some plain and some zstd-coded (`copycoding.rs` probes
+/// both), into memory it reserved before listening (`--reserve-mib`), and
+/// holds exactly the primary's memory at every commit after it.
+#[test]
+fn a_live_copy_mixing_plain_and_zstd_chunks_leaves_the_spare_exact() {
+    if !common::kvm_available() {
+        return;
+    }
+    let dir = TempDir::new("spares-mixed-copy");
+    let key = common::key_file(&dir, "key", 0x3c0b7);
+    let fill = dir.path("fill.ram");
+    let mut r = common::Rng::from_env("a_live_copy_mixing_plain_and_zstd_chunks");
+    let mut data = Vec::with_capacity(24 << 20);
+    for page in 0..(24u64 << 20) / 4096 {
+        match page % 3 {
+            0 => data.extend_from_slice(&[0u8; 4096]),
+            1 => data.extend((0..512).flat_map(|_| r.next().to_le_bytes())),
+            _ => {
+                let line = format!("page {page}: the quick brown fox jumps over the lazy dog\n");
+                data.extend(line.bytes().cycle().take(4096));
+            }
+        }
+    }
+    std::fs::write(&fill, &data).unwrap();
+    // A free loopback port for the spare: the primary dials it from its
+    // start, and gets an answer only once the guest runs.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut g = GuestSpec::new("memtest", "rounds=300 pages=1024 writes=500 tsc=1");
+    g.mem_mib = 32;
+    let p_con = dir.path("primary.txt");
+    let mut c = g.run_cmd(&p_con);
+    c.arg("--prefill")
+        .arg(&fill)
+        .arg("--shadow")
+        .arg(&addr)
+        .arg("--wait-shadow-ms")
+        .arg("0")
+        .arg("--key-file")
+        .arg(&key)
+        .arg("--arbiter")
+        .arg(common::arbiter_arg(&key))
+        .args(["--interval-ms", "40", "--verify-memory"]);
+    let mut p = Proc::spawn_with_events(c);
+    wait_output(&mut p, &p_con, 2_000, "the primary");
+    let (mut s, _) = common::spawn_standby_with(
+        &key,
+        &dir.path("spare.txt"),
+        &addr,
+        &["--reserve-mib", "32"],
+    );
+    let (units, plain) = p
+        .wait_event(Duration::from_secs(30), |e| match e {
+            engine::events::Event::LiveCopied {
+                units, plain_units, ..
+            } => Some((*units, *plain_units)),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no live copy:\n{}\nspare:\n{}", p.stderr(), s.stderr()));
+    // 16 MiB of data pages (plus what the guest wrote) in chunks of 4 MiB:
+    // the copy probes plain for three chunks, then zstd.
+    assert!(units >= 4096, "{units} pages copied");
+    assert!(
+        plain > 0 && plain < units,
+        "{plain} of {units} pages went plain: one coding was never used"
+    );
+    assert!(
+        s.wait_count("standby in sync", 1, Duration::from_secs(30)),
+        "the spare never got in sync:\n{}\nprimary:\n{}",
+        s.stderr(),
+        p.stderr()
+    );
+    // The guest ends; the primary says goodbye and the spare reports how
+    // many commits it compared.
+    assert!(
+        common::wait_for(&mut p.child, Duration::from_secs(120)),
+        "the guest did not end:\n{}",
+        p.stderr()
+    );
+    assert!(
+        s.wait_line("no takeover", Duration::from_secs(10))
+            .is_some(),
+        "the spare did not end with the primary:\n{}",
+        s.stderr()
+    );
+    memory_matched(&s, "the spare seeded by a mixed live copy");
+    let err = s.stderr();
+    assert!(err.contains("reserved 32 MiB of guest memory"), "{err}");
+    assert!(!err.contains("not the 32 MiB reserved"), "{err}");
+}
