@@ -258,18 +258,26 @@ fn bad_standby_caps_are_refused_naming_the_option() {
             "--max-epoch-mib 18446744073709551615 is too large",
         ),
     ] {
-        let mut all = vec![
-            "standby",
-            "--listen",
-            "127.0.0.1:0",
-            "--key-file",
-            "/nonexistent/key",
-        ];
-        all.extend(args);
-        let (ok, err) = run(&all);
-        assert!(!ok, "{args:?} was accepted");
-        assert!(err.contains(want), "{args:?}: {err}");
+        refused_standby(&args, want);
     }
+}
+
+/// A standby with `args` and a key file that does not exist fails with an
+/// error holding `want` (so it was refused before the key was read);
+/// returns the error.
+fn refused_standby(args: &[&str], want: &str) -> String {
+    let mut all = vec![
+        "standby",
+        "--listen",
+        "127.0.0.1:0",
+        "--key-file",
+        "/nonexistent/key",
+    ];
+    all.extend(args);
+    let (ok, err) = run(&all);
+    assert!(!ok, "{args:?} was accepted");
+    assert!(err.contains(want), "{args:?}: {err}");
+    err
 }
 
 #[test]
@@ -295,17 +303,7 @@ fn a_bad_memory_reservation_is_refused_before_anything_is_reserved() {
         ),
     ];
     for (args, want) in cases {
-        let mut all = vec![
-            "standby",
-            "--listen",
-            "127.0.0.1:0",
-            "--key-file",
-            "/nonexistent/key",
-        ];
-        all.extend(args);
-        let (ok, err) = run(&all);
-        assert!(!ok, "{args:?} was accepted");
-        assert!(err.contains(want), "{args:?}: {err}");
+        let err = refused_standby(args, want);
         assert!(!err.contains("reserved"), "{args:?}: {err}");
     }
 }
