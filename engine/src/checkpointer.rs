@@ -91,10 +91,22 @@ impl LocalCheckpointer {
         }
     }
 
-    /// The guest ended on its own: nothing will be restored, so the output
-    /// since the last checkpoint is released.
-    pub fn finish(&mut self, vm: &Vm) {
+    /// The guest ended on its own with `exit_code`. The console output
+    /// since the last checkpoint is recorded durably with the end
+    /// (`store_end.rs`), then released: a kill between the two leaves a
+    /// directory whose restore shows that output again instead of running
+    /// the guest from the last checkpoint, which could print something
+    /// else. If the record cannot be written the output stays unshown.
+    pub fn finish(&mut self, vm: &Vm, exit_code: i32) -> Result<()> {
+        let (start, held) = vm
+            .console_gate()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .held();
+        self.store.write_end(start, &held, exit_code)?;
+        crate::faults::hit(crate::faults::Point::EndBeforeRelease);
         vm.devices.hold_outputs(false);
+        Ok(())
     }
 }
 

@@ -20,7 +20,9 @@
 //! - `standby-before-apply`: the standby has acknowledged an epoch and not
 //!   yet applied it;
 //! - `store-mid-write`: a local checkpoint is partly written, not yet
-//!   fsynced or renamed into place.
+//!   fsynced or renamed into place;
+//! - `end-before-release`: the guest ended on its own, its end record is
+//!   durable and its last output not yet released.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -38,16 +40,19 @@ pub enum Point {
     StandbyBeforeApply,
     /// A local checkpoint is partly written.
     StoreMidWrite,
+    /// The guest ended; its end record is durable, its output held.
+    EndBeforeRelease,
 }
 
 impl Point {
     /// Every point.
-    pub const ALL: [Point; 5] = [
+    pub const ALL: [Point; 6] = [
         Point::PrimaryMidEpoch,
         Point::PrimaryBeforeAck,
         Point::PrimaryBeforeRelease,
         Point::StandbyBeforeApply,
         Point::StoreMidWrite,
+        Point::EndBeforeRelease,
     ];
 
     /// The name `HOTSPARE_FAULT` uses.
@@ -58,6 +63,7 @@ impl Point {
             Point::PrimaryBeforeRelease => "primary-before-release",
             Point::StandbyBeforeApply => "standby-before-apply",
             Point::StoreMidWrite => "store-mid-write",
+            Point::EndBeforeRelease => "end-before-release",
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod sparse_bitmap;
 pub mod staged;
 pub mod store;
 pub mod store_disks;
+pub mod store_end;
 pub mod vcpu;
 pub mod vm;
 

@@ -817,7 +817,11 @@ fn finish(vm: &mut Vm, mut ckpt: Option<&mut LocalCheckpointer>) -> anyhow::Resu
     let reason =
         engine::runner::supervise(vm, ckpt.as_deref_mut().map(|c| c as &mut dyn Periodic))?;
     if let (Some(c), false) = (ckpt, matches!(reason, engine::vcpu::StopReason::Error(_))) {
-        c.finish(vm);
+        c.finish(vm, reason.exit_code()).map_err(|e| {
+            anyhow::anyhow!(
+                "the guest ended, but its last output could not be recorded with the checkpoints, so it stays unshown: {e}"
+            )
+        })?;
     }
     exit_status(reason)
 }
@@ -847,6 +851,23 @@ fn no_mac(nets: &[engine::devices::virtio::net::NetSpec], cmd: &str) -> anyhow::
 
 fn restore(a: RestoreArgs) -> anyhow::Result<i32> {
     no_mac(&a.nets, "restore")?;
+    if let Some(end) = engine::restore::ended(&a.checkpoint_dir)? {
+        // The guest ended on its own: show its last output again (it may
+        // not have been shown before the run died) and report its exit.
+        let mut console = open_console(&a.console)?;
+        console
+            .write_all(&end.output)
+            .and_then(|()| console.flush())
+            .map_err(|e| anyhow::anyhow!("writing the console: {e}"))?;
+        eprintln!(
+            "hotspare: the guest in {} ended after checkpoint {} with exit code {}; console resumes at byte {} with its last output; nothing to run",
+            a.checkpoint_dir.display(),
+            end.after_seq,
+            end.exit_code,
+            end.start
+        );
+        return Ok(end.exit_code);
+    }
     let restored = engine::restore::restore(
         &a.checkpoint_dir,
         open_console(&a.console)?,

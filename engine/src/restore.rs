@@ -86,6 +86,26 @@ pub fn restore(
     })
 }
 
+/// The end record of `dir`, if its guest ended on its own after the newest
+/// checkpoint (`store_end.rs`); a record that follows another checkpoint
+/// is an error naming both.
+pub fn ended(dir: &Path) -> Result<Option<crate::store_end::EndRecord>> {
+    let Some(end) = crate::store_end::EndRecord::read(dir)? else {
+        return Ok(None);
+    };
+    let newest = store::find_chain(dir)?.seq;
+    if end.after_seq != newest {
+        return Err(EngineError::Store {
+            dir: dir.to_path_buf(),
+            msg: format!(
+                "its end record follows checkpoint {} but the newest checkpoint is {newest}",
+                end.after_seq
+            ),
+        });
+    }
+    Ok(Some(end))
+}
+
 /// Opens `dir` to continue its chain after a restore: the store's memory
 /// image starts as a copy of the restored guest memory.
 pub fn continue_store(dir: &Path, r: &Restored) -> Result<DirStore> {

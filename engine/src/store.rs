@@ -278,6 +278,37 @@ impl DirStore {
         })
     }
 
+    /// Records durably that the guest ended with `exit_code`, after the
+    /// newest checkpoint, having printed `output` (starting at console
+    /// position `start`) since: what a restore shows instead of running the
+    /// guest again (`store_end.rs`). Call before that output is released.
+    pub fn write_end(&self, start: u64, output: &[u8], exit_code: i32) -> Result<()> {
+        let after_seq = self
+            .last_seq
+            .ok_or_else(|| store_err(&self.dir, "the guest ended before the first checkpoint"))?;
+        if output.len() > crate::store_end::MAX_OUTPUT {
+            return Err(store_err(
+                &self.dir,
+                format!("{} bytes of output since the last checkpoint are more than an end record holds", output.len()),
+            ));
+        }
+        let rec = crate::store_end::EndRecord {
+            after_seq,
+            start,
+            exit_code,
+            output: output.to_vec(),
+        };
+        self.publish(crate::store_end::END_FILE, |w| {
+            w.write_all(&rec.encode()).map_err(|e| {
+                store_err(
+                    &self.dir,
+                    format!("write {}: {e}", crate::store_end::END_FILE),
+                )
+            })
+        })?;
+        Ok(())
+    }
+
     /// The sequence number of the newest published checkpoint.
     pub fn last_seq(&self) -> Option<u64> {
         self.last_seq

@@ -209,3 +209,46 @@ fn an_unknown_fault_point_is_refused() {
         "{err}"
     );
 }
+
+/// A guest that ends on its own while checkpointing has its last output
+/// recorded with its end before that output is shown (`store_end.rs`).
+/// Killed right after the record, the run has not shown it; a restore shows
+/// it and reports the guest's exit instead of running the guest again from
+/// the last checkpoint (which, with a clock in the output, would print
+/// something else). A run that was not killed leaves the same record.
+#[test]
+fn a_crash_after_the_guest_ended_shows_its_last_output_on_restore() {
+    if !common::kvm_available() {
+        return;
+    }
+    for fault in [Some("end-before-release"), None] {
+        let dir = TempDir::new("fault-end");
+        let ckpt = dir.path("ckpt");
+        let (seg0, seg1) = (dir.path("seg0.txt"), dir.path("seg1.txt"));
+        let spec = GuestSpec::new("memtest", "rounds=40 pages=1024 writes=4000 tsc=1");
+        let mut c = spec.run_cmd(&seg0);
+        c.arg("--checkpoint-dir")
+            .arg(&ckpt)
+            .args(["--checkpoint-interval-ms", "20"]);
+        if let Some(f) = fault {
+            c.env("HOTSPARE_FAULT", f);
+        }
+        let mut run = Proc::spawn(c);
+        let st = run.wait(Duration::from_secs(60), "checkpointed run");
+        match fault {
+            Some(f) => assert!(
+                st.code().is_none() && run.stderr().contains(&format!("fault point {f} hit")),
+                "{f}: did not crash at the point ({st})\n{}",
+                run.stderr()
+            ),
+            None => assert!(st.success(), "{st}\n{}", run.stderr()),
+        }
+        assert!(ckpt.join("ended").is_file(), "{fault:?}: no end record");
+        let at = common::restore_to_end(&ckpt, &seg1, &format!("{fault:?}"));
+        let shown = std::fs::read(&seg0).unwrap_or_default();
+        let restored = std::fs::read(&seg1).unwrap_or_default();
+        common::check_agrees(&format!("{fault:?}"), &shown, at, &restored);
+        let tail = String::from_utf8_lossy(&restored);
+        assert!(tail.contains("memtest done"), "{fault:?}: {tail}");
+    }
+}

@@ -91,6 +91,11 @@ impl OutputGate {
         self.held_start
     }
 
+    /// The bytes not yet released: (their start position, the bytes).
+    pub fn held(&self) -> (u64, Vec<u8>) {
+        (self.held_start, self.held.iter().copied().collect())
+    }
+
     /// Takes the bytes emitted while holding since the previous call:
     /// (start position, bytes); the bytes end at the current position.
     /// Called at each epoch boundary while the VM is paused. Bytes emitted
