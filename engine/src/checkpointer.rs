@@ -97,14 +97,18 @@ impl LocalCheckpointer {
     /// directory whose restore shows that output again instead of running
     /// the guest from the last checkpoint, which could print something
     /// else. If the record cannot be written the output stays unshown.
+    /// With no checkpoint published yet there is nothing a restore could
+    /// run again, and the output is released at once.
     pub fn finish(&mut self, vm: &Vm, exit_code: i32) -> Result<()> {
-        let (start, held) = vm
-            .console_gate()
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .held();
-        self.store.write_end(start, &held, exit_code)?;
-        crate::faults::hit(crate::faults::Point::EndBeforeRelease);
+        if self.store.last_seq().is_some() {
+            let (start, held) = vm
+                .console_gate()
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .held();
+            self.store.write_end(start, &held, exit_code)?;
+            crate::faults::hit(crate::faults::Point::EndBeforeRelease);
+        }
         vm.devices.hold_outputs(false);
         Ok(())
     }
