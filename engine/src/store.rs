@@ -255,6 +255,14 @@ impl DirStore {
                         "already holds checkpoints of another run: use `hotspare restore` to continue it, or an empty directory",
                     ));
                 }
+                // An end record with no checkpoint to follow belongs to
+                // nothing: a new run's would be refused as stale.
+                match fs::remove_file(dir.join(crate::store_end::END_FILE)) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(store_err(dir, format!("removing a stale end record: {e}")))
+                    }
+                    _ => {}
+                }
                 let bytes = machine.mem_regions.iter().map(|r| r.size).sum();
                 (None, Ram::new(bytes)?)
             }

@@ -99,10 +99,12 @@ fn checkpoint_dir(d: &TempDir) -> std::path::PathBuf {
     ck
 }
 
+/// The newest checkpoint file (not the end record the finished run left).
 fn newest(ck: &std::path::Path) -> std::path::PathBuf {
     let mut files: Vec<_> = std::fs::read_dir(ck)
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "ckpt"))
         .collect();
     files.sort();
     files.pop().unwrap()
