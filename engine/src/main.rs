@@ -696,29 +696,10 @@ fn standby(a: StandbyArgs) -> anyhow::Result<i32> {
     let caps = engine::replication::bounds::ShapeCaps::new(a.max_mem_mib, a.max_vcpus)?;
     // Checked before the key is read, the memory reserved after it: a
     // standby that cannot start does not populate memory first.
-    let reserve = match a.reserve_mib {
-        None => None,
-        Some(mib) => {
-            let bytes = mib
-                .checked_mul(1 << 20)
-                .filter(|&b| b > 0 && b.is_multiple_of(2 << 20))
-                .ok_or_else(|| {
-                    anyhow::anyhow!("--reserve-mib must be a positive multiple of 2, got {mib}")
-                })?;
-            if bytes > caps.mem_bytes.value {
-                anyhow::bail!(
-                    "--reserve-mib {mib} is more than the largest VM this standby shadows ({} MiB: {})",
-                    caps.mem_bytes.value >> 20,
-                    if caps.mem_bytes.set {
-                        "--max-mem-mib"
-                    } else {
-                        "this host's RAM; see --max-mem-mib"
-                    }
-                );
-            }
-            Some((mib, bytes))
-        }
-    };
+    let reserve = a
+        .reserve_mib
+        .map(|mib| caps.reserve_bytes(mib).map(|bytes| (mib, bytes)))
+        .transpose()?;
     let max_epoch_bytes = match a.max_epoch_mib {
         Some(0) => anyhow::bail!("--max-epoch-mib must be at least 1"),
         Some(m) => Some(m.checked_mul(1 << 20).ok_or_else(|| {

@@ -96,6 +96,26 @@ impl ShapeCaps {
         };
         Ok(ShapeCaps { mem_bytes, vcpus })
     }
+
+    /// The bytes `--reserve-mib mib` reserves: a positive multiple of 2 MiB
+    /// within the memory cap (checked before anything is reserved).
+    pub fn reserve_bytes(&self, mib: u64) -> Result<u64, BoundsError> {
+        let bytes = mib
+            .checked_mul(MIB)
+            .filter(|&b| b > 0 && b.is_multiple_of(2 * MIB))
+            .ok_or_else(|| BoundsError::BadOption {
+                option: "--reserve-mib",
+                expected: "a positive multiple of 2".into(),
+                got: mib.to_string(),
+            })?;
+        if bytes > self.mem_bytes.value {
+            return Err(BoundsError::Reserve {
+                reserve: bytes,
+                cap: self.mem_bytes,
+            });
+        }
+        Ok(bytes)
+    }
 }
 
 /// This host's physical RAM in bytes (`None` if the system does not say).
@@ -141,6 +161,19 @@ pub enum BoundsError {
         expected: String,
         /// What was given.
         got: String,
+    },
+    /// Memory to reserve (`--reserve-mib`) beyond the memory cap.
+    #[error(
+        "--reserve-mib {} is more than the largest VM this standby shadows ({} MiB: {})",
+        .reserve >> 20,
+        .cap.value >> 20,
+        if .cap.set { "--max-mem-mib" } else { "this host's RAM; see --max-mem-mib" }
+    )]
+    Reserve {
+        /// The memory to reserve, in bytes.
+        reserve: u64,
+        /// The memory cap.
+        cap: Cap<u64>,
     },
     /// The default memory cap cannot be found.
     #[error("this host's RAM size is unknown (sysconf): give --max-mem-mib")]

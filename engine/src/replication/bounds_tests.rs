@@ -282,3 +282,20 @@ fn console_output_must_end_at_the_checkpoints_console_without_overflow() {
         "{s}"
     );
 }
+
+#[test]
+fn a_reservation_is_a_positive_multiple_of_2_mib_within_the_memory_cap() {
+    let caps = ShapeCaps::new(Some(64), None).unwrap();
+    assert_eq!(caps.reserve_bytes(64).unwrap(), 64 << 20);
+    for mib in [0, 3, u64::MAX] {
+        let e = caps.reserve_bytes(mib).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!("--reserve-mib must be a positive multiple of 2, got {mib}")
+        );
+    }
+    assert_eq!(
+        caps.reserve_bytes(128).unwrap_err().to_string(),
+        "--reserve-mib 128 is more than the largest VM this standby shadows (64 MiB: --max-mem-mib)"
+    );
+}
