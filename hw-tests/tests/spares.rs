@@ -47,6 +47,17 @@ fn primary(
     sync: &[&str],
     asynchronous: &[&str],
 ) -> Proc {
+    Proc::spawn(primary_cmd(spec, console, key, sync, asynchronous))
+}
+
+/// The command of [`primary`], for a caller that adds options.
+fn primary_cmd(
+    spec: &GuestSpec,
+    console: &Path,
+    key: &Path,
+    sync: &[&str],
+    asynchronous: &[&str],
+) -> std::process::Command {
     let mut c = spec.run_cmd(console);
     for s in sync {
         c.arg("--shadow").arg(s);
@@ -59,7 +70,7 @@ fn primary(
         .arg("--arbiter")
         .arg(common::arbiter_arg(key))
         .args(["--interval-ms", "40", "--verify-memory"]);
-    Proc::spawn(c)
+    c
 }
 
 /// Waits until `file` holds at least `n` bytes (or `p` ended).
@@ -537,18 +548,10 @@ fn a_live_copy_mixing_plain_and_zstd_chunks_leaves_the_spare_exact() {
     let mut g = GuestSpec::new("memtest", "rounds=300 pages=1024 writes=500 tsc=1");
     g.mem_mib = 32;
     let p_con = dir.path("primary.txt");
-    let mut c = g.run_cmd(&p_con);
+    let mut c = primary_cmd(&g, &p_con, &key, &[&addr], &[]);
     c.arg("--prefill")
         .arg(&fill)
-        .arg("--shadow")
-        .arg(&addr)
-        .arg("--wait-shadow-ms")
-        .arg("0")
-        .arg("--key-file")
-        .arg(&key)
-        .arg("--arbiter")
-        .arg(common::arbiter_arg(&key))
-        .args(["--interval-ms", "40", "--verify-memory"]);
+        .args(["--wait-shadow-ms", "0"]);
     let mut p = Proc::spawn_with_events(c);
     wait_output(&mut p, &p_con, 2_000, "the primary");
     let (mut s, _) = common::spawn_standby_with(
