@@ -53,7 +53,10 @@ def livesync(a):
         port = free_port()
         plog, slog = (os.path.join(a.dir, f"{n}-{rep}.log") for n in ("primary", "standby"))
         evlog = os.path.join(a.dir, f"primary-{rep}.events")
-        pri = subprocess.Popen([a.hotspare, "run", "--kernel", a.guest, "--mem-mib", str(a.mem_mib),
+        # --pin-ends: the primary on CPU 0 and the standby on CPU 1, as if
+        # each end had a host (of one core) to itself.
+        pin = (lambda cpu: ["taskset", "-c", str(cpu)]) if a.pin_ends else (lambda cpu: [])
+        pri = subprocess.Popen(pin(0) + [a.hotspare, "run", "--kernel", a.guest, "--mem-mib", str(a.mem_mib),
                                 "--cmdline", a.cmdline, "--console", os.path.join(a.dir, f"console-{rep}.txt"),
                                 "--shadow", f"127.0.0.1:{port}", "--key-file", key,
                                 "--arbiter", f"file:{a.dir}/arbiter", "--vm-id", f"peer-{rep}",
@@ -73,7 +76,7 @@ def livesync(a):
             time.sleep(a.warmup)
             if pri.poll() is not None:
                 raise RuntimeError(f"the guest ended within the {a.warmup} s warm-up; see {plog}")
-            sb = subprocess.Popen([a.hotspare, "standby", "--listen", f"127.0.0.1:{port}", "--key-file", key,
+            sb = subprocess.Popen(pin(1) + [a.hotspare, "standby", "--listen", f"127.0.0.1:{port}", "--key-file", key,
                                    "--arbiter", f"file:{a.dir}/arbiter",
                                    "--console", os.path.join(a.dir, f"shadow-{rep}.txt")]
                                   + (["--reserve-mib", str(a.mem_mib)] if a.reserve else []),
@@ -113,7 +116,8 @@ def livesync(a):
         print(f"  live sync rep {rep}: " + (r["error"] if "error" in r else
               f"{r['copied_mib']:.1f} MiB copied in {r['seconds']:.3f} s, {r['rounds']} rounds"), file=sys.stderr)
         reps.append(r)
-    json.dump({"mem_mib": a.mem_mib, "warmup_s": a.warmup, "spare_reserves_memory": a.reserve, "cmdline": a.cmdline, "reps": reps},
+    json.dump({"mem_mib": a.mem_mib, "warmup_s": a.warmup, "spare_reserves_memory": a.reserve,
+               "ends_pinned": a.pin_ends, "cmdline": a.cmdline, "reps": reps},
               open(os.path.join(a.dir, "livesync.json"), "w"), indent=2)
     return 0 if any("error" not in r for r in reps) else 1
 
@@ -501,6 +505,8 @@ def main():
     l.add_argument("--prefill", default=None, help="fill the guest's RAM from this file before boot")
     l.add_argument("--reserve", action="store_true",
                    help="the standby reserves (creates and populates) the guest's memory before it listens")
+    l.add_argument("--pin-ends", action="store_true",
+                   help="the primary on CPU 0, the standby on CPU 1 (each end a one-core host of its own)")
     r = sub.add_parser("report")
     r.add_argument("--out", required=True)
     r.add_argument("--params", default=None, help="run parameters as JSON (default: those of DIR/peer.json)")

@@ -61,7 +61,7 @@ fn trials(spec: GuestSpec, n: usize, interval_ms: u64) {
 #[test]
 fn memtest_failover_20_random_kills() {
     trials(
-        GuestSpec::new("memtest", "rounds=300 writes=30000 pattern=mixed"),
+        GuestSpec::new("memtest", "rounds=100 writes=30000 pattern=mixed"),
         20,
         25,
     );
@@ -72,7 +72,7 @@ fn memtest_failover_20_random_kills() {
 #[test]
 fn shadow_memory_equals_primary_memory_at_every_commit() {
     trials(
-        GuestSpec::new("memtest", "rounds=200 writes=30000 pattern=mixed")
+        GuestSpec::new("memtest", "rounds=100 writes=30000 pattern=mixed")
             .primary_args(&["--verify-memory"]),
         3,
         50,
@@ -89,7 +89,7 @@ fn shadow_memory_equals_primary_memory_at_every_commit() {
 #[test]
 fn elf32_pvh_guest_failover() {
     trials(
-        GuestSpec::new("memtest32", "rounds=300 writes=30000 pattern=mixed"),
+        GuestSpec::new("memtest32", "rounds=100 writes=30000 pattern=mixed"),
         3,
         25,
     );
@@ -118,7 +118,7 @@ fn shadow_loss_then_reprotection() {
     if !common::kvm_available() {
         return;
     }
-    let spec = GuestSpec::new("memtest", "rounds=500 writes=30000 pattern=mixed");
+    let spec = GuestSpec::new("memtest", "rounds=200 writes=30000 pattern=mixed");
     let (r, _) = reference(&spec);
     let dir = TempDir::new("reprotect");
     let key = common::key_file(&dir, "key", 7);
@@ -263,7 +263,7 @@ fn wrong_key_and_garbage_are_refused_and_change_nothing() {
     if !common::kvm_available() {
         return;
     }
-    let spec = GuestSpec::new("memtest", "rounds=300 writes=30000 pattern=mixed");
+    let spec = GuestSpec::new("memtest", "rounds=100 writes=30000 pattern=mixed");
     let (r, took) = reference(&spec);
     let dir = TempDir::new("wrongkey");
     let key = common::key_file(&dir, "key", 11);
@@ -381,7 +381,7 @@ fn takeover_reprotects_and_survives_a_second_failover() {
     if !common::kvm_available() {
         return;
     }
-    let spec = GuestSpec::new("memtest", "rounds=400 writes=30000 pattern=mixed");
+    let spec = GuestSpec::new("memtest", "rounds=200 writes=30000 pattern=mixed");
     let (r, took) = reference(&spec);
     let dir = TempDir::new("chain");
     let key = common::key_file(&dir, "key", 21);
@@ -480,10 +480,11 @@ fn clock_dependent_output_survives_10_random_kills_without_contradiction() {
     if !common::kvm_available() {
         return;
     }
-    // About 2 s unprotected, 98,477 bytes of output (every line has the
-    // same width). Kill points stay below 70% of it, so the guest is still
-    // running at each kill even when an epoch releases a long stretch.
-    let spec = GuestSpec::new("memtest", "rounds=800 pages=1024 writes=2000 tsc=1");
+    // About 2 s unprotected, 61,352 bytes of output (every line has the
+    // same width). Kill points stay below 70% of it, so
+    // the guest is still running at each kill even when an epoch releases
+    // a long stretch.
+    let spec = GuestSpec::new("memtest", "rounds=500 pages=1024 writes=2000 tsc=1");
     let mut rng = Rng::from_env("tsc-failover");
     for trial in 0..10 {
         let dir = TempDir::new("tsc-failover");
@@ -494,7 +495,7 @@ fn clock_dependent_output_survives_10_random_kills_without_contradiction() {
         standby
             .wait_line("standby in sync", Duration::from_secs(30))
             .unwrap_or_else(|| panic!("trial {trial}: never synced\n{}", standby.stderr()));
-        let target = rng.range(2_000, 70_000);
+        let target = rng.range(2_000, 42_000);
         let end = std::time::Instant::now() + Duration::from_secs(60);
         while primary.child.try_wait().unwrap().is_none()
             && std::fs::metadata(&pcon).map_or(0, |m| m.len()) < target
@@ -528,7 +529,7 @@ fn typed_events_describe_a_failover() {
     if !common::kvm_available() {
         return;
     }
-    let spec = GuestSpec::new("memtest", "rounds=400 writes=30000 pattern=mixed");
+    let spec = GuestSpec::new("memtest", "rounds=150 writes=30000 pattern=mixed");
     let dir = TempDir::new("events");
     let key = common::key_file(&dir, "key", 7);
     let (pcon, scon) = (dir.path("primary.txt"), dir.path("shadow.txt"));

@@ -57,7 +57,7 @@ fn trials(spec: GuestSpec, n: usize, interval_ms: u64, extra_kills: usize) {
 #[test]
 fn memtest_sweep_survives_sigkill() {
     trials(
-        GuestSpec::new("memtest", "rounds=400 writes=30000 pattern=sweep"),
+        GuestSpec::new("memtest", "rounds=120 writes=30000 pattern=sweep"),
         4,
         20,
         1,
@@ -67,7 +67,7 @@ fn memtest_sweep_survives_sigkill() {
 #[test]
 fn memtest_mixed_patterns_survive_sigkill() {
     trials(
-        GuestSpec::new("memtest", "rounds=300 writes=30000 pattern=mixed"),
+        GuestSpec::new("memtest", "rounds=100 writes=30000 pattern=mixed"),
         4,
         15,
         1,
@@ -77,7 +77,7 @@ fn memtest_mixed_patterns_survive_sigkill() {
 #[test]
 fn memtest_whole_pages_survive_sigkill() {
     trials(
-        GuestSpec::new("memtest", "rounds=150 writes=30000 pattern=pages"),
+        GuestSpec::new("memtest", "rounds=50 writes=30000 pattern=pages"),
         3,
         10,
         1,
@@ -102,7 +102,7 @@ fn smp_guest_survives_sigkill() {
 #[test]
 fn elf32_pvh_guest_survives_sigkill() {
     trials(
-        GuestSpec::new("memtest32", "rounds=300 writes=30000 pattern=mixed"),
+        GuestSpec::new("memtest32", "rounds=100 writes=30000 pattern=mixed"),
         2,
         20,
         1,

@@ -15,7 +15,7 @@ use common::{GuestSpec, Proc, TempDir};
 /// 32 MiB so that hashing all memory at every epoch (`--verify-memory`)
 /// stays cheap.
 fn guest() -> GuestSpec {
-    let mut g = GuestSpec::new("memtest", "rounds=2400 pages=1024 writes=2000 tsc=1");
+    let mut g = GuestSpec::new("memtest", "rounds=1400 pages=1024 writes=2000 tsc=1");
     g.mem_mib = 32;
     g
 }
