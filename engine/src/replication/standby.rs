@@ -35,7 +35,7 @@ use super::Timing;
 use crate::devices::virtio::block::{DiskImage, DiskSpec};
 use crate::error::{EngineError, Result};
 use crate::memory::Ram;
-use crate::staged::StagedEpoch;
+use crate::staged::{Prior, StagedEpoch};
 use crate::store::EpochState;
 use crate::vm::{Vm, VmConfig};
 
@@ -766,6 +766,12 @@ fn commit(
             ))
         }
     }
+    // A VM built by this epoch has memory no one has written yet.
+    let prior = if sh.vm.is_none() {
+        Prior::AllZero
+    } else {
+        Prior::Unknown
+    };
     if header.kind == CheckpointKind::Full && sh.vm.is_none() {
         // The first full epoch: learn the VM configuration, build the VM.
         let machine = stage
@@ -851,7 +857,7 @@ fn commit(
         );
     }
     crate::faults::hit(crate::faults::Point::StandbyBeforeApply);
-    if let Err(e) = stage.apply(staged, &ram) {
+    if let Err(e) = stage.apply(staged, &ram, prior) {
         return Err(poison(
             &mut sh,
             format!("applying verified {what} {}: {e}", end.seq),
