@@ -8,9 +8,10 @@
       DIR/peer.json's run (its parameters, host and versions are kept).
 
   peer.py livesync --hotspare BIN --guest ELF --mem-mib M --cmdline C
-                   --interval-ms T --reps N --dir DIR
+                   --interval-ms T --reps N --dir DIR [--reserve] [--pin-ends]
       Times hotspare's live full sync of a running guest: the primary starts
       unprotected, a standby appears after --warmup s (DIR/livesync.json).
+      --pin-ends puts the primary on CPU 0 and the standby on CPU 1.
 """
 import argparse, glob, json, os, re, statistics, subprocess, sys, time
 
