@@ -42,7 +42,7 @@ pub enum Prior {
     /// it needs no work. Punching holes in memory a spare populated ahead
     /// (`standby --reserve-mib`) unmaps every page of them again: 0.45 s of
     /// the shadow's CPU for a 1 GiB guest's zero pages, with the primary's
-    /// sender waiting (docs/performance.md, "The live copy, phase by phase").
+    /// sender waiting (docs/performance.md, "Zero pages on the shadow").
     AllZero,
     /// Anything else: every record is applied.
     Unknown,
