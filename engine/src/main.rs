@@ -711,6 +711,8 @@ fn standby(a: StandbyArgs) -> anyhow::Result<i32> {
         None => None,
     };
     let timing = a.timing.timing()?;
+    // Read once: the standby and the primary it may become share the key.
+    let psk = std::sync::Arc::new(load_key(&a.key_file)?);
     // The next primary's configuration: this standby becomes it at a
     // takeover, with the --reprotect spares and the record's other spares.
     let reprotect = PrimaryConfig {
@@ -722,7 +724,7 @@ fn standby(a: StandbyArgs) -> anyhow::Result<i32> {
                 kind: Kind::Sync,
             })
             .collect(),
-        psk: std::sync::Arc::new(load_key(&a.key_file)?),
+        psk: psk.clone(),
         interval: Duration::from_millis(a.interval_ms.max(1)),
         min_interval: engine::replication::primary::MIN_INTERVAL,
         max_interval: Duration::from_millis(a.interval_ms.max(1)),
@@ -746,7 +748,6 @@ fn standby(a: StandbyArgs) -> anyhow::Result<i32> {
             "--arbiter none allows one --reprotect spare only: with several, every spare would take the VM over"
         );
     }
-    let psk = load_key(&a.key_file)?;
     let reserved = match reserve {
         None => None,
         Some((mib, bytes)) => {

@@ -255,6 +255,22 @@ pub enum BoundsError {
         /// The standby's TAPs.
         given: usize,
     },
+    #[error(
+        "fencing: the epoch's record names {names} spares, more than the {max} a standby accepts"
+    )]
+    RecordSpares {
+        /// Synchronous and asynchronous spares named, together.
+        names: usize,
+        /// [`MAX_RECORD_SPARES`].
+        max: usize,
+    },
+    #[error("fencing: a name in the epoch's record is {len} bytes long, more than {max}")]
+    RecordName {
+        /// The longest name's length.
+        len: usize,
+        /// [`MAX_RECORD_NAME`].
+        max: usize,
+    },
     /// An epoch larger than its staging limit.
     #[error("epoch {seq} claims {len} bytes, more than the {limit} allowed ({why})")]
     Staging {
@@ -576,6 +592,38 @@ pub fn check_nics(announced: usize, given: usize) -> Result<(), BoundsError> {
         return Err(BoundsError::Nics { announced, given });
     }
     Ok(())
+}
+
+/// The most spares an epoch's fencing record may name, synchronous and
+/// asynchronous together: far above any configuration (the service places
+/// at most 8), so that no epoch can make a standby open thousands of links
+/// when it takes over and re-protects with them.
+pub const MAX_RECORD_SPARES: usize = 64;
+
+/// The longest VM id, arbiter identity or spare name an epoch's fencing
+/// record may carry.
+pub const MAX_RECORD_NAME: usize = 1024;
+
+/// Checks the lists and names of an epoch's fencing record (`FenceInfo`)
+/// before the standby keeps it: `spares` are the names it lists, `names`
+/// every string in it (those names, the VM id, the arbiter, the receiver).
+pub fn check_fence_record<'a>(
+    spares: usize,
+    names: impl IntoIterator<Item = &'a str>,
+) -> Result<(), BoundsError> {
+    if spares > MAX_RECORD_SPARES {
+        return Err(BoundsError::RecordSpares {
+            names: spares,
+            max: MAX_RECORD_SPARES,
+        });
+    }
+    match names.into_iter().map(str::len).max() {
+        Some(len) if len > MAX_RECORD_NAME => Err(BoundsError::RecordName {
+            len,
+            max: MAX_RECORD_NAME,
+        }),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

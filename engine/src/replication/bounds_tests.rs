@@ -299,3 +299,21 @@ fn a_reservation_is_a_positive_multiple_of_2_mib_within_the_memory_cap() {
         "--reserve-mib 128 is more than the largest VM this standby shadows (64 MiB: --max-mem-mib)"
     );
 }
+
+#[test]
+fn a_fencing_record_with_too_many_spares_or_too_long_a_name_is_refused() {
+    let name = |n: usize| "s".repeat(n);
+    let ok = name(MAX_RECORD_NAME);
+    assert!(check_fence_record(MAX_RECORD_SPARES, [ok.as_str(), "vm"]).is_ok());
+    let e = check_fence_record(MAX_RECORD_SPARES + 1, ["a"]).unwrap_err();
+    assert!(
+        e.to_string().contains("names 65 spares, more than the 64"),
+        "{e}"
+    );
+    let long = name(MAX_RECORD_NAME + 1);
+    let e = check_fence_record(2, ["a", long.as_str(), "b"]).unwrap_err();
+    assert!(
+        e.to_string().contains("is 1025 bytes long, more than 1024"),
+        "{e}"
+    );
+}

@@ -44,7 +44,7 @@ pub struct StandbyConfig {
     /// Address to listen on.
     pub listen: String,
     /// The pre-shared key.
-    pub psk: Psk,
+    pub psk: Arc<Psk>,
     /// If set, only primaries connecting from these addresses are served.
     pub allow: Option<Vec<std::net::IpAddr>>,
     /// Bounds on handshakes in flight (total, per source address).
@@ -266,7 +266,7 @@ pub fn run(cfg: StandbyConfig) -> Result<i32> {
         // slow or idle peer never delays a primary's (docs/security.md).
         let fp_shadow = shadow.clone();
         let mut serve = ServeConfig::new(
-            Arc::new(psk),
+            psk,
             // A poisoned shadow is never read: the connection's loop then
             // fails to lock it too, and the decision loop ends the process.
             Arc::new(move || lock(&fp_shadow).ok()?.fingerprint.map(|f| *f.as_bytes())),
@@ -946,6 +946,16 @@ fn commit(
 /// Checks the primary and this standby are fenced by the same arbiter (or
 /// both by none): a pair that disagrees would decide a takeover apart.
 fn check_fence(sh: &Shadow, fence: Option<&FenceInfo>) -> std::result::Result<(), String> {
+    if let Some(f) = fence {
+        let spares = f.peers.iter().chain(&f.async_peers);
+        bounds::check_fence_record(
+            f.peers.len() + f.async_peers.len(),
+            spares
+                .chain([&f.vm, &f.arbiter, &f.spare])
+                .map(String::as_str),
+        )
+        .map_err(|e| e.to_string())?;
+    }
     match (fence, &sh.arbiter_id) {
         (None, None) => Ok(()),
         (Some(f), Some(id)) if &f.arbiter == id => Ok(()),
