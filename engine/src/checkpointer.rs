@@ -106,7 +106,7 @@ impl LocalCheckpointer {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .held();
-            self.store.write_end(start, &held, exit_code)?;
+            self.store.write_end(start, held, exit_code)?;
             crate::faults::hit(crate::faults::Point::EndBeforeRelease);
         }
         vm.devices.hold_outputs(false);

@@ -33,10 +33,10 @@ pub fn restore(
     let bytes: u64 = chain.machine.mem_regions.iter().map(|r| r.size).sum();
     let ram = Ram::new(bytes)?;
     if ram.layout() != chain.machine.mem_regions {
-        return Err(EngineError::Store {
-            dir: dir.to_path_buf(),
-            msg: "the checkpoint's memory layout is not one this engine builds".into(),
-        });
+        return Err(store::store_err(
+            dir,
+            "the checkpoint's memory layout is not one this engine builds",
+        ));
     }
     let state = chain.apply(&ram)?;
     // Checked before the disks are touched.
@@ -95,13 +95,13 @@ pub fn ended(dir: &Path) -> Result<Option<crate::store_end::EndRecord>> {
     };
     let newest = store::find_chain(dir)?.seq;
     if end.after_seq != newest {
-        return Err(EngineError::Store {
-            dir: dir.to_path_buf(),
-            msg: format!(
+        return Err(store::store_err(
+            dir,
+            format!(
                 "its end record follows checkpoint {} but the newest checkpoint is {newest}",
                 end.after_seq
             ),
-        });
+        ));
     }
     Ok(Some(end))
 }

@@ -34,7 +34,8 @@ use crate::store_disks::DiskBases;
 /// Raw page bytes per Memory section.
 const SECTION_RAW_BYTES: usize = 8 << 20;
 
-fn store_err(dir: &Path, msg: impl Into<String>) -> EngineError {
+/// A checkpoint directory error naming `dir` (every store module's).
+pub(crate) fn store_err(dir: &Path, msg: impl Into<String>) -> EngineError {
     EngineError::Store {
         dir: dir.to_path_buf(),
         msg: msg.into(),
@@ -290,7 +291,7 @@ impl DirStore {
     /// newest checkpoint, having printed `output` (starting at console
     /// position `start`) since: what a restore shows instead of running the
     /// guest again (`store_end.rs`). Call before that output is released.
-    pub fn write_end(&self, start: u64, output: &[u8], exit_code: i32) -> Result<()> {
+    pub fn write_end(&self, start: u64, output: Vec<u8>, exit_code: i32) -> Result<()> {
         let after_seq = self
             .last_seq
             .ok_or_else(|| store_err(&self.dir, "the guest ended before the first checkpoint"))?;
@@ -304,7 +305,7 @@ impl DirStore {
             after_seq,
             start,
             exit_code,
-            output: output.to_vec(),
+            output,
         };
         self.publish(crate::store_end::END_FILE, |w| {
             w.write_all(&rec.encode()).map_err(|e| {

@@ -25,17 +25,11 @@ use checkpoint::{DiskLayout, Fingerprint};
 use crate::capture::PageBatch;
 use crate::devices::virtio::block::disk::BLOCK;
 use crate::devices::virtio::block::{DiskImage, DiskSpec};
-use crate::error::{EngineError, Result};
+use crate::error::Result;
+use crate::store::store_err;
 
 const SEQ_FILE: &str = "disks.seq";
 const LIST_FILE: &str = "disks.list";
-
-fn err(dir: &Path, msg: impl Into<String>) -> EngineError {
-    EngineError::Store {
-        dir: dir.to_path_buf(),
-        msg: msg.into(),
-    }
-}
 
 fn base_name(i: usize) -> String {
     format!("disk{i}.base")
@@ -44,7 +38,7 @@ fn base_name(i: usize) -> String {
 /// Writes `bytes` to `dir/name` durably (tmp, fsync, rename, fsync dir).
 fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     let tmp = dir.join(format!(".{name}.tmp"));
-    let io = |e: std::io::Error| err(dir, format!("writing {name}: {e}"));
+    let io = |e: std::io::Error| store_err(dir, format!("writing {name}: {e}"));
     let mut f = File::create(&tmp).map_err(io)?;
     f.write_all(bytes).and_then(|_| f.sync_all()).map_err(io)?;
     fs::rename(&tmp, dir.join(name)).map_err(io)?;
@@ -68,7 +62,7 @@ impl DiskBases {
             let path = dir.join(base_name(i));
             File::create(&path)
                 .and_then(|f| f.set_len(l.bytes))
-                .map_err(|e| err(dir, format!("creating {}: {e}", path.display())))?;
+                .map_err(|e| store_err(dir, format!("creating {}: {e}", path.display())))?;
             bases.push(open_base(dir, &path)?);
             let abs = fs::canonicalize(&spec.path).unwrap_or_else(|_| spec.path.clone());
             let mode = if spec.read_only { "ro" } else { "rw" };
@@ -87,24 +81,24 @@ impl DiskBases {
     /// checkpoint's disk layout; returns them and the VM's images.
     pub fn open(dir: &Path, layouts: &[DiskLayout]) -> Result<(DiskBases, Vec<DiskSpec>)> {
         let read = |name: &str| {
-            fs::read_to_string(dir.join(name)).map_err(|e| err(dir, format!("{name}: {e}")))
+            fs::read_to_string(dir.join(name)).map_err(|e| store_err(dir, format!("{name}: {e}")))
         };
         let seq: u64 = read(SEQ_FILE)?
             .trim()
             .parse()
-            .map_err(|_| err(dir, format!("{SEQ_FILE} does not hold a number")))?;
+            .map_err(|_| store_err(dir, format!("{SEQ_FILE} does not hold a number")))?;
         let mut specs = Vec::new();
         for line in read(LIST_FILE)?.lines() {
             let (mode, path) = line
                 .split_once('\t')
-                .ok_or_else(|| err(dir, format!("{LIST_FILE}: bad line {line:?}")))?;
+                .ok_or_else(|| store_err(dir, format!("{LIST_FILE}: bad line {line:?}")))?;
             specs.push(DiskSpec {
                 path: path.into(),
                 read_only: mode == "ro",
             });
         }
         if specs.len() != layouts.len() {
-            return Err(err(
+            return Err(store_err(
                 dir,
                 format!(
                     "{LIST_FILE} names {} disks, the checkpoints hold {}",
@@ -117,7 +111,7 @@ impl DiskBases {
         for (i, l) in layouts.iter().enumerate() {
             let b = open_base(dir, &dir.join(base_name(i)))?;
             if b.bytes != l.bytes {
-                return Err(err(
+                return Err(store_err(
                     dir,
                     format!(
                         "{} has {} bytes, the disk {}",
@@ -148,7 +142,7 @@ impl DiskBases {
     /// bases, flushes them, and records `seq`.
     pub fn apply_batches(&mut self, seq: u64, disks: &[PageBatch]) -> Result<()> {
         for (b, d) in disks.iter().zip(&self.bases) {
-            let io = |e: std::io::Error| err(&self.dir, format!("{}: {e}", d.path.display()));
+            let io = |e: std::io::Error| store_err(&self.dir, format!("{}: {e}", d.path.display()));
             for &(off, n) in &b.zero_runs {
                 d.punch_blocks(off, n * BLOCK).map_err(io)?;
             }
@@ -169,7 +163,8 @@ impl DiskBases {
     /// Applies the `Disk` sections of a verified checkpoint file `seq` to
     /// the bases (a restore catching up), flushes them and records `seq`.
     pub fn apply_file(&mut self, seq: u64, path: &Path, fp: &Fingerprint) -> Result<()> {
-        let f = File::open(path).map_err(|e| err(&self.dir, format!("{}: {e}", path.display())))?;
+        let f = File::open(path)
+            .map_err(|e| store_err(&self.dir, format!("{}: {e}", path.display())))?;
         let mut rd = CheckpointReader::new(BufReader::new(f), &Limits::default(), Some(fp))?;
         while let Some((id, payload)) = rd.next_section()? {
             if id != SectionId::Disk {
@@ -177,7 +172,7 @@ impl DiskBases {
             }
             let (index, _) = checkpoint::disk::split(&payload)?;
             let d = self.bases.get(index as usize).ok_or_else(|| {
-                err(
+                store_err(
                     &self.dir,
                     format!(
                         "{}: a block of disk {index}, which does not exist",
@@ -197,7 +192,7 @@ impl DiskBases {
         for d in &self.bases {
             d.file
                 .sync_data()
-                .map_err(|e| err(&self.dir, format!("{}: {e}", d.path.display())))?;
+                .map_err(|e| store_err(&self.dir, format!("{}: {e}", d.path.display())))?;
         }
         self.set_seq(seq)
     }
@@ -206,7 +201,9 @@ impl DiskBases {
     /// extents copied, everything else punched (it stays sparse).
     pub fn copy_to(&self, i: usize, target: &Path) -> Result<()> {
         let b = &self.bases[i];
-        let io = |e: std::io::Error| err(&self.dir, format!("restoring {}: {e}", target.display()));
+        let io = |e: std::io::Error| {
+            store_err(&self.dir, format!("restoring {}: {e}", target.display()))
+        };
         let t = fs::OpenOptions::new()
             .write(true)
             .create(true)
@@ -220,7 +217,7 @@ impl DiskBases {
             path: target.to_path_buf(),
             read_only: false,
         };
-        let tgt = DiskImage::open(&spec).map_err(|e| err(&self.dir, e))?;
+        let tgt = DiskImage::open(&spec).map_err(|e| store_err(&self.dir, e))?;
         tgt.punch(0, b.bytes).map_err(io)?;
         let mut buf = Vec::new();
         for r in b.allocated_blocks() {
@@ -244,5 +241,5 @@ fn open_base(dir: &Path, path: &Path) -> Result<Arc<DiskImage>> {
     };
     DiskImage::open(&spec)
         .map(Arc::new)
-        .map_err(|e| err(dir, e))
+        .map_err(|e| store_err(dir, e))
 }

@@ -20,7 +20,8 @@
 
 use std::path::Path;
 
-use crate::error::{EngineError, Result};
+use crate::error::Result;
+use crate::store::store_err;
 
 /// The record's file name in the checkpoint directory.
 pub const END_FILE: &str = "ended";
@@ -44,13 +45,6 @@ pub struct EndRecord {
     pub output: Vec<u8>,
 }
 
-fn err(dir: &Path, msg: impl Into<String>) -> EngineError {
-    EngineError::Store {
-        dir: dir.to_path_buf(),
-        msg: msg.into(),
-    }
-}
-
 impl EndRecord {
     /// The record's bytes.
     pub fn encode(&self) -> Vec<u8> {
@@ -69,7 +63,7 @@ impl EndRecord {
     /// Parses a record read from `dir`; any damage is an error naming it.
     pub fn decode(dir: &Path, b: &[u8]) -> Result<EndRecord> {
         let bad = |what: &str| {
-            err(
+            store_err(
                 dir,
                 format!("its end record ({END_FILE}) is unusable: {what}"),
             )
@@ -103,15 +97,15 @@ impl EndRecord {
         let size = match std::fs::metadata(&path) {
             Ok(m) => m.len(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(err(dir, format!("{END_FILE}: {e}"))),
+            Err(e) => return Err(store_err(dir, format!("{END_FILE}: {e}"))),
         };
         if size > (HEAD + MAX_OUTPUT + 4) as u64 {
-            return Err(err(
+            return Err(store_err(
                 dir,
                 format!("its end record ({END_FILE}) is unusable: {size} bytes, more than a record can hold"),
             ));
         }
-        let b = std::fs::read(&path).map_err(|e| err(dir, format!("{END_FILE}: {e}")))?;
+        let b = std::fs::read(&path).map_err(|e| store_err(dir, format!("{END_FILE}: {e}")))?;
         EndRecord::decode(dir, &b).map(Some)
     }
 }
