@@ -77,25 +77,24 @@ fn main() -> anyhow::Result<()> {
 /// Zeroes every fourth page of `ram` one page at a time, punching a hole
 /// for each when `punch_min` is a page or less, writing zeros otherwise.
 fn zero_every_fourth(ram: &Ram, punch_min: u64) -> anyhow::Result<()> {
-    for r in ram.layout() {
-        let mut gpa = r.guest_addr;
-        while gpa < r.guest_addr + r.size {
-            ram.zero_by(gpa, PAGE, punch_min)?;
-            gpa += 4 * PAGE;
-        }
+    for gpa in pages(ram, 4) {
+        ram.zero_by(gpa, PAGE, punch_min)?;
     }
     Ok(())
 }
 
-/// Writes one byte into every page of `ram`, in address order (guest
-/// memory past 3 GiB lies above the MMIO hole).
+/// Writes one byte into every page of `ram`, in address order.
 fn touch(ram: &Ram) -> anyhow::Result<()> {
-    for r in ram.layout() {
-        let mut gpa = r.guest_addr;
-        while gpa < r.guest_addr + r.size {
-            ram.write(gpa, &[1])?;
-            gpa += PAGE;
-        }
+    for gpa in pages(ram, 1) {
+        ram.write(gpa, &[1])?;
     }
     Ok(())
+}
+
+/// The address of every `every`-th page of `ram`, region by region, in
+/// address order (guest memory past 3 GiB lies above the MMIO hole).
+fn pages(ram: &Ram, every: u64) -> impl Iterator<Item = u64> {
+    ram.layout()
+        .into_iter()
+        .flat_map(move |r| (r.guest_addr..r.guest_addr + r.size).step_by((every * PAGE) as usize))
 }
