@@ -78,6 +78,10 @@ pub enum EngineError {
     /// epoch): what the shadow holds may be half-applied.
     #[error("the shadow is poisoned: a thread panicked while it held the shadow (applying an epoch), so its memory, replicas and state may be half-applied; this standby refuses to take over from it and exits")]
     ShadowPoisoned,
+    /// A link to a spare ended its work early (the spare or the
+    /// encoder is gone).
+    #[error("link to a spare: {0}")]
+    Link(String),
     #[error(transparent)]
     Transport(#[from] transport::TransportError),
     /// Plain I/O error with context.

@@ -84,6 +84,9 @@ pub enum Event {
         /// codes each chunk the way that keeps pace best
         /// (`replication/copycoding.rs`).
         plain_units: u64,
+        /// Of `units`, those read again in the catch-up round: what the
+        /// guest wrote while the copy was read.
+        catch_up_units: u64,
     },
     /// A spare protects the VM (it gates output; the arbiter names it).
     Protected {

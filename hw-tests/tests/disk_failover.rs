@@ -378,3 +378,103 @@ fn a_full_primary_disk_hands_over_to_the_shadow() {
         "{err}"
     );
 }
+
+/// A spare joins a VM whose guest writes its disk all the while: the live
+/// copy reads memory and disk from the running guest, the catch-up round
+/// reads again what the guest wrote meanwhile (`catchup.rs`), memory and
+/// disk alike. After a kill the spare takes over: the guest goes on
+/// checking every block it reads against the versions its memory holds,
+/// the console stays byte-exact, and the replica boots at exactly the
+/// versions the guest's memory ended with. (No `--verify-memory` here: its
+/// hashing makes each pause tens of milliseconds, and the copy would then
+/// span too few epochs to need a catch-up.)
+#[test]
+fn a_spare_joining_a_writing_disk_catches_up_exactly() {
+    if !common::kvm_available() {
+        return;
+    }
+    let reference = reference(CMDLINE);
+    let dir = TempDir::new("disk-join");
+    let key = common::key_file(&dir, "key", 0x10_1a);
+    let (pdisk, rdisk) = (image(&dir, "primary.img"), image(&dir, "replica.img"));
+    let (pcon, scon) = (dir.path("primary.txt"), dir.path("shadow.txt"));
+    // 32 MiB of random pages from 8 MiB on (clear of the guest's image and
+    // its device area at 48 MiB): a copy that spans several 10 ms epochs.
+    let fill = dir.path("fill.ram");
+    let mut r = common::Rng::from_env("a_spare_joining_a_writing_disk");
+    let mut data = vec![0u8; 8 << 20];
+    data.extend((0..(32 << 20) / 8).flat_map(|_| r.next().to_le_bytes()));
+    std::fs::write(&fill, &data).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut c = run_cmd(&pdisk, &pcon, CMDLINE);
+    c.arg("--shadow").arg(&addr).arg("--key-file").arg(&key);
+    c.arg("--arbiter").arg(common::arbiter_arg(&key));
+    c.args(["--interval-ms", "10", "--wait-shadow-ms", "0"]);
+    c.arg("--prefill").arg(&fill);
+    let mut primary = Proc::spawn_with_events(c);
+    // The guest runs unprotected and writes its disk before the spare is up.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::metadata(&pcon).map_or(0, |m| m.len()) < 200 {
+        assert!(
+            Instant::now() < deadline && primary.child.try_wait().unwrap().is_none(),
+            "the guest did not start:\n{}",
+            primary.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let (mut standby, _) = common::spawn_standby_with(
+        &key,
+        &scon,
+        &addr,
+        &["--disk", rdisk.to_str().unwrap(), "--disk-ack", "durable"],
+    );
+    let (units, catch_up) = primary
+        .wait_event(Duration::from_secs(30), |e| match e {
+            engine::events::Event::LiveCopied {
+                units,
+                catch_up_units,
+                ..
+            } => Some((*units, *catch_up_units)),
+            _ => None,
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no live copy:\n{}\nspare:\n{}",
+                primary.stderr(),
+                standby.stderr()
+            )
+        });
+    assert!(
+        catch_up > 0 && catch_up < units,
+        "{catch_up} of {units} units in the catch-up round:\n{}",
+        primary.stderr()
+    );
+    standby
+        .wait_line("standby in sync", Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("never in sync:\n{}", standby.stderr()));
+    // The kill comes at once: the spare takes over from its first commits,
+    // where it holds most blocks as the catch-up round read them (those not
+    // written again since), and the guest reads them on.
+    assert!(
+        primary.child.try_wait().unwrap().is_none(),
+        "the guest ended before the kill:\n{}",
+        primary.stderr()
+    );
+    primary.child.kill().unwrap();
+    primary.child.wait().unwrap();
+    let (_, at) = common::finished_takeover(&mut standby, "diskcheck");
+    let first = std::fs::read(&pcon).unwrap_or_default();
+    let second = std::fs::read(&scon).unwrap_or_default();
+    common::check_failover_output("diskcheck", &reference, &first, at, &second);
+    let want = done_digest(std::str::from_utf8(&reference).unwrap());
+    assert_eq!(
+        scan_digest(&rdisk, &dir, 256),
+        want,
+        "the replica is out of step"
+    );
+}

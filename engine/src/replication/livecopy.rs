@@ -13,8 +13,11 @@
 //! thread, so the primary keeps taking epochs for the other spares meanwhile.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use crossbeam::channel::{Receiver, RecvTimeoutError};
+
+use super::catchup::CatchUpRound;
 use super::copycoding::{ChunkCoding, CopyCoding};
 use super::wire::EpochEnd;
 use crate::capture::PrecopyRound;
@@ -118,28 +121,57 @@ pub(super) struct LiveCopy {
     pub compression: Compression,
     /// The end frame every container of the copy carries (no output).
     pub end: EpochEnd,
+    /// Where the encoder hands over the catch-up round once the copy is
+    /// read (`catchup.rs`).
+    pub catch_up: Receiver<CatchUpRound>,
 }
 
 /// What a live copy cost.
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct CopyFigures {
-    /// Pages and disk blocks read.
+    /// Pages and disk blocks read (the copy and its catch-up round).
     pub units: u64,
     /// Container bytes sent.
     pub wire_bytes: u64,
     pub secs: f64,
     /// Of `units`, those sent in chunks coded plain (the rest: zstd).
     pub plain_units: u64,
+    /// Of `units`, those of the catch-up round.
+    pub catch_up_units: u64,
+}
+
+/// The encoders and buffers a copy's rounds share.
+struct Copier {
+    zstd: MemoryEncoder,
+    plain: MemoryEncoder,
+    /// Plain or zstd, chunk by chunk, by the pace each achieves; `None`:
+    /// plain throughout (the link has no compression).
+    coding: Option<CopyCoding>,
+    compression: Compression,
+    bufs: store::EncodeBuffers,
+    scratch: Vec<u8>,
+    figures: CopyFigures,
+}
+
+/// The links the copy's sender waits on for its catch-up round.
+pub(super) struct CopySignals<'a> {
+    /// Told each container's sequence number before it is sent (for ack
+    /// latencies).
+    pub sent: &'a dyn Fn(u64),
+    /// Told the copy finished reading.
+    pub read: &'a dyn Fn(),
+    /// Whether the link was lost meanwhile.
+    pub lost: &'a dyn Fn() -> bool,
 }
 
 impl LiveCopy {
-    /// Reads, encodes and sends the copy on `conn`. `sent` is told each
-    /// container's sequence number before it is sent (for ack latencies).
+    /// Reads, encodes and sends the copy on `conn`, then the catch-up
+    /// round the encoder hands over once it heard the copy was read.
     pub(super) fn send(
         &self,
         conn: &mut transport::Sender,
         term: u64,
-        sent: &dyn Fn(u64),
+        signals: &CopySignals<'_>,
     ) -> Result<CopyFigures> {
         let t0 = Instant::now();
         let compression = copy_compression(self.compression);
@@ -147,25 +179,88 @@ impl LiveCopy {
         let mut plain = MemoryEncoder::new(Compression::None)?;
         zstd.set_batching(true);
         plain.set_batching(true);
-        // Plain or zstd, chunk by chunk, by the pace each achieves; plain
-        // throughout when the link has no compression.
-        let mut coding = (compression != Compression::None).then(CopyCoding::new);
-        let mut bufs = store::EncodeBuffers::default();
-        let mut scratch = Vec::new();
-        let header = Header::full(self.seq, self.machine.fingerprint());
-        let mut figures = CopyFigures::default();
-        let mut chunks = sync_chunks(&self.plan.runs);
+        let mut c = Copier {
+            zstd,
+            plain,
+            coding: (compression != Compression::None).then(CopyCoding::new),
+            compression,
+            bufs: store::EncodeBuffers::default(),
+            scratch: Vec::new(),
+            figures: CopyFigures::default(),
+        };
+        let round = Round {
+            label: self.seq,
+            runs: &self.plan.runs,
+            zero_runs: &self.plan.zero_runs,
+            disks: self
+                .plan
+                .disks
+                .iter()
+                .map(|d| (&d.runs[..], &d.zero_runs[..]))
+                .collect(),
+        };
+        self.send_round(&mut c, conn, term, &round, signals.sent)?;
+        (signals.read)();
+        let up = self.wait_round(signals.lost)?;
+        let units = c.figures.units;
+        let memory = up.set.memory.into_runs();
+        let disks: Vec<Vec<(u64, u64)>> = up.set.disks.into_iter().map(|d| d.into_runs()).collect();
+        let round = Round {
+            label: up.label,
+            runs: &memory,
+            zero_runs: &[],
+            disks: disks.iter().map(|d| (&d[..], &[][..])).collect(),
+        };
+        self.send_round(&mut c, conn, term, &round, signals.sent)?;
+        c.figures.catch_up_units = c.figures.units - units;
+        c.figures.secs = t0.elapsed().as_secs_f64();
+        Ok(c.figures)
+    }
+
+    /// Waits for the encoder to hand over the catch-up round (at its next
+    /// epoch), unless the link is lost meanwhile.
+    fn wait_round(&self, lost: &dyn Fn() -> bool) -> Result<CatchUpRound> {
+        loop {
+            match self.catch_up.recv_timeout(Duration::from_millis(20)) {
+                Ok(r) => return Ok(r),
+                Err(RecvTimeoutError::Timeout) if !lost() => {}
+                Err(_) => {
+                    return Err(EngineError::Link(
+                        "lost before the encoder handed over its catch-up round".into(),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Sends one round: memory, then each disk, in chunks. The first
+    /// memory chunk always goes, though it may be empty: it carries the
+    /// zero markers and the configuration, and moves the spare to the
+    /// round's label.
+    fn send_round(
+        &self,
+        c: &mut Copier,
+        conn: &mut transport::Sender,
+        term: u64,
+        round: &Round<'_>,
+        sent: &dyn Fn(u64),
+    ) -> Result<()> {
+        let header = Header::full(round.label, self.machine.fingerprint());
+        let mut end = self.end.clone();
+        end.seq = round.label;
+        let mut chunks = sync_chunks(round.runs);
         if chunks.is_empty() {
-            // The first container always goes: it starts the spare's memory
-            // (zero markers, the configuration).
             chunks.push(Vec::new());
         }
         for (i, chunk) in chunks.iter().enumerate() {
             let t = Instant::now();
-            let how = coding.as_ref().map_or(ChunkCoding::Plain, CopyCoding::next);
+            let how = c
+                .coding
+                .as_ref()
+                .map_or(ChunkCoding::Plain, CopyCoding::next);
             let enc = match how {
-                ChunkCoding::Plain => &mut plain,
-                ChunkCoding::Zstd => &mut zstd,
+                ChunkCoding::Plain => &mut c.plain,
+                ChunkCoding::Zstd => &mut c.zstd,
             };
             // Encoded straight from guest memory, with no copy of its own: a
             // page the running guest writes meanwhile may be read torn, and
@@ -178,80 +273,89 @@ impl LiveCopy {
                 })?;
                 runs.push((gpa, &r.as_slice()[off as usize..(off + len) as usize]));
             }
-            let zero = if i == 0 {
-                &self.plan.zero_runs[..]
-            } else {
-                &[]
-            };
-            let c = store::encode_memory_only(
+            let zero = if i == 0 { round.zero_runs } else { &[] };
+            let container = store::encode_memory_only(
                 &header,
                 &self.machine,
                 zero,
                 runs.into_iter(),
                 enc,
-                &mut bufs,
+                &mut c.bufs,
             )?;
-            self.ship(conn, term, chunk, c, &mut figures, &mut bufs, sent)?;
-            chose(&mut coding, how, chunk, t, &mut figures);
+            ship(c, conn, term, chunk, container, &end, sent)?;
+            chose(&mut c.coding, how, chunk, t, &mut c.figures);
         }
-        for (d, (disk, round)) in self.disks.iter().zip(&self.plan.disks).enumerate() {
-            let mut chunks = sync_chunks(&round.runs);
-            if chunks.is_empty() && !round.zero_runs.is_empty() {
+        for (d, (disk, &(disk_runs, disk_zero))) in self.disks.iter().zip(&round.disks).enumerate()
+        {
+            let mut chunks = sync_chunks(disk_runs);
+            if chunks.is_empty() && !disk_zero.is_empty() {
                 chunks.push(Vec::new());
             }
             for (j, chunk) in chunks.iter().enumerate() {
                 let t = Instant::now();
-                let how = coding.as_ref().map_or(ChunkCoding::Plain, CopyCoding::next);
-                scratch.clear();
+                let how = c
+                    .coding
+                    .as_ref()
+                    .map_or(ChunkCoding::Plain, CopyCoding::next);
+                c.scratch.clear();
                 for &(off, n) in chunk {
-                    disk.read_blocks(off / BLOCK, n, &mut scratch)
+                    disk.read_blocks(off / BLOCK, n, &mut c.scratch)
                         .map_err(EngineError::io(format!(
                             "reading {} for a spare's live copy",
                             disk.path.display()
                         )))?;
                 }
-                let zero = if j == 0 { &round.zero_runs[..] } else { &[] };
-                let c = store::encode_disk_only(
+                let zero = if j == 0 { disk_zero } else { &[] };
+                let container = store::encode_disk_only(
                     &header,
                     &self.machine,
                     d as u32,
                     zero,
-                    runs_in(chunk, &scratch),
+                    runs_in(chunk, &c.scratch),
                     match how {
                         ChunkCoding::Plain => Compression::None,
-                        ChunkCoding::Zstd => compression,
+                        ChunkCoding::Zstd => c.compression,
                     },
-                    &mut bufs,
+                    &mut c.bufs,
                 )?;
-                self.ship(conn, term, chunk, c, &mut figures, &mut bufs, sent)?;
-                chose(&mut coding, how, chunk, t, &mut figures);
+                ship(c, conn, term, chunk, container, &end, sent)?;
+                chose(&mut c.coding, how, chunk, t, &mut c.figures);
             }
         }
-        figures.secs = t0.elapsed().as_secs_f64();
-        Ok(figures)
-    }
-
-    /// Sends one container of the copy (holding `chunk`'s units), counts
-    /// it, and keeps its buffer for the next one.
-    #[allow(clippy::too_many_arguments)]
-    fn ship(
-        &self,
-        conn: &mut transport::Sender,
-        term: u64,
-        chunk: &[(u64, u64)],
-        container: Vec<u8>,
-        figures: &mut CopyFigures,
-        bufs: &mut store::EncodeBuffers,
-        sent: &dyn Fn(u64),
-    ) -> Result<()> {
-        figures.units += chunk.iter().map(|r| r.1).sum::<u64>();
-        figures.wire_bytes += container.len() as u64;
-        sent(self.seq);
-        super::link::send_epoch(conn, term, self.seq, true, &container, &self.end)
-            .map_err(EngineError::Transport)?;
-        bufs.container = container;
         Ok(())
     }
+}
+
+/// Runs of 4 KiB units: `(start byte, units)`.
+type UnitRuns<'a> = &'a [(u64, u64)];
+
+/// One round of a copy: the copy itself, or its catch-up.
+struct Round<'a> {
+    label: u64,
+    runs: &'a [(u64, u64)],
+    zero_runs: &'a [(u64, u64)],
+    /// Per disk: (block runs, holes).
+    disks: Vec<(UnitRuns<'a>, UnitRuns<'a>)>,
+}
+
+/// Sends one container of a round (holding `chunk`'s units), counts it,
+/// and keeps its buffer for the next one.
+fn ship(
+    c: &mut Copier,
+    conn: &mut transport::Sender,
+    term: u64,
+    chunk: &[(u64, u64)],
+    container: Vec<u8>,
+    end: &EpochEnd,
+    sent: &dyn Fn(u64),
+) -> Result<()> {
+    c.figures.units += chunk.iter().map(|r| r.1).sum::<u64>();
+    c.figures.wire_bytes += container.len() as u64;
+    sent(end.seq);
+    super::link::send_epoch(conn, term, end.seq, true, &container, end)
+        .map_err(EngineError::Transport)?;
+    c.bufs.container = container;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@
 pub mod arbiter;
 pub mod arbitration;
 pub mod bounds;
+mod catchup;
 pub mod coding;
 pub mod commit;
 pub mod consoleout;

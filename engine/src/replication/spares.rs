@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crossbeam::channel;
 use transport::{Channel, FramedConn, HandshakeParams, Psk, TransportError};
 
+use super::super::catchup::JoinRoute;
 use super::super::commit::Kind;
 use super::super::fencing::{FenceAction, FenceInput};
 use super::super::link::{self, Link, LinkShared, Port};
@@ -190,6 +191,7 @@ impl Replicator {
         }
         let id = self.next_id;
         self.next_id += 1;
+        let (catch_tx, catch_rx) = channel::bounded(1);
         let (from, copy) = if initial {
             (0, None)
         } else if let Join::Continue(s) = how {
@@ -224,6 +226,7 @@ impl Replicator {
                     memory_hash: None,
                     fence,
                 },
+                catch_up: catch_rx,
             };
             (e, Some(copy))
         };
@@ -245,6 +248,7 @@ impl Replicator {
             // joiner's first commit comes after its copy finished reading).
             commit_from: AtomicU64::new(if initial { 0 } else { u64::MAX }),
             copied: AtomicBool::new(copy.is_none()),
+            copy_read: AtomicBool::new(false),
             queued: AtomicU64::new(0),
             copy: Mutex::new(None),
             bell: vm.doorbell(),
@@ -273,6 +277,7 @@ impl Replicator {
         }
         let term = self.cfg.term;
         let mut threads = Vec::new();
+        let copying = copy.is_some();
         let s = shared.clone();
         threads.push(link::spawn("hs-send", move || {
             link::sender(send_half, rx, term, s, copy)
@@ -297,14 +302,23 @@ impl Replicator {
         self.fanout.ports().push(Port {
             shared: shared.clone(),
             tx,
-            from,
+            route: if copying {
+                JoinRoute::copying(from)
+            } else {
+                JoinRoute::streaming(from)
+            },
+            catch_up: copying.then_some(catch_tx),
             max_queued: match spec.kind {
                 Kind::Sync => SYNC_MAX_QUEUED,
                 Kind::Async => self.cfg.async_max_queued,
             },
         });
-        // The joiner's base is its copy, not what the delta cache holds.
-        self.reset_delta = true;
+        if !copying {
+            // Its base is the state it holds, not what the delta cache
+            // remembers. (A joiner's is its catch-up round: the encoder
+            // forgets the cache when it switches.)
+            self.reset_delta = true;
+        }
         let s = &mut self.spares[i];
         s.link = Some(Link {
             shared,
