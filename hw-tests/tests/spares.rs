@@ -581,8 +581,8 @@ fn a_live_copy_mixing_plain_and_zstd_chunks_leaves_the_spare_exact() {
             _ => None,
         })
         .unwrap_or_else(|| panic!("no live copy:\n{}\nspare:\n{}", p.stderr(), s.stderr()));
-    // 16 MiB of data pages (plus what the guest wrote) in chunks of 4 MiB:
-    // the copy probes plain for three chunks, then zstd.
+    // 16 MiB of data pages (plus what the guest wrote), decided 4 MiB at a
+    // time: the copy probes plain for three decisions, then zstd.
     assert!(units >= 4096, "{units} pages copied");
     // The guest wrote while it was copied: those pages went again, once
     // each, in the catch-up round (`catchup.rs`), not as queued epochs.

@@ -1,7 +1,8 @@
 //! How a live copy codes each chunk, by what the link and the spare
 //! achieve (no I/O, no clock: the sender measures and reports).
 //!
-//! A live copy sends a running guest's memory in chunks of 4 MiB of pages
+//! A live copy sends a running guest's memory in containers of 1 MiB of
+//! pages and decides their coding for 4 MiB at a time, a *chunk* here
 //! (`livecopy.rs`). Each chunk goes either **plain** (raw pages: no
 //! compression, more bytes) or **zstd** (at `livecopy::COPY_ZSTD_LEVEL`:
 //! CPU on both ends, fewer bytes). Which is faster depends on where the

@@ -30,8 +30,16 @@ use checkpoint::format::Header;
 use checkpoint::pages::{Compression, MemoryEncoder};
 
 /// A sync round is sent in pre-copy containers of at most this many pages
-/// (4 MiB), so sending and applying overlap with reading and encoding.
-const SYNC_CHUNK_PAGES: u64 = 1024;
+/// (1 MiB), so sending and applying overlap with reading and encoding. At
+/// 4 MiB the two ends took turns more than they overlapped: a 1 GiB mixed
+/// copy to protected took a median 1.22 s against 1.155 s at 1 MiB
+/// (`docs/performance.md`, "Smaller containers").
+const SYNC_CHUNK_PAGES: u64 = 256;
+
+/// Containers per coding decision: [`CopyCoding`] measures the pace of
+/// 4 MiB of pages at a time, so that a probe still spans the socket's
+/// buffers whatever the container size.
+const CHUNKS_PER_DECISION: u32 = 4;
 
 /// The zstd level of a live copy's chunks that go compressed (those that
 /// go plain are chosen by [`CopyCoding`]). When a copy is bound by CPU on
@@ -54,22 +62,13 @@ pub(super) fn copy_compression(link: Compression) -> Compression {
     }
 }
 
-/// Tells the coding decision how the chunk just sent (`how`, begun at `t`)
-/// went, and counts its units by coding.
-fn chose(
-    coding: &mut Option<CopyCoding>,
+/// The containers coded by one decision: how, since when, how many, and
+/// their units.
+struct Group {
     how: ChunkCoding,
-    chunk: &[(u64, u64)],
-    t: Instant,
-    figures: &mut CopyFigures,
-) {
-    let units: u64 = chunk.iter().map(|r| r.1).sum();
-    if how == ChunkCoding::Plain {
-        figures.plain_units += units;
-    }
-    if let Some(c) = coding.as_mut() {
-        c.sent(units * PAGE_SIZE, t.elapsed().as_secs_f64());
-    }
+    since: Instant,
+    chunks: u32,
+    units: u64,
 }
 
 /// Splits page runs `(gpa, pages)` into chunks of at most
@@ -151,6 +150,47 @@ struct Copier {
     bufs: store::EncodeBuffers,
     scratch: Vec<u8>,
     figures: CopyFigures,
+    /// The decision the next containers follow, once taken.
+    group: Option<Group>,
+}
+
+impl Copier {
+    /// How the next container is coded: the group's decision, or a new one.
+    fn coding(&mut self) -> ChunkCoding {
+        let coding = &self.coding;
+        self.group
+            .get_or_insert_with(|| Group {
+                how: coding.as_ref().map_or(ChunkCoding::Plain, CopyCoding::next),
+                since: Instant::now(),
+                chunks: 0,
+                units: 0,
+            })
+            .how
+    }
+
+    /// Counts a container of `units` just sent; a full group tells the
+    /// decision how it went.
+    fn sent(&mut self, units: u64) {
+        if let Some(g) = self.group.as_mut() {
+            g.chunks += 1;
+            g.units += units;
+            if g.how == ChunkCoding::Plain {
+                self.figures.plain_units += units;
+            }
+            if g.chunks == CHUNKS_PER_DECISION {
+                self.close();
+            }
+        }
+    }
+
+    /// Tells the decision how the group so far went (a round's end).
+    fn close(&mut self) {
+        if let Some(g) = self.group.take() {
+            if let Some(c) = self.coding.as_mut() {
+                c.sent(g.units * PAGE_SIZE, g.since.elapsed().as_secs_f64());
+            }
+        }
+    }
 }
 
 /// The links the copy's sender waits on for its catch-up round.
@@ -187,6 +227,7 @@ impl LiveCopy {
             bufs: store::EncodeBuffers::default(),
             scratch: Vec::new(),
             figures: CopyFigures::default(),
+            group: None,
         };
         let round = Round {
             label: self.seq,
@@ -253,11 +294,7 @@ impl LiveCopy {
             chunks.push(Vec::new());
         }
         for (i, chunk) in chunks.iter().enumerate() {
-            let t = Instant::now();
-            let how = c
-                .coding
-                .as_ref()
-                .map_or(ChunkCoding::Plain, CopyCoding::next);
+            let how = c.coding();
             let enc = match how {
                 ChunkCoding::Plain => &mut c.plain,
                 ChunkCoding::Zstd => &mut c.zstd,
@@ -283,8 +320,8 @@ impl LiveCopy {
                 &mut c.bufs,
             )?;
             ship(c, conn, term, chunk, container, &end, sent)?;
-            chose(&mut c.coding, how, chunk, t, &mut c.figures);
         }
+        c.close();
         for (d, (disk, &(disk_runs, disk_zero))) in self.disks.iter().zip(&round.disks).enumerate()
         {
             let mut chunks = sync_chunks(disk_runs);
@@ -292,11 +329,7 @@ impl LiveCopy {
                 chunks.push(Vec::new());
             }
             for (j, chunk) in chunks.iter().enumerate() {
-                let t = Instant::now();
-                let how = c
-                    .coding
-                    .as_ref()
-                    .map_or(ChunkCoding::Plain, CopyCoding::next);
+                let how = c.coding();
                 c.scratch.clear();
                 for &(off, n) in chunk {
                     disk.read_blocks(off / BLOCK, n, &mut c.scratch)
@@ -319,8 +352,8 @@ impl LiveCopy {
                     &mut c.bufs,
                 )?;
                 ship(c, conn, term, chunk, container, &end, sent)?;
-                chose(&mut c.coding, how, chunk, t, &mut c.figures);
             }
+            c.close();
         }
         Ok(())
     }
@@ -349,12 +382,14 @@ fn ship(
     end: &EpochEnd,
     sent: &dyn Fn(u64),
 ) -> Result<()> {
-    c.figures.units += chunk.iter().map(|r| r.1).sum::<u64>();
+    let units = chunk.iter().map(|r| r.1).sum::<u64>();
+    c.figures.units += units;
     c.figures.wire_bytes += container.len() as u64;
     sent(end.seq);
     super::link::send_epoch(conn, term, end.seq, true, &container, end)
         .map_err(EngineError::Transport)?;
     c.bufs.container = container;
+    c.sent(units);
     Ok(())
 }
 
