@@ -235,8 +235,10 @@ impl Sim {
             }
             // The encoder, `lag` ticks behind each pause.
             while captured.front().is_some_and(|c| c.1 + self.lag <= tick) {
-                let (s, _, pages, _) = captured.pop_front().unwrap();
-                if copy_read_at.is_some() {
+                let (s, at, pages, _) = captured.pop_front().unwrap();
+                // Switched at the first epoch captured after the copy was
+                // read, however late the encoder gets to it.
+                if copy_read_at.is_some_and(|r| at > r) {
                     route.copy_read();
                 }
                 let drop_kept = self.drop_kept;

@@ -36,6 +36,8 @@ pub(super) struct EncodeJob {
     /// A spare joined since the last epoch: its base is its live copy, not
     /// what the delta cache remembers, so the cache starts empty.
     pub reset_delta: bool,
+    /// When its pause was over.
+    pub captured: Instant,
 }
 
 /// One encoded epoch, shared by every link it goes to.
@@ -110,9 +112,9 @@ pub(super) struct LinkShared {
     /// Its live copy finished reading (or it needed none); its catch-up
     /// round too (`catchup.rs`): its state is exact at the next capture.
     pub(super) copied: AtomicBool,
-    /// Its live copy finished reading: the encoder switches it at its
-    /// next epoch (the catch-up round, then every epoch).
-    pub(super) copy_read: AtomicBool,
+    /// When its live copy finished reading: the encoder switches it at the
+    /// first epoch captured after (the catch-up round, then every epoch).
+    pub(super) copy_read: Mutex<Option<Instant>>,
     /// Container bytes handed to the sender and not yet written to the
     /// socket.
     pub(super) queued: AtomicU64,
@@ -227,13 +229,17 @@ impl Fanout {
     /// copying keeps what it wrote, a joiner whose copy is read gets its
     /// catch-up round. Says whether the delta cache must be forgotten (a
     /// switch) and whether any link gets the epoch.
-    fn route(&self, seq: u64, epoch: &capture::Epoch) -> Routed {
+    /// An epoch captured before a copy was read is kept, however late the
+    /// encoder gets to it: the round then carries what the guest wrote
+    /// during the copy, not the whole epochs.
+    fn route(&self, seq: u64, epoch: &capture::Epoch, captured: Instant) -> Routed {
         let mut routed = Routed::default();
         for p in self.ports().iter_mut() {
             if p.shared.is_lost() {
                 continue;
             }
-            if p.shared.copy_read.load(Ordering::SeqCst) {
+            let read = *p.shared.copy_read.lock().unwrap_or_else(|e| e.into_inner());
+            if read.is_some_and(|t| captured > t) {
                 p.route.copy_read();
             }
             let mut kept = false;
@@ -356,7 +362,7 @@ pub(super) fn encoder(
     // Containers sent lately: once every link dropped one, it is reused.
     let mut recent: VecDeque<Arc<Vec<u8>>> = VecDeque::new();
     for mut job in rx.iter() {
-        let routed = fanout.route(job.seq, &job.epoch);
+        let routed = fanout.route(job.seq, &job.epoch, job.captured);
         if routed.kept && !routed.sent {
             // Only joiners, which keep its pages in their sets: nothing to
             // encode. The delta cache misses this epoch, so it starts over.
@@ -437,7 +443,9 @@ pub(super) fn sender(
     if let Some(copy) = copy {
         let signals = CopySignals {
             sent: &|seq| shared.track(seq),
-            read: &|| shared.copy_read.store(true, Ordering::SeqCst),
+            read: &|| {
+                *shared.copy_read.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now())
+            },
             lost: &|| shared.is_lost(),
         };
         match copy.send(&mut conn, term, &signals) {

@@ -22,7 +22,7 @@ fn link(id: SpareId, kind: Kind) -> Arc<LinkShared> {
         joined: AtomicBool::new(false),
         commit_from: AtomicU64::new(0),
         copied: AtomicBool::new(true),
-        copy_read: AtomicBool::new(false),
+        copy_read: Mutex::new(None),
         queued: AtomicU64::new(0),
         copy: Mutex::new(None),
         bell: crate::runner::Doorbell::new(crate::vcpu::Shared::new(1)),

@@ -458,6 +458,7 @@ impl Replicator {
                 fence: self.fence_base.clone(),
             },
             reset_delta: std::mem::take(&mut self.reset_delta),
+            captured: Instant::now(),
         };
         if self
             .encoder

@@ -248,7 +248,7 @@ impl Replicator {
             // joiner's first commit comes after its copy finished reading).
             commit_from: AtomicU64::new(if initial { 0 } else { u64::MAX }),
             copied: AtomicBool::new(copy.is_none()),
-            copy_read: AtomicBool::new(false),
+            copy_read: Mutex::new(None),
             queued: AtomicU64::new(0),
             copy: Mutex::new(None),
             bell: vm.doorbell(),
