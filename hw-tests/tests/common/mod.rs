@@ -509,6 +509,33 @@ pub fn key_file(dir: &TempDir, name: &str, seed: u64) -> PathBuf {
     p
 }
 
+/// Runs `trial` (given its number, from 1) up to `tries` times, until one
+/// returns a non-zero count, and fails naming `what` if none did. For a
+/// case that the scheduling of a loaded host may skip in one run but that
+/// every run must handle correctly (each trial asserts that itself).
+pub fn until_nonzero(tries: u32, what: &str, mut trial: impl FnMut(u32) -> u64) {
+    let mut counts = Vec::new();
+    for n in 1..=tries {
+        let c = trial(n);
+        counts.push(c);
+        if c > 0 {
+            return;
+        }
+    }
+    panic!("{what}: zero in all {tries} trials ({counts:?})");
+}
+
+/// A loopback address with a port free now, for a spare that a primary
+/// dials from its start and that starts listening only later.
+pub fn free_loopback_addr() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
 /// The embedded arbiter shared by the processes of one test: a file beside
 /// the key (both live in the test's own directory).
 pub fn arbiter_arg(key: &Path) -> String {
