@@ -98,8 +98,9 @@ def livesync(a):
             joined = next(e for e in read_jsonl(evlog) if e.get("event") == "spare_joining")
             mib = copied["units"] * 4096 / (1 << 20)
             secs = copied["seconds"]
-            # One live pass beside running epochs: no pre-copy rounds, no final pause.
-            r.update(rounds=1, copied_mib=mib, wire_mib=copied["wire_bytes"] / (1 << 20), seconds=secs,
+            # One live pass beside running epochs, then a catch-up round of what the
+            # guest wrote meanwhile (if it wrote anything): no final pause.
+            r.update(rounds=1 + int(copied.get("catch_up_units", 0) > 0), copied_mib=mib, wire_mib=copied["wire_bytes"] / (1 << 20), seconds=secs,
                      final_pause_ms=None, final_pages=None,
                      to_protected_s=(prot["at_ms"] - joined["at_ms"]) / 1e3,
                      copied_mib_s=mib / secs, guest_mib_s=a.mem_mib / secs)

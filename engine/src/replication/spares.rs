@@ -718,7 +718,9 @@ impl Replicator {
             }
         }
         if let Some(c) = shared.copy.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            self.stats.syncs.push((1, c.units * PAGE_SIZE, c.secs));
+            // The copy, and its catch-up round if the guest wrote meanwhile.
+            let rounds = 1 + u32::from(c.catch_up_units > 0);
+            self.stats.syncs.push((rounds, c.units * PAGE_SIZE, c.secs));
         }
     }
 
