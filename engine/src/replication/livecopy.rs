@@ -193,7 +193,9 @@ impl Copier {
     }
 }
 
-/// The links the copy's sender waits on for its catch-up round.
+/// What a copy tells its link, and asks it: each container sent, the copy
+/// read (the encoder then switches the link), and whether the link was
+/// lost while the sender waits for its catch-up round.
 pub(super) struct CopySignals<'a> {
     /// Told each container's sequence number before it is sent (for ack
     /// latencies).
