@@ -457,14 +457,7 @@ fn disk_join(attempt: u32, reference: &[u8]) -> u64 {
                 standby.stderr()
             )
         });
-    assert!(
-        catch_up < units,
-        "{catch_up} of {units} units in the catch-up round:\n{}",
-        primary.stderr()
-    );
-    if catch_up == 0 {
-        eprintln!("join {attempt}: no epoch fell inside the copy; its catch-up round was empty");
-    }
+    common::check_catch_up(attempt, units, catch_up, &primary.stderr());
     standby
         .wait_line("standby in sync", Duration::from_secs(30))
         .unwrap_or_else(|| panic!("never in sync:\n{}", standby.stderr()));

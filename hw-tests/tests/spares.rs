@@ -595,14 +595,7 @@ fn mixed_copy_join(attempt: u32) -> u64 {
     assert!(units >= 4096, "{units} pages copied");
     // What the guest wrote while it was copied went again, once each, in
     // the catch-up round (`catchup.rs`), not as queued epochs.
-    assert!(
-        catch_up < units,
-        "{catch_up} of {units} units in the catch-up round:\n{}",
-        p.stderr()
-    );
-    if catch_up == 0 {
-        eprintln!("join {attempt}: no epoch fell inside the copy; its catch-up round was empty");
-    }
+    common::check_catch_up(attempt, units, catch_up, &p.stderr());
     assert!(
         plain > 0 && plain < units,
         "{plain} of {units} pages went plain: one coding was never used"

@@ -525,6 +525,20 @@ pub fn until_nonzero(tries: u32, what: &str, mut trial: impl FnMut(u32) -> u64) 
     panic!("{what}: zero in all {tries} trials ({counts:?})");
 }
 
+/// Checks a live copy's catch-up round (`catchup.rs`) against the copy:
+/// it reads again part of what the copy read, never all of it. Says so
+/// when join `attempt`'s round was empty (no epoch fell inside the copy),
+/// which [`until_nonzero`] then repeats. `primary_err` is shown on failure.
+pub fn check_catch_up(attempt: u32, units: u64, catch_up: u64, primary_err: &str) {
+    assert!(
+        catch_up < units,
+        "{catch_up} of {units} units in the catch-up round:\n{primary_err}"
+    );
+    if catch_up == 0 {
+        eprintln!("join {attempt}: no epoch fell inside the copy; its catch-up round was empty");
+    }
+}
+
 /// A loopback address with a port free now, for a spare that a primary
 /// dials from its start and that starts listening only later.
 pub fn free_loopback_addr() -> String {
