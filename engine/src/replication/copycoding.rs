@@ -14,10 +14,12 @@
 //!   (the harness's mixed pages: 690 MiB plain against 420 MiB coded).
 //!
 //! So the sender measures both. For each chunk it reports the guest bytes
-//! it held and the seconds from the start of its encoding until the socket
-//! took its last byte: once the socket's buffer is full that is the pace of
-//! the whole pipe (encoder, link, and the spare's decoding, whose slowness
-//! backs up into the socket). [`CopyCoding`] probes each coding for
+//! it held and the seconds from when the socket finished taking the chunk
+//! before (or, first in a round, from when this one was ready) until the
+//! socket took its last byte: once the socket's buffer is full that is the
+//! pace of the whole pipe (the reading and encoding ahead of the socket,
+//! the link, and the spare's decoding, whose slowness backs up into the
+//! socket). [`CopyCoding`] probes each coding for
 //! [`PROBE_CHUNKS`] chunks, the first of which only refills the pipe after
 //! the switch and is not counted, then codes [`EXPLOIT_CHUNKS`] chunks the
 //! faster way before probing the other again, since a link's pace changes
@@ -100,10 +102,17 @@ impl CopyCoding {
         self.rate[coding.index()]
     }
 
-    /// Reports the chunk just sent, coded as [`next`](Self::next) said:
-    /// `guest_bytes` of pages (zero pages included) in `secs` from the
-    /// start of its encoding until the socket took it.
-    pub fn sent(&mut self, guest_bytes: u64, secs: f64) {
+    /// Reports a chunk sent coded `coding`: `guest_bytes` of pages (zero
+    /// pages included) in `secs`, the pace of the pipe while it went.
+    ///
+    /// A sender whose reading runs ahead of its socket decides the next
+    /// chunk before the last one's report arrives, so a chunk coded the
+    /// way the phase before a switch said may be reported after it: such a
+    /// report is ignored (it would count for the wrong coding).
+    pub fn sent(&mut self, coding: ChunkCoding, guest_bytes: u64, secs: f64) {
+        if coding != self.current {
+            return;
+        }
         self.done += 1;
         // The first chunk of a probe refills the pipe after the switch.
         if !(self.probing && self.done == 1) {
@@ -166,7 +175,7 @@ mod tests {
         (0..chunks)
             .map(|i| {
                 let k = c.next();
-                c.sent(CHUNK, pace(k, i));
+                c.sent(k, CHUNK, pace(k, i));
                 k
             })
             .collect()
@@ -259,13 +268,36 @@ mod tests {
     }
 
     #[test]
+    fn a_chunk_reported_after_the_switch_it_preceded_is_not_counted() {
+        // Plain's probe ends; the sender had already coded one more chunk
+        // plain, reported after the switch to zstd's probe. It neither
+        // counts as a zstd chunk nor moves zstd's probe along.
+        let mut c = CopyCoding::new();
+        for _ in 0..PROBE_CHUNKS {
+            c.sent(ChunkCoding::Plain, CHUNK, 0.01);
+        }
+        assert_eq!(c.next(), ChunkCoding::Zstd);
+        c.sent(ChunkCoding::Plain, CHUNK, 1e-6);
+        assert_eq!(c.rate(ChunkCoding::Zstd), None);
+        for _ in 0..PROBE_CHUNKS - 1 {
+            c.sent(ChunkCoding::Zstd, CHUNK, 0.02);
+            assert_eq!(c.next(), ChunkCoding::Zstd);
+        }
+        c.sent(ChunkCoding::Zstd, CHUNK, 0.02);
+        // Both probed: plain was faster (the stale report did not count).
+        assert_eq!(c.next(), ChunkCoding::Plain);
+        let plain = c.rate(ChunkCoding::Plain).unwrap();
+        assert!((plain - CHUNK as f64 / 0.01).abs() < 1.0, "{plain}");
+    }
+
+    #[test]
     fn instant_and_zero_length_chunks_keep_the_rates_finite() {
         let mut c = CopyCoding::new();
         run(&mut c, 100, |_, i| if i % 2 == 0 { 0.0 } else { -1.0 });
         for k in [ChunkCoding::Plain, ChunkCoding::Zstd] {
             assert!(c.rate(k).unwrap().is_finite());
         }
-        c.sent(0, 0.0);
+        c.sent(c.next(), 0, 0.0);
         assert!(c.rate(c.next()).is_none_or(f64::is_finite));
     }
 }

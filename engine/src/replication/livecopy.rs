@@ -12,10 +12,11 @@
 //! after (`commit.rs`, `CommitSet::copied`). Runs on the link's sender
 //! thread, so the primary keeps taking epochs for the other spares meanwhile.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam::channel::{Receiver, RecvTimeoutError};
+use crossbeam::channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::catchup::CatchUpRound;
 use super::copycoding::{ChunkCoding, CopyCoding};
@@ -60,15 +61,6 @@ pub(super) fn copy_compression(link: Compression) -> Compression {
             level: level.min(COPY_ZSTD_LEVEL),
         },
     }
-}
-
-/// The containers coded by one decision: how, since when, how many, and
-/// their units.
-struct Group {
-    how: ChunkCoding,
-    since: Instant,
-    chunks: u32,
-    units: u64,
 }
 
 /// Splits page runs `(gpa, pages)` into chunks of at most
@@ -139,76 +131,137 @@ pub(super) struct CopyFigures {
     pub catch_up_units: u64,
 }
 
-/// The encoders and buffers a copy's rounds share.
-struct Copier {
+/// How many encoded containers may wait for the socket: the reading side
+/// runs this far ahead of the shipping side, so the guest's pages are read
+/// and encoded while the socket is full (on a 1 GiB copy the sender waited
+/// for the socket a quarter of the time, reading nothing).
+const PIPELINE_DEPTH: usize = 2;
+
+/// One encoded container on its way from the reading side to the shipping
+/// side.
+struct Encoded {
+    bytes: Vec<u8>,
+    /// The round's label (the sequence number it moves the spare to).
+    label: u64,
+    /// Pages or disk blocks in it.
+    units: u64,
+    how: ChunkCoding,
+    /// The last container of its decision group: the shipping side
+    /// reports the group's pace.
+    closes_group: bool,
+    /// The last container of its list (a round's memory, or one disk):
+    /// the next group's pace starts when its first container is ready,
+    /// not when this one was taken.
+    ends_list: bool,
+    /// Part of the catch-up round.
+    catch_up: bool,
+}
+
+/// What the shipping side hands back to the reading side.
+enum Back {
+    /// A sent container's buffer, to be written over.
+    Buffer(Vec<u8>),
+    /// A decision group went out: its coding, guest bytes and seconds.
+    Paced {
+        how: ChunkCoding,
+        bytes: u64,
+        secs: f64,
+    },
+}
+
+/// What a copy tells its link, and asks it: each container sent, the copy
+/// read (the encoder then switches the link), and whether the link was
+/// lost while the copy waits for its catch-up round. Called from the two
+/// threads of the copy.
+pub(super) struct CopySignals<'a> {
+    /// Told each container's sequence number before it is sent (for ack
+    /// latencies).
+    pub sent: &'a (dyn Fn(u64) + Sync),
+    /// Told the copy finished reading.
+    pub read: &'a (dyn Fn() + Sync),
+    /// Whether the link was lost meanwhile.
+    pub lost: &'a (dyn Fn() -> bool + Sync),
+}
+
+/// The reading side of a copy: reads the guest's pages and disk blocks,
+/// encodes them into containers and hands them to the shipping side.
+struct Reader {
     zstd: MemoryEncoder,
     plain: MemoryEncoder,
-    /// Plain or zstd, chunk by chunk, by the pace each achieves; `None`:
+    /// Plain or zstd, group by group, by the pace each achieves; `None`:
     /// plain throughout (the link has no compression).
     coding: Option<CopyCoding>,
     compression: Compression,
     bufs: store::EncodeBuffers,
     scratch: Vec<u8>,
-    figures: CopyFigures,
-    /// The decision the next containers follow, once taken.
-    group: Option<Group>,
+    /// The decision the next containers follow, and how many were encoded
+    /// under it.
+    group: Option<(ChunkCoding, u32)>,
+    /// Buffers the shipping side gave back.
+    spare: Vec<Vec<u8>>,
+    out: Sender<Encoded>,
+    back: Receiver<Back>,
+    catch_up: bool,
 }
 
-impl Copier {
-    /// How the next container is coded: the group's decision, or a new one.
+impl Reader {
+    /// How the next container is coded: the group's decision, or a new one
+    /// taken on the paces reported so far.
     fn coding(&mut self) -> ChunkCoding {
+        for b in self.back.try_iter() {
+            match b {
+                Back::Buffer(v) if self.spare.len() <= PIPELINE_DEPTH => self.spare.push(v),
+                Back::Buffer(_) => {}
+                Back::Paced { how, bytes, secs } => {
+                    if let Some(c) = self.coding.as_mut() {
+                        c.sent(how, bytes, secs);
+                    }
+                }
+            }
+        }
+        self.bufs.container = self.spare.pop().unwrap_or_default();
         let coding = &self.coding;
         self.group
-            .get_or_insert_with(|| Group {
-                how: coding.as_ref().map_or(ChunkCoding::Plain, CopyCoding::next),
-                since: Instant::now(),
-                chunks: 0,
-                units: 0,
+            .get_or_insert_with(|| {
+                (
+                    coding.as_ref().map_or(ChunkCoding::Plain, CopyCoding::next),
+                    0,
+                )
             })
-            .how
+            .0
     }
 
-    /// Counts a container of `units` just sent; a full group tells the
-    /// decision how it went.
-    fn sent(&mut self, units: u64) {
-        if let Some(g) = self.group.as_mut() {
-            g.chunks += 1;
-            g.units += units;
-            if g.how == ChunkCoding::Plain {
-                self.figures.plain_units += units;
-            }
-            if g.chunks == CHUNKS_PER_DECISION {
-                self.close();
-            }
+    /// Hands a container of `units` to the shipping side.
+    fn emit(&mut self, bytes: Vec<u8>, label: u64, units: u64, ends_list: bool) -> Result<()> {
+        let (how, n) = self.group.get_or_insert((ChunkCoding::Plain, 0));
+        let how = *how;
+        *n += 1;
+        let closes_group = *n == CHUNKS_PER_DECISION || ends_list;
+        if closes_group {
+            self.group = None;
         }
+        self.out
+            .send(Encoded {
+                bytes,
+                label,
+                units,
+                how,
+                closes_group,
+                ends_list,
+                catch_up: self.catch_up,
+            })
+            .map_err(|_| EngineError::Link("the live copy's sending side stopped".into()))
     }
-
-    /// Tells the decision how the group so far went (a round's end).
-    fn close(&mut self) {
-        if let Some(g) = self.group.take() {
-            if let Some(c) = self.coding.as_mut() {
-                c.sent(g.units * PAGE_SIZE, g.since.elapsed().as_secs_f64());
-            }
-        }
-    }
-}
-
-/// What a copy tells its link, and asks it: each container sent, the copy
-/// read (the encoder then switches the link), and whether the link was
-/// lost while the sender waits for its catch-up round.
-pub(super) struct CopySignals<'a> {
-    /// Told each container's sequence number before it is sent (for ack
-    /// latencies).
-    pub sent: &'a dyn Fn(u64),
-    /// Told the copy finished reading.
-    pub read: &'a dyn Fn(),
-    /// Whether the link was lost meanwhile.
-    pub lost: &'a dyn Fn() -> bool,
 }
 
 impl LiveCopy {
     /// Reads, encodes and sends the copy on `conn`, then the catch-up
     /// round the encoder hands over once it heard the copy was read.
+    ///
+    /// Two threads: this one ships containers to the socket while a reader
+    /// thread reads and encodes up to [`PIPELINE_DEPTH`] containers ahead.
+    /// The copy is read when the reader is done with it, whatever is still
+    /// to be shipped.
     pub(super) fn send(
         &self,
         conn: &mut transport::Sender,
@@ -216,20 +269,58 @@ impl LiveCopy {
         signals: &CopySignals<'_>,
     ) -> Result<CopyFigures> {
         let t0 = Instant::now();
+        let (out, to_ship) = crossbeam::channel::bounded(PIPELINE_DEPTH);
+        let (give_back, back) = crossbeam::channel::unbounded();
+        let stopped = AtomicBool::new(false);
+        let (read, shipped) = std::thread::scope(|s| {
+            let reader = std::thread::Builder::new()
+                .name("hs-copy-read".into())
+                .spawn_scoped(s, || self.read(out, back, signals, &stopped))
+                .map_err(EngineError::io("spawning a live copy's reading thread"))?;
+            let shipped = self.ship(to_ship, give_back, conn, term, signals.sent);
+            // A reader waiting for its catch-up round stops too.
+            stopped.store(true, Ordering::SeqCst);
+            let read = reader.join().unwrap_or_else(|_| {
+                Err(EngineError::Link(
+                    "a live copy's reading thread panicked".into(),
+                ))
+            });
+            Ok::<_, EngineError>((read, shipped))
+        })?;
+        // The sending side's failure comes first: the reader then only saw
+        // it stop. A reader that failed left the shipping side with fewer
+        // containers, which is no copy at all.
+        let mut figures = shipped?;
+        read?;
+        figures.secs = t0.elapsed().as_secs_f64();
+        Ok(figures)
+    }
+
+    /// The reading side: the copy, then the catch-up round.
+    fn read(
+        &self,
+        out: Sender<Encoded>,
+        back: Receiver<Back>,
+        signals: &CopySignals<'_>,
+        stopped: &AtomicBool,
+    ) -> Result<()> {
         let compression = copy_compression(self.compression);
         let mut zstd = MemoryEncoder::new(compression)?;
         let mut plain = MemoryEncoder::new(Compression::None)?;
         zstd.set_batching(true);
         plain.set_batching(true);
-        let mut c = Copier {
+        let mut r = Reader {
             zstd,
             plain,
             coding: (compression != Compression::None).then(CopyCoding::new),
             compression,
             bufs: store::EncodeBuffers::default(),
             scratch: Vec::new(),
-            figures: CopyFigures::default(),
             group: None,
+            spare: Vec::new(),
+            out,
+            back,
+            catch_up: false,
         };
         let round = Round {
             label: self.seq,
@@ -242,10 +333,9 @@ impl LiveCopy {
                 .map(|d| (&d.runs[..], &d.zero_runs[..]))
                 .collect(),
         };
-        self.send_round(&mut c, conn, term, &round, signals.sent)?;
+        self.read_round(&mut r, &round)?;
         (signals.read)();
-        let up = self.wait_round(signals.lost)?;
-        let units = c.figures.units;
+        let up = self.wait_round(&|| (signals.lost)() || stopped.load(Ordering::SeqCst))?;
         let memory = up.set.memory.into_runs();
         let disks: Vec<Vec<(u64, u64)>> = up.set.disks.into_iter().map(|d| d.into_runs()).collect();
         let round = Round {
@@ -254,14 +344,12 @@ impl LiveCopy {
             zero_runs: &[],
             disks: disks.iter().map(|d| (&d[..], &[][..])).collect(),
         };
-        self.send_round(&mut c, conn, term, &round, signals.sent)?;
-        c.figures.catch_up_units = c.figures.units - units;
-        c.figures.secs = t0.elapsed().as_secs_f64();
-        Ok(c.figures)
+        r.catch_up = true;
+        self.read_round(&mut r, &round)
     }
 
     /// Waits for the encoder to hand over the catch-up round (at its next
-    /// epoch), unless the link is lost meanwhile.
+    /// epoch), unless the link is lost or the copy stopped meanwhile.
     fn wait_round(&self, lost: &dyn Fn() -> bool) -> Result<CatchUpRound> {
         loop {
             match self.catch_up.recv_timeout(Duration::from_millis(20)) {
@@ -276,30 +364,22 @@ impl LiveCopy {
         }
     }
 
-    /// Sends one round: memory, then each disk, in chunks. The first
-    /// memory chunk always goes, though it may be empty: it carries the
-    /// zero markers and the configuration, and moves the spare to the
+    /// Reads and encodes one round: memory, then each disk, in chunks. The
+    /// first memory chunk always goes, though it may be empty: it carries
+    /// the zero markers and the configuration, and moves the spare to the
     /// round's label.
-    fn send_round(
-        &self,
-        c: &mut Copier,
-        conn: &mut transport::Sender,
-        term: u64,
-        round: &Round<'_>,
-        sent: &dyn Fn(u64),
-    ) -> Result<()> {
+    fn read_round(&self, r: &mut Reader, round: &Round<'_>) -> Result<()> {
         let header = Header::full(round.label, self.machine.fingerprint());
-        let mut end = self.end.clone();
-        end.seq = round.label;
         let mut chunks = sync_chunks(round.runs);
         if chunks.is_empty() {
             chunks.push(Vec::new());
         }
+        let last = chunks.len() - 1;
         for (i, chunk) in chunks.iter().enumerate() {
-            let how = c.coding();
+            let how = r.coding();
             let enc = match how {
-                ChunkCoding::Plain => &mut c.plain,
-                ChunkCoding::Zstd => &mut c.zstd,
+                ChunkCoding::Plain => &mut r.plain,
+                ChunkCoding::Zstd => &mut r.zstd,
             };
             // Encoded straight from guest memory, with no copy of its own: a
             // page the running guest writes meanwhile may be read torn, and
@@ -307,10 +387,10 @@ impl LiveCopy {
             let mut runs = Vec::with_capacity(chunk.len());
             for &(gpa, np) in chunk {
                 let len = np * PAGE_SIZE;
-                let (r, off) = self.ram.span(gpa, len).ok_or_else(|| {
+                let (m, off) = self.ram.span(gpa, len).ok_or_else(|| {
                     EngineError::Memory(format!("pages at {gpa:#x} outside guest memory"))
                 })?;
-                runs.push((gpa, &r.as_slice()[off as usize..(off + len) as usize]));
+                runs.push((gpa, &m.as_slice()[off as usize..(off + len) as usize]));
             }
             let zero = if i == 0 { round.zero_runs } else { &[] };
             let container = store::encode_memory_only(
@@ -319,22 +399,22 @@ impl LiveCopy {
                 zero,
                 runs.into_iter(),
                 enc,
-                &mut c.bufs,
+                &mut r.bufs,
             )?;
-            ship(c, conn, term, chunk, container, &end, sent)?;
+            r.emit(container, round.label, units_in(chunk), i == last)?;
         }
-        c.close();
         for (d, (disk, &(disk_runs, disk_zero))) in self.disks.iter().zip(&round.disks).enumerate()
         {
             let mut chunks = sync_chunks(disk_runs);
             if chunks.is_empty() && !disk_zero.is_empty() {
                 chunks.push(Vec::new());
             }
+            let last = chunks.len().saturating_sub(1);
             for (j, chunk) in chunks.iter().enumerate() {
-                let how = c.coding();
-                c.scratch.clear();
+                let how = r.coding();
+                r.scratch.clear();
                 for &(off, n) in chunk {
-                    disk.read_blocks(off / BLOCK, n, &mut c.scratch)
+                    disk.read_blocks(off / BLOCK, n, &mut r.scratch)
                         .map_err(EngineError::io(format!(
                             "reading {} for a spare's live copy",
                             disk.path.display()
@@ -346,19 +426,66 @@ impl LiveCopy {
                     &self.machine,
                     d as u32,
                     zero,
-                    runs_in(chunk, &c.scratch),
+                    runs_in(chunk, &r.scratch),
                     match how {
                         ChunkCoding::Plain => Compression::None,
-                        ChunkCoding::Zstd => c.compression,
+                        ChunkCoding::Zstd => r.compression,
                     },
-                    &mut c.bufs,
+                    &mut r.bufs,
                 )?;
-                ship(c, conn, term, chunk, container, &end, sent)?;
+                r.emit(container, round.label, units_in(chunk), j == last)?;
             }
-            c.close();
         }
         Ok(())
     }
+
+    /// The shipping side: sends each container the reader hands over, in
+    /// order, counts it, reports each group's pace and gives the buffer
+    /// back. Ends when the reader is done (or gone).
+    fn ship(
+        &self,
+        to_ship: Receiver<Encoded>,
+        give_back: Sender<Back>,
+        conn: &mut transport::Sender,
+        term: u64,
+        sent: &(dyn Fn(u64) + Sync),
+    ) -> Result<CopyFigures> {
+        let mut f = CopyFigures::default();
+        let mut end = self.end.clone();
+        // Where the group in progress started, and its units so far.
+        let (mut since, mut group_units) = (None, 0u64);
+        for e in to_ship {
+            let started = *since.get_or_insert_with(Instant::now);
+            f.units += e.units;
+            f.wire_bytes += e.bytes.len() as u64;
+            if e.how == ChunkCoding::Plain {
+                f.plain_units += e.units;
+            }
+            if e.catch_up {
+                f.catch_up_units += e.units;
+            }
+            end.seq = e.label;
+            sent(e.label);
+            super::link::send_epoch(conn, term, e.label, true, &e.bytes, &end)
+                .map_err(EngineError::Transport)?;
+            group_units += e.units;
+            if e.closes_group {
+                let _ = give_back.send(Back::Paced {
+                    how: e.how,
+                    bytes: std::mem::take(&mut group_units) * PAGE_SIZE,
+                    secs: started.elapsed().as_secs_f64(),
+                });
+                since = (!e.ends_list).then(Instant::now);
+            }
+            let _ = give_back.send(Back::Buffer(e.bytes));
+        }
+        Ok(f)
+    }
+}
+
+/// Pages (or blocks) in a chunk's runs.
+fn units_in(chunk: &[(u64, u64)]) -> u64 {
+    chunk.iter().map(|r| r.1).sum()
 }
 
 /// Runs of 4 KiB units: `(start byte, units)`.
@@ -371,28 +498,6 @@ struct Round<'a> {
     zero_runs: &'a [(u64, u64)],
     /// Per disk: (block runs, holes).
     disks: Vec<(UnitRuns<'a>, UnitRuns<'a>)>,
-}
-
-/// Sends one container of a round (holding `chunk`'s units), counts it,
-/// and keeps its buffer for the next one.
-fn ship(
-    c: &mut Copier,
-    conn: &mut transport::Sender,
-    term: u64,
-    chunk: &[(u64, u64)],
-    container: Vec<u8>,
-    end: &EpochEnd,
-    sent: &dyn Fn(u64),
-) -> Result<()> {
-    let units = chunk.iter().map(|r| r.1).sum::<u64>();
-    c.figures.units += units;
-    c.figures.wire_bytes += container.len() as u64;
-    sent(end.seq);
-    super::link::send_epoch(conn, term, end.seq, true, &container, end)
-        .map_err(EngineError::Transport)?;
-    c.bufs.container = container;
-    c.sent(units);
-    Ok(())
 }
 
 #[cfg(test)]
@@ -472,3 +577,7 @@ mod tests {
         assert!(sync_chunks(&[]).is_empty());
     }
 }
+
+#[cfg(test)]
+#[path = "livecopy_tests.rs"]
+mod pipeline_tests;
