@@ -231,6 +231,14 @@ impl Reader {
             .0
     }
 
+    /// Tells the decision how long a zstd container of `units` took to
+    /// encode since `started` (the compressor's own rate).
+    fn encoded(&mut self, how: ChunkCoding, units: u64, started: Instant) {
+        if let (ChunkCoding::Zstd, Some(c)) = (how, self.coding.as_mut()) {
+            c.compressed(units * PAGE_SIZE, started.elapsed().as_secs_f64());
+        }
+    }
+
     /// Hands a container of `units` to the shipping side.
     fn emit(&mut self, bytes: Vec<u8>, label: u64, units: u64, ends_list: bool) -> Result<()> {
         let (how, n) = self.group.get_or_insert((ChunkCoding::Plain, 0));
@@ -393,6 +401,7 @@ impl LiveCopy {
                 runs.push((gpa, &m.as_slice()[off as usize..(off + len) as usize]));
             }
             let zero = if i == 0 { round.zero_runs } else { &[] };
+            let t = Instant::now();
             let container = store::encode_memory_only(
                 &header,
                 &self.machine,
@@ -401,6 +410,7 @@ impl LiveCopy {
                 enc,
                 &mut r.bufs,
             )?;
+            r.encoded(how, units_in(chunk), t);
             r.emit(container, round.label, units_in(chunk), i == last)?;
         }
         for (d, (disk, &(disk_runs, disk_zero))) in self.disks.iter().zip(&round.disks).enumerate()
@@ -421,6 +431,7 @@ impl LiveCopy {
                         )))?;
                 }
                 let zero = if j == 0 { disk_zero } else { &[] };
+                let t = Instant::now();
                 let container = store::encode_disk_only(
                     &header,
                     &self.machine,
@@ -433,6 +444,7 @@ impl LiveCopy {
                     },
                     &mut r.bufs,
                 )?;
+                r.encoded(how, units_in(chunk), t);
                 r.emit(container, round.label, units_in(chunk), j == last)?;
             }
         }
