@@ -448,8 +448,24 @@ pub struct CheckpointReader<R: Read> {
     r: R,
     header: Header,
     limits: Limits,
+    integrity: Integrity,
     tally: SectionTally,
     done: bool,
+}
+
+/// Whether a reader recomputes each section's CRC.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Integrity {
+    /// Every section's CRC is recomputed and compared: files, and any bytes
+    /// nothing else vouches for.
+    #[default]
+    Checked,
+    /// The bytes came over a channel that authenticates every byte as the
+    /// writer sent it (the replication stream's AEAD records, whose 128-bit
+    /// tags make a 32-bit CRC redundant): section CRCs are not recomputed.
+    /// Everything else is checked as for [`Integrity::Checked`], the End
+    /// section's count and CRC-of-CRCs included (over the stored CRCs).
+    Authenticated,
 }
 
 impl<R: Read> CheckpointReader<R> {
@@ -480,9 +496,16 @@ impl<R: Read> CheckpointReader<R> {
             r,
             header,
             limits: *limits,
+            integrity: Integrity::Checked,
             tally: SectionTally::new(),
             done: false,
         })
+    }
+
+    /// Sets whether section CRCs are recomputed (see [`Integrity`]).
+    pub fn with_integrity(mut self, integrity: Integrity) -> Self {
+        self.integrity = integrity;
+        self
     }
 
     /// The verified header.
@@ -573,16 +596,19 @@ impl<R: Read> CheckpointReader<R> {
         })
     }
 
-    /// A complete section's checks: CRC, then duplicate or End contents.
+    /// A complete section's checks: CRC (unless the bytes are
+    /// [`Integrity::Authenticated`]), then duplicate or End contents.
     /// `Ok(true)`: a section to hand out; `Ok(false)`: the valid End.
     fn check_body(&mut self, head: &SectionHead, payload: &[u8]) -> Result<bool> {
-        let computed = section_crc(head.raw_id, head.len, payload);
-        if computed != head.stored {
-            return Err(CheckpointError::SectionChecksum {
-                id: head.id,
-                stored: head.stored,
-                computed,
-            });
+        if self.integrity == Integrity::Checked {
+            let computed = section_crc(head.raw_id, head.len, payload);
+            if computed != head.stored {
+                return Err(CheckpointError::SectionChecksum {
+                    id: head.id,
+                    stored: head.stored,
+                    computed,
+                });
+            }
         }
         if head.id == SectionId::End {
             self.check_end(payload)?;

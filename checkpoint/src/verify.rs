@@ -8,7 +8,7 @@ use std::io::Read;
 
 use crate::error::{CheckpointError, Result};
 use crate::fingerprint::{Fingerprint, MachineConfig};
-use crate::format::{read_full, CheckpointReader, Header, Limits, SectionId};
+use crate::format::{read_full, CheckpointReader, Header, Integrity, Limits, SectionId};
 use crate::{devices, disk, pages};
 
 /// Reads a whole checkpoint and checks everything that can be checked
@@ -65,14 +65,17 @@ pub fn verify_with<R: Read>(
 
 /// [`verify_with`] for a checkpoint held in memory: the same checks, with
 /// each payload handed to `section` as a slice of `bytes` (not copied), so
-/// what the caller keeps of it can point into `bytes`.
+/// what the caller keeps of it can point into `bytes`. With
+/// [`Integrity::Authenticated`] (bytes from an authenticated channel) the
+/// section CRCs are not recomputed; every other check is the same.
 pub fn verify_slice_with<'a>(
     bytes: &'a [u8],
     limits: &Limits,
     expected: Option<&Fingerprint>,
+    integrity: Integrity,
     mut section: impl FnMut(SectionId, &'a [u8]) -> Result<()>,
 ) -> Result<Header> {
-    let mut reader = CheckpointReader::new(bytes, limits, expected)?;
+    let mut reader = CheckpointReader::new(bytes, limits, expected)?.with_integrity(integrity);
     let header = *reader.header();
     while let Some((id, payload)) = reader.next_section_borrowed()? {
         check_section(&header, id, payload)?;

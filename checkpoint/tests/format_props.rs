@@ -2,6 +2,7 @@
 
 mod common;
 
+use checkpoint::format::Integrity;
 use checkpoint::format::{END_PAYLOAD_LEN, HEADER_LEN, SECTION_HEADER_LEN};
 use checkpoint::verify::{verify_slice_with, verify_with};
 use checkpoint::{
@@ -460,12 +461,82 @@ proptest! {
         })
         .map_err(|e| e.to_string());
         let mut b = Vec::new();
-        let vb = verify_slice_with(&bytes, &limits, None, |id, p| {
+        let checked = verify_slice_with(&bytes, &limits, None, Integrity::Checked, |id, p| {
             b.push((id, p.to_vec()));
             Ok(())
-        })
-        .map_err(|e| e.to_string());
+        });
+        let vb = checked.as_ref().map_err(|e| e.to_string()).copied();
         prop_assert_eq!(va, vb);
-        prop_assert_eq!(a, b);
+        prop_assert_eq!(&a, &b);
+        // Authenticated bytes skip only the section CRCs: the same answer,
+        // unless the checked reader refused a section's CRC (then the
+        // authenticated one reads on, and may pass or fail later).
+        let mut c = Vec::new();
+        let authed = verify_slice_with(&bytes, &limits, None, Integrity::Authenticated, |id, p| {
+            c.push((id, p.to_vec()));
+            Ok(())
+        });
+        match &checked {
+            Err(CheckpointError::SectionChecksum { .. }) => {
+                // Sections before the bad one came out the same.
+                prop_assert!(c.len() >= b.len());
+                prop_assert_eq!(&c[..b.len()], &b[..]);
+            }
+            _ => {
+                prop_assert_eq!(
+                    checked.map_err(|e| e.to_string()),
+                    authed.map_err(|e| e.to_string())
+                );
+                prop_assert_eq!(&b, &c);
+            }
+        }
     }
+}
+
+/// A section CRC damaged on purpose: refused when checked, read through
+/// when the bytes are authenticated by their channel, with the same
+/// sections; the End's CRC-of-CRCs (over the stored CRCs) still holds.
+#[test]
+fn an_authenticated_reader_skips_only_the_section_crcs() {
+    let sections = vec![
+        (SectionId::Memory, vec![1u8; 40]),
+        (SectionId::Vm, vec![2u8; 9]),
+    ];
+    let mut bytes = write(&Header::full(3, fp()), &sections);
+    // The first section's payload changes, its stored CRC does not.
+    bytes[HEADER_LEN + SECTION_HEADER_LEN + 3] ^= 0x10;
+    let collect = |integrity| {
+        let mut got = Vec::new();
+        let r = verify_slice_with(&bytes, &Limits::default(), None, integrity, |id, p| {
+            got.push((id, p.to_vec()));
+            Ok(())
+        });
+        (r, got)
+    };
+    let (checked, _) = collect(Integrity::Checked);
+    assert!(
+        matches!(
+            checked,
+            Err(CheckpointError::SectionChecksum {
+                id: SectionId::Memory,
+                ..
+            })
+        ),
+        "{checked:?}"
+    );
+    let (authed, got) = collect(Integrity::Authenticated);
+    authed.unwrap();
+    let mut want = sections.clone();
+    want[0].1[3] ^= 0x10;
+    assert_eq!(got, want);
+    // Everything else is still checked: a truncated stream is refused.
+    let short = &bytes[..bytes.len() - 1];
+    let r = verify_slice_with(
+        short,
+        &Limits::default(),
+        None,
+        Integrity::Authenticated,
+        |_, _| Ok(()),
+    );
+    assert!(matches!(r, Err(CheckpointError::Truncated { .. })), "{r:?}");
 }

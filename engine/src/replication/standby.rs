@@ -543,7 +543,8 @@ fn stream_loop(
     heard: Arc<Mutex<Instant>>,
 ) {
     let mut staging: Vec<u8> = Vec::new();
-    let mut stage = StagedEpoch::default();
+    // Containers on this stream are authenticated record by record.
+    let mut stage = StagedEpoch::authenticated();
     let mut current: Option<(EpochBegin, Admission)> = None;
     loop {
         // Epoch data within the epoch's announced length is decrypted
