@@ -133,21 +133,7 @@ fn the_backlog_is_the_most_unwritten_bytes_of_a_live_link() {
 
 /// A connected heartbeat channel on loopback: (primary, shadow).
 fn heartbeat_pair() -> (FramedConn, FramedConn) {
-    use transport::{Channel, HandshakeParams, Listener, Psk};
-    let key = Psk::from_bytes(&[7u8; 32]).unwrap();
-    let fp = Some([0xab; 32]);
-    let l = Listener::bind("127.0.0.1:0").unwrap();
-    let t = Duration::from_secs(20);
-    std::thread::scope(|s| {
-        let shadow = s.spawn(|| {
-            l.accept(&HandshakeParams::new(&key, fp, Channel::Heartbeat, 3), t)
-                .unwrap()
-                .0
-        });
-        let params = HandshakeParams::new(&key, fp, Channel::Heartbeat, 3);
-        let primary = FramedConn::connect(l.local_addr(), &params, t).unwrap().0;
-        (primary, shadow.join().unwrap())
-    })
+    crate::replication::loopback_pair(transport::Channel::Heartbeat)
 }
 
 /// The frames the shadow end reads until the primary closes it.

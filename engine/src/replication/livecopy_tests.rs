@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use checkpoint::fingerprint::MachineConfig;
 use checkpoint::format::Limits;
-use transport::{Channel, FrameKind, FramedConn, HandshakeParams, Listener, Psk};
+use transport::{Channel, FrameKind, FramedConn};
 
 use super::*;
 use crate::replication::catchup::UnitSet;
@@ -18,20 +18,7 @@ const PAGES: u64 = 16 * MIB / PAGE_SIZE;
 
 /// A connected stream channel on loopback: (primary, spare).
 fn stream_pair() -> (FramedConn, FramedConn) {
-    let key = Psk::from_bytes(&[9u8; 32]).unwrap();
-    let fp = Some([0xcd; 32]);
-    let l = Listener::bind("127.0.0.1:0").unwrap();
-    let t = Duration::from_secs(20);
-    std::thread::scope(|s| {
-        let spare = s.spawn(|| {
-            l.accept(&HandshakeParams::new(&key, fp, Channel::Stream, 3), t)
-                .unwrap()
-                .0
-        });
-        let params = HandshakeParams::new(&key, fp, Channel::Stream, 3);
-        let primary = FramedConn::connect(l.local_addr(), &params, t).unwrap().0;
-        (primary, spare.join().unwrap())
-    })
+    crate::replication::loopback_pair(Channel::Stream)
 }
 
 /// 16 MiB of guest memory: text-like and random pages, the last MiB never

@@ -83,6 +83,29 @@ pub(crate) fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
     }
 }
 
+/// A connected pair of `channel` connections on loopback, handshaken with
+/// a test key under term 3: (primary's end, shadow's end).
+#[cfg(test)]
+pub(crate) fn loopback_pair(
+    channel: transport::Channel,
+) -> (transport::FramedConn, transport::FramedConn) {
+    use transport::{FramedConn, HandshakeParams, Listener, Psk};
+    let key = Psk::from_bytes(&[7u8; 32]).unwrap();
+    let fp = Some([0xab; 32]);
+    let l = Listener::bind("127.0.0.1:0").unwrap();
+    let t = std::time::Duration::from_secs(20);
+    std::thread::scope(|s| {
+        let shadow = s.spawn(|| {
+            l.accept(&HandshakeParams::new(&key, fp, channel, 3), t)
+                .unwrap()
+                .0
+        });
+        let params = HandshakeParams::new(&key, fp, channel, 3);
+        let primary = FramedConn::connect(l.local_addr(), &params, t).unwrap().0;
+        (primary, shadow.join().unwrap())
+    })
+}
+
 /// Pushes onto a figures vector, dropping the oldest half past [`FIGURES_KEPT`].
 pub fn push_bounded<T>(v: &mut Vec<T>, x: T) {
     if v.len() >= FIGURES_KEPT {
