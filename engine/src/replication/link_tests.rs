@@ -30,17 +30,7 @@ fn link(id: SpareId, kind: Kind) -> Arc<LinkShared> {
 }
 
 fn end(seq: u64) -> Arc<EpochEnd> {
-    Arc::new(EpochEnd {
-        seq,
-        output_start: 0,
-        output: Vec::new(),
-        released: 0,
-        net: Vec::new(),
-        net_released: Vec::new(),
-        figures: wire::EpochReport::default(),
-        memory_hash: None,
-        fence: None,
-    })
+    Arc::new(EpochEnd::empty(seq))
 }
 
 /// One epoch fanned out: every port past its join point gets the same

@@ -63,17 +63,7 @@ fn copy_of(
         disks: Vec::new(),
         machine: machine.clone(),
         compression: Compression::Zstd { level: 1 },
-        end: EpochEnd {
-            seq: 5,
-            output_start: 0,
-            output: Vec::new(),
-            released: 0,
-            net: Vec::new(),
-            net_released: Vec::new(),
-            figures: wire::EpochReport::default(),
-            memory_hash: None,
-            fence: None,
-        },
+        end: EpochEnd::empty(5),
         catch_up,
     }
 }

@@ -56,6 +56,24 @@ pub struct EpochEnd {
     pub fence: Option<FenceInfo>,
 }
 
+#[cfg(test)]
+impl EpochEnd {
+    /// The end of epoch `seq` with no output, figures, hash or fence.
+    pub(crate) fn empty(seq: u64) -> Self {
+        EpochEnd {
+            seq,
+            output_start: 0,
+            output: Vec::new(),
+            released: 0,
+            net: Vec::new(),
+            net_released: Vec::new(),
+            figures: EpochReport::default(),
+            memory_hash: None,
+            fence: None,
+        }
+    }
+}
+
 /// One NIC's transmitted frames of one epoch.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetOutput {
