@@ -10,7 +10,9 @@
 //! exact only at epochs captured after the copy finished reading: epochs
 //! before that reach it as pre-copy, and its first commit is one of those
 //! after (`commit.rs`, `CommitSet::copied`). Runs on the link's sender
-//! thread, so the primary keeps taking epochs for the other spares meanwhile.
+//! thread and a reading thread of its own (the reader reads and encodes,
+//! the sender writes), so the primary keeps taking epochs for the other
+//! spares meanwhile.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -234,6 +236,11 @@ impl Reader {
     /// Tells the decision how long a zstd container of `units` took to
     /// encode since `started` (the compressor's own rate).
     fn encoded(&mut self, how: ChunkCoding, units: u64, started: Instant) {
+        // An empty container (an empty round's first, for its markers)
+        // says nothing of the compressor's rate.
+        if units == 0 {
+            return;
+        }
         if let (ChunkCoding::Zstd, Some(c)) = (how, self.coding.as_mut()) {
             c.compressed(units * PAGE_SIZE, started.elapsed().as_secs_f64());
         }
