@@ -123,13 +123,6 @@ impl CopyCoding {
         self.rate[coding.index()]
     }
 
-    /// Reports a chunk sent coded `coding`: `guest_bytes` of pages (zero
-    /// pages included) in `secs`, the pace of the pipe while it went.
-    ///
-    /// A sender whose reading runs ahead of its socket decides the next
-    /// chunk before the last one's report arrives, so a chunk coded the
-    /// way the phase before a switch said may be reported after it: such a
-    /// report is ignored (it would count for the wrong coding).
     /// Reports the time the sender took to encode a zstd chunk of
     /// `guest_bytes`: the compressor's own rate, a ceiling on zstd's pace.
     /// A probe shorter than the socket's buffers sees zstd's smaller
@@ -137,7 +130,8 @@ impl CopyCoding {
     /// the ceiling keeps that from passing for a faster link.
     pub fn compressed(&mut self, guest_bytes: u64, secs: f64) {
         let r = guest_bytes as f64 / secs.max(1e-6);
-        // The mean over the copy so far, weighted by bytes.
+        // A moving mean: each container's rate counts a quarter, so the
+        // estimate follows the host's load without jumping at one outlier.
         self.compress_rate = Some(match self.compress_rate {
             None => r,
             Some(old) => 0.75 * old + 0.25 * r,
@@ -150,6 +144,13 @@ impl CopyCoding {
         Some(self.compress_rate.map_or(z, |c| z.min(c)))
     }
 
+    /// Reports a chunk sent coded `coding`: `guest_bytes` of pages (zero
+    /// pages included) in `secs`, the pace of the pipe while it went.
+    ///
+    /// A sender whose reading runs ahead of its socket decides the next
+    /// chunk before the last one's report arrives, so a chunk coded the
+    /// way the phase before a switch said may be reported after it: such a
+    /// report is ignored (it would count for the wrong coding).
     pub fn sent(&mut self, coding: ChunkCoding, guest_bytes: u64, secs: f64) {
         if coding != self.current {
             return;
@@ -217,11 +218,25 @@ mod tests {
     fn run(
         c: &mut CopyCoding,
         chunks: usize,
+        pace: impl FnMut(ChunkCoding, usize) -> f64,
+    ) -> Vec<ChunkCoding> {
+        run_with(c, chunks, None, pace)
+    }
+
+    /// [`run`], with each zstd chunk also reported as compressed in
+    /// `compress` seconds, when given.
+    fn run_with(
+        c: &mut CopyCoding,
+        chunks: usize,
+        compress: Option<f64>,
         mut pace: impl FnMut(ChunkCoding, usize) -> f64,
     ) -> Vec<ChunkCoding> {
         (0..chunks)
             .map(|i| {
                 let k = c.next();
+                if let (ChunkCoding::Zstd, Some(secs)) = (k, compress) {
+                    c.compressed(CHUNK, secs);
+                }
                 c.sent(k, CHUNK, pace(k, i));
                 k
             })
@@ -361,23 +376,10 @@ mod tests {
         // socket's buffers), but the compressor codes only 1.2x plain's
         // pace: plain is chosen, and zstd not probed again.
         let mut c = CopyCoding::new();
-        let codings: Vec<ChunkCoding> = (0..200)
-            .map(|_| {
-                let k = c.next();
-                if k == ChunkCoding::Zstd {
-                    c.compressed(CHUNK, 0.01 / 1.2);
-                }
-                c.sent(
-                    k,
-                    CHUNK,
-                    match k {
-                        ChunkCoding::Plain => 0.01,
-                        ChunkCoding::Zstd => 0.005,
-                    },
-                );
-                k
-            })
-            .collect();
+        let codings = run_with(&mut c, 200, Some(0.01 / 1.2), |k, _| match k {
+            ChunkCoding::Plain => 0.01,
+            ChunkCoding::Zstd => 0.005,
+        });
         let p = PROBE_CHUNKS as usize;
         assert!(codings[p..2 * p].iter().all(|&k| k == ChunkCoding::Zstd));
         assert!(
@@ -386,23 +388,10 @@ mod tests {
         );
         // Once plain slows below what the compressor manages, zstd is
         // probed again at the end of the exploit, and wins.
-        let later: Vec<ChunkCoding> = (0..100)
-            .map(|_| {
-                let k = c.next();
-                if k == ChunkCoding::Zstd {
-                    c.compressed(CHUNK, 0.002);
-                }
-                c.sent(
-                    k,
-                    CHUNK,
-                    match k {
-                        ChunkCoding::Plain => 0.04,
-                        ChunkCoding::Zstd => 0.02,
-                    },
-                );
-                k
-            })
-            .collect();
+        let later = run_with(&mut c, 100, Some(0.002), |k, _| match k {
+            ChunkCoding::Plain => 0.04,
+            ChunkCoding::Zstd => 0.02,
+        });
         assert!(share(&later[50..], ChunkCoding::Zstd) > 0.8, "{later:?}");
     }
 
