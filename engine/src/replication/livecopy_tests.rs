@@ -99,15 +99,29 @@ fn receive(mut spare: FramedConn, machine: &MachineConfig, into: &Ram) -> Vec<(u
     got
 }
 
-fn signals_for<'a>(
-    read: &'a (dyn Fn() + Sync),
-    lost: &'a (dyn Fn() -> bool + Sync),
-) -> CopySignals<'a> {
-    CopySignals {
+/// Sends `copy` to a spare on loopback that applies it to `shadow`, with
+/// `read` told when the copy was read (the link is never lost): what the
+/// copy returned, and what the spare received.
+fn copy_to_spare(
+    copy: &LiveCopy,
+    machine: &MachineConfig,
+    shadow: &Ram,
+    read: &(dyn Fn() + Sync),
+) -> (Result<CopyFigures>, Vec<(u64, usize)>) {
+    let (primary, spare) = stream_pair();
+    let (mut send, acks) = primary.split();
+    let signals = CopySignals {
         sent: &|_| {},
         read,
-        lost,
-    }
+        lost: &|| false,
+    };
+    std::thread::scope(|s| {
+        let r = s.spawn(|| receive(spare, machine, shadow));
+        let f = copy.send(&mut send, 3, &signals);
+        // Closed: the spare's end reads to the end.
+        drop((send, acks));
+        (f, r.join().unwrap())
+    })
 }
 
 #[test]
@@ -128,16 +142,9 @@ fn a_pipelined_copy_and_its_catch_up_round_reach_the_spare_whole_and_in_order() 
         set.add_memory(written);
         tx.send(CatchUpRound { label: 6, set }).unwrap();
     };
-    let (primary, spare) = stream_pair();
-    let (mut send, acks) = primary.split();
     let shadow = Ram::new(16 * MIB).unwrap();
-    let (figures, got) = std::thread::scope(|s| {
-        let r = s.spawn(|| receive(spare, &machine, &shadow));
-        let f = copy.send(&mut send, 3, &signals_for(&read, &|| false));
-        // Closed: the spare's end reads to the end.
-        drop((send, acks));
-        (f.unwrap(), r.join().unwrap())
-    });
+    let (figures, got) = copy_to_spare(&copy, &machine, &shadow, &read);
+    let figures = figures.unwrap();
     // 15 MiB copied in 1 MiB containers, then the round's 10 pages.
     let labels: Vec<u64> = got.iter().map(|g| g.0).collect();
     let mut want = vec![5; 15];
@@ -173,16 +180,8 @@ fn a_copy_whose_reading_fails_half_way_is_an_error_not_a_shorter_copy() {
     );
     let read_called = AtomicBool::new(false);
     let read = || read_called.store(true, Ordering::SeqCst);
-    let (primary, spare) = stream_pair();
-    let (mut send, acks) = primary.split();
     let shadow = Ram::new(16 * MIB).unwrap();
-    let (r, got) = std::thread::scope(|s| {
-        let r = s.spawn(|| receive(spare, &machine, &shadow));
-        let f = copy.send(&mut send, 3, &signals_for(&read, &|| false));
-        // Closed: the spare's end reads to the end.
-        drop((send, acks));
-        (f, r.join().unwrap())
-    });
+    let (r, got) = copy_to_spare(&copy, &machine, &shadow, &read);
     let e = r.unwrap_err().to_string();
     assert!(e.contains("outside guest memory"), "{e}");
     // The containers read before the failure went out; the copy was never
