@@ -15,6 +15,7 @@
 //! receiver may have missed records (a new connection, a re-sync, records
 //! produced by another encoder).
 
+use crate::memcopy;
 use crate::pages::PAGE_SIZE;
 
 const EMPTY: u64 = u64::MAX;
@@ -80,7 +81,7 @@ impl DeltaCache {
         debug_assert_eq!(page.len(), PAGE_SIZE);
         let s = self.slot(pfn);
         self.tags[s] = pfn;
-        self.pages[s * PAGE_SIZE..(s + 1) * PAGE_SIZE].copy_from_slice(page);
+        memcopy::copy(&mut self.pages[s * PAGE_SIZE..(s + 1) * PAGE_SIZE], page);
     }
 
     /// Forgets page frames `first .. first + count` (their contents changed

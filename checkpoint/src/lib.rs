@@ -12,6 +12,7 @@
 //! - [`pages`] holds the page records inside Memory sections
 //!   ([`MemoryEncoder`], [`decode_records`]);
 //! - [`delta`] is the XOR-delta cache of pages sent before;
+//! - [`memcopy`] copies pages at the same speed whatever their alignment;
 //! - [`devices`] holds the device records inside the `Devices` section;
 //! - [`disk`] frames the disk blocks inside `Disk` sections;
 //! - [`dirty`] has dirty bitmaps and the [`DirtyLedger`] that never loses a
@@ -32,6 +33,7 @@ pub mod format;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod kvm_state;
+pub mod memcopy;
 pub mod pages;
 pub mod verify;
 

@@ -85,6 +85,7 @@ pub(crate) fn machine_limits() -> Value {
         "timed_wake_cpu_us": wakes.timed_us,
         "handoff_cpu_us": wakes.handoff_us,
         "cold_page_copy_us": cold_page_copy_us(),
+        "offset_page_copy_us": offset_page_copy_us(),
         "memcpy_mib_s": memcpy,
         "encode_zstd1_mixed_mib_s": encode,
         "loopback_tcp_mib_s": tcp,
@@ -160,6 +161,41 @@ fn cold_page_copy_us() -> f64 {
         std::hint::black_box(&mut dst);
     }
     t.elapsed().as_secs_f64() * 1e6 / f64::from(COPIES)
+}
+
+/// 4 KiB pages copied from random pages of 256 MiB (page-aligned, not in
+/// cache) into consecutive pages of a 2 MiB buffer that starts 16 bytes
+/// past a page boundary, as the pause copies a dirty page into its batch
+/// (a large `Vec` from `malloc` starts there): with libc's `memcpy`
+/// (`copy_from_slice`) and with [`checkpoint::memcopy`]. On a CPU whose
+/// `rep movsb` slows down when the two addresses' offsets differ, the
+/// first is several times the second (docs/performance.md, "Copies that do
+/// not depend on alignment").
+fn offset_page_copy_us() -> Value {
+    const PAGE: usize = 4096;
+    const BATCH: usize = 512;
+    const COPIES: usize = 8 * BATCH;
+    let src_buf = vec![3u8; (256 << 20) + PAGE];
+    let skip = (PAGE - src_buf.as_ptr() as usize % PAGE) % PAGE;
+    let src = &src_buf[skip..skip + (256 << 20)];
+    let pages = src.len() / PAGE;
+    let mut dst_buf = vec![0u8; (BATCH + 2) * PAGE];
+    let d_skip = (PAGE - dst_buf.as_ptr() as usize % PAGE) % PAGE + 16;
+    let dst = &mut dst_buf[d_skip..d_skip + BATCH * PAGE];
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut time = |f: &dyn Fn(&mut [u8], &[u8])| {
+        let t = Instant::now();
+        for i in 0..COPIES {
+            let p = (xorshift(&mut x) % pages as u64) as usize * PAGE;
+            let d = (i % BATCH) * PAGE;
+            f(&mut dst[d..d + PAGE], &src[p..p + PAGE]);
+        }
+        std::hint::black_box(&mut *dst);
+        t.elapsed().as_secs_f64() * 1e6 / COPIES as f64
+    };
+    let libc = time(&|d, s| d.copy_from_slice(s));
+    let ours = time(&|d, s| checkpoint::memcopy::copy(d, s));
+    json!({ "libc": libc, "memcopy": ours })
 }
 
 /// The next value of a xorshift64 stream (test data and addresses, not

@@ -419,7 +419,7 @@ fn copy_pages(harvest: &Harvest, ram: &crate::memory::Ram, mut buf: Vec<u8>) -> 
         }
         let off = range.start * PAGE_SIZE as usize;
         let len = range.len() * PAGE_SIZE as usize;
-        pages.data.extend_from_slice(&r.as_slice()[off..off + len]);
+        checkpoint::memcopy::extend(&mut pages.data, &r.as_slice()[off..off + len]);
         pages.runs.push((r.gpa + off as u64, range.len() as u32));
     }
     pages

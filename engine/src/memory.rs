@@ -9,6 +9,7 @@ use std::fs::File;
 use std::os::fd::{FromRawFd, OwnedFd};
 
 use checkpoint::fingerprint::MemRegion;
+use checkpoint::memcopy;
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES};
 use kvm_ioctls::VmFd;
 use vm_memory::mmap::MmapRegionBuilder;
@@ -74,18 +75,17 @@ impl HostRegion {
         // Send impl); the guest may write concurrently only while running,
         // and callers copy pages only while vCPUs are paused or accept a torn
         // copy that will be re-sent because its dirty bit is set again.
-        unsafe {
-            std::ptr::copy_nonoverlapping(self.host.add(off as usize), dst.as_mut_ptr(), dst.len())
-        }
+        // `dst` is a unique borrow, so it cannot overlap the mapping.
+        unsafe { memcopy::copy_raw(dst.as_mut_ptr(), self.host.add(off as usize), dst.len()) }
     }
 
     /// Copies `src` into the region at offset `off`.
     pub fn write(&self, off: u64, src: &[u8]) {
         assert!(off + src.len() as u64 <= self.size, "write beyond region");
-        // SAFETY: bounds checked above; the mapping outlives `self`.
-        unsafe {
-            std::ptr::copy_nonoverlapping(src.as_ptr(), self.host.add(off as usize), src.len())
-        }
+        // SAFETY: bounds checked above; the mapping outlives `self`; `src`
+        // does not overlap it (callers pass staged or decoded bytes, or
+        // another memory's).
+        unsafe { memcopy::copy_raw(self.host.add(off as usize), src.as_ptr(), src.len()) }
     }
 
     /// Writes `len` zero bytes at offset `off`.

@@ -110,7 +110,7 @@ fn place(
         return Ok(Src::Staged(at - base));
     }
     over_cap(arena.len(), data.len(), cap)?;
-    arena.extend_from_slice(data);
+    checkpoint::memcopy::extend(arena, data);
     Ok(Src::Arena(arena.len() - data.len()))
 }
 

@@ -15,6 +15,7 @@ use zstd::bulk::Compressor;
 use crate::delta::{xor_into, DeltaCache};
 
 use crate::error::{CheckpointError, Result};
+use crate::memcopy;
 
 mod decode;
 pub mod runs;
@@ -311,9 +312,9 @@ impl MemoryEncoder {
         push_record_header(out, r.first, r.pages as u32, enc, data_len as u32);
         if compressed {
             out.extend_from_slice(&(r.data.len() as u32).to_le_bytes());
-            out.extend_from_slice(&self.scratch);
+            memcopy::extend(out, &self.scratch);
         } else {
-            out.extend_from_slice(&r.data);
+            memcopy::extend(out, &r.data);
         }
         self.stats.records += 1;
         self.stats.encoded_bytes += (RECORD_HEADER_LEN + data_len) as u64;
@@ -380,7 +381,7 @@ impl MemoryEncoder {
             }
         }
         self.batch_plain.addrs.push(gpa);
-        self.batch_plain.data.extend_from_slice(page);
+        memcopy::extend(&mut self.batch_plain.data, page);
         if let Some(d) = self.delta.as_mut() {
             d.insert(pfn, page);
         }
@@ -577,7 +578,7 @@ impl MemoryEncoder {
             Encoding::XorZstd,
             self.scratch.len() as u32,
         );
-        out.extend_from_slice(&self.scratch);
+        memcopy::extend(out, &self.scratch);
         self.stats.delta_pages += npages as u64;
         self.stats.records += 1;
         self.stats.encoded_bytes += (RECORD_HEADER_LEN + self.scratch.len()) as u64;
@@ -646,7 +647,7 @@ impl MemoryEncoder {
             _ => data,
         };
         push_record_header(out, gpa, npages as u32, encoding, body.len() as u32);
-        out.extend_from_slice(body);
+        memcopy::extend(out, body);
         match encoding {
             Encoding::Zstd => self.stats.compressed_pages += npages as u64,
             _ => self.stats.raw_pages += npages as u64,
