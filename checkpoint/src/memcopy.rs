@@ -51,6 +51,28 @@ pub fn extend(v: &mut Vec<u8>, src: &[u8]) {
     }
 }
 
+/// A `Vec<u8>` that appends written bytes with [`extend`]: the sink for a
+/// container built in memory (`CheckpointWriter<VecSink>`), whose section
+/// payloads land after headers at any offset.
+#[derive(Debug, Default)]
+pub struct VecSink(pub Vec<u8>);
+
+impl std::io::Write for VecSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        extend(&mut self.0, buf);
+        Ok(buf.len())
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        extend(&mut self.0, buf);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Copies `len` bytes from `src` to `dst`, as
 /// `std::ptr::copy_nonoverlapping` does.
 ///
@@ -189,6 +211,19 @@ mod tests {
         b.extend_from_slice(&src);
         b.extend_from_slice(&src[..100]);
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn vec_sink_appends_what_is_written() {
+        use std::io::Write;
+        let src = pattern(5000, 9);
+        let mut s = VecSink(b"x".to_vec());
+        s.write_all(&src).unwrap();
+        assert_eq!(s.write(&src[..3000]).unwrap(), 3000);
+        let mut want = b"x".to_vec();
+        want.extend_from_slice(&src);
+        want.extend_from_slice(&src[..3000]);
+        assert_eq!(s.0, want);
     }
 
     #[test]

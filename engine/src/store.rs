@@ -23,6 +23,7 @@ use checkpoint::fingerprint::{Fingerprint, MachineConfig};
 use checkpoint::format::{
     self, CheckpointKind, CheckpointReader, CheckpointWriter, Header, Limits, SectionId,
 };
+use checkpoint::memcopy::VecSink;
 use checkpoint::pages::{self, Compression, MemoryEncoder, MemoryStats};
 
 use crate::capture::Epoch;
@@ -615,7 +616,7 @@ pub fn encode_memory_only<'a>(
 ) -> Result<Vec<u8>> {
     let mut cw = precopy_writer(header, machine, bufs)?;
     write_pages(&mut cw, enc, zero_runs, runs, &mut bufs.payload)?;
-    Ok(cw.finish()?)
+    Ok(cw.finish()?.0)
 }
 
 /// A pre-copy container under construction in `bufs.container`, its
@@ -624,10 +625,10 @@ fn precopy_writer(
     header: &Header,
     machine: &MachineConfig,
     bufs: &mut EncodeBuffers,
-) -> Result<CheckpointWriter<Vec<u8>>> {
+) -> Result<CheckpointWriter<VecSink>> {
     let mut out = std::mem::take(&mut bufs.container);
     out.clear();
-    let mut cw = CheckpointWriter::new(out, header)?;
+    let mut cw = CheckpointWriter::new(VecSink(out), header)?;
     cw.write_section(SectionId::Config, &machine.encode())?;
     Ok(cw)
 }
@@ -649,7 +650,7 @@ pub fn encode_disk_only<'a>(
     let res = write_disk(&mut cw, index, enc, zero_runs, runs, &mut payload);
     bufs.payload = payload;
     res?;
-    Ok(cw.finish()?)
+    Ok(cw.finish()?.0)
 }
 
 /// Encodes an epoch as a complete checkpoint container in memory (for the
@@ -665,7 +666,7 @@ pub fn encode_checkpoint(
     let mut out = std::mem::take(&mut bufs.container);
     out.clear();
     out.reserve(ep.pages.data.len() / 2 + 4096);
-    let mut cw = CheckpointWriter::new(out, header)?;
+    let mut cw = CheckpointWriter::new(VecSink(out), header)?;
     write_state(&mut cw, machine, &ep.state())?;
     write_pages(
         &mut cw,
@@ -676,5 +677,5 @@ pub fn encode_checkpoint(
     )?;
     let stats = enc.take_stats();
     write_disks(&mut cw, &ep.disks, bufs, enc.compression())?;
-    Ok((cw.finish()?, stats))
+    Ok((cw.finish()?.0, stats))
 }

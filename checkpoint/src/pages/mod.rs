@@ -345,7 +345,7 @@ impl MemoryEncoder {
         for a in &b.addrs {
             out.extend_from_slice(&a.to_le_bytes());
         }
-        out.extend_from_slice(body);
+        memcopy::extend(out, body);
         match encoding {
             Encoding::BatchZstd => self.stats.compressed_pages += n as u64,
             _ => self.stats.raw_pages += n as u64,
