@@ -676,6 +676,7 @@ fn spares_row(n: usize, v: &Value, first_cpu_per_page: f64) -> Value {
         "engine_cpu_us_per_dirty_page": cpu,
         "ratio_to_first": if first_cpu_per_page > 0.0 { cpu / first_cpu_per_page } else { 0.0 },
         "pause_p50_ms": f(&v["pause_ms"], "p50"),
+        "pause_p99_ms": f(&v["pause_ms"], "p99"),
         "ack_latency_p50_ms": f(&v["ack_latency_ms"], "p50"),
         "replicated_s": f(&v["guest"], "replicated_s"),
     })
@@ -780,16 +781,17 @@ fn spares_table(v: &Value) -> String {
         return String::new();
     };
     let mut t = String::from(
-        "\n| synchronous spares | primary engine CPU per dirty page | ratio to the first | pause p50 | ack latency p50 | guest run time |\n\
+        "\n| synchronous spares | primary engine CPU per dirty page | ratio to the first | pause p50 (p99) | ack latency p50 | guest run time |\n\
          | --- | --- | --- | --- | --- | --- |\n",
     );
     for r in rows {
         t.push_str(&format!(
-            "| {} | {:.2} µs | {:.2}x | {:.3} ms | {:.2} ms | {:.2} s |\n",
+            "| {} | {:.2} µs | {:.2}x | {:.3} ({:.3}) ms | {:.2} ms | {:.2} s |\n",
             r["spares"],
             f(r, "engine_cpu_us_per_dirty_page"),
             f(r, "ratio_to_first"),
             f(r, "pause_p50_ms"),
+            f(r, "pause_p99_ms"),
             f(r, "ack_latency_p50_ms"),
             f(r, "replicated_s"),
         ));
