@@ -521,6 +521,7 @@ fn f(v: &Value, k: &str) -> f64 {
 fn summarize(a: &BenchArgs, base: &[f64], runs: &[Run], takeovers: &[(f64, f64)]) -> Value {
     // Per-epoch figures of incremental epochs over all reps.
     let mut pause = Vec::new();
+    let (mut guest_pause, mut guest_minus_pause) = (Vec::new(), Vec::new());
     let mut phase: [Vec<f64>; 5] = Default::default();
     let (mut pages, mut raw, mut wire, mut epochs) = (0.0, 0.0, 0.0, 0.0);
     let mut pages_per_epoch = Vec::new();
@@ -546,6 +547,13 @@ fn summarize(a: &BenchArgs, base: &[f64], runs: &[Run], takeovers: &[(f64, f64)]
         let (mut rp, mut rr, mut rw) = (0.0, 0.0, 0.0);
         for e in &inc {
             pause.push(f(e, "pause_us") / 1e3);
+            // The guest's own pause (to its vCPU threads' return), where
+            // known: an epoch followed by another pause before the next has
+            // none.
+            if let Some(g) = e["guest_pause_us"].as_f64() {
+                guest_pause.push(g / 1e3);
+                guest_minus_pause.push((g - f(e, "pause_us")) / 1e3);
+            }
             for (i, k) in ["stop_us", "state_us", "harvest_us", "copy_us", "resume_us"]
                 .iter()
                 .enumerate()
@@ -639,6 +647,12 @@ fn summarize(a: &BenchArgs, base: &[f64], runs: &[Run], takeovers: &[(f64, f64)]
             "pinned": a.pin, "compress": a.compress,
         },
         "pause_ms": { "p50": pct(pause.clone(), 0.5), "p99": pct(pause.clone(), 0.99), "max": pct(pause, 1.0) },
+        "guest_pause_ms": {
+            "epochs": guest_pause.len(),
+            "p50": pct(guest_pause.clone(), 0.5), "p99": pct(guest_pause, 0.99),
+            "minus_pause_p50": pct(guest_minus_pause.clone(), 0.5),
+            "minus_pause_p99": pct(guest_minus_pause, 0.99),
+        },
         "pause_phase_p50_ms": {
             "stop": pct(phase[0].clone(), 0.5), "state": pct(phase[1].clone(), 0.5),
             "harvest": pct(phase[2].clone(), 0.5), "copy": pct(phase[3].clone(), 0.5),
@@ -710,6 +724,7 @@ fn markdown(v: &Value) -> String {
         "| figure | value |\n| --- | --- |\n\
          | workload | {} MiB guest, pattern {}, fill {}, {} pages x {} writes/round, rate {} writes/s (0: unpaced), epoch {} ms, pinned {}, warm-up left out {} ms ({} epochs) |\n\
          | pause p50 / p99 / max | {:.3} / {:.3} / {:.3} ms |\n\
+         | the guest's own pause (to its vCPU threads' return) p50 / p99; its excess over the pause p50 / p99 ({:.0} epochs) | {:.3} / {:.3} ms; {:.3} / {:.3} ms |\n\
          | pause phases p50 (stop, state, harvest, copy, resume) | {:.3}, {:.3}, {:.3}, {:.3}, {:.3} ms |\n\
          | epoch rate configured / achieved | {:.1} / {:.1} Hz (policy interval p50 {:.0} ms, max {:.0} ms) |\n\
          | dirty pages per epoch (p50) | {:.0} |\n\
@@ -729,6 +744,8 @@ fn markdown(v: &Value) -> String {
         c["mem_mib"], c["profile"].as_str().unwrap_or(""), c["fill"].as_str().unwrap_or(""), c["pages"], c["writes"],
         c["rate"], c["interval_ms"], c["pinned"], c["warmup_ms"], v["warmup_epochs_left_out"],
         g(&["pause_ms", "p50"]), g(&["pause_ms", "p99"]), g(&["pause_ms", "max"]),
+        g(&["guest_pause_ms", "epochs"]), g(&["guest_pause_ms", "p50"]), g(&["guest_pause_ms", "p99"]),
+        g(&["guest_pause_ms", "minus_pause_p50"]), g(&["guest_pause_ms", "minus_pause_p99"]),
         g(&["pause_phase_p50_ms", "stop"]), g(&["pause_phase_p50_ms", "state"]), g(&["pause_phase_p50_ms", "harvest"]),
         g(&["pause_phase_p50_ms", "copy"]), g(&["pause_phase_p50_ms", "resume"]),
         g(&["epoch_rate_hz", "configured"]), g(&["epoch_rate_hz", "achieved"]),

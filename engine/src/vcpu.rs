@@ -83,6 +83,14 @@ pub struct Shared {
     vcpus: usize,
     /// CPU time each vCPU thread used (guest and KVM), recorded at exit.
     pub vcpu_cpu: Mutex<Vec<std::time::Duration>>,
+    /// When each vCPU thread last took its `Resume` and went back to the
+    /// guest: the end of the pause as the guest sees it, which a pausing
+    /// thread preempted right after sending `Resume` would overstate and a
+    /// vCPU thread slow to wake would exceed. With the number of the resume
+    /// it took ([`Shared::resumes`]).
+    resumed: Mutex<Vec<Option<(std::time::Instant, u64)>>>,
+    /// How many times [`Shared::resume_all`] ran.
+    resumes: std::sync::atomic::AtomicU64,
     ctl: Mutex<Ctl>,
     cv: Condvar,
 }
@@ -121,6 +129,8 @@ impl Shared {
             stopping: AtomicBool::new(false),
             vcpus: n,
             vcpu_cpu: Mutex::new(Vec::new()),
+            resumed: Mutex::new(vec![None; n]),
+            resumes: std::sync::atomic::AtomicU64::new(0),
             ctl: Mutex::new(Ctl {
                 parked: vec![false; n],
                 states: (0..n).map(|_| None).collect(),
@@ -206,6 +216,8 @@ impl Shared {
     pub fn resume_all(&self, senders: &[Sender<VcpuCmd>]) {
         let mut c = self.ctl.lock().unwrap_or_else(|e| e.into_inner());
         self.pause_requested.store(false, Ordering::SeqCst);
+        // Under the lock: a vCPU taking this `Resume` reads this number.
+        self.resumes.fetch_add(1, Ordering::SeqCst);
         let Ctl { parked, states, .. } = &mut *c;
         for (id, parked) in parked.iter_mut().enumerate() {
             // A resumed vCPU's parked state goes stale at once.
@@ -217,6 +229,39 @@ impl Shared {
                 let _ = senders[id].send(VcpuCmd::Resume);
             }
         }
+    }
+
+    fn stamp_resumed(&self, id: usize) {
+        let now = std::time::Instant::now();
+        let n = self.resumes.load(Ordering::SeqCst);
+        if let Some(t) = self
+            .resumed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(id)
+        {
+            *t = Some((now, n));
+        }
+    }
+
+    /// The number of the latest resume (see [`Shared::resumed_at`]).
+    pub fn resumes(&self) -> u64 {
+        self.resumes.load(Ordering::SeqCst)
+    }
+
+    /// When the last vCPU went back to the guest after resume number `n`:
+    /// `None` unless every vCPU's latest resume is that one (one that has
+    /// not woken yet, or a later pause and resume, leave nothing to tell).
+    pub fn resumed_at(&self, n: u64) -> Option<std::time::Instant> {
+        let r = self.resumed.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last = None;
+        for s in r.iter() {
+            match s {
+                Some((t, k)) if *k == n => last = last.max(Some(*t)),
+                _ => return None,
+            }
+        }
+        last
     }
 
     fn set_exited(&self) {
@@ -438,7 +483,10 @@ impl VcpuThread {
                 Ok(VcpuCmd::Probe(reply)) => {
                     let _ = reply.send(self.is_stopped_for_good());
                 }
-                Ok(VcpuCmd::Resume) => break Parked::Resumed,
+                Ok(VcpuCmd::Resume) => {
+                    self.shared.stamp_resumed(self.id as usize);
+                    break Parked::Resumed;
+                }
                 Err(_) => break Parked::Exit,
             }
         }
@@ -526,5 +574,38 @@ fn handle_exit(id: u32, devices: &DeviceManager, exit: VcpuExit<'_>) -> Option<S
         other => Some(StopReason::Error(format!(
             "vCPU {id}: unexpected exit {other:?}"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The guest's pause ends when the last vCPU takes the resume the
+    /// primary sent; a vCPU that has not taken it, or one that was paused
+    /// and resumed again since, leaves nothing to tell.
+    #[test]
+    fn resumed_at_names_the_last_vcpu_back_from_that_resume_only() {
+        let s = Shared::new(2);
+        let (tx, _rx0) = crossbeam::channel::unbounded();
+        let (tx1, _rx1) = crossbeam::channel::unbounded();
+        s.resume_all(&[tx, tx1]);
+        let n = s.resumes();
+        assert_eq!(s.resumed_at(n), None, "no vCPU back yet");
+        s.stamp_resumed(0);
+        assert_eq!(s.resumed_at(n), None, "vCPU 1 not back yet");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        s.stamp_resumed(1);
+        let both = s.resumed_at(n).expect("both back");
+        let first = s.resumed.lock().unwrap()[0].unwrap().0;
+        assert!(both > first, "the later of the two");
+        // Another resume, taken by one vCPU: the earlier one is no longer
+        // whole, and the new one not yet.
+        let (a, _ra) = crossbeam::channel::unbounded();
+        let (b, _rb) = crossbeam::channel::unbounded();
+        s.resume_all(&[a, b]);
+        s.stamp_resumed(0);
+        assert_eq!(s.resumed_at(n), None);
+        assert_eq!(s.resumed_at(s.resumes()), None);
     }
 }

@@ -150,6 +150,9 @@ pub struct Replicator {
     protecting: Vec<u64>,
     /// Members of the commit set the arbiter does not name yet.
     unrecorded: Vec<String>,
+    /// The last epoch whose vCPUs were resumed, and when its pause began:
+    /// its pause as the guest saw it is known once the vCPU threads ran.
+    guest_pause_of: Option<(u64, Instant, u64)>,
     /// Asynchronous spares to add to the record.
     async_add: Vec<(u64, String)>,
     next_record: Instant,
@@ -218,6 +221,7 @@ impl Replicator {
             fence_actions: Vec::new(),
             protecting: Vec::new(),
             unrecorded: Vec::new(),
+            guest_pause_of: None,
             async_add: Vec::new(),
             next_record: Instant::now(),
             announced_unprotected: false,
@@ -302,6 +306,22 @@ impl Replicator {
         }
     }
 
+    /// Fills in the last resumed epoch's pause as the guest saw it: from
+    /// its start until its vCPU threads took its `Resume` (by the next
+    /// epoch they have, unless another pause came between: then nothing is
+    /// filled in).
+    fn note_guest_pause(&mut self, vm: &Vm) {
+        let Some((seq, paused_at, resume)) = self.guest_pause_of.take() else {
+            return;
+        };
+        let Some(back) = vm.shared.resumed_at(resume).filter(|&r| r > paused_at) else {
+            return;
+        };
+        if let Some(e) = self.stats.epochs.iter_mut().rev().find(|e| e.seq == seq) {
+            e.guest_pause = Some(back - paused_at);
+        }
+    }
+
     /// Captures and ships one epoch.
     fn epoch(&mut self, vm: &Vm) -> Result<()> {
         // Unprotected with a synchronous spare ready: the arbiter records
@@ -322,11 +342,12 @@ impl Replicator {
         protect: bool,
     ) -> Result<Option<PauseGuard<'v>>> {
         self.ensure_encoder(vm)?;
+        self.note_guest_pause(vm);
         let full = self.initial;
         let seq = self.seq + 1;
         let mut kept = None;
+        let paused_at = guard.paused_at();
         let (ep, pause, resume, memory_hash) = {
-            let paused_at = guard.paused_at();
             if protect {
                 // From here on, output is held until its epoch commits.
                 self.devices.hold_outputs(true);
@@ -362,6 +383,9 @@ impl Replicator {
             }
             (ep, paused_at.elapsed(), t.elapsed(), hash)
         };
+        self.guest_pause_of = kept
+            .is_none()
+            .then(|| (seq, paused_at, vm.shared.resumes()));
         // Outside the pause, before any ack of `seq` can arrive (it is not
         // sent yet): the release point, and each sender's first commit.
         if protect {
@@ -396,6 +420,7 @@ impl Replicator {
                 wire_bytes: 0,
                 phases: ep.times,
                 resume,
+                guest_pause: None,
                 encode: Duration::ZERO,
                 at: self.created.elapsed().saturating_sub(pause),
                 delta_pages: 0,

@@ -23,6 +23,10 @@ pub struct EpochFigures {
     pub phases: capture::PauseTimes,
     /// Resuming the vCPUs (the last pause phase).
     pub resume: Duration,
+    /// From the pause's start until the last vCPU thread took its `Resume`
+    /// and went back to the guest: the pause the guest saw (filled in at
+    /// the next epoch; `None` until then, or if no vCPU was parked).
+    pub guest_pause: Option<Duration>,
     /// Encoding the container after the resume (not part of the pause).
     pub encode: Duration,
     /// When the pause began, from the replicator's creation.
@@ -156,6 +160,7 @@ pub fn stats_json(
             "harvest_us": us(e.phases.harvest),
             "copy_us": us(e.phases.copy),
             "resume_us": us(e.resume),
+            "guest_pause_us": e.guest_pause.map(us),
             "encode_us": us(e.encode),
             "pages": e.pages,
             "raw_bytes": e.raw_bytes,
