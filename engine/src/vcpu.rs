@@ -84,10 +84,10 @@ pub struct Shared {
     /// CPU time each vCPU thread used (guest and KVM), recorded at exit.
     pub vcpu_cpu: Mutex<Vec<std::time::Duration>>,
     /// When each vCPU thread last took its `Resume` and went back to the
-    /// guest: the end of the pause as the guest sees it, which a pausing
-    /// thread preempted right after sending `Resume` would overstate and a
-    /// vCPU thread slow to wake would exceed. With the number of the resume
-    /// it took ([`Shared::resumes`]).
+    /// guest: the end of the pause as the guest sees it (the pausing
+    /// thread's own figure ends when it has sent `Resume`, before a vCPU
+    /// thread slow to wake is back). With the number of the resume it took
+    /// ([`Shared::resumes`]).
     resumed: Mutex<Vec<Option<(std::time::Instant, u64)>>>,
     /// How many times [`Shared::resume_all`] ran.
     resumes: std::sync::atomic::AtomicU64,

@@ -25,7 +25,8 @@ pub struct EpochFigures {
     pub resume: Duration,
     /// From the pause's start until the last vCPU thread took its `Resume`
     /// and went back to the guest: the pause the guest saw (filled in at
-    /// the next epoch; `None` until then, or if no vCPU was parked).
+    /// the next epoch; `None` until then, and for good when another pause,
+    /// such as the runner's halt probe, came in between).
     pub guest_pause: Option<Duration>,
     /// Encoding the container after the resume (not part of the pause).
     pub encode: Duration,
