@@ -81,11 +81,14 @@ pub(crate) fn machine_limits() -> Value {
     // The transport's cipher: seal then open of 64 KiB records.
     let seal_open = transport::measure::seal_open_mib_s(64).unwrap_or(0.0);
     let wakes = wake_costs();
+    // One cold source for both copy benches (faulting in 256 MiB costs
+    // this host up to a second).
+    let cold = vec![3u8; COLD_BYTES];
     json!({
         "timed_wake_cpu_us": wakes.timed_us,
         "handoff_cpu_us": wakes.handoff_us,
-        "cold_page_copy_us": cold_page_copy_us(),
-        "offset_page_copy_us": offset_page_copy_us(),
+        "cold_page_copy_us": cold_page_copy_us(&cold),
+        "offset_page_copy_us": offset_page_copy_us(&cold),
         "memcpy_mib_s": memcpy,
         "encode_zstd1_mixed_mib_s": encode,
         "loopback_tcp_mib_s": tcp,
@@ -145,25 +148,40 @@ fn wake_costs() -> WakeCosts {
     }
 }
 
-/// A 4 KiB copy from a random page of 256 MiB (faulted in first): what
-/// every read of a dirty page that is not in cache costs.
-fn cold_page_copy_us() -> f64 {
+/// Where the copy benches read: 256 MiB, faulted in, so random pages of it
+/// are not in cache.
+const COLD_BYTES: usize = 256 << 20;
+
+/// Times `copies` calls of `copy(i, page)`, each with a random 4 KiB page of
+/// `src` (drawn from the xorshift stream `x`); returns µs per call.
+fn random_page_copies(
+    src: &[u8],
+    x: &mut u64,
+    copies: usize,
+    mut copy: impl FnMut(usize, &[u8]),
+) -> f64 {
     const PAGE: usize = 4096;
-    let src = vec![3u8; 256 << 20];
-    let mut dst = vec![0u8; PAGE];
     let pages = src.len() / PAGE;
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    const COPIES: u32 = 20_000;
     let t = Instant::now();
-    for _ in 0..COPIES {
-        let p = (xorshift(&mut x) % pages as u64) as usize * PAGE;
-        dst.copy_from_slice(&src[p..p + PAGE]);
-        std::hint::black_box(&mut dst);
+    for i in 0..copies {
+        let p = (xorshift(x) % pages as u64) as usize * PAGE;
+        copy(i, &src[p..p + PAGE]);
     }
-    t.elapsed().as_secs_f64() * 1e6 / f64::from(COPIES)
+    t.elapsed().as_secs_f64() * 1e6 / copies as f64
 }
 
-/// 4 KiB pages copied from random pages of 256 MiB (page-aligned, not in
+/// A 4 KiB copy from a random page of `cold` ([`COLD_BYTES`]): what every
+/// read of a dirty page that is not in cache costs.
+fn cold_page_copy_us(cold: &[u8]) -> f64 {
+    let mut dst = vec![0u8; 4096];
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    random_page_copies(cold, &mut x, 20_000, |_, page| {
+        dst.copy_from_slice(page);
+        std::hint::black_box(&mut dst);
+    })
+}
+
+/// 4 KiB pages copied from random pages of `cold` (page-aligned, not in
 /// cache) into consecutive pages of a 2 MiB buffer that starts 16 bytes
 /// past a page boundary, as the pause copies a dirty page into its batch
 /// (a large `Vec` from `malloc` starts there): with libc's `memcpy`
@@ -171,27 +189,24 @@ fn cold_page_copy_us() -> f64 {
 /// `rep movsb` slows down when the two addresses' offsets differ, the
 /// first is several times the second (docs/performance.md, "Copies that do
 /// not depend on alignment").
-fn offset_page_copy_us() -> Value {
+fn offset_page_copy_us(cold: &[u8]) -> Value {
     const PAGE: usize = 4096;
     const BATCH: usize = 512;
     const COPIES: usize = 8 * BATCH;
-    let src_buf = vec![3u8; (256 << 20) + PAGE];
-    let skip = (PAGE - src_buf.as_ptr() as usize % PAGE) % PAGE;
-    let src = &src_buf[skip..skip + (256 << 20)];
-    let pages = src.len() / PAGE;
+    let skip = (PAGE - cold.as_ptr() as usize % PAGE) % PAGE;
+    let src = &cold[skip..skip + (cold.len() - PAGE) / PAGE * PAGE];
     let mut dst_buf = vec![0u8; (BATCH + 2) * PAGE];
     let d_skip = (PAGE - dst_buf.as_ptr() as usize % PAGE) % PAGE + 16;
     let dst = &mut dst_buf[d_skip..d_skip + BATCH * PAGE];
+    // One stream for both: the second reads other pages than the first.
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
     let mut time = |f: &dyn Fn(&mut [u8], &[u8])| {
-        let t = Instant::now();
-        for i in 0..COPIES {
-            let p = (xorshift(&mut x) % pages as u64) as usize * PAGE;
+        let us = random_page_copies(src, &mut x, COPIES, |i, page| {
             let d = (i % BATCH) * PAGE;
-            f(&mut dst[d..d + PAGE], &src[p..p + PAGE]);
-        }
+            f(&mut dst[d..d + PAGE], page);
+        });
         std::hint::black_box(&mut *dst);
-        t.elapsed().as_secs_f64() * 1e6 / COPIES as f64
+        us
     };
     let libc = time(&|d, s| d.copy_from_slice(s));
     let ours = time(&|d, s| checkpoint::memcopy::copy(d, s));
