@@ -11,7 +11,7 @@
 //! connection for both sides.
 
 use std::fmt;
-use std::io::{self, BufReader, Write};
+use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,9 +20,6 @@ use crate::error::{Result, TransportError};
 use crate::frame::{Frame, FrameKind, Header, Limits, MAX_PLAINTEXT};
 use crate::handshake::{self, Established, HandshakeParams, PeerInfo};
 use crate::record::{map_io_error, seal_frame, FrameReader, Received, SealBuffers, Session};
-
-/// Read buffer size of a [`Receiver`].
-const READ_BUFFER: usize = 64 << 10;
 
 /// Bytes of sealed records a [`Sender`] gathers before each write.
 const WRITE_BATCH: usize = 1 << 20;
@@ -260,7 +257,7 @@ impl fmt::Debug for Sender {
 
 /// The receiving half of a connection.
 pub struct Receiver {
-    reader: FrameReader<BufReader<TcpStream>>,
+    reader: FrameReader<TcpStream>,
     peer: SocketAddr,
     dead: bool,
 }
@@ -347,7 +344,7 @@ impl Receiver {
     }
 
     fn stream(&self) -> &TcpStream {
-        self.reader.get_ref().get_ref()
+        self.reader.get_ref()
     }
 }
 
@@ -411,9 +408,8 @@ fn establish(
         dead: false,
         bufs: SealBuffers::default(),
     };
-    let buffered = BufReader::with_capacity(READ_BUFFER, stream);
     let rx = Receiver {
-        reader: FrameReader::new(buffered, peer, session, recv_nonce, Limits::default()),
+        reader: FrameReader::new(stream, peer, session, recv_nonce, Limits::default()),
         peer,
         dead: false,
     };

@@ -34,7 +34,7 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use snow::StatelessTransportState;
+use crate::cipher::RecordKeys;
 
 use crate::error::{short_hex, Result, TransportError};
 use crate::key::Psk;
@@ -201,7 +201,7 @@ pub struct PeerInfo {
 /// the first record each direction sends next.
 pub(crate) struct Established {
     pub info: PeerInfo,
-    pub session: StatelessTransportState,
+    pub session: RecordKeys,
     pub send_nonce: u64,
     pub recv_nonce: u64,
 }
@@ -446,14 +446,11 @@ pub(crate) fn initiate<W: Wire>(
             ours: fingerprint,
         }));
     }
-    let session = hs
-        .into_stateless_transport_mode()
-        .map_err(|e| TransportError::Crypto(e.to_string()))?;
-    let mut confirm = [0u8; 64];
-    let n = session
-        .write_message(0, CONFIRM, &mut confirm)
-        .map_err(|e| TransportError::Crypto(e.to_string()))?;
-    io.send(MSG_NOISE, &confirm[..n])?;
+    let session = RecordKeys::from_handshake(&mut hs)?;
+    let mut confirm = CONFIRM.to_vec();
+    let tag = session.seal_in_place(0, &mut confirm)?;
+    confirm.extend_from_slice(&tag);
+    io.send(MSG_NOISE, &confirm)?;
     Ok(Established {
         info: PeerInfo {
             addr: peer,
@@ -540,14 +537,11 @@ pub(crate) fn respond<W: Wire>(
         .write_message(&payload, &mut msg)
         .map_err(|e| TransportError::Crypto(e.to_string()))?;
     io.send(MSG_NOISE, &msg[..n])?;
-    let session = hs
-        .into_stateless_transport_mode()
-        .map_err(|e| TransportError::Crypto(e.to_string()))?;
+    let session = RecordKeys::from_handshake(&mut hs)?;
 
-    let confirm = io.recv("the initiator's key confirmation")?;
-    let mut plain = [0u8; MAX_MESSAGE];
-    match session.read_message(0, &confirm, &mut plain) {
-        Ok(n) if &plain[..n] == CONFIRM => {}
+    let mut confirm = io.recv("the initiator's key confirmation")?;
+    match session.open_in_place(0, &mut confirm) {
+        Ok(n) if &confirm[..n] == CONFIRM => {}
         _ => {
             return Err(io.refuse(TransportError::WrongKey {
                 peer,

@@ -33,6 +33,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod cipher;
 pub mod conn;
 pub mod error;
 pub mod frame;

@@ -11,11 +11,11 @@
 //! frame's payload decrypted straight into a buffer of its own
 //! ([`FrameReader::read_into`]).
 
-use std::io::{self, Read};
+use std::io::{self, BufRead, BufReader, Read};
 use std::net::SocketAddr;
 
-use snow::StatelessTransportState;
-
+use crate::cipher::RecordKeys;
+pub(crate) use crate::cipher::Session;
 use crate::error::{Result, TransportError};
 use crate::frame::{
     Frame, FrameKind, Header, Limits, FIRST_PAYLOAD, HEADER_LEN, MAX_PLAINTEXT, MAX_RECORD, TAG_LEN,
@@ -24,9 +24,9 @@ use crate::frame::{
 /// Bytes of the little-endian length before each record.
 pub(crate) const LEN_PREFIX: usize = 2;
 
-/// The AEAD keys of an established session, shared by the two halves of a
-/// connection (each uses only its own direction's key).
-pub(crate) type Session = std::sync::Arc<StatelessTransportState>;
+/// The reader's buffer in front of the socket: one read brings in up to a
+/// record's worth.
+const READ_BUFFER: usize = 64 << 10;
 
 /// Takes the next nonce of a direction, refusing the last value (the Noise
 /// spec reserves 2^64 - 1).
@@ -39,72 +39,74 @@ fn take_nonce(n: &mut u64) -> Result<u64> {
     Ok(this)
 }
 
+/// Appends `src` to `dst`: the one copy of each received byte out of the
+/// reader's buffer, and of each sent byte into the record buffer.
+fn append(dst: &mut Vec<u8>, src: &[u8]) {
+    dst.extend_from_slice(src);
+}
+
 /// Buffers a sender reuses from frame to frame.
 #[derive(Default)]
 pub(crate) struct SealBuffers {
-    /// The first record's plaintext: header, then the payload's start.
-    first: Vec<u8>,
-    /// Sealed records not yet written: `out[..used]`. The rest of `out`
-    /// is initialised bytes kept from earlier frames, so sealing writes
-    /// over them instead of zero-filling fresh space each time.
+    /// Sealed records not yet written. Its capacity is kept from frame to
+    /// frame, and records are sealed into it without zero-filling.
     out: Vec<u8>,
-    used: usize,
 }
 
 impl SealBuffers {
     /// Drops the kept buffer if it grew past `max` bytes.
     pub fn trim(&mut self, max: usize) {
-        if self.out.len() > max {
+        if self.out.capacity() > max {
             self.out = Vec::new();
         }
     }
 
-    /// Appends one record sealing `plaintext`.
+    /// Appends one record sealing `head` (a frame header, on a frame's
+    /// first record) then `body`: the plaintext is copied once, into the
+    /// record's place in `out`, and sealed there.
     fn seal_record(
         &mut self,
-        s: &StatelessTransportState,
+        s: &RecordKeys,
         nonce: &mut u64,
-        plaintext: Plain,
+        head: Option<&[u8; HEADER_LEN]>,
+        body: &[u8],
     ) -> Result<()> {
-        let plaintext = match plaintext {
-            Plain::First => &self.first[..],
-            Plain::Bytes(b) => b,
-        };
-        debug_assert!(plaintext.len() <= MAX_PLAINTEXT);
-        let ct_len = plaintext.len() + TAG_LEN;
-        let (at, end) = (self.used, self.used + LEN_PREFIX + ct_len);
-        if self.out.len() < end {
-            self.out.resize(end, 0);
+        let head: &[u8] = head.map_or(&[], |h| &h[..]);
+        let pt_len = head.len() + body.len();
+        debug_assert!(pt_len <= MAX_PLAINTEXT);
+        let at = self.out.len();
+        self.out
+            .extend_from_slice(&((pt_len + TAG_LEN) as u16).to_le_bytes());
+        self.out.extend_from_slice(head);
+        append(&mut self.out, body);
+        let n = take_nonce(nonce);
+        let sealed = n.and_then(|n| s.seal_in_place(n, &mut self.out[at + LEN_PREFIX..]));
+        match sealed {
+            Ok(tag) => {
+                self.out.extend_from_slice(&tag);
+                Ok(())
+            }
+            Err(e) => {
+                // No plaintext stays behind in the send buffer.
+                self.out.truncate(at);
+                Err(e)
+            }
         }
-        self.out[at..at + LEN_PREFIX].copy_from_slice(&(ct_len as u16).to_le_bytes());
-        let n = take_nonce(nonce)?;
-        let written = s
-            .write_message(n, plaintext, &mut self.out[at + LEN_PREFIX..end])
-            .map_err(|e| TransportError::Crypto(e.to_string()))?;
-        debug_assert_eq!(written, ct_len);
-        self.used = end;
-        Ok(())
     }
 
     /// Hands the sealed records to `flush`, and forgets them.
     fn flush(&mut self, flush: &mut impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
-        let n = std::mem::take(&mut self.used);
-        flush(&self.out[..n])
+        let r = flush(&self.out);
+        self.out.clear();
+        r
     }
-}
-
-/// What [`SealBuffers::seal_record`] seals.
-enum Plain<'a> {
-    /// The first record's plaintext, in `SealBuffers::first`.
-    First,
-    Bytes(&'a [u8]),
 }
 
 /// Seals one frame into records, handing them to `flush` once `batch`
 /// bytes or so are sealed and at the end (the sender writes them out, so a
 /// large payload never needs a buffer of its own size).
 pub(crate) fn seal_frame(
-    s: &StatelessTransportState,
+    s: &RecordKeys,
     nonce: &mut u64,
     (header, payload): (&Header, &[u8]),
     bufs: &mut SealBuffers,
@@ -112,17 +114,14 @@ pub(crate) fn seal_frame(
     mut flush: impl FnMut(&[u8]) -> Result<()>,
 ) -> Result<()> {
     // Records left by a frame that failed half-way are never sent.
-    bufs.used = 0;
+    bufs.out.clear();
     let head = payload.len().min(FIRST_PAYLOAD);
-    bufs.first.clear();
-    bufs.first.extend_from_slice(&header.encode());
-    bufs.first.extend_from_slice(&payload[..head]);
-    bufs.seal_record(s, nonce, Plain::First)?;
+    bufs.seal_record(s, nonce, Some(&header.encode()), &payload[..head])?;
     for chunk in payload[head..].chunks(MAX_PLAINTEXT) {
-        if bufs.used >= batch {
+        if bufs.out.len() >= batch {
             bufs.flush(&mut flush)?;
         }
-        bufs.seal_record(s, nonce, Plain::Bytes(chunk))?;
+        bufs.seal_record(s, nonce, None, chunk)?;
     }
     bufs.flush(&mut flush)
 }
@@ -148,9 +147,9 @@ struct Routed {
 
 impl Routed {
     /// Whether `out` is the buffer this frame was being appended to, as
-    /// that call left it with `got` payload bytes in it.
-    fn matches(&self, out: &[u8], got: usize) -> bool {
-        out.as_ptr() as usize == self.addr && out.len() == self.base + got
+    /// that call left it with `held` bytes of the frame in it.
+    fn matches(&self, out: &[u8], held: usize) -> bool {
+        out.as_ptr() as usize == self.addr && out.len() == self.base + held
     }
 }
 
@@ -173,8 +172,14 @@ pub enum Received {
 }
 
 /// Reads frames of one direction from `R`.
+///
+/// Each record's ciphertext is copied once out of the reader's buffer:
+/// a frame's first record into `record` (its header is parsed there), every
+/// later record straight onto the end of the payload's buffer, where it is
+/// opened in place. While a record is only partly received, its ciphertext
+/// so far sits past the payload's end (`record_got` bytes).
 pub(crate) struct FrameReader<R> {
-    inner: R,
+    inner: BufReader<R>,
     peer: SocketAddr,
     session: Session,
     nonce: u64,
@@ -183,12 +188,10 @@ pub(crate) struct FrameReader<R> {
     /// Length prefix of the record in progress.
     len_buf: [u8; LEN_PREFIX],
     len_got: usize,
-    /// Ciphertext of the record in progress (its length once known).
+    /// Ciphertext of a frame's first record (`record_got` bytes of it).
     record: Vec<u8>,
     record_len: Option<usize>,
     record_got: usize,
-    /// Plaintext of a frame's first record.
-    scratch: Vec<u8>,
     partial: Option<Partial>,
     /// The payload of a frame not routed to the caller's buffer.
     own: Vec<u8>,
@@ -198,7 +201,7 @@ impl<R: Read> FrameReader<R> {
     /// A reader whose first record has number `nonce`.
     pub fn new(inner: R, peer: SocketAddr, session: Session, nonce: u64, limits: Limits) -> Self {
         FrameReader {
-            inner,
+            inner: BufReader::with_capacity(READ_BUFFER, inner),
             peer,
             session,
             nonce,
@@ -206,10 +209,9 @@ impl<R: Read> FrameReader<R> {
             frames: 0,
             len_buf: [0; LEN_PREFIX],
             len_got: 0,
-            record: vec![0; MAX_RECORD],
+            record: Vec::with_capacity(MAX_RECORD),
             record_len: None,
             record_got: 0,
-            scratch: vec![0; MAX_PLAINTEXT],
             partial: None,
             own: Vec::new(),
         }
@@ -222,7 +224,7 @@ impl<R: Read> FrameReader<R> {
 
     /// The underlying reader.
     pub fn get_ref(&self) -> &R {
-        &self.inner
+        self.inner.get_ref()
     }
 
     /// Reads one complete, authenticated frame.
@@ -250,7 +252,9 @@ impl<R: Read> FrameReader<R> {
     /// and the next call continues the same record and frame: a frame
     /// routed to `out` must be continued with the same buffer (same
     /// address and length: not moved, not changed in between), or the call
-    /// fails with [`TransportError::BufferChanged`]. After any other error
+    /// fails with [`TransportError::BufferChanged`]. Until the frame is
+    /// complete, `out` past its length before the frame holds bytes not yet
+    /// authenticated, which the caller must not use. After any other error
     /// `out` is cut back to what it held before the frame.
     pub fn read_into(
         &mut self,
@@ -289,89 +293,23 @@ impl<R: Read> FrameReader<R> {
                 ..
             }) = &self.partial
             {
-                if !into.matches(out, *got) {
+                if !into.matches(out, *got + self.record_got) {
                     return Err(TransportError::BufferChanged);
                 }
             }
-            let ct_len = self.read_record()?;
-            // The record is complete: whatever happens next starts a new one.
-            self.record_len = None;
-            self.record_got = 0;
-            self.len_got = 0;
-            let nonce = take_nonce(&mut self.nonce)?;
-            let partial = match self.partial.take() {
+            let ct_len = self.read_len()?;
+            let got = match &self.partial {
                 None => {
-                    let pt_len = ct_len - TAG_LEN;
-                    open(
-                        &self.session,
-                        self.peer,
-                        nonce,
-                        &self.record[..ct_len],
-                        &mut self.scratch,
-                    )?;
-                    let header = Header::parse(&self.scratch[..pt_len], self.limits, self.peer)?;
-                    if pt_len != header.first_record_len() {
-                        return Err(self.bad(format!(
-                            "a frame of {} payload bytes starts with a record of {pt_len} \
-                             plaintext bytes, expected {}",
-                            header.len,
-                            header.first_record_len()
-                        )));
-                    }
-                    let to_out = route
-                        .take()
-                        .is_some_and(|r| r(header.kind, header.len as usize));
-                    let base = out.len();
-                    let dst = if to_out { &mut *out } else { &mut self.own };
-                    if !to_out {
-                        dst.clear();
-                    }
-                    dst.extend_from_slice(&self.scratch[HEADER_LEN..pt_len]);
-                    Partial {
-                        header,
-                        got: pt_len - HEADER_LEN,
-                        into: to_out.then_some(Routed {
-                            base,
-                            addr: out.as_ptr() as usize,
-                        }),
-                    }
+                    let p = self.first_record(ct_len, out, &mut route)?;
+                    let got = p.got;
+                    self.partial = Some(p);
+                    got
                 }
-                Some(Partial { header, got, into }) => {
-                    let want = (header.len as usize - got).min(MAX_PLAINTEXT);
-                    if ct_len - TAG_LEN != want {
-                        return Err(self.bad(format!(
-                            "a continuation record of {} plaintext bytes, expected {want}",
-                            ct_len - TAG_LEN
-                        )));
-                    }
-                    let dst = if into.is_some() {
-                        &mut *out
-                    } else {
-                        &mut self.own
-                    };
-                    let at = dst.len();
-                    dst.resize(at + want, 0);
-                    open(
-                        &self.session,
-                        self.peer,
-                        nonce,
-                        &self.record[..ct_len],
-                        &mut dst[at..],
-                    )?;
-                    Partial {
-                        header,
-                        got: got + want,
-                        into: into.map(|i| Routed {
-                            addr: out.as_ptr() as usize,
-                            ..i
-                        }),
-                    }
-                }
+                Some(_) => self.next_record(ct_len, out)?,
             };
-            if partial.got < partial.header.len as usize {
-                self.partial = Some(partial);
+            let Some(partial) = self.partial.take_if(|p| got >= p.header.len as usize) else {
                 continue;
-            }
+            };
             self.frames += 1;
             let Header { kind, term, len } = partial.header;
             return Ok(match partial.into {
@@ -391,6 +329,112 @@ impl<R: Read> FrameReader<R> {
         }
     }
 
+    /// Receives and opens a frame's first record, checks its header, and
+    /// starts the frame's payload where `route` says.
+    fn first_record(
+        &mut self,
+        ct_len: usize,
+        out: &mut Vec<u8>,
+        route: &mut Option<impl FnOnce(FrameKind, usize) -> bool>,
+    ) -> Result<Partial> {
+        while self.record_got < ct_len {
+            let want = ct_len - self.record_got;
+            match pull(&mut self.inner, &mut self.record, want, self.peer) {
+                Ok(n) => self.record_got += n,
+                Err(e) => return Err(self.at_eof(e)),
+            }
+        }
+        let nonce = self.record_done()?;
+        let opened = self
+            .session
+            .open_in_place(nonce, &mut self.record[..ct_len]);
+        let pt_len = opened.map_err(|_| TransportError::Auth { peer: self.peer })?;
+        let header = Header::parse(&self.record[..pt_len], self.limits, self.peer)?;
+        if pt_len != header.first_record_len() {
+            return Err(self.bad(format!(
+                "a frame of {} payload bytes starts with a record of {pt_len} \
+                 plaintext bytes, expected {}",
+                header.len,
+                header.first_record_len()
+            )));
+        }
+        let to_out = route
+            .take()
+            .is_some_and(|r| r(header.kind, header.len as usize));
+        let base = out.len();
+        let dst = if to_out { &mut *out } else { &mut self.own };
+        if !to_out {
+            dst.clear();
+        }
+        append(dst, &self.record[HEADER_LEN..pt_len]);
+        self.record.clear();
+        Ok(Partial {
+            header,
+            got: pt_len - HEADER_LEN,
+            into: to_out.then_some(Routed {
+                base,
+                addr: out.as_ptr() as usize,
+            }),
+        })
+    }
+
+    /// Receives a continuation record of the frame in progress straight
+    /// onto the end of its payload's buffer and opens it there; returns the
+    /// frame's payload bytes received. On a timeout the ciphertext so far
+    /// stays there, for the next call.
+    fn next_record(&mut self, ct_len: usize, out: &mut Vec<u8>) -> Result<usize> {
+        let p = self.partial.as_ref().expect("a frame in progress");
+        let (routed, got) = (p.into.is_some(), p.got);
+        let want = (p.header.len as usize - got).min(MAX_PLAINTEXT);
+        if ct_len - TAG_LEN != want {
+            return Err(self.bad(format!(
+                "a continuation record of {} plaintext bytes, expected {want}",
+                ct_len - TAG_LEN
+            )));
+        }
+        let dst = if routed { &mut *out } else { &mut self.own };
+        let at = dst.len() - self.record_got;
+        if self.record_got == 0 {
+            dst.reserve(ct_len);
+        }
+        let mut cut = None;
+        while self.record_got < ct_len {
+            match pull(&mut self.inner, dst, ct_len - self.record_got, self.peer) {
+                Ok(n) => self.record_got += n,
+                Err(e) => {
+                    cut = Some(e);
+                    break;
+                }
+            }
+        }
+        let addr = out.as_ptr() as usize;
+        let p = self.partial.as_mut().expect("a frame in progress");
+        if let Some(into) = &mut p.into {
+            into.addr = addr;
+        }
+        if let Some(e) = cut {
+            return Err(self.at_eof(e));
+        }
+        let nonce = self.record_done()?;
+        let dst = if routed { &mut *out } else { &mut self.own };
+        let opened = self.session.open_in_place(nonce, &mut dst[at..at + ct_len]);
+        // The tag goes; on failure `read_into` cuts the rest.
+        dst.truncate(at + want);
+        opened.map_err(|_| TransportError::Auth { peer: self.peer })?;
+        let p = self.partial.as_mut().expect("a frame in progress");
+        p.got += want;
+        Ok(p.got)
+    }
+
+    /// The record is complete: whatever comes next starts a new one. Takes
+    /// its number.
+    fn record_done(&mut self) -> Result<u64> {
+        self.record_len = None;
+        self.record_got = 0;
+        self.len_got = 0;
+        take_nonce(&mut self.nonce)
+    }
+
     fn bad(&self, detail: String) -> TransportError {
         TransportError::BadRecord {
             peer: self.peer,
@@ -398,41 +442,32 @@ impl<R: Read> FrameReader<R> {
         }
     }
 
-    /// Reads the rest of the current record; returns its ciphertext length.
-    fn read_record(&mut self) -> Result<usize> {
+    /// Reads the rest of the current record's length prefix; returns the
+    /// record's ciphertext length.
+    fn read_len(&mut self) -> Result<usize> {
+        if let Some(l) = self.record_len {
+            return Ok(l);
+        }
         while self.len_got < LEN_PREFIX {
-            let n = fill(
-                &mut self.inner,
-                &mut self.len_buf[self.len_got..],
-                self.peer,
-            )
-            .map_err(|e| self.at_eof(e))?;
-            self.len_got += n;
-        }
-        let len = match self.record_len {
-            Some(l) => l,
-            None => {
-                let l = usize::from(u16::from_le_bytes(self.len_buf));
-                if l <= TAG_LEN {
-                    return Err(self.bad(format!(
-                        "a record of {l} bytes, shorter than the smallest ({})",
-                        TAG_LEN + 1
-                    )));
+            let mut b = [0u8; LEN_PREFIX];
+            let want = LEN_PREFIX - self.len_got;
+            match pull_into(&mut self.inner, &mut b[..want], self.peer) {
+                Ok(n) => {
+                    self.len_buf[self.len_got..self.len_got + n].copy_from_slice(&b[..n]);
+                    self.len_got += n;
                 }
-                self.record_len = Some(l);
-                l
+                Err(e) => return Err(self.at_eof(e)),
             }
-        };
-        while self.record_got < len {
-            let n = fill(
-                &mut self.inner,
-                &mut self.record[self.record_got..len],
-                self.peer,
-            )
-            .map_err(|e| self.at_eof(e))?;
-            self.record_got += n;
         }
-        Ok(len)
+        let l = usize::from(u16::from_le_bytes(self.len_buf));
+        if l <= TAG_LEN {
+            return Err(self.bad(format!(
+                "a record of {l} bytes, shorter than the smallest ({})",
+                TAG_LEN + 1
+            )));
+        }
+        self.record_len = Some(l);
+        Ok(l)
     }
 
     /// Turns end of stream into `Closed` between frames, `Truncated` (of
@@ -457,24 +492,44 @@ impl<R: Read> FrameReader<R> {
     }
 }
 
-/// Decrypts the record `ct` under `nonce` into `out`.
-fn open(session: &Session, peer: SocketAddr, nonce: u64, ct: &[u8], out: &mut [u8]) -> Result<()> {
-    session
-        .read_message(nonce, ct, out)
-        .map(|_| ())
-        .map_err(|_| TransportError::Auth { peer })
-}
-
-/// One read into `buf`; never returns 0 (end of stream is `Closed`).
-fn fill(r: &mut impl Read, buf: &mut [u8], peer: SocketAddr) -> Result<usize> {
+/// The reader's buffered bytes, filling it with one read if it is empty;
+/// never empty (end of stream is `Closed`).
+fn buffered(r: &mut BufReader<impl Read>, peer: SocketAddr) -> Result<&[u8]> {
     loop {
-        match r.read(buf) {
-            Ok(0) => return Err(TransportError::Closed),
-            Ok(n) => return Ok(n),
+        // The bytes are returned from `buffer()` after the loop: a slice
+        // returned from inside it would keep `r` borrowed across retries.
+        match r.fill_buf() {
+            Ok([]) => return Err(TransportError::Closed),
+            Ok(_) => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(map_io_error(e, peer)),
         }
     }
+    Ok(r.buffer())
+}
+
+/// Appends up to `want` buffered bytes to `dst`, reading once if nothing
+/// is buffered; returns how many (never 0: end of stream is `Closed`).
+fn pull(
+    r: &mut BufReader<impl Read>,
+    dst: &mut Vec<u8>,
+    want: usize,
+    peer: SocketAddr,
+) -> Result<usize> {
+    let b = buffered(r, peer)?;
+    let n = b.len().min(want);
+    append(dst, &b[..n]);
+    r.consume(n);
+    Ok(n)
+}
+
+/// Like [`pull`], into a slice.
+fn pull_into(r: &mut BufReader<impl Read>, dst: &mut [u8], peer: SocketAddr) -> Result<usize> {
+    let b = buffered(r, peer)?;
+    let n = b.len().min(dst.len());
+    dst[..n].copy_from_slice(&b[..n]);
+    r.consume(n);
+    Ok(n)
 }
 
 /// Maps an I/O error on a connection: timeouts and resets get their own

@@ -25,10 +25,12 @@ fn records(bytes: &[u8]) -> Vec<Vec<u8>> {
 fn seal_plain(raw: &crate::conn::TestRaw, plain: &[u8]) -> Vec<u8> {
     let ct = plain.len() + TAG_LEN;
     let mut out = (ct as u16).to_le_bytes().to_vec();
-    out.resize(2 + ct, 0);
-    raw.session
-        .write_message(raw.next_send_nonce, plain, &mut out[2..])
+    out.extend_from_slice(plain);
+    let tag = raw
+        .session
+        .seal_in_place(raw.next_send_nonce, &mut out[2..])
         .unwrap();
+    out.extend_from_slice(&tag);
     out
 }
 

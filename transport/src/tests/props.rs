@@ -13,19 +13,8 @@ use crate::{Frame, FrameKind, TransportError};
 
 /// Both ends of an NNpsk0 session run in memory: (initiator, responder).
 fn sessions() -> (Session, Session) {
-    let psk = [0x5a; 32];
-    let build = || crate::handshake::builder().psk(0, &psk).prologue(b"test");
-    let mut i = build().build_initiator().unwrap();
-    let mut r = build().build_responder().unwrap();
-    let (mut m, mut p) = ([0u8; 1024], [0u8; 1024]);
-    let n = i.write_message(&[], &mut m).unwrap();
-    r.read_message(&m[..n], &mut p).unwrap();
-    let n = r.write_message(&[], &mut m).unwrap();
-    i.read_message(&m[..n], &mut p).unwrap();
-    (
-        Arc::new(i.into_stateless_transport_mode().unwrap()),
-        Arc::new(r.into_stateless_transport_mode().unwrap()),
-    )
+    let (i, r) = crate::cipher::memory_pair(&[0x5a; 32], b"test").unwrap();
+    (Arc::new(i), Arc::new(r))
 }
 
 /// The records of `frames`, sealed by `s` from record 0 on.
