@@ -381,12 +381,32 @@ impl<W: Write> CheckpointWriter<W> {
     /// refused here, as are duplicates of non-repeatable sections and
     /// payloads beyond the limits.
     pub fn write_section(&mut self, id: SectionId, payload: &[u8]) -> Result<()> {
+        self.admit(id)?;
+        let len = payload.len() as u64;
+        self.check_len(id, len)?;
+        let crc = section_crc(id.as_u32(), len, payload);
+        self.w.write_all(&section_header(id.as_u32(), len, crc))?;
+        self.w.write_all(payload)?;
+        self.recorded(id, len, crc);
+        Ok(())
+    }
+
+    /// Whether a section `id` may come next (its length aside).
+    fn admit(&self, id: SectionId) -> Result<()> {
         if id == SectionId::End {
             return Err(CheckpointError::InvalidArgument(
                 "the End section is written by finish(), not write_section()".into(),
             ));
         }
-        let len = payload.len() as u64;
+        if self.tally.count >= self.limits.max_sections {
+            return Err(CheckpointError::TooManySections {
+                limit: self.limits.max_sections,
+            });
+        }
+        self.tally.check_not_duplicate(id)
+    }
+
+    fn check_len(&self, id: SectionId, len: u64) -> Result<()> {
         if len > self.limits.max_section_len {
             return Err(CheckpointError::SectionTooLarge {
                 id,
@@ -394,18 +414,12 @@ impl<W: Write> CheckpointWriter<W> {
                 limit: self.limits.max_section_len,
             });
         }
-        if self.tally.count >= self.limits.max_sections {
-            return Err(CheckpointError::TooManySections {
-                limit: self.limits.max_sections,
-            });
-        }
-        self.tally.check_not_duplicate(id)?;
-        let crc = section_crc(id.as_u32(), len, payload);
-        self.w.write_all(&section_header(id.as_u32(), len, crc))?;
-        self.w.write_all(payload)?;
+        Ok(())
+    }
+
+    fn recorded(&mut self, id: SectionId, len: u64, crc: u32) {
         self.tally.record(id, crc);
         self.bytes_written += SECTION_HEADER_LEN as u64 + len;
-        Ok(())
     }
 
     /// Number of sections written so far (End not counted).
@@ -429,6 +443,90 @@ impl<W: Write> CheckpointWriter<W> {
         self.w.write_all(&payload)?;
         self.w.flush()?;
         Ok(self.w)
+    }
+}
+
+/// Where a checkpoint is written. A container built in memory names its
+/// buffer, so that [`CheckpointWriter::write_section_with`] builds section
+/// payloads in place instead of copying them in.
+pub trait Sink: Write {
+    /// The buffer the container is being built in, if it is one.
+    fn buffer(&mut self) -> Option<&mut Vec<u8>> {
+        None
+    }
+}
+
+impl Sink for Vec<u8> {
+    fn buffer(&mut self) -> Option<&mut Vec<u8>> {
+        Some(self)
+    }
+}
+
+impl Sink for crate::memcopy::VecSink {
+    fn buffer(&mut self) -> Option<&mut Vec<u8>> {
+        Some(&mut self.0)
+    }
+}
+
+impl Sink for std::fs::File {}
+
+impl<W: Write> Sink for std::io::BufWriter<W> {}
+
+impl<S: Sink + ?Sized> Sink for &mut S {
+    fn buffer(&mut self) -> Option<&mut Vec<u8>> {
+        (**self).buffer()
+    }
+}
+
+impl<W: Sink> CheckpointWriter<W> {
+    /// Writes one section whose payload `fill` appends to the buffer it is
+    /// given, and returns whether to keep (`false`: no section is written).
+    /// In a container built in memory that buffer is the container itself,
+    /// past a header patched afterwards, so the payload is never copied;
+    /// otherwise it is `scratch` (cleared first), then written as by
+    /// [`write_section`](Self::write_section). The checks are
+    /// `write_section`'s, the length's once `fill` is done; when a check or
+    /// `fill` fails, or the section is not kept, the container is left as it
+    /// was.
+    pub fn write_section_with<E: From<CheckpointError>>(
+        &mut self,
+        id: SectionId,
+        scratch: &mut Vec<u8>,
+        fill: impl FnOnce(&mut Vec<u8>) -> std::result::Result<bool, E>,
+    ) -> std::result::Result<(), E> {
+        self.admit(id)?;
+        let Some(buf) = self.w.buffer() else {
+            scratch.clear();
+            if fill(scratch)? {
+                self.write_section(id, scratch)?;
+            }
+            return Ok(());
+        };
+        let at = buf.len();
+        let body = at + SECTION_HEADER_LEN;
+        buf.extend_from_slice(&[0u8; SECTION_HEADER_LEN]);
+        let kept = match fill(buf) {
+            Ok(kept) => kept,
+            Err(e) => {
+                buf.truncate(at);
+                return Err(e);
+            }
+        };
+        let len = (buf.len() - body) as u64;
+        if !kept {
+            buf.truncate(at);
+            return Ok(());
+        }
+        if let Err(e) = self.check_len(id, len) {
+            // `check_len` reads only the limits: the buffer is `self.w`'s.
+            self.w.buffer().expect("still in memory").truncate(at);
+            return Err(e.into());
+        }
+        let buf = self.w.buffer().expect("still in memory");
+        let crc = section_crc(id.as_u32(), len, &buf[body..]);
+        buf[at..body].copy_from_slice(&section_header(id.as_u32(), len, crc));
+        self.recorded(id, len, crc);
+        Ok(())
     }
 }
 

@@ -42,7 +42,7 @@ pub use dirty::{DirtyBitmap, DirtyLedger, Harvest};
 pub use error::{CheckpointError, Result};
 pub use fingerprint::{DiskLayout, Fingerprint, MachineConfig, MemRegion};
 pub use format::{
-    verify, CheckpointKind, CheckpointReader, CheckpointWriter, Header, Limits, SectionId,
+    verify, CheckpointKind, CheckpointReader, CheckpointWriter, Header, Limits, SectionId, Sink,
     FORMAT_VERSION,
 };
 pub use pages::{decode_records, Compression, Encoding, MemoryEncoder, MemoryStats, PAGE_SIZE};

@@ -540,3 +540,98 @@ fn an_authenticated_reader_skips_only_the_section_crcs() {
     );
     assert!(matches!(r, Err(CheckpointError::Truncated { .. })), "{r:?}");
 }
+
+/// Writes `sections` with `write_section_with` into `sink`, the payloads
+/// appended by the fill closures (with a failing fill, a dropped section
+/// and a refused duplicate between them, which must leave no trace).
+fn write_with<W: checkpoint::Sink>(sink: W, sections: &[(SectionId, Vec<u8>)]) -> W {
+    let header = Header::full(3, fp());
+    let mut w = checkpoint::CheckpointWriter::new(sink, &header).unwrap();
+    let mut scratch = Vec::new();
+    let mut written = Vec::new();
+    for (id, p) in sections {
+        let failed = w.write_section_with(SectionId::Memory, &mut scratch, |b| {
+            b.extend_from_slice(b"half a payload");
+            Err(CheckpointError::InvalidArgument("fill failed".into()))
+        });
+        assert!(matches!(failed, Err(CheckpointError::InvalidArgument(_))));
+        w.write_section_with(SectionId::Memory, &mut scratch, |b| {
+            b.extend_from_slice(b"not kept");
+            Ok::<_, CheckpointError>(false)
+        })
+        .unwrap();
+        if let Some(&dup) = written.iter().find(|&&d| d != SectionId::Memory) {
+            let mut called = false;
+            let r = w.write_section_with(dup, &mut scratch, |_| {
+                called = true;
+                Ok::<_, CheckpointError>(true)
+            });
+            assert!(matches!(r, Err(CheckpointError::DuplicateSection(_))));
+            assert!(!called, "a refused section's payload was built");
+        }
+        w.write_section_with(*id, &mut scratch, |b| {
+            b.extend_from_slice(p);
+            Ok::<_, CheckpointError>(true)
+        })
+        .unwrap();
+        written.push(*id);
+    }
+    w.finish().unwrap()
+}
+
+proptest! {
+    /// Sections built in place (a container in memory) or in the scratch
+    /// buffer (any other sink) give the same bytes as `write_section`, and
+    /// failed, dropped or refused sections leave nothing behind.
+    #[test]
+    fn sections_built_in_place_are_the_same_bytes(secs in sections()) {
+        let want = write(&Header::full(3, fp()), &secs);
+        let in_place = write_with(Vec::new(), &secs);
+        prop_assert_eq!(&in_place, &want);
+        let sink = checkpoint::memcopy::VecSink(Vec::new());
+        prop_assert_eq!(&write_with(sink, &secs).0, &want);
+        let through = write_with(std::io::BufWriter::new(Vec::new()), &secs);
+        prop_assert_eq!(&through.into_inner().unwrap(), &want);
+        let (_, back) = read_all(&want[..], &Limits::default(), Some(&fp())).unwrap();
+        prop_assert_eq!(back, secs);
+    }
+}
+
+/// A section built in place past the length limit is refused and cut
+/// away: the writer goes on, and the container verifies.
+#[test]
+fn an_oversized_section_built_in_place_is_cut_away() {
+    let limits = Limits {
+        max_section_len: 100,
+        ..Limits::default()
+    };
+    let mut w =
+        checkpoint::CheckpointWriter::with_limits(Vec::new(), &Header::full(3, fp()), &limits)
+            .unwrap();
+    let mut scratch = Vec::new();
+    w.write_section(SectionId::Vcpus, b"vcpus").unwrap();
+    let before = w.bytes_written();
+    let r = w.write_section_with(SectionId::Memory, &mut scratch, |b| {
+        b.extend_from_slice(&[1u8; 101]);
+        Ok::<_, CheckpointError>(true)
+    });
+    assert!(matches!(
+        r,
+        Err(CheckpointError::SectionTooLarge { len: 101, .. })
+    ));
+    assert_eq!(w.bytes_written(), before);
+    w.write_section_with(SectionId::Memory, &mut scratch, |b| {
+        b.extend_from_slice(&[2u8; 100]);
+        Ok::<_, CheckpointError>(true)
+    })
+    .unwrap();
+    let bytes = w.finish().unwrap();
+    let (_, back) = read_all(&bytes[..], &limits, Some(&fp())).unwrap();
+    assert_eq!(
+        back,
+        vec![
+            (SectionId::Vcpus, b"vcpus".to_vec()),
+            (SectionId::Memory, vec![2u8; 100])
+        ]
+    );
+}

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use checkpoint::fingerprint::{Fingerprint, MachineConfig};
 use checkpoint::format::{
-    self, CheckpointKind, CheckpointReader, CheckpointWriter, Header, Limits, SectionId,
+    self, CheckpointKind, CheckpointReader, CheckpointWriter, Header, Limits, SectionId, Sink,
 };
 use checkpoint::memcopy::VecSink;
 use checkpoint::pages::{self, Compression, MemoryEncoder, MemoryStats};
@@ -94,7 +94,7 @@ fn fsync_dir(dir: &Path) -> Result<()> {
 pub use crate::snapshot::EpochState;
 
 /// Writes page runs as Memory sections of bounded size.
-fn write_pages<'a, W: Write>(
+fn write_pages<'a, W: Sink>(
     w: &mut CheckpointWriter<W>,
     enc: &mut MemoryEncoder,
     zero_runs: &[(u64, u64)],
@@ -106,7 +106,7 @@ fn write_pages<'a, W: Write>(
 
 /// Writes one disk's blocks as Disk sections of bounded size (`runs` and
 /// `zero_runs` in byte offsets and 4 KiB blocks).
-pub fn write_disk<'a, W: Write>(
+pub fn write_disk<'a, W: Sink>(
     w: &mut CheckpointWriter<W>,
     index: u32,
     enc: &mut MemoryEncoder,
@@ -119,8 +119,9 @@ pub fn write_disk<'a, W: Write>(
 }
 
 /// Writes page records as `id` sections of bounded size, each payload
-/// starting with `prefix`.
-fn write_records<'a, W: Write>(
+/// starting with `prefix` (built in place in a container in memory,
+/// else in `payload`).
+fn write_records<'a, W: Sink>(
     w: &mut CheckpointWriter<W>,
     id: SectionId,
     prefix: &[u8],
@@ -129,40 +130,42 @@ fn write_records<'a, W: Write>(
     runs: impl Iterator<Item = (u64, &'a [u8])>,
     payload: &mut Vec<u8>,
 ) -> Result<()> {
-    payload.clear();
-    payload.extend_from_slice(prefix);
-    let mut raw_in_section = 0usize;
-    // Known-zero runs first (markers only), so data for the same pages, if
-    // any, is applied after them.
-    for &(gpa, npages) in zero_runs {
-        enc.encode_zero_run(gpa, npages, payload)?;
-    }
-    for (gpa, data) in runs {
-        for (i, chunk) in data
-            .chunks(pages::RECOMMENDED_RUN_PAGES * PAGE_SIZE as usize)
+    let step = pages::RECOMMENDED_RUN_PAGES * PAGE_SIZE as usize;
+    let mut chunks = runs.flat_map(|(gpa, data)| {
+        data.chunks(step)
             .enumerate()
-        {
-            let at = gpa + (i * pages::RECOMMENDED_RUN_PAGES) as u64 * PAGE_SIZE;
-            enc.encode_run(at, chunk, payload)?;
-            raw_in_section += chunk.len();
-            if raw_in_section >= SECTION_RAW_BYTES {
-                enc.flush(payload)?;
-                w.write_section(id, payload)?;
-                payload.clear();
-                payload.extend_from_slice(prefix);
-                raw_in_section = 0;
+            .map(move |(i, c)| (gpa + (i * step) as u64, c))
+    });
+    // Known-zero runs first (markers only, in the first section), so data
+    // for the same pages, if any, is applied after them.
+    let mut zero_runs = Some(zero_runs);
+    let mut more = true;
+    while more {
+        w.write_section_with(id, payload, |buf| -> Result<bool> {
+            let start = buf.len();
+            buf.extend_from_slice(prefix);
+            for &(gpa, npages) in zero_runs.take().unwrap_or_default() {
+                enc.encode_zero_run(gpa, npages, buf)?;
             }
-        }
-    }
-    enc.flush(payload)?;
-    if payload.len() > prefix.len() || (id == SectionId::Memory && !payload.is_empty()) {
-        w.write_section(id, payload)?;
+            let mut raw_in_section = 0usize;
+            more = false;
+            for (at, chunk) in chunks.by_ref() {
+                enc.encode_run(at, chunk, buf)?;
+                raw_in_section += chunk.len();
+                if raw_in_section >= SECTION_RAW_BYTES {
+                    more = true;
+                    break;
+                }
+            }
+            enc.flush(buf)?;
+            Ok(buf.len() - start > prefix.len())
+        })?;
     }
     Ok(())
 }
 
 /// Writes every disk's blocks of an epoch.
-fn write_disks<W: Write>(
+fn write_disks<W: Sink>(
     w: &mut CheckpointWriter<W>,
     disks: &[crate::capture::PageBatch],
     bufs: &mut EncodeBuffers,
