@@ -635,3 +635,36 @@ fn an_oversized_section_built_in_place_is_cut_away() {
         ]
     );
 }
+
+/// A section over the count limit is refused before its payload is built,
+/// in memory and through a scratch buffer alike.
+#[test]
+fn a_section_over_the_count_is_refused_before_it_is_built() {
+    let limits = Limits {
+        max_sections: 1,
+        ..Limits::default()
+    };
+    fn second<W: checkpoint::Sink>(sink: W, limits: &Limits) {
+        let header = Header::full(3, fp());
+        let mut w = checkpoint::CheckpointWriter::with_limits(sink, &header, limits).unwrap();
+        let mut scratch = Vec::new();
+        w.write_section_with(SectionId::Memory, &mut scratch, |b| {
+            b.push(1);
+            Ok::<_, CheckpointError>(true)
+        })
+        .unwrap();
+        let mut called = false;
+        let r = w.write_section_with(SectionId::Memory, &mut scratch, |_| {
+            called = true;
+            Ok::<_, CheckpointError>(true)
+        });
+        assert!(matches!(
+            r,
+            Err(CheckpointError::TooManySections { limit: 1 })
+        ));
+        assert!(!called);
+        assert_eq!(w.sections_written(), 1);
+    }
+    second(Vec::new(), &limits);
+    second(std::io::BufWriter::new(Vec::new()), &limits);
+}

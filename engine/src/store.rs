@@ -131,16 +131,18 @@ fn write_records<'a, W: Sink>(
     payload: &mut Vec<u8>,
 ) -> Result<()> {
     let step = pages::RECOMMENDED_RUN_PAGES * PAGE_SIZE as usize;
-    let mut chunks = runs.flat_map(|(gpa, data)| {
-        data.chunks(step)
-            .enumerate()
-            .map(move |(i, c)| (gpa + (i * step) as u64, c))
-    });
+    let mut chunks = runs
+        .flat_map(|(gpa, data)| {
+            data.chunks(step)
+                .enumerate()
+                .map(move |(i, c)| (gpa + (i * step) as u64, c))
+        })
+        .peekable();
     // Known-zero runs first (markers only, in the first section), so data
     // for the same pages, if any, is applied after them.
-    let mut zero_runs = Some(zero_runs);
-    let mut more = true;
-    while more {
+    let mut zero_runs = Some(zero_runs).filter(|z| !z.is_empty());
+    // A section is started only for something to put in it.
+    while zero_runs.is_some() || chunks.peek().is_some() {
         w.write_section_with(id, payload, |buf| -> Result<bool> {
             let start = buf.len();
             buf.extend_from_slice(prefix);
@@ -148,12 +150,10 @@ fn write_records<'a, W: Sink>(
                 enc.encode_zero_run(gpa, npages, buf)?;
             }
             let mut raw_in_section = 0usize;
-            more = false;
             for (at, chunk) in chunks.by_ref() {
                 enc.encode_run(at, chunk, buf)?;
                 raw_in_section += chunk.len();
                 if raw_in_section >= SECTION_RAW_BYTES {
-                    more = true;
                     break;
                 }
             }
@@ -681,4 +681,68 @@ pub fn encode_checkpoint(
     let stats = enc.take_stats();
     write_disks(&mut cw, &ep.disks, bufs, enc.compression())?;
     Ok((cw.finish()?.0, stats))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use checkpoint::fingerprint::Fingerprint;
+
+    /// Pages that fill sections exactly (twice `SECTION_RAW_BYTES`) make
+    /// exactly two sections, built in place, and no empty third is even
+    /// started: a writer allowed two sections takes them.
+    #[test]
+    fn pages_filling_sections_exactly_start_no_empty_one() {
+        let data: Vec<u8> = (0..2 * SECTION_RAW_BYTES)
+            .map(|i| (i / PAGE_SIZE as usize % 251 + 1) as u8)
+            .collect();
+        let limits = Limits {
+            max_sections: 2,
+            ..Limits::default()
+        };
+        let header = Header::full(1, Fingerprint::from_bytes([3; 32]));
+        for sink_in_memory in [true, false] {
+            let mut enc = MemoryEncoder::new(Compression::None).unwrap();
+            let runs = std::iter::once((0x10_0000u64, &data[..]));
+            let bytes = if sink_in_memory {
+                let mut cw = CheckpointWriter::with_limits(Vec::new(), &header, &limits).unwrap();
+                write_pages(&mut cw, &mut enc, &[], runs, &mut Vec::new()).unwrap();
+                cw.finish().unwrap()
+            } else {
+                let sink = std::io::BufWriter::new(Vec::new());
+                let mut cw = CheckpointWriter::with_limits(sink, &header, &limits).unwrap();
+                write_pages(&mut cw, &mut enc, &[], runs, &mut Vec::new()).unwrap();
+                cw.finish().unwrap().into_inner().unwrap()
+            };
+            let mut r = CheckpointReader::new(&bytes[..], &limits, None).unwrap();
+            let mut back = vec![0u8; data.len()];
+            let mut sections = 0;
+            while let Some((id, payload)) = r.next_section().unwrap() {
+                assert_eq!(id, SectionId::Memory);
+                sections += 1;
+                pages::decode_records(&payload, |gpa, page| {
+                    let at = (gpa - 0x10_0000) as usize;
+                    back[at..at + page.len()].copy_from_slice(page);
+                    Ok(())
+                })
+                .unwrap();
+            }
+            assert_eq!(sections, 2);
+            assert!(back == data, "the pages came back changed");
+        }
+    }
+
+    /// Nothing to write starts no section at all.
+    #[test]
+    fn no_pages_write_no_section() {
+        let limits = Limits {
+            max_sections: 0,
+            ..Limits::default()
+        };
+        let header = Header::full(1, Fingerprint::from_bytes([3; 32]));
+        let mut cw = CheckpointWriter::with_limits(Vec::new(), &header, &limits).unwrap();
+        let mut enc = MemoryEncoder::new(Compression::None).unwrap();
+        write_pages(&mut cw, &mut enc, &[], std::iter::empty(), &mut Vec::new()).unwrap();
+        assert_eq!(cw.sections_written(), 0);
+    }
 }

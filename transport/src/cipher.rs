@@ -14,7 +14,7 @@
 //! bytes on the wire are the same: the tests seal with one and open with
 //! the other.
 
-use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM};
 use zeroize::Zeroize;
 
 use crate::error::{Result, TransportError};
@@ -41,11 +41,10 @@ fn nonce(n: u64) -> Nonce {
     Nonce::assume_unique_for_key(b)
 }
 
-fn key(mut raw: [u8; 32]) -> Result<LessSafeKey> {
-    let k = UnboundKey::new(&AES_256_GCM, &raw)
-        .map_err(|_| TransportError::Crypto("AES-256-GCM refused a 32-byte key".into()));
-    raw.zeroize();
-    Ok(LessSafeKey::new(k?))
+fn key(raw: &[u8; 32]) -> Result<LessSafeKey> {
+    let k = UnboundKey::new(&AES_256_GCM, raw)
+        .map_err(|_| TransportError::Crypto("AES-256-GCM refused a 32-byte key".into()))?;
+    Ok(LessSafeKey::new(k))
 }
 
 impl RecordKeys {
@@ -57,16 +56,21 @@ impl RecordKeys {
             ));
         }
         // The first key encrypts from initiator to responder.
-        let (i2r, r2i) = hs.dangerously_get_raw_split();
+        let (mut i2r, mut r2i) = hs.dangerously_get_raw_split();
         let (send, recv) = if hs.is_initiator() {
-            (i2r, r2i)
+            (&i2r, &r2i)
         } else {
-            (r2i, i2r)
+            (&r2i, &i2r)
         };
-        Ok(RecordKeys {
-            send: key(send)?,
-            recv: key(recv)?,
-        })
+        let keys = key(send).and_then(|send| {
+            Ok(RecordKeys {
+                send,
+                recv: key(recv)?,
+            })
+        });
+        i2r.zeroize();
+        r2i.zeroize();
+        keys
     }
 
     /// Encrypts `buf` in place as record number `n` and returns its tag
@@ -79,6 +83,21 @@ impl RecordKeys {
         let mut out = [0u8; TAG_LEN];
         out.copy_from_slice(tag.as_ref());
         Ok(out)
+    }
+
+    /// Decrypts `buf` (ciphertext only) in place as record number `n`, its
+    /// tag given apart. On failure `buf` holds no plaintext the caller may
+    /// use.
+    pub fn open_in_place_separate_tag(
+        &self,
+        n: u64,
+        tag: [u8; TAG_LEN],
+        buf: &mut [u8],
+    ) -> std::result::Result<(), OpenFailed> {
+        self.recv
+            .open_in_place_separate_tag(nonce(n), Aad::empty(), Tag::from(tag), buf, 0..)
+            .map(|_| ())
+            .map_err(|_| OpenFailed)
     }
 
     /// Decrypts `buf` (ciphertext then tag) in place as record number `n`;
@@ -190,6 +209,21 @@ mod tests {
             bad[at] ^= 1;
             assert_eq!(r.open_in_place(5, &mut bad), Err(OpenFailed), "byte {at}");
         }
+        // With the tag apart: the same checks.
+        let tag: [u8; TAG_LEN] = rec[100..].try_into().unwrap();
+        let mut body = rec[..100].to_vec();
+        assert_eq!(
+            r.open_in_place_separate_tag(6, tag, &mut body.clone()),
+            Err(OpenFailed)
+        );
+        let mut bad_tag = tag;
+        bad_tag[15] ^= 1;
+        assert_eq!(
+            r.open_in_place_separate_tag(5, bad_tag, &mut body.clone()),
+            Err(OpenFailed)
+        );
+        assert_eq!(r.open_in_place_separate_tag(5, tag, &mut body), Ok(()));
+        assert_eq!(body, sample(100));
         assert_eq!(r.open_in_place(5, &mut rec), Ok(100));
         assert_eq!(rec[..100], sample(100)[..]);
     }

@@ -291,7 +291,11 @@ impl Receiver {
     /// After a [`TransportError::Timeout`], a frame routed to `out` is
     /// completed by the next call only with the same buffer (same address
     /// and length); otherwise that call fails with
-    /// [`TransportError::BufferChanged`]. After any other error, `out` is
+    /// [`TransportError::BufferChanged`]. Until the frame completes, `out`
+    /// past what it held before the frame may hold bytes not yet
+    /// authenticated (never more than the frame's payload length), which the
+    /// caller must not use; after `BufferChanged` they are the caller's to
+    /// discard. After any other error, `out` is
     /// cut back to what it held before the frame.
     pub fn recv_into(
         &mut self,

@@ -2,11 +2,11 @@
 //! from a byte stream, resumably and with bounded allocation.
 //!
 //! The layout is in `frame.rs` and `docs/protocol.md`. Reading checks, in
-//! order: the record length (17 ..= 65535, before the record is read), the
+//! order: the record length (17 ..= 65535, and for a continuation record
+//! exactly what its frame needs next, before the record is read), the
 //! AEAD tag under the direction's key and the record's implicit number
 //! (nonce), then, on a frame's first record, the header: flags, kind and
 //! length against the limit (before any payload buffer is sized from it).
-//! Continuation records must be exactly as long as the sender makes them.
 //! The payload buffer grows only as records arrive; a caller may have a
 //! frame's payload decrypted straight into a buffer of its own
 //! ([`FrameReader::read_into`]).
@@ -24,8 +24,8 @@ use crate::frame::{
 /// Bytes of the little-endian length before each record.
 pub(crate) const LEN_PREFIX: usize = 2;
 
-/// The reader's buffer in front of the socket: one read brings in up to a
-/// record's worth.
+/// The reader's buffer in front of the socket: one read brings in up to
+/// 64 KiB (a full record and its length prefix are 65,537 bytes).
 const READ_BUFFER: usize = 64 << 10;
 
 /// Takes the next nonce of a direction, refusing the last value (the Noise
@@ -175,9 +175,10 @@ pub enum Received {
 ///
 /// Each record's ciphertext is copied once out of the reader's buffer:
 /// a frame's first record into `record` (its header is parsed there), every
-/// later record straight onto the end of the payload's buffer, where it is
-/// opened in place. While a record is only partly received, its ciphertext
-/// so far sits past the payload's end (`record_got` bytes).
+/// later record straight onto the end of the payload's buffer (its tag into
+/// `tag`), where it is opened in place. While a continuation record is only
+/// partly received, its ciphertext so far sits past the payload's end
+/// (`record_got` bytes, or all of it once the tag is arriving).
 pub(crate) struct FrameReader<R> {
     inner: BufReader<R>,
     peer: SocketAddr,
@@ -190,6 +191,8 @@ pub(crate) struct FrameReader<R> {
     len_got: usize,
     /// Ciphertext of a frame's first record (`record_got` bytes of it).
     record: Vec<u8>,
+    /// The tag of a continuation record.
+    tag: [u8; TAG_LEN],
     record_len: Option<usize>,
     record_got: usize,
     partial: Option<Partial>,
@@ -212,6 +215,7 @@ impl<R: Read> FrameReader<R> {
             record: Vec::with_capacity(MAX_RECORD),
             record_len: None,
             record_got: 0,
+            tag: [0; TAG_LEN],
             partial: None,
             own: Vec::new(),
         }
@@ -271,8 +275,15 @@ impl<R: Read> FrameReader<R> {
         let r = self.read_into_inner(out, route);
         if let Err(e) = &r {
             if e.is_fatal() && !matches!(e, TransportError::BufferChanged) {
-                // Nothing unauthenticated or half-received stays behind.
+                // Nothing unauthenticated or half-received stays behind,
+                // in `out` or here.
                 out.truncate(base);
+                self.partial = None;
+                self.own.clear();
+                self.record.clear();
+                self.record_len = None;
+                self.record_got = 0;
+                self.len_got = 0;
             }
         }
         r
@@ -288,12 +299,15 @@ impl<R: Read> FrameReader<R> {
             // A frame routed to `out` by an earlier call must find it as
             // that call left it, before anything more is read.
             if let Some(Partial {
+                header,
                 got,
                 into: Some(into),
-                ..
             }) = &self.partial
             {
-                if !into.matches(out, *got + self.record_got) {
+                // The record in progress holds its ciphertext there, not
+                // its tag.
+                let want = (header.len as usize - got).min(MAX_PLAINTEXT);
+                if !into.matches(out, *got + self.record_got.min(want)) {
                     return Err(TransportError::BufferChanged);
                 }
             }
@@ -378,10 +392,11 @@ impl<R: Read> FrameReader<R> {
         })
     }
 
-    /// Receives a continuation record of the frame in progress straight
-    /// onto the end of its payload's buffer and opens it there; returns the
-    /// frame's payload bytes received. On a timeout the ciphertext so far
-    /// stays there, for the next call.
+    /// Receives a continuation record of the frame in progress: its
+    /// ciphertext straight onto the end of its payload's buffer, its tag
+    /// apart, and opens it there; returns the frame's payload bytes
+    /// received. On a timeout the ciphertext so far stays there, for the
+    /// next call. The buffer never holds more than the frame's payload.
     fn next_record(&mut self, ct_len: usize, out: &mut Vec<u8>) -> Result<usize> {
         let p = self.partial.as_ref().expect("a frame in progress");
         let (routed, got) = (p.into.is_some(), p.got);
@@ -393,13 +408,19 @@ impl<R: Read> FrameReader<R> {
             )));
         }
         let dst = if routed { &mut *out } else { &mut self.own };
-        let at = dst.len() - self.record_got;
+        let at = dst.len() - self.record_got.min(want);
         if self.record_got == 0 {
-            dst.reserve(ct_len);
+            dst.reserve(want);
         }
         let mut cut = None;
         while self.record_got < ct_len {
-            match pull(&mut self.inner, dst, ct_len - self.record_got, self.peer) {
+            let r = if self.record_got < want {
+                pull(&mut self.inner, dst, want - self.record_got, self.peer)
+            } else {
+                let t = self.record_got - want;
+                pull_into(&mut self.inner, &mut self.tag[t..], self.peer)
+            };
+            match r {
                 Ok(n) => self.record_got += n,
                 Err(e) => {
                     cut = Some(e);
@@ -417,10 +438,9 @@ impl<R: Read> FrameReader<R> {
         }
         let nonce = self.record_done()?;
         let dst = if routed { &mut *out } else { &mut self.own };
-        let opened = self.session.open_in_place(nonce, &mut dst[at..at + ct_len]);
-        // The tag goes; on failure `read_into` cuts the rest.
-        dst.truncate(at + want);
-        opened.map_err(|_| TransportError::Auth { peer: self.peer })?;
+        self.session
+            .open_in_place_separate_tag(nonce, self.tag, &mut dst[at..at + want])
+            .map_err(|_| TransportError::Auth { peer: self.peer })?;
         let p = self.partial.as_mut().expect("a frame in progress");
         p.got += want;
         Ok(p.got)

@@ -363,6 +363,56 @@ fn recv_into_continues_a_frame_after_a_timeout_only_in_the_same_buffer() {
     }
 }
 
+/// Cut inside a continuation record's ciphertext and inside its tag: the
+/// caller's buffer holds the ciphertext so far and never the tag (never
+/// more than the frame's payload), the frame completes in the same buffer,
+/// and a buffer cut back to what was authenticated is refused.
+#[test]
+fn recv_into_resumes_inside_a_continuation_record_and_its_tag() {
+    for trimmed in [false, true] {
+        let (client, mut server) = pair();
+        let mut raw = client.test_raw();
+        // The last record is short: its tag starts before MAX_PLAINTEXT.
+        let payload = payload(FIRST_PAYLOAD + MAX_PLAINTEXT + 1000, 5);
+        let frame = raw.seal(raw.next_send_nonce, FrameKind::EpochData, 7, &payload);
+        server
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let mut out = vec![1, 2, 3];
+        let second = 2 + MAX_PLAINTEXT + 16;
+        let third = second + 2 + MAX_PLAINTEXT + 16;
+        // (cut, bytes of the frame in `out` after it)
+        let cuts = [
+            (second + 2 + 500, FIRST_PAYLOAD + 500),
+            (
+                second + 2 + MAX_PLAINTEXT + 7,
+                FIRST_PAYLOAD + MAX_PLAINTEXT,
+            ),
+            (third + 2 + 999, FIRST_PAYLOAD + MAX_PLAINTEXT + 999),
+            (third + 2 + 1000 + 15, payload.len()),
+        ];
+        let mut sent = 0;
+        for (cut, held) in cuts {
+            raw.stream.write_all(&frame[sent..cut]).unwrap();
+            sent = cut;
+            let e = server.recv_into(&mut out, |_, _| true).unwrap_err();
+            assert!(matches!(e, TransportError::Timeout), "{e}");
+            assert_eq!(out.len(), 3 + held, "cut at {cut}");
+        }
+        raw.stream.write_all(&frame[sent..]).unwrap();
+        server.set_read_timeout(Some(T)).unwrap();
+        if trimmed {
+            out.truncate(3 + FIRST_PAYLOAD + MAX_PLAINTEXT);
+            let e = server.recv_into(&mut out, |_, _| true).unwrap_err();
+            assert!(matches!(e, TransportError::BufferChanged), "{e}");
+        } else {
+            let r = server.recv_into(&mut out, |_, _| false).unwrap();
+            assert!(matches!(r, Received::Appended { seq: 1, .. }), "{r:?}");
+            assert!(out[..3] == [1, 2, 3] && out[3..] == payload[..]);
+        }
+    }
+}
+
 #[test]
 fn recv_into_leaves_nothing_of_a_frame_that_fails_authentication() {
     let (client, mut server) = pair();
