@@ -113,6 +113,8 @@ struct Run {
     shadow_cpu: f64,
     /// The standby's CPU time by thread name, s.
     shadow_threads: BTreeMap<String, f64>,
+    /// Each standby's CPU marks.
+    shadow_marks: Vec<Vec<engine::cpu::CpuMark>>,
 }
 
 fn child(cmd: &mut Command) -> anyhow::Result<std::process::Child> {
@@ -244,9 +246,19 @@ fn replicated(s: &Setup, a: &BenchArgs, tag: &str, spares: usize) -> anyhow::Res
     }
     let mut shadow_cpu = 0.0;
     let mut shadow_threads = BTreeMap::new();
+    let mut shadow_marks = Vec::new();
     for (mut sb, _, events) in standbys {
         let _ = sb.wait();
-        if let Some((cpu_s, threads)) = read_events(&events).into_iter().find_map(|e| match e {
+        let evs = read_events(&events);
+        shadow_marks.push(
+            evs.iter()
+                .filter_map(|e| match e {
+                    Event::CpuMark(m) => Some(m.clone()),
+                    _ => None,
+                })
+                .collect(),
+        );
+        if let Some((cpu_s, threads)) = evs.into_iter().find_map(|e| match e {
             Event::StandbyEnded {
                 cpu_s,
                 threads_cpu_s,
@@ -267,6 +279,7 @@ fn replicated(s: &Setup, a: &BenchArgs, tag: &str, spares: usize) -> anyhow::Res
         wall,
         shadow_cpu,
         shadow_threads,
+        shadow_marks,
     })
 }
 
@@ -532,6 +545,11 @@ fn summarize(a: &BenchArgs, base: &[f64], runs: &[Run], takeovers: &[(f64, f64)]
     let mut engine_cpu_per_page = Vec::new();
     let mut shadow_cpu_per_page = Vec::new();
     let mut by_thread: [BTreeMap<String, Vec<f64>>; 2] = Default::default();
+    let (mut steady_cpu, mut steady_by_thread, mut steady_epochs) = (
+        [Vec::new(), Vec::new()],
+        <[BTreeMap<String, Vec<f64>>; 2]>::default(),
+        0u64,
+    );
     let mut sync_tp = Vec::new();
     let mut protect_ms = Vec::new();
     for r in runs {
@@ -606,6 +624,32 @@ fn summarize(a: &BenchArgs, base: &[f64], runs: &[Run], takeovers: &[(f64, f64)]
                 .flatten()
                 .map(|s| f(s, "bytes") / 4096.0)
                 .sum::<f64>();
+        // The steady state: between CPU marks after the warm-up.
+        let primary_marks: Vec<engine::cpu::CpuMark> =
+            serde_json::from_value(r.stats["cpu_marks"].clone()).unwrap_or_default();
+        let seq_pages: Vec<(u64, f64)> = inc_all
+            .iter()
+            .map(|e| (e["seq"].as_u64().unwrap_or(0), f(e, "pages")))
+            .collect();
+        let measured = (inc.first(), inc.last());
+        if let (Some(a), Some(b)) = measured {
+            let span = (
+                a["seq"].as_u64().unwrap_or(0),
+                b["seq"].as_u64().unwrap_or(0),
+            );
+            if let Some(st) =
+                crate::bench_cpu::steady(&primary_marks, &r.shadow_marks, &seq_pages, span)
+            {
+                steady_cpu[0].push(st.primary_total());
+                steady_cpu[1].push(st.shadow_total());
+                steady_epochs += st.to - st.from;
+                for (side, m) in steady_by_thread.iter_mut().zip([&st.primary, &st.shadow]) {
+                    for (n, v) in m {
+                        side.entry(n.clone()).or_default().push(*v);
+                    }
+                }
+            }
+        }
         if all_pages > 0.0 {
             engine_cpu_per_page.push(f(&r.stats, "engine_cpu_s") * 1e6 / all_pages);
             shadow_cpu_per_page.push(r.shadow_cpu * 1e6 / all_pages);
@@ -664,6 +708,14 @@ fn summarize(a: &BenchArgs, base: &[f64], runs: &[Run], takeovers: &[(f64, f64)]
         "bytes_per_dirty_page": { "raw": if pages > 0.0 { raw / pages } else { 0.0 }, "wire": if pages > 0.0 { wire / pages } else { 0.0 } },
         "wire_over_raw": if raw > 0.0 { wire / raw } else { 0.0 },
         "delta_page_share": if pages > 0.0 { delta_pages / pages } else { 0.0 },
+        "engine_cpu_steady_us_per_dirty_page": {
+            "primary": median(steady_cpu[0].clone()), "shadow": median(steady_cpu[1].clone()),
+            "epochs": steady_epochs,
+        },
+        "engine_cpu_steady_by_thread_us_per_dirty_page": {
+            "primary": medians(&steady_by_thread[0]),
+            "shadow": medians(&steady_by_thread[1]),
+        },
         "engine_cpu_us_per_dirty_page": { "primary": median(engine_cpu_per_page), "shadow": median(shadow_cpu_per_page) },
         "engine_cpu_by_thread_us_per_dirty_page": {
             "primary": medians(&by_thread[0]),
@@ -729,7 +781,10 @@ fn markdown(v: &Value) -> String {
          | epoch rate configured / achieved | {:.1} / {:.1} Hz (policy interval p50 {:.0} ms, max {:.0} ms) |\n\
          | dirty pages per epoch (p50) | {:.0} |\n\
          | bytes per dirty page raw / on the wire | {:.0} / {:.0} ({:.3}x; {:.0}% of pages as XOR deltas) |\n\
-         | engine CPU per dirty page, primary / shadow | {:.2} / {:.2} µs |\n\
+         | engine CPU per dirty page in the steady state (between CPU marks after the warm-up, {:.0} epochs), primary / shadow | {:.2} / {:.2} µs |\n\
+         | the same by thread, primary | {} |\n\
+         | the same by thread, shadow | {} |\n\
+         | engine CPU per dirty page over the whole run (start-up and initial sync included, over their pages too), primary / shadow | {:.2} / {:.2} µs |\n\
          | the same by thread, primary | {} |\n\
          | the same by thread, shadow | {} |\n\
          | ack latency p50 / p99 | {:.2} / {:.2} ms |\n\
@@ -753,6 +808,10 @@ fn markdown(v: &Value) -> String {
         g(&["dirty_pages_per_epoch_p50"]),
         g(&["bytes_per_dirty_page", "raw"]), g(&["bytes_per_dirty_page", "wire"]), g(&["wire_over_raw"]),
         g(&["delta_page_share"]) * 100.0,
+        g(&["engine_cpu_steady_us_per_dirty_page", "epochs"]),
+        g(&["engine_cpu_steady_us_per_dirty_page", "primary"]), g(&["engine_cpu_steady_us_per_dirty_page", "shadow"]),
+        threads_row(&v["engine_cpu_steady_by_thread_us_per_dirty_page"]["primary"]),
+        threads_row(&v["engine_cpu_steady_by_thread_us_per_dirty_page"]["shadow"]),
         g(&["engine_cpu_us_per_dirty_page", "primary"]), g(&["engine_cpu_us_per_dirty_page", "shadow"]),
         threads_row(&v["engine_cpu_by_thread_us_per_dirty_page"]["primary"]),
         threads_row(&v["engine_cpu_by_thread_us_per_dirty_page"]["shadow"]),

@@ -161,6 +161,10 @@ pub enum Event {
         /// How many epochs the furthest asynchronous spare lags.
         async_lag: Option<u64>,
     },
+    /// A standby's CPU time by thread, taken right after it committed
+    /// epoch `through` (every [`crate::cpu::MARK_EVERY`]th epoch): the
+    /// bench's steady-state CPU per page comes from two of them.
+    CpuMark(crate::cpu::CpuMark),
     /// A standby ends without taking over (its primary's guest ended).
     StandbyEnded {
         /// Epochs it committed.
@@ -326,6 +330,18 @@ mod tests {
         let text = serde_json::to_string(&line).unwrap();
         assert!(text.contains(r#""event":"took_over""#), "{text}");
         assert_eq!(serde_json::from_str::<Line>(&text).unwrap().event, e);
+        // A CPU mark's fields sit beside the tag, like every event's.
+        let mark = Event::CpuMark(crate::cpu::CpuMark {
+            through: 50,
+            process_cpu_s: 1.25,
+            threads_cpu_s: [("hs-stream".to_owned(), 0.5)].into(),
+        });
+        let text = serde_json::to_string(&mark).unwrap();
+        assert!(
+            text.contains(r#""event":"cpu_mark","through":50"#),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<Event>(&text).unwrap(), mark);
         // A reader ignores fields it does not know.
         let newer = r#"{"at_ms":1,"pid":2,"event":"listening","addr":"a:1","extra":true}"#;
         assert_eq!(

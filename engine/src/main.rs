@@ -35,6 +35,7 @@ fn superseded(why: &str) -> i32 {
 const DEFAULT_DELTA_CACHE_MIB: u64 = 64;
 
 mod bench;
+mod bench_cpu;
 mod bench_disk;
 mod bench_failover;
 mod bench_limits;

@@ -383,6 +383,11 @@ impl Replicator {
             }
             (ep, paused_at.elapsed(), t.elapsed(), hash)
         };
+        // Outside the pause: the work of every epoch before this one is
+        // done (the encoder and senders finished it during the interval).
+        if let Some(m) = crate::cpu::mark_at(seq - 1, Some("hs-main")) {
+            super::push_bounded(&mut self.stats.cpu_marks, m);
+        }
         self.guest_pause_of = kept
             .is_none()
             .then(|| (seq, paused_at, vm.shared.resumes()));

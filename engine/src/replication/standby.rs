@@ -940,6 +940,9 @@ fn commit(
     sh.memory_seq = Some(end.seq);
     sh.term = term;
     drop(sh);
+    if let Some(m) = crate::cpu::mark_at(end.seq, None) {
+        crate::events::emit(crate::events::Event::CpuMark(m));
+    }
     let _ = ev.send(Event::Input(StandbyInput::Committed { term, seq: end.seq }));
     Ok(())
 }

@@ -66,6 +66,9 @@ pub struct ReplicationStats {
     pub syncs: Vec<(u32, u64, f64)>,
     /// Protection before the guest started: (time to the ack, page bytes sent).
     pub protected_before_start: Option<(Duration, u64)>,
+    /// The engine's CPU by thread every [`crate::cpu::MARK_EVERY`] epochs,
+    /// each taken right after the next epoch's pause.
+    pub cpu_marks: Vec<crate::cpu::CpuMark>,
 }
 
 /// The value at quantile `p` (0..=1) of `v` (sorted in place).
@@ -148,6 +151,7 @@ pub fn stats_json(
         "syncs": s.syncs.iter().map(|&(rounds, bytes, secs)| serde_json::json!({
             "rounds": rounds, "bytes": bytes, "seconds": secs
         })).collect::<Vec<_>>(),
+        "cpu_marks": s.cpu_marks,
         "ack_latency_us": s.ack_latency.iter().map(|d| us(*d)).collect::<Vec<_>>(),
         "epochs": s.epochs.iter().map(|e| serde_json::json!({
             "seq": e.seq,
