@@ -400,7 +400,12 @@ pub fn bench(a: BenchArgs) -> anyhow::Result<i32> {
     summary["machine"] = crate::bench_limits::machine_limits();
     summary["encryption"] = encryption_cost(&summary);
     if !more.is_empty() {
-        let per_page = |v: &Value| f(&v["engine_cpu_us_per_dirty_page"], "primary");
+        let per_page = |v: &Value| {
+            (
+                f(&v["engine_cpu_us_per_dirty_page"], "primary"),
+                f(&v["engine_cpu_steady_us_per_dirty_page"], "primary"),
+            )
+        };
         let first = per_page(&summary);
         let mut counts = vec![spares_row(a.spares[0], &summary, first)];
         for (n, group) in a.spares[1..].iter().zip(&more) {
@@ -734,13 +739,18 @@ fn summarize(a: &BenchArgs, base: &[f64], runs: &[Run], takeovers: &[(f64, f64)]
     })
 }
 
-/// One row of the several-spares comparison.
-fn spares_row(n: usize, v: &Value, first_cpu_per_page: f64) -> Value {
+/// One row of the several-spares comparison; `first` is the first count's
+/// primary CPU per dirty page, (whole run, steady state).
+fn spares_row(n: usize, v: &Value, first: (f64, f64)) -> Value {
     let cpu = f(&v["engine_cpu_us_per_dirty_page"], "primary");
+    let steady = f(&v["engine_cpu_steady_us_per_dirty_page"], "primary");
+    let ratio = |x: f64, base: f64| if base > 0.0 { x / base } else { 0.0 };
     json!({
         "spares": n,
         "engine_cpu_us_per_dirty_page": cpu,
-        "ratio_to_first": if first_cpu_per_page > 0.0 { cpu / first_cpu_per_page } else { 0.0 },
+        "ratio_to_first": ratio(cpu, first.0),
+        "engine_cpu_steady_us_per_dirty_page": steady,
+        "steady_ratio_to_first": ratio(steady, first.1),
         "pause_p50_ms": f(&v["pause_ms"], "p50"),
         "pause_p99_ms": f(&v["pause_ms"], "p99"),
         "ack_latency_p50_ms": f(&v["ack_latency_ms"], "p50"),
@@ -857,14 +867,16 @@ fn spares_table(v: &Value) -> String {
         return String::new();
     };
     let mut t = String::from(
-        "\n| synchronous spares | primary engine CPU per dirty page | ratio to the first | pause p50 (p99) | ack latency p50 | guest run time |\n\
+        "\n| synchronous spares | primary engine CPU per dirty page, steady state (whole run) | ratio to the first, steady state (whole run) | pause p50 (p99) | ack latency p50 | guest run time |\n\
          | --- | --- | --- | --- | --- | --- |\n",
     );
     for r in rows {
         t.push_str(&format!(
-            "| {} | {:.2} µs | {:.2}x | {:.3} ({:.3}) ms | {:.2} ms | {:.2} s |\n",
+            "| {} | {:.2} ({:.2}) µs | {:.2}x ({:.2}x) | {:.3} ({:.3}) ms | {:.2} ms | {:.2} s |\n",
             r["spares"],
+            f(r, "engine_cpu_steady_us_per_dirty_page"),
             f(r, "engine_cpu_us_per_dirty_page"),
+            f(r, "steady_ratio_to_first"),
             f(r, "ratio_to_first"),
             f(r, "pause_p50_ms"),
             f(r, "pause_p99_ms"),
