@@ -250,6 +250,19 @@ fn vm_turn(w: &World, v: &Versioned<VmDoc>, child: Option<&Child>, out: &mut Vec
     }
 }
 
+/// Whether a spare can take over `vm` from its ended primary `c`: one that
+/// protected the guest when it ended (the primary's events: joined, and
+/// not lost since) and still listens on a live host. A spare whose link
+/// the primary dropped holds no usable state (the primary's farewell told
+/// it so), and one whose host or standby is gone holds none at all.
+fn a_spare_can_take_over(w: &World, vm: &str, c: &Child) -> bool {
+    c.protected_by.iter().any(|addr| {
+        w.endpoints
+            .iter()
+            .any(|e| e.vm == vm && &e.addr == addr && w.hosts.iter().any(|h| h.id == e.host))
+    })
+}
+
 fn primary_turn(w: &World, v: &Versioned<VmDoc>, child: Option<&Child>, out: &mut Vec<Action>) {
     let d = &v.doc;
     let vm = d.spec.name.clone();
@@ -301,15 +314,21 @@ fn primary_turn(w: &World, v: &Versioned<VmDoc>, child: Option<&Child>, out: &mu
                 doc.phase = Phase::Finished;
                 write(out, doc);
             }
-        } else if d.assign.spares.is_empty() {
-            let mut doc = d.clone();
-            doc.phase = Phase::Lost {
-                why: format!(
-                    "its primary on {} ended ({}) with no spare to take over",
-                    w.me,
-                    code.map_or("killed by a signal".to_string(), |c| format!("exit {c}"))
-                ),
+        } else if !a_spare_can_take_over(w, &vm, c) {
+            let how = code.map_or("killed by a signal".to_string(), |c| format!("exit {c}"));
+            let why = if d.assign.spares.is_empty() {
+                format!(
+                    "its primary on {} ended ({how}) with no spare to take over",
+                    w.me
+                )
+            } else {
+                format!(
+                    "its primary on {} ended ({how}) after its spares were lost: none held its state",
+                    w.me
+                )
             };
+            let mut doc = d.clone();
+            doc.phase = Phase::Lost { why };
             write(out, doc);
         }
         // Otherwise a spare takes over and its agent moves the VM.

@@ -263,6 +263,31 @@ impl Sim {
         }
     }
 
+    /// The VM's standby on `host` ends (its process dies): its agent sees
+    /// the exit, and the primary loses the link (`SpareLost`).
+    fn kill_spare(&mut self, host: &str, vm: &str) {
+        if let Some(c) = self
+            .kids(host)
+            .iter_mut()
+            .find(|c| c.vm == vm && c.exited.is_none())
+        {
+            c.exited = Some(None);
+        }
+        self.unlink(&Sim::addr(host));
+    }
+
+    /// Every primary loses its link to the spare at `addr`.
+    fn unlink(&mut self, addr: &str) {
+        for kids in self.children.values_mut() {
+            for c in kids.iter_mut() {
+                for s in c.spares.iter_mut().filter(|s| s.addr == addr) {
+                    s.linked = false;
+                }
+                c.protected_by.remove(addr);
+            }
+        }
+    }
+
     /// A host dies: its children, its lease (registry entry, endpoints).
     fn lose_host(&mut self, id: &str) {
         let vms: Vec<String> = self.kids(id).iter().map(|c| c.vm.clone()).collect();
@@ -273,15 +298,7 @@ impl Sim {
         self.hosts.retain(|h| h.id != id);
         self.endpoints.retain(|e| e.host != id);
         // Spares on it lose their links at the primaries.
-        let gone = Sim::addr(id);
-        for kids in self.children.values_mut() {
-            for c in kids.iter_mut() {
-                for s in c.spares.iter_mut().filter(|s| s.addr == gone) {
-                    s.linked = false;
-                }
-                c.protected_by.remove(&gone);
-            }
-        }
+        self.unlink(&Sim::addr(id));
     }
 
     /// Runs every agent until nothing changes; `order` rotates who goes first.
@@ -491,4 +508,84 @@ fn a_primary_with_no_spare_that_dies_is_lost_not_restarted() {
     s.settle(0);
     assert!(matches!(s.doc("solo").phase, Phase::Lost { .. }));
     assert_eq!(s.started.len(), 1);
+}
+
+#[test]
+fn a_primary_whose_spares_were_lost_first_is_lost_when_it_dies() {
+    // Its spare's host dies, then the primary, before a new spare
+    // protects the guest: no copy holds its state, so the VM is flagged
+    // lost and nothing starts it again (that would fork the guest).
+    for order in 0..5 {
+        let mut s = Sim::new();
+        s.create("web", 1, false);
+        s.settle(order);
+        let p = s.primary_host("web");
+        let spare = s.doc("web").assign.spares[0].host.clone();
+        s.lose_host(&spare);
+        s.kill(&p, "web");
+        s.settle(order);
+        let d = s.doc("web");
+        match &d.phase {
+            Phase::Lost { why } => assert!(why.contains("spares were lost"), "{why}"),
+            other => panic!("not lost: {other:?}"),
+        }
+        assert_eq!(s.started.len(), 1, "{:?}", s.started);
+        assert!(
+            !s.children.values().flatten().any(|c| c.runs_guest()),
+            "{:?}",
+            s.children
+        );
+    }
+    // The same when the spare's process died on a live host: it joins again
+    // only as a new spare, and the primary ended before that.
+    let mut s = Sim::new();
+    s.create("web", 1, false);
+    s.settle(0);
+    let p = s.primary_host("web");
+    let spare = s.doc("web").assign.spares[0].host.clone();
+    s.kill_spare(&spare, "web");
+    s.kill(&p, "web");
+    s.settle(0);
+    assert!(
+        matches!(s.doc("web").phase, Phase::Lost { .. }),
+        "{:?}",
+        s.doc("web")
+    );
+    assert_eq!(s.started.len(), 1);
+}
+
+#[test]
+fn a_primary_dying_with_one_spare_left_fails_over_not_lost() {
+    // Two synchronous spares; one is lost first, the other still
+    // protects: it takes over, and the VM is protected again, never
+    // flagged lost.
+    for order in 0..5 {
+        let mut s = Sim::new();
+        s.create("web", 2, false);
+        s.settle(order);
+        assert!(s
+            .doc("web")
+            .assign
+            .spares
+            .iter()
+            .all(|x| x.role.synchronous()));
+        let p = s.primary_host("web");
+        let first = s.doc("web").assign.spares[0].host.clone();
+        s.kill_spare(&first, "web");
+        s.kill(&p, "web");
+        // The dead primary's agent goes first: it must not flag the VM
+        // lost while a spare holds its state, even for a moment.
+        s.turn(&p);
+        assert!(
+            !matches!(s.doc("web").phase, Phase::Lost { .. }),
+            "{:?}",
+            s.doc("web")
+        );
+        s.settle(order);
+        s.check_protected("web");
+        let d = s.doc("web");
+        assert_ne!(d.assign.primary, p);
+        assert_eq!(d.failovers, 1);
+        assert_eq!(s.started.len(), 1, "{:?}", s.started);
+    }
 }
