@@ -206,7 +206,9 @@ fn vm_turn(w: &World, v: &Versioned<VmDoc>, child: Option<&Child>, out: &mut Vec
         doc.last_takeover_ms = Some(w.now_ms);
         doc.last_reprotect_ms = None;
         write(out, doc);
-        out.push(Action::Withdraw { vm });
+        // Its address is withdrawn once the write holds (the next turn,
+        // as primary): until then a dead primary's agent still sees this
+        // spare as able to take over, and does not flag the VM lost.
         return;
     }
 
@@ -302,18 +304,30 @@ fn primary_turn(w: &World, v: &Versioned<VmDoc>, child: Option<&Child>, out: &mu
         return;
     };
     if let Some(code) = c.exited {
-        out.push(Action::Forget { vm: vm.clone() });
         if c.stopping {
             // Stopped on request (a stop, then maybe a start already):
             // nothing to record about the guest.
+            out.push(Action::Forget { vm });
             return;
         }
         if code == Some(0) {
+            out.push(Action::Forget { vm: vm.clone() });
             if d.phase != Phase::Finished {
                 let mut doc = d.clone();
                 doc.phase = Phase::Finished;
                 write(out, doc);
             }
+            return;
+        }
+        // The guest's primary died. Either a spare takes over (its agent
+        // writes itself as primary, and this agent, no longer the
+        // primary's, forgets the child), or none can and the VM is lost.
+        // The child is kept until one of the two is written, so the
+        // question is asked again every turn: a spare whose host dies
+        // after the primary, before it took over, leaves the VM lost
+        // once its lease expires, and a refused write is retried.
+        if matches!(d.phase, Phase::Lost { .. }) {
+            out.push(Action::Forget { vm });
         } else if !a_spare_can_take_over(w, &vm, c) {
             let how = code.map_or("killed by a signal".to_string(), |c| format!("exit {c}"));
             let why = if d.assign.spares.is_empty() {
@@ -331,11 +345,15 @@ fn primary_turn(w: &World, v: &Versioned<VmDoc>, child: Option<&Child>, out: &mu
             doc.phase = Phase::Lost { why };
             write(out, doc);
         }
-        // Otherwise a spare takes over and its agent moves the VM.
         return;
     }
     if !c.runs_guest() {
         return;
+    }
+    // A spare that took over: its standby address goes, now that the
+    // record names it primary.
+    if w.endpoints.iter().any(|e| e.vm == vm && e.host == w.me) {
+        out.push(Action::Withdraw { vm: vm.clone() });
     }
     let mut doc = d.clone();
     let mut changed = false;

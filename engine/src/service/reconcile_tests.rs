@@ -258,7 +258,13 @@ impl Sim {
             {
                 k.took_over = true;
                 k.spares = spares.into_iter().filter(|s| s.addr != me_addr).collect();
-                k.protected_by = k.spares.iter().map(|s| s.addr.clone()).collect();
+                // Only the spares still linked follow the new primary.
+                k.protected_by = k
+                    .spares
+                    .iter()
+                    .filter(|s| s.linked)
+                    .map(|s| s.addr.clone())
+                    .collect();
             }
         }
     }
@@ -588,4 +594,86 @@ fn a_primary_dying_with_one_spare_left_fails_over_not_lost() {
         assert_eq!(d.failovers, 1);
         assert_eq!(s.started.len(), 1, "{:?}", s.started);
     }
+}
+
+#[test]
+fn a_spare_host_that_dies_unnoticed_leaves_the_vm_lost_once_its_lease_expires() {
+    // The spare's host stops (its standby with it) just before the
+    // primary dies: the primary never saw the link go, and the host's
+    // lease still stands. The dead primary's agent waits while that spare
+    // could still take over, then flags the VM lost when the lease
+    // expires, without starting anything again.
+    let mut s = Sim::new();
+    s.create("web", 1, false);
+    s.settle(0);
+    let p = s.primary_host("web");
+    let spare = s.doc("web").assign.spares[0].host.clone();
+    for c in s.kids(&spare).iter_mut() {
+        c.exited = Some(None);
+    }
+    s.kill(&p, "web");
+    s.turn(&p);
+    assert_eq!(s.doc("web").phase, Phase::Running, "decided too early");
+    // The lease expires: the host, its endpoints and its children go.
+    s.children.remove(&spare);
+    s.hosts.retain(|h| h.id != spare);
+    s.endpoints.retain(|e| e.host != spare);
+    s.settle(0);
+    assert!(
+        matches!(s.doc("web").phase, Phase::Lost { .. }),
+        "{:?}",
+        s.doc("web")
+    );
+    assert_eq!(s.started.len(), 1, "{:?}", s.started);
+    // The dead primary is forgotten once the flag holds.
+    assert!(!s.children[&p].iter().any(|c| c.vm == "web"));
+}
+
+#[test]
+fn a_takeover_whose_write_is_refused_keeps_its_address_until_it_holds() {
+    // The spare took over, but its agent's write loses a race (another
+    // write came between its read and its write). Its address must stay
+    // published until the record names it primary: the dead primary's
+    // agent, deciding in between, then still sees a spare that can take
+    // over and does not flag the VM lost.
+    let mut s = Sim::new();
+    s.create("web", 1, false);
+    s.settle(0);
+    let p = s.primary_host("web");
+    let spare = s.doc("web").assign.spares[0].host.clone();
+    s.kill(&p, "web");
+    let kids = s.children[&spare].clone();
+    let acts = reconcile(&World {
+        me: &spare,
+        hosts: &s.hosts,
+        vms: &s.vms,
+        endpoints: &s.endpoints,
+        children: &kids,
+        now_ms: s.now,
+    });
+    assert!(
+        acts.iter().any(|a| matches!(a, Action::Write { .. })),
+        "{acts:?}"
+    );
+    // The race: the record changes before the write lands.
+    s.rev += 1;
+    s.vms[0].rev = s.rev;
+    for a in &acts {
+        s.apply(&spare, a);
+    }
+    assert_eq!(s.writes_refused, 1);
+    s.turn(&p);
+    assert!(
+        !matches!(s.doc("web").phase, Phase::Lost { .. }),
+        "{:?}",
+        s.doc("web")
+    );
+    s.settle(0);
+    assert_eq!(s.doc("web").assign.primary, spare);
+    assert!(
+        !s.endpoints.iter().any(|e| e.host == spare),
+        "{:?}",
+        s.endpoints
+    );
+    assert_eq!(s.started.len(), 1);
 }
