@@ -375,6 +375,17 @@ impl Sim {
     }
 }
 
+/// A settled cluster running one VM, `web`, with one spare (agents taking
+/// turns in `order`): the cluster, the primary's host, the spare's host.
+fn web_with_one_spare(order: usize) -> (Sim, String, String) {
+    let mut s = Sim::new();
+    s.create("web", 1, false);
+    s.settle(order);
+    let p = s.primary_host("web");
+    let spare = s.doc("web").assign.spares[0].host.clone();
+    (s, p, spare)
+}
+
 #[test]
 fn a_vm_starts_once_its_spares_listen_then_runs_protected() {
     for order in 0..5 {
@@ -522,11 +533,7 @@ fn a_primary_whose_spares_were_lost_first_is_lost_when_it_dies() {
     // protects the guest: no copy holds its state, so the VM is flagged
     // lost and nothing starts it again (that would fork the guest).
     for order in 0..5 {
-        let mut s = Sim::new();
-        s.create("web", 1, false);
-        s.settle(order);
-        let p = s.primary_host("web");
-        let spare = s.doc("web").assign.spares[0].host.clone();
+        let (mut s, p, spare) = web_with_one_spare(order);
         s.lose_host(&spare);
         s.kill(&p, "web");
         s.settle(order);
@@ -544,11 +551,7 @@ fn a_primary_whose_spares_were_lost_first_is_lost_when_it_dies() {
     }
     // The same when the spare's process died on a live host: it joins again
     // only as a new spare, and the primary ended before that.
-    let mut s = Sim::new();
-    s.create("web", 1, false);
-    s.settle(0);
-    let p = s.primary_host("web");
-    let spare = s.doc("web").assign.spares[0].host.clone();
+    let (mut s, p, spare) = web_with_one_spare(0);
     s.kill_spare(&spare, "web");
     s.kill(&p, "web");
     s.settle(0);
@@ -603,11 +606,7 @@ fn a_spare_host_that_dies_unnoticed_leaves_the_vm_lost_once_its_lease_expires() 
     // lease still stands. The dead primary's agent waits while that spare
     // could still take over, then flags the VM lost when the lease
     // expires, without starting anything again.
-    let mut s = Sim::new();
-    s.create("web", 1, false);
-    s.settle(0);
-    let p = s.primary_host("web");
-    let spare = s.doc("web").assign.spares[0].host.clone();
+    let (mut s, p, spare) = web_with_one_spare(0);
     for c in s.kids(&spare).iter_mut() {
         c.exited = Some(None);
     }
@@ -636,11 +635,7 @@ fn a_takeover_whose_write_is_refused_keeps_its_address_until_it_holds() {
     // published until the record names it primary: the dead primary's
     // agent, deciding in between, then still sees a spare that can take
     // over and does not flag the VM lost.
-    let mut s = Sim::new();
-    s.create("web", 1, false);
-    s.settle(0);
-    let p = s.primary_host("web");
-    let spare = s.doc("web").assign.spares[0].host.clone();
+    let (mut s, p, spare) = web_with_one_spare(0);
     s.kill(&p, "web");
     let kids = s.children[&spare].clone();
     let acts = reconcile(&World {
