@@ -174,9 +174,7 @@ fn vm_turn(w: &World, v: &Versioned<VmDoc>, child: Option<&Child>, out: &mut Vec
 
     if d.desired == Desired::Stopped || (d.phase == Phase::Finished && !me_primary) {
         // Its address goes with it: a start places new standbys.
-        if w.endpoints.iter().any(|e| e.vm == vm && e.host == w.me) {
-            out.push(Action::Withdraw { vm: vm.clone() });
-        }
+        withdraw_mine(w, &vm, out);
         match child {
             Some(c) if c.exited.is_none() => out.push(Action::Stop { vm }),
             Some(_) => out.push(Action::Forget { vm }),
@@ -249,6 +247,13 @@ fn vm_turn(w: &World, v: &Versioned<VmDoc>, child: Option<&Child>, out: &mut Vec
             out.push(Action::Withdraw { vm });
         }
         (_, None) => {}
+    }
+}
+
+/// Withdraws this host's published standby address for `vm`, if it has one.
+fn withdraw_mine(w: &World, vm: &str, out: &mut Vec<Action>) {
+    if w.endpoints.iter().any(|e| e.vm == vm && e.host == w.me) {
+        out.push(Action::Withdraw { vm: vm.to_string() });
     }
 }
 
@@ -352,9 +357,7 @@ fn primary_turn(w: &World, v: &Versioned<VmDoc>, child: Option<&Child>, out: &mu
     }
     // A spare that took over: its standby address goes, now that the
     // record names it primary.
-    if w.endpoints.iter().any(|e| e.vm == vm && e.host == w.me) {
-        out.push(Action::Withdraw { vm: vm.clone() });
-    }
+    withdraw_mine(w, &vm, out);
     let mut doc = d.clone();
     let mut changed = false;
     if doc.phase == Phase::Placed {
